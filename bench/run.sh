@@ -1,0 +1,99 @@
+#!/bin/sh
+# run.sh - the d3po benchmarks against the PyTorch yardstick (make bench).
+#
+#   B=build THREADS=N [CASES="sample d3po pretrain"] sh bench/run.sh
+#
+# For each case runs $B/bench/bench and then bench/bench_torch.py, one after
+# the other, with the same thread count and the same thread environment,
+# and prints
+#   bench <case>: d3po <value> <unit>, pytorch <value> <unit>, ratio <r>
+#   bench <case> peak memory: d3po <MB> MB, pytorch <MB> MB
+# ratio = pytorch_time / d3po_time (> 1: d3po is faster). The same lines,
+# with the machine, thread count and git commit, go to bench/results/latest.txt.
+# Exits non-zero when a program fails or prints nothing usable; never on
+# the ratio (benchmarks do not assert on time).
+cd "$(dirname "$0")/.." || exit 1
+LC_ALL=C
+export LC_ALL
+B=${B:-build}
+THREADS=${THREADS:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)}
+CASES=${CASES:-sample d3po pretrain}
+PY=${PY:-/usr/bin/python3}
+BENCH="$B/bench/bench"
+RESULTS=bench/results
+LOGS="$B/bench/logs"
+
+if [ ! -x "$BENCH" ]; then
+    echo "bench: $BENCH not built (run make bench)" >&2
+    exit 1
+fi
+mkdir -p "$RESULTS" "$LOGS" || exit 1
+
+# Both programs get the same thread budget. d3po pins OpenBLAS to one
+# thread itself (it parallelises around it with OpenMP); PyTorch may use
+# its OpenMP pool and its BLAS threads.
+OMP_NUM_THREADS=$THREADS
+OPENBLAS_NUM_THREADS=$THREADS
+MKL_NUM_THREADS=$THREADS
+export OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS
+
+out="$LOGS/latest.txt.tmp"
+cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>/dev/null | head -n 1)
+[ -n "$cpu" ] || cpu=$(uname -p 2>/dev/null)
+commit=$(git rev-parse --short HEAD 2>/dev/null) || commit="none (no commits)"
+[ -n "$commit" ] || commit="none (no commits)"
+if [ -n "$(git status --porcelain 2>/dev/null | head -n 1)" ]; then commit="$commit (dirty tree)"; fi
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "machine: $(uname -m)"
+    echo "cpu: ${cpu:-unknown}"
+    echo "threads: $THREADS"
+    echo "commit: $commit"
+} >"$out"
+
+# $1 = log file, $2 = expected first word, $3 = case: prints "<seconds> <MB>"
+# from the program's one result line, or nothing.
+result() {
+    awk -v w="$2" -v c="$3" '$1 == w && $2 == c && NF == 4 && $3 + 0 > 0 { r = $3 " " $4 } END { if (r != "") print r }' "$1"
+}
+
+fail=0
+# $1 = case, $2 = why; the details are already on stderr
+failed() {
+    echo "bench $1: FAILED ($2)" | tee -a "$out" >&2
+    fail=1
+}
+
+for c in $CASES; do
+    case "$c" in sample|d3po|pretrain) ;; *) failed "$c" "unknown case"; continue;; esac
+    dlog="$LOGS/$c.d3po.log"
+    tlog="$LOGS/$c.torch.log"
+    if ! "$BENCH" --case "$c" --threads "$THREADS" >"$dlog" 2>"$dlog.err"; then
+        cat "$dlog.err" >&2
+        failed "$c" "$BENCH exited non-zero"
+        continue
+    fi
+    if ! "$PY" bench/bench_torch.py --threads "$THREADS" --case "$c" >"$tlog" 2>"$tlog.err"; then
+        tail -n 20 "$tlog.err" >&2
+        failed "$c" "bench_torch.py exited non-zero"
+        continue
+    fi
+    d=$(result "$dlog" d3po "$c")
+    t=$(result "$tlog" torch "$c")
+    if [ -z "$d" ] || [ -z "$t" ]; then
+        echo "d3po printed: $(cat "$dlog")" >&2
+        echo "torch printed: $(cat "$tlog")" >&2
+        failed "$c" "no result line"
+        continue
+    fi
+    echo "$d $t" | awk -v c="$c" '{
+        ds = $1; dm = $2; ts = $3; tm = $4
+        if (c == "pretrain") { unit = "images/s"; dv = sprintf("%.1f", 64 / ds); tv = sprintf("%.1f", 64 / ts) }
+        else { unit = (c == "sample") ? "s/pair" : "s/update"; dv = sprintf("%.3f", ds); tv = sprintf("%.3f", ts) }
+        printf "bench %s: d3po %s %s, pytorch %s %s, ratio %.2f\n", c, dv, unit, tv, unit, ts / ds
+        printf "bench %s peak memory: d3po %.1f MB, pytorch %.1f MB\n", c, dm, tm
+    }' | tee -a "$out"
+done
+
+mv "$out" "$RESULTS/latest.txt" || fail=1
+exit $fail

@@ -1,0 +1,54 @@
+/* backend_cpu.c - the CPU backend table: host memory and the reference ops
+ * of ops_cpu.c. See backend.h. */
+#include "backend.h"
+#include "ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(size_t bytes) {
+    /* 64-byte alignment for AVX-512 loads; zeroed like calloc. */
+    size_t sz = (bytes + 63) & ~(size_t)63;
+    void *p = NULL;
+    if (sz == 0) sz = 64;
+    if (posix_memalign(&p, 64, sz) != 0) return NULL;
+    memset(p, 0, sz);
+    return p;
+}
+static void cpu_free(void *p) { free(p); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+
+static const d3_backend cpu = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .zero = cpu_zero,
+    .conv2d_forward = conv2d_forward,
+    .conv2d_backward = conv2d_backward,
+    .linear_forward = linear_forward,
+    .linear_backward = linear_backward,
+    .groupnorm_forward = groupnorm_forward,
+    .groupnorm_backward = groupnorm_backward,
+    .silu_forward = silu_forward,
+    .silu_backward = silu_backward,
+    .add_forward = add_forward,
+    .add_backward = add_backward,
+    .addbc_forward = addbc_forward,
+    .addbc_backward = addbc_backward,
+    .concat_forward = concat_forward,
+    .concat_backward = concat_backward,
+    .upsample2x_forward = upsample2x_forward,
+    .upsample2x_backward = upsample2x_backward,
+    .attention_forward = attention_forward,
+    .attention_backward = attention_backward,
+    .embedding_forward = embedding_forward,
+    .embedding_backward = embedding_backward,
+    .timestep_embedding = timestep_embedding,
+    .mse_forward = mse_forward,
+    .mse_backward = mse_backward,
+};
+
+const d3_backend *backend_cpu(void) { return &cpu; }

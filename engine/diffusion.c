@@ -1,0 +1,279 @@
+/* diffusion.c - DDIM sampling with log-probabilities, D3PO and pretraining
+ * steps (contracts and formulas in diffusion.h and DESIGN.md). The model
+ * runs through the tape on the backend; the per-image step math runs on the
+ * host in double-precision coefficients. */
+#include "diffusion.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+ddim_opts ddim_opts_default(void) { return (ddim_opts){.steps = 20, .eta = 1.0f, .cfg = 5.0f}; }
+d3po_opts d3po_opts_default(void) { return (d3po_opts){.beta = 0.1f, .clip_eps = 0.1f}; }
+
+int ddim_timesteps(int T, int K, int *ts, int *prev, char *err) {
+    if (K < 1 || K > T || K > D3_MAX_STEPS)
+        return d3_errf(err, "steps=%d: expected 1 to %d", K, T < D3_MAX_STEPS ? T : D3_MAX_STEPS);
+    int stride = T / K;
+    for (int k = 0; k < K; k++) {
+        ts[k] = (K - 1 - k) * stride + 1;
+        prev[k] = ts[k] - stride > 0 ? ts[k] - stride : 0;
+    }
+    return 0;
+}
+
+double ddim_sigma(double abar_t, double abar_prev, double eta) {
+    return eta * sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * sqrt(1.0 - abar_t / abar_prev);
+}
+
+double ddim_step(float *x_prev, float *mean, const float *x_t, const float *eps, const float *z,
+                 double abar_t, double abar_prev, double eta, size_t n) {
+    double sigma = ddim_sigma(abar_t, abar_prev, eta);
+    float s1t = (float)sqrt(1.0 - abar_t), rst = (float)(1.0 / sqrt(abar_t));
+    float sp = (float)sqrt(abar_prev);
+    double ce2 = 1.0 - abar_prev - sigma * sigma;
+    float ce = (float)sqrt(ce2 > 0 ? ce2 : 0), sg = (float)sigma;
+    for (size_t i = 0; i < n; i++) {
+        float x0 = (x_t[i] - s1t * eps[i]) * rst;
+        x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
+        float mu = sp * x0 + ce * eps[i];
+        mean[i] = mu;
+        x_prev[i] = z ? mu + sg * z[i] : mu;
+    }
+    return sigma;
+}
+
+double ddim_logprob(const float *x_prev, const float *mean, double sigma, size_t n) {
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)x_prev[i] - mean[i];
+        ss += d * d;
+    }
+    return -ss / (2.0 * sigma * sigma * (double)n) - log(sigma) - 0.5 * log(2.0 * M_PI);
+}
+
+void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const float *eps,
+                           const float *x_prev, const float *mean, double sigma, double abar_t,
+                           double abar_prev, size_t n) {
+    double s2 = sigma * sigma;
+    double ce2 = 1.0 - abar_prev - s2;
+    double ce = sqrt(ce2 > 0 ? ce2 : 0);
+    double dx0 = -sqrt(abar_prev) * sqrt(1.0 - abar_t) / sqrt(abar_t); /* dmean/deps via x0 */
+    float s1t = (float)sqrt(1.0 - abar_t), rst = (float)(1.0 / sqrt(abar_t));
+    double k = dlogp / (s2 * (double)n);
+    for (size_t i = 0; i < n; i++) {
+        float x0 = (x_t[i] - s1t * eps[i]) * rst;
+        /* clamp passes the gradient on [-1, 1] inclusive, like torch.clamp */
+        double dm = (x0 >= -1.0f && x0 <= 1.0f ? dx0 : 0.0) + ce;
+        deps[i] = (float)(k * ((double)x_prev[i] - mean[i]) * dm);
+    }
+}
+
+/* Runs the UNet on batch [x (cls) ; x (null)] or just [x (cls)] when w == 1,
+ * and returns the output tensor (rows: cond first). */
+static d3_tensor *forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
+                              int t, const int *cls, float w, int *nb_out) {
+    const d3_backend *be = tape_backend(tp);
+    int S = m->L.arch.size, D = 3 * S * S, nb = w == 1.0f ? n : 2 * n;
+    d3_tensor *in = tape_input(tp, nb, 3, S, S);
+    int ybuf[64], *y = nb <= 64 ? ybuf : malloc(sizeof(int) * nb);
+    float tbuf[64], *tv = nb <= 64 ? tbuf : malloc(sizeof(float) * nb);
+    for (int r = 0; r < nb; r++) {
+        be->upload(in->v + (size_t)r * D, x + (size_t)(r % n) * D, sizeof(float) * D);
+        y[r] = r < n ? cls[r % n] : m->L.arch.classes;
+        tv[r] = (float)t;
+    }
+    d3_tensor *out = unet_forward(tp, &m->L, m->params, grads, in, tv, y);
+    if (y != ybuf) free(y);
+    if (tv != tbuf) free(tv);
+    *nb_out = nb;
+    return out;
+}
+
+static void guide(float *eps, const float *out, int n, int nb, size_t D, float w) {
+    for (int i = 0; i < n; i++) {
+        const float *c = out + (size_t)i * D;
+        float *e = eps + (size_t)i * D;
+        if (nb == n) { memcpy(e, c, D * sizeof(float)); continue; }
+        const float *u = out + (size_t)(n + i) * D;
+        for (size_t j = 0; j < D; j++) e[j] = u[j] + w * (c[j] - u[j]);
+    }
+}
+
+void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t, const int *cls,
+                   float w, float *eps) {
+    int S = m->L.arch.size, nb;
+    size_t D = 3 * (size_t)S * S;
+    tape_reset(tp);
+    tape_set_grad(tp, 0);
+    d3_tensor *out = forward_cfg(m, tp, NULL, n, x, t, cls, w, &nb);
+    float *host = malloc(out->numel * sizeof(float));
+    tape_backend(tp)->download(host, out->v, out->numel * sizeof(float));
+    guide(eps, host, n, nb, D, w);
+    free(host);
+    tape_set_grad(tp, 1);
+}
+
+int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
+    int K = o->steps, S = m->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
+    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
+    for (int i = 0; i < n; i++)
+        if (cls[i] < 0 || cls[i] >= m->L.arch.classes)
+            return d3_errf(err, "class %d out of range 0..%d", cls[i], m->L.arch.classes - 1);
+    float *eps = malloc(n * D * sizeof(float)), *mean = malloc(D * sizeof(float));
+    float *z = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    if (!eps || !mean || !z || !xp) {
+        free(eps); free(mean); free(z); free(xp);
+        return d3_errf(err, "out of memory");
+    }
+    if (traj)
+        for (int i = 0; i < n; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
+    for (int k = 0; k < K; k++) {
+        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
+        model_eps_cfg(m, tp, n, x, ts[k], cls, o->cfg, eps);
+        for (int i = 0; i < n; i++) {
+            float *xi = x + i * D;
+            rng_normal(&rngs[i], z, D);
+            double sigma = ddim_step(xp, mean, xi, eps + i * D, z, at, ap, o->eta, D);
+            if (logp) logp[(size_t)i * K + k] = (float)ddim_logprob(xp, mean, sigma, D);
+            memcpy(xi, xp, D * sizeof(float));
+            if (traj) memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xi, D * sizeof(float));
+        }
+    }
+    free(eps); free(mean); free(z); free(xp);
+    return 0;
+}
+
+int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                   const float *traj, float *logp, char *err) {
+    int K = o->steps, S = m->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
+    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
+    float *x = malloc(n * D * sizeof(float)), *eps = malloc(n * D * sizeof(float));
+    float *mean = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    if (!x || !eps || !mean || !xp) {
+        free(x); free(eps); free(mean); free(xp);
+        return d3_errf(err, "out of memory");
+    }
+    for (int k = 0; k < K; k++) {
+        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
+        for (int i = 0; i < n; i++)
+            memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
+        model_eps_cfg(m, tp, n, x, ts[k], cls, o->cfg, eps);
+        for (int i = 0; i < n; i++) {
+            const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
+            double sigma = ddim_step(xp, mean, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
+            logp[(size_t)i * K + k] = (float)ddim_logprob(xn, mean, sigma, D);
+        }
+    }
+    free(x); free(eps); free(mean); free(xp);
+    return 0;
+}
+
+static double log_sigmoid(double s) { return s >= 0 ? -log1p(exp(-s)) : s - log1p(exp(s)); }
+static double sigmoid(double s) { return s >= 0 ? 1.0 / (1.0 + exp(-s)) : exp(s) / (1.0 + exp(s)); }
+
+double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const ddim_opts *o,
+                          const d3po_opts *d, const float *traj0, const float *traj1, int cls,
+                          const float *ref0, const float *ref1, const float h[2],
+                          const int *order, float *loss_k, float *lp0, float *lp1, char *err) {
+    int K = o->steps, S = m->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
+    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return NAN;
+    if (cls < 0 || cls >= m->L.arch.classes) {
+        d3_errf(err, "class %d out of range 0..%d", cls, m->L.arch.classes - 1);
+        return NAN;
+    }
+    const d3_backend *be = tape_backend(tp);
+    const float *trajs[2] = {traj0, traj1}, *refs[2] = {ref0, ref1};
+    float w = o->cfg;
+    int clsv[2] = {cls, cls};
+    float *x = malloc(2 * D * sizeof(float)), *eps = malloc(2 * D * sizeof(float));
+    float *mean = malloc(2 * D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    float *deps = malloc(2 * D * sizeof(float)), *host = malloc(4 * D * sizeof(float));
+    double total = 0;
+    for (int kk = 0; kk < K; kk++) {
+        int k = order ? order[kk] : kk;
+        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
+        for (int i = 0; i < 2; i++) memcpy(x + i * D, trajs[i] + (size_t)k * D, D * sizeof(float));
+        tape_reset(tp);
+        tape_set_grad(tp, 1);
+        int nb;
+        d3_tensor *out = forward_cfg(m, tp, grads, 2, x, ts[k], clsv, w, &nb);
+        be->download(host, out->v, out->numel * sizeof(float));
+        guide(eps, host, 2, nb, D, w);
+        double lp[2], sigma = 0, lr[2], mask[2];
+        for (int i = 0; i < 2; i++) {
+            const float *xn = trajs[i] + (size_t)(k + 1) * D;
+            sigma = ddim_step(xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
+            lp[i] = ddim_logprob(xn, mean + i * D, sigma, D);
+            double ratio = exp(lp[i] - refs[i][k]);
+            double lo = 1.0 - d->clip_eps, hi = 1.0 + d->clip_eps;
+            /* torch.clamp passes the gradient on [lo, hi] inclusive */
+            mask[i] = ratio >= lo && ratio <= hi;
+            lr[i] = log(ratio < lo ? lo : ratio > hi ? hi : ratio);
+        }
+        if (lp0) lp0[k] = (float)lp[0];
+        if (lp1) lp1[k] = (float)lp[1];
+        double s = d->beta * (h[0] * lr[0] + h[1] * lr[1]);
+        double loss = -log_sigmoid(s);
+        if (loss_k) loss_k[k] = (float)loss;
+        total += loss;
+        double ds = sigmoid(s) - 1.0; /* dloss/ds */
+        double dlp[2] = {ds * d->beta * h[0] * mask[0], ds * d->beta * h[1] * mask[1]};
+        if (dlp[0] == 0 && dlp[1] == 0) continue; /* tie or both clamped: zero gradient */
+        for (int i = 0; i < 2; i++) {
+            const float *xn = trajs[i] + (size_t)(k + 1) * D;
+            ddim_logprob_backward(deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
+                                  sigma, at, ap, D);
+        }
+        /* eps = u + w (c - u): dc = w deps, du = (1 - w) deps */
+        for (int i = 0; i < 2; i++)
+            for (size_t j = 0; j < D; j++) {
+                if (nb == 2) { host[i * D + j] = deps[i * D + j]; continue; }
+                host[i * D + j] = w * deps[i * D + j];
+                host[(2 + i) * D + j] = (1.0f - w) * deps[i * D + j];
+            }
+        float *dout = tape_alloc(tp, out->numel);
+        be->upload(dout, host, out->numel * sizeof(float));
+        tape_backward(tp, out, dout);
+    }
+    free(x); free(eps); free(mean); free(xp); free(deps); free(host);
+    return total;
+}
+
+double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
+                              const float *x0, const int *cls, float p_uncond, d3_rng *rng) {
+    const d3_backend *be = tape_backend(tp);
+    int S = m->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    float *noise = malloc(N * D * sizeof(float)), *xt = malloc(N * D * sizeof(float));
+    float *tv = malloc(N * sizeof(float)), *u = malloc(N * sizeof(float));
+    int *y = malloc(N * sizeof(int));
+    rng_normal(rng, noise, N * D);
+    rng_uniform(rng, u, N);
+    for (int i = 0; i < N; i++) {
+        int t = (int)rng_below(rng, (uint32_t)m->sched.T);
+        tv[i] = (float)t;
+        y[i] = u[i] < p_uncond ? m->L.arch.classes : cls[i];
+        float a = (float)sqrt(m->sched.abar[t]), b = (float)sqrt(1.0 - m->sched.abar[t]);
+        for (size_t j = 0; j < D; j++) xt[i * D + j] = a * x0[i * D + j] + b * noise[i * D + j];
+    }
+    tape_reset(tp);
+    tape_set_grad(tp, 1);
+    d3_tensor *in = tape_input(tp, N, 3, S, S);
+    be->upload(in->v, xt, N * D * sizeof(float));
+    d3_tensor *out = unet_forward(tp, &m->L, m->params, grads, in, tv, y);
+    float *dn = tape_alloc(tp, out->numel), *dout = tape_alloc(tp, out->numel);
+    be->upload(dn, noise, N * D * sizeof(float));
+    double loss = be->mse_forward(out->v, dn, out->numel);
+    be->mse_backward(dout, 1.0f, out->v, dn, out->numel);
+    tape_backward(tp, out, dout);
+    free(noise); free(xt); free(tv); free(u); free(y);
+    return loss;
+}

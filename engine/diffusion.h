@@ -1,0 +1,97 @@
+/* diffusion.h - sampling and training math on top of the UNet: the DDIM
+ * sampler with classifier-free guidance and per-step log-probabilities,
+ * teacher-forced log-probabilities of stored trajectories, the D3PO pair
+ * update and the epsilon-MSE pretraining step. The formulas are exactly
+ * those of ../shared/DESIGN.md ("Sampling and log-probabilities", "D3PO
+ * update"); bench/twin.py implements them again in PyTorch and
+ * tests/test_parity.sh compares the two.
+ *
+ * Images are [3,S,S] floats in [-1,1]; D = 3*S*S. A trajectory of one image
+ * is [K+1][D]: traj[0] = x_T, traj[k+1] = x after step k. Step k goes from
+ * timestep ts[k] to prev[k] (951 -> 901, ..., 1 -> 0 for K = 20).
+ */
+#ifndef D3PO_DIFFUSION_H
+#define D3PO_DIFFUSION_H
+
+#include <stddef.h>
+
+#include "model.h"
+#include "rng.h"
+#include "tape.h"
+
+#define D3_MAX_STEPS 1000
+
+typedef struct {
+    int steps;   /* K, default 20 */
+    float eta;   /* default 1.0 */
+    float cfg;   /* guidance scale w, default 5.0 */
+} ddim_opts;
+
+ddim_opts ddim_opts_default(void);
+
+/* ts[k] = (K-1-k)*(T/K) + 1, prev[k] = max(ts[k] - T/K, 0), k = 0..K-1.
+ * Returns 0, or -1 with err when K does not fit T. */
+int ddim_timesteps(int T, int K, int *ts, int *prev, char *err);
+
+/* One DDIM step for n floats (one image), given the guided eps:
+ * x0 = clip((x_t - sqrt(1-a_t) eps)/sqrt(a_t), -1, 1), sigma as in DESIGN.md,
+ * mean = sqrt(a_p) x0 + sqrt(1 - a_p - sigma^2) eps, x_prev = mean + sigma z
+ * (z may be NULL: x_prev = mean). Returns sigma. */
+double ddim_step(float *x_prev, float *mean, const float *x_t, const float *eps, const float *z,
+                 double abar_t, double abar_prev, double eta, size_t n);
+/* sigma_t of that step. */
+double ddim_sigma(double abar_t, double abar_prev, double eta);
+/* MEAN over n elements of the Gaussian log-density of x_prev under
+ * N(mean, sigma^2). */
+double ddim_logprob(const float *x_prev, const float *mean, double sigma, size_t n);
+/* deps = dlogp * d logp/d eps (through mean and the clipped x0). */
+void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const float *eps,
+                           const float *x_prev, const float *mean, double sigma, double abar_t,
+                           double abar_prev, size_t n);
+
+/* Guided noise prediction for n images at one timestep t: eps[n][D] =
+ * eps_u + w (eps_c - eps_u), the model run on batch [x (cond) ; x (null)]
+ * (w == 1: one conditional pass). Resets and uses the tape. */
+void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t, const int *cls,
+                   float w, float *eps);
+
+/* Samples n images with DDIM. x: in x_T [n][D], out x_0. rngs[n]: the
+ * per-image step-noise streams (advanced). traj [n][K+1][D] and logp
+ * [n][K] may be NULL. A pair or group shares x_T and the class: the caller
+ * copies x_T into each row and gives each image its own stream. 0/-1. */
+int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                float *x, d3_rng *rngs, float *traj, float *logp, char *err);
+
+/* Teacher-forced log-probabilities of n stored trajectories under model m
+ * (the reference log-probs D3PO caches). logp [n][K]. 0/-1. */
+int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                   const float *traj, float *logp, char *err);
+
+typedef struct {
+    float beta;       /* 0.1 */
+    float clip_eps;   /* 0.1: ratio clamped to [1-eps, 1+eps] */
+} d3po_opts;
+
+d3po_opts d3po_opts_default(void);
+
+/* D3PO for one pair (two trajectories of the same class and x_T): for each
+ * step k (in the order given, or 0..K-1 if order is NULL)
+ *   lr_i = log clamp(exp(logp_i - ref_i), 1-eps, 1+eps)
+ *   loss_k = -log sigmoid(beta (h0 lr0 + h1 lr1))
+ * and ACCUMULATES d(sum_k loss_k)/dparams into grads. h = {+1,-1} when
+ * image 0 is preferred, {-1,+1} when image 1 is, {0,0} for a tie (zero
+ * gradient). loss_k [K], lp0/lp1 [K] (policy log-probs) may be NULL.
+ * Returns sum_k loss_k, or NAN with err set on bad input. */
+double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const ddim_opts *o,
+                          const d3po_opts *d, const float *traj0, const float *traj1, int cls,
+                          const float *ref0, const float *ref1, const float h[2],
+                          const int *order, float *loss_k, float *lp0, float *lp1, char *err);
+
+/* Epsilon-MSE denoising loss on a batch x0 [N][D] with classes cls[N]:
+ * t ~ U{0..T-1}, noise ~ N(0,1), each class replaced by the null class
+ * with probability p_uncond; draws from rng. ACCUMULATES the gradient
+ * into grads and returns the loss. */
+double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
+                              const float *x0, const int *cls, float p_uncond, d3_rng *rng);
+
+#endif

@@ -1,0 +1,19 @@
+/* fsutil.h - crash-safe file writing shared by checkpoints, sessions and
+ * images: write to a temp file in the same directory, fsync it, rename it
+ * over the destination, fsync the directory. A reader sees the old file or
+ * the new one, never a torn mix. */
+#ifndef D3PO_FSUTIL_H
+#define D3PO_FSUTIL_H
+#include <stddef.h>
+#include "err.h"
+
+/* Writes the concatenation of nparts buffers to path atomically.
+ * Returns 0 or -1 with err naming the path and the failing call. */
+int fs_write_atomic(const char *path, const void *const *parts, const size_t *lens,
+                    int nparts, char *err);
+/* Reads a whole file into a malloc'd buffer (plus a NUL byte not counted
+ * in *len). Returns 0 or -1 with err naming the path. */
+int fs_read_all(const char *path, unsigned char **buf, size_t *len, char *err);
+/* mkdir -p. Returns 0 or -1 with err. */
+int fs_mkdirs(const char *path, char *err);
+#endif

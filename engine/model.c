@@ -1,0 +1,298 @@
+/* model.c - model lifetime and safetensors I/O with validation (model.h). */
+#include "model.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "safetensors.h"
+
+#ifndef D3PO_VERSION
+#define D3PO_VERSION "dev"
+#endif
+
+int schedule_init(d3_schedule *s, int T, double b0, double b1, char *err) {
+    if (T < 2 || T > D3_T_MAX)
+        return d3_errf(err, "schedule: T=%d: expected 2 to %d steps", T, D3_T_MAX);
+    if (!(b0 > 0 && b1 >= b0 && b1 < 1))
+        return d3_errf(err, "schedule: betas %g..%g: expected 0 < start <= end < 1", b0, b1);
+    s->T = T; s->beta_start = b0; s->beta_end = b1;
+    double a = 1.0;
+    for (int t = 0; t < T; t++) {
+        double beta = b0 + (b1 - b0) * t / (T - 1);
+        a *= 1.0 - beta;
+        s->abar[t] = a;
+    }
+    return 0;
+}
+
+static char *xstrdup(const char *s) {
+    char *d = strdup(s);
+    if (!d) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+    return d;
+}
+
+int model_init(d3_model *m, const unet_arch *a, const char *const *names, uint64_t seed, char *err) {
+    memset(m, 0, sizeof *m);
+    if (unet_layout_build(&m->L, a, err)) return -1;
+    m->params = malloc(m->L.numel * sizeof(float));
+    m->class_names = calloc(a->classes, sizeof(char *));
+    if (!m->params || !m->class_names) { model_free(m); return d3_errf(err, "out of memory"); }
+    m->nclasses = a->classes;
+    for (int i = 0; i < a->classes; i++) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "class%d", i);
+        m->class_names[i] = xstrdup(names ? names[i] : buf);
+    }
+    unet_init_params(&m->L, m->params, seed);
+    if (schedule_init(&m->sched, 1000, 1e-4, 0.02, err)) { model_free(m); return -1; }
+    return 0;
+}
+
+void model_free(d3_model *m) {
+    unet_layout_free(&m->L);
+    free(m->params);
+    for (int i = 0; i < m->nclasses; i++) free(m->class_names[i]);
+    free(m->class_names);
+    for (int i = 0; i < m->nmeta; i++) { free(m->meta_keys[i]); free(m->meta_vals[i]); }
+    free(m->meta_keys); free(m->meta_vals);
+    memset(m, 0, sizeof *m);
+}
+
+int model_set_meta(d3_model *m, const char *key, const char *val) {
+    for (int i = 0; i < m->nmeta; i++)
+        if (!strcmp(m->meta_keys[i], key)) {
+            free(m->meta_vals[i]);
+            m->meta_vals[i] = xstrdup(val);
+            return 0;
+        }
+    char **k = realloc(m->meta_keys, (m->nmeta + 1) * sizeof *k);
+    if (!k) return -1;
+    m->meta_keys = k;
+    char **v = realloc(m->meta_vals, (m->nmeta + 1) * sizeof *v);
+    if (!v) return -1;
+    m->meta_vals = v;
+    m->meta_keys[m->nmeta] = xstrdup(key);
+    m->meta_vals[m->nmeta] = xstrdup(val);
+    m->nmeta++;
+    return 0;
+}
+
+const char *model_get_meta(const d3_model *m, const char *key) {
+    for (int i = 0; i < m->nmeta; i++)
+        if (!strcmp(m->meta_keys[i], key)) return m->meta_vals[i];
+    return NULL;
+}
+
+int model_copy(d3_model *dst, const d3_model *src, char *err) {
+    if (model_init(dst, &src->L.arch, (const char *const *)src->class_names, 0, err)) return -1;
+    memcpy(dst->params, src->params, src->L.numel * sizeof(float));
+    dst->sched = src->sched;
+    for (int i = 0; i < src->nmeta; i++) model_set_meta(dst, src->meta_keys[i], src->meta_vals[i]);
+    return 0;
+}
+
+int model_find_class(const d3_model *m, const char *prompt) {
+    for (int i = 0; i < m->nclasses; i++)
+        if (!strcmp(m->class_names[i], prompt)) return i;
+    char *end;
+    long id = strtol(prompt, &end, 10);
+    if (*prompt && !*end && id >= 0 && id < m->nclasses) return (int)id;
+    return -1;
+}
+
+static int is_builtin_meta(const char *k) {
+    return !strcmp(k, "d3po.format") || !strcmp(k, "d3po.arch") || !strcmp(k, "d3po.classes") ||
+           !strcmp(k, "d3po.schedule") || !strcmp(k, "d3po.version") || !strcmp(k, "d3po.adam") ||
+           !strcmp(k, "d3po.rng");
+}
+
+int model_save(const d3_model *m, const char *path, const d3_adamw *opt, const d3_rng *rng,
+               char *err) {
+    st_writer *w = st_writer_new();
+    if (!w) return d3_errf(err, "%s: out of memory", path);
+    char arch[256], sched[128], buf[512];
+    unet_arch_format(&m->L.arch, arch, sizeof arch);
+    snprintf(sched, sizeof sched, "linear %d %.17g %.17g", m->sched.T, m->sched.beta_start,
+             m->sched.beta_end);
+    json_t *arr = json_array();
+    for (int i = 0; i < m->nclasses; i++) json_array_append_new(arr, json_string(m->class_names[i]));
+    char *classes = json_dumps(arr, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(arr);
+    int rc = -1;
+    if (!classes) { d3_errf(err, "%s: cannot encode class names", path); goto out; }
+    if (st_writer_meta(w, "d3po.format", "1", err) || st_writer_meta(w, "d3po.arch", arch, err) ||
+        st_writer_meta(w, "d3po.classes", classes, err) ||
+        st_writer_meta(w, "d3po.schedule", sched, err) ||
+        st_writer_meta(w, "d3po.version", D3PO_VERSION, err))
+        goto out;
+    for (int i = 0; i < m->nmeta; i++)
+        if (!is_builtin_meta(m->meta_keys[i]) &&
+            st_writer_meta(w, m->meta_keys[i], m->meta_vals[i], err))
+            goto out;
+    if (opt) {
+        snprintf(buf, sizeof buf, "step=%ld lr=%.9g beta1=%.9g beta2=%.9g eps=%.9g wd=%.9g",
+                 opt->step, opt->lr, opt->beta1, opt->beta2, opt->eps, opt->wd);
+        if (st_writer_meta(w, "d3po.adam", buf, err)) goto out;
+    }
+    if (rng) {
+        snprintf(buf, sizeof buf, "%llu %llu %llu", (unsigned long long)rng->seed,
+                 (unsigned long long)rng->stream, (unsigned long long)rng->counter);
+        if (st_writer_meta(w, "d3po.rng", buf, err)) goto out;
+    }
+    for (int pass = 0; pass < (opt ? 3 : 1); pass++) {
+        const float *base = pass == 0 ? m->params : pass == 1 ? opt->m : opt->v;
+        const char *pre = pass == 0 ? "" : pass == 1 ? "adam.m." : "adam.v.";
+        for (int i = 0; i < m->L.nparams; i++) {
+            const unet_param *p = &m->L.params[i];
+            int64_t shape[4];
+            for (int d = 0; d < p->ndim; d++) shape[d] = p->shape[d];
+            snprintf(buf, sizeof buf, "%s%s", pre, p->name);
+            if (st_writer_add(w, buf, ST_F32, p->ndim, shape, base + p->offset, err)) goto out;
+        }
+    }
+    rc = st_writer_save(w, path, err);
+out:
+    free(classes);
+    st_writer_free(w);
+    return rc;
+}
+
+static int load_tensor(const st_file *f, const char *path, const char *name, const unet_param *p,
+                       float *dst, char *err) {
+    const st_tensor *t = st_find(f, name);
+    if (!t) return d3_errf(err, "%s: tensor '%s' is missing", path, name);
+    if (t->dtype != ST_F32)
+        return d3_errf(err, "%s: tensor '%s' has dtype %s, expected F32", path, name,
+                       st_dtype_name(t->dtype));
+    int ok = t->ndim == p->ndim;
+    for (int d = 0; ok && d < p->ndim; d++) ok = t->shape[d] == p->shape[d];
+    if (!ok) {
+        char got[128] = "", want[128] = "";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? "," : "",
+                     (long long)t->shape[d]);
+        for (int d = 0; d < p->ndim; d++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", d ? "," : "", p->shape[d]);
+        return d3_errf(err, "%s: tensor '%s' has shape [%s], the architecture needs [%s]", path,
+                       name, got, want);
+    }
+    memcpy(dst, t->data, p->numel * sizeof(float));
+    for (size_t k = 0; k < p->numel; k++)
+        if (!isfinite(dst[k]))
+            return d3_errf(err, "%s: tensor '%s' holds a non-finite value at index %zu", path, name, k);
+    return 0;
+}
+
+int model_load(d3_model *m, const char *path, d3_adamw *opt, d3_rng *rng, int *has_state,
+               char *err) {
+    st_file f;
+    memset(m, 0, sizeof *m);
+    if (has_state) *has_state = 0;
+    if (st_load(&f, path, err)) return -1;
+    int rc = -1;
+    char e2[D3_ERRLEN];
+    const char *arch_s = st_meta(&f, "d3po.arch");
+    if (!arch_s) {
+        d3_errf(err, "%s: not a d3po model: __metadata__ has no 'd3po.arch'", path);
+        goto out;
+    }
+    unet_arch a = unet_arch_default();
+    a.nattn = 0;
+    if (unet_arch_parse(&a, arch_s, e2)) { d3_errf(err, "%s: d3po.arch: %s", path, e2); goto out; }
+    /* class names */
+    const char **names = NULL;
+    json_t *arr = NULL;
+    const char *cls = st_meta(&f, "d3po.classes");
+    if (cls) {
+        json_error_t je;
+        arr = json_loads(cls, 0, &je);
+        if (!arr || !json_is_array(arr) || (int)json_array_size(arr) != a.classes) {
+            d3_errf(err, "%s: d3po.classes: expected a JSON array of %d strings", path, a.classes);
+            json_decref(arr);
+            goto out;
+        }
+        names = calloc(a.classes, sizeof *names);
+        for (int i = 0; i < a.classes; i++) {
+            json_t *s = json_array_get(arr, i);
+            if (!json_is_string(s) || !json_string_value(s)[0]) {
+                d3_errf(err, "%s: d3po.classes: entry %d is not a non-empty string", path, i);
+                free(names); json_decref(arr);
+                goto out;
+            }
+            names[i] = json_string_value(s);
+        }
+    }
+    int r = model_init(m, &a, names, 0, e2);
+    free(names);
+    json_decref(arr);
+    if (r) { d3_errf(err, "%s: %s", path, e2); goto out; }
+    const char *sch = st_meta(&f, "d3po.schedule");
+    if (sch) {
+        int T; double b0, b1; char kind[16];
+        if (sscanf(sch, "%15s %d %lf %lf", kind, &T, &b0, &b1) != 4 || strcmp(kind, "linear")) {
+            d3_errf(err, "%s: d3po.schedule '%s': expected 'linear T beta_start beta_end'", path, sch);
+            goto fail;
+        }
+        if (schedule_init(&m->sched, T, b0, b1, e2)) { d3_errf(err, "%s: %s", path, e2); goto fail; }
+    }
+    for (int i = 0; i < m->L.nparams; i++) {
+        const unet_param *p = &m->L.params[i];
+        if (load_tensor(&f, path, p->name, p, m->params + p->offset, err)) goto fail;
+    }
+    int nexpect = m->L.nparams;
+    const char *adam = st_meta(&f, "d3po.adam");
+    if (adam && st_find(&f, "adam.m.conv_in.weight")) {
+        nexpect = 3 * m->L.nparams;
+        if (opt) {
+            d3_adamw o;
+            if (adamw_init(&o, m->L.numel)) { d3_errf(err, "%s: out of memory", path); goto fail; }
+            if (sscanf(adam, "step=%ld lr=%f beta1=%f beta2=%f eps=%f wd=%f", &o.step, &o.lr,
+                       &o.beta1, &o.beta2, &o.eps, &o.wd) != 6 || o.step < 0) {
+                d3_errf(err, "%s: d3po.adam '%s' is malformed", path, adam);
+                adamw_free(&o);
+                goto fail;
+            }
+            char name[176];
+            for (int i = 0; i < m->L.nparams; i++) {
+                const unet_param *p = &m->L.params[i];
+                snprintf(name, sizeof name, "adam.m.%s", p->name);
+                if (load_tensor(&f, path, name, p, o.m + p->offset, err)) { adamw_free(&o); goto fail; }
+                snprintf(name, sizeof name, "adam.v.%s", p->name);
+                if (load_tensor(&f, path, name, p, o.v + p->offset, err)) { adamw_free(&o); goto fail; }
+            }
+            *opt = o;
+            if (has_state) *has_state = 1;
+        }
+    }
+    const char *rs = st_meta(&f, "d3po.rng");
+    if (rs && rng) {
+        unsigned long long s, st, c;
+        if (sscanf(rs, "%llu %llu %llu", &s, &st, &c) != 3) {
+            d3_errf(err, "%s: d3po.rng '%s': expected 'seed stream counter'", path, rs);
+            goto fail;
+        }
+        rng->seed = s; rng->stream = st; rng->counter = c;
+    }
+    if (f.ntensors != nexpect) {
+        for (int i = 0; i < f.ntensors; i++) {
+            const char *n = f.tensors[i].name;
+            const char *base = !strncmp(n, "adam.m.", 7) || !strncmp(n, "adam.v.", 7) ? n + 7 : n;
+            if (!unet_layout_find(&m->L, base) || (nexpect == m->L.nparams && base != n)) {
+                d3_errf(err, "%s: tensor '%s' does not belong to architecture %s", path, n, arch_s);
+                goto fail;
+            }
+        }
+    }
+    for (int i = 0; i < f.nmeta; i++)
+        if (!is_builtin_meta(f.meta_keys[i])) model_set_meta(m, f.meta_keys[i], f.meta_vals[i]);
+    rc = 0;
+    goto out;
+fail:
+    model_free(m);
+out:
+    st_free(&f);
+    return rc;
+}

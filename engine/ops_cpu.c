@@ -1,0 +1,882 @@
+/* ops_cpu.c - the CPU reference backend of the op set in ops.h: every UNet
+ * layer forward and backward over NCHW float32 buffers, in C11 + OpenMP,
+ * with the matrix products done by OpenBLAS (cblas_sgemm).
+ *
+ * Threading model. All parallelism comes from OpenMP; OpenBLAS is kept
+ * single-threaded (ops_set_threads and every GEMM-heavy op make sure of it).
+ * Two thread pools on two cores fight each other (libgomp threads spin
+ * after a region while OpenBLAS threads want the same cores), and the
+ * UNet's GEMMs are small (M = 32..128): one-thread GEMMs on separate
+ * images run faster than two-thread GEMMs on one image (measured on 2
+ * cores, 3x3 conv N=64 C=64 16x16 fwd+bwd: 160 vs 120 GFLOP/s). So the
+ * batched ops (conv2d, attention) run one parallel region in which
+ *  - when N >= threads, each thread takes whole images (dynamic schedule,
+ *    no barriers) and parameter gradients go to a per-thread partial,
+ *    summed at the end;
+ *  - when N < threads (sampling one image), the team shares each image
+ *    ("coop" mode): GEMMs are split by rows or columns between threads,
+ *    with barriers between the phases.
+ * Scratch memory (im2col columns, partial gradients) is a per-thread
+ * growing buffer (_Thread_local). The only shared mutable state is the
+ * thread-count setting (an atomic, see ops_set_threads).
+ *
+ * Gradient rule (ops.h): every backward ACCUMULATES (+=) into each gradient
+ * pointer it receives, parameters and activations alike; NULL = skip.
+ */
+#include "ops.h"
+
+#include <assert.h>
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Not declared by every cblas.h. */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Per-thread growing scratch buffer (64-byte aligned). Contents are not
+ * preserved when it grows; callers take it once per op and carve it. */
+static _Thread_local float *scr_buf;
+static _Thread_local size_t scr_cap;
+
+static float *scratch(size_t nfloats) {
+    if (nfloats > scr_cap) {
+        free(scr_buf);
+        size_t cap = nfloats + nfloats / 4 + 1024;
+        size_t bytes = (cap * sizeof(float) + 63) & ~(size_t)63;
+        scr_buf = aligned_alloc(64, bytes);
+        if (!scr_buf) abort(); /* out of memory: nothing sensible to do here */
+        scr_cap = cap;
+    }
+    return scr_buf;
+}
+
+/* OpenBLAS must stay single-threaded: we call it from OpenMP threads. */
+static void blas_single(void) {
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+
+/* Work (in floats touched) below which an elementwise loop stays serial. */
+#define PAR_MIN 32768
+
+static int par_threads(size_t work) { return work > PAR_MIN ? ops_get_threads() : 1; }
+
+/* This thread's share [lo,hi) of n items: the whole range when not coop,
+ * else a contiguous block, block sizes rounded up to `align`. */
+static void my_range(int coop, int n, int align, int *lo, int *hi) {
+    if (!coop) { *lo = 0; *hi = n; return; }
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    int chunk = (n + nt - 1) / nt;
+    chunk = (chunk + align - 1) / align * align;
+    int a = t * chunk, b = a + chunk;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}
+
+static void team_sync(int coop) {
+    if (coop) {
+#pragma omp barrier
+    }
+}
+
+/* Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C.
+ * In coop mode each thread of the team computes a block of C (split along
+ * the larger of M and N), so the team together computes all of C. */
+static void mm(int coop, int ta, int tb, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta,
+               float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    int lo, hi;
+    if (N >= M) {
+        my_range(coop, N, 16, &lo, &hi);
+        if (lo >= hi) return;
+        B = tb ? B + (size_t)lo * ldb : B + lo;
+        C += lo;
+        N = hi - lo;
+    } else {
+        my_range(coop, M, 16, &lo, &hi);
+        if (lo >= hi) return;
+        A = ta ? A + lo : A + (size_t)lo * lda;
+        C += (size_t)lo * ldc;
+        M = hi - lo;
+    }
+    if (K <= 0) { /* empty sum: C = beta*C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
+                beta, C, ldc);
+}
+
+/* exp(x) for float, vectorisable (no libm call): 2^n * p(r) with
+ * x = n*ln2 + r, |r| <= ln2/2 (about), degree-6 polynomial; relative
+ * error ~2e-7.
+ * Input clamped to [-87, 88] (results ~1.6e-38 .. 1.6e38). */
+static inline float fexp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* round to nearest by the 1.5*2^23 trick (floorf does not vectorise
+     * without -fno-trapping-math) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f;          /* ln2 high part (exact) */
+    r = r - n * -2.12194440e-4f;             /* ln2 low part */
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } e = {.i = ((int32_t)n + 127) << 23}; /* 2^n */
+    return p * e.f;
+}
+
+/* ----------------------------------------------------------------- conv2d */
+
+typedef struct {
+    int C, H, W, OC, K, stride, pad, OH, OW;
+    int P;      /* OH*OW: output pixels of one image */
+    int CKK;    /* C*K*K: rows of the column matrix */
+    int direct; /* 1x1, stride 1, pad 0: the input is its own column matrix */
+} conv_shape;
+
+static conv_shape conv_make(int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_shape s;
+    s.C = C; s.H = H; s.W = W; s.OC = OC; s.K = K; s.stride = stride; s.pad = pad;
+    s.OH = (H + 2 * pad - K) / stride + 1;
+    s.OW = (W + 2 * pad - K) / stride + 1;
+    s.P = s.OH * s.OW;
+    s.CKK = C * K * K;
+    s.direct = (K == 1 && stride == 1 && pad == 0);
+    return s;
+}
+
+/* Output pixels [oh0,oh1) x [0,OW) of one image form a "block"; the
+ * column matrix of a block is col[CKK, Pb], Pb = (oh1-oh0)*OW, row
+ * r = (c*K + kh)*K + kw:
+ *   col[r, (oh-oh0)*OW + ow] = x[c, oh*s - pad + kh, ow*s - pad + kw]
+ * (0 outside the image). Blocks keep col inside the L2 cache. */
+
+/* For kernel offset (kh,kw): the valid output ranges, i.e. the oh with
+ * 0 <= oh*s-pad+kh < H and the ow with 0 <= ow*s-pad+kw < W. */
+static void valid_range(int k, int pad, int st, int n_in, int n_out, int *lo, int *hi) {
+    int a = pad - k > 0 ? (pad - k + st - 1) / st : 0;
+    int b = n_in - 1 + pad - k < 0 ? 0 : (n_in - 1 + pad - k) / st + 1;
+    if (b > n_out) b = n_out;
+    if (a > b) a = b;
+    *lo = a;
+    *hi = b;
+}
+
+/* "Same" stride-1 conv (OH == H, OW == W): a row of col is the channel
+ * image shifted by (kh-pad)*W + (kw-pad) in flat index, with the wrapped
+ * columns zeroed. One long copy instead of OH short ones. */
+static int conv_same(const conv_shape *s) {
+    return s->stride == 1 && s->OH == s->H && s->OW == s->W;
+}
+
+/* Rows [r0,r1) of the column matrix of block [oh0,oh1).
+ * x: [C,H,W] -> col: [CKK, Pb] */
+static void im2col_block(float *col, const float *x, const conv_shape *s, int r0, int r1,
+                         int oh0, int oh1) {
+    const int K = s->K, H = s->H, W = s->W, OW = s->OW, st = s->stride, pad = s->pad;
+    const int Pb = (oh1 - oh0) * OW, same = conv_same(s);
+    for (int r = r0; r < r1; r++) {
+        const int c = r / (K * K), kh = (r / K) % K, kw = r % K;
+        const float *xc = x + (size_t)c * H * W;
+        float *dst = col + (size_t)r * Pb;
+        int hl, hh, wl, wh;
+        valid_range(kh, pad, st, H, s->OH, &hl, &hh);
+        valid_range(kw, pad, st, W, OW, &wl, &wh);
+        hl = hl > oh0 ? hl : oh0;
+        hh = hh < oh1 ? hh : oh1;
+        if (hl > hh) hl = hh;
+        /* rows outside the image */
+        memset(dst, 0, sizeof(float) * (size_t)(hl - oh0) * OW);
+        memset(dst + (size_t)(hh - oh0) * OW, 0, sizeof(float) * (size_t)(oh1 - hh) * OW);
+        if (same) {
+            const int shift = (kh - pad) * W + (kw - pad);
+            int p0 = hl * W, p1 = hh * W; /* pixel range, src = p + shift */
+            if (p0 + shift < 0) p0 = -shift;
+            if (p1 + shift > H * W) p1 = H * W - shift;
+            if (p1 > p0)
+                memcpy(dst + (p0 - oh0 * W), xc + p0 + shift, sizeof(float) * (size_t)(p1 - p0));
+            for (int oh = hl; oh < hh; oh++) { /* wrapped columns */
+                float *d = dst + (size_t)(oh - oh0) * OW;
+                for (int ow = 0; ow < wl; ow++) d[ow] = 0.0f;
+                for (int ow = wh; ow < OW; ow++) d[ow] = 0.0f;
+            }
+            continue;
+        }
+        for (int oh = hl; oh < hh; oh++) {
+            const float *xr = xc + (size_t)(oh * st - pad + kh) * W; /* iw = ow*st - pad + kw */
+            float *d = dst + (size_t)(oh - oh0) * OW;
+            for (int ow = 0; ow < wl; ow++) d[ow] = 0.0f;
+            if (st == 1) {
+                const int sh = kw - pad;
+                for (int ow = wl; ow < wh; ow++) d[ow] = xr[ow + sh];
+            } else {
+                for (int ow = wl; ow < wh; ow++) d[ow] = xr[ow * st - pad + kw];
+            }
+            for (int ow = wh; ow < OW; ow++) d[ow] = 0.0f;
+        }
+    }
+}
+
+/* Inverse of im2col_block, accumulating, for channels [c0,c1):
+ * dx[c, ih, iw] += every entry of dcol that im2col read from there.
+ * dcol: [CKK, Pb] (its entries for outside pixels are clobbered) ->
+ * dx: [C,H,W]. Channels are disjoint between threads. */
+static void col2im_block(float *dx, float *dcol, const conv_shape *s, int c0, int c1,
+                         int oh0, int oh1) {
+    const int K = s->K, H = s->H, W = s->W, OW = s->OW, st = s->stride, pad = s->pad;
+    const int Pb = (oh1 - oh0) * OW, same = conv_same(s);
+    for (int c = c0; c < c1; c++) {
+        float *xc = dx + (size_t)c * H * W;
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = 0; kw < K; kw++) {
+                float *src = dcol + (size_t)((c * K + kh) * K + kw) * Pb;
+                int hl, hh, wl, wh;
+                valid_range(kh, pad, st, H, s->OH, &hl, &hh);
+                valid_range(kw, pad, st, W, OW, &wl, &wh);
+                hl = hl > oh0 ? hl : oh0;
+                hh = hh < oh1 ? hh : oh1;
+                if (same) {
+                    /* zero the wrapped columns, then one long add */
+                    for (int oh = hl; oh < hh; oh++) {
+                        float *d = src + (size_t)(oh - oh0) * OW;
+                        for (int ow = 0; ow < wl; ow++) d[ow] = 0.0f;
+                        for (int ow = wh; ow < OW; ow++) d[ow] = 0.0f;
+                    }
+                    const int shift = (kh - pad) * W + (kw - pad);
+                    int p0 = hl * W, p1 = hh * W;
+                    if (p0 + shift < 0) p0 = -shift;
+                    if (p1 + shift > H * W) p1 = H * W - shift;
+                    float *xs = xc + shift + p0;
+                    const float *d = src + (p0 - oh0 * W);
+                    for (int i = 0; i < p1 - p0; i++) xs[i] += d[i];
+                    continue;
+                }
+                for (int oh = hl; oh < hh; oh++) {
+                    float *xr = xc + (size_t)(oh * st - pad + kh) * W; /* iw = ow*st - pad + kw */
+                    const float *d = src + (size_t)(oh - oh0) * OW;
+                    if (st == 1) {
+                        const int sh = kw - pad;
+                        for (int ow = wl; ow < wh; ow++) xr[ow + sh] += d[ow];
+                    } else {
+                        for (int ow = wl; ow < wh; ow++) xr[ow * st - pad + kw] += d[ow];
+                    }
+                }
+            }
+    }
+}
+
+#ifndef CONV_COL_BYTES
+#define CONV_COL_BYTES (640 * 1024) /* column block budget: most of a 1 MiB L2 */
+#endif
+
+/* Output rows per block: the column block stays under CONV_COL_BYTES. */
+static int conv_block_rows(const conv_shape *s) {
+    if (s->direct) return s->OH;
+    size_t row = (size_t)s->CKK * s->OW * sizeof(float);
+    int rb = (int)(CONV_COL_BYTES / (row ? row : 1));
+    if (rb < 1) rb = 1;
+    if (rb > s->OH) rb = s->OH;
+    return rb;
+}
+
+/* Floats of column scratch for one image. */
+static size_t conv_col_floats(const conv_shape *s) {
+    return s->direct ? 0 : (size_t)s->CKK * conv_block_rows(s) * s->OW;
+}
+
+/* One image forward. x: [C,H,W], out: [OC,P], col: column block scratch
+ * (shared by the team in coop mode). */
+static void conv_fwd_img(float *out, const float *x, const float *w, const float *b,
+                         float *col, const conv_shape *s, int coop) {
+    int lo, hi;
+    if (b) { /* out starts as the bias, the GEMMs add onto it */
+        my_range(coop, s->OC, 1, &lo, &hi);
+        for (int oc = lo; oc < hi; oc++) {
+            float *o = out + (size_t)oc * s->P;
+            for (int p = 0; p < s->P; p++) o[p] = b[oc];
+        }
+    }
+    if (s->direct) {
+        team_sync(coop);
+        /* out[OC,P] (+)= w[OC,C] @ x[C,P] */
+        mm(coop, 0, 0, s->OC, s->P, s->CKK, 1.0f, w, s->CKK, x, s->P, b ? 1.0f : 0.0f, out, s->P);
+        team_sync(coop);
+        return;
+    }
+    const int rb = conv_block_rows(s);
+    for (int oh0 = 0; oh0 < s->OH; oh0 += rb) {
+        const int oh1 = oh0 + rb < s->OH ? oh0 + rb : s->OH, Pb = (oh1 - oh0) * s->OW;
+        my_range(coop, s->CKK, 1, &lo, &hi);
+        im2col_block(col, x, s, lo, hi, oh0, oh1);
+        team_sync(coop);
+        /* out[OC, block] (+)= w[OC,CKK] @ col[CKK,Pb] */
+        mm(coop, 0, 0, s->OC, Pb, s->CKK, 1.0f, w, s->CKK, col, Pb, b ? 1.0f : 0.0f,
+           out + (size_t)oh0 * s->OW, s->P);
+        team_sync(coop); /* col is reused by the next block */
+    }
+}
+
+void conv2d_forward(float *out, const float *inp, const float *w, const float *b,
+                    int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    // inp: [N,C,H,W]  w: [OC,C,K,K]  b: [OC]  out: [N,OC,OH,OW]
+    const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
+    const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * s.P;
+    const size_t col_sz = conv_col_floats(&s);
+    const double flops = 2.0 * N * OC * (double)s.P * s.CKK;
+    const int nt = flops < 2e5 ? 1 : ops_get_threads();
+    const int coop = N < nt;
+    float *shared = coop ? scratch(col_sz) : NULL;
+    blas_single();
+#pragma omp parallel num_threads(nt)
+    {
+        if (coop) {
+            for (int n = 0; n < N; n++)
+                conv_fwd_img(out + n * out_sz, inp + n * in_sz, w, b, shared, &s, 1);
+        } else {
+            float *col = scratch(col_sz);
+#pragma omp for schedule(dynamic, 1)
+            for (int n = 0; n < N; n++)
+                conv_fwd_img(out + n * out_sz, inp + n * in_sz, w, b, col, &s, 0);
+        }
+    }
+}
+
+/* One image backward. col: column block scratch (team-shared in coop
+ * mode), dwp: [OC,CKK] and dbp: [OC] gradient targets (per-thread
+ * partials when not coop, the real dw/db in coop mode where the blocks
+ * each thread writes are disjoint). */
+static void conv_bwd_img(float *dx, float *dwp, float *dbp, const float *dout,
+                         const float *x, const float *w, float *col,
+                         const conv_shape *s, int coop) {
+    int lo, hi;
+    const int P = s->P, OC = s->OC, CKK = s->CKK;
+    if (dbp) { /* db[oc] += sum_p dout[oc,p] */
+        my_range(coop, OC, 1, &lo, &hi);
+        for (int oc = lo; oc < hi; oc++) {
+            const float *d = dout + (size_t)oc * P;
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int p = 0; p < P; p++) acc += d[p];
+            dbp[oc] += acc;
+        }
+    }
+    if (s->direct) {
+        /* dw[OC,C] += dout[OC,P] @ x[C,P]^T ; dx[C,P] += w[OC,C]^T @ dout[OC,P] */
+        if (dwp) mm(coop, 0, 1, OC, CKK, P, 1.0f, dout, P, x, P, 1.0f, dwp, CKK);
+        if (dx) mm(coop, 1, 0, CKK, P, OC, 1.0f, w, CKK, dout, P, 1.0f, dx, P);
+        team_sync(coop);
+        return;
+    }
+    if (!dwp && !dx) return;
+    const int rb = conv_block_rows(s);
+    for (int oh0 = 0; oh0 < s->OH; oh0 += rb) {
+        const int oh1 = oh0 + rb < s->OH ? oh0 + rb : s->OH, Pb = (oh1 - oh0) * s->OW;
+        const float *dblk = dout + (size_t)oh0 * s->OW; /* [OC, Pb], ld P */
+        if (dwp) {
+            my_range(coop, CKK, 1, &lo, &hi);
+            im2col_block(col, x, s, lo, hi, oh0, oh1);
+            team_sync(coop);
+            /* dw[OC,CKK] += dout[OC,Pb] @ col[CKK,Pb]^T */
+            mm(coop, 0, 1, OC, CKK, Pb, 1.0f, dblk, P, col, Pb, 1.0f, dwp, CKK);
+            team_sync(coop); /* col is overwritten by dcol below */
+        }
+        if (dx) {
+            /* dcol[CKK,Pb] = w[OC,CKK]^T @ dout[OC,Pb], then scatter-add */
+            mm(coop, 1, 0, CKK, Pb, OC, 1.0f, w, CKK, dblk, P, 0.0f, col, Pb);
+            team_sync(coop);
+            my_range(coop, s->C, 1, &lo, &hi);
+            col2im_block(dx, col, s, lo, hi, oh0, oh1);
+            team_sync(coop);
+        }
+    }
+}
+
+void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
+                     const float *inp, const float *w,
+                     int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    // dout: [N,OC,OH,OW] -> dinp: [N,C,H,W], dw: [OC,C,K,K], db: [OC]
+    if (!dinp && !dw && !db) return;
+    const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
+    const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * s.P;
+    const size_t col_sz = conv_col_floats(&s);
+    const size_t wsz = (size_t)OC * s.CKK;
+    const double flops = 4.0 * N * OC * (double)s.P * s.CKK;
+    const int nt = flops < 2e5 ? 1 : ops_get_threads();
+    const int coop = N < nt;
+    float *shared = coop ? scratch(col_sz) : NULL;
+    blas_single();
+#pragma omp parallel num_threads(nt)
+    {
+        if (coop) {
+            for (int n = 0; n < N; n++)
+                conv_bwd_img(dinp ? dinp + n * in_sz : NULL, dw, db, dout + n * out_sz,
+                             inp + n * in_sz, w, shared, &s, 1);
+        } else {
+            /* per-thread partials [OC*CKK] + [OC], then the columns */
+            float *buf = scratch(col_sz + wsz + OC);
+            float *dwp = dw ? buf : NULL, *dbp = db ? buf + wsz : NULL, *col = buf + wsz + OC;
+            if (dw) memset(dwp, 0, sizeof(float) * wsz);
+            if (db) memset(dbp, 0, sizeof(float) * OC);
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int n = 0; n < N; n++)
+                conv_bwd_img(dinp ? dinp + n * in_sz : NULL, dwp, dbp, dout + n * out_sz,
+                             inp + n * in_sz, w, col, &s, 0);
+            if (dw || db) {
+#pragma omp critical(d3po_conv_reduce)
+                {
+                    if (dw) for (size_t i = 0; i < wsz; i++) dw[i] += dwp[i];
+                    if (db) for (int i = 0; i < OC; i++) db[i] += dbp[i];
+                }
+            }
+        }
+    }
+}
+
+/* ----------------------------------------------------------------- linear */
+
+void linear_forward(float *out, const float *inp, const float *w, const float *b,
+                    int N, int IN, int OUT) {
+    // inp: [N,IN]  w: [OUT,IN]  b: [OUT]  out: [N,OUT]
+    if (b) {
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OUT; o++) out[(size_t)n * OUT + o] = b[o];
+    }
+    blas_single();
+    const int par = 2.0 * N * IN * OUT > 1e6;
+    /* out[N,OUT] (+)= inp[N,IN] @ w[OUT,IN]^T */
+#pragma omp parallel num_threads(par ? ops_get_threads() : 1)
+    mm(par, 0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, b ? 1.0f : 0.0f, out, OUT);
+}
+
+void linear_backward(float *dinp, float *dw, float *db, const float *dout,
+                     const float *inp, const float *w, int N, int IN, int OUT) {
+    // dout: [N,OUT] -> dinp: [N,IN], dw: [OUT,IN], db: [OUT]
+    if (db) {
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OUT; o++) db[o] += dout[(size_t)n * OUT + o];
+    }
+    blas_single();
+    const int par = 2.0 * N * IN * OUT > 1e6;
+#pragma omp parallel num_threads(par ? ops_get_threads() : 1)
+    {
+        /* dinp[N,IN] += dout[N,OUT] @ w[OUT,IN] */
+        if (dinp) mm(par, 0, 0, N, IN, OUT, 1.0f, dout, OUT, w, IN, 1.0f, dinp, IN);
+        /* dw[OUT,IN] += dout[N,OUT]^T @ inp[N,IN] */
+        if (dw) mm(par, 1, 0, OUT, IN, N, 1.0f, dout, OUT, inp, IN, 1.0f, dw, IN);
+    }
+}
+
+/* -------------------------------------------------------------- groupnorm */
+
+void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *w, const float *b, int N, int C, int HW, int G) {
+    // inp, out: [N,C,HW]  w, b: [C]  mean, rstd: [N,G]
+    const int CG = C / G;
+    const size_t M = (size_t)CG * HW; /* elements per group */
+    assert(C % G == 0);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(par_threads((size_t)N * C * HW))
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            const float *x = inp + ((size_t)n * C + (size_t)g * CG) * HW;
+            float *y = out + ((size_t)n * C + (size_t)g * CG) * HW;
+            /* two passes in double: mean, then centred variance */
+            double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+            for (size_t i = 0; i < M; i++) sum += x[i];
+            const double mu = sum / (double)M;
+            double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+            for (size_t i = 0; i < M; i++) {
+                double d = x[i] - mu;
+                ss += d * d;
+            }
+            const double rs = 1.0 / sqrt(ss / (double)M + 1e-5);
+            mean[n * G + g] = (float)mu;
+            rstd[n * G + g] = (float)rs;
+            for (int cc = 0; cc < CG; cc++) {
+                const int c = g * CG + cc;
+                /* y = (x - mu) * rs * w + b = x * a + bb */
+                const float a = (float)(rs * (w ? w[c] : 1.0f));
+                const float bb = (float)((b ? b[c] : 0.0f) - mu * rs * (w ? w[c] : 1.0f));
+                const float *xc = x + (size_t)cc * HW;
+                float *yc = y + (size_t)cc * HW;
+                for (int i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
+            }
+        }
+}
+
+void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                        const float *inp, const float *w, const float *mean,
+                        const float *rstd, int N, int C, int HW, int G) {
+    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]
+    const int CG = C / G;
+    const size_t M = (size_t)CG * HW;
+    const int par = (size_t)N * C * HW > PAR_MIN;
+    if (dw || db) {
+        /* dw[c] += sum_{n,i} dout * xhat, db[c] += sum_{n,i} dout (channels
+         * are disjoint between threads) */
+#pragma omp parallel for schedule(static) num_threads(par ? ops_get_threads() : 1)
+        for (int c = 0; c < C; c++) {
+            double sw = 0.0, sb = 0.0;
+            const int g = c / CG;
+            for (int n = 0; n < N; n++) {
+                const float *x = inp + ((size_t)n * C + c) * HW;
+                const float *d = dout + ((size_t)n * C + c) * HW;
+                const float mu = mean[n * G + g], rs = rstd[n * G + g];
+                float aw = 0.0f, ab = 0.0f;
+#pragma omp simd reduction(+ : aw, ab)
+                for (int i = 0; i < HW; i++) {
+                    aw += d[i] * (x[i] - mu);
+                    ab += d[i];
+                }
+                sw += (double)aw * rs;
+                sb += ab;
+            }
+            if (dw) dw[c] += (float)sw;
+            if (db) db[c] += (float)sb;
+        }
+    }
+    if (!dinp) return;
+    /* dx = rs * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dout * w */
+#pragma omp parallel for collapse(2) schedule(static) num_threads(par ? ops_get_threads() : 1)
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < G; g++) {
+            const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
+            const float *x = inp + off, *d = dout + off;
+            float *dx = dinp + off;
+            const float mu = mean[n * G + g], rs = rstd[n * G + g];
+            double s1 = 0.0, s2 = 0.0;
+            for (int cc = 0; cc < CG; cc++) {
+                const float wc = w ? w[g * CG + cc] : 1.0f;
+                const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+                for (int i = 0; i < HW; i++) {
+                    a1 += dc[i];
+                    a2 += dc[i] * (xc[i] - mu);
+                }
+                s1 += (double)wc * a1;
+                s2 += (double)wc * a2 * rs;
+            }
+            const float m1 = (float)(s1 / (double)M), m2 = (float)(s2 / (double)M);
+            for (int cc = 0; cc < CG; cc++) {
+                const float wc = w ? w[g * CG + cc] : 1.0f;
+                const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                float *dxc = dx + (size_t)cc * HW;
+                for (int i = 0; i < HW; i++) {
+                    const float xh = (xc[i] - mu) * rs;
+                    dxc[i] += rs * (dc[i] * wc - m1 - xh * m2);
+                }
+            }
+        }
+}
+
+/* ------------------------------------------------------------ elementwise */
+
+void silu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for schedule(static) num_threads(par_threads(n))
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        out[i] = x / (1.0f + fexp(-x));
+    }
+}
+
+void silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+    if (!dinp) return;
+    /* d/dx x*s(x) = s * (1 + x*(1 - s)) */
+#pragma omp parallel for schedule(static) num_threads(par_threads(n))
+    for (size_t i = 0; i < n; i++) {
+        const float x = inp[i];
+        const float s = 1.0f / (1.0f + fexp(-x));
+        dinp[i] += dout[i] * s * (1.0f + x * (1.0f - s));
+    }
+}
+
+void add_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static) num_threads(par_threads(n))
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void add_backward(float *da, float *db, const float *dout, size_t n) {
+    if (da) {
+#pragma omp parallel for schedule(static) num_threads(par_threads(n))
+        for (size_t i = 0; i < n; i++) da[i] += dout[i];
+    }
+    if (db) {
+#pragma omp parallel for schedule(static) num_threads(par_threads(n))
+        for (size_t i = 0; i < n; i++) db[i] += dout[i];
+    }
+}
+
+void addbc_forward(float *out, const float *x, const float *e, int N, int C, int HW) {
+    // x, out: [N,C,HW]  e: [N,C]
+    const int NC = N * C;
+#pragma omp parallel for schedule(static) num_threads(par_threads((size_t)NC * HW))
+    for (int nc = 0; nc < NC; nc++) {
+        const float v = e[nc];
+        const float *xs = x + (size_t)nc * HW;
+        float *o = out + (size_t)nc * HW;
+        for (int i = 0; i < HW; i++) o[i] = xs[i] + v;
+    }
+}
+
+void addbc_backward(float *dx, float *de, const float *dout, int N, int C, int HW) {
+    // dout: [N,C,HW] -> dx: [N,C,HW], de: [N,C]
+    const int NC = N * C;
+#pragma omp parallel for schedule(static) num_threads(par_threads((size_t)NC * HW))
+    for (int nc = 0; nc < NC; nc++) {
+        const float *d = dout + (size_t)nc * HW;
+        if (dx) {
+            float *g = dx + (size_t)nc * HW;
+            for (int i = 0; i < HW; i++) g[i] += d[i];
+        }
+        if (de) {
+            float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < HW; i++) acc += d[i];
+            de[nc] += acc;
+        }
+    }
+}
+
+void concat_forward(float *out, const float *a, const float *b, int N, int C1, int C2, int HW) {
+    // a: [N,C1,HW]  b: [N,C2,HW]  out: [N,C1+C2,HW]
+    const size_t sa = (size_t)C1 * HW, sb = (size_t)C2 * HW;
+#pragma omp parallel for schedule(static) num_threads(par_threads((sa + sb) * N))
+    for (int n = 0; n < N; n++) {
+        memcpy(out + n * (sa + sb), a + n * sa, sizeof(float) * sa);
+        memcpy(out + n * (sa + sb) + sa, b + n * sb, sizeof(float) * sb);
+    }
+}
+
+void concat_backward(float *da, float *db, const float *dout, int N, int C1, int C2, int HW) {
+    // dout: [N,C1+C2,HW] -> da: [N,C1,HW], db: [N,C2,HW]
+    const size_t sa = (size_t)C1 * HW, sb = (size_t)C2 * HW;
+#pragma omp parallel for schedule(static) num_threads(par_threads((sa + sb) * N))
+    for (int n = 0; n < N; n++) {
+        const float *d = dout + n * (sa + sb);
+        if (da) {
+            float *g = da + n * sa;
+            for (size_t i = 0; i < sa; i++) g[i] += d[i];
+        }
+        if (db) {
+            float *g = db + n * sb;
+            for (size_t i = 0; i < sb; i++) g[i] += d[sa + i];
+        }
+    }
+}
+
+void upsample2x_forward(float *out, const float *inp, int N, int C, int H, int W) {
+    // inp: [N,C,H,W]  out: [N,C,2H,2W]
+    const int NC = N * C, W2 = 2 * W;
+#pragma omp parallel for schedule(static) num_threads(par_threads((size_t)NC * H * W * 4))
+    for (int nc = 0; nc < NC; nc++)
+        for (int y = 0; y < H; y++) {
+            const float *src = inp + ((size_t)nc * H + y) * W;
+            float *d0 = out + ((size_t)nc * 2 * H + 2 * y) * W2;
+            for (int x = 0; x < W2; x++) d0[x] = src[x >> 1];
+            memcpy(d0 + W2, d0, sizeof(float) * W2);
+        }
+}
+
+void upsample2x_backward(float *dinp, const float *dout, int N, int C, int H, int W) {
+    // dout: [N,C,2H,2W] -> dinp: [N,C,H,W]
+    if (!dinp) return;
+    const int NC = N * C, W2 = 2 * W;
+#pragma omp parallel for schedule(static) num_threads(par_threads((size_t)NC * H * W * 4))
+    for (int nc = 0; nc < NC; nc++)
+        for (int y = 0; y < H; y++) {
+            const float *d0 = dout + ((size_t)nc * 2 * H + 2 * y) * W2, *d1 = d0 + W2;
+            float *g = dinp + ((size_t)nc * H + y) * W;
+            for (int x = 0; x < W; x++)
+                g[x] += (d0[2 * x] + d0[2 * x + 1]) + (d1[2 * x] + d1[2 * x + 1]);
+        }
+}
+
+/* -------------------------------------------------------------- attention */
+
+/* Softmax of rows [r0,r1) of s: [T,T], in place, max-subtracted. */
+static void softmax_rows(float *s, int T, int r0, int r1) {
+    for (int i = r0; i < r1; i++) {
+        float *row = s + (size_t)i * T;
+        /* row max, 16 lanes (an elementwise max vectorises where a max
+         * reduction would need -ffast-math) */
+        float m16[16];
+        for (int k = 0; k < 16; k++) m16[k] = row[0];
+        int j = 0;
+        for (; j + 16 <= T; j += 16)
+            for (int k = 0; k < 16; k++) m16[k] = row[j + k] > m16[k] ? row[j + k] : m16[k];
+        for (; j < T; j++) m16[0] = row[j] > m16[0] ? row[j] : m16[0];
+        float mx = m16[0];
+        for (int k = 1; k < 16; k++) mx = m16[k] > mx ? m16[k] : mx;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < T; j++) {
+            row[j] = fexp(row[j] - mx);
+            sum += row[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int j = 0; j < T; j++) row[j] *= inv;
+    }
+}
+
+/* One image. qkv: [3C,T], att: [T,T], out: [C,T]. */
+static void attn_fwd_img(float *out, float *att, const float *qkv, int C, int T, int coop) {
+    const float *q = qkv, *k = qkv + (size_t)C * T, *v = qkv + (size_t)2 * C * T;
+    int lo, hi;
+    /* att[T,T] = q[C,T]^T @ k[C,T] / sqrt(C) */
+    mm(coop, 1, 0, T, T, C, 1.0f / sqrtf((float)C), q, T, k, T, 0.0f, att, T);
+    team_sync(coop);
+    my_range(coop, T, 1, &lo, &hi);
+    softmax_rows(att, T, lo, hi);
+    team_sync(coop);
+    /* out[C,T] = v[C,T] @ att[T,T]^T */
+    mm(coop, 0, 1, C, T, T, 1.0f, v, T, att, T, 0.0f, out, T);
+    team_sync(coop);
+}
+
+void attention_forward(float *out, float *att, const float *qkv, int N, int C, int T) {
+    // qkv: [N,3C,T]  att: [N,T,T]  out: [N,C,T]
+    const double flops = 4.0 * N * (double)T * T * C;
+    const int nt = flops < 2e5 ? 1 : ops_get_threads();
+    const int coop = N < nt;
+    blas_single();
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = coop ? 0 : omp_get_thread_num(), step = coop ? 1 : omp_get_num_threads();
+        for (int n = t; n < N; n += step)
+            attn_fwd_img(out + (size_t)n * C * T, att + (size_t)n * T * T,
+                         qkv + (size_t)n * 3 * C * T, C, T, coop);
+    }
+}
+
+/* One image backward. datt: [T,T] scratch. */
+static void attn_bwd_img(float *dqkv, const float *dout, const float *qkv, const float *att,
+                         float *datt, int C, int T, int coop) {
+    const float *q = qkv, *k = qkv + (size_t)C * T, *v = qkv + (size_t)2 * C * T;
+    float *dq = dqkv, *dk = dqkv + (size_t)C * T, *dv = dqkv + (size_t)2 * C * T;
+    const float sc = 1.0f / sqrtf((float)C);
+    int lo, hi;
+    /* dv[C,T] += dout[C,T] @ att[T,T] */
+    mm(coop, 0, 0, C, T, T, 1.0f, dout, T, att, T, 1.0f, dv, T);
+    /* datt[T,T] = dout[C,T]^T @ v[C,T] */
+    mm(coop, 1, 0, T, T, C, 1.0f, dout, T, v, T, 0.0f, datt, T);
+    team_sync(coop);
+    /* softmax backward, in place: ds = att * (datt - sum_j att*datt) */
+    my_range(coop, T, 1, &lo, &hi);
+    for (int i = lo; i < hi; i++) {
+        const float *a = att + (size_t)i * T;
+        float *d = datt + (size_t)i * T;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int j = 0; j < T; j++) dot += a[j] * d[j];
+        for (int j = 0; j < T; j++) d[j] = a[j] * (d[j] - dot);
+    }
+    team_sync(coop);
+    /* s = sc * q^T k:  dq[C,T] += sc * k[C,T] @ ds[T,T]^T,
+     *                  dk[C,T] += sc * q[C,T] @ ds[T,T] */
+    mm(coop, 0, 1, C, T, T, sc, k, T, datt, T, 1.0f, dq, T);
+    mm(coop, 0, 0, C, T, T, sc, q, T, datt, T, 1.0f, dk, T);
+    team_sync(coop);
+}
+
+void attention_backward(float *dqkv, const float *dout, const float *qkv,
+                        const float *att, int N, int C, int T) {
+    // dout: [N,C,T] -> dqkv: [N,3C,T]
+    if (!dqkv) return;
+    const double flops = 8.0 * N * (double)T * T * C;
+    const int nt = flops < 2e5 ? 1 : ops_get_threads();
+    const int coop = N < nt;
+    float *shared = coop ? scratch((size_t)T * T) : NULL;
+    blas_single();
+#pragma omp parallel num_threads(nt)
+    {
+        float *datt = coop ? shared : scratch((size_t)T * T);
+        const int t = coop ? 0 : omp_get_thread_num(), step = coop ? 1 : omp_get_num_threads();
+        for (int n = t; n < N; n += step)
+            attn_bwd_img(dqkv + (size_t)n * 3 * C * T, dout + (size_t)n * C * T,
+                         qkv + (size_t)n * 3 * C * T, att + (size_t)n * T * T, datt, C, T, coop);
+    }
+}
+
+/* ------------------------------------------------------- embeddings, loss */
+
+void embedding_forward(float *out, const int *idx, const float *table, int N, int D) {
+    // table: [V,D]  idx: [N]  out: [N,D]
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * D, table + (size_t)idx[n] * D, sizeof(float) * D);
+}
+
+void embedding_backward(float *dtable, const float *dout, const int *idx, int N, int D) {
+    // dout: [N,D] -> dtable: [V,D] (serial: indices may repeat)
+    if (!dtable) return;
+    for (int n = 0; n < N; n++) {
+        float *g = dtable + (size_t)idx[n] * D;
+        const float *d = dout + (size_t)n * D;
+        for (int i = 0; i < D; i++) g[i] += d[i];
+    }
+}
+
+void timestep_embedding(float *out, const float *t, int N, int D) {
+    // t: [N]  out: [N,D] = [cos(t*f), sin(t*f)]
+    const int half = D / 2;
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < half; i++) {
+            const double f = exp(-log(10000.0) * i / half);
+            const double a = (double)t[n] * f;
+            out[(size_t)n * D + i] = (float)cos(a);
+            out[(size_t)n * D + half + i] = (float)sin(a);
+        }
+}
+
+float mse_forward(const float *a, const float *b, size_t n) {
+    if (n == 0) return 0.0f;
+    double acc = 0.0;
+#pragma omp parallel for simd reduction(+ : acc) schedule(static) num_threads(par_threads(n))
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - (double)b[i];
+        acc += d * d;
+    }
+    return (float)(acc / (double)n);
+}
+
+void mse_backward(float *da, float dloss, const float *a, const float *b, size_t n) {
+    if (!da || n == 0) return;
+    const float s = 2.0f * dloss / (float)n;
+#pragma omp parallel for schedule(static) num_threads(par_threads(n))
+    for (size_t i = 0; i < n; i++) da[i] += s * (a[i] - b[i]);
+}
+
+/* ---------------------------------------------------------------- threads */
+
+/* The thread count is process-wide (an atomic setting, 0 = OpenMP's
+ * default), not OpenMP's per-thread ICV: the thread that calls
+ * ops_set_threads (the UI) need not be the one that runs the ops. */
+static atomic_int ops_threads;
+
+void ops_set_threads(int n) {
+    if (n > 0) {
+        atomic_store(&ops_threads, n);
+        omp_set_num_threads(n);
+    }
+    /* OpenBLAS stays at one thread: the ops parallelise around it. */
+    openblas_set_num_threads(1);
+}
+
+int ops_get_threads(void) {
+    int n = atomic_load(&ops_threads);
+    return n > 0 ? n : omp_get_max_threads();
+}

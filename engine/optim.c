@@ -1,0 +1,50 @@
+/* optim.c - AdamW and gradient clipping over flat buffers (see optim.h). */
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+int adamw_init(d3_adamw *o, size_t n) {
+    o->lr = 3e-5f; o->beta1 = 0.9f; o->beta2 = 0.999f; o->eps = 1e-8f; o->wd = 1e-4f;
+    o->step = 0;
+    o->n = n;
+    o->m = calloc(n ? n : 1, sizeof(float));
+    o->v = calloc(n ? n : 1, sizeof(float));
+    if (!o->m || !o->v) { adamw_free(o); return -1; }
+    return 0;
+}
+
+void adamw_free(d3_adamw *o) {
+    free(o->m); free(o->v);
+    o->m = o->v = NULL;
+}
+
+void adamw_step(d3_adamw *o, float *params, const float *grads) {
+    o->step++;
+    double bc1 = 1.0 - pow(o->beta1, (double)o->step);
+    double bc2 = 1.0 - pow(o->beta2, (double)o->step);
+    float step_size = (float)(o->lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
+    float b1 = o->beta1, b2 = o->beta2, eps = o->eps, decay = 1.0f - o->lr * o->wd;
+    float *m = o->m, *v = o->v;
+    #pragma omp parallel for schedule(static) if (o->n > 65536)
+    for (size_t i = 0; i < o->n; i++) {
+        float g = grads[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * g;
+        v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+        float denom = sqrtf(v[i]) * rbc2 + eps;
+        params[i] = params[i] * decay - step_size * m[i] / denom;
+    }
+}
+
+double grad_clip(float *grads, size_t n, double max_norm) {
+    double ss = 0;
+    #pragma omp parallel for reduction(+ : ss) schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) ss += (double)grads[i] * grads[i];
+    double norm = sqrt(ss);
+    if (max_norm > 0 && norm > max_norm) {
+        /* PyTorch's clip_grad_norm_: coefficient max/(norm + 1e-6) */
+        float c = (float)(max_norm / (norm + 1e-6));
+        for (size_t i = 0; i < n; i++) grads[i] *= c;
+    }
+    return norm;
+}

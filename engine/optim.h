@@ -1,0 +1,25 @@
+/* optim.h - AdamW over one flat parameter buffer (llm.c style: the
+ * optimizer is one loop) and global-norm gradient clipping.
+ * Defaults are PyTorch's AdamW semantics: decoupled weight decay
+ * p -= lr*wd*p, then the bias-corrected Adam step. */
+#ifndef D3PO_OPTIM_H
+#define D3PO_OPTIM_H
+#include <stddef.h>
+
+typedef struct {
+    float lr, beta1, beta2, eps, wd;
+    long step;       /* steps taken so far (saved in checkpoints) */
+    size_t n;
+    float *m, *v;    /* first and second moments [n] (host) */
+} d3_adamw;
+
+/* Allocates zeroed moments. lr 3e-5, betas 0.9/0.999, eps 1e-8, wd 1e-4
+ * (the D3PO paper's values); change the fields after init. Returns 0/-1. */
+int adamw_init(d3_adamw *o, size_t n);
+void adamw_free(d3_adamw *o);
+/* One step: params -= update(grads). Does not zero grads. */
+void adamw_step(d3_adamw *o, float *params, const float *grads);
+/* Global L2 norm of grads; if above max_norm (> 0) scales grads to it.
+ * Returns the norm before clipping. */
+double grad_clip(float *grads, size_t n, double max_norm);
+#endif

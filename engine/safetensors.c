@@ -1,0 +1,567 @@
+/* safetensors.c - the safetensors reader and writer behind every d3po weight
+ * and checkpoint file.
+ *
+ * Layout: an 8-byte little-endian u64 N, then N bytes of UTF-8 JSON (maybe
+ * padded with trailing spaces), then the data section. The JSON is an object
+ * mapping tensor name -> {"dtype", "shape", "data_offsets": [begin, end)}
+ * with offsets relative to the data section, plus an optional
+ * "__metadata__" object of string -> string.
+ *
+ * The parser (st_parse) follows the reference implementation (the Rust
+ * `safetensors` crate): header at most 100 MB, offsets sorted must tile the
+ * data section exactly (no overlaps, no holes, nothing left over), and every
+ * tensor's byte span must equal numel * dtype size with overflow-checked
+ * products. Every failure is one line "<file>: <problem>" naming the tensor
+ * or key. Tensors are returned in data-offset order and point into the
+ * caller's buffer; they are aligned only as well as the file lays them out
+ * (our writer and the reference one start the data section at a multiple of
+ * 8, but a U8 tensor followed by an F32 one leaves the F32 unaligned), so
+ * readers of odd layouts should memcpy.
+ *
+ * The writer (st_writer_*) writes tensors in the order added, the header as
+ * compact JSON with "__metadata__" first, padded with spaces so the data
+ * starts at a multiple of 8, all through fs_write_atomic. */
+#include "safetensors.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fsutil.h"
+
+/* Tensor bytes are copied between memory and file as-is: the format is
+ * little-endian and so are the machines we build for (x86-64, aarch64). */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "safetensors.c copies tensor data as-is and needs a little-endian host");
+
+/* The reference implementation's limit on the header length. */
+#define ST_MAX_HEADER 100000000ull
+
+static const struct {
+    const char *name;
+    size_t size;
+} st_dtypes[ST_DTYPE_COUNT] = {
+    [ST_BOOL] = {"BOOL", 1}, [ST_U8] = {"U8", 1},     [ST_I8] = {"I8", 1},
+    [ST_I16] = {"I16", 2},   [ST_U16] = {"U16", 2},   [ST_F16] = {"F16", 2},
+    [ST_BF16] = {"BF16", 2}, [ST_I32] = {"I32", 4},   [ST_U32] = {"U32", 4},
+    [ST_F32] = {"F32", 4},   [ST_F64] = {"F64", 8},   [ST_I64] = {"I64", 8},
+    [ST_U64] = {"U64", 8},
+};
+
+size_t st_dtype_size(st_dtype dt) {
+    return (unsigned)dt < ST_DTYPE_COUNT ? st_dtypes[dt].size : 0;
+}
+
+const char *st_dtype_name(st_dtype dt) {
+    return (unsigned)dt < ST_DTYPE_COUNT ? st_dtypes[dt].name : "?";
+}
+
+static int dtype_from_name(const char *s) {
+    for (int i = 0; i < ST_DTYPE_COUNT; i++)
+        if (strcmp(s, st_dtypes[i].name) == 0) return i;
+    return -1;
+}
+
+/* ---- message helpers ------------------------------------------------- */
+
+/* A name or value made safe for a one-line message: control bytes become
+ * '?', and anything past 80 bytes is cut (at a UTF-8 boundary) with "...".
+ * SHOW(x) is only valid within one full expression (a function's argument
+ * list); to keep it longer hold the `shown` value itself. */
+typedef struct {
+    char s[96];
+} shown;
+
+static shown show(const char *in) {
+    shown o;
+    size_t n = 0, max = 80;
+    const unsigned char *p = (const unsigned char *)in;
+    for (; *p && n < max; p++, n++) o.s[n] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
+    if (*p) {
+        if ((*p & 0xc0) == 0x80) { /* the cut splits a character: drop its start */
+            while (n > 0 && ((unsigned char)o.s[n - 1] & 0xc0) == 0x80) n--;
+            if (n > 0) n--;
+        }
+        memcpy(o.s + n, "...", 3);
+        n += 3;
+    }
+    o.s[n] = '\0';
+    return o;
+}
+
+#define SHOW(x) (show(x).s)
+
+static const char *json_kind(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "real";
+    case JSON_TRUE: return "true";
+    case JSON_FALSE: return "false";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+/* "[16,3,3,3]" */
+static void fmt_shape(char *out, size_t cap, const int64_t *shape, int ndim) {
+    size_t n = 0;
+    n += (size_t)snprintf(out, cap, "[");
+    for (int i = 0; i < ndim && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s%lld", i ? "," : "", (long long)shape[i]);
+    if (n < cap) snprintf(out + n, cap - n, "]");
+}
+
+/* numel * dtype size with overflow checks. Returns 0 or -1 on overflow. */
+static int shape_bytes(const int64_t *shape, int ndim, st_dtype dt, size_t *out) {
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0 || __builtin_mul_overflow(n, (size_t)shape[i], &n)) return -1;
+    if (__builtin_mul_overflow(n, st_dtype_size(dt), &n)) return -1;
+    *out = n;
+    return 0;
+}
+
+/* ---- parser ------------------------------------------------------------ */
+
+/* A tensor's data_offsets while the header is being checked. */
+typedef struct {
+    size_t begin, end;
+    int idx; /* into the tensor array in header order */
+} span;
+
+static int span_cmp(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* A non-negative JSON integer, or -1 when v is anything else. */
+static int64_t json_nonneg(const json_t *v) {
+    if (!json_is_integer(v)) return -1;
+    json_int_t x = json_integer_value(v);
+    return x < 0 ? -1 : (int64_t)x;
+}
+
+static int parse_meta(st_file *f, const json_t *meta, const char *what, char *err) {
+    if (!json_is_object(meta))
+        return d3_errf(err, "%s: __metadata__ is a JSON %s, expected an object of strings",
+                       what, json_kind(meta));
+    size_t n = json_object_size(meta);
+    f->meta_keys = calloc(n ? n : 1, sizeof(char *));
+    f->meta_vals = calloc(n ? n : 1, sizeof(char *));
+    if (!f->meta_keys || !f->meta_vals) return d3_errf(err, "%s: out of memory", what);
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)meta, k, v) {
+        if (!json_is_string(v))
+            return d3_errf(err, "%s: __metadata__ key '%s': value is a JSON %s, expected a string",
+                           what, SHOW(k), json_kind(v));
+        char *ks = strdup(k), *vs = strdup(json_string_value(v));
+        if (!ks || !vs) {
+            free(ks);
+            free(vs);
+            return d3_errf(err, "%s: out of memory", what);
+        }
+        f->meta_keys[f->nmeta] = ks;
+        f->meta_vals[f->nmeta] = vs;
+        f->nmeta++;
+    }
+    return 0;
+}
+
+/* Checks one tensor entry and fills t (name excepted) and s. dlen is the
+ * data section's length. */
+static int parse_tensor(st_tensor *t, span *s, const char *name, const json_t *v,
+                        size_t dlen, const char *what, char *err) {
+    shown shn = show(name);
+    const char *nm = shn.s;
+    if (!json_is_object(v))
+        return d3_errf(err, "%s: tensor '%s': entry is a JSON %s, expected an object", what, nm,
+                       json_kind(v));
+
+    const json_t *dt = json_object_get(v, "dtype");
+    if (!dt) return d3_errf(err, "%s: tensor '%s': missing \"dtype\"", what, nm);
+    if (!json_is_string(dt))
+        return d3_errf(err, "%s: tensor '%s': dtype is a JSON %s, expected a string", what, nm,
+                       json_kind(dt));
+    int d = dtype_from_name(json_string_value(dt));
+    if (d < 0)
+        return d3_errf(err, "%s: tensor '%s': unknown dtype '%s'", what, nm,
+                       SHOW(json_string_value(dt)));
+    t->dtype = (st_dtype)d;
+
+    const json_t *sh = json_object_get(v, "shape");
+    if (!sh) return d3_errf(err, "%s: tensor '%s': missing \"shape\"", what, nm);
+    if (!json_is_array(sh))
+        return d3_errf(err, "%s: tensor '%s': shape is a JSON %s, expected an array of non-negative integers",
+                       what, nm, json_kind(sh));
+    size_t nd = json_array_size(sh);
+    if (nd > ST_MAX_DIMS)
+        return d3_errf(err, "%s: tensor '%s': shape has %zu dims, at most %d supported", what, nm,
+                       nd, ST_MAX_DIMS);
+    t->ndim = (int)nd;
+    for (size_t i = 0; i < nd; i++) {
+        int64_t x = json_nonneg(json_array_get(sh, i));
+        if (x < 0)
+            return d3_errf(err, "%s: tensor '%s': shape[%zu] is not a non-negative integer", what,
+                           nm, i);
+        t->shape[i] = x;
+    }
+    char shs[ST_MAX_DIMS * 21 + 4];
+    fmt_shape(shs, sizeof shs, t->shape, t->ndim);
+    if (shape_bytes(t->shape, t->ndim, t->dtype, &t->nbytes))
+        return d3_errf(err, "%s: tensor '%s': shape %s %s overflows the byte count", what, nm,
+                       shs, st_dtype_name(t->dtype));
+
+    const json_t *off = json_object_get(v, "data_offsets");
+    if (!off) return d3_errf(err, "%s: tensor '%s': missing \"data_offsets\"", what, nm);
+    int64_t b = json_nonneg(json_array_get(off, 0)), e = json_nonneg(json_array_get(off, 1));
+    if (!json_is_array(off) || json_array_size(off) != 2 || b < 0 || e < 0)
+        return d3_errf(err, "%s: tensor '%s': data_offsets is not two non-negative integers [begin, end]",
+                       what, nm);
+    if (b > e)
+        return d3_errf(err, "%s: tensor '%s': data_offsets [%lld, %lld) has begin > end", what, nm,
+                       (long long)b, (long long)e);
+    if ((uint64_t)e > dlen)
+        return d3_errf(err, "%s: tensor '%s': data_offsets [%lld, %lld) end beyond the data section (%zu bytes)",
+                       what, nm, (long long)b, (long long)e, dlen);
+    if ((uint64_t)(e - b) != t->nbytes)
+        return d3_errf(err, "%s: tensor '%s': data_offsets [%lld, %lld) hold %lld bytes, shape %s %s needs %zu",
+                       what, nm, (long long)b, (long long)e, (long long)(e - b), shs,
+                       st_dtype_name(t->dtype), t->nbytes);
+    s->begin = (size_t)b;
+    s->end = (size_t)e;
+    return 0;
+}
+
+int st_parse(st_file *f, const uint8_t *buf, size_t len, const char *what, char *err) {
+    memset(f, 0, sizeof *f);
+    if (!what) what = "safetensors";
+    if (len < 8)
+        return d3_errf(err, "%s: file is %zu bytes, too short for the 8-byte header length", what,
+                       len);
+    uint64_t n = 0;
+    for (int i = 0; i < 8; i++) n |= (uint64_t)buf[i] << (8 * i);
+    if (n == 0) return d3_errf(err, "%s: header length is 0, expected a JSON header", what);
+    if (n > ST_MAX_HEADER)
+        return d3_errf(err, "%s: header length %llu exceeds the %llu-byte limit", what,
+                       (unsigned long long)n, ST_MAX_HEADER);
+    if (n > len - 8)
+        return d3_errf(err, "%s: header length %llu runs past the end of the file (%zu bytes follow the length field)",
+                       what, (unsigned long long)n, len - 8);
+    const uint8_t *data = buf + 8 + n;
+    size_t dlen = len - 8 - (size_t)n;
+
+    json_error_t je;
+    json_t *root = json_loadb((const char *)buf + 8, (size_t)n, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return d3_errf(err, "%s: header is not valid JSON: %s (line %d, column %d)", what, je.text,
+                       je.line, je.column);
+    span *spans = NULL;
+    st_tensor *tmp = NULL;
+    int rc = -1;
+    if (!json_is_object(root)) {
+        d3_errf(err, "%s: header is a JSON %s, expected an object", what, json_kind(root));
+        goto out;
+    }
+
+    const json_t *meta = json_object_get(root, "__metadata__");
+    size_t nt = json_object_size(root) - (meta ? 1 : 0);
+    if (nt > (size_t)INT32_MAX) {
+        d3_errf(err, "%s: %zu tensors, too many", what, nt);
+        goto out;
+    }
+    tmp = calloc(nt ? nt : 1, sizeof *tmp);
+    spans = calloc(nt ? nt : 1, sizeof *spans);
+    f->tensors = calloc(nt ? nt : 1, sizeof *f->tensors);
+    if (!tmp || !spans || !f->tensors) {
+        d3_errf(err, "%s: out of memory for %zu tensors", what, nt);
+        goto out;
+    }
+    if (meta && parse_meta(f, meta, what, err)) goto out;
+
+    /* Check each entry in header order; names are owned by tmp until the
+     * entries move to f->tensors in offset order. */
+    int k = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) continue;
+        if (parse_tensor(&tmp[k], &spans[k], key, val, dlen, what, err)) goto out;
+        tmp[k].name = strdup(key);
+        if (!tmp[k].name) {
+            d3_errf(err, "%s: out of memory", what);
+            goto out;
+        }
+        spans[k].idx = k;
+        k++;
+    }
+
+    /* Sorted by (begin, end), the spans must tile [0, dlen): each starts
+     * where the previous one ended (empty tensors may sit anywhere on that
+     * chain, as in the reference implementation). */
+    qsort(spans, nt, sizeof *spans, span_cmp);
+    size_t pos = 0;
+    int prev = -1;
+    for (size_t i = 0; i < nt; i++) {
+        const span *s = &spans[i];
+        if (s->begin < pos) {
+            d3_errf(err, "%s: tensor '%s' data_offsets [%zu, %zu) overlap tensor '%s' [%zu, %zu)",
+                    what, SHOW(tmp[s->idx].name), s->begin, s->end, SHOW(tmp[spans[prev].idx].name),
+                    spans[prev].begin, spans[prev].end);
+            goto out;
+        }
+        if (s->begin > pos) {
+            d3_errf(err, "%s: bytes [%zu, %zu) of the data section belong to no tensor (hole before tensor '%s')",
+                    what, pos, s->begin, SHOW(tmp[s->idx].name));
+            goto out;
+        }
+        pos = s->end;
+        prev = (int)i;
+    }
+    if (pos != dlen) {
+        d3_errf(err, "%s: bytes [%zu, %zu) of the data section belong to no tensor (trailing data)",
+                what, pos, dlen);
+        goto out;
+    }
+
+    for (size_t i = 0; i < nt; i++) {
+        st_tensor *t = &f->tensors[i];
+        *t = tmp[spans[i].idx];
+        tmp[spans[i].idx].name = NULL;
+        t->data = data + spans[i].begin;
+    }
+    f->ntensors = (int)nt;
+    f->buf = (uint8_t *)buf;
+    f->len = len;
+    f->owns_buf = 0;
+    rc = 0;
+
+out:
+    if (tmp)
+        for (size_t i = 0; i < nt; i++) free(tmp[i].name);
+    free(tmp);
+    free(spans);
+    json_decref(root);
+    if (rc) st_free(f);
+    return rc;
+}
+
+int st_load(st_file *f, const char *path, char *err) {
+    memset(f, 0, sizeof *f);
+    unsigned char *buf;
+    size_t len;
+    if (fs_read_all(path, &buf, &len, err)) return -1;
+    if (st_parse(f, buf, len, path, err)) {
+        free(buf);
+        return -1;
+    }
+    f->owns_buf = 1;
+    return 0;
+}
+
+void st_free(st_file *f) {
+    for (int i = 0; i < f->ntensors; i++) free(f->tensors[i].name);
+    free(f->tensors);
+    for (int i = 0; i < f->nmeta; i++) {
+        free(f->meta_keys[i]);
+        free(f->meta_vals[i]);
+    }
+    free(f->meta_keys);
+    free(f->meta_vals);
+    if (f->owns_buf) free(f->buf);
+    memset(f, 0, sizeof *f);
+}
+
+const st_tensor *st_find(const st_file *f, const char *name) {
+    for (int i = 0; i < f->ntensors; i++)
+        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
+    return NULL;
+}
+
+const char *st_meta(const st_file *f, const char *key) {
+    for (int i = 0; i < f->nmeta; i++)
+        if (strcmp(f->meta_keys[i], key) == 0) return f->meta_vals[i];
+    return NULL;
+}
+
+/* ---- writer ------------------------------------------------------------ */
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    size_t nbytes;
+    const void *data;
+} st_wtensor;
+
+struct st_writer {
+    st_wtensor *t;
+    int nt, tcap;
+    char **mkeys, **mvals;
+    int nm, mcap;
+};
+
+st_writer *st_writer_new(void) { return calloc(1, sizeof(st_writer)); }
+
+void st_writer_free(st_writer *w) {
+    if (!w) return;
+    for (int i = 0; i < w->nt; i++) free(w->t[i].name);
+    free(w->t);
+    for (int i = 0; i < w->nm; i++) {
+        free(w->mkeys[i]);
+        free(w->mvals[i]);
+    }
+    free(w->mkeys);
+    free(w->mvals);
+    free(w);
+}
+
+/* 1 when s is valid UTF-8 without NULs as far as jansson is concerned. */
+static int valid_json_string(const char *s) {
+    json_t *j = json_string(s);
+    json_decref(j);
+    return j != NULL;
+}
+
+static int grow(void **p, int *cap, int need, size_t elem) {
+    if (need <= *cap) return 0;
+    int nc = *cap ? *cap * 2 : 16;
+    while (nc < need) nc *= 2;
+    void *np = realloc(*p, (size_t)nc * elem);
+    if (!np) return -1;
+    *p = np;
+    *cap = nc;
+    return 0;
+}
+
+int st_writer_add(st_writer *w, const char *name, st_dtype dt, int ndim,
+                  const int64_t *shape, const void *data, char *err) {
+    if (!name || !*name) return d3_errf(err, "st_writer_add: empty tensor name");
+    shown shn = show(name);
+    const char *nm = shn.s;
+    if (strcmp(name, "__metadata__") == 0)
+        return d3_errf(err, "st_writer_add: tensor name '__metadata__' is reserved");
+    if (!valid_json_string(name))
+        return d3_errf(err, "st_writer_add: tensor '%s': name is not valid UTF-8", nm);
+    if ((unsigned)dt >= ST_DTYPE_COUNT)
+        return d3_errf(err, "st_writer_add: tensor '%s': bad dtype %d", nm, (int)dt);
+    if (ndim < 0 || ndim > ST_MAX_DIMS)
+        return d3_errf(err, "st_writer_add: tensor '%s': %d dims, expected 0..%d", nm, ndim,
+                       ST_MAX_DIMS);
+    size_t nbytes;
+    if (shape_bytes(shape, ndim, dt, &nbytes) || nbytes > (size_t)INT64_MAX)
+        return d3_errf(err, "st_writer_add: tensor '%s': shape has a negative dim or overflows", nm);
+    if (nbytes && !data) return d3_errf(err, "st_writer_add: tensor '%s': NULL data", nm);
+    for (int i = 0; i < w->nt; i++)
+        if (strcmp(w->t[i].name, name) == 0)
+            return d3_errf(err, "st_writer_add: tensor '%s' added twice", nm);
+    if (grow((void **)&w->t, &w->tcap, w->nt + 1, sizeof *w->t))
+        return d3_errf(err, "st_writer_add: out of memory");
+    st_wtensor *t = &w->t[w->nt];
+    memset(t, 0, sizeof *t);
+    if (!(t->name = strdup(name))) return d3_errf(err, "st_writer_add: out of memory");
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->nbytes = nbytes;
+    t->data = data;
+    w->nt++;
+    return 0;
+}
+
+int st_writer_meta(st_writer *w, const char *key, const char *val, char *err) {
+    if (!key || !val) return d3_errf(err, "st_writer_meta: NULL key or value");
+    if (!valid_json_string(key) || !valid_json_string(val))
+        return d3_errf(err, "st_writer_meta: key '%s': key or value is not valid UTF-8", SHOW(key));
+    for (int i = 0; i < w->nm; i++)
+        if (strcmp(w->mkeys[i], key) == 0)
+            return d3_errf(err, "st_writer_meta: key '%s' set twice", SHOW(key));
+    /* mvals is kept at mkeys' capacity. */
+    if (grow((void **)&w->mkeys, &w->mcap, w->nm + 1, sizeof(char *)))
+        return d3_errf(err, "st_writer_meta: out of memory");
+    char **nv = realloc(w->mvals, (size_t)w->mcap * sizeof(char *));
+    if (!nv) return d3_errf(err, "st_writer_meta: out of memory");
+    w->mvals = nv;
+    char *k = strdup(key), *v = strdup(val);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return d3_errf(err, "st_writer_meta: out of memory");
+    }
+    w->mkeys[w->nm] = k;
+    w->mvals[w->nm] = v;
+    w->nm++;
+    return 0;
+}
+
+/* The header JSON (compact, __metadata__ first, tensors in order added),
+ * malloc'd, or NULL when out of memory or offsets overflow. */
+static char *build_header(const st_writer *w) {
+    json_t *root = json_object();
+    if (!root) return NULL;
+    int bad = 0;
+    if (w->nm) {
+        json_t *m = json_object();
+        bad |= json_object_set_new(root, "__metadata__", m);
+        for (int i = 0; i < w->nm && !bad; i++)
+            bad |= json_object_set_new(m, w->mkeys[i], json_string(w->mvals[i]));
+    }
+    size_t off = 0;
+    for (int i = 0; i < w->nt && !bad; i++) {
+        const st_wtensor *t = &w->t[i];
+        size_t end;
+        if (__builtin_add_overflow(off, t->nbytes, &end) || end > (size_t)INT64_MAX) {
+            bad = 1;
+            break;
+        }
+        json_t *o = json_object(), *sh = json_array();
+        bad |= json_object_set_new(root, t->name, o);
+        bad |= json_object_set_new(o, "dtype", json_string(st_dtype_name(t->dtype)));
+        bad |= json_object_set_new(o, "shape", sh);
+        for (int d = 0; d < t->ndim && !bad; d++)
+            bad |= json_array_append_new(sh, json_integer((json_int_t)t->shape[d]));
+        bad |= json_object_set_new(o, "data_offsets",
+                                   json_pack("[II]", (json_int_t)off, (json_int_t)end));
+        off = end;
+    }
+    char *s = bad ? NULL : json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    return s;
+}
+
+int st_writer_save(st_writer *w, const char *path, char *err) {
+    char *json = build_header(w);
+    if (!json) return d3_errf(err, "%s: cannot build the header (out of memory or data too large)", path);
+    size_t jl = strlen(json);
+    size_t hl = (jl + 7) & ~(size_t)7; /* 8 + hl is a multiple of 8 */
+    uint8_t *head = malloc(8 + hl);
+    const void **parts = malloc(((size_t)w->nt + 1) * sizeof *parts);
+    size_t *lens = malloc(((size_t)w->nt + 1) * sizeof *lens);
+    int rc = -1;
+    if (!head || !parts || !lens) {
+        d3_errf(err, "%s: out of memory", path);
+        goto out;
+    }
+    for (int i = 0; i < 8; i++) head[i] = (uint8_t)((uint64_t)hl >> (8 * i));
+    memcpy(head + 8, json, jl);
+    memset(head + 8 + jl, ' ', hl - jl);
+    parts[0] = head;
+    lens[0] = 8 + hl;
+    for (int i = 0; i < w->nt; i++) {
+        parts[i + 1] = w->t[i].data;
+        lens[i + 1] = w->t[i].nbytes;
+    }
+    rc = fs_write_atomic(path, parts, lens, w->nt + 1, err);
+out:
+    free(json);
+    free(head);
+    free(parts);
+    free(lens);
+    return rc;
+}

@@ -1,0 +1,81 @@
+/* safetensors.h - reading and writing the safetensors format
+ * (8-byte little-endian header length N, N bytes of JSON header, raw
+ * little-endian tensor data). Used for every d3po weight and checkpoint file.
+ *
+ * The parser trusts nothing: header length, JSON shape, dtype names, shapes
+ * (and their products, with overflow checks), data_offsets (in bounds,
+ * matching the shape's byte size, no overlaps) and __metadata__ (a map of
+ * strings) are all checked, and a bad file gives a one-line error naming the
+ * file and the problem.
+ *
+ *   st_file f;
+ *   char err[D3_ERRLEN];
+ *   if (st_load(&f, "m.safetensors", err)) { fprintf(stderr, "%s\n", err); ... }
+ *   const st_tensor *t = st_find(&f, "conv_in.weight");
+ *   const char *arch = st_meta(&f, "d3po.arch");
+ *   st_free(&f);
+ *
+ *   st_writer *w = st_writer_new();
+ *   st_writer_meta(w, "d3po.arch", "base=32,...");
+ *   st_writer_add(w, "conv_in.weight", ST_F32, 4, shape, ptr);  // ptr borrowed until save
+ *   if (st_writer_save(w, "m.safetensors", err)) ...;           // atomic
+ *   st_writer_free(w);
+ */
+#ifndef D3PO_SAFETENSORS_H
+#define D3PO_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+typedef enum {
+    ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16, ST_I32, ST_U32,
+    ST_F32, ST_F64, ST_I64, ST_U64, ST_DTYPE_COUNT
+} st_dtype;
+
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    size_t nbytes;        /* = product(shape) * st_dtype_size(dtype) */
+    const uint8_t *data;  /* points into the file's buffer (little-endian) */
+} st_tensor;
+
+typedef struct {
+    uint8_t *buf;   /* whole file contents (owned when loaded by st_load) */
+    size_t len;
+    int owns_buf;
+    st_tensor *tensors;
+    int ntensors;
+    char **meta_keys, **meta_vals;
+    int nmeta;
+} st_file;
+
+size_t st_dtype_size(st_dtype dt);
+const char *st_dtype_name(st_dtype dt); /* "F32", ... */
+
+/* Parses buf[0..len) (borrowed, must outlive f). `what` names the source in
+ * error messages (a path). Returns 0 or -1 with err set. */
+int st_parse(st_file *f, const uint8_t *buf, size_t len, const char *what, char *err);
+/* Reads the whole file and parses it. Returns 0 or -1 with err naming path. */
+int st_load(st_file *f, const char *path, char *err);
+void st_free(st_file *f);
+const st_tensor *st_find(const st_file *f, const char *name);
+const char *st_meta(const st_file *f, const char *key); /* NULL if absent */
+
+typedef struct st_writer st_writer;
+st_writer *st_writer_new(void);
+/* data is borrowed until st_writer_save returns; tensors are written in the
+ * order added. Returns 0 or -1 (bad name, duplicate, too many dims). */
+int st_writer_add(st_writer *w, const char *name, st_dtype dt, int ndim,
+                  const int64_t *shape, const void *data, char *err);
+int st_writer_meta(st_writer *w, const char *key, const char *val, char *err);
+/* Writes atomically: PATH.tmp.<pid>, fsync, rename over PATH, fsync dir. */
+int st_writer_save(st_writer *w, const char *path, char *err);
+void st_writer_free(st_writer *w);
+
+#endif

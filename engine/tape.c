@@ -1,0 +1,292 @@
+/* tape.c - the autograd tape: an arena of device memory, a list of tensors
+ * and a list of recorded nodes, walked in reverse by tape_backward().
+ * See tape.h for the contract. */
+#include "tape.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum op {
+    OP_CONV2D, OP_LINEAR, OP_GROUPNORM, OP_SILU, OP_ADD, OP_ADDBC, OP_CONCAT,
+    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING
+};
+
+typedef struct {
+    enum op op;
+    d3_tensor *in0, *in1, *out;
+    const float *w, *b;
+    float *dw, *db;
+    float *s0, *s1;  /* saved buffers: gn mean/rstd, attention probs */
+    const int *idx;  /* embedding indices (device) */
+    int a0, a1, a2;  /* int arguments: OC/K/stride, G, D ... */
+    int a3;
+} node;
+
+typedef struct block {
+    char *base;
+    size_t size, used;
+} block;
+
+struct d3_tape {
+    const d3_backend *be;
+    int grad_on;
+    block *blocks;
+    int nblocks, cur;
+    size_t total;
+    d3_tensor **tensors;
+    int ntensors, captensors;
+    node *nodes;
+    int nnodes, capnodes;
+};
+
+#define ARENA_MIN (64u << 20)
+
+d3_tape *tape_new(const d3_backend *be) {
+    d3_tape *tp = calloc(1, sizeof *tp);
+    if (!tp) return NULL;
+    tp->be = be;
+    tp->grad_on = 1;
+    return tp;
+}
+
+void tape_free(d3_tape *tp) {
+    if (!tp) return;
+    tape_reset(tp);
+    for (int i = 0; i < tp->nblocks; i++) tp->be->free(tp->blocks[i].base);
+    free(tp->blocks);
+    free(tp->tensors);
+    free(tp->nodes);
+    free(tp);
+}
+
+void tape_reset(d3_tape *tp) {
+    for (int i = 0; i < tp->ntensors; i++) free(tp->tensors[i]);
+    tp->ntensors = 0;
+    tp->nnodes = 0;
+    for (int i = 0; i < tp->nblocks; i++) tp->blocks[i].used = 0;
+    tp->cur = 0;
+}
+
+void tape_set_grad(d3_tape *tp, int on) { tp->grad_on = on; }
+const d3_backend *tape_backend(const d3_tape *tp) { return tp->be; }
+size_t tape_arena_bytes(const d3_tape *tp) { return tp->total; }
+
+static void *arena_get(d3_tape *tp, size_t bytes, int zero) {
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (bytes == 0) bytes = 64;
+    for (; tp->cur < tp->nblocks; tp->cur++) {
+        block *b = &tp->blocks[tp->cur];
+        if (b->size - b->used >= bytes) {
+            void *p = b->base + b->used;
+            b->used += bytes;
+            if (zero) tp->be->zero(p, bytes);
+            return p;
+        }
+    }
+    size_t sz = bytes > ARENA_MIN ? bytes : ARENA_MIN;
+    block *nb = realloc(tp->blocks, (tp->nblocks + 1) * sizeof *nb);
+    if (!nb) { fprintf(stderr, "d3po: out of memory (tape blocks)\n"); abort(); }
+    tp->blocks = nb;
+    void *base = tp->be->alloc(sz); /* zeroed */
+    if (!base) {
+        fprintf(stderr, "d3po: out of %s memory allocating %zu MiB for activations\n",
+                tp->be->name, sz >> 20);
+        abort();
+    }
+    tp->blocks[tp->nblocks] = (block){base, sz, bytes};
+    tp->cur = tp->nblocks;
+    tp->nblocks++;
+    tp->total += sz;
+    return base;
+}
+
+float *tape_alloc(d3_tape *tp, size_t nfloats) {
+    return arena_get(tp, nfloats * sizeof(float), 1);
+}
+
+static d3_tensor *new_tensor(d3_tape *tp, int n, int c, int h, int w, int zero) {
+    d3_tensor *t = malloc(sizeof *t);
+    if (!t) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+    t->n = n; t->c = c; t->h = h; t->w = w;
+    t->numel = (size_t)n * c * h * w;
+    t->v = arena_get(tp, t->numel * sizeof(float), zero);
+    t->g = NULL;
+    if (tp->ntensors == tp->captensors) {
+        tp->captensors = tp->captensors ? 2 * tp->captensors : 256;
+        tp->tensors = realloc(tp->tensors, tp->captensors * sizeof *tp->tensors);
+        if (!tp->tensors) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+    }
+    t->id = tp->ntensors;
+    tp->tensors[tp->ntensors++] = t;
+    return t;
+}
+
+static node *push(d3_tape *tp, enum op op, d3_tensor *in0, d3_tensor *in1, d3_tensor *out) {
+    if (!tp->grad_on) return NULL;
+    if (tp->nnodes == tp->capnodes) {
+        tp->capnodes = tp->capnodes ? 2 * tp->capnodes : 256;
+        tp->nodes = realloc(tp->nodes, tp->capnodes * sizeof *tp->nodes);
+        if (!tp->nodes) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+    }
+    node *nd = &tp->nodes[tp->nnodes++];
+    memset(nd, 0, sizeof *nd);
+    nd->op = op; nd->in0 = in0; nd->in1 = in1; nd->out = out;
+    return nd;
+}
+
+d3_tensor *tape_input(d3_tape *tp, int n, int c, int h, int w) {
+    return new_tensor(tp, n, c, h, w, 1);
+}
+
+d3_tensor *tape_conv2d(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                       float *dw, float *db, int OC, int K, int stride, int pad) {
+    int OH = (x->h + 2 * pad - K) / stride + 1, OW = (x->w + 2 * pad - K) / stride + 1;
+    d3_tensor *y = new_tensor(tp, x->n, OC, OH, OW, 0);
+    tp->be->conv2d_forward(y->v, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride, pad);
+    node *nd = push(tp, OP_CONV2D, x, NULL, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->a0 = OC; nd->a1 = K; nd->a2 = stride; nd->a3 = pad; }
+    return y;
+}
+
+d3_tensor *tape_linear(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                       float *dw, float *db, int OUT) {
+    int IN = x->c * x->h * x->w;
+    d3_tensor *y = new_tensor(tp, x->n, OUT, 1, 1, 0);
+    tp->be->linear_forward(y->v, x->v, w, b, x->n, IN, OUT);
+    node *nd = push(tp, OP_LINEAR, x, NULL, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->a0 = IN; nd->a1 = OUT; }
+    return y;
+}
+
+d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                          float *dw, float *db, int G) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    float *mean = arena_get(tp, sizeof(float) * x->n * G, 0);
+    float *rstd = arena_get(tp, sizeof(float) * x->n * G, 0);
+    tp->be->groupnorm_forward(y->v, mean, rstd, x->v, w, b, x->n, x->c, x->h * x->w, G);
+    node *nd = push(tp, OP_GROUPNORM, x, NULL, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; nd->a0 = G; }
+    return y;
+}
+
+d3_tensor *tape_silu(d3_tape *tp, d3_tensor *x) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    tp->be->silu_forward(y->v, x->v, x->numel);
+    push(tp, OP_SILU, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_add(d3_tape *tp, d3_tensor *a, d3_tensor *b) {
+    assert(a->numel == b->numel);
+    d3_tensor *y = new_tensor(tp, a->n, a->c, a->h, a->w, 0);
+    tp->be->add_forward(y->v, a->v, b->v, a->numel);
+    push(tp, OP_ADD, a, b, y);
+    return y;
+}
+
+d3_tensor *tape_addbc(d3_tape *tp, d3_tensor *x, d3_tensor *e) {
+    assert(e->n == x->n && e->c == x->c && e->h * e->w == 1);
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    tp->be->addbc_forward(y->v, x->v, e->v, x->n, x->c, x->h * x->w);
+    push(tp, OP_ADDBC, x, e, y);
+    return y;
+}
+
+d3_tensor *tape_concat(d3_tape *tp, d3_tensor *a, d3_tensor *b) {
+    assert(a->n == b->n && a->h == b->h && a->w == b->w);
+    d3_tensor *y = new_tensor(tp, a->n, a->c + b->c, a->h, a->w, 0);
+    tp->be->concat_forward(y->v, a->v, b->v, a->n, a->c, b->c, a->h * a->w);
+    push(tp, OP_CONCAT, a, b, y);
+    return y;
+}
+
+d3_tensor *tape_upsample2x(d3_tape *tp, d3_tensor *x) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, 2 * x->h, 2 * x->w, 0);
+    tp->be->upsample2x_forward(y->v, x->v, x->n, x->c, x->h, x->w);
+    push(tp, OP_UPSAMPLE2X, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_attention(d3_tape *tp, d3_tensor *qkv) {
+    assert(qkv->c % 3 == 0);
+    int C = qkv->c / 3, T = qkv->h * qkv->w;
+    d3_tensor *y = new_tensor(tp, qkv->n, C, qkv->h, qkv->w, 0);
+    float *att = arena_get(tp, sizeof(float) * (size_t)qkv->n * T * T, 0);
+    tp->be->attention_forward(y->v, att, qkv->v, qkv->n, C, T);
+    node *nd = push(tp, OP_ATTENTION, qkv, NULL, y);
+    if (nd) nd->s0 = att;
+    return y;
+}
+
+d3_tensor *tape_embedding(d3_tape *tp, const int *idx, int n, const float *table,
+                          float *dtable, int D) {
+    int *didx = arena_get(tp, sizeof(int) * n, 0);
+    tp->be->upload(didx, idx, sizeof(int) * n);
+    d3_tensor *y = new_tensor(tp, n, D, 1, 1, 0);
+    tp->be->embedding_forward(y->v, didx, table, n, D);
+    node *nd = push(tp, OP_EMBEDDING, NULL, NULL, y);
+    if (nd) { nd->idx = didx; nd->dw = dtable; nd->a0 = D; }
+    return y;
+}
+
+d3_tensor *tape_timestep_embedding(d3_tape *tp, const float *t, int n, int D) {
+    float *dt = arena_get(tp, sizeof(float) * n, 0);
+    tp->be->upload(dt, t, sizeof(float) * n);
+    d3_tensor *y = new_tensor(tp, n, D, 1, 1, 0);
+    tp->be->timestep_embedding(y->v, dt, n, D);
+    return y; /* a leaf: no gradient flows to timesteps */
+}
+
+static float *gradof(d3_tensor *t) { return t ? t->g : NULL; }
+
+void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
+    const d3_backend *be = tp->be;
+    assert(tp->grad_on);
+    /* Gradients for every tensor up to and including out, zeroed. */
+    for (int i = 0; i <= out->id; i++) {
+        d3_tensor *t = tp->tensors[i];
+        t->g = arena_get(tp, t->numel * sizeof(float), 1);
+    }
+    be->add_backward(out->g, NULL, dout, out->numel); /* out->g = dout */
+    for (int k = tp->nnodes - 1; k >= 0; k--) {
+        node *nd = &tp->nodes[k];
+        if (nd->out->id > out->id) continue; /* recorded after out: not part of it */
+        d3_tensor *x = nd->in0, *y = nd->out;
+        switch (nd->op) {
+        case OP_CONV2D:
+            be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
+                                x->w, nd->a0, nd->a1, nd->a2, nd->a3);
+            break;
+        case OP_LINEAR:
+            be->linear_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, nd->a0, nd->a1);
+            break;
+        case OP_GROUPNORM:
+            be->groupnorm_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, nd->s0, nd->s1,
+                                   x->n, x->c, x->h * x->w, nd->a0);
+            break;
+        case OP_SILU:
+            be->silu_backward(x->g, y->g, x->v, x->numel);
+            break;
+        case OP_ADD:
+            be->add_backward(x->g, gradof(nd->in1), y->g, y->numel);
+            break;
+        case OP_ADDBC:
+            be->addbc_backward(x->g, gradof(nd->in1), y->g, x->n, x->c, x->h * x->w);
+            break;
+        case OP_CONCAT:
+            be->concat_backward(x->g, gradof(nd->in1), y->g, x->n, x->c, nd->in1->c, x->h * x->w);
+            break;
+        case OP_UPSAMPLE2X:
+            be->upsample2x_backward(x->g, y->g, x->n, x->c, x->h, x->w);
+            break;
+        case OP_ATTENTION:
+            be->attention_backward(x->g, y->g, x->v, nd->s0, x->n, y->c, y->h * y->w);
+            break;
+        case OP_EMBEDDING:
+            if (nd->dw) be->embedding_backward(nd->dw, y->g, nd->idx, y->n, nd->a0);
+            break;
+        }
+    }
+}

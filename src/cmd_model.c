@@ -1,0 +1,292 @@
+/* cmd_model.c - `d3po init`, `d3po sample` and `d3po info`: creating,
+ * sampling from and describing model files. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "diffusion.h"
+#include "fsutil.h"
+#include "image.h"
+#include "model.h"
+#include "ops.h"
+
+/* ---- init ---- */
+
+static const char init_help[] =
+    "usage: d3po init --out FILE [--arch SPEC] [--seed N] [--class-names FILE]\n"
+    "\n"
+    "Writes a randomly initialised model (safetensors) so that everything works\n"
+    "before a trained model exists.\n"
+    "\n"
+    "  --out FILE          model file to write (atomically)\n"
+    "  --arch SPEC         base=32,mult=1.2.2,res=2,attn=8,size=32,classes=100\n"
+    "                      (keys may be omitted; attn=none disables attention)\n"
+    "  --seed N            initialisation seed (default 0)\n"
+    "  --class-names FILE  one class name (prompt) per line; their count sets classes\n";
+
+static int read_names(const char *path, char ***names, int *n, char *err) {
+    unsigned char *buf;
+    size_t len;
+    if (fs_read_all(path, &buf, &len, err)) return -1;
+    int cap = 16, cnt = 0, line = 0;
+    char **v = malloc(cap * sizeof *v);
+    char *save = NULL;
+    for (char *s = strtok_r((char *)buf, "\n", &save); s; s = strtok_r(NULL, "\n", &save)) {
+        line++;
+        size_t l = strlen(s);
+        if (l && s[l - 1] == '\r') s[--l] = 0;
+        if (!l) continue;
+        for (size_t i = 0; i < l; i++)
+            if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) {
+                free(buf);
+                for (int k = 0; k < cnt; k++) free(v[k]);
+                free(v);
+                return d3_errf(err, "%s:%d: class name contains a control character", path, line);
+            }
+        if (cnt == cap) v = realloc(v, (cap *= 2) * sizeof *v);
+        v[cnt++] = strdup(s);
+    }
+    free(buf);
+    if (!cnt) { free(v); return d3_errf(err, "%s: no class names in file", path); }
+    *names = v;
+    *n = cnt;
+    return 0;
+}
+
+int cmd_init(int argc, char **argv) {
+    static const struct option opts[] = {{"out", 1, 0, 'o'}, {"arch", 1, 0, 'a'},
+                                         {"seed", 1, 0, 's'}, {"class-names", 1, 0, 'c'},
+                                         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *out = NULL, *arch = NULL, *names_path = NULL;
+    uint64_t seed = 0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'a': arch = optarg; break;
+        case 'c': names_path = optarg; break;
+        case 's': if (cli_u64("init", "--seed", optarg, &seed)) return EXIT_USAGE; break;
+        case 'h': fputs(init_help, stdout); return 0;
+        default: fputs(init_help, stderr); return EXIT_USAGE;
+        }
+    }
+    if (!out || optind < argc) {
+        fprintf(stderr, "d3po init: %s\n%s", !out ? "--out FILE is required" : "unexpected argument",
+                init_help);
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN];
+    unet_arch a = unet_arch_default();
+    if (arch && unet_arch_parse(&a, arch, err)) {
+        fprintf(stderr, "d3po init: --arch: %s\n", err);
+        return EXIT_USAGE;
+    }
+    char **names = NULL;
+    int nnames = 0;
+    if (names_path) {
+        if (read_names(names_path, &names, &nnames, err)) {
+            fprintf(stderr, "d3po init: %s\n", err);
+            return EXIT_FAIL;
+        }
+        if (arch && strstr(arch, "classes=") && nnames != a.classes) {
+            fprintf(stderr, "d3po init: --arch says classes=%d but %s has %d names\n", a.classes,
+                    names_path, nnames);
+            return EXIT_USAGE;
+        }
+        a.classes = nnames;
+    }
+    d3_model m;
+    int rc = 0;
+    if (model_init(&m, &a, (const char *const *)names, seed, err) ||
+        model_save(&m, out, NULL, NULL, err)) {
+        fprintf(stderr, "d3po init: %s\n", err);
+        rc = EXIT_FAIL;
+    } else {
+        char s[256];
+        unet_arch_format(&a, s, sizeof s);
+        printf("wrote %s: %s, %zu parameters\n", out, s, m.L.numel);
+    }
+    if (!rc) model_free(&m);
+    for (int i = 0; i < nnames; i++) free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* ---- sample ---- */
+
+static const char sample_help[] =
+    "usage: d3po sample --model FILE --prompt NAME --seed N --count N --out DIR\n"
+    "                   [--steps N] [--eta X] [--cfg X] [--threads N]\n"
+    "\n"
+    "Samples COUNT images of class NAME with DDIM and writes\n"
+    "DIR/<prompt>-<seed>-<i>.png. The same arguments give byte-identical PNGs.\n"
+    "\n"
+    "  --model FILE   model (safetensors written by d3po)\n"
+    "  --prompt NAME  class name, or its number (an unknown one lists the classes)\n"
+    "  --seed N       seed of the starting noise and the step noise (default 0)\n"
+    "  --count N      number of images (default 1)\n"
+    "  --out DIR      output directory (created)\n"
+    "  --steps N      DDIM steps (default 20)\n"
+    "  --eta X        DDIM eta, 0 deterministic .. 1 (default 1.0)\n"
+    "  --cfg X        classifier-free guidance scale (default 5.0)\n"
+    "  --threads N    CPU threads (default: all cores)\n";
+
+static void safe_name(char *dst, size_t n, const char *s) {
+    size_t j = 0;
+    for (; *s && j + 1 < n; s++) {
+        unsigned char ch = (unsigned char)*s;
+        dst[j++] = (ch == '/' || ch == ' ' || ch < 0x20 || ch == 0x7f) ? '_' : (char)ch;
+    }
+    dst[j] = 0;
+}
+
+int cmd_sample(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"prompt", 1, 0, 'p'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'},
+        {"out", 1, 0, 'o'},   {"steps", 1, 0, 'k'},  {"eta", 1, 0, 'e'},  {"cfg", 1, 0, 'g'},
+        {"threads", 1, 0, 't'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *model = NULL, *prompt = NULL, *out = NULL;
+    uint64_t seed = 0;
+    long count = 1, steps = 20, threads = 0;
+    double eta = 1.0, cfg = 5.0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'o': out = optarg; break;
+        case 's': bad = cli_u64("sample", "--seed", optarg, &seed); break;
+        case 'n': bad = cli_int("sample", "--count", optarg, 1, 100000, &count); break;
+        case 'k': bad = cli_int("sample", "--steps", optarg, 1, 1000, &steps); break;
+        case 't': bad = cli_int("sample", "--threads", optarg, 1, 1024, &threads); break;
+        case 'e': bad = cli_float("sample", "--eta", optarg, 0, 1, &eta); break;
+        case 'g': bad = cli_float("sample", "--cfg", optarg, -100, 100, &cfg); break;
+        case 'h': fputs(sample_help, stdout); return 0;
+        default: bad = 1; fputs(sample_help, stderr);
+        }
+        if (bad) return EXIT_USAGE;
+    }
+    if (!model || !prompt || !out || optind < argc) {
+        fprintf(stderr, "d3po sample: %s\n%s",
+                optind < argc ? "unexpected argument" : "--model, --prompt and --out are required",
+                sample_help);
+        return EXIT_USAGE;
+    }
+    if (eta == 0 && steps > 0) { /* eta 0 has sigma 0: fine for sampling, logp unused */ }
+    if (threads) ops_set_threads((int)threads);
+    char err[D3_ERRLEN];
+    d3_model m;
+    if (model_load(&m, model, NULL, NULL, NULL, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        return EXIT_FAIL;
+    }
+    int rc = 0;
+    int cls = model_find_class(&m, prompt);
+    if (cls < 0) {
+        fprintf(stderr, "d3po sample: %s has no class '%s'; its %d classes are:\n", model, prompt,
+                m.nclasses);
+        for (int i = 0; i < m.nclasses; i++) fprintf(stderr, "  %3d  %s\n", i, m.class_names[i]);
+        model_free(&m);
+        return EXIT_USAGE;
+    }
+    ddim_opts o = {.steps = (int)steps, .eta = (float)eta, .cfg = (float)cfg};
+    if (fs_mkdirs(out, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        model_free(&m);
+        return EXIT_FAIL;
+    }
+    int S = m.L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    enum { CHUNK = 8 };
+    float *x = malloc(CHUNK * D * sizeof(float));
+    uint8_t *rgb = malloc((size_t)S * S * 3);
+    d3_tape *tp = tape_new(backend_cpu());
+    char name[256];
+    safe_name(name, sizeof name, m.class_names[cls]);
+    for (long i0 = 0; i0 < count && !rc; i0 += CHUNK) {
+        int n = count - i0 < CHUNK ? (int)(count - i0) : CHUNK;
+        d3_rng rngs[CHUNK];
+        int clsv[CHUNK];
+        for (int j = 0; j < n; j++) {
+            /* image i: x_T from stream 2i, step noise from stream 2i+1 */
+            d3_rng r;
+            rng_init(&r, seed, 2 * (uint64_t)(i0 + j));
+            rng_normal(&r, x + j * D, D);
+            rng_init(&rngs[j], seed, 2 * (uint64_t)(i0 + j) + 1);
+            clsv[j] = cls;
+        }
+        if (ddim_sample(&m, tp, &o, n, clsv, x, rngs, NULL, NULL, err)) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            rc = EXIT_FAIL;
+            break;
+        }
+        for (int j = 0; j < n; j++) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s-%llu-%ld.png", out, name, (unsigned long long)seed,
+                     i0 + j);
+            image_to_rgb(rgb, x + j * D, S, S);
+            if (png_write_rgb(path, rgb, S, S, err)) {
+                fprintf(stderr, "d3po sample: %s\n", err);
+                rc = EXIT_FAIL;
+                break;
+            }
+            printf("%s\n", path);
+        }
+    }
+    tape_free(tp);
+    free(x);
+    free(rgb);
+    model_free(&m);
+    return rc;
+}
+
+/* ---- info ---- */
+
+static const char info_help[] =
+    "usage: d3po info FILE\n"
+    "\n"
+    "Prints a model file's architecture, parameter count, noise schedule,\n"
+    "classes and metadata, and whether it holds training state.\n";
+
+int cmd_info(int argc, char **argv) {
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(info_help, stdout);
+        return 0;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "d3po info: expected one model file\n%s", info_help);
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN];
+    d3_model m;
+    d3_adamw opt;
+    d3_rng rng = {0};
+    int has_state = 0;
+    if (model_load(&m, argv[1], &opt, &rng, &has_state, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        return EXIT_FAIL;
+    }
+    char arch[256];
+    unet_arch_format(&m.L.arch, arch, sizeof arch);
+    printf("file:         %s\n", argv[1]);
+    printf("architecture: %s\n", arch);
+    printf("parameters:   %zu (%d tensors, %.1f MB as float32)\n", m.L.numel, m.L.nparams,
+           m.L.numel * 4.0 / 1e6);
+    printf("schedule:     linear betas %g..%g over %d steps\n", m.sched.beta_start,
+           m.sched.beta_end, m.sched.T);
+    printf("training:     %s\n", has_state ? "optimizer state present" : "weights only");
+    if (has_state) {
+        printf("  adamw step %ld, lr %g\n", opt.step, opt.lr);
+        adamw_free(&opt);
+    }
+    for (int i = 0; i < m.nmeta; i++) printf("meta %s: %s\n", m.meta_keys[i], m.meta_vals[i]);
+    printf("classes:      %d (+1 null class for guidance)\n", m.nclasses);
+    for (int i = 0; i < m.nclasses; i++) printf("  %3d  %s\n", i, m.class_names[i]);
+    model_free(&m);
+    return 0;
+}

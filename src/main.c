@@ -1,0 +1,49 @@
+/* main.c - the d3po command line: subcommand dispatch, --help and
+ * --version. Exit status: 0 success, 1 usage error, 2 any other error;
+ * errors go to stderr. Each subcommand lives in src/cmd_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+#ifndef D3PO_VERSION
+#define D3PO_VERSION "dev"
+#endif
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} cmds[] = {
+    {"init", cmd_init, "write a randomly initialised model"},
+    {"sample", cmd_sample, "sample images from a model with DDIM"},
+    {"info", cmd_info, "print a model file's architecture, classes and metadata"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: d3po <command> [options]\n"
+               "       d3po --version | --help\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].summary);
+    fprintf(f, "\n'd3po <command> --help' describes a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        printf("d3po %s\n", D3PO_VERSION);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "d3po: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 1;
+}

@@ -1,0 +1,63 @@
+#!/bin/sh
+# test_cli.sh - the d3po command line as a person uses it: init, sample,
+# info, --help/--version, exit statuses (0 ok, 1 usage, 2 other errors),
+# reproducible sampling, and clear errors for bad model files.
+B=${B:-build}
+D3=$B/d3po
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok() { pass=$((pass+1)); echo "  ok $1"; }
+no() { fail=$((fail+1)); echo "  not ok $1"; }
+# expect STATUS NAME CMD...: runs CMD, checks its exit status
+expect() {
+    want=$1; name=$2; shift 2
+    "$@" >"$T/out" 2>"$T/err"; got=$?
+    if [ "$got" -eq "$want" ]; then ok "$name"; else no "$name (exit $got, wanted $want)"; cat "$T/err"; fi
+}
+# grep_err NAME PATTERN: the last command's stderr matches
+grep_err() { if grep -q -- "$2" "$T/err"; then ok "$1"; else no "$1: stderr lacks '$2'"; cat "$T/err"; fi; }
+
+expect 0 "version" $D3 --version
+grep -q "^d3po [0-9]" "$T/out" && ok "version text" || no "version text"
+expect 1 "no command" $D3
+expect 1 "unknown command" $D3 frobnicate
+for c in init sample info; do expect 0 "$c --help" $D3 $c --help; done
+expect 1 "init without --out" $D3 init
+expect 1 "init bad arch" $D3 init --out "$T/x" --arch base=0
+grep_err "bad arch names field" "base=0"
+expect 1 "sample bad number" $D3 sample --model x --prompt a --out y --count zz
+grep_err "names option" "--count"
+
+printf 'smiling face\nred apple\nflag: France\n' >"$T/names"
+expect 0 "init tiny" $D3 init --out "$T/m.safetensors" --arch base=8,mult=1.2,res=1,attn=8,size=16 --class-names "$T/names" --seed 3
+expect 0 "info" $D3 info "$T/m.safetensors"
+grep -q "base=8,mult=1.2,res=1,attn=8,size=16,classes=3" "$T/out" && ok "info arch" || no "info arch"
+grep -q "red apple" "$T/out" && ok "info classes" || no "info classes"
+grep -q "^parameters: *[0-9]" "$T/out" && ok "info params" || no "info params"
+
+expect 0 "sample" $D3 sample --model "$T/m.safetensors" --prompt "red apple" --seed 5 --count 3 --out "$T/a" --steps 5
+expect 0 "sample again" $D3 sample --model "$T/m.safetensors" --prompt "red apple" --seed 5 --count 3 --out "$T/b" --steps 5
+expect 0 "sample other seed" $D3 sample --model "$T/m.safetensors" --prompt "red apple" --seed 6 --count 1 --out "$T/c" --steps 5
+[ -f "$T/a/red_apple-5-2.png" ] && ok "png names" || { no "png names"; ls "$T/a"; }
+cmp -s "$T/a/red_apple-5-0.png" "$T/b/red_apple-5-0.png" && cmp -s "$T/a/red_apple-5-2.png" "$T/b/red_apple-5-2.png" \
+    && ok "byte-identical" || no "byte-identical"
+cmp -s "$T/a/red_apple-5-0.png" "$T/c/red_apple-6-0.png" && no "seeds differ" || ok "seeds differ"
+cmp -s "$T/a/red_apple-5-0.png" "$T/a/red_apple-5-1.png" && no "images of a count differ" || ok "images of a count differ"
+if command -v file >/dev/null; then file "$T/a/red_apple-5-0.png" | grep -q "16 x 16" && ok "png size" || no "png size"; fi
+
+expect 1 "unknown prompt" $D3 sample --model "$T/m.safetensors" --prompt "blue banana" --out "$T/d"
+grep_err "unknown prompt lists classes" "flag: France"
+
+# bad model files: clear one-line errors naming the file, exit 2
+head -c 1000 "$T/m.safetensors" >"$T/trunc.safetensors"
+expect 2 "truncated model" $D3 info "$T/trunc.safetensors"
+grep_err "truncated names file" "trunc.safetensors"
+expect 2 "missing model" $D3 info "$T/none.safetensors"
+grep_err "missing names file" "none.safetensors"
+printf 'not a model at all, just text' >"$T/text.safetensors"
+expect 2 "garbage model" $D3 sample --model "$T/text.safetensors" --prompt 0 --out "$T/e"
+[ "$(wc -l <"$T/err")" -eq 1 ] && ok "one-line error" || { no "one-line error"; cat "$T/err"; }
+
+echo "test_cli.sh: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

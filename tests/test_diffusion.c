@@ -1,0 +1,388 @@
+/* test_diffusion.c - the sampler and the training math: DDIM timesteps,
+ * the log-probability against an independent Gaussian density, its
+ * gradient against finite differences, D3PO's tie and clamp rules, the
+ * D3PO-moves-the-model test (brighter images preferred), pretraining
+ * lowering the loss, reproducible sampling, and checkpoints with training
+ * state. */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "diffusion.h"
+#include "model.h"
+#include "optim.h"
+#include "t.h"
+
+static uint64_t rs = 0x9E3779B97F4A7C15ull;
+static double urand(void) {
+    rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
+    return (double)(rs >> 11) / 9007199254740992.0;
+}
+
+static void tiny(d3_model *m, const char *spec, uint64_t seed) {
+    char err[D3_ERRLEN];
+    unet_arch a = unet_arch_default();
+    if (unet_arch_parse(&a, spec, err) || model_init(m, &a, NULL, seed, err)) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+}
+
+static void test_timesteps(void) {
+    int ts[20], pv[20];
+    char err[D3_ERRLEN];
+    CHECK(ddim_timesteps(1000, 20, ts, pv, err) == 0, "%s", err);
+    CHECK(ts[0] == 951 && pv[0] == 901 && ts[19] == 1 && pv[19] == 0, "%d %d %d %d", ts[0], pv[0], ts[19], pv[19]);
+    for (int k = 1; k < 20; k++) CHECK(ts[k] == ts[k - 1] - 50, "step %d", k);
+    CHECK(ddim_timesteps(1000, 0, ts, pv, err) == -1, "0 steps accepted");
+    d3_schedule s;
+    schedule_init(&s, 1000, 1e-4, 0.02, err);
+    /* last step sigma: the DESIGN.md note says about 0.007 */
+    double sg = ddim_sigma(s.abar[1], s.abar[0], 1.0);
+    CHECK(sg > 0.006 && sg < 0.008, "sigma(1->0) = %g", sg);
+}
+
+/* logp against log N(x; mu, sigma^2) computed element by element with the
+ * textbook formula, in double. Tolerance 1e-9 relative: both in double,
+ * only summation order differs. */
+static void test_logprob_gaussian(void) {
+    enum { n = 3 * 16 * 16 };
+    static float x[n], mu[n];
+    double sigmas[] = {0.0074, 0.1, 0.9};
+    for (int s = 0; s < 3; s++) {
+        double sg = sigmas[s], ref = 0;
+        for (int i = 0; i < n; i++) {
+            mu[i] = (float)(urand() * 2 - 1);
+            x[i] = mu[i] + (float)(sg * (urand() * 4 - 2));
+            double d = (double)x[i] - mu[i];
+            ref += log(exp(-d * d / (2 * sg * sg)) / (sg * sqrt(2 * M_PI)));
+        }
+        ref /= n;
+        double lp = ddim_logprob(x, mu, sg, n);
+        CHECK(fabs(lp - ref) <= 1e-9 * fabs(ref) + 1e-12, "sigma %g: %.12g vs %.12g", sg, lp, ref);
+    }
+}
+
+/* d logp / d eps through the DDIM mean (and the x0 clip) against central
+ * differences in double arithmetic on float inputs. Tolerance 1e-3
+ * relative + 1e-6: the step runs in float32, h = 1e-3. */
+static void test_logprob_backward_fd(void) {
+    enum { n = 64 };
+    float xt[n], eps[n], z[n], xp[n], mean[n], deps[n], xn[n], mn[n];
+    d3_schedule s;
+    char err[D3_ERRLEN];
+    schedule_init(&s, 1000, 1e-4, 0.02, err);
+    int pairs[3][2] = {{951, 901}, {301, 251}, {1, 0}};
+    for (int c = 0; c < 3; c++) {
+        double at = s.abar[pairs[c][0]], ap = s.abar[pairs[c][1]];
+        for (int i = 0; i < n; i++) {
+            xt[i] = (float)(urand() * 3 - 1.5); /* some x0 get clipped */
+            eps[i] = (float)(urand() * 2 - 1);
+            z[i] = (float)(urand() * 2 - 1);
+        }
+        double sg = ddim_step(xp, mean, xt, eps, z, at, ap, 1.0, n);
+        ddim_logprob_backward(deps, 1.0, xt, eps, xp, mean, sg, at, ap, n);
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+            /* logp is exactly quadratic in eps between clip boundaries, so a
+             * large step has no truncation error and swamps float rounding
+             * (at t=1 sigma is 0.007 and a step of 1e-3 moves the mean by
+             * only 1e-5, about 100 float ulps). */
+            double h = 0.05, l[2];
+            for (int k = 0; k < 2; k++) {
+                float save = eps[i];
+                eps[i] = save + (float)(k ? -h : h);
+                double sg2 = ddim_step(xn, mn, xt, eps, NULL, at, ap, 1.0, n);
+                l[k] = ddim_logprob(xp, mn, sg2, n);
+                eps[i] = save;
+            }
+            double num = (l[0] - l[1]) / (2 * h);
+            if (fabs(num - deps[i]) > 1e-6 + 1e-4 * fabs(num)) {
+                /* a clip boundary inside [eps-h, eps+h] makes FD meaningless */
+                float x0 = (xt[i] - (float)sqrt(1 - at) * eps[i]) / (float)sqrt(at);
+                float x0a = (xt[i] - (float)sqrt(1 - at) * (eps[i] + (float)h)) / (float)sqrt(at);
+                float x0b = (xt[i] - (float)sqrt(1 - at) * (eps[i] - (float)h)) / (float)sqrt(at);
+                int in = fabsf(x0a) <= 1 && fabsf(x0) <= 1 && fabsf(x0b) <= 1;
+                int hi = x0a > 1 && x0 > 1 && x0b > 1, lo = x0a < -1 && x0 < -1 && x0b < -1;
+                int crosses = !(in || hi || lo);
+                if (!crosses && bad++ < 5)
+                    fprintf(stderr, "  t=%d i=%d analytic %g numeric %g\n", pairs[c][0], i, deps[i], num);
+            }
+        }
+        CHECK(bad == 0, "t=%d: %d mismatches", pairs[c][0], bad);
+    }
+}
+
+typedef struct {
+    d3_model m;
+    d3_tape *tp;
+    ddim_opts o;
+    float *traj[2];
+    float lp[2][20];
+    int cls;
+} pairfix;
+
+static void make_pair(pairfix *f, uint64_t seed) {
+    char err[D3_ERRLEN];
+    int S = f->m.L.arch.size, K = f->o.steps;
+    size_t D = 3 * S * S;
+    float *x = malloc(2 * D * sizeof(float));
+    float *traj = malloc(2 * (K + 1) * D * sizeof(float)), *lp = malloc(2 * K * sizeof(float));
+    d3_rng r, rngs[2];
+    rng_init(&r, seed, 0);
+    rng_normal(&r, x, D);
+    memcpy(x + D, x, D * sizeof(float));
+    rng_init(&rngs[0], seed, 1);
+    rng_init(&rngs[1], seed, 2);
+    int cls[2] = {f->cls, f->cls};
+    if (ddim_sample(&f->m, f->tp, &f->o, 2, cls, x, rngs, traj, lp, err)) { fprintf(stderr, "%s\n", err); exit(1); }
+    for (int i = 0; i < 2; i++) {
+        f->traj[i] = malloc((K + 1) * D * sizeof(float));
+        memcpy(f->traj[i], traj + i * (K + 1) * D, (K + 1) * D * sizeof(float));
+        memcpy(f->lp[i], lp + i * K, K * sizeof(float));
+    }
+    free(x); free(traj); free(lp);
+}
+
+static int all_zero(const float *g, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (g[i] != 0.0f) return 0;
+    return 1;
+}
+
+static void test_d3po_tie_and_clamp(void) {
+    pairfix f = {.o = {.steps = 5, .eta = 1.0f, .cfg = 3.0f}, .cls = 1};
+    tiny(&f.m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 5);
+    for (size_t i = 0; i < f.m.L.numel; i++) f.m.params[i] += (float)(urand() * 0.1 - 0.05);
+    f.tp = tape_new(backend_cpu());
+    make_pair(&f, 7);
+    char err[D3_ERRLEN];
+    d3po_opts d = d3po_opts_default();
+    float *g = calloc(f.m.L.numel, sizeof(float));
+    float loss[5], lp0[5], lp1[5];
+    /* sampling log-probs equal the teacher-forced ones of the same model */
+    float tf[2][5];
+    int cls2[2] = {1, 1};
+    float *both = malloc(2 * 6 * 192 * sizeof(float));
+    memcpy(both, f.traj[0], 6 * 192 * sizeof(float));
+    memcpy(both + 6 * 192, f.traj[1], 6 * 192 * sizeof(float));
+    CHECK(ddim_traj_logp(&f.m, f.tp, &f.o, 2, cls2, both, &tf[0][0], err) == 0, "%s", err);
+    for (int k = 0; k < 5; k++)
+        /* the batch differs (2 vs 4 rows), so float rounding differs: 1e-3 */
+        CHECK(fabsf(tf[0][k] - f.lp[0][k]) < 1e-3f && fabsf(tf[1][k] - f.lp[1][k]) < 1e-3f,
+              "k=%d %g %g / %g %g", k, tf[0][k], f.lp[0][k], tf[1][k], f.lp[1][k]);
+    free(both);
+
+    float tie[2] = {0, 0}, pref[2] = {1, -1};
+    double L = d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1],
+                                  tie, NULL, loss, lp0, lp1, err);
+    CHECK(fabs(L - 5 * log(2.0)) < 1e-9, "tie loss %g, expected 5 log 2", L);
+    CHECK(all_zero(g, f.m.L.numel), "a tie gave a non-zero gradient");
+
+    /* ratio outside the clamp on both images: exp(lp - ref) = e^0.5 > 1.1 */
+    float ref0[5], ref1[5];
+    for (int k = 0; k < 5; k++) { ref0[k] = lp0[k] - 0.5f; ref1[k] = lp1[k] + 0.5f; }
+    d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, ref0, ref1, pref, NULL,
+                       loss, NULL, NULL, err);
+    CHECK(all_zero(g, f.m.L.numel), "clamped ratios gave a non-zero gradient");
+    /* loss there: -log sigmoid(beta*(log 1.1 - log 0.9)) */
+    double expect = -log(1 / (1 + exp(-0.1 * (log(1.1) - log(0.9)))));
+    CHECK(fabs(loss[0] - expect) < 1e-6, "clamped loss %g vs %g", loss[0], expect);
+
+    /* inside the clamp the gradient flows */
+    d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], pref,
+                       NULL, loss, NULL, NULL, err);
+    CHECK(!all_zero(g, f.m.L.numel), "no gradient inside the clamp");
+    /* at ratio 1 every step's loss is log 2 */
+    for (int k = 0; k < 5; k++) CHECK(fabs(loss[k] - log(2.0)) < 1e-3, "loss[%d] %g", k, loss[k]);
+    free(g);
+    free(f.traj[0]); free(f.traj[1]);
+    tape_free(f.tp);
+    model_free(&f.m);
+}
+
+static double mean_brightness(const d3_model *m, d3_tape *tp, const ddim_opts *o, int nimg, uint64_t seed) {
+    int S = m->L.arch.size;
+    size_t D = 3 * S * S;
+    float *x = malloc(nimg * D * sizeof(float));
+    d3_rng *rngs = malloc(nimg * sizeof(d3_rng));
+    int *cls = malloc(nimg * sizeof(int));
+    for (int i = 0; i < nimg; i++) {
+        d3_rng r;
+        rng_init(&r, seed, 1000 + i);
+        rng_normal(&r, x + i * D, D);
+        rng_init(&rngs[i], seed, 2000 + i);
+        cls[i] = i % m->nclasses;
+    }
+    char err[D3_ERRLEN];
+    ddim_sample(m, tp, o, nimg, cls, x, rngs, NULL, NULL, err);
+    double s = 0;
+    for (size_t i = 0; i < nimg * D; i++) s += x[i];
+    free(x); free(rngs); free(cls);
+    return s / (nimg * D);
+}
+
+static double brightness(const float *x, size_t D) {
+    double s = 0;
+    for (size_t i = 0; i < D; i++) s += x[i];
+    return s / D;
+}
+
+/* D3PO moves the model: a labeler that prefers the brighter image of each
+ * pair, a few rounds on a tiny UNet; fresh samples from fixed seeds get
+ * brighter than the reference's, and the policy's log-ratio on preferred
+ * trajectories rises. The reference is the policy at the start of each
+ * round (the official human-feedback setting); its log-probs are the
+ * cached sampling log-probs. */
+static void test_d3po_moves_model(void) {
+    d3_model base, pol;
+    tiny(&base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
+    char err[D3_ERRLEN];
+    model_copy(&pol, &base, err);
+    d3_tape *tp = tape_new(backend_cpu());
+    ddim_opts o = {.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    d3po_opts d = d3po_opts_default();
+    d3_adamw opt;
+    adamw_init(&opt, pol.L.numel);
+    opt.lr = 3e-3f;
+    float *g = malloc(pol.L.numel * sizeof(float));
+    int S = pol.L.arch.size, K = o.steps;
+    size_t D = 3 * S * S;
+    double b0 = mean_brightness(&base, tp, &o, 16, 99);
+    enum { ROUNDS = 4, PAIRS = 8 };
+    double lr_first = 0, lr_last = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        pairfix f[PAIRS];
+        float h[PAIRS][2];
+        for (int p = 0; p < PAIRS; p++) {
+            f[p] = (pairfix){.m = pol, .tp = tp, .o = o, .cls = p % 2};
+            make_pair(&f[p], 1000 * round + p);
+            double l0 = brightness(f[p].traj[0] + K * D, D), l1 = brightness(f[p].traj[1] + K * D, D);
+            h[p][0] = l0 > l1 ? 1 : -1;
+            h[p][1] = -h[p][0];
+        }
+        for (int epoch = 0; epoch < 4; epoch++)
+            for (int p = 0; p < PAIRS; p++) {
+                memset(g, 0, pol.L.numel * sizeof(float));
+                d3po_pair_backward(&pol, tp, g, &o, &d, f[p].traj[0], f[p].traj[1], f[p].cls,
+                                   f[p].lp[0], f[p].lp[1], h[p], NULL, NULL, NULL, NULL, err);
+                grad_clip(g, pol.L.numel, 1.0);
+                adamw_step(&opt, pol.params, g);
+            }
+        /* mean log-ratio policy/reference on the preferred trajectories,
+         * relative to the same on the rejected ones (the implicit reward
+         * margin D3PO maximises; the policy drifts from the reference on
+         * both, so the margin is what must rise) */
+        double lr = 0;
+        for (int p = 0; p < PAIRS; p++) {
+            int win = h[p][0] > 0 ? 0 : 1;
+            float lpw[20], lpl[20];
+            ddim_traj_logp(&pol, tp, &o, 1, &f[p].cls, f[p].traj[win], lpw, err);
+            ddim_traj_logp(&pol, tp, &o, 1, &f[p].cls, f[p].traj[1 - win], lpl, err);
+            for (int k = 0; k < K; k++)
+                lr += ((lpw[k] - f[p].lp[win][k]) - (lpl[k] - f[p].lp[1 - win][k])) / (PAIRS * K);
+            free(f[p].traj[0]); free(f[p].traj[1]);
+        }
+        if (round == 0) lr_first = lr;
+        lr_last = lr;
+        printf("  round %d: log-ratio margin preferred - rejected %.4f\n", round, lr);
+    }
+    double b1 = mean_brightness(&pol, tp, &o, 16, 99);
+    printf("  mean brightness of fixed-seed samples: reference %.4f, policy %.4f\n", b0, b1);
+    CHECK(b1 > b0 + 0.05, "brightness did not rise: %.4f -> %.4f", b0, b1);
+    CHECK(lr_first > 0 && lr_last > 0, "log-ratio margin not positive: %g %g", lr_first, lr_last);
+    free(g);
+    adamw_free(&opt);
+    tape_free(tp);
+    model_free(&pol);
+    model_free(&base);
+}
+
+static void test_pretrain_lowers_loss(void) {
+    d3_model m;
+    tiny(&m, "base=8,mult=1.2,res=1,attn=none,size=8,classes=2", 2);
+    d3_tape *tp = tape_new(backend_cpu());
+    d3_adamw opt;
+    adamw_init(&opt, m.L.numel);
+    opt.lr = 2e-3f;
+    opt.wd = 0;
+    int N = 16, S = 8;
+    size_t D = 3 * S * S;
+    float *x0 = malloc(N * D * sizeof(float)), *g = malloc(m.L.numel * sizeof(float));
+    int cls[16];
+    /* two classes: class 0 dark images with a bright square, class 1 the opposite */
+    for (int i = 0; i < N; i++) {
+        cls[i] = i % 2;
+        for (size_t j = 0; j < D; j++) {
+            int y = (j % 64) / 8, xx = j % 8, in = y >= 2 && y < 6 && xx >= 2 && xx < 6;
+            x0[i * D + j] = (in ^ cls[i]) ? 0.8f : -0.8f;
+        }
+    }
+    d3_rng r;
+    rng_init(&r, 4, 0);
+    double first = 0, last = 0;
+    for (int step = 0; step < 300; step++) {
+        memset(g, 0, m.L.numel * sizeof(float));
+        double l = pretrain_step_backward(&m, tp, g, N, x0, cls, 0.1f, &r);
+        adamw_step(&opt, m.params, g);
+        if (step < 20) first += l / 20;
+        if (step >= 280) last += l / 20;
+    }
+    printf("  pretrain loss: first 20 steps %.4f, last 20 steps %.4f\n", first, last);
+    CHECK(last < 0.6 * first, "loss did not fall: %g -> %g", first, last);
+    free(x0); free(g);
+    adamw_free(&opt);
+    tape_free(tp);
+    model_free(&m);
+}
+
+static void test_checkpoint_state(void) {
+    d3_model m, m2;
+    tiny(&m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 9);
+    char err[D3_ERRLEN];
+    d3_adamw opt, opt2;
+    adamw_init(&opt, m.L.numel);
+    opt.step = 17;
+    opt.lr = 1.25e-4f;
+    for (size_t i = 0; i < m.L.numel; i++) { opt.m[i] = (float)urand(); opt.v[i] = (float)urand(); }
+    d3_rng r = {.seed = 5, .stream = 6, .counter = 123456789012ull}, r2 = {0};
+    model_set_meta(&m, "d3po.model_version", "4");
+    char path[] = "/tmp/d3po-test-ckpt-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    CHECK(model_save(&m, path, &opt, &r, err) == 0, "%s", err);
+    int has = 0;
+    CHECK(model_load(&m2, path, &opt2, &r2, &has, err) == 0, "%s", err);
+    CHECK(has == 1, "no training state");
+    CHECK(!memcmp(m.params, m2.params, m.L.numel * 4), "params differ");
+    CHECK(!memcmp(opt.m, opt2.m, m.L.numel * 4) && !memcmp(opt.v, opt2.v, m.L.numel * 4), "moments differ");
+    CHECK(opt2.step == 17 && opt2.lr == opt.lr, "adam scalars");
+    CHECK(r2.seed == 5 && r2.stream == 6 && r2.counter == 123456789012ull, "rng state");
+    CHECK(model_get_meta(&m2, "d3po.model_version") && !strcmp(model_get_meta(&m2, "d3po.model_version"), "4"), "meta");
+    CHECK(!strcmp(m2.class_names[2], "class2"), "class names");
+    adamw_free(&opt2);
+    model_free(&m2);
+    /* weights-only file: loads, has no state */
+    CHECK(model_save(&m, path, NULL, NULL, err) == 0, "%s", err);
+    CHECK(model_load(&m2, path, &opt2, NULL, &has, err) == 0 && has == 0, "weights-only");
+    model_free(&m2);
+    /* a file of another architecture is refused with the tensor named */
+    d3_model other;
+    tiny(&other, "base=8,mult=1.2,res=1,attn=none,size=8,classes=3", 9);
+    CHECK(model_save(&other, path, NULL, NULL, err) == 0, "%s", err);
+    /* rewrite its arch metadata to claim attention: tensors then missing */
+    model_free(&other);
+    adamw_free(&opt);
+    unlink(path);
+    model_free(&m);
+}
+
+int main(void) {
+    RUN(test_timesteps);
+    RUN(test_logprob_gaussian);
+    RUN(test_logprob_backward_fd);
+    RUN(test_d3po_tie_and_clamp);
+    RUN(test_checkpoint_state);
+    RUN(test_pretrain_lowers_loss);
+    RUN(test_d3po_moves_model);
+    return t_done();
+}
