@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "d3po.h"
 #include "diffusion.h"
 #include "model.h"
 #include "optim.h"
@@ -228,74 +229,126 @@ static double brightness(const float *x, size_t D) {
 }
 
 /* D3PO moves the model: a labeler that prefers the brighter image of each
- * pair, a few rounds on a tiny UNet; fresh samples from fixed seeds get
- * brighter than the reference's, and the policy's log-ratio on preferred
- * trajectories rises. The reference is the policy at the start of each
- * round (the official human-feedback setting); its log-probs are the
- * cached sampling log-probs. */
-static void test_d3po_moves_model(void) {
-    d3_model base, pol;
+ * pair, a few rounds on a tiny UNet, trained with d3po_train (shuffled
+ * pairs and timesteps, clipping, AdamW); fresh samples from fixed seeds
+ * get brighter than the reference's, and the policy's log-ratio margin
+ * (preferred minus rejected) on the labeled trajectories is positive. Run
+ * with both reference settings: the policy at the start of each round (the
+ * official human-feedback setting) and the frozen base model. */
+/* A short pretraining so the base model makes images of varied
+ * brightness (flat images at a random grey level with a little texture),
+ * as the real workflow starts from a pretrained model: brightness is then
+ * something the policy can express, and D3PO can move it. */
+static void pretrain_flat(d3_model *m, d3_tape *tp) {
+    int N = 16, S = m->L.arch.size;
+    size_t D = 3 * S * S;
+    float *x0 = malloc(N * D * sizeof(float)), *g = malloc(m->L.numel * sizeof(float));
+    int cls[16];
+    d3_adamw opt;
+    adamw_init(&opt, m->L.numel);
+    opt.lr = 3e-3f;
+    opt.wd = 0;
+    d3_rng r;
+    rng_init(&r, 12345, 0);
+    for (int step = 0; step < 150; step++) {
+        for (int i = 0; i < N; i++) {
+            float lvl;
+            rng_uniform(&r, &lvl, 1);
+            lvl = 1.6f * lvl - 0.8f;
+            rng_normal(&r, x0 + i * D, D);
+            for (size_t j = 0; j < D; j++) x0[i * D + j] = lvl + 0.1f * x0[i * D + j];
+            cls[i] = i % 2;
+        }
+        memset(g, 0, m->L.numel * sizeof(float));
+        pretrain_step_backward(m, tp, g, N, x0, cls, 0.1f, &r);
+        grad_clip(g, m->L.numel, 1.0);
+        adamw_step(&opt, m->params, g);
+    }
+    adamw_free(&opt);
+    free(x0);
+    free(g);
+}
+
+static void moves_model(d3po_ref_mode mode) {
+    d3_model base, pol, snap;
     tiny(&base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
     char err[D3_ERRLEN];
-    model_copy(&pol, &base, err);
     d3_tape *tp = tape_new(backend_cpu());
-    ddim_opts o = {.steps = 10, .eta = 1.0f, .cfg = 3.0f};
-    d3po_opts d = d3po_opts_default();
+    pretrain_flat(&base, tp);
+    model_copy(&pol, &base, err);
+    d3po_train_opts to = d3po_train_opts_default();
+    to.sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    to.epochs = getenv("D3PO_TEST_EPOCHS") ? atoi(getenv("D3PO_TEST_EPOCHS")) : 1;
+    to.ref = mode;
     d3_adamw opt;
     adamw_init(&opt, pol.L.numel);
-    opt.lr = 3e-3f;
-    float *g = malloc(pol.L.numel * sizeof(float));
-    int S = pol.L.arch.size, K = o.steps;
+    opt.lr = getenv("D3PO_TEST_LR") ? atof(getenv("D3PO_TEST_LR")) : 3e-3f;
+    d3_rng rng;
+    rng_init(&rng, getenv("D3PO_TEST_SEED") ? strtoull(getenv("D3PO_TEST_SEED"), NULL, 10) : 77, 0);
+    int S = pol.L.arch.size, K = to.sample.steps;
     size_t D = 3 * S * S;
-    double b0 = mean_brightness(&base, tp, &o, 16, 99);
-    enum { ROUNDS = 4, PAIRS = 8 };
-    double lr_first = 0, lr_last = 0;
+    double b0 = mean_brightness(&base, tp, &to.sample, 16, 99);
+    enum { ROUNDS = 5, PAIRS = 12 };
+    double margin_first = 0, margin_last = 0;
     for (int round = 0; round < ROUNDS; round++) {
         pairfix f[PAIRS];
-        float h[PAIRS][2];
+        d3po_pair pairs[PAIRS];
         for (int p = 0; p < PAIRS; p++) {
-            f[p] = (pairfix){.m = pol, .tp = tp, .o = o, .cls = p % 2};
-            make_pair(&f[p], 1000 * round + p);
+            f[p] = (pairfix){.m = pol, .tp = tp, .o = to.sample, .cls = p % 2};
+            make_pair(&f[p], 1000 * round + p + 100000 * rng.seed);
             double l0 = brightness(f[p].traj[0] + K * D, D), l1 = brightness(f[p].traj[1] + K * D, D);
-            h[p][0] = l0 > l1 ? 1 : -1;
-            h[p][1] = -h[p][0];
+            pairs[p] = (d3po_pair){.cls = f[p].cls, .traj = {f[p].traj[0], f[p].traj[1]},
+                                   .h = {l0 > l1 ? 1 : -1, l0 > l1 ? -1 : 1}, .ref_tag = -1};
         }
-        for (int epoch = 0; epoch < 4; epoch++)
-            for (int p = 0; p < PAIRS; p++) {
-                memset(g, 0, pol.L.numel * sizeof(float));
-                d3po_pair_backward(&pol, tp, g, &o, &d, f[p].traj[0], f[p].traj[1], f[p].cls,
-                                   f[p].lp[0], f[p].lp[1], h[p], NULL, NULL, NULL, NULL, err);
-                grad_clip(g, pol.L.numel, 1.0);
-                adamw_step(&opt, pol.params, g);
-            }
-        /* mean log-ratio policy/reference on the preferred trajectories,
-         * relative to the same on the rejected ones (the implicit reward
-         * margin D3PO maximises; the policy drifts from the reference on
-         * both, so the margin is what must rise) */
-        double lr = 0;
+        const d3_model *ref = &base;
+        long tag = 0;
+        if (mode == D3PO_REF_ROUND) {
+            model_copy(&snap, &pol, err);
+            ref = &snap;
+            tag = round + 1;
+        }
+        long before = d3po_ref_computations();
+        double loss = d3po_train(&pol, ref, tag, tp, &opt, pairs, PAIRS, &to, &rng, NULL, NULL, err);
+        CHECK(!isnan(loss), "%s", err);
+        CHECK(d3po_ref_computations() - before == PAIRS, "ref log-probs computed %ld times",
+              d3po_ref_computations() - before);
+        /* a second call with the same reference reuses the cache */
+        before = d3po_ref_computations();
+        to.epochs = 0;
+        d3po_train(&pol, ref, tag, tp, &opt, pairs, PAIRS, &to, &rng, NULL, NULL, err);
+        to.epochs = getenv("D3PO_TEST_EPOCHS") ? atoi(getenv("D3PO_TEST_EPOCHS")) : 1;
+        CHECK(d3po_ref_computations() == before, "cache not reused");
+        /* log-ratio margin (preferred minus rejected) against the reference
+         * used in training, on this round's trajectories */
+        double m = 0;
         for (int p = 0; p < PAIRS; p++) {
-            int win = h[p][0] > 0 ? 0 : 1;
+            int win = pairs[p].h[0] > 0 ? 0 : 1;
             float lpw[20], lpl[20];
-            ddim_traj_logp(&pol, tp, &o, 1, &f[p].cls, f[p].traj[win], lpw, err);
-            ddim_traj_logp(&pol, tp, &o, 1, &f[p].cls, f[p].traj[1 - win], lpl, err);
+            ddim_traj_logp(&pol, tp, &to.sample, 1, &f[p].cls, f[p].traj[win], lpw, err);
+            ddim_traj_logp(&pol, tp, &to.sample, 1, &f[p].cls, f[p].traj[1 - win], lpl, err);
             for (int k = 0; k < K; k++)
-                lr += ((lpw[k] - f[p].lp[win][k]) - (lpl[k] - f[p].lp[1 - win][k])) / (PAIRS * K);
+                m += ((lpw[k] - pairs[p].ref[win][k]) - (lpl[k] - pairs[p].ref[1 - win][k])) / (PAIRS * K);
             free(f[p].traj[0]); free(f[p].traj[1]);
         }
-        if (round == 0) lr_first = lr;
-        lr_last = lr;
-        printf("  round %d: log-ratio margin preferred - rejected %.4f\n", round, lr);
+        d3po_pairs_free_cache(pairs, PAIRS);
+        if (mode == D3PO_REF_ROUND) model_free(&snap);
+        if (round == 0) margin_first = m;
+        margin_last = m;
+        printf("  %s round %d: loss %.4f, log-ratio margin preferred - rejected %.4f\n",
+               mode == D3PO_REF_ROUND ? "ref=round" : "ref=base", round, loss, m);
     }
-    double b1 = mean_brightness(&pol, tp, &o, 16, 99);
+    double b1 = mean_brightness(&pol, tp, &to.sample, 16, 99);
     printf("  mean brightness of fixed-seed samples: reference %.4f, policy %.4f\n", b0, b1);
-    CHECK(b1 > b0 + 0.05, "brightness did not rise: %.4f -> %.4f", b0, b1);
-    CHECK(lr_first > 0 && lr_last > 0, "log-ratio margin not positive: %g %g", lr_first, lr_last);
-    free(g);
+    CHECK(b1 > b0 + 0.1, "brightness did not rise: %.4f -> %.4f", b0, b1);
+    CHECK(margin_first > 0 && margin_last > 0, "log-ratio margin not positive: %g %g", margin_first, margin_last);
     adamw_free(&opt);
     tape_free(tp);
     model_free(&pol);
     model_free(&base);
 }
+
+static void test_d3po_moves_model_ref_round(void) { moves_model(D3PO_REF_ROUND); }
+static void test_d3po_moves_model_ref_base(void) { moves_model(D3PO_REF_BASE); }
 
 static void test_pretrain_lowers_loss(void) {
     d3_model m;
@@ -383,6 +436,7 @@ int main(void) {
     RUN(test_d3po_tie_and_clamp);
     RUN(test_checkpoint_state);
     RUN(test_pretrain_lowers_loss);
-    RUN(test_d3po_moves_model);
+    RUN(test_d3po_moves_model_ref_round);
+    RUN(test_d3po_moves_model_ref_base);
     return t_done();
 }

@@ -1,0 +1,101 @@
+/* d3po.c - the D3PO training loop over labeled pairs (see d3po.h). */
+#include "d3po.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+static atomic_long ref_count;
+
+long d3po_ref_computations(void) { return atomic_load(&ref_count); }
+
+d3po_train_opts d3po_train_opts_default(void) {
+    return (d3po_train_opts){.sample = ddim_opts_default(),
+                             .loss = d3po_opts_default(),
+                             .ref = D3PO_REF_ROUND,
+                             .epochs = 1,
+                             .max_grad_norm = 1.0};
+}
+
+void d3po_pairs_free_cache(d3po_pair *pairs, int n) {
+    for (int i = 0; i < n; i++) {
+        free(pairs[i].ref[0]);
+        free(pairs[i].ref[1]);
+        pairs[i].ref[0] = pairs[i].ref[1] = NULL;
+        pairs[i].ref_tag = -1;
+    }
+}
+
+static void shuffle(int *v, int n, d3_rng *rng) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(rng, (uint32_t)(i + 1));
+        int t = v[i]; v[i] = v[j]; v[j] = t;
+    }
+}
+
+static int refresh_ref(const d3_model *ref, long tag, d3_tape *tp, d3po_pair *p,
+                       const ddim_opts *o, char *err) {
+    if (p->ref_tag == tag && p->ref[0] && p->ref[1]) return 0;
+    int K = o->steps, S = ref->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    for (int i = 0; i < 2; i++)
+        if (!p->ref[i] && !(p->ref[i] = malloc(sizeof(float) * K))) return d3_errf(err, "out of memory");
+    float *both = malloc(2 * (K + 1) * D * sizeof(float)), lp[2 * D3_MAX_STEPS];
+    if (!both) return d3_errf(err, "out of memory");
+    memcpy(both, p->traj[0], (K + 1) * D * sizeof(float));
+    memcpy(both + (K + 1) * D, p->traj[1], (K + 1) * D * sizeof(float));
+    int cls[2] = {p->cls, p->cls};
+    int rc = ddim_traj_logp(ref, tp, o, 2, cls, both, lp, err);
+    free(both);
+    if (rc) return -1;
+    memcpy(p->ref[0], lp, K * sizeof(float));
+    memcpy(p->ref[1], lp + K, K * sizeof(float));
+    p->ref_tag = tag;
+    atomic_fetch_add(&ref_count, 1);
+    return 0;
+}
+
+double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *tp,
+                  d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
+                  d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err) {
+    int K = o->sample.steps;
+    if (K < 1 || K > D3_MAX_STEPS) { d3_errf(err, "steps=%d out of range", K); return NAN; }
+    int *order = malloc(sizeof(int) * (npairs ? npairs : 1)), steps[D3_MAX_STEPS];
+    float *grads = malloc(policy->L.numel * sizeof(float));
+    if (!order || !grads) { free(order); free(grads); d3_errf(err, "out of memory"); return NAN; }
+    int n = 0;
+    for (int i = 0; i < npairs; i++)
+        if (pairs[i].h[0] != 0 || pairs[i].h[1] != 0) order[n++] = i;
+    /* reference log-probs first: with D3PO_REF_ROUND the reference is the
+     * policy before this call's first update, so caching must precede it */
+    for (int i = 0; i < n; i++)
+        if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, err)) {
+            free(order); free(grads);
+            return NAN;
+        }
+    double total = 0;
+    long count = 0;
+    int done = 0, all = n * o->epochs;
+    for (int e = 0; e < o->epochs; e++) {
+        shuffle(order, n, rng);
+        for (int i = 0; i < n; i++) {
+            d3po_pair *p = &pairs[order[i]];
+            for (int k = 0; k < K; k++) steps[k] = k;
+            shuffle(steps, K, rng); /* one order for both images of the pair */
+            memset(grads, 0, policy->L.numel * sizeof(float));
+            double l = d3po_pair_backward(policy, tp, grads, &o->sample, &o->loss, p->traj[0],
+                                          p->traj[1], p->cls, p->ref[0], p->ref[1], p->h, steps,
+                                          NULL, NULL, NULL, err);
+            if (isnan(l)) { free(order); free(grads); return NAN; }
+            grad_clip(grads, policy->L.numel, o->max_grad_norm);
+            adamw_step(opt, policy->params, grads);
+            total += l;
+            count += K;
+            if (progress) progress(ctx, ++done, all, l / K);
+        }
+    }
+    free(order);
+    free(grads);
+    return count ? total / count : 0.0;
+}

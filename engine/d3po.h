@@ -1,0 +1,60 @@
+/* d3po.h - D3PO training over a set of labeled pairs: the reference
+ * log-prob cache, the reference setting (frozen base model, or the policy
+ * as it was when the round started), shuffled pair and timestep order,
+ * gradient accumulation over a pair's timesteps, global-norm clipping and
+ * AdamW. The per-pair math is d3po_pair_backward() (diffusion.h).
+ *
+ *   d3po_pair p = {.cls = c, .traj = {t0, t1}, .h = {1, -1}};
+ *   d3po_train_opts to = d3po_train_opts_default();
+ *   // reference: the base model (D3PO_REF_BASE, ref_tag constant), or a
+ *   // copy of the policy made when the round starts (D3PO_REF_ROUND,
+ *   // ref_tag = round number): cached log-probs are recomputed only when
+ *   // a pair's cached tag differs from ref_tag.
+ *   d3po_train(&policy, &ref, ref_tag, tp, &adam, pairs, n, &to, &rng, NULL, NULL, err);
+ */
+#ifndef D3PO_D3PO_H
+#define D3PO_D3PO_H
+
+#include "diffusion.h"
+#include "optim.h"
+
+typedef enum { D3PO_REF_BASE = 0, D3PO_REF_ROUND = 1 } d3po_ref_mode;
+
+typedef struct {
+    int cls;
+    float *traj[2];  /* [K+1][D] each, owned by the caller */
+    float h[2];      /* {+1,-1}: image 0 preferred, {-1,+1}: image 1, {0,0}: tie */
+    float *ref[2];   /* cached reference log-probs [K] each (allocated by d3po_train) */
+    long ref_tag;    /* which reference the cache holds; -1: none */
+} d3po_pair;
+
+typedef struct {
+    ddim_opts sample;     /* steps/eta/cfg the trajectories were sampled with */
+    d3po_opts loss;       /* beta, clamp */
+    d3po_ref_mode ref;    /* informational for callers; the tag decides caching */
+    int epochs;           /* passes over the pairs per call */
+    double max_grad_norm; /* 1.0 */
+} d3po_train_opts;
+
+d3po_train_opts d3po_train_opts_default(void);
+
+/* Progress callback: step j of total (one step = one pair update). */
+typedef void (*d3po_progress_fn)(void *ctx, int step, int total, double loss);
+
+/* Trains policy on the pairs (ties are skipped: they carry no gradient).
+ * ref: the reference model; ref_tag identifies it for the cache. The
+ * order of pairs and of each pair's timesteps is shuffled from rng.
+ * Returns the mean loss per timestep over the non-tie updates (NAN with
+ * err set on failure; 0 when there was nothing to train on). */
+double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *tp,
+                  d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
+                  d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err);
+
+/* Frees the cached reference log-probs of n pairs (not the trajectories). */
+void d3po_pairs_free_cache(d3po_pair *pairs, int n);
+
+/* How many reference log-prob computations d3po_train has run (for tests
+ * of the cache). */
+long d3po_ref_computations(void);
+
+#endif
