@@ -88,6 +88,7 @@ def case_pretrain(model, S, ncls, g, batch=64):
         opt.zero_grad(set_to_none=True)
         loss = F.mse_loss(model(xt, t.float(), y), noise)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as d3po's step does
         opt.step()
     return run
 

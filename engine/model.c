@@ -106,11 +106,19 @@ int model_find_class(const d3_model *m, const char *prompt) {
 static int is_builtin_meta(const char *k) {
     return !strcmp(k, "d3po.format") || !strcmp(k, "d3po.arch") || !strcmp(k, "d3po.classes") ||
            !strcmp(k, "d3po.schedule") || !strcmp(k, "d3po.version") || !strcmp(k, "d3po.adam") ||
-           !strcmp(k, "d3po.rng");
+           !strcmp(k, "d3po.rng") || !strcmp(k, "d3po.ema");
 }
 
-int model_save(const d3_model *m, const char *path, const d3_adamw *opt, const d3_rng *rng,
-               char *err) {
+void state_free(d3_state *st) {
+    adamw_free(&st->opt);
+    free(st->ema);
+    memset(st, 0, sizeof *st);
+}
+
+int model_save(const d3_model *m, const char *path, const d3_state *st, char *err) {
+    const d3_adamw *opt = st && st->has_opt ? &st->opt : NULL;
+    const d3_rng *rng = st && st->has_rng ? &st->rng : NULL;
+    const float *ema = st && st->has_ema ? st->ema : NULL;
     st_writer *w = st_writer_new();
     if (!w) return d3_errf(err, "%s: out of memory", path);
     char arch[256], sched[128], buf[512];
@@ -142,9 +150,15 @@ int model_save(const d3_model *m, const char *path, const d3_adamw *opt, const d
                  (unsigned long long)rng->stream, (unsigned long long)rng->counter);
         if (st_writer_meta(w, "d3po.rng", buf, err)) goto out;
     }
-    for (int pass = 0; pass < (opt ? 3 : 1); pass++) {
-        const float *base = pass == 0 ? m->params : pass == 1 ? opt->m : opt->v;
-        const char *pre = pass == 0 ? "" : pass == 1 ? "adam.m." : "adam.v.";
+    if (ema) {
+        snprintf(buf, sizeof buf, "%.9g", st->ema_decay);
+        if (st_writer_meta(w, "d3po.ema", buf, err)) goto out;
+    }
+    for (int pass = 0; pass < 4; pass++) {
+        if ((pass == 1 || pass == 2) && !opt) continue;
+        if (pass == 3 && !ema) continue;
+        const float *base = pass == 0 ? m->params : pass == 1 ? opt->m : pass == 2 ? opt->v : ema;
+        const char *pre = pass == 0 ? "" : pass == 1 ? "adam.m." : pass == 2 ? "adam.v." : "ema.";
         for (int i = 0; i < m->L.nparams; i++) {
             const unet_param *p = &m->L.params[i];
             int64_t shape[4];
@@ -186,11 +200,18 @@ static int load_tensor(const st_file *f, const char *path, const char *name, con
     return 0;
 }
 
-int model_load(d3_model *m, const char *path, d3_adamw *opt, d3_rng *rng, int *has_state,
-               char *err) {
+static int strip_state_prefix(const char *n, const char **base) {
+    static const char *pre[] = {"adam.m.", "adam.v.", "ema."};
+    for (int i = 0; i < 3; i++)
+        if (!strncmp(n, pre[i], strlen(pre[i]))) { *base = n + strlen(pre[i]); return i + 1; }
+    *base = n;
+    return 0;
+}
+
+int model_load(d3_model *m, const char *path, d3_state *st, char *err) {
     st_file f;
     memset(m, 0, sizeof *m);
-    if (has_state) *has_state = 0;
+    if (st) memset(st, 0, sizeof *st);
     if (st_load(&f, path, err)) return -1;
     int rc = -1;
     char e2[D3_ERRLEN];
@@ -242,11 +263,9 @@ int model_load(d3_model *m, const char *path, d3_adamw *opt, d3_rng *rng, int *h
         const unet_param *p = &m->L.params[i];
         if (load_tensor(&f, path, p->name, p, m->params + p->offset, err)) goto fail;
     }
-    int nexpect = m->L.nparams;
     const char *adam = st_meta(&f, "d3po.adam");
-    if (adam && st_find(&f, "adam.m.conv_in.weight")) {
-        nexpect = 3 * m->L.nparams;
-        if (opt) {
+    if (adam && st) {
+        {
             d3_adamw o;
             if (adamw_init(&o, m->L.numel)) { d3_errf(err, "%s: out of memory", path); goto fail; }
             if (sscanf(adam, "step=%ld lr=%f beta1=%f beta2=%f eps=%f wd=%f", &o.step, &o.lr,
@@ -263,27 +282,45 @@ int model_load(d3_model *m, const char *path, d3_adamw *opt, d3_rng *rng, int *h
                 snprintf(name, sizeof name, "adam.v.%s", p->name);
                 if (load_tensor(&f, path, name, p, o.v + p->offset, err)) { adamw_free(&o); goto fail; }
             }
-            *opt = o;
-            if (has_state) *has_state = 1;
+            st->opt = o;
+            st->has_opt = 1;
         }
     }
     const char *rs = st_meta(&f, "d3po.rng");
-    if (rs && rng) {
-        unsigned long long s, st, c;
-        if (sscanf(rs, "%llu %llu %llu", &s, &st, &c) != 3) {
+    if (rs && st) {
+        unsigned long long s, sm, c;
+        if (sscanf(rs, "%llu %llu %llu", &s, &sm, &c) != 3) {
             d3_errf(err, "%s: d3po.rng '%s': expected 'seed stream counter'", path, rs);
             goto fail;
         }
-        rng->seed = s; rng->stream = st; rng->counter = c;
+        st->rng.seed = s; st->rng.stream = sm; st->rng.counter = c;
+        st->has_rng = 1;
     }
-    if (f.ntensors != nexpect) {
-        for (int i = 0; i < f.ntensors; i++) {
-            const char *n = f.tensors[i].name;
-            const char *base = !strncmp(n, "adam.m.", 7) || !strncmp(n, "adam.v.", 7) ? n + 7 : n;
-            if (!unet_layout_find(&m->L, base) || (nexpect == m->L.nparams && base != n)) {
-                d3_errf(err, "%s: tensor '%s' does not belong to architecture %s", path, n, arch_s);
-                goto fail;
-            }
+    const char *es = st_meta(&f, "d3po.ema");
+    if (es && st) {
+        char *end;
+        st->ema_decay = strtof(es, &end);
+        if (*end || !(st->ema_decay > 0 && st->ema_decay < 1)) {
+            d3_errf(err, "%s: d3po.ema '%s': expected a decay between 0 and 1", path, es);
+            goto fail;
+        }
+        st->ema = malloc(m->L.numel * sizeof(float));
+        if (!st->ema) { d3_errf(err, "%s: out of memory", path); goto fail; }
+        char name[176];
+        for (int i = 0; i < m->L.nparams; i++) {
+            const unet_param *p = &m->L.params[i];
+            snprintf(name, sizeof name, "ema.%s", p->name);
+            if (load_tensor(&f, path, name, p, st->ema + p->offset, err)) goto fail;
+        }
+        st->has_ema = 1;
+    }
+    /* every tensor must be a parameter, or the state of one */
+    for (int i = 0; i < f.ntensors; i++) {
+        const char *n = f.tensors[i].name, *base;
+        int kind = strip_state_prefix(n, &base);
+        if (!unet_layout_find(&m->L, base) || (kind && kind < 3 && !adam) || (kind == 3 && !es)) {
+            d3_errf(err, "%s: tensor '%s' does not belong to architecture %s", path, n, arch_s);
+            goto fail;
         }
     }
     for (int i = 0; i < f.nmeta; i++)
@@ -291,6 +328,7 @@ int model_load(d3_model *m, const char *path, d3_adamw *opt, d3_rng *rng, int *h
     rc = 0;
     goto out;
 fail:
+    if (st) state_free(st);
     model_free(m);
 out:
     st_free(&f);

@@ -13,6 +13,7 @@
  *   d3po.version   program version that wrote it
  *   d3po.adam      (training state) "step=S lr=.. beta1=.. beta2=.. eps=.. wd=.."
  *   d3po.rng       (training state) "seed stream counter"
+ *   d3po.ema       (training state) EMA decay; tensors "ema.<name>"
  * plus any extra string pairs the caller adds (model_set_meta).
  */
 #ifndef D3PO_MODEL_H
@@ -46,18 +47,28 @@ typedef struct {
     char **meta_keys, **meta_vals;
 } d3_model;
 
+/* Training state saved beside the weights in a checkpoint. Every pointer
+ * may be NULL (not saved / not wanted). On load, the has_* flags tell what
+ * the file held; ema is malloc'd by model_load when present and wanted. */
+typedef struct {
+    d3_adamw opt;
+    d3_rng rng;
+    float *ema;        /* [numel] exponential moving average of the weights */
+    float ema_decay;
+    int has_opt, has_rng, has_ema;
+} d3_state;
+
 /* A new model with parameters initialised from seed; class names from
  * names[] (may be NULL: "class0".."classK-1"). */
 int model_init(d3_model *m, const unet_arch *a, const char *const *names, uint64_t seed, char *err);
-/* Loads a model (and, when opt/rng are non-NULL and the file has them, the
- * training state; *has_state tells which). Every parameter must be present
- * with its exact shape as F32; names not belonging to the model are an
- * error. */
-int model_load(d3_model *m, const char *path, d3_adamw *opt, d3_rng *rng, int *has_state,
-               char *err);
-/* Saves atomically; opt/rng may be NULL (weights only). */
-int model_save(const d3_model *m, const char *path, const d3_adamw *opt, const d3_rng *rng,
-               char *err);
+/* Loads a model and, when st is non-NULL, whatever training state the file
+ * holds (st->has_*). Every parameter must be present with its exact shape
+ * as F32 and finite; names not belonging to the model are an error. */
+int model_load(d3_model *m, const char *path, d3_state *st, char *err);
+/* Saves atomically: the weights, plus the parts of st whose has_* flag is
+ * set (st may be NULL: weights only). */
+int model_save(const d3_model *m, const char *path, const d3_state *st, char *err);
+void state_free(d3_state *st);
 int model_copy(d3_model *dst, const d3_model *src, char *err);
 void model_free(d3_model *m);
 /* Class id for a prompt: exact name match, else a decimal id; -1 if none. */

@@ -16,6 +16,9 @@
  *  - when N < threads (sampling one image), the team shares each image
  *    ("coop" mode): GEMMs are split by rows or columns between threads,
  *    with barriers between the phases.
+ * Convolutions are GEMMs over im2col column blocks, except "same" 3x3
+ * convs on images >= 16 wide in the per-image mode, which run as K*K
+ * GEMMs over a zero-padded copy of the image (implicit GEMM, conv_impl).
  * Scratch memory (im2col columns, partial gradients) is a per-thread
  * growing buffer (_Thread_local). The only shared mutable state is the
  * thread-count setting (an atomic, see ops_set_threads).
@@ -297,6 +300,113 @@ static size_t conv_col_floats(const conv_shape *s) {
     return s->direct ? 0 : (size_t)s->CKK * conv_block_rows(s) * s->OW;
 }
 
+#ifndef CONV_IMPL_MIN_W
+/* At 8x8 the pad columns waste 25% and the gain over im2col measured
+ * ~0.5% of a pretrain step: not worth it. */
+#define CONV_IMPL_MIN_W 16
+#endif
+
+/* Implicit GEMM for "same" stride-1 convs (K = 2*pad+1) on wide images,
+ * used when each thread takes whole images. The image is copied into a
+ * zero-padded plane xp[C, Hp*Wp + K-1] (Wp = W+2*pad, Hp = H+2*pad);
+ * computing the output on the padded width, q = oh*Wp + ow for ow in
+ * [0,Wp), makes kernel tap k = (kh,kw) a plain offset kh*Wp + kw into xp:
+ *   o[OC, Q] = sum_k w_k[OC,C] @ xp[C, off_k : off_k+Q],  Q = H*Wp,
+ * K*K GEMMs with K-dim C and no column matrix (im2col and col2im took
+ * ~20% of a 32x32 conv); columns ow >= W of o are discarded. The input
+ * gradient is the same with the flipped kernel over the padded dout.
+ * w_k is w re-laid [K*K, OC, C] once per call. */
+static int conv_impl(const conv_shape *s) {
+    return conv_same(s) && !s->direct && s->K == 2 * s->pad + 1 && s->W >= CONV_IMPL_MIN_W;
+}
+
+/* Floats of a padded plane of n channels (with the K-1 overrun slack). */
+static size_t conv_pad_floats(const conv_shape *s, int n) {
+    return (size_t)n * ((size_t)(s->H + 2 * s->pad) * (s->W + 2 * s->pad) + s->K - 1);
+}
+
+/* w: [OC,C,K,K] -> wk: [K*K,OC,C] (malloc'd; free with free). */
+static float *conv_wk(const float *w, const conv_shape *s) {
+    const int KK = s->K * s->K, OC = s->OC, C = s->C;
+    float *wk = malloc(sizeof(float) * (size_t)KK * OC * C);
+    if (!wk) abort(); /* out of memory: nothing sensible to do here */
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++)
+            for (int k = 0; k < KK; k++)
+                wk[((size_t)k * OC + oc) * C + c] = w[((size_t)oc * C + c) * KK + k];
+    return wk;
+}
+
+/* src: [n, H, W] -> dst: [n, Hp*Wp + K-1], zero border and slack. */
+static void conv_pad_plane(float *dst, const float *src, const conv_shape *s, int n) {
+    const int H = s->H, W = s->W, pad = s->pad, Wp = W + 2 * pad;
+    const size_t plane = (size_t)(H + 2 * pad) * Wp + s->K - 1;
+    for (int c = 0; c < n; c++) {
+        float *d = dst + (size_t)c * plane;
+        const float *x = src + (size_t)c * H * W;
+        memset(d, 0, sizeof(float) * ((size_t)pad * Wp + pad));
+        for (int h = 0; h < H; h++) {
+            float *row = d + (size_t)(h + pad) * Wp + pad;
+            memcpy(row, x + (size_t)h * W, sizeof(float) * W);
+            /* right pad of this row + left pad of the next */
+            memset(row + W, 0, sizeof(float) * 2 * pad);
+        }
+        float *tail = d + (size_t)(H + pad) * Wp + pad;
+        memset(tail, 0, sizeof(float) * (size_t)(plane - (size_t)(tail - d)));
+    }
+}
+
+/* Implicit-GEMM forward of one image (see conv_impl). x: [C,H,W],
+ * out: [OC,P], wk: [K*K,OC,C], buf: conv_pad_floats(C) + OC*H*Wp. */
+static void conv_fwd_impl(float *out, const float *x, const float *wk, const float *b,
+                          float *buf, const conv_shape *s) {
+    const int K = s->K, C = s->C, OC = s->OC, H = s->H, W = s->W;
+    const int Wp = W + 2 * s->pad, Q = H * Wp;
+    const int ld = (int)(conv_pad_floats(s, 1));
+    float *xp = buf, *o = buf + conv_pad_floats(s, C);
+    conv_pad_plane(xp, x, s, C);
+    for (int kh = 0; kh < K; kh++)
+        for (int kw = 0; kw < K; kw++) {
+            const int k = kh * K + kw;
+            /* o[OC,Q] (+)= w_k[OC,C] @ xp[C, off : off+Q] */
+            mm(0, 0, 0, OC, Q, C, 1.0f, wk + (size_t)k * OC * C, C, xp + kh * Wp + kw, ld,
+               k ? 1.0f : 0.0f, o, Q);
+        }
+    for (int oc = 0; oc < OC; oc++) {
+        const float bv = b ? b[oc] : 0.0f;
+        for (int h = 0; h < H; h++) {
+            const float *src = o + (size_t)oc * Q + (size_t)h * Wp;
+            float *dst = out + ((size_t)oc * H + h) * W;
+            for (int i = 0; i < W; i++) dst[i] = src[i] + bv;
+        }
+    }
+}
+
+/* Implicit-GEMM input gradient of one image (see conv_impl):
+ * dx[C,H,W] += sum_k w_k^T @ dp[:, off'_k : off'_k+Q], dp = dout[OC,P]
+ * padded, off'_k = (K-1-kh)*Wp + (K-1-kw). buf: conv_pad_floats(OC) + C*H*Wp. */
+static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, float *buf,
+                             const conv_shape *s) {
+    const int K = s->K, C = s->C, OC = s->OC, H = s->H, W = s->W;
+    const int Wp = W + 2 * s->pad, Q = H * Wp;
+    const int ld = (int)(conv_pad_floats(s, 1));
+    float *dp = buf, *g = buf + conv_pad_floats(s, OC);
+    conv_pad_plane(dp, dout, s, OC);
+    for (int kh = 0; kh < K; kh++)
+        for (int kw = 0; kw < K; kw++) {
+            const int k = kh * K + kw, off = (K - 1 - kh) * Wp + (K - 1 - kw);
+            /* g[C,Q] (+)= w_k[OC,C]^T @ dp[OC, off : off+Q] */
+            mm(0, 1, 0, C, Q, OC, 1.0f, wk + (size_t)k * OC * C, C, dp + off, ld,
+               k ? 1.0f : 0.0f, g, Q);
+        }
+    for (int c = 0; c < C; c++)
+        for (int h = 0; h < H; h++) {
+            const float *src = g + (size_t)c * Q + (size_t)h * Wp;
+            float *dst = dx + ((size_t)c * H + h) * W;
+            for (int i = 0; i < W; i++) dst[i] += src[i];
+        }
+}
+
 /* One image forward. x: [C,H,W], out: [OC,P], col: column block scratch
  * (shared by the team in coop mode). */
 static void conv_fwd_img(float *out, const float *x, const float *w, const float *b,
@@ -338,13 +448,21 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     const double flops = 2.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     const int coop = N < nt;
+    const int impl = !coop && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
+    float *wk = impl ? conv_wk(w, &s) : NULL;
+    const size_t impl_sz = impl ? conv_pad_floats(&s, C) + (size_t)OC * H * (W + 2 * pad) : 0;
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
         if (coop) {
             for (int n = 0; n < N; n++)
                 conv_fwd_img(out + n * out_sz, inp + n * in_sz, w, b, shared, &s, 1);
+        } else if (impl) {
+            float *buf = scratch(impl_sz);
+#pragma omp for schedule(dynamic, 1)
+            for (int n = 0; n < N; n++)
+                conv_fwd_impl(out + n * out_sz, inp + n * in_sz, wk, b, buf, &s);
         } else {
             float *col = scratch(col_sz);
 #pragma omp for schedule(dynamic, 1)
@@ -352,16 +470,23 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
                 conv_fwd_img(out + n * out_sz, inp + n * in_sz, w, b, col, &s, 0);
         }
     }
+    free(wk);
 }
 
 /* One image backward. col: column block scratch (team-shared in coop
- * mode), dwp: [OC,CKK] and dbp: [OC] gradient targets (per-thread
- * partials when not coop, the real dw/db in coop mode where the blocks
- * each thread writes are disjoint). */
+ * mode), dbp: [OC] and dwp the weight gradient target: in coop mode the
+ * real dw [OC,CKK] (the blocks each thread writes are disjoint); when not
+ * coop a per-thread partial stored TRANSPOSED, [CKK,OC]: OpenBLAS runs
+ * dw^T += col @ dout^T (M = CKK) 7-15% faster than dw += dout @ col^T
+ * (M = OC = 32..64) for these shapes (measured, 1 thread, Zen 4). */
 static void conv_bwd_img(float *dx, float *dwp, float *dbp, const float *dout,
-                         const float *x, const float *w, float *col,
+                         const float *x, const float *w, const float *wk, float *col,
                          const conv_shape *s, int coop) {
     int lo, hi;
+    if (wk && dx) { /* implicit GEMM for dx (not coop; col has room) */
+        conv_bwd_dx_impl(dx, dout, wk, col, s);
+        dx = NULL;
+    }
     const int P = s->P, OC = s->OC, CKK = s->CKK;
     if (dbp) { /* db[oc] += sum_p dout[oc,p] */
         my_range(coop, OC, 1, &lo, &hi);
@@ -375,7 +500,9 @@ static void conv_bwd_img(float *dx, float *dwp, float *dbp, const float *dout,
     }
     if (s->direct) {
         /* dw[OC,C] += dout[OC,P] @ x[C,P]^T ; dx[C,P] += w[OC,C]^T @ dout[OC,P] */
-        if (dwp) mm(coop, 0, 1, OC, CKK, P, 1.0f, dout, P, x, P, 1.0f, dwp, CKK);
+        if (dwp && coop) mm(coop, 0, 1, OC, CKK, P, 1.0f, dout, P, x, P, 1.0f, dwp, CKK);
+        /* dw^T[C,OC] += x[C,P] @ dout[OC,P]^T */
+        if (dwp && !coop) mm(0, 0, 1, CKK, OC, P, 1.0f, x, P, dout, P, 1.0f, dwp, OC);
         if (dx) mm(coop, 1, 0, CKK, P, OC, 1.0f, w, CKK, dout, P, 1.0f, dx, P);
         team_sync(coop);
         return;
@@ -389,8 +516,10 @@ static void conv_bwd_img(float *dx, float *dwp, float *dbp, const float *dout,
             my_range(coop, CKK, 1, &lo, &hi);
             im2col_block(col, x, s, lo, hi, oh0, oh1);
             team_sync(coop);
-            /* dw[OC,CKK] += dout[OC,Pb] @ col[CKK,Pb]^T */
-            mm(coop, 0, 1, OC, CKK, Pb, 1.0f, dblk, P, col, Pb, 1.0f, dwp, CKK);
+            /* dw[OC,CKK] += dout[OC,Pb] @ col[CKK,Pb]^T (coop), or
+             * dw^T[CKK,OC] += col[CKK,Pb] @ dout[OC,Pb]^T */
+            if (coop) mm(coop, 0, 1, OC, CKK, Pb, 1.0f, dblk, P, col, Pb, 1.0f, dwp, CKK);
+            else mm(0, 0, 1, CKK, OC, Pb, 1.0f, col, Pb, dblk, P, 1.0f, dwp, OC);
             team_sync(coop); /* col is overwritten by dcol below */
         }
         if (dx) {
@@ -416,33 +545,58 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
     const double flops = 4.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     const int coop = N < nt;
+    const int impl = !coop && dinp && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
+    float *wk = impl ? conv_wk(w, &s) : NULL;
+    size_t scr_sz = col_sz;
+    if (impl) {
+        const size_t isz = conv_pad_floats(&s, OC) + (size_t)C * H * (W + 2 * pad);
+        scr_sz = isz > col_sz ? isz : col_sz;
+    }
     blas_single();
-#pragma omp parallel num_threads(nt)
+    float *parts[256]; /* each thread's partial buffer, for the ordered sum */
+#pragma omp parallel num_threads(nt < 256 ? nt : 256)
     {
         if (coop) {
             for (int n = 0; n < N; n++)
                 conv_bwd_img(dinp ? dinp + n * in_sz : NULL, dw, db, dout + n * out_sz,
-                             inp + n * in_sz, w, shared, &s, 1);
+                             inp + n * in_sz, w, NULL, shared, &s, 1);
         } else {
-            /* per-thread partials [OC*CKK] + [OC], then the columns */
-            float *buf = scratch(col_sz + wsz + OC);
+            /* per-thread partials dw^T [CKK,OC] + db [OC], then the columns
+             * (or the implicit-GEMM planes, which reuse the column space).
+             * Images go to threads statically and the partials are summed
+             * in thread order, so results are bit-reproducible for a given
+             * thread count (pretraining resumes bit-identically). */
+            const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            float *buf = scratch(scr_sz + wsz + OC);
             float *dwp = dw ? buf : NULL, *dbp = db ? buf + wsz : NULL, *col = buf + wsz + OC;
             if (dw) memset(dwp, 0, sizeof(float) * wsz);
             if (db) memset(dbp, 0, sizeof(float) * OC);
-#pragma omp for schedule(dynamic, 1) nowait
+            parts[tid] = buf;
+#pragma omp for schedule(static)
             for (int n = 0; n < N; n++)
                 conv_bwd_img(dinp ? dinp + n * in_sz : NULL, dwp, dbp, dout + n * out_sz,
-                             inp + n * in_sz, w, col, &s, 0);
+                             inp + n * in_sz, w, wk, col, &s, 0);
+            /* (the implicit barrier above makes every partial complete) */
             if (dw || db) {
-#pragma omp critical(d3po_conv_reduce)
-                {
-                    if (dw) for (size_t i = 0; i < wsz; i++) dw[i] += dwp[i];
-                    if (db) for (int i = 0; i < OC; i++) db[i] += dbp[i];
+#pragma omp for schedule(static)
+                for (int oc = 0; oc < OC; oc++) {
+                    if (dw)
+                        for (int r = 0; r < s.CKK; r++) {
+                            float acc = 0.0f;
+                            for (int t = 0; t < nth; t++) acc += parts[t][(size_t)r * OC + oc];
+                            dw[(size_t)oc * s.CKK + r] += acc;
+                        }
+                    if (db) {
+                        float acc = 0.0f;
+                        for (int t = 0; t < nth; t++) acc += parts[t][wsz + oc];
+                        db[oc] += acc;
+                    }
                 }
             }
         }
     }
+    free(wk);
 }
 
 /* ----------------------------------------------------------------- linear */
@@ -522,45 +676,26 @@ void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
                         const float *rstd, int N, int C, int HW, int G) {
     // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]
+    if (!dinp && !dw && !db) return;
     const int CG = C / G;
     const size_t M = (size_t)CG * HW;
     const int par = (size_t)N * C * HW > PAR_MIN;
-    if (dw || db) {
-        /* dw[c] += sum_{n,i} dout * xhat, db[c] += sum_{n,i} dout (channels
-         * are disjoint between threads) */
-#pragma omp parallel for schedule(static) num_threads(par ? ops_get_threads() : 1)
-        for (int c = 0; c < C; c++) {
-            double sw = 0.0, sb = 0.0;
-            const int g = c / CG;
-            for (int n = 0; n < N; n++) {
-                const float *x = inp + ((size_t)n * C + c) * HW;
-                const float *d = dout + ((size_t)n * C + c) * HW;
-                const float mu = mean[n * G + g], rs = rstd[n * G + g];
-                float aw = 0.0f, ab = 0.0f;
-#pragma omp simd reduction(+ : aw, ab)
-                for (int i = 0; i < HW; i++) {
-                    aw += d[i] * (x[i] - mu);
-                    ab += d[i];
-                }
-                sw += (double)aw * rs;
-                sb += ab;
-            }
-            if (dw) dw[c] += (float)sw;
-            if (db) db[c] += (float)sb;
-        }
-    }
-    if (!dinp) return;
+    /* One pass computes, per (n,c), a1 = sum_i dout and a2 = sum_i
+     * dout*(x-mu): db[c] = sum_n a1, dw[c] = sum_n rs*a2, and the group
+     * means the input gradient needs. ps: [2,N,C] (when dw || db). */
+    float *ps = (dw || db) ? malloc(sizeof(float) * 2 * (size_t)N * C) : NULL;
+    if ((dw || db) && !ps) abort(); /* out of memory: nothing sensible to do here */
     /* dx = rs * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dout * w */
 #pragma omp parallel for collapse(2) schedule(static) num_threads(par ? ops_get_threads() : 1)
     for (int n = 0; n < N; n++)
         for (int g = 0; g < G; g++) {
             const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
             const float *x = inp + off, *d = dout + off;
-            float *dx = dinp + off;
             const float mu = mean[n * G + g], rs = rstd[n * G + g];
             double s1 = 0.0, s2 = 0.0;
             for (int cc = 0; cc < CG; cc++) {
-                const float wc = w ? w[g * CG + cc] : 1.0f;
+                const int c = g * CG + cc;
+                const float wc = w ? w[c] : 1.0f;
                 const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
                 float a1 = 0.0f, a2 = 0.0f;
 #pragma omp simd reduction(+ : a1, a2)
@@ -568,9 +703,15 @@ void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                     a1 += dc[i];
                     a2 += dc[i] * (xc[i] - mu);
                 }
+                if (ps) {
+                    ps[(size_t)n * C + c] = a1;
+                    ps[(size_t)(N + n) * C + c] = a2;
+                }
                 s1 += (double)wc * a1;
                 s2 += (double)wc * a2 * rs;
             }
+            if (!dinp) continue;
+            float *dx = dinp + off;
             const float m1 = (float)(s1 / (double)M), m2 = (float)(s2 / (double)M);
             for (int cc = 0; cc < CG; cc++) {
                 const float wc = w ? w[g * CG + cc] : 1.0f;
@@ -582,6 +723,18 @@ void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                 }
             }
         }
+    if (ps) {
+        for (int c = 0; c < C; c++) {
+            double sb = 0.0, sw = 0.0;
+            for (int n = 0; n < N; n++) {
+                sb += ps[(size_t)n * C + c];
+                sw += (double)ps[(size_t)(N + n) * C + c] * rstd[n * G + c / CG];
+            }
+            if (dw) dw[c] += (float)sw;
+            if (db) db[c] += (float)sb;
+        }
+        free(ps);
+    }
 }
 
 /* ------------------------------------------------------------ elementwise */

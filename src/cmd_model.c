@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "diffusion.h"
 #include "fsutil.h"
+#include "grid.h"
 #include "image.h"
 #include "model.h"
 #include "ops.h"
@@ -101,7 +102,7 @@ int cmd_init(int argc, char **argv) {
     d3_model m;
     int rc = 0;
     if (model_init(&m, &a, (const char *const *)names, seed, err) ||
-        model_save(&m, out, NULL, NULL, err)) {
+        model_save(&m, out, NULL, err)) {
         fprintf(stderr, "d3po init: %s\n", err);
         rc = EXIT_FAIL;
     } else {
@@ -120,9 +121,12 @@ int cmd_init(int argc, char **argv) {
 static const char sample_help[] =
     "usage: d3po sample --model FILE --prompt NAME --seed N --count N --out DIR\n"
     "                   [--steps N] [--eta X] [--cfg X] [--threads N]\n"
+    "       d3po sample --grid --model FILE --out FILE.png [--classes LIST] [--count N] ...\n"
     "\n"
     "Samples COUNT images of class NAME with DDIM and writes\n"
     "DIR/<prompt>-<seed>-<i>.png. The same arguments give byte-identical PNGs.\n"
+    "With --grid, writes one PNG with a row of COUNT (default 8) samples per\n"
+    "class and the class name under each row.\n"
     "\n"
     "  --model FILE   model (safetensors written by d3po)\n"
     "  --prompt NAME  class name, or its number (an unknown one lists the classes)\n"
@@ -132,7 +136,10 @@ static const char sample_help[] =
     "  --steps N      DDIM steps (default 20)\n"
     "  --eta X        DDIM eta, 0 deterministic .. 1 (default 1.0)\n"
     "  --cfg X        classifier-free guidance scale (default 5.0)\n"
-    "  --threads N    CPU threads (default: all cores)\n";
+    "  --threads N    CPU threads (default: all cores)\n"
+    "  --grid         write a labeled grid to --out FILE.png\n"
+    "  --classes LIST comma-separated class names or numbers for --grid\n"
+    "                 (default: 16 classes spread over the model's)\n";
 
 static void safe_name(char *dst, size_t n, const char *s) {
     size_t j = 0;
@@ -143,12 +150,75 @@ static void safe_name(char *dst, size_t n, const char *s) {
     dst[j] = 0;
 }
 
+/* Image i of a grid or of `sample --count`: x_T from stream 2i, step noise
+ * from stream 2i+1 of the seed. */
+static void image_noise(float *x, d3_rng *step_rng, uint64_t seed, uint64_t i, size_t D) {
+    d3_rng r;
+    rng_init(&r, seed, 2 * i);
+    rng_normal(&r, x, D);
+    rng_init(step_rng, seed, 2 * i + 1);
+}
+
+static int sample_grid(const d3_model *m, const char *mpath, const char *out, const char *list,
+                       int count, uint64_t seed, const ddim_opts *o) {
+    int ids[256], n = 0;
+    char err[D3_ERRLEN];
+    if (list) {
+        char buf[8192];
+        snprintf(buf, sizeof buf, "%s", list);
+        char *save = NULL;
+        for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+            int c = model_find_class(m, t);
+            if (c < 0) {
+                fprintf(stderr, "d3po sample: --classes: %s has no class '%s' (see d3po info %s)\n",
+                        mpath, t, mpath);
+                return EXIT_USAGE;
+            }
+            if (n == 256) { fprintf(stderr, "d3po sample: --classes: at most 256\n"); return EXIT_USAGE; }
+            ids[n++] = c;
+        }
+    } else {
+        n = m->nclasses < 16 ? m->nclasses : 16;
+        for (int i = 0; i < n; i++) ids[i] = (int)((long)i * m->nclasses / n);
+    }
+    int S = m->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    float *imgs = malloc((size_t)n * count * D * sizeof(float));
+    d3_rng *rngs = malloc(count * sizeof(d3_rng));
+    int *cls = malloc(count * sizeof(int));
+    const char **labels = malloc(n * sizeof(char *));
+    d3_tape *tp = tape_new(backend_cpu());
+    int rc = 0;
+    for (int r = 0; r < n && !rc; r++) {
+        float *row = imgs + (size_t)r * count * D;
+        for (int i = 0; i < count; i++) {
+            image_noise(row + i * D, &rngs[i], seed, (uint64_t)r * count + i, D);
+            cls[i] = ids[r];
+        }
+        labels[r] = m->class_names[ids[r]];
+        if (ddim_sample(m, tp, o, count, cls, row, rngs, NULL, NULL, err)) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            rc = EXIT_FAIL;
+        }
+    }
+    if (!rc && grid_write_png(out, imgs, n, count, S, S < 64 ? 2 : 1, labels, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        rc = EXIT_FAIL;
+    }
+    if (!rc) printf("%s\n", out);
+    tape_free(tp);
+    free(imgs); free(rngs); free(cls); free(labels);
+    return rc;
+}
+
 int cmd_sample(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'}, {"prompt", 1, 0, 'p'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'},
         {"out", 1, 0, 'o'},   {"steps", 1, 0, 'k'},  {"eta", 1, 0, 'e'},  {"cfg", 1, 0, 'g'},
-        {"threads", 1, 0, 't'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *model = NULL, *prompt = NULL, *out = NULL;
+        {"threads", 1, 0, 't'}, {"grid", 0, 0, 'G'}, {"classes", 1, 0, 'C'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *model = NULL, *prompt = NULL, *out = NULL, *classes = NULL;
+    int grid = 0, count_set = 0;
     uint64_t seed = 0;
     long count = 1, steps = 20, threads = 0;
     double eta = 1.0, cfg = 5.0;
@@ -161,7 +231,9 @@ int cmd_sample(int argc, char **argv) {
         case 'p': prompt = optarg; break;
         case 'o': out = optarg; break;
         case 's': bad = cli_u64("sample", "--seed", optarg, &seed); break;
-        case 'n': bad = cli_int("sample", "--count", optarg, 1, 100000, &count); break;
+        case 'n': bad = cli_int("sample", "--count", optarg, 1, 100000, &count); count_set = 1; break;
+        case 'G': grid = 1; break;
+        case 'C': classes = optarg; break;
         case 'k': bad = cli_int("sample", "--steps", optarg, 1, 1000, &steps); break;
         case 't': bad = cli_int("sample", "--threads", optarg, 1, 1024, &threads); break;
         case 'e': bad = cli_float("sample", "--eta", optarg, 0, 1, &eta); break;
@@ -171,19 +243,28 @@ int cmd_sample(int argc, char **argv) {
         }
         if (bad) return EXIT_USAGE;
     }
-    if (!model || !prompt || !out || optind < argc) {
+    if (!model || (!prompt && !grid) || !out || optind < argc) {
         fprintf(stderr, "d3po sample: %s\n%s",
-                optind < argc ? "unexpected argument" : "--model, --prompt and --out are required",
+                optind < argc ? "unexpected argument"
+                              : grid ? "--model and --out are required"
+                                     : "--model, --prompt and --out are required",
                 sample_help);
         return EXIT_USAGE;
     }
+    if (grid && !count_set) count = 8;
     if (eta == 0 && steps > 0) { /* eta 0 has sigma 0: fine for sampling, logp unused */ }
     if (threads) ops_set_threads((int)threads);
     char err[D3_ERRLEN];
     d3_model m;
-    if (model_load(&m, model, NULL, NULL, NULL, err)) {
+    if (model_load(&m, model, NULL, err)) {
         fprintf(stderr, "d3po sample: %s\n", err);
         return EXIT_FAIL;
+    }
+    if (grid) {
+        ddim_opts go = {.steps = (int)steps, .eta = (float)eta, .cfg = (float)cfg};
+        int rc = sample_grid(&m, model, out, classes, (int)count, seed, &go);
+        model_free(&m);
+        return rc;
     }
     int rc = 0;
     int cls = model_find_class(&m, prompt);
@@ -213,11 +294,7 @@ int cmd_sample(int argc, char **argv) {
         d3_rng rngs[CHUNK];
         int clsv[CHUNK];
         for (int j = 0; j < n; j++) {
-            /* image i: x_T from stream 2i, step noise from stream 2i+1 */
-            d3_rng r;
-            rng_init(&r, seed, 2 * (uint64_t)(i0 + j));
-            rng_normal(&r, x + j * D, D);
-            rng_init(&rngs[j], seed, 2 * (uint64_t)(i0 + j) + 1);
+            image_noise(x + j * D, &rngs[j], seed, (uint64_t)(i0 + j), D);
             clsv[j] = cls;
         }
         if (ddim_sample(&m, tp, &o, n, clsv, x, rngs, NULL, NULL, err)) {
@@ -264,10 +341,8 @@ int cmd_info(int argc, char **argv) {
     }
     char err[D3_ERRLEN];
     d3_model m;
-    d3_adamw opt;
-    d3_rng rng = {0};
-    int has_state = 0;
-    if (model_load(&m, argv[1], &opt, &rng, &has_state, err)) {
+    d3_state st;
+    if (model_load(&m, argv[1], &st, err)) {
         fprintf(stderr, "d3po info: %s\n", err);
         return EXIT_FAIL;
     }
@@ -279,11 +354,12 @@ int cmd_info(int argc, char **argv) {
            m.L.numel * 4.0 / 1e6);
     printf("schedule:     linear betas %g..%g over %d steps\n", m.sched.beta_start,
            m.sched.beta_end, m.sched.T);
-    printf("training:     %s\n", has_state ? "optimizer state present" : "weights only");
-    if (has_state) {
-        printf("  adamw step %ld, lr %g\n", opt.step, opt.lr);
-        adamw_free(&opt);
-    }
+    if (!st.has_opt && !st.has_ema) printf("training:     weights only\n");
+    if (st.has_opt) printf("training:     AdamW state, step %ld, lr %g\n", st.opt.step, st.opt.lr);
+    if (st.has_ema) printf("training:     EMA weights (decay %g)\n", st.ema_decay);
+    if (st.has_rng)
+        printf("training:     RNG seed %llu\n", (unsigned long long)st.rng.seed);
+    state_free(&st);
     for (int i = 0; i < m.nmeta; i++) printf("meta %s: %s\n", m.meta_keys[i], m.meta_vals[i]);
     printf("classes:      %d (+1 null class for guidance)\n", m.nclasses);
     for (int i = 0; i < m.nclasses; i++) printf("  %3d  %s\n", i, m.class_names[i]);

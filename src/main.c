@@ -18,6 +18,8 @@ static const struct {
     {"init", cmd_init, "write a randomly initialised model"},
     {"sample", cmd_sample, "sample images from a model with DDIM"},
     {"info", cmd_info, "print a model file's architecture, classes and metadata"},
+    {"dataset", cmd_dataset, "render an image data set (emoji) for pretraining"},
+    {"pretrain", cmd_pretrain, "train a base model on an image folder"},
 };
 
 static void usage(FILE *f) {

@@ -59,5 +59,10 @@ printf 'not a model at all, just text' >"$T/text.safetensors"
 expect 2 "garbage model" $D3 sample --model "$T/text.safetensors" --prompt 0 --out "$T/e"
 [ "$(wc -l <"$T/err")" -eq 1 ] && ok "one-line error" || { no "one-line error"; cat "$T/err"; }
 
+# a file whose metadata lies about the architecture is refused by name
+LC_ALL=C sed 's/attn=8,size=16/attn=4,size=16/' "$T/m.safetensors" >"$T/lying.safetensors"
+expect 2 "lying architecture" $D3 info "$T/lying.safetensors"
+grep_err "lying arch names tensor" "tensor 'down.1.attn.0.norm.weight' does not belong"
+
 echo "test_cli.sh: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

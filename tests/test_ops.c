@@ -244,6 +244,10 @@ static void test_conv2d(void) {
     conv_case(3, 12, 11, 12, 10, 3, 2, 1, 1);
     conv_case(5, 16, 12, 12, 12, 1, 1, 0, 1);
     conv_case(1, 20, 16, 16, 24, 1, 1, 0, 1);
+    /* "same" 3x3 on images >= 16 wide: the implicit-GEMM path (padded
+     * planes, no column matrix) when each thread takes whole images */
+    conv_case(3, 5, 6, 33, 7, 3, 1, 1, 1);
+    conv_case(2, 4, 5, 32, 3, 3, 1, 1, 0);
     /* wide images: the column matrix is processed in blocks of rows
      * (C*K*K*OW*4 bytes > the block budget); fewer FD probes, each
      * forward is large */
@@ -374,6 +378,11 @@ static void test_groupnorm(void) {
         float *dx1 = talloc(nx);
         groupnorm_backward(dx1, NULL, NULL, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G);
         cmpf("groupnorm dx alone", dx1, dx, nx, 1e-5, 1e-5); /* pattern round trip */
+        /* parameter gradients without the input gradient (frozen input) */
+        float *dw1 = talloc(C), *db1 = talloc(C);
+        groupnorm_backward(NULL, dw1, db1, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G);
+        cmpf("groupnorm dw alone", dw1, dw, C, 1e-5, 1e-5);
+        cmpf("groupnorm db alone", db1, db, C, 1e-5, 1e-5);
     }
     printf("    groupnorm: max fwd err %.3g, max grad err %.3g\n", fe, ge);
     tfree_all();

@@ -290,7 +290,7 @@ int main(int argc, char **argv) {
     randomize_params(&m, seed);
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (model_save(&m, path, NULL, NULL, errbuf)) die(errbuf);
+    if (model_save(&m, path, NULL, errbuf)) die(errbuf);
     char as[256];
     unet_arch_format(&m.L.arch, as, sizeof as);
     printf("tool_parity: %s, %zu parameters (%d tensors) -> %s\n", as, m.L.numel, m.L.nparams, dir);
