@@ -2,21 +2,7 @@
 # test_cli.sh - the d3po command line as a person uses it: init, sample,
 # info, --help/--version, exit statuses (0 ok, 1 usage, 2 other errors),
 # reproducible sampling, and clear errors for bad model files.
-B=${B:-build}
-D3=$B/d3po
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "  ok $1"; }
-no() { fail=$((fail+1)); echo "  not ok $1"; }
-# expect STATUS NAME CMD...: runs CMD, checks its exit status
-expect() {
-    want=$1; name=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; got=$?
-    if [ "$got" -eq "$want" ]; then ok "$name"; else no "$name (exit $got, wanted $want)"; cat "$T/err"; fi
-}
-# grep_err NAME PATTERN: the last command's stderr matches
-grep_err() { if grep -q -- "$2" "$T/err"; then ok "$1"; else no "$1: stderr lacks '$2'"; cat "$T/err"; fi; }
+. tests/lib.sh
 
 expect 0 "version" $D3 --version
 grep -q "^d3po [0-9]" "$T/out" && ok "version text" || no "version text"
@@ -64,5 +50,4 @@ LC_ALL=C sed 's/attn=8,size=16/attn=4,size=16/' "$T/m.safetensors" >"$T/lying.sa
 expect 2 "lying architecture" $D3 info "$T/lying.safetensors"
 grep_err "lying arch names tensor" "tensor 'down.1.attn.0.norm.weight' does not belong"
 
-echo "test_cli.sh: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish test_cli.sh

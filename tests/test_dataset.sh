@@ -5,19 +5,7 @@
 # (the font's bitmaps are BGRA), with classes.tsv counting them; reruns are
 # byte-identical; bad lists, fonts and options give exit 1 or 2 with the
 # file named. Needs fonts-noto-color-emoji, unicode-data and python3.
-B=${B:-build}
-D3=$B/d3po
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "  ok $1"; }
-no() { fail=$((fail+1)); echo "  not ok $1"; }
-expect() {
-    want=$1; name=$2; shift 2
-    "$@" >"$T/out" 2>"$T/err"; got=$?
-    if [ "$got" -eq "$want" ]; then ok "$name"; else no "$name (exit $got, wanted $want)"; cat "$T/err"; fi
-}
-grep_err() { if grep -q -- "$2" "$T/err"; then ok "$1"; else no "$1: stderr lacks '$2'"; cat "$T/err"; fi; }
+. tests/lib.sh
 
 # png.py FILE [X,Y ...]: prints "W H" (RGB8 only, else exits 1), then the
 # "R G B" of each pixel asked for; "blank" when every pixel is white.
@@ -134,5 +122,4 @@ grep_err "missing font named" "none.ttf"
 expect 2 "not a font" $D3 dataset emoji --out "$T/e" --only 1f600 --font "$T/list.txt"
 grep_err "bad font named" "list.txt"
 
-echo "test_dataset.sh: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish test_dataset.sh

@@ -3,13 +3,7 @@
 # loss falls over a few hundred steps, --resume is bit-identical to an
 # uninterrupted run, a corrupt PNG is skipped with a message naming it, an
 # empty folder is a clear error, Ctrl-C saves a checkpoint that resumes.
-B=${B:-build}
-D3=$B/d3po
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "  ok $1"; }
-no() { fail=$((fail+1)); echo "  not ok $1"; }
+. tests/lib.sh
 
 # two classes of 8x8 PNGs: a bright square on dark, and its negative,
 # with per-image jitter of position and colour (python3 stdlib only)
@@ -77,5 +71,4 @@ $D3 pretrain --data "$T/nonexistent" --out "$T/e.st" 2>"$T/err"; rc=$?
 $D3 pretrain $A --out "$T/x.st" --resume "$T/full.st" 2>"$T/err"; rc=$?
 [ $rc -eq 2 ] && grep -q "not a pretraining checkpoint" "$T/err" && ok "resume from a plain model refused" || { no "resume from a plain model (exit $rc)"; cat "$T/err"; }
 
-echo "test_pretrain.sh: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish test_pretrain.sh
