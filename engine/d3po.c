@@ -92,7 +92,11 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
             adamw_step(opt, policy->params, grads);
             total += l;
             count += K;
-            if (progress) progress(ctx, ++done, all, l / K);
+            if (progress && progress(ctx, ++done, all, l / K)) {
+                free(order); free(grads);
+                d3_errf(err, "cancelled");
+                return NAN;
+            }
         }
     }
     free(order);

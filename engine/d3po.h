@@ -38,8 +38,10 @@ typedef struct {
 
 d3po_train_opts d3po_train_opts_default(void);
 
-/* Progress callback: step j of total (one step = one pair update). */
-typedef void (*d3po_progress_fn)(void *ctx, int step, int total, double loss);
+/* Progress callback: step j of total (one step = one pair update). A
+ * non-zero return cancels the training (d3po_train returns NAN, err
+ * "cancelled"; the updates already made stay in the policy). */
+typedef int (*d3po_progress_fn)(void *ctx, int step, int total, double loss);
 
 /* Trains policy on the pairs (ties are skipped: they carry no gradient).
  * ref: the reference model; ref_tag identifies it for the cache. The

@@ -33,6 +33,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdatomic.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,11 @@ int openblas_get_num_threads(void);
  * preserved when it grows; callers take it once per op and carve it. */
 static _Thread_local float *scr_buf;
 static _Thread_local size_t scr_cap;
+/* A thread-specific key whose destructor frees the buffer when a thread
+ * exits (engine threads and their OpenMP teams come and go). */
+static pthread_key_t scr_key;
+static pthread_once_t scr_once = PTHREAD_ONCE_INIT;
+static void scr_key_make(void) { pthread_key_create(&scr_key, free); }
 
 static float *scratch(size_t nfloats) {
     if (nfloats > scr_cap) {
@@ -55,6 +61,8 @@ static float *scratch(size_t nfloats) {
         scr_buf = aligned_alloc(64, bytes);
         if (!scr_buf) abort(); /* out of memory: nothing sensible to do here */
         scr_cap = cap;
+        pthread_once(&scr_once, scr_key_make);
+        pthread_setspecific(scr_key, scr_buf);
     }
     return scr_buf;
 }

@@ -1,0 +1,373 @@
+/* engine.c - the engine thread (see engine.h): a job queue in, an event
+ * queue out, a pipe as the wake-up fd. Only this thread touches the policy
+ * model, the tape and the optimizer while the engine runs. */
+#include "engine.h"
+
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ops.h"
+
+typedef enum { JOB_SAMPLE, JOB_TRAIN } job_kind;
+
+typedef struct job {
+    job_kind kind;
+    int cls;
+    uint64_t seed;
+    d3po_pair *pairs; /* JOB_TRAIN: owned copies */
+    int npairs, round;
+    struct job *next;
+} job;
+
+typedef struct evnode {
+    d3_event ev;
+    struct evnode *next;
+} evnode;
+
+struct d3_engine {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    job *jobs, *jobs_tail;
+    evnode *evs, *evs_tail;
+    int wake[2];
+    atomic_int cancel;
+    int stopping, running_kind; /* -1: idle */
+    int pend_sample, pend_train;
+    d3_model *policy, *base;
+    d3_state st;
+    long version;
+    engine_opts o;
+    d3_tape *tp;
+    d3_rng rng;
+    double job_t0;
+};
+
+engine_opts engine_opts_default(void) {
+    engine_opts o = {0};
+    o.sample = ddim_opts_default();
+    o.train = d3po_train_opts_default();
+    o.lr = 1e-4f;
+    o.weight_decay = 1e-4f;
+    return o;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void emit(d3_engine *e, const d3_event *ev) {
+    evnode *n = calloc(1, sizeof *n);
+    if (!n) return; /* out of memory: the event is lost, the engine goes on */
+    n->ev = *ev;
+    pthread_mutex_lock(&e->mu);
+    if (e->evs_tail) e->evs_tail->next = n;
+    else e->evs = n;
+    e->evs_tail = n;
+    pthread_mutex_unlock(&e->mu);
+    char b = 1;
+    ssize_t w = write(e->wake[1], &b, 1); /* a full pipe already wakes the reader */
+    (void)w;
+}
+
+static void emit_error(d3_engine *e, const char *msg) {
+    d3_event ev = {.kind = EV_ERROR};
+    snprintf(ev.msg, sizeof ev.msg, "%s", msg);
+    emit(e, &ev);
+}
+
+void engine_pair_free(d3_pair_sample *p) {
+    if (!p) return;
+    for (int i = 0; i < 2; i++) { free(p->traj[i]); free(p->logp[i]); }
+    free(p);
+}
+
+void engine_event_free(d3_event *ev) {
+    if (ev->kind == EV_PAIR) engine_pair_free(ev->pair);
+    ev->pair = NULL;
+}
+
+static void run_sample(d3_engine *e, const job *j) {
+    const d3_model *m = e->policy;
+    int K = e->o.sample.steps, S = m->L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    char err[D3_ERRLEN];
+    d3_pair_sample *p = calloc(1, sizeof *p);
+    float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
+    float *lp = malloc(2 * K * sizeof(float));
+    if (!p || !x || !traj || !lp) {
+        free(p); free(x); free(traj); free(lp);
+        emit_error(e, "engine: out of memory sampling a pair");
+        return;
+    }
+    /* the pair shares x_T (stream 0 of its seed); step noise streams 1, 2 */
+    d3_rng r, rngs[2];
+    rng_init(&r, j->seed, 0);
+    rng_normal(&r, x, D);
+    memcpy(x + D, x, D * sizeof(float));
+    rng_init(&rngs[0], j->seed, 1);
+    rng_init(&rngs[1], j->seed, 2);
+    int cls[2] = {j->cls, j->cls};
+    int queued;
+    pthread_mutex_lock(&e->mu);
+    queued = e->pend_sample;
+    pthread_mutex_unlock(&e->mu);
+    d3_event pe = {.kind = EV_PROGRESS, .what = "sampling", .i = 0, .n = queued, .eta_s = NAN,
+                   .loss = NAN};
+    emit(e, &pe);
+    if (ddim_sample(m, e->tp, &e->o.sample, 2, cls, x, rngs, traj, lp, err)) {
+        emit_error(e, err);
+        free(p); free(x); free(traj); free(lp);
+        return;
+    }
+    *p = (d3_pair_sample){.cls = j->cls, .seed = j->seed, .version = e->version, .K = K, .S = S,
+                          .cfg = e->o.sample.cfg, .eta = e->o.sample.eta};
+    for (int i = 0; i < 2; i++) {
+        p->traj[i] = malloc((K + 1) * D * sizeof(float));
+        p->logp[i] = malloc(K * sizeof(float));
+        memcpy(p->traj[i], traj + i * (K + 1) * D, (K + 1) * D * sizeof(float));
+        memcpy(p->logp[i], lp + i * K, K * sizeof(float));
+    }
+    free(x); free(traj); free(lp);
+    d3_event ev = {.kind = EV_PAIR, .pair = p};
+    emit(e, &ev);
+}
+
+static int train_progress(void *ctx, int step, int total, double loss) {
+    d3_engine *e = ctx;
+    double el = now() - e->job_t0;
+    d3_event ev = {.kind = EV_PROGRESS, .what = "training", .i = step, .n = total, .loss = loss,
+                   .eta_s = step ? el / step * (total - step) : NAN};
+    emit(e, &ev);
+    return atomic_load(&e->cancel);
+}
+
+static void run_train(d3_engine *e, job *j) {
+    char err[D3_ERRLEN];
+    d3po_train_opts to = e->o.train;
+    to.sample = e->o.sample;
+    const d3_model *ref = e->base;
+    d3_model snap;
+    long tag = 0;
+    if (to.ref == D3PO_REF_ROUND || !e->base) {
+        if (model_copy(&snap, e->policy, err)) { emit_error(e, err); return; }
+        ref = &snap;
+        tag = j->round + 1;
+    }
+    e->st.opt.lr = e->o.lr;
+    e->st.opt.wd = e->o.weight_decay;
+    e->job_t0 = now();
+    d3_event ev = {.kind = EV_PROGRESS, .what = "training", .i = 0, .n = j->npairs * to.epochs,
+                   .eta_s = NAN, .loss = NAN};
+    emit(e, &ev);
+    double loss = d3po_train(e->policy, ref, tag, e->tp, &e->st.opt, j->pairs, j->npairs, &to,
+                             &e->rng, train_progress, e, err);
+    if (ref == &snap) model_free(&snap);
+    if (isnan(loss)) {
+        if (!atomic_load(&e->cancel)) emit_error(e, err);
+        return;
+    }
+    e->version++;
+    e->st.rng = e->rng;
+    e->st.has_opt = e->st.has_rng = 1;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%ld", e->version);
+    model_set_meta(e->policy, "d3po.model_version", buf);
+    if (e->o.save_round && e->o.save_round(e->o.save_ctx, e->policy, &e->st, j->round, err)) {
+        emit_error(e, err);
+        return;
+    }
+    d3_event done = {.kind = EV_TRAINED, .loss = loss, .version = e->version, .round = j->round};
+    emit(e, &done);
+}
+
+static void free_job(job *j) {
+    if (j->pairs) {
+        for (int i = 0; i < j->npairs; i++) {
+            free(j->pairs[i].traj[0]);
+            free(j->pairs[i].traj[1]);
+        }
+        d3po_pairs_free_cache(j->pairs, j->npairs);
+        free(j->pairs);
+    }
+    free(j);
+}
+
+static void *thread_main(void *arg) {
+    d3_engine *e = arg;
+    if (e->o.threads) ops_set_threads(e->o.threads);
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        while (!e->jobs && !e->stopping) pthread_cond_wait(&e->cv, &e->mu);
+        if (e->stopping) {
+            pthread_mutex_unlock(&e->mu);
+            break;
+        }
+        job *j = e->jobs;
+        e->jobs = j->next;
+        if (!e->jobs) e->jobs_tail = NULL;
+        e->running_kind = j->kind;
+        pthread_mutex_unlock(&e->mu);
+        if (j->kind == JOB_SAMPLE) run_sample(e, j);
+        else run_train(e, j);
+        pthread_mutex_lock(&e->mu);
+        if (j->kind == JOB_SAMPLE) e->pend_sample--;
+        else e->pend_train--;
+        e->running_kind = -1;
+        pthread_mutex_unlock(&e->mu);
+        free_job(j);
+    }
+    d3_event ev = {.kind = EV_STOPPED};
+    emit(e, &ev);
+    return NULL;
+}
+
+d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long version,
+                        const engine_opts *o, char *err) {
+    d3_engine *e = calloc(1, sizeof *e);
+    if (!e) { d3_errf(err, "engine: out of memory"); return NULL; }
+    if (pipe(e->wake)) {
+        free(e);
+        d3_errf(err, "engine: pipe: %m");
+        return NULL;
+    }
+    for (int i = 0; i < 2; i++) fcntl(e->wake[i], F_SETFL, fcntl(e->wake[i], F_GETFL) | O_NONBLOCK);
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    e->policy = policy;
+    e->base = base;
+    e->version = version;
+    e->o = *o;
+    e->running_kind = -1;
+    if (st && st->has_opt) {
+        e->st = *st;
+        memset(st, 0, sizeof *st);
+    } else if (adamw_init(&e->st.opt, policy->L.numel)) {
+        d3_errf(err, "engine: out of memory");
+        goto fail;
+    }
+    rng_init(&e->rng, 0xD3B0, (uint64_t)version);
+    if (st && st->has_rng) e->rng = st->rng;
+    e->tp = tape_new(backend_cpu());
+    if (!e->tp) { d3_errf(err, "engine: out of memory"); goto fail; }
+    if (pthread_create(&e->th, NULL, thread_main, e)) {
+        d3_errf(err, "engine: cannot start the thread");
+        goto fail;
+    }
+    return e;
+fail:
+    state_free(&e->st);
+    tape_free(e->tp);
+    close(e->wake[0]);
+    close(e->wake[1]);
+    free(e);
+    return NULL;
+}
+
+int engine_fd(const d3_engine *e) { return e->wake[0]; }
+
+static void push_job(d3_engine *e, job *j) {
+    pthread_mutex_lock(&e->mu);
+    if (e->jobs_tail) e->jobs_tail->next = j;
+    else e->jobs = j;
+    e->jobs_tail = j;
+    if (j->kind == JOB_SAMPLE) e->pend_sample++;
+    else e->pend_train++;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void engine_sample(d3_engine *e, int cls, uint64_t seed) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) return;
+    j->kind = JOB_SAMPLE;
+    j->cls = cls;
+    j->seed = seed;
+    push_job(e, j);
+}
+
+void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,
+                  int round) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) return;
+    j->kind = JOB_TRAIN;
+    j->round = round;
+    j->npairs = n;
+    j->pairs = calloc(n ? n : 1, sizeof *j->pairs);
+    for (int i = 0; i < n; i++) {
+        const d3_pair_sample *p = pairs[i];
+        size_t bytes = (size_t)(p->K + 1) * 3 * p->S * p->S * sizeof(float);
+        d3po_pair *q = &j->pairs[i];
+        q->cls = p->cls;
+        q->h[0] = h[i][0];
+        q->h[1] = h[i][1];
+        q->ref_tag = -1;
+        for (int k = 0; k < 2; k++) {
+            q->traj[k] = malloc(bytes);
+            if (q->traj[k]) memcpy(q->traj[k], p->traj[k], bytes);
+        }
+    }
+    push_job(e, j);
+}
+
+int engine_poll(d3_engine *e, d3_event *ev) {
+    char buf[64];
+    while (read(e->wake[0], buf, sizeof buf) > 0) {
+    }
+    pthread_mutex_lock(&e->mu);
+    evnode *n = e->evs;
+    if (n) {
+        e->evs = n->next;
+        if (!e->evs) e->evs_tail = NULL;
+    }
+    int more = e->evs != NULL;
+    pthread_mutex_unlock(&e->mu);
+    if (more) { /* keep the fd readable while events remain */
+        char b = 1;
+        ssize_t w = write(e->wake[1], &b, 1);
+        (void)w;
+    }
+    if (!n) return 0;
+    *ev = n->ev;
+    free(n);
+    return 1;
+}
+
+void engine_pending(d3_engine *e, int *sampling, int *training) {
+    pthread_mutex_lock(&e->mu);
+    if (sampling) *sampling = e->pend_sample;
+    if (training) *training = e->pend_train;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void engine_stop(d3_engine *e) {
+    if (!e) return;
+    atomic_store(&e->cancel, 1);
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    job *j = e->jobs;
+    e->jobs = e->jobs_tail = NULL;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    while (j) { job *n = j->next; free_job(j); j = n; }
+    pthread_join(e->th, NULL);
+    d3_event ev;
+    while (engine_poll(e, &ev)) engine_event_free(&ev);
+    close(e->wake[0]);
+    close(e->wake[1]);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    tape_free(e->tp);
+    state_free(&e->st);
+    if (e->policy) { model_free(e->policy); free(e->policy); }
+    if (e->base) { model_free(e->base); free(e->base); }
+    free(e);
+}

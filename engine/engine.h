@@ -1,0 +1,93 @@
+/* engine.h - the engine thread: the one place where sampling and training
+ * run, so the labeling screen never waits on the math (DESIGN.md, "The UI
+ * never calls the engine's math directly").
+ *
+ * Jobs go in (sample pairs, train a round, stop); events come out (a pair
+ * is ready, progress, a round is trained, an error) through a queue and a
+ * wake-up file descriptor the UI can poll() next to the keyboard. The
+ * engine owns the policy model while it runs. Jobs run in order, so pairs
+ * requested after a training job come from the updated model; every pair
+ * carries the model version that sampled it.
+ *
+ *   engine_opts o = engine_opts_default();
+ *   d3_engine *e = engine_start(policy, base, &o, err);   // takes ownership
+ *   engine_sample(e, cls, seed);                          // x_T shared by the pair
+ *   struct pollfd p = {engine_fd(e), POLLIN};  poll(&p, 1, -1);
+ *   d3_event ev; while (engine_poll(e, &ev)) { ...; engine_event_free(&ev); }
+ *   engine_train(e, pairs, n, round);                     // D3PO on labeled pairs
+ *   engine_stop(e);                                       // cancels, joins, frees
+ */
+#ifndef D3PO_ENGINE_H
+#define D3PO_ENGINE_H
+
+#include <stdint.h>
+
+#include "d3po.h"
+#include "model.h"
+
+typedef struct {
+    ddim_opts sample;       /* steps, eta, cfg of the pairs */
+    d3po_train_opts train;  /* D3PO settings (train.sample is set from .sample) */
+    float lr, weight_decay; /* AdamW */
+    int threads;            /* 0 = all cores */
+    /* Called on the engine thread after each trained round, with the new
+     * policy and its training state, to write the checkpoint. Returns 0,
+     * or -1 with err set (reported as an EV_ERROR). May be NULL. */
+    int (*save_round)(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err);
+    void *save_ctx;
+} engine_opts;
+
+engine_opts engine_opts_default(void);
+
+typedef struct {
+    int cls;
+    uint64_t seed;
+    long version;       /* model version that sampled it */
+    int K, S;
+    float cfg, eta;
+    float *traj[2];     /* [K+1][3][S][S]; traj[i] + K*3*S*S is the image */
+    float *logp[2];     /* [K] sampling log-probs */
+} d3_pair_sample;
+
+typedef enum { EV_PAIR, EV_PROGRESS, EV_TRAINED, EV_ERROR, EV_STOPPED } d3_event_kind;
+
+typedef struct {
+    d3_event_kind kind;
+    d3_pair_sample *pair; /* EV_PAIR: owned by the receiver (engine_pair_free) */
+    const char *what;     /* EV_PROGRESS: "sampling" or "training" */
+    int i, n;             /* EV_PROGRESS: step i of n */
+    double loss;          /* EV_PROGRESS (training), EV_TRAINED: mean loss */
+    double eta_s;         /* EV_PROGRESS: estimated seconds left of the job */
+    long version;         /* EV_TRAINED: the new model version */
+    int round;            /* EV_TRAINED */
+    char msg[D3_ERRLEN];  /* EV_ERROR */
+} d3_event;
+
+typedef struct d3_engine d3_engine;
+
+/* Starts the thread. policy: a malloc'd model to sample from and train
+ * (owned by the engine from now on, freed by engine_stop); base: the
+ * malloc'd frozen base model for the "base" reference (owned too; may be
+ * NULL when train.ref is D3PO_REF_ROUND);
+ * st: AdamW state to continue (may be NULL: fresh); version: the policy's
+ * model version. */
+d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long version,
+                        const engine_opts *o, char *err);
+/* Readable when events are waiting. */
+int engine_fd(const d3_engine *e);
+/* Queues the sampling of one pair of class cls sharing x_T drawn from seed. */
+void engine_sample(d3_engine *e, int cls, uint64_t seed);
+/* Queues a D3PO round over n labeled pairs (copied; trajectories are
+ * copied too, so the caller may free its own). */
+void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,
+                  int round);
+/* Takes one event; 1 if there was one, 0 if the queue is empty. */
+int engine_poll(d3_engine *e, d3_event *ev);
+void engine_event_free(d3_event *ev);
+void engine_pair_free(d3_pair_sample *p);
+/* Jobs still queued or running (sampling, training). */
+void engine_pending(d3_engine *e, int *sampling, int *training);
+/* Cancels the running job at its next step, drops queued jobs, joins the
+ * thread and frees everything (events not yet polled are dropped). */
+void engine_stop(d3_engine *e);
+#endif
