@@ -71,15 +71,16 @@ deps:
 deps-test:
 	@sh tests/deps.sh $(DEB_BUILD) $(DEB_TEST)
 
-# The main job. Until the default model lands (models/), a randomly
-# initialised model stands in and `make run` samples from it.
+# The main job: the default model (models/default.safetensors, trained by
+# `d3po pretrain`, see models/README.md) samples a labeled grid. Without it
+# (a checkout that lacks the file) a randomly initialised model stands in.
 MODEL ?= $(firstword $(wildcard models/default.safetensors) $(B)/random.safetensors)
 run: deps
 	@$(MAKE) --no-print-directory all
 	@if [ ! -f "$(MODEL)" ]; then $(B)/d3po init --out $(MODEL) --seed 1; fi
-	$(B)/d3po info $(MODEL)
-	$(B)/d3po sample --model $(MODEL) --prompt 0 --seed 1 --count 2 --out $(B)/samples
-	@echo "samples written to $(B)/samples/"
+	@$(B)/d3po info $(MODEL) | head -n 5
+	$(B)/d3po sample --grid --model $(MODEL) --seed 1 --out $(B)/samples.png
+	@echo "samples of 16 classes: $(B)/samples.png"
 
 test: deps-test
 	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TOOL_BIN)
