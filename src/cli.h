@@ -13,6 +13,8 @@ int cmd_sample(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
+int cmd_session(int argc, char **argv);
+
 
 /* Strict number parsing for option values; print "d3po CMD: --opt: ..." and
  * return -1 on a bad value. */

@@ -20,6 +20,7 @@ static const struct {
     {"info", cmd_info, "print a model file's architecture, classes and metadata"},
     {"dataset", cmd_dataset, "render an image data set (emoji) for pretraining"},
     {"pretrain", cmd_pretrain, "train a base model on an image folder"},
+    {"session", cmd_session, "describe a labeling session directory"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,888 @@
+/* session.c - the on-disk labeling session (format in session.h): creating
+ * the layout, opening it under an flock with the journal replayed and the
+ * checkpoint checked, appending labels durably (one write + fsync per
+ * decision), pair files with a validated binary header, and per-round
+ * checkpoints published through LATEST.
+ *
+ * Crash safety rests on two rules. Files that are replaced (session.json,
+ * LATEST, checkpoints, pairs, PNGs) go through fs_write_atomic, so a reader
+ * sees the old or the new file. The journal is only ever appended to, one
+ * whole line per write, fsync'd before the caller is told it worked; a
+ * crash can leave at most a torn last line, which was never acknowledged,
+ * is ignored on open and cut off before the next append. */
+#include "session.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+#include "image.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "session.c writes float32 data in host order; the format is little-endian"
+#endif
+
+#define PATH_LEN 4096
+#define TRAJ_MAGIC "D3POTRJ1"
+#define TRAJ_MAX_K 100000
+#define TRAJ_MAX_S 8192
+
+static const char *const choice_names[] = {"A", "B", "tie", "skip"};
+
+const char *session_choice_name(int c) {
+    return c >= 0 && c < SESSION_NCHOICES ? choice_names[c] : "none";
+}
+
+/* ---- small helpers ---- */
+
+/* snprintf into a PATH_LEN buffer; -1 with err when the path is too long. */
+static int pathf(char *out, char *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int pathf(char *out, char *err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, PATH_LEN, fmt, ap);
+    va_end(ap);
+    if (n < 0 || n >= PATH_LEN) return d3_errf(err, "%.200s...: path too long", out);
+    return 0;
+}
+
+/* dir without trailing slashes ("a/b//" -> "a/b", "/" stays "/"). */
+static char *clean_dir(const char *dir) {
+    char *d = strdup(dir);
+    if (!d) return NULL;
+    size_t n = strlen(d);
+    while (n > 1 && d[n - 1] == '/') d[--n] = 0;
+    return d;
+}
+
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Parses a name of the form <digits><suffix> (at least `mindigits` digits)
+ * into *id; 0 when it matches. */
+static int parse_numbered(const char *name, const char *suffix, int mindigits, long max, long *id) {
+    int nd = 0;
+    long v = 0;
+    while (name[nd] >= '0' && name[nd] <= '9') {
+        v = v * 10 + (name[nd] - '0');
+        if (++nd > 9) return -1;
+    }
+    if (nd < mindigits || strcmp(name + nd, suffix) || v >= max) return -1;
+    *id = v;
+    return 0;
+}
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Removes dir and the files in it and in its subdirectories (one level
+ * deep is all a session has). Best effort: used to clean up a failed
+ * session_create. */
+static void remove_tree(const char *dir, int depth) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        char p[PATH_LEN];
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= (int)sizeof p) continue;
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) {
+                if (depth > 0) remove_tree(p, depth - 1);
+            } else {
+                unlink(p);
+            }
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* fsync a directory (after a rename into it). EINVAL (not supported) is
+ * accepted. */
+static int sync_dir(const char *dir, char *err) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return d3_errf(err, "%s: open for fsync: %s", dir, strerror(errno));
+    int rc = fsync(fd), e = errno;
+    close(fd);
+    if (rc && e != EINVAL) return d3_errf(err, "%s: fsync: %s", dir, strerror(e));
+    return 0;
+}
+
+static int write_small(const char *path, const char *text, char *err) {
+    const void *parts[1] = {text};
+    size_t lens[1] = {strlen(text)};
+    return fs_write_atomic(path, parts, lens, lens[0] ? 1 : 0, err);
+}
+
+/* ---- create ---- */
+
+/* 0: dir missing or empty; -1 with err otherwise. */
+static int check_empty_dir(const char *dir, char *err) {
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        if (errno == ENOENT) return 0;
+        return d3_errf(err, "%s: %s", dir, strerror(errno));
+    }
+    if (!S_ISDIR(st.st_mode)) return d3_errf(err, "%s: exists and is not a directory", dir);
+    DIR *d = opendir(dir);
+    if (!d) return d3_errf(err, "%s: %s", dir, strerror(errno));
+    int empty = 1;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
+    closedir(d);
+    if (empty) return 0;
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/session.json", dir)) return -1;
+    if (is_file(p)) return d3_errf(err, "%s: already a d3po session (open it instead)", dir);
+    return d3_errf(err, "%s: directory is not empty and is not a d3po session", dir);
+}
+
+/* session.json text: the settings object plus "format" and "created". */
+static char *settings_text(const char *settings_json, char *err) {
+    json_t *o;
+    if (settings_json) {
+        json_error_t je;
+        o = json_loads(settings_json, JSON_REJECT_DUPLICATES, &je);
+        if (!o || !json_is_object(o)) {
+            if (o) d3_errf(err, "session settings: expected a JSON object");
+            else d3_errf(err, "session settings: %s (column %d)", je.text, je.column);
+            json_decref(o);
+            return NULL;
+        }
+        if (json_object_get(o, "format") || json_object_get(o, "created")) {
+            json_decref(o);
+            d3_errf(err, "session settings: keys 'format' and 'created' are reserved");
+            return NULL;
+        }
+    } else {
+        o = json_object();
+    }
+    json_object_set_new(o, "format", json_integer(SESSION_FORMAT));
+    json_object_set_new(o, "created", json_integer((json_int_t)time(NULL)));
+    char *s = json_dumps(o, JSON_INDENT(2) | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(15));
+    json_decref(o);
+    if (!s) { d3_errf(err, "session settings: cannot encode"); return NULL; }
+    size_t n = strlen(s);
+    char *t = realloc(s, n + 2);
+    if (!t) { free(s); d3_errf(err, "session settings: out of memory"); return NULL; }
+    t[n] = '\n';
+    t[n + 1] = 0;
+    return t;
+}
+
+int session_create(const char *dir_in, const char *model_path, const char *settings_json,
+                   char *err) {
+    char *dir = clean_dir(dir_in), *settings = NULL;
+    unsigned char *model = NULL;
+    size_t model_len = 0;
+    char tmp[PATH_LEN], p[PATH_LEN];
+    int rc = -1, made_tmp = 0;
+    if (!dir) return d3_errf(err, "%s: out of memory", dir_in);
+    if (check_empty_dir(dir, err)) goto out;
+    if (!(settings = settings_text(settings_json, err))) goto out;
+    d3_model m;
+    if (model_load(&m, model_path, NULL, err)) goto out;
+    model_free(&m);
+    if (fs_read_all(model_path, &model, &model_len, err)) goto out;
+
+    /* build DIR.new.<pid> beside DIR, then rename it into place */
+    if (pathf(tmp, err, "%s.new.%ld", dir, (long)getpid())) goto out;
+    {
+        char *parent = strdup(dir), *slash = strrchr(parent, '/');
+        int prc = 0;
+        if (slash && slash != parent) {
+            *slash = 0;
+            prc = fs_mkdirs(parent, err);
+        }
+        free(parent);
+        if (prc) goto out;
+    }
+    if (mkdir(tmp, 0777)) { d3_errf(err, "%s: mkdir: %s", tmp, strerror(errno)); goto out; }
+    made_tmp = 1;
+    const void *parts[1] = {model};
+    size_t lens[1] = {model_len};
+    static const char *const subdirs[] = {"pairs", "rounds"};
+    for (int i = 0; i < 2; i++) {
+        if (pathf(p, err, "%s/%s", tmp, subdirs[i])) goto out;
+        if (mkdir(p, 0777)) { d3_errf(err, "%s: mkdir: %s", p, strerror(errno)); goto out; }
+    }
+    if (pathf(p, err, "%s/base.safetensors", tmp) || fs_write_atomic(p, parts, lens, 1, err))
+        goto out;
+    if (pathf(p, err, "%s/rounds/0000.safetensors", tmp) || fs_write_atomic(p, parts, lens, 1, err))
+        goto out;
+    if (pathf(p, err, "%s/LATEST", tmp) || write_small(p, "round 0 version 0\n", err)) goto out;
+    if (pathf(p, err, "%s/labels.jsonl", tmp) || write_small(p, "", err)) goto out;
+    if (pathf(p, err, "%s/lock", tmp) || write_small(p, "", err)) goto out;
+    if (pathf(p, err, "%s/session.json", tmp) || write_small(p, settings, err)) goto out;
+    if (rename(tmp, dir)) {
+        int e = errno;
+        if (e == ENOTEMPTY || e == EEXIST)
+            d3_errf(err, "%s: directory is not empty (it changed while the session was made)", dir);
+        else
+            d3_errf(err, "%s: rename(%s): %s", dir, tmp, strerror(e));
+        goto out;
+    }
+    made_tmp = 0;
+    {
+        char *parent = strdup(dir), *slash = strrchr(parent, '/');
+        const char *pd = ".";
+        if (slash) {
+            if (slash == parent) slash[1] = 0;
+            else *slash = 0;
+            pd = parent;
+        }
+        rc = sync_dir(pd, err);
+        free(parent);
+    }
+out:
+    if (made_tmp) remove_tree(tmp, 1);
+    free(model);
+    free(settings);
+    free(dir);
+    return rc;
+}
+
+/* ---- open ---- */
+
+static int ensure_cap(d3_session *s, long n) {
+    if (n <= s->cap) return 0;
+    long cap = s->cap ? s->cap : 64;
+    while (cap < n) cap *= 2;
+    unsigned char *pr = realloc(s->present, (size_t)cap);
+    if (!pr) return -1;
+    s->present = pr;
+    signed char *ch = realloc(s->choice, (size_t)cap);
+    if (!ch) return -1;
+    s->choice = ch;
+    memset(s->present + s->cap, 0, (size_t)(cap - s->cap));
+    memset(s->choice + s->cap, SESSION_NONE, (size_t)(cap - s->cap));
+    s->cap = cap;
+    return 0;
+}
+
+static int take_lock(d3_session *s, char *err) {
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/lock", s->dir)) return -1;
+    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) return d3_errf(err, "%s: open: %s", p, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB)) {
+        int e = errno;
+        if (e == EWOULDBLOCK) {
+            char buf[32] = {0};
+            ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+            long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+            close(fd);
+            if (pid > 0) return d3_errf(err, "%s is in use by another d3po (pid %ld)", s->dir, pid);
+            return d3_errf(err, "%s is in use by another d3po (pid unknown)", s->dir);
+        }
+        close(fd);
+        return d3_errf(err, "%s: flock: %s", p, strerror(e));
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) || pwrite(fd, buf, (size_t)n, 0) != n) {
+        int e = errno;
+        close(fd);
+        return d3_errf(err, "%s: writing the pid: %s", p, strerror(e));
+    }
+    s->lock_fd = fd;
+    return 0;
+}
+
+static int read_settings(d3_session *s, char *err) {
+    char p[PATH_LEN];
+    unsigned char *buf;
+    size_t len;
+    if (pathf(p, err, "%s/session.json", s->dir) || fs_read_all(p, &buf, &len, err)) return -1;
+    json_error_t je;
+    json_t *o = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &je);
+    int rc = -1;
+    if (!o) d3_errf(err, "%s:%d: %s", p, je.line, je.text);
+    else if (!json_is_object(o)) d3_errf(err, "%s: expected a JSON object", p);
+    else if (!json_is_integer(json_object_get(o, "format")))
+        d3_errf(err, "%s: no integer \"format\" (not a d3po session?)", p);
+    else if (json_integer_value(json_object_get(o, "format")) != SESSION_FORMAT)
+        d3_errf(err, "%s: format %lld, this d3po reads format %d", p,
+                (long long)json_integer_value(json_object_get(o, "format")), SESSION_FORMAT);
+    else {
+        s->settings = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(15));
+        rc = s->settings ? 0 : d3_errf(err, "%s: out of memory", p);
+    }
+    json_decref(o);
+    free(buf);
+    return rc;
+}
+
+/* Loads rounds/NNNN into s->policy/state. */
+static int load_round(d3_session *s, int round, char *err) {
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/rounds/%04d.safetensors", s->dir, round)) return -1;
+    if (model_load(&s->policy, p, &s->state, err)) return -1;
+    s->have_policy = 1;
+    s->round = s->version = round;
+    s->arch = s->policy.L.arch;
+    s->nclasses = s->policy.nclasses;
+    return 0;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* LATEST, or the newest loading rounds/ file with a warning. */
+static int load_checkpoint(d3_session *s, char *err) {
+    char p[PATH_LEN], why[D3_ERRLEN], e2[D3_ERRLEN];
+    unsigned char *buf = NULL;
+    size_t len;
+    int tried = -1;
+    if (pathf(p, err, "%s/LATEST", s->dir)) return -1;
+    if (fs_read_all(p, &buf, &len, e2)) {
+        d3_errf(why, "%s", e2);
+    } else {
+        int r = -1, v = -1, n = 0;
+        if (sscanf((char *)buf, "round %d version %d\n%n", &r, &v, &n) != 2 || (size_t)n != len ||
+            r < 0 || r > SESSION_MAX_ROUND || v < 0) {
+            int shown = (int)strcspn((char *)buf, "\n");
+            d3_errf(why, "%s: expected \"round N version V\", got \"%.*s\"", p,
+                    shown < 40 ? shown : 40, (char *)buf);
+        } else if (load_round(s, r, e2)) {
+            tried = r;
+            d3_errf(why, "%s: round %d does not load: %s", p, r, e2);
+        } else {
+            s->version = v;
+            free(buf);
+            return 0;
+        }
+    }
+    free(buf);
+    /* fall back: the newest rounds/NNNN.safetensors that loads */
+    char rd[PATH_LEN];
+    if (pathf(rd, err, "%s/rounds", s->dir)) return -1;
+    DIR *d = opendir(rd);
+    if (!d) return d3_errf(err, "%s; and %s: %s", why, rd, strerror(errno));
+    long *ids = NULL, n = 0, cap = 0, id;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (parse_numbered(e->d_name, ".safetensors", 4, SESSION_MAX_ROUND + 1, &id)) continue;
+        if (n == cap) {
+            long *t = realloc(ids, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *ids);
+            if (!t) { free(ids); closedir(d); return d3_errf(err, "%s: out of memory", rd); }
+            ids = t;
+        }
+        ids[n++] = id;
+    }
+    closedir(d);
+    qsort(ids, (size_t)n, sizeof *ids, cmp_desc);
+    for (long i = 0; i < n; i++) {
+        if (ids[i] == tried || load_round(s, (int)ids[i], e2)) continue;
+        d3_errf(s->warn[s->nwarn++], "%s; using rounds/%04ld.safetensors (round %ld)",
+                 why, ids[i], ids[i]);
+        free(ids);
+        return 0;
+    }
+    free(ids);
+    return d3_errf(err, "%s; and no other checkpoint in %s loads", why, rd);
+}
+
+static int scan_pairs(d3_session *s, char *err) {
+    char rd[PATH_LEN];
+    if (pathf(rd, err, "%s/pairs", s->dir)) return -1;
+    DIR *d = opendir(rd);
+    if (!d) return d3_errf(err, "%s: %s", rd, strerror(errno));
+    struct dirent *e;
+    long id;
+    while ((e = readdir(d))) {
+        if (parse_numbered(e->d_name, ".traj", 6, SESSION_MAX_PAIRS, &id)) continue;
+        if (ensure_cap(s, id + 1)) { closedir(d); return d3_errf(err, "%s: out of memory", rd); }
+        s->present[id] = 1;
+        s->npairs++;
+        if (id + 1 > s->next_pair) s->next_pair = id + 1;
+    }
+    closedir(d);
+    return 0;
+}
+
+/* Makes room for one more decision, so that a push after a successful
+ * journal write cannot fail. */
+static int reserve_decision(d3_session *s) {
+    if (s->nstack < s->stack_cap) return 0;
+    long cap = s->stack_cap ? 2 * s->stack_cap : 64;
+    session_decision *t = realloc(s->stack, (size_t)cap * sizeof *t);
+    if (!t) return -1;
+    s->stack = t;
+    s->stack_cap = cap;
+    return 0;
+}
+
+static int push_decision(d3_session *s, long pair, int choice) {
+    if (reserve_decision(s)) return -1;
+    s->stack[s->nstack++] = (session_decision){pair, (signed char)choice, s->choice[pair]};
+    s->choice[pair] = (signed char)choice;
+    return 0;
+}
+
+static void pop_decision(d3_session *s) {
+    session_decision *d = &s->stack[--s->nstack];
+    s->choice[d->pair] = d->prev;
+    s->undone++;
+}
+
+/* Applies one journal line; -1 with err "PATH:LINE: ...". */
+static int replay_line(d3_session *s, const char *path, long lineno, const char *line, size_t len,
+                       char *err) {
+    json_error_t je;
+    json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
+    if (!o) return d3_errf(err, "%s:%ld: %s", path, lineno, je.text);
+    int rc = -1;
+    json_t *jp = json_object_get(o, "pair"), *jc = json_object_get(o, "choice"),
+           *jt = json_object_get(o, "time"), *jv = json_object_get(o, "version");
+    const char *c = json_string_value(jc);
+    int choice = -2;
+    if (c) {
+        for (int i = 0; i < SESSION_NCHOICES; i++)
+            if (!strcmp(c, choice_names[i])) choice = i;
+        if (!strcmp(c, "undo")) choice = -1;
+    }
+    if (!json_is_object(o)) d3_errf(err, "%s:%ld: expected a JSON object", path, lineno);
+    else if (!json_is_integer(jp) || json_integer_value(jp) < 0 ||
+             json_integer_value(jp) >= SESSION_MAX_PAIRS)
+        d3_errf(err, "%s:%ld: \"pair\": expected an integer from 0 to %ld", path, lineno,
+                SESSION_MAX_PAIRS - 1);
+    else if (choice == -2)
+        d3_errf(err, "%s:%ld: \"choice\": expected \"A\", \"B\", \"tie\", \"skip\" or \"undo\"",
+                path, lineno);
+    else if (!json_is_number(jt))
+        d3_errf(err, "%s:%ld: \"time\": expected a number", path, lineno);
+    else if (!json_is_integer(jv) || json_integer_value(jv) < 0)
+        d3_errf(err, "%s:%ld: \"version\": expected a non-negative integer", path, lineno);
+    else {
+        long pair = (long)json_integer_value(jp);
+        if (choice == -1) {
+            /* undo: cancels the newest decision not yet undone; our writer
+             * never writes one with nothing to undo, and if one appears
+             * there is nothing to cancel */
+            if (s->nstack) pop_decision(s);
+            rc = 0;
+        } else if (pair >= s->cap || !s->present[pair]) {
+            d3_errf(err, "%s:%ld: pair %ld has no pairs/%06ld.traj (journal and pairs/ differ)",
+                    path, lineno, pair, pair);
+        } else if (push_decision(s, pair, choice)) {
+            d3_errf(err, "%s:%ld: out of memory", path, lineno);
+        } else {
+            rc = 0;
+        }
+    }
+    json_decref(o);
+    return rc;
+}
+
+static int replay_journal(d3_session *s, char *err) {
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/labels.jsonl", s->dir)) return -1;
+    unsigned char *buf;
+    size_t len;
+    if (!is_file(p)) {
+        /* no journal: no labels yet (session_create writes an empty one) */
+    } else {
+        if (fs_read_all(p, &buf, &len, err)) return -1;
+        size_t start = 0;
+        long lineno = 0;
+        int rc = 0;
+        while (start < len && !rc) {
+            const unsigned char *nl = memchr(buf + start, '\n', len - start);
+            lineno++;
+            if (!nl) { /* torn last line: a write cut short, never acknowledged */
+                d3_errf(s->warn[s->nwarn++],
+                         "%s:%ld: torn last line (%zu bytes, a write cut short by a crash) ignored",
+                         p, lineno, len - start);
+                s->journal_torn = 1;
+                break;
+            }
+            size_t end = (size_t)(nl - buf), l = end - start;
+            if (l && buf[start + l - 1] == '\r') l--;
+            if (l) rc = replay_line(s, p, lineno, (const char *)buf + start, l, err);
+            if (l && !rc) s->lines++;
+            start = end + 1;
+            s->journal_len = start;
+        }
+        free(buf);
+        if (rc) return -1;
+    }
+    if (s->readonly) return 0;
+    s->journal_fd = open(p, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    if (s->journal_fd < 0) return d3_errf(err, "%s: open for appending: %s", p, strerror(errno));
+    return 0;
+}
+
+static int open_session(const char *dir, d3_session *s, int readonly, char *err) {
+    memset(s, 0, sizeof *s);
+    s->lock_fd = s->journal_fd = -1;
+    s->readonly = readonly;
+    if (!(s->dir = clean_dir(dir))) return d3_errf(err, "%s: out of memory", dir);
+    char p[PATH_LEN];
+    struct stat st;
+    if (stat(s->dir, &st)) {
+        d3_errf(err, "%s: %s", s->dir, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISDIR(st.st_mode)) { d3_errf(err, "%s: not a directory", s->dir); goto fail; }
+    if (pathf(p, err, "%s/session.json", s->dir)) goto fail;
+    if (!is_file(p)) {
+        d3_errf(err, "%s: not a d3po session (no session.json)", s->dir);
+        goto fail;
+    }
+    if ((!readonly && take_lock(s, err)) || read_settings(s, err)) goto fail;
+    if (pathf(p, err, "%s/base.safetensors", s->dir)) goto fail;
+    if (!is_file(p)) { d3_errf(err, "%s: missing (the session's base model)", p); goto fail; }
+    if (load_checkpoint(s, err) || scan_pairs(s, err) || replay_journal(s, err)) goto fail;
+    return 0;
+fail:
+    session_close(s);
+    return -1;
+}
+
+int session_open(const char *dir, d3_session *s, char *err) {
+    return open_session(dir, s, 0, err);
+}
+
+int session_open_readonly(const char *dir, d3_session *s, char *err) {
+    return open_session(dir, s, 1, err);
+}
+
+static int check_writable(const d3_session *s, const char *what, char *err) {
+    if (s->readonly) return d3_errf(err, "%s: %s: session opened read-only", s->dir, what);
+    return 0;
+}
+
+void session_close(d3_session *s) {
+    if (s->have_policy) {
+        model_free(&s->policy);
+        state_free(&s->state);
+    }
+    if (s->journal_fd >= 0) close(s->journal_fd);
+    if (s->lock_fd >= 0) close(s->lock_fd); /* releases the flock */
+    free(s->dir);
+    free(s->settings);
+    free(s->present);
+    free(s->choice);
+    free(s->stack);
+    memset(s, 0, sizeof *s);
+    s->lock_fd = s->journal_fd = -1;
+}
+
+int session_load_policy(d3_session *s, d3_model *m, d3_state *st, char *err) {
+    if (s->have_policy) {
+        *m = s->policy;
+        if (st) *st = s->state;
+        else state_free(&s->state);
+        s->have_policy = 0;
+        memset(&s->policy, 0, sizeof s->policy);
+        memset(&s->state, 0, sizeof s->state);
+        return 0;
+    }
+    char p[PATH_LEN];
+    session_round_path(s, s->round, p, sizeof p);
+    return model_load(m, p, st, err);
+}
+
+char *session_base_path(const d3_session *s, char *out, size_t n) {
+    snprintf(out, n, "%s/base.safetensors", s->dir);
+    return out;
+}
+char *session_round_path(const d3_session *s, int round, char *out, size_t n) {
+    snprintf(out, n, "%s/rounds/%04d.safetensors", s->dir, round);
+    return out;
+}
+char *session_pair_path(const d3_session *s, long id, const char *what, char *out, size_t n) {
+    if (!strcmp(what, "traj")) snprintf(out, n, "%s/pairs/%06ld.traj", s->dir, id);
+    else snprintf(out, n, "%s/pairs/%06ld-%s.png", s->dir, id, what);
+    return out;
+}
+
+/* ---- pairs ---- */
+
+int session_add_pair(d3_session *s, const session_pair *p, const uint8_t *rgb_a,
+                     const uint8_t *rgb_b, long *id, char *err) {
+    if (check_writable(s, "add pair", err)) return -1;
+    long nid = s->next_pair;
+    char path[PATH_LEN];
+    if (nid >= SESSION_MAX_PAIRS)
+        return d3_errf(err, "%s: session is full (%ld pairs)", s->dir, SESSION_MAX_PAIRS);
+    if (p->K < 1 || p->K > TRAJ_MAX_K)
+        return d3_errf(err, "pair %ld: K = %d steps, expected 1..%d", nid, p->K, TRAJ_MAX_K);
+    if (p->S != s->arch.size)
+        return d3_errf(err, "pair %ld: image side %d, the session's model has %d", nid, p->S,
+                       s->arch.size);
+    if (p->cls < 0 || p->cls >= s->nclasses)
+        return d3_errf(err, "pair %ld: class %d, the session's model has %d", nid, p->cls,
+                       s->nclasses);
+    if (p->version < 0) return d3_errf(err, "pair %ld: negative model version", nid);
+    for (int i = 0; i < 2; i++) {
+        const uint8_t *rgb = i ? rgb_b : rgb_a;
+        if (!rgb) continue;
+        session_pair_path(s, nid, i ? "b" : "a", path, sizeof path);
+        if (png_write_rgb(path, rgb, p->S, p->S, err)) return -1;
+    }
+    uint8_t h[SESSION_TRAJ_HEADER] = {0};
+    memcpy(h, TRAJ_MAGIC, 8);
+    put_u32(h + 8, SESSION_TRAJ_HEADER);
+    put_u32(h + 12, 1);
+    put_u32(h + 16, (uint32_t)p->K);
+    put_u32(h + 20, (uint32_t)p->S);
+    put_u32(h + 24, (uint32_t)p->cls);
+    put_u32(h + 28, (uint32_t)p->version);
+    put_u64(h + 32, p->seed);
+    put_u32(h + 40, 0);
+    put_u32(h + 44, f32_bits(p->cfg));
+    put_u32(h + 48, f32_bits(p->eta));
+    size_t tn = ((size_t)p->K + 1) * 3 * (size_t)p->S * p->S * sizeof(float);
+    size_t ln = (size_t)p->K * sizeof(float);
+    const void *parts[5] = {h, p->traj[0], p->traj[1], p->logp[0], p->logp[1]};
+    size_t lens[5] = {sizeof h, tn, tn, ln, ln};
+    session_pair_path(s, nid, "traj", path, sizeof path);
+    if (ensure_cap(s, nid + 1)) return d3_errf(err, "%s: out of memory", path);
+    if (fs_write_atomic(path, parts, lens, 5, err)) return -1;
+    s->present[nid] = 1;
+    s->choice[nid] = SESSION_NONE;
+    s->npairs++;
+    s->next_pair = nid + 1;
+    *id = nid;
+    return 0;
+}
+
+int session_read_traj(const char *path, session_pair *p, char *err) {
+    memset(p, 0, sizeof *p);
+    unsigned char *b;
+    size_t len;
+    if (fs_read_all(path, &b, &len, err)) return -1;
+    int rc = -1;
+    uint32_t K, S, dtype;
+    if (len < 16 || memcmp(b, TRAJ_MAGIC, 8)) {
+        d3_errf(err, "%s: not a d3po pair file (magic \"%s\" missing)", path, TRAJ_MAGIC);
+    } else if (get_u32(b + 8) != SESSION_TRAJ_HEADER) {
+        d3_errf(err, "%s: header size %u, expected %d", path, get_u32(b + 8), SESSION_TRAJ_HEADER);
+    } else if (len < SESSION_TRAJ_HEADER) {
+        d3_errf(err, "%s: truncated header (%zu of %d bytes)", path, len, SESSION_TRAJ_HEADER);
+    } else if (get_u32(b + 12) != 1) {
+        d3_errf(err, "%s: pair format %u, this d3po reads format 1", path, get_u32(b + 12));
+    } else if ((dtype = get_u32(b + 40)) != 0) {
+        d3_errf(err, "%s: dtype %u, expected 0 (float32)", path, dtype);
+    } else if ((K = get_u32(b + 16)) < 1 || K > TRAJ_MAX_K) {
+        d3_errf(err, "%s: K = %u steps, expected 1..%d", path, K, TRAJ_MAX_K);
+    } else if ((S = get_u32(b + 20)) < 1 || S > TRAJ_MAX_S) {
+        d3_errf(err, "%s: image side %u, expected 1..%d", path, S, TRAJ_MAX_S);
+    } else {
+        /* K <= 1e5 and S <= 8192 keep this below 2^46 */
+        uint64_t D = 3ull * S * S, nf = 2 * (K + 1ull) * D + 2ull * K;
+        uint64_t want = SESSION_TRAJ_HEADER + 4 * nf;
+        if (len != want) {
+            d3_errf(err, "%s: %zu bytes, but a pair with K=%u steps of side %u needs %llu%s", path,
+                    len, K, S, (unsigned long long)want, len < want ? " (truncated)" : "");
+        } else {
+            float *f = (float *)(b + SESSION_TRAJ_HEADER); /* malloc'd + 64: aligned */
+            uint64_t i = 0;
+            while (i < nf && isfinite(f[i])) i++;
+            if (i < nf) {
+                uint64_t per = (K + 1ull) * D;
+                const char *where = i < 2 * per ? (i < per ? "trajectory A" : "trajectory B")
+                                                : "log-probs";
+                d3_errf(err, "%s: %s holds a non-finite value (float %llu)", path, where,
+                        (unsigned long long)i);
+            } else {
+                p->K = (int)K;
+                p->S = (int)S;
+                p->cls = (int)get_u32(b + 24);
+                p->version = (int)get_u32(b + 28);
+                p->seed = get_u64(b + 32);
+                p->cfg = bits_f32(get_u32(b + 44));
+                p->eta = bits_f32(get_u32(b + 48));
+                p->traj[0] = f;
+                p->traj[1] = f + (K + 1ull) * D;
+                p->logp[0] = f + 2 * (K + 1ull) * D;
+                p->logp[1] = p->logp[0] + K;
+                p->buf = b;
+                if (get_u32(b + 24) > INT32_MAX || get_u32(b + 28) > INT32_MAX)
+                    d3_errf(err, "%s: class or model version out of range", path);
+                else
+                    rc = 0;
+            }
+        }
+    }
+    if (rc) {
+        free(b);
+        memset(p, 0, sizeof *p);
+    }
+    return rc;
+}
+
+int session_load_pair(const d3_session *s, long id, session_pair *p, char *err) {
+    char path[PATH_LEN];
+    memset(p, 0, sizeof *p);
+    session_pair_path(s, id, "traj", path, sizeof path);
+    if (id < 0 || id >= s->cap || !s->present[id])
+        return d3_errf(err, "%s: no such pair in the session", path);
+    if (session_read_traj(path, p, err)) return -1;
+    if (p->S != s->arch.size || p->cls >= s->nclasses) {
+        d3_errf(err, "%s: image side %d class %d, the session's model has side %d and %d classes",
+                path, p->S, p->cls, s->arch.size, s->nclasses);
+        session_pair_free(p);
+        return -1;
+    }
+    return 0;
+}
+
+void session_pair_free(session_pair *p) {
+    free(p->buf);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- labels ---- */
+
+/* Appends one complete line to the journal and fsyncs it. On failure the
+ * journal is cut back to its last complete line (best effort). */
+static int journal_append(d3_session *s, const char *line, size_t len, char *err) {
+    char p[PATH_LEN];
+    snprintf(p, sizeof p, "%s/labels.jsonl", s->dir);
+    if (s->journal_torn) {
+        if (ftruncate(s->journal_fd, (off_t)s->journal_len) || fsync(s->journal_fd))
+            return d3_errf(err, "%s: cutting off the torn last line: %s", p, strerror(errno));
+        s->journal_torn = 0;
+    }
+    size_t done = 0;
+    while (done < len) { /* one write(); a short one (disk full...) is finished or undone */
+        ssize_t n = write(s->journal_fd, line + done, len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            if (done && ftruncate(s->journal_fd, (off_t)s->journal_len)) s->journal_torn = 1;
+            return d3_errf(err, "%s: write: %s", p, strerror(e));
+        }
+        done += (size_t)n;
+    }
+    if (fsync(s->journal_fd)) {
+        int e = errno;
+        if (ftruncate(s->journal_fd, (off_t)s->journal_len)) s->journal_torn = 1;
+        return d3_errf(err, "%s: fsync: %s", p, strerror(e));
+    }
+    s->journal_len += len;
+    s->lines++;
+    return 0;
+}
+
+static int journal_record(d3_session *s, long pair, const char *choice, int version, char *err) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char line[160];
+    int n = snprintf(line, sizeof line,
+                     "{\"pair\":%ld,\"choice\":\"%s\",\"time\":%lld.%03ld,\"version\":%d}\n",
+                     pair, choice, (long long)ts.tv_sec, ts.tv_nsec / 1000000, version);
+    return journal_append(s, line, (size_t)n, err);
+}
+
+int session_label(d3_session *s, long id, int choice, int version, char *err) {
+    if (check_writable(s, "label", err)) return -1;
+    if (choice < 0 || choice >= SESSION_NCHOICES)
+        return d3_errf(err, "%s: label: bad choice %d", s->dir, choice);
+    if (id < 0 || id >= s->cap || !s->present[id])
+        return d3_errf(err, "%s: label: no pair %ld in the session", s->dir, id);
+    if (version < 0) return d3_errf(err, "%s: label: negative model version", s->dir);
+    if (reserve_decision(s)) return d3_errf(err, "%s: label: out of memory", s->dir);
+    if (journal_record(s, id, choice_names[choice], version, err)) return -1;
+    push_decision(s, id, choice);
+    return 0;
+}
+
+int session_undo(d3_session *s, long *id, char *err) {
+    if (check_writable(s, "undo", err)) return -1;
+    if (!s->nstack) return d3_errf(err, "%s/labels.jsonl: nothing to undo", s->dir);
+    long pair = s->stack[s->nstack - 1].pair;
+    if (journal_record(s, pair, "undo", s->version, err)) return -1;
+    pop_decision(s);
+    if (id) *id = pair;
+    return 0;
+}
+
+int session_choice_of(const d3_session *s, long id) {
+    return id >= 0 && id < s->cap ? s->choice[id] : SESSION_NONE;
+}
+
+long session_next_unlabeled(const d3_session *s, long from) {
+    for (long i = from < 0 ? 0 : from; i < s->cap; i++)
+        if (s->present[i] && s->choice[i] == SESSION_NONE) return i;
+    return -1;
+}
+
+/* ---- rounds ---- */
+
+int session_save_round(d3_session *s, const d3_model *policy, const d3_state *st, int round,
+                       char *err) {
+    if (check_writable(s, "save round", err)) return -1;
+    char p[PATH_LEN], a[256], b[256], line[64];
+    if (round <= s->round || round > SESSION_MAX_ROUND)
+        return d3_errf(err, "%s: round %d: expected %d..%d", s->dir, round, s->round + 1,
+                       SESSION_MAX_ROUND);
+    unet_arch_format(&policy->L.arch, a, sizeof a);
+    unet_arch_format(&s->arch, b, sizeof b);
+    if (strcmp(a, b) || policy->nclasses != s->nclasses)
+        return d3_errf(err, "%s: round %d: policy is %s, %d classes; the session's: %s, %d",
+                       s->dir, round, a, policy->nclasses, b, s->nclasses);
+    session_round_path(s, round, p, sizeof p);
+    if (model_save(policy, p, st, err)) return -1;
+    snprintf(line, sizeof line, "round %d version %d\n", round, round);
+    if (pathf(p, err, "%s/LATEST", s->dir) || write_small(p, line, err)) return -1;
+    s->round = s->version = round;
+    return 0;
+}
+
+void session_info(const d3_session *s, session_stats *in) {
+    memset(in, 0, sizeof *in);
+    for (long i = 0; i < s->cap; i++) {
+        if (!s->present[i]) continue;
+        in->pairs++;
+        if (s->choice[i] == SESSION_NONE) {
+            in->unlabeled++;
+        } else {
+            in->labeled++;
+            in->by_choice[(int)s->choice[i]]++;
+        }
+    }
+    in->undone = s->undone;
+    in->journal_lines = s->lines;
+    in->round = s->round;
+    in->version = s->version;
+}

@@ -1,0 +1,218 @@
+/* session.h - a labeling session on disk: a directory the user can copy,
+ * inspect and resume, shared by the labeling screen (`d3po label`) and the
+ * headless commands (`d3po auto/train/eval/export`).
+ *
+ * LAYOUT (format version 1)
+ *   DIR/session.json        settings the session was started with (JSON object,
+ *                           written once, atomically; "format": 1)
+ *   DIR/base.safetensors    the model the session started from (a copy)
+ *   DIR/rounds/NNNN.safetensors
+ *                           checkpoint after round N (policy weights, AdamW
+ *                           state, RNG), written atomically; round 0 = base
+ *   DIR/LATEST              "round N version V\n": the last good checkpoint,
+ *                           replaced atomically after the checkpoint is on disk
+ *   DIR/pairs/NNNNNN.traj   one sampled pair (binary, below)
+ *   DIR/pairs/NNNNNN-a.png, NNNNNN-b.png   the two images as shown
+ *   DIR/labels.jsonl        append-only journal, one JSON object per line:
+ *     {"pair":12,"choice":"A"|"B"|"tie"|"skip"|"undo","time":1764112345.123,
+ *      "version":3}
+ *                           fsync'd before the caller moves on. "undo" cancels
+ *                           the newest not-yet-undone decision; a changed
+ *                           choice is a new line for the same pair (the last
+ *                           one counts). A torn last line (crash mid-write)
+ *                           is ignored on load and reported.
+ *   DIR/lock                flock(2)ed while a process has the session open
+ *
+ * PAIR FILE (little-endian): magic "D3POTRJ1" (8 bytes), u32 header bytes
+ * (64), u32 format 1, u32 K (steps), u32 S (image side), u32 class,
+ * u32 model version, u64 seed, u32 dtype (0 = float32), f32 cfg, f32 eta,
+ * zero padding to 64 bytes; then traj A [K+1][3][S][S], traj B [K+1][3][S][S],
+ * logp A [K], logp B [K] (the sampling policy's log-probs), all float32. A
+ * file whose size or header does not match is an error naming the file.
+ */
+#ifndef D3PO_SESSION_H
+#define D3PO_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "model.h"
+
+/* USAGE
+ *   d3_session s;
+ *   char err[D3_ERRLEN];
+ *   if (session_create("runs/cats", "base.safetensors", "{\"prompt\":\"cat\"}", err) ||
+ *       session_open("runs/cats", &s, err)) { fprintf(stderr, "%s\n", err); ... }
+ *   for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "warning: %s\n", s.warn[i]);
+ *   long id;
+ *   session_add_pair(&s, &pair, rgb_a, rgb_b, &id, err);    // sampled pair -> disk
+ *   session_label(&s, id, SESSION_A, s.version, err);       // durable on return
+ *   session_load_policy(&s, &policy, &state, err);          // LATEST checkpoint
+ *   ... train ...
+ *   session_save_round(&s, &policy, &state, s.round + 1, err);
+ *   session_close(&s);
+ * Every function that can fail returns 0 or -1 with err naming the file
+ * (and line, for the journal) and what was expected. */
+
+#define SESSION_FORMAT 1
+#define SESSION_TRAJ_HEADER 64
+#define SESSION_MAX_PAIRS 10000000L /* pair ids are 0 .. SESSION_MAX_PAIRS-1 */
+#define SESSION_MAX_ROUND 9999
+#define SESSION_MAX_WARN 4
+
+/* A decision on a pair; SESSION_NONE: no (remaining) decision. */
+typedef enum {
+    SESSION_NONE = -1,
+    SESSION_A = 0,  /* image A preferred */
+    SESSION_B = 1,  /* image B preferred */
+    SESSION_TIE = 2,
+    SESSION_SKIP = 3,
+    SESSION_NCHOICES = 4
+} session_choice;
+
+/* "A", "B", "tie", "skip" ("none" for SESSION_NONE). */
+const char *session_choice_name(int choice);
+
+/* One sampled pair: both trajectories and the sampling policy's log-probs.
+ * Filled by the caller for session_add_pair (pointers borrowed); filled by
+ * session_load_pair / session_read_traj (one malloc'd block in buf). */
+typedef struct {
+    int K;            /* sampling steps */
+    int S;            /* image side */
+    int cls;          /* class id (prompt) */
+    int version;      /* model version that sampled the pair */
+    uint64_t seed;
+    float cfg, eta;
+    float *traj[2];   /* [K+1][3][S][S] each: x_T .. x_0 of image A, B */
+    float *logp[2];   /* [K] each */
+    void *buf;        /* owner of traj/logp after a load; NULL otherwise */
+} session_pair;
+
+/* One decision on the undo stack (internal, see session_undo). */
+typedef struct {
+    long pair;
+    signed char choice, prev;
+} session_decision;
+
+/* An open session. Fields are read-only for callers. */
+typedef struct {
+    char *dir;
+    int lock_fd, journal_fd;   /* -1 when not held / read-only */
+    int readonly;
+    char *settings;            /* session.json as written (JSON object text) */
+    int round, version;        /* the checkpoint in use (LATEST or the fallback) */
+    unet_arch arch;            /* of that checkpoint */
+    int nclasses;
+    /* pairs and their effective labels, indexed by pair id */
+    long next_pair;            /* the id session_add_pair gives next */
+    long npairs;               /* .traj files present */
+    long cap;
+    unsigned char *present;    /* [cap] 1 when pairs/NNNNNN.traj exists */
+    signed char *choice;       /* [cap] session_choice */
+    /* journal replay state */
+    session_decision *stack;   /* decisions not undone, oldest first */
+    long nstack, stack_cap;
+    long lines, undone;        /* journal records read/written; undos applied */
+    size_t journal_len;        /* bytes of complete lines in labels.jsonl */
+    int journal_torn;          /* a torn tail follows journal_len: cut it off before appending */
+    /* the checkpoint loaded by session_open, until session_load_policy takes it */
+    int have_policy;
+    d3_model policy;
+    d3_state state;
+    /* things session_open repaired around, one line each */
+    int nwarn;
+    char warn[SESSION_MAX_WARN][D3_ERRLEN];
+} d3_session;
+
+/* Makes a new session in dir (created, or an empty directory): the layout
+ * above, the model at model_path (checked with model_load) copied to
+ * base.safetensors and rounds/0000.safetensors, LATEST "round 0 version 0",
+ * an empty journal, and session.json = the settings object (JSON text, NULL
+ * for {}) plus "format": 1 and "created" (unix seconds). The session is
+ * built in a sibling temp directory and renamed into place, so a crash
+ * leaves no half-made session. Refuses a non-empty dir (saying whether it
+ * already is a session). Does not open it. */
+int session_create(const char *dir, const char *model_path, const char *settings_json, char *err);
+
+/* Opens a session: takes the lock (non-blocking; a second opener gets
+ * "DIR is in use by another d3po (pid N)"), checks session.json, loads the
+ * checkpoint named by LATEST (falling back to the newest rounds/ file that
+ * loads, with a warning, when LATEST is missing, malformed or points at a
+ * file that does not load), replays labels.jsonl (a torn last line is
+ * ignored with a warning; any other bad line is an error "FILE:LINE: ...")
+ * and scans pairs/. On failure *s is left closed (nothing to free). */
+int session_open(const char *dir, d3_session *s, char *err);
+
+/* The same without the lock, for looking at a session another process may
+ * have open (`d3po session info`): nothing is written, and the functions
+ * that write refuse with an error. A label being appended at that moment
+ * shows as a torn last line. */
+int session_open_readonly(const char *dir, d3_session *s, char *err);
+
+/* Releases the lock and everything session_open allocated. */
+void session_close(d3_session *s);
+
+/* Hands over the checkpoint in use (policy weights and whatever training
+ * state it holds): the copy session_open loaded the first time, a fresh
+ * load from disk after that. The caller frees m (model_free) and st
+ * (state_free). st may be NULL. */
+int session_load_policy(d3_session *s, d3_model *m, d3_state *st, char *err);
+
+/* Path helpers: DIR/base.safetensors, DIR/rounds/NNNN.safetensors, and the
+ * files of pair id ("traj", "a" or "b" for the PNGs). Return out. */
+char *session_base_path(const d3_session *s, char *out, size_t n);
+char *session_round_path(const d3_session *s, int round, char *out, size_t n);
+char *session_pair_path(const d3_session *s, long id, const char *what, char *out, size_t n);
+
+/* Writes a new pair: the PNGs of both images as shown (rgb_a, rgb_b:
+ * [S][S][3], may be NULL to skip), then pairs/NNNNNN.traj atomically (its
+ * presence is what makes the pair exist). p->K, S, cls, version, seed,
+ * cfg, eta, traj and logp must be set. *id receives the new pair id. */
+int session_add_pair(d3_session *s, const session_pair *p, const uint8_t *rgb_a,
+                     const uint8_t *rgb_b, long *id, char *err);
+
+/* Reads pair id back, fully validated (and its S and class checked against
+ * the session's model). Free with session_pair_free. */
+int session_load_pair(const d3_session *s, long id, session_pair *p, char *err);
+/* Reads and validates one .traj file: magic, header size, format, dtype,
+ * dims against the file size, finite values. Errors name path. */
+int session_read_traj(const char *path, session_pair *p, char *err);
+void session_pair_free(session_pair *p);
+
+/* Records a decision on pair id (which must exist) made while the model of
+ * `version` was shown: appends one JSON line to labels.jsonl with a single
+ * write() and fsyncs it before returning, so a 0 return means the label
+ * survives kill -9 and power loss. A new decision on a labeled pair
+ * replaces the old one (the last line counts). */
+int session_label(d3_session *s, long id, int choice, int version, char *err);
+/* Cancels the newest decision not yet undone (the pair gets its previous
+ * choice back, usually none) by appending an "undo" record, fsync'd.
+ * *id (may be NULL) receives the pair it concerned. -1 when there is
+ * nothing to undo. */
+int session_undo(d3_session *s, long *id, char *err);
+
+/* The effective choice on pair id, SESSION_NONE when undecided. */
+int session_choice_of(const d3_session *s, long id);
+/* The smallest existing pair id >= from without a decision, -1 if none. */
+long session_next_unlabeled(const d3_session *s, long from);
+
+/* Writes rounds/NNNN.safetensors (the policy and the parts of st whose
+ * has_* flag is set; st may be NULL) atomically, then replaces LATEST
+ * atomically; the model version becomes the round number. round must be
+ * greater than s->round and at most SESSION_MAX_ROUND. */
+int session_save_round(d3_session *s, const d3_model *policy, const d3_state *st, int round,
+                       char *err);
+
+typedef struct {
+    long pairs;                     /* sampled (.traj files) */
+    long labeled, unlabeled;        /* existing pairs with / without a decision (queued) */
+    long by_choice[SESSION_NCHOICES]; /* effective decisions on existing pairs */
+    long undone;                    /* undo records that cancelled a decision */
+    long journal_lines;             /* records in labels.jsonl */
+    int round, version;             /* rounds trained, model version */
+} session_stats;
+
+void session_info(const d3_session *s, session_stats *info);
+
+#endif
