@@ -22,7 +22,7 @@ WARN = -Wall -Wextra -Wno-unused-parameter
 BLAS_DIR = /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_CFLAGS = -I/usr/include/x86_64-linux-gnu/openblas-openmp
 BLAS_LIBS = -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
-PKGS = jansson libpng libjpeg freetype2 harfbuzz libconfig libsixel
+PKGS = jansson libpng libjpeg freetype2 harfbuzz libconfig libsixel ncursesw
 PKG_CFLAGS = $(BLAS_CFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(BLAS_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ALL_CFLAGS = -std=gnu11 $(WARN) $(CFLAGS) -fopenmp -Iengine -Isrc -Iui $(PKG_CFLAGS) -MMD -MP
@@ -39,8 +39,8 @@ TOOL_SRC = $(wildcard tests/tool_*.c) $(wildcard bench/*.c)
 TOOL_BIN = $(TOOL_SRC:%.c=$(B)/%)
 
 # Debian packages: build, then what the tests need.
-DEB_BUILD = gcc make pkg-config libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev
-DEB_TEST = fonts-noto-color-emoji unicode-data python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
+DEB_BUILD = gcc make pkg-config libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
+DEB_TEST = fonts-noto-color-emoji unicode-data tmux bsdutils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
 
 .PHONY: all run test check check-asan fuzz bench deps deps-test clean
 all: $(B)/d3po

@@ -14,6 +14,7 @@ int cmd_info(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
 int cmd_session(int argc, char **argv);
+int cmd_label(int argc, char **argv);
 
 
 /* Strict number parsing for option values; print "d3po CMD: --opt: ..." and

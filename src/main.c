@@ -15,6 +15,7 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *summary;
 } cmds[] = {
+    {"label", cmd_label, "the labeling screen (also: d3po with no command)"},
     {"init", cmd_init, "write a randomly initialised model"},
     {"sample", cmd_sample, "sample images from a model with DDIM"},
     {"info", cmd_info, "print a model file's architecture, classes and metadata"},
@@ -24,7 +25,8 @@ static const struct {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: d3po <command> [options]\n"
+    fprintf(f, "usage: d3po [label] [options]   the labeling screen\n"
+               "       d3po <command> [options]\n"
                "       d3po --version | --help\n\ncommands:\n");
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].summary);
@@ -32,10 +34,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        usage(stderr);
-        return 1;
-    }
+    if (argc < 2) return cmd_label(argc, argv); /* the labeling screen */
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
         printf("d3po %s\n", D3PO_VERSION);
         return 0;

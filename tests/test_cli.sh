@@ -6,7 +6,8 @@
 
 expect 0 "version" $D3 --version
 grep -q "^d3po [0-9]" "$T/out" && ok "version text" || no "version text"
-expect 1 "no command" $D3
+expect 2 "no command, no terminal" $D3 </dev/null
+grep_err "needs a terminal" "needs a terminal"
 expect 1 "unknown command" $D3 frobnicate
 for c in init sample info; do expect 0 "$c --help" $D3 $c --help; done
 expect 1 "init without --out" $D3 init

@@ -1,0 +1,135 @@
+/* cmd_label.c - `d3po label` (and `d3po` alone): opens or creates a
+ * session and runs the labeling screen (ui/label.c) on it. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "fsutil.h"
+#include "label.h"
+#include "session.h"
+#include "term.h"
+
+#ifndef D3PO_DATADIR
+#define D3PO_DATADIR "/usr/local/share/d3po"
+#endif
+
+static const char label_help[] =
+    "usage: d3po [label] [--session DIR] [--model FILE] [--config FILE]\n"
+    "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
+    "\n"
+    "Opens the labeling screen: two images of one prompt from one starting\n"
+    "noise; a key for the better one; D3PO trains between rounds.\n"
+    "\n"
+    "  --session DIR     session directory (default $XDG_DATA_HOME/d3po/sessions/default,\n"
+    "                    i.e. ~/.local/share/d3po/sessions/default); created when new,\n"
+    "                    resumed when it exists\n"
+    "  --model FILE      model a new session starts from (default: the embedded\n"
+    "                    default model, models/default.safetensors)\n"
+    "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
+    "  --graphics MODE   auto (detect), sixel or blocks (half-block fallback)\n"
+    "  --round-size N    labeled pairs per training round (default from the config: 8)\n";
+
+static int default_session(char *buf, size_t n) {
+    const char *x = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
+    if (x && x[0] == '/') snprintf(buf, n, "%s/d3po/sessions/default", x);
+    else if (h && h[0]) snprintf(buf, n, "%s/.local/share/d3po/sessions/default", h);
+    else return -1;
+    return 0;
+}
+
+static const char *default_model(void) {
+    static const char *cands[] = {"models/default.safetensors", D3PO_DATADIR "/default.safetensors"};
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++)
+        if (access(cands[i], R_OK) == 0) return cands[i];
+    return NULL;
+}
+
+int cmd_label(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
+        {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL;
+    long round_size = 0;
+    char err[D3_ERRLEN], dbuf[4096];
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': dir = optarg; break;
+        case 'm': model = optarg; break;
+        case 'c': conf = optarg; break;
+        case 'g':
+            if (term_override_check(optarg, err)) {
+                fprintf(stderr, "d3po label: --graphics: %s\n", err);
+                return EXIT_USAGE;
+            }
+            graphics = optarg;
+            break;
+        case 'r':
+            if (cli_int("label", "--round-size", optarg, 1, 1000, &round_size)) return EXIT_USAGE;
+            break;
+        case 'h': fputs(label_help, stdout); return 0;
+        default: fputs(label_help, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "d3po label: unexpected argument '%s'\n%s", argv[optind], label_help);
+        return EXIT_USAGE;
+    }
+    d3_config cfg;
+    if (config_load(&cfg, conf, err)) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        return EXIT_FAIL;
+    }
+    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
+        fprintf(stderr, "d3po label: the labeling screen needs a terminal (standard input and "
+                        "output); for headless work see 'd3po --help'\n");
+        return EXIT_FAIL;
+    }
+    if (!dir) {
+        if (default_session(dbuf, sizeof dbuf)) {
+            fprintf(stderr, "d3po label: neither XDG_DATA_HOME nor HOME is set; give --session DIR\n");
+            return EXIT_USAGE;
+        }
+        dir = dbuf;
+    }
+    char lp[4200];
+    snprintf(lp, sizeof lp, "%s/session.json", dir);
+    struct stat st;
+    if (stat(lp, &st)) {
+        if (!model) model = default_model();
+        if (!model) {
+            fprintf(stderr, "d3po label: no model to start %s from: give --model FILE\n", dir);
+            return EXIT_USAGE;
+        }
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", dir);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+            *slash = 0;
+            if (fs_mkdirs(parent, err)) { fprintf(stderr, "d3po label: %s\n", err); return EXIT_FAIL; }
+        }
+        if (session_create(dir, model, "{\"created_by\":\"d3po label\"}", err)) {
+            fprintf(stderr, "d3po label: %s\n", err);
+            return EXIT_FAIL;
+        }
+        fprintf(stderr, "d3po: new session %s from %s\n", dir, model);
+    } else if (model) {
+        fprintf(stderr, "d3po: resuming %s (its own model; --model %s applies to new sessions)\n",
+                dir, model);
+    }
+    d3_session s;
+    if (session_open(dir, &s, err)) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        return EXIT_FAIL;
+    }
+    for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po: warning: %s\n", s.warn[i]);
+    int rc = label_run(&s, &cfg, graphics, (int)round_size);
+    session_close(&s);
+    return rc;
+}

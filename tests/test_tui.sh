@@ -1,0 +1,71 @@
+#!/bin/sh
+# test_tui.sh - the labeling screen as a person uses it, in tmux: start a
+# session on a tiny model, label two rounds with keys (left, right, tie,
+# undo), watch the engine train between rounds, quit, resume with the same
+# model version and queue, and check `d3po session info`. A second d3po on
+# the same session is refused. Graphics: the half-block fallback (tmux).
+. tests/lib.sh
+command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
+SOCK="$T/tmux.sock"
+tm() { tmux -S "$SOCK" "$@"; }
+# wait_for PATTERN: poll the screen up to ~30 s
+wait_for() {
+    i=0
+    while [ $i -lt 150 ]; do
+        tm capture-pane -p -t t >"$T/screen" 2>/dev/null
+        grep -q -- "$1" "$T/screen" && return 0
+        sleep 0.2; i=$((i+1))
+    done
+    echo "  (screen did not show '$1'):"; cat "$T/screen"; return 1
+}
+printf 'smiling face\nred apple\nflag\n' >"$T/names"
+$D3 init --out "$T/m.st" --arch base=8,mult=1.2,res=1,attn=none,size=16 --class-names "$T/names" >/dev/null
+S="$T/session"
+CMD="cd $PWD && $D3 label --session $S --model $T/m.st --graphics blocks --round-size 2"
+tm new-session -d -s t -x 100 -y 30 "$CMD; echo EXITED \$?; sleep 60"
+wait_for "round 1  labels 0/2  model v0" && ok "screen opens on a new session" || no "screen opens"
+wait_for "pair 0 " && ok "first pair drawn" || no "first pair drawn"
+grep -q "▀" "$T/screen" && ok "half-block images drawn" || no "half-block images drawn"
+tm send-keys -t t 1
+wait_for "pair 0: A saved" && ok "key 1 labels left" || no "key 1"
+tm send-keys -t t u
+wait_for "undid the decision on pair 0" && ok "u undoes" || no "u undoes"
+tm send-keys -t t Left
+wait_for "pair 0: A saved" && ok "Left labels left" || no "Left"
+tm send-keys -t t 2
+wait_for "model v1" && ok "round 1 trained after 2 labels" || no "round 1 trained"
+tm send-keys -t t t
+wait_for "tie saved" && ok "t is a tie" || no "t tie"
+tm send-keys -t t s
+wait_for "skip saved" && ok "s skips" || no "s skip"
+tm send-keys -t t Right
+wait_for "model v2" && ok "round 2 trained" || no "round 2 trained"
+# a second d3po on the same session is refused
+script -qec "$D3 label --session $S --graphics blocks" /dev/null </dev/null >"$T/second" 2>&1
+grep -q "in use by another d3po" "$T/second" && ok "second d3po refused (lock)" || { no "second d3po refused"; cat "$T/second"; }
+tm send-keys -t t q
+wait_for "EXITED 0" && ok "q quits with status 0" || no "q quits"
+tm kill-server 2>/dev/null
+$D3 session info "$S" --json >"$T/info.json" && ok "session info" || no "session info"
+python3 - "$T/info.json" <<'PY' && ok "labels, rounds and version recorded" || no "labels, rounds and version recorded"
+import json, sys
+d = json.load(open(sys.argv[1]))
+flat = json.dumps(d)
+print("  ", flat[:300])
+def find(o, k):
+    if isinstance(o, dict):
+        if k in o: return o[k]
+        for v in o.values():
+            r = find(v, k)
+            if r is not None: return r
+    return None
+assert find(d, "version") == 2, "version"
+assert find(d, "undone") == 1, "undone"
+PY
+# resume: same model version, the queue comes back
+tm new-session -d -s t -x 100 -y 30 "$CMD; echo EXITED \$?; sleep 60"
+wait_for "round 3  labels 0/2  model v2" && ok "resume keeps the model version" || no "resume"
+tm send-keys -t t q
+wait_for "EXITED 0" && ok "quit after resume" || no "quit after resume"
+tm kill-server 2>/dev/null
+finish test_tui.sh

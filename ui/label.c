@@ -1,0 +1,529 @@
+/* label.c - the labeling screen (see label.h).
+ *
+ * Layout (rows top to bottom): header (session, round, labels this round,
+ * model version, device), prompt line, the two image panels, the key
+ * footer, the engine status line. Images are drawn after doupdate(), straight
+ * to the tty at the panels' cells (sixel through libsixel, or half blocks);
+ * curses keeps those cells blank. Every decision goes through
+ * session_label(), which fsyncs the journal before the screen moves on.
+ * Sampling and training run on the engine thread; this loop only polls the
+ * keyboard and the engine's wake-up fd. */
+#include "label.h"
+
+#include <curses.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blocks.h"
+#include "engine.h"
+#include "image.h"
+#include "sixel.h"
+#include "term.h"
+
+typedef struct {
+    long id;
+    d3_pair_sample *p;
+    uint8_t *rgb[2];      /* [S][S][3] final images */
+    unsigned char *gfx[2]; /* encoded for the current layout (cache) */
+    size_t gfxlen[2];
+    int gfx_key;          /* layout the cache was made for */
+} qpair;
+
+#define QMAX 256
+
+typedef struct {
+    d3_session *s;
+    const d3_config *c;
+    d3_engine *e;
+    term_caps caps;
+    term_mode mode;
+    int round_size;
+    qpair *queue[QMAX]; /* ready pairs, oldest first */
+    int nq;
+    qpair *round[1024]; /* decided pairs of this round (A, B or tie) */
+    int choice[1024];
+    int nround;
+    qpair *done[64];    /* recently decided, for undo (newest last) */
+    int ndone;
+    int inflight;       /* pairs requested from the engine */
+    int training;
+    long seed_next;
+    int cls_next;
+    char status[256], msg[D3_ERRLEN + 64];
+    double prog_t;
+    int help, zoom;
+    int quit;
+    int nclasses;
+    char **names;       /* class names (prompts), copied from the policy */
+} ui;
+
+static volatile sig_atomic_t resized;
+static void on_winch(int sig) { (void)sig; resized = 1; }
+
+static void sanitize(char *dst, size_t n, const char *src) {
+    size_t j = 0;
+    for (; *src && j + 1 < n; src++) {
+        unsigned char ch = (unsigned char)*src;
+        dst[j++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+    }
+    dst[j] = 0;
+}
+
+static void qpair_free(qpair *q) {
+    if (!q) return;
+    engine_pair_free(q->p);
+    for (int i = 0; i < 2; i++) { free(q->rgb[i]); free(q->gfx[i]); }
+    free(q);
+}
+
+static qpair *qpair_from(long id, d3_pair_sample *p) {
+    qpair *q = calloc(1, sizeof *q);
+    q->id = id;
+    q->p = p;
+    size_t D = 3 * (size_t)p->S * p->S;
+    for (int i = 0; i < 2; i++) {
+        q->rgb[i] = malloc((size_t)p->S * p->S * 3);
+        image_to_rgb(q->rgb[i], p->traj[i] + (size_t)p->K * D, p->S, p->S);
+    }
+    q->gfx_key = -1;
+    return q;
+}
+
+/* a pair from the engine goes to disk first, then into the queue */
+static void on_pair(ui *u, d3_pair_sample *p) {
+    char err[D3_ERRLEN];
+    session_pair sp = {.K = p->K, .S = p->S, .cls = p->cls, .version = (int)p->version,
+                       .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
+                       .traj = {p->traj[0], p->traj[1]}, .logp = {p->logp[0], p->logp[1]}};
+    qpair *q = qpair_from(-1, p);
+    long id;
+    if (session_add_pair(u->s, &sp, q->rgb[0], q->rgb[1], &id, err)) {
+        snprintf(u->msg, sizeof u->msg, "cannot save a pair: %s", err);
+        qpair_free(q);
+        return;
+    }
+    q->id = id;
+    if (u->nq < QMAX) u->queue[u->nq++] = q;
+    else qpair_free(q);
+}
+
+static int prompt_class(ui *u) {
+    const d3_config *c = u->c;
+    if (c->session.nprompts > 0) {
+        for (int tries = 0; tries < c->session.nprompts; tries++) {
+            const char *name = c->session.prompts[u->cls_next++ % c->session.nprompts];
+            for (int k = 0; k < u->nclasses; k++)
+                if (!strcmp(u->names[k], name)) return k;
+        }
+    }
+    /* every class in turn, starting from a seed-dependent place */
+    return (int)((u->cls_next++ * 7919L + u->seed_next) % u->nclasses);
+}
+
+static void top_up(ui *u) {
+    int depth = u->c->session.queue_depth;
+    while (u->nq + u->inflight < depth) {
+        engine_sample(u->e, prompt_class(u), (uint64_t)u->seed_next++);
+        u->inflight++;
+    }
+}
+
+static void start_round(ui *u) {
+    if (u->training || u->nround == 0) return;
+    const d3_pair_sample *ps[1024];
+    float h[1024][2];
+    int n = 0;
+    for (int i = 0; i < u->nround; i++) {
+        if (u->choice[i] == SESSION_SKIP) continue;
+        ps[n] = u->round[i]->p;
+        h[n][0] = u->choice[i] == SESSION_A ? 1 : u->choice[i] == SESSION_B ? -1 : 0;
+        h[n][1] = -h[n][0];
+        n++;
+    }
+    engine_train(u->e, ps, (const float(*)[2])h, n, u->s->round + 1);
+    u->training = 1;
+    for (int i = 0; i < u->nround; i++) {
+        int kept = 0;
+        for (int k = 0; k < u->ndone; k++) kept |= u->done[k] == u->round[i];
+        if (!kept) qpair_free(u->round[i]);
+    }
+    u->nround = 0;
+}
+
+static void decide(ui *u, int choice) {
+    if (!u->nq) return;
+    char err[D3_ERRLEN];
+    qpair *q = u->queue[0];
+    if (session_label(u->s, q->id, choice, (int)q->p->version, err)) {
+        snprintf(u->msg, sizeof u->msg, "label NOT saved: %s", err);
+        return;
+    }
+    memmove(u->queue, u->queue + 1, (u->nq - 1) * sizeof *u->queue);
+    u->nq--;
+    if (u->ndone == 64) {
+        qpair *old = u->done[0];
+        int inround = 0;
+        for (int i = 0; i < u->nround; i++) inround |= u->round[i] == old;
+        if (!inround) qpair_free(old);
+        memmove(u->done, u->done + 1, 63 * sizeof *u->done);
+        u->ndone--;
+    }
+    u->done[u->ndone++] = q;
+    if (choice != SESSION_SKIP && u->nround < 1024) {
+        u->round[u->nround] = q;
+        u->choice[u->nround++] = choice;
+    }
+    snprintf(u->msg, sizeof u->msg, "pair %ld: %s saved", q->id, session_choice_name(choice));
+    if (u->nround >= u->round_size) start_round(u);
+}
+
+static void undo(ui *u) {
+    char err[D3_ERRLEN];
+    long id;
+    if (!u->ndone) { snprintf(u->msg, sizeof u->msg, "nothing to undo on this screen"); return; }
+    if (session_undo(u->s, &id, err)) { snprintf(u->msg, sizeof u->msg, "undo failed: %s", err); return; }
+    qpair *q = u->done[--u->ndone];
+    for (int i = 0; i < u->nround; i++)
+        if (u->round[i] == q) {
+            memmove(u->round + i, u->round + i + 1, (u->nround - i - 1) * sizeof *u->round);
+            memmove(u->choice + i, u->choice + i + 1, (u->nround - i - 1) * sizeof *u->choice);
+            u->nround--;
+            break;
+        }
+    if (u->nq < QMAX) {
+        memmove(u->queue + 1, u->queue, u->nq * sizeof *u->queue);
+        u->queue[0] = q;
+        u->nq++;
+    }
+    snprintf(u->msg, sizeof u->msg, "undid the decision on pair %ld (journal keeps an undo record)", id);
+}
+
+static void engine_events(ui *u) {
+    d3_event ev;
+    while (engine_poll(u->e, &ev)) {
+        switch (ev.kind) {
+        case EV_PAIR:
+            u->inflight--;
+            on_pair(u, ev.pair);
+            ev.pair = NULL; /* owned by the queue now */
+            break;
+        case EV_PROGRESS:
+            if (!strcmp(ev.what, "training")) {
+                char eta[32] = "";
+                if (isfinite(ev.eta_s)) snprintf(eta, sizeof eta, " ETA %.0fs", ev.eta_s);
+                snprintf(u->status, sizeof u->status, "training round %d: step %d/%d loss %.4f%s",
+                         u->s->round + 1, ev.i, ev.n, isfinite(ev.loss) ? ev.loss : 0.0, eta);
+            } else {
+                snprintf(u->status, sizeof u->status, "sampling: %d pair%s queued ahead",
+                         ev.n, ev.n == 1 ? "" : "s");
+            }
+            break;
+        case EV_TRAINED:
+            u->training = 0;
+            snprintf(u->status, sizeof u->status, "round %d trained: model v%ld, loss %.4f", ev.round,
+                     ev.version, ev.loss);
+            break;
+        case EV_ERROR:
+            snprintf(u->msg, sizeof u->msg, "engine: %s", ev.msg);
+            u->training = 0;
+            break;
+        default:
+            break;
+        }
+        engine_event_free(&ev);
+    }
+}
+
+/* the engine's checkpoint hook: runs on the engine thread */
+static int save_round(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err) {
+    d3_session *s = ctx;
+    return session_save_round(s, policy, st, round, err);
+}
+
+/* ---- drawing ---- */
+
+static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
+    int rows = LINES, cols = COLS;
+    *top = 3;
+    *h = rows - 6;
+    *w = (cols - 3) / 2;
+    *left0 = 1;
+    *left1 = 2 + *w;
+}
+
+static void draw_images(ui *u) {
+    if (!u->nq || u->help) return;
+    qpair *q = u->queue[0];
+    int top, h, w, l0, l1;
+    panel_geom(&top, &h, &w, &l0, &l1);
+    int S = q->p->S;
+    char err[D3_ERRLEN];
+    int key = LINES * 10000 + COLS;
+    for (int i = 0; i < 2; i++) {
+        int left = i ? l1 : l0;
+        if (q->gfx_key != key || !q->gfx[i]) {
+            free(q->gfx[i]);
+            q->gfx[i] = NULL;
+            if (u->mode == TERM_MODE_SIXEL) {
+                int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
+                if (f < 1) f = 1;
+                uint8_t *up = malloc((size_t)S * f * S * f * 3);
+                sixel_upscale_nearest(up, q->rgb[i], S, S, f);
+                unsigned char *enc;
+                size_t len;
+                if (sixel_encode_rgb(up, S * f, S * f, u->c->ui.colors, 0, &enc, &len, err) == 0) {
+                    if (u->caps.tmux_passthrough) {
+                        unsigned char *wr;
+                        size_t wl;
+                        if (sixel_wrap_tmux(enc, len, &wr, &wl, err) == 0) { free(enc); enc = wr; len = wl; }
+                    }
+                    q->gfx[i] = malloc(len + 64);
+                    q->gfxlen[i] = sixel_place(q->gfx[i], len + 64, top, left, enc, len);
+                    free(enc);
+                }
+                free(up);
+            } else {
+                int bc, br;
+                blocks_fit(S, S, w, h, &bc, &br);
+                blocks_out bo = {0};
+                if (blocks_render(q->rgb[i], S, S, u->mode, bc, br, &bo, err) == 0)
+                    blocks_place(&bo, top, left, &q->gfx[i], &q->gfxlen[i], err);
+                blocks_free(&bo);
+            }
+        }
+        if (q->gfx[i]) {
+            ssize_t wr = write(STDOUT_FILENO, q->gfx[i], q->gfxlen[i]);
+            (void)wr;
+        }
+    }
+    q->gfx_key = key;
+}
+
+static const char *key_label(const d3_config *c, int act) {
+    return c->ui.nkeys[act] ? c->ui.keys[act][0] : "?";
+}
+
+static void draw(ui *u, int full) {
+    if (full) clearok(curscr, TRUE);
+    erase();
+    if (LINES < 12 || COLS < 40) {
+        mvprintw(LINES / 2, 0, "enlarge the terminal (at least 40x12; now %dx%d)", COLS, LINES);
+        refresh();
+        return;
+    }
+    session_stats st;
+    session_info(u->s, &st);
+    char name[64];
+    sanitize(name, sizeof name, u->s->dir);
+    attron(A_REVERSE);
+    mvhline(0, 0, ' ', COLS);
+    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  cpu  queued %d", name, st.round + 1,
+             u->nround, u->round_size, u->s->version, u->nq);
+    attroff(A_REVERSE);
+    int top, h, w, l0, l1;
+    panel_geom(&top, &h, &w, &l0, &l1);
+    if (u->help) {
+        const char *lines[] = {"keys (remap them in d3po.conf, ui.keys):", "",
+                               "left better / right better / tie / skip / undo",
+                               "T: end the round now and train", "?: this help   q: quit (safe at any moment)",
+                               "", "every decision is written to labels.jsonl (fsync) before the next pair"};
+        for (size_t i = 0; i < sizeof lines / sizeof *lines; i++) mvprintw(top + (int)i, 2, "%s", lines[i]);
+    } else if (u->nq) {
+        qpair *q = u->queue[0];
+        char prompt[128];
+        sanitize(prompt, sizeof prompt, q->p->cls < u->nclasses ? u->names[q->p->cls] : "?");
+        mvprintw(2, l0, "[%s] %.*s", key_label(u->c, D3_ACT_LEFT), w - 6, prompt);
+        mvprintw(2, l1, "[%s] %.*s", key_label(u->c, D3_ACT_RIGHT), w - 6, prompt);
+        mvprintw(LINES - 3, l0, "pair %ld  seed %llu  sampled by v%ld", q->id,
+                 (unsigned long long)q->p->seed, q->p->version);
+    } else {
+        mvprintw(top + h / 2, 2, "sampling the next pair...");
+    }
+    mvprintw(LINES - 2, 0, " %s/%s left|right better  %s tie  %s skip  %s undo  %s train  %s help  %s quit",
+             key_label(u->c, D3_ACT_LEFT), key_label(u->c, D3_ACT_RIGHT), key_label(u->c, D3_ACT_TIE),
+             key_label(u->c, D3_ACT_SKIP), key_label(u->c, D3_ACT_UNDO), key_label(u->c, D3_ACT_TRAIN),
+             key_label(u->c, D3_ACT_HELP), key_label(u->c, D3_ACT_QUIT));
+    char line[1024];
+    snprintf(line, sizeof line, " %s%s%s", u->status, u->msg[0] ? "  |  " : "", u->msg);
+    mvprintw(LINES - 1, 0, "%.*s", COLS - 1, line);
+    wnoutrefresh(stdscr);
+    doupdate();
+    draw_images(u);
+}
+
+static const char *lbl_key_name(int ch, char *buf) {
+    switch (ch) {
+    case KEY_LEFT: return "Left";
+    case KEY_RIGHT: return "Right";
+    case KEY_UP: return "Up";
+    case KEY_DOWN: return "Down";
+    case ' ': return "Space";
+    case KEY_BACKSPACE: case 127: case 8: return "Backspace";
+    case '\n': case '\r': case KEY_ENTER: return "Enter";
+    case '\t': return "Tab";
+    case 27: return "Escape";
+    case KEY_PPAGE: return "PageUp";
+    case KEY_NPAGE: return "PageDown";
+    case KEY_HOME: return "Home";
+    case KEY_END: return "End";
+    }
+    if (ch >= KEY_F(1) && ch <= KEY_F(12)) { sprintf(buf, "F%d", ch - KEY_F(0)); return buf; }
+    if (ch > 32 && ch < 127) { buf[0] = (char)ch; buf[1] = 0; return buf; }
+    return NULL;
+}
+
+static void on_key(ui *u, int ch) {
+    char kb[8];
+    const char *k = lbl_key_name(ch, kb);
+    if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
+    if (!k) return;
+    int act = config_key_action(u->c, k);
+    if (u->help && act != D3_ACT_QUIT) { u->help = 0; return; }
+    u->msg[0] = 0;
+    switch (act) {
+    case D3_ACT_LEFT: decide(u, SESSION_A); break;
+    case D3_ACT_RIGHT: decide(u, SESSION_B); break;
+    case D3_ACT_TIE: decide(u, SESSION_TIE); break;
+    case D3_ACT_SKIP: decide(u, SESSION_SKIP); break;
+    case D3_ACT_UNDO: undo(u); break;
+    case D3_ACT_TRAIN:
+        if (u->training) snprintf(u->msg, sizeof u->msg, "a round is already training");
+        else if (!u->nround) snprintf(u->msg, sizeof u->msg, "no labels in this round yet");
+        else start_round(u);
+        break;
+    case D3_ACT_HELP: u->help = 1; break;
+    case D3_ACT_QUIT: u->quit = 1; break;
+    case D3_ACT_ZOOM: case D3_ACT_HISTORY: case D3_ACT_PROMPT:
+        snprintf(u->msg, sizeof u->msg, "'%s' is not built yet (see the open issue)", k);
+        break;
+    default: break;
+    }
+}
+
+int label_run(d3_session *s, const d3_config *c, const char *graphics, int round_size) {
+    char err[D3_ERRLEN];
+    ui U = {0}, *u = &U;
+    u->s = s;
+    u->c = c;
+    u->round_size = round_size > 0 ? round_size : c->session.round_size;
+    const char *gsel = graphics ? graphics
+                       : c->ui.graphics == D3_GRAPHICS_SIXEL ? "sixel"
+                       : c->ui.graphics == D3_GRAPHICS_BLOCKS ? "blocks" : "auto";
+    term_detect(STDIN_FILENO, STDOUT_FILENO, TERM_TIMEOUT_MS, &u->caps);
+    u->mode = term_choose_mode(&u->caps, gsel);
+
+    d3_model *policy = malloc(sizeof *policy), *base = NULL;
+    d3_state st;
+    if (session_load_policy(s, policy, &st, err)) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        free(policy);
+        return 2;
+    }
+    if (c->d3po.reference == D3PO_REF_BASE) {
+        char bp[4096];
+        base = malloc(sizeof *base);
+        if (model_load(base, session_base_path(s, bp, sizeof bp), NULL, err)) {
+            fprintf(stderr, "d3po label: %s\n", err);
+            free(base);
+            model_free(policy);
+            free(policy);
+            return 2;
+        }
+    }
+    u->nclasses = policy->nclasses;
+    u->names = calloc(policy->nclasses, sizeof *u->names);
+    for (int i = 0; i < policy->nclasses; i++) u->names[i] = strdup(policy->class_names[i]);
+    engine_opts eo = engine_opts_default();
+    eo.sample = config_ddim_opts(c);
+    eo.train = config_train_opts(c);
+    eo.lr = (float)c->d3po.lr;
+    eo.weight_decay = (float)c->d3po.weight_decay;
+    eo.threads = c->engine.threads;
+    eo.save_round = save_round;
+    eo.save_ctx = s;
+    u->e = engine_start(policy, base, &st, s->version, &eo, err);
+    if (!u->e) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        return 2;
+    }
+    /* resume: pairs on disk without a decision go first */
+    for (long id = session_next_unlabeled(s, 0); id >= 0 && u->nq < QMAX;
+         id = session_next_unlabeled(s, id + 1)) {
+        session_pair sp;
+        if (session_load_pair(s, id, &sp, err)) continue;
+        d3_pair_sample *p = calloc(1, sizeof *p);
+        size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
+        *p = (d3_pair_sample){.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
+                              .S = sp.S, .cfg = sp.cfg, .eta = sp.eta};
+        for (int i = 0; i < 2; i++) {
+            p->traj[i] = malloc(n * sizeof(float));
+            memcpy(p->traj[i], sp.traj[i], n * sizeof(float));
+            p->logp[i] = malloc(sp.K * sizeof(float));
+            memcpy(p->logp[i], sp.logp[i], sp.K * sizeof(float));
+        }
+        session_pair_free(&sp);
+        u->queue[u->nq++] = qpair_from(id, p);
+    }
+    u->seed_next = s->next_pair * 1000003L + 17;
+    snprintf(u->status, sizeof u->status, "graphics: %s%s", term_mode_name(u->mode),
+             u->caps.tmux ? " (in tmux)" : "");
+
+    signal(SIGWINCH, on_winch);
+    initscr();
+    cbreak();
+    noecho();
+    keypad(stdscr, TRUE);
+    curs_set(0);
+    nodelay(stdscr, TRUE);
+    for (size_t i = 0; i < u->caps.nleftover; i++) ungetch(u->caps.leftover[u->caps.nleftover - 1 - i]);
+    top_up(u);
+    draw(u, 1);
+    while (!u->quit) {
+        struct pollfd pf[2] = {{STDIN_FILENO, POLLIN, 0}, {engine_fd(u->e), POLLIN, 0}};
+        poll(pf, 2, 250);
+        int redraw = 0, full = 0;
+        if (resized) {
+            resized = 0;
+            endwin();
+            refresh();
+            full = redraw = 1;
+        }
+        int ch;
+        while ((ch = getch()) != ERR) {
+            if (ch == KEY_RESIZE) { full = 1; redraw = 1; continue; }
+            on_key(u, ch);
+            redraw = 1;
+            if (u->quit) break;
+        }
+        if (pf[1].revents & POLLIN) {
+            int had = u->nq;
+            engine_events(u);
+            redraw = 1;
+            full |= had == 0 && u->nq > 0;
+        }
+        if (!u->quit) top_up(u);
+        if (redraw) draw(u, full);
+    }
+    endwin();
+    engine_stop(u->e); /* cancels a running round; the last good checkpoint stays */
+    for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
+    for (int i = 0; i < u->ndone; i++) {
+        int inround = 0;
+        for (int k = 0; k < u->nround; k++) inround |= u->round[k] == u->done[i];
+        if (!inround) qpair_free(u->done[i]);
+    }
+    for (int i = 0; i < u->nround; i++) qpair_free(u->round[i]);
+    for (int i = 0; i < u->nclasses; i++) free(u->names[i]);
+    free(u->names);
+    session_stats ss;
+    session_info(s, &ss);
+    printf("d3po: %ld labels saved in %s (round %d, model v%d)\n", ss.labeled, s->dir, ss.round,
+           ss.version);
+    return 0;
+}
