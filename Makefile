@@ -30,6 +30,8 @@ LDLIBS = $(PKG_LIBS) -fopenmp -lpthread -lm
 
 B ?= build
 VERSION = 0.1.0
+PREFIX ?= /usr/local
+DATADIR = $(PREFIX)/share/d3po
 
 LIB_SRC = $(wildcard engine/*.c) $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard ui/*.c)
 LIB_OBJ = $(LIB_SRC:%.c=$(B)/%.o)
@@ -42,12 +44,12 @@ TOOL_BIN = $(TOOL_SRC:%.c=$(B)/%)
 DEB_BUILD = gcc make pkg-config libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
 DEB_TEST = fonts-noto-color-emoji unicode-data tmux bsdutils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
 
-.PHONY: all run test check check-asan fuzz bench deps deps-test clean
+.PHONY: all run test check check-asan fuzz bench deps deps-test clean install
 all: $(B)/d3po
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -DD3PO_VERSION='"$(VERSION)"' -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -DD3PO_VERSION='"$(VERSION)"' -DD3PO_DATADIR='"$(DATADIR)"' -c $< -o $@
 
 $(B)/libd3po.a: $(LIB_OBJ)
 	@rm -f $@
@@ -106,6 +108,19 @@ fuzz: deps-test
 bench: deps-test
 	@$(MAKE) --no-print-directory all $(TOOL_BIN)
 	@B=$(B) sh bench/run.sh
+
+# make install PREFIX=DIR: the binary, the man pages, the default
+# configuration and the default model (the binary looks for the model in
+# $(DATADIR) when models/ is not beside it).
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(DATADIR)
+	install -m 755 $(B)/d3po $(DESTDIR)$(PREFIX)/bin/d3po
+	install -m 644 man/d3po.1 $(DESTDIR)$(PREFIX)/share/man/man1/d3po.1
+	install -m 644 man/d3po.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/d3po.conf.5
+	install -m 644 config/d3po.conf $(DESTDIR)$(DATADIR)/d3po.conf
+	if [ -f models/default.safetensors ]; then \
+		install -m 644 models/default.safetensors $(DESTDIR)$(DATADIR)/default.safetensors; fi
 
 clean:
 	rm -rf $(B) build-asan
