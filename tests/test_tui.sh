@@ -40,6 +40,26 @@ tm send-keys -t t s
 wait_for "skip saved" && ok "s skips" || no "s skip"
 tm send-keys -t t Right
 wait_for "model v2" && ok "round 2 trained" || no "round 2 trained"
+# history: change a past choice (a new journal line)
+tm send-keys -t t h
+wait_for "history: 5 decided pairs" && ok "h opens the history" || no "h history"
+tm send-keys -t t Down
+tm send-keys -t t t
+wait_for "changed to tie" && ok "a past choice can be changed" || no "change a past choice"
+tm send-keys -t t h
+tm send-keys -t t p
+wait_for "prompt of new pairs" && ok "p opens the prompt chooser" || no "p prompt chooser"
+tm send-keys -t t Down Enter
+wait_for "new pairs: smiling face" && ok "a prompt can be chosen" || no "choose a prompt"
+tm send-keys -t t z
+sleep 0.5
+tm capture-pane -p -t t >"$T/zoom"
+# the panels are 48 cells wide; the zoomed image spans 26 rows = 52 cells
+python3 -c "import sys; t=open(sys.argv[1], encoding='utf-8').read(); sys.exit(0 if max(len(r) for r in t.replace(' ', '\n').split('\n') if set(r) == {'▀'}) >= 50 else 1)" "$T/zoom" \
+    && ok "z zooms one image" || { no "z zooms"; cat "$T/zoom"; }
+tm send-keys -t t z z '?'
+wait_for "keys (remap them" && ok "? shows the keys" || no "? help"
+tm send-keys -t t Escape
 # a second d3po on the same session is refused
 script -qec "$D3 label --session $S --graphics blocks" /dev/null </dev/null >"$T/second" 2>&1
 grep -q "in use by another d3po" "$T/second" && ok "second d3po refused (lock)" || { no "second d3po refused"; cat "$T/second"; }
@@ -61,6 +81,7 @@ def find(o, k):
     return None
 assert find(d, "version") == 2, "version"
 assert find(d, "undone") == 1, "undone"
+assert find(d, "tie") == 2, "changed choice counted"
 PY
 # resume: same model version, the queue comes back
 tm new-session -d -s t -x 100 -y 30 "$CMD; echo EXITED \$?; sleep 60"

@@ -56,8 +56,15 @@ typedef struct {
     long seed_next;
     int cls_next;
     char status[256], msg[D3_ERRLEN + 64];
-    double prog_t;
-    int help, zoom;
+    int prog_i, prog_n; /* engine progress for the bar (n = 0: none) */
+    int help, zoom;     /* zoom: 0 off, 1 left image, 2 right image */
+    int hist, hist_sel; /* history browser: on, selected row (0 = newest) */
+    long hist_ids[4096];
+    int hist_n;
+    qpair *hist_pair;   /* the selected past pair, loaded from disk */
+    int picking, pick_sel; /* prompt chooser: on, selected row (0 = all) */
+    int prompt_fixed;   /* -1: cycle through the prompts */
+    long last_view;     /* what the last draw showed (see draw) */
     int quit;
     int nclasses;
     char **names;       /* class names (prompts), copied from the policy */
@@ -115,6 +122,7 @@ static void on_pair(ui *u, d3_pair_sample *p) {
 
 static int prompt_class(ui *u) {
     const d3_config *c = u->c;
+    if (u->prompt_fixed >= 0) return u->prompt_fixed;
     if (c->session.nprompts > 0) {
         for (int tries = 0; tries < c->session.nprompts; tries++) {
             const char *name = c->session.prompts[u->cls_next++ % c->session.nprompts];
@@ -214,18 +222,22 @@ static void engine_events(ui *u) {
             ev.pair = NULL; /* owned by the queue now */
             break;
         case EV_PROGRESS:
+            u->prog_i = ev.i;
+            u->prog_n = ev.n;
             if (!strcmp(ev.what, "training")) {
                 char eta[32] = "";
                 if (isfinite(ev.eta_s)) snprintf(eta, sizeof eta, " ETA %.0fs", ev.eta_s);
                 snprintf(u->status, sizeof u->status, "training round %d: step %d/%d loss %.4f%s",
                          u->s->round + 1, ev.i, ev.n, isfinite(ev.loss) ? ev.loss : 0.0, eta);
             } else {
+                u->prog_n = 0;
                 snprintf(u->status, sizeof u->status, "sampling: %d pair%s queued ahead",
                          ev.n, ev.n == 1 ? "" : "s");
             }
             break;
         case EV_TRAINED:
             u->training = 0;
+            u->prog_n = 0;
             snprintf(u->status, sizeof u->status, "round %d trained: model v%ld, loss %.4f", ev.round,
                      ev.version, ev.loss);
             break;
@@ -257,52 +269,70 @@ static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
     *left1 = 2 + *w;
 }
 
-static void draw_images(ui *u) {
-    if (!u->nq || u->help) return;
-    qpair *q = u->queue[0];
-    int top, h, w, l0, l1;
-    panel_geom(&top, &h, &w, &l0, &l1);
+/* Encodes image i of q to fit w x h cells at (top, left), cached in the
+ * pair for that placement, and writes it to the tty (after doupdate). */
+static void put_image(ui *u, qpair *q, int i, int top, int left, int w, int h) {
     int S = q->p->S;
     char err[D3_ERRLEN];
-    int key = LINES * 10000 + COLS;
-    for (int i = 0; i < 2; i++) {
-        int left = i ? l1 : l0;
-        if (q->gfx_key != key || !q->gfx[i]) {
-            free(q->gfx[i]);
-            q->gfx[i] = NULL;
-            if (u->mode == TERM_MODE_SIXEL) {
-                int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
-                if (f < 1) f = 1;
-                uint8_t *up = malloc((size_t)S * f * S * f * 3);
-                sixel_upscale_nearest(up, q->rgb[i], S, S, f);
-                unsigned char *enc;
-                size_t len;
-                if (sixel_encode_rgb(up, S * f, S * f, u->c->ui.colors, 0, &enc, &len, err) == 0) {
-                    if (u->caps.tmux_passthrough) {
-                        unsigned char *wr;
-                        size_t wl;
-                        if (sixel_wrap_tmux(enc, len, &wr, &wl, err) == 0) { free(enc); enc = wr; len = wl; }
-                    }
-                    q->gfx[i] = malloc(len + 64);
-                    q->gfxlen[i] = sixel_place(q->gfx[i], len + 64, top, left, enc, len);
-                    free(enc);
-                }
-                free(up);
-            } else {
-                int bc, br;
-                blocks_fit(S, S, w, h, &bc, &br);
-                blocks_out bo = {0};
-                if (blocks_render(q->rgb[i], S, S, u->mode, bc, br, &bo, err) == 0)
-                    blocks_place(&bo, top, left, &q->gfx[i], &q->gfxlen[i], err);
-                blocks_free(&bo);
-            }
+    int key = ((top * 131 + left) * 1031 + w) * 1031 + h + LINES * 7 + COLS * 13;
+    if (q->gfx_key != key || !q->gfx[i]) {
+        if (q->gfx_key != key) {
+            for (int k = 0; k < 2; k++) { free(q->gfx[k]); q->gfx[k] = NULL; }
+            q->gfx_key = key;
         }
-        if (q->gfx[i]) {
-            ssize_t wr = write(STDOUT_FILENO, q->gfx[i], q->gfxlen[i]);
-            (void)wr;
+        if (u->mode == TERM_MODE_SIXEL) {
+            int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
+            if (f < 1) f = 1;
+            uint8_t *up = malloc((size_t)S * f * S * f * 3);
+            sixel_upscale_nearest(up, q->rgb[i], S, S, f);
+            unsigned char *enc;
+            size_t len;
+            if (sixel_encode_rgb(up, S * f, S * f, u->c->ui.colors, 0, &enc, &len, err) == 0) {
+                if (u->caps.tmux_passthrough) {
+                    unsigned char *wr;
+                    size_t wl;
+                    if (sixel_wrap_tmux(enc, len, &wr, &wl, err) == 0) { free(enc); enc = wr; len = wl; }
+                }
+                q->gfx[i] = malloc(len + 64);
+                q->gfxlen[i] = sixel_place(q->gfx[i], len + 64, top, left, enc, len);
+                free(enc);
+            }
+            free(up);
+        } else {
+            int bc, br;
+            blocks_fit(S, S, w, h, &bc, &br);
+            blocks_out bo = {0};
+            if (blocks_render(q->rgb[i], S, S, u->mode, bc, br, &bo, err) == 0)
+                blocks_place(&bo, top, left, &q->gfx[i], &q->gfxlen[i], err);
+            blocks_free(&bo);
         }
     }
-    q->gfx_key = key;
+    if (q->gfx[i]) {
+        ssize_t wr = write(STDOUT_FILENO, q->gfx[i], q->gfxlen[i]);
+        (void)wr;
+    }
+}
+
+static void draw_images(ui *u) {
+    int top, h, w, l0, l1;
+    panel_geom(&top, &h, &w, &l0, &l1);
+    if (u->help || u->picking) return;
+    if (u->hist) {
+        if (u->hist_pair) {
+            int hw = (w - 1) / 2;
+            put_image(u, u->hist_pair, 0, top, l1, hw, h);
+            put_image(u, u->hist_pair, 1, top, l1 + hw + 1, hw, h);
+        }
+        return;
+    }
+    if (!u->nq) return;
+    qpair *q = u->queue[0];
+    if (u->zoom) { /* one image on every row between the header and the footer */
+        put_image(u, q, u->zoom - 1, 1, 1, COLS - 2, LINES - 4);
+        return;
+    }
+    put_image(u, q, 0, top, l0, w, h);
+    put_image(u, q, 1, top, l1, w, h);
 }
 
 static const char *key_label(const d3_config *c, int act) {
@@ -310,6 +340,13 @@ static const char *key_label(const d3_config *c, int act) {
 }
 
 static void draw(ui *u, int full) {
+    /* Images are written around curses, which therefore thinks their cells
+     * are blank: whenever what is shown changes, repaint the whole screen
+     * (clearok) so no old image or block text survives. */
+    long view = ((((long)u->help * 2 + u->hist) * 2 + u->picking) * 3 + u->zoom) * 100003L +
+                (u->hist ? u->hist_sel : u->nq ? u->queue[0]->id + 1 : 0);
+    if (view != u->last_view) full = 1;
+    u->last_view = view;
     if (full) clearok(curscr, TRUE);
     erase();
     if (LINES < 12 || COLS < 40) {
@@ -329,11 +366,48 @@ static void draw(ui *u, int full) {
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
     if (u->help) {
-        const char *lines[] = {"keys (remap them in d3po.conf, ui.keys):", "",
-                               "left better / right better / tie / skip / undo",
-                               "T: end the round now and train", "?: this help   q: quit (safe at any moment)",
-                               "", "every decision is written to labels.jsonl (fsync) before the next pair"};
-        for (size_t i = 0; i < sizeof lines / sizeof *lines; i++) mvprintw(top + (int)i, 2, "%s", lines[i]);
+        static const char *what[D3_ACT_COUNT] = {
+            "the left image is better", "the right image is better", "tie (no gradient)",
+            "skip (no label)", "undo the last decision", "zoom: left image, right image, both",
+            "history: past pairs; change a choice with the decision keys", "end the round now and train",
+            "choose the prompt of new pairs", "this help", "quit (safe at any moment)"};
+        mvprintw(top, 2, "keys (remap them in d3po.conf, ui.keys; see d3po.conf(5)):");
+        for (int a = 0; a < D3_ACT_COUNT; a++) {
+            char keys[64] = "";
+            for (int k = 0; k < u->c->ui.nkeys[a]; k++)
+                snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", k ? " " : "",
+                         u->c->ui.keys[a][k]);
+            mvprintw(top + 2 + a, 4, "%-16s %s", keys, what[a]);
+        }
+        mvprintw(top + 4 + D3_ACT_COUNT, 2,
+                 "every decision is in labels.jsonl (fsync'd) before the next pair shows");
+    } else if (u->hist) {
+        mvprintw(2, l0, "history: %d decided pairs (Up/Down; decision keys change a choice; %s closes)",
+                 u->hist_n, key_label(u->c, D3_ACT_HISTORY));
+        int first = u->hist_sel - h / 2 < 0 ? 0 : u->hist_sel - h / 2;
+        for (int r = 0; r < h && first + r < u->hist_n; r++) {
+            long id = u->hist_ids[first + r];
+            if (first + r == u->hist_sel) attron(A_REVERSE);
+            mvprintw(top + r, l0, " pair %6ld  %-5s", id, session_choice_name(session_choice_of(u->s, id)));
+            if (first + r == u->hist_sel) attroff(A_REVERSE);
+        }
+        if (u->hist_pair) {
+            char prompt[128];
+            sanitize(prompt, sizeof prompt,
+                     u->hist_pair->p->cls < u->nclasses ? u->names[u->hist_pair->p->cls] : "?");
+            mvprintw(LINES - 3, l1, "A | B  %.*s  (v%ld)", w - 16, prompt, u->hist_pair->p->version);
+        }
+    } else if (u->picking) {
+        mvprintw(2, l0, "prompt of new pairs (Up/Down, Enter):");
+        int first = u->pick_sel - h / 2 < 0 ? 0 : u->pick_sel - h / 2;
+        for (int r = 0; r < h && first + r <= u->nclasses; r++) {
+            int i = first + r;
+            char name[128];
+            sanitize(name, sizeof name, i ? u->names[i - 1] : "(every prompt in turn)");
+            if (i == u->pick_sel) attron(A_REVERSE);
+            mvprintw(top + r, l0, " %-*.*s", COLS - 4, COLS - 4, name);
+            if (i == u->pick_sel) attroff(A_REVERSE);
+        }
     } else if (u->nq) {
         qpair *q = u->queue[0];
         char prompt[128];
@@ -349,8 +423,12 @@ static void draw(ui *u, int full) {
              key_label(u->c, D3_ACT_LEFT), key_label(u->c, D3_ACT_RIGHT), key_label(u->c, D3_ACT_TIE),
              key_label(u->c, D3_ACT_SKIP), key_label(u->c, D3_ACT_UNDO), key_label(u->c, D3_ACT_TRAIN),
              key_label(u->c, D3_ACT_HELP), key_label(u->c, D3_ACT_QUIT));
-    char line[1024];
-    snprintf(line, sizeof line, " %s%s%s", u->status, u->msg[0] ? "  |  " : "", u->msg);
+    char line[1024], bar[24] = "";
+    if (u->prog_n > 0) {
+        int fill = (int)((double)u->prog_i / u->prog_n * 10 + 0.5);
+        snprintf(bar, sizeof bar, "[%.*s%.*s] ", fill, "##########", 10 - fill, "..........");
+    }
+    snprintf(line, sizeof line, " %s%s%s%s", bar, u->status, u->msg[0] ? "  |  " : "", u->msg);
     mvprintw(LINES - 1, 0, "%.*s", COLS - 1, line);
     wnoutrefresh(stdscr);
     doupdate();
@@ -378,14 +456,102 @@ static const char *lbl_key_name(int ch, char *buf) {
     return NULL;
 }
 
+static qpair *load_qpair(ui *u, long id) {
+    char err[D3_ERRLEN];
+    session_pair sp;
+    if (session_load_pair(u->s, id, &sp, err)) {
+        snprintf(u->msg, sizeof u->msg, "%s", err);
+        return NULL;
+    }
+    d3_pair_sample *p = calloc(1, sizeof *p);
+    size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
+    *p = (d3_pair_sample){.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
+                          .S = sp.S, .cfg = sp.cfg, .eta = sp.eta};
+    for (int i = 0; i < 2; i++) {
+        p->traj[i] = malloc(n * sizeof(float));
+        memcpy(p->traj[i], sp.traj[i], n * sizeof(float));
+        p->logp[i] = malloc(sp.K * sizeof(float));
+        memcpy(p->logp[i], sp.logp[i], sp.K * sizeof(float));
+    }
+    session_pair_free(&sp);
+    return qpair_from(id, p);
+}
+
+/* history: decided pairs, newest first */
+static void hist_open(ui *u) {
+    u->hist_n = 0;
+    for (long id = u->s->next_pair - 1; id >= 0 && u->hist_n < 4096; id--)
+        if (session_choice_of(u->s, id) != SESSION_NONE) u->hist_ids[u->hist_n++] = id;
+    u->hist = 1;
+    u->hist_sel = 0;
+    qpair_free(u->hist_pair);
+    u->hist_pair = u->hist_n ? load_qpair(u, u->hist_ids[0]) : NULL;
+}
+
+static void hist_move(ui *u, int d) {
+    int n = u->hist_sel + d;
+    if (n < 0 || n >= u->hist_n) return;
+    u->hist_sel = n;
+    qpair_free(u->hist_pair);
+    u->hist_pair = load_qpair(u, u->hist_ids[n]);
+}
+
+/* changing a past choice: a new journal line for the same pair */
+static void hist_relabel(ui *u, int choice) {
+    if (!u->hist_n) return;
+    char err[D3_ERRLEN];
+    long id = u->hist_ids[u->hist_sel];
+    int version = u->hist_pair ? (int)u->hist_pair->p->version : u->s->version;
+    if (session_label(u->s, id, choice, version, err)) {
+        snprintf(u->msg, sizeof u->msg, "label NOT saved: %s", err);
+        return;
+    }
+    for (int i = 0; i < u->nround; i++)
+        if (u->round[i]->id == id) u->choice[i] = choice;
+    snprintf(u->msg, sizeof u->msg, "pair %ld changed to %s", id, session_choice_name(choice));
+}
+
+static void on_key_hist(ui *u, int act, int ch) {
+    if (ch == KEY_UP || ch == 'k') { hist_move(u, -1); return; }
+    if (ch == KEY_DOWN || ch == 'j') { hist_move(u, 1); return; }
+    switch (act) {
+    case D3_ACT_LEFT: hist_relabel(u, SESSION_A); break;
+    case D3_ACT_RIGHT: hist_relabel(u, SESSION_B); break;
+    case D3_ACT_TIE: hist_relabel(u, SESSION_TIE); break;
+    case D3_ACT_SKIP: hist_relabel(u, SESSION_SKIP); break;
+    case D3_ACT_HISTORY: case D3_ACT_QUIT:
+        u->hist = 0;
+        qpair_free(u->hist_pair);
+        u->hist_pair = NULL;
+        break;
+    default:
+        if (ch == 27) { u->hist = 0; qpair_free(u->hist_pair); u->hist_pair = NULL; }
+    }
+}
+
+static void on_key_pick(ui *u, int act, int ch) {
+    if (ch == KEY_UP || ch == 'k') { if (u->pick_sel > 0) u->pick_sel--; return; }
+    if (ch == KEY_DOWN || ch == 'j') { if (u->pick_sel < u->nclasses) u->pick_sel++; return; }
+    if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
+        u->prompt_fixed = u->pick_sel - 1;
+        u->picking = 0;
+        snprintf(u->msg, sizeof u->msg, "new pairs: %s (queued pairs stay)",
+                 u->prompt_fixed < 0 ? "every prompt" : u->names[u->prompt_fixed]);
+        return;
+    }
+    if (act == D3_ACT_PROMPT || act == D3_ACT_QUIT || ch == 27) u->picking = 0;
+}
+
 static void on_key(ui *u, int ch) {
     char kb[8];
     const char *k = lbl_key_name(ch, kb);
     if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
-    if (!k) return;
-    int act = config_key_action(u->c, k);
+    if (!k && ch != KEY_UP && ch != KEY_DOWN && ch != '\n' && ch != KEY_ENTER) return;
+    int act = k ? config_key_action(u->c, k) : -1;
     if (u->help && act != D3_ACT_QUIT) { u->help = 0; return; }
     u->msg[0] = 0;
+    if (u->hist) { on_key_hist(u, act, ch); return; }
+    if (u->picking) { on_key_pick(u, act, ch); return; }
     switch (act) {
     case D3_ACT_LEFT: decide(u, SESSION_A); break;
     case D3_ACT_RIGHT: decide(u, SESSION_B); break;
@@ -399,8 +565,11 @@ static void on_key(ui *u, int ch) {
         break;
     case D3_ACT_HELP: u->help = 1; break;
     case D3_ACT_QUIT: u->quit = 1; break;
-    case D3_ACT_ZOOM: case D3_ACT_HISTORY: case D3_ACT_PROMPT:
-        snprintf(u->msg, sizeof u->msg, "'%s' is not built yet (see the open issue)", k);
+    case D3_ACT_ZOOM: u->zoom = (u->zoom + 1) % 3; break;
+    case D3_ACT_HISTORY: hist_open(u); break;
+    case D3_ACT_PROMPT:
+        u->picking = 1;
+        u->pick_sel = u->prompt_fixed + 1;
         break;
     default: break;
     }
@@ -412,6 +581,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     u->s = s;
     u->c = c;
     u->round_size = round_size > 0 ? round_size : c->session.round_size;
+    u->prompt_fixed = -1;
     const char *gsel = graphics ? graphics
                        : c->ui.graphics == D3_GRAPHICS_SIXEL ? "sixel"
                        : c->ui.graphics == D3_GRAPHICS_BLOCKS ? "blocks" : "auto";
@@ -519,6 +689,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
         if (!inround) qpair_free(u->done[i]);
     }
     for (int i = 0; i < u->nround; i++) qpair_free(u->round[i]);
+    qpair_free(u->hist_pair);
     for (int i = 0; i < u->nclasses; i++) free(u->names[i]);
     free(u->names);
     session_stats ss;
