@@ -15,6 +15,10 @@ int cmd_pretrain(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
 int cmd_session(int argc, char **argv);
 int cmd_label(int argc, char **argv);
+int cmd_auto(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 
 /* Strict number parsing for option values; print "d3po CMD: --opt: ..." and

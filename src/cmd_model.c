@@ -12,6 +12,7 @@
 #include "image.h"
 #include "model.h"
 #include "ops.h"
+#include "session.h"
 
 /* ---- init ---- */
 
@@ -119,9 +120,9 @@ int cmd_init(int argc, char **argv) {
 /* ---- sample ---- */
 
 static const char sample_help[] =
-    "usage: d3po sample --model FILE --prompt NAME --seed N --count N --out DIR\n"
+    "usage: d3po sample (--model FILE | --session DIR) --prompt NAME --seed N --count N --out DIR\n"
     "                   [--steps N] [--eta X] [--cfg X] [--threads N]\n"
-    "       d3po sample --grid --model FILE --out FILE.png [--classes LIST] [--count N] ...\n"
+    "       d3po sample --grid (--model FILE | --session DIR) --out FILE.png [--classes LIST] ...\n"
     "\n"
     "Samples COUNT images of class NAME with DDIM and writes\n"
     "DIR/<prompt>-<seed>-<i>.png. The same arguments give byte-identical PNGs.\n"
@@ -129,6 +130,8 @@ static const char sample_help[] =
     "class and the class name under each row.\n"
     "\n"
     "  --model FILE   model (safetensors written by d3po)\n"
+    "  --session DIR  sample from a session's latest checkpoint instead (the\n"
+    "                 round named by DIR/LATEST; the session is opened read-only)\n"
     "  --prompt NAME  class name, or its number (an unknown one lists the classes)\n"
     "  --seed N       seed of the starting noise and the step noise (default 0)\n"
     "  --count N      number of images (default 1)\n"
@@ -216,7 +219,8 @@ int cmd_sample(int argc, char **argv) {
         {"model", 1, 0, 'm'}, {"prompt", 1, 0, 'p'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'},
         {"out", 1, 0, 'o'},   {"steps", 1, 0, 'k'},  {"eta", 1, 0, 'e'},  {"cfg", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"grid", 0, 0, 'G'}, {"classes", 1, 0, 'C'},
-        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"session", 1, 0, 'S'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    const char *session = NULL;
     const char *model = NULL, *prompt = NULL, *out = NULL, *classes = NULL;
     int grid = 0, count_set = 0;
     uint64_t seed = 0;
@@ -228,6 +232,7 @@ int cmd_sample(int argc, char **argv) {
         int bad = 0;
         switch (c) {
         case 'm': model = optarg; break;
+        case 'S': session = optarg; break;
         case 'p': prompt = optarg; break;
         case 'o': out = optarg; break;
         case 's': bad = cli_u64("sample", "--seed", optarg, &seed); break;
@@ -243,11 +248,15 @@ int cmd_sample(int argc, char **argv) {
         }
         if (bad) return EXIT_USAGE;
     }
-    if (!model || (!prompt && !grid) || !out || optind < argc) {
+    if (model && session) {
+        fprintf(stderr, "d3po sample: give --model FILE or --session DIR, not both\n");
+        return EXIT_USAGE;
+    }
+    if ((!model && !session) || (!prompt && !grid) || !out || optind < argc) {
         fprintf(stderr, "d3po sample: %s\n%s",
                 optind < argc ? "unexpected argument"
-                              : grid ? "--model and --out are required"
-                                     : "--model, --prompt and --out are required",
+                              : grid ? "--model (or --session) and --out are required"
+                                     : "--model (or --session), --prompt and --out are required",
                 sample_help);
         return EXIT_USAGE;
     }
@@ -256,7 +265,24 @@ int cmd_sample(int argc, char **argv) {
     if (threads) ops_set_threads((int)threads);
     char err[D3_ERRLEN];
     d3_model m;
-    if (model_load(&m, model, NULL, err)) {
+    char mpath[4096];
+    if (session) {
+        /* the session's latest checkpoint; model names it in messages */
+        d3_session s;
+        if (session_open_readonly(session, &s, err)) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            return EXIT_FAIL;
+        }
+        for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po sample: warning: %s\n", s.warn[i]);
+        session_round_path(&s, s.round, mpath, sizeof mpath);
+        int bad = session_load_policy(&s, &m, NULL, err);
+        session_close(&s);
+        if (bad) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            return EXIT_FAIL;
+        }
+        model = mpath;
+    } else if (model_load(&m, model, NULL, err)) {
         fprintf(stderr, "d3po sample: %s\n", err);
         return EXIT_FAIL;
     }

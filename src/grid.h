@@ -1,7 +1,7 @@
 /* grid.h - a labeled contact sheet: rows of sample images, the class name
  * under each row, written as one PNG (the models/samples.png of the
- * README). Text is rendered with FreeType from DejaVu Sans
- * (fonts-dejavu-core). */
+ * README). Labels are drawn with plot_draw_text (DejaVu Sans through
+ * FreeType, fonts-dejavu-core). */
 #ifndef D3PO_GRID_H
 #define D3PO_GRID_H
 #include "err.h"

@@ -22,6 +22,10 @@ static const struct {
     {"dataset", cmd_dataset, "render an image data set (emoji) for pretraining"},
     {"pretrain", cmd_pretrain, "train a base model on an image folder"},
     {"session", cmd_session, "describe a labeling session directory"},
+    {"auto", cmd_auto, "headless rounds judged by an oracle or a labeler program"},
+    {"train", cmd_train, "run a D3PO round over a session's labels"},
+    {"eval", cmd_eval, "blind A/B test of a session's model against its base"},
+    {"export", cmd_export, "export a session's labels (Pick-a-Pic JSONL, scores)"},
 };
 
 static void usage(FILE *f) {

@@ -30,9 +30,9 @@ typedef struct {
     long id;
     d3_pair_sample *p;
     uint8_t *rgb[2];      /* [S][S][3] final images */
-    unsigned char *gfx[2]; /* encoded for the current layout (cache) */
+    unsigned char *gfx[2]; /* encoded and placed, per image (cache) */
     size_t gfxlen[2];
-    int gfx_key;          /* layout the cache was made for */
+    int gfx_key[2];       /* the placement each cached image was made for */
 } qpair;
 
 #define QMAX 256
@@ -98,7 +98,7 @@ static qpair *qpair_from(long id, d3_pair_sample *p) {
         q->rgb[i] = malloc((size_t)p->S * p->S * 3);
         image_to_rgb(q->rgb[i], p->traj[i] + (size_t)p->K * D, p->S, p->S);
     }
-    q->gfx_key = -1;
+    q->gfx_key[0] = q->gfx_key[1] = -1;
     return q;
 }
 
@@ -275,11 +275,10 @@ static void put_image(ui *u, qpair *q, int i, int top, int left, int w, int h) {
     int S = q->p->S;
     char err[D3_ERRLEN];
     int key = ((top * 131 + left) * 1031 + w) * 1031 + h + LINES * 7 + COLS * 13;
-    if (q->gfx_key != key || !q->gfx[i]) {
-        if (q->gfx_key != key) {
-            for (int k = 0; k < 2; k++) { free(q->gfx[k]); q->gfx[k] = NULL; }
-            q->gfx_key = key;
-        }
+    if (q->gfx_key[i] != key || !q->gfx[i]) {
+        free(q->gfx[i]);
+        q->gfx[i] = NULL;
+        q->gfx_key[i] = key;
         if (u->mode == TERM_MODE_SIXEL) {
             int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
             if (f < 1) f = 1;
@@ -432,7 +431,9 @@ static void draw(ui *u, int full) {
     mvprintw(LINES - 1, 0, "%.*s", COLS - 1, line);
     wnoutrefresh(stdscr);
     doupdate();
-    draw_images(u);
+    /* the images' cells are blank in curses and untouched by partial
+     * updates: images go out again only after a full repaint */
+    if (full) draw_images(u);
 }
 
 static const char *lbl_key_name(int ch, char *buf) {

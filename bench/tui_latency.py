@@ -1,0 +1,95 @@
+#!/usr/bin/python3
+"""tui_latency.py - keypress-to-next-pair latency of the labeling screen.
+
+Runs `d3po label` in a pseudo-terminal (120x40, half-block graphics) on a
+session of the yardstick architecture, waits until pairs are queued ahead,
+then presses the "left is better" key repeatedly and measures the time from
+the key to the next pair fully drawn: its text (doupdate) and both images
+(each image placement ends with ESC 8). Prints
+
+  bench tui-latency: d3po <median> ms keypress to next pair drawn (max <max> ms, n <N>), target < 100 ms
+
+usage: tui_latency.py D3PO_BINARY [--keys N]
+"""
+import fcntl, json, os, pty, re, select, shutil, statistics, struct, subprocess, sys, tempfile, termios, time
+
+
+def main():
+    d3 = sys.argv[1]
+    nkeys = int(sys.argv[sys.argv.index("--keys") + 1]) if "--keys" in sys.argv else 8
+    tmp = tempfile.mkdtemp(prefix="d3po-lat-")
+    try:
+        model = os.path.join(tmp, "m.safetensors")
+        subprocess.run([d3, "init", "--out", model, "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
+        conf = os.path.join(tmp, "d3po.conf")
+        with open(conf, "w") as f:
+            f.write("session = { queue_depth = 4; round_size = 1000; };\n")
+        sess = os.path.join(tmp, "s")
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.environ["TERM"] = "xterm-256color"
+            os.execv(d3, [d3, "label", "--session", sess, "--model", model, "--config", conf,
+                          "--graphics", "blocks"])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        buf = bytearray()
+
+        def read_until(pred, timeout):
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                r, _, _ = select.select([fd], [], [], 0.01)
+                if r:
+                    try:
+                        buf.extend(os.read(fd, 1 << 16))
+                    except OSError:
+                        return False
+                    if pred():
+                        return True
+            return False
+
+        # answer the start-up query burst like a terminal without sixel
+        read_until(lambda: b"\x1b[c" in buf, 5)
+        os.write(fd, b"\x1b[?62;22c")
+        lat = []
+        for k in range(nkeys):
+            # wait for pair k drawn and at least one more pair queued ahead
+            # curses may replace runs of blanks by cursor moves: match "pair N"
+            # followed by a non-digit
+            want = re.compile(rb"pair %d\D" % k)
+            ok = read_until(lambda: (m := list(want.finditer(buf))) and buf.rfind(b"\x1b8") > m[-1].start(), 300)
+            if not ok:
+                print("tui_latency: pair %d never showed" % k, file=sys.stderr)
+                break
+            # at least one more pair queued on disk (curses redraws only the
+            # header digits that change, so the screen text is no guide)
+            for _ in range(3000):
+                info = json.loads(subprocess.run([d3, "session", "info", sess, "--json"],
+                                                 capture_output=True, text=True).stdout)
+                if info["pairs"]["unlabeled"] >= 2:
+                    break
+                read_until(lambda: False, 0.1)
+            read_until(lambda: False, 0.05)
+            buf.clear()
+            nxt = re.compile(rb"pair %d\D" % (k + 1))
+            t0 = time.monotonic()
+            os.write(fd, b"1")
+            done = read_until(lambda: (m := nxt.search(buf)) is not None and buf.count(b"\x1b8", m.start()) >= 2, 30)
+            if done:
+                lat.append((time.monotonic() - t0) * 1000)
+            # keep the pair's text in the buffer for the next wait
+        os.write(fd, b"q")
+        read_until(lambda: False, 2)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        if not lat:
+            print("bench tui-latency: FAILED (no measurement)")
+            sys.exit(1)
+        print("bench tui-latency: d3po %.1f ms keypress to next pair drawn (max %.1f ms, n %d), target < 100 ms"
+              % (statistics.median(lat), max(lat), len(lat)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

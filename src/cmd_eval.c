@@ -1,0 +1,426 @@
+/* cmd_eval.c - `d3po eval`: a blind A/B test of a session's latest model
+ * against the model it started from (DIR/base.safetensors).
+ *
+ * For pair i both models get the same prompt (the config's session.prompts
+ * in turn, else every class in turn), the same starting noise x_T (stream
+ * 2i of --seed) and the same step noise (stream 2i+1), so the images differ
+ * only by the weights. Which model is shown as A is drawn from its own
+ * stream of --seed and hidden from the judge: an oracle sees two RGB
+ * buffers, an external labeler two PNGs named only "NNNN-A.png" and
+ * "NNNN-B.png" in a fresh temp dir. A win is the tuned model preferred.
+ * The win rate counts a tie as half a win and excludes skips, and its 95%
+ * interval is Wilson's with the same n (src/stats.h). The session is opened
+ * read-only, so eval can run while `d3po label` has it open.
+ *
+ * --plot draws the per-round oracle score of DIR/metrics.jsonl (lines with
+ * "round" and "score", as headless rounds write them) and the win rate per
+ * round (metrics' "win_rate" plus this eval's result with its interval). */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "diffusion.h"
+#include "fsutil.h"
+#include "image.h"
+#include "labeler.h"
+#include "oracle.h"
+#include "ops.h"
+#include "plot.h"
+#include "session.h"
+#include "stats.h"
+
+#define EVAL_SIDE_STREAM 0x5E1DE5ull /* the stream that shuffles sides (far above 2i+1) */
+
+static const char eval_help[] =
+    "usage: d3po eval --session DIR (--oracle NAME | --labeler CMD | --tui)\n"
+    "                 [--pairs N] [--seed S] [--json] [--plot FILE.png]\n"
+    "                 [--config FILE] [--steps N] [--timeout SEC] [--threads N]\n"
+    "\n"
+    "Blind A/B test of the session's latest model against its base model\n"
+    "(DIR/base.safetensors): N pairs, each with the same prompt, starting noise\n"
+    "and step noise for both models (from --seed); which model is A is shuffled\n"
+    "from --seed and hidden from the judge. Prints wins (tuned model preferred),\n"
+    "losses, ties, skips, the win rate (a tie counts as half a win; skips are\n"
+    "left out) and its 95% Wilson score interval.\n"
+    "\n"
+    "  --session DIR   the session (opened read-only)\n"
+    "  --oracle NAME   judge with a built-in oracle: jpeg-compressibility,\n"
+    "                  jpeg-incompressibility, brightness, noisy:NAME[:T]\n"
+    "  --labeler CMD   judge with an external program (protocol in d3po(1)): it\n"
+    "                  gets '<i>\\t<prompt>\\t<A.png>\\t<B.png>' lines, answers A, B,\n"
+    "                  tie or skip; the PNGs are in a temp dir, removed afterwards\n"
+    "  --tui           judge on the labeling screen (not built yet)\n"
+    "  --pairs N       pairs to judge (default 32)\n"
+    "  --seed S        seed of the noise, the prompts' start and the sides (default 0)\n"
+    "  --json          print one JSON object instead of text\n"
+    "  --plot FILE     write a PNG chart: oracle score per round (DIR/metrics.jsonl)\n"
+    "                  and win rate per round with this result and its interval\n"
+    "  --config FILE   settings (sampler steps/eta/cfg, session.prompts)\n"
+    "  --steps N       DDIM steps (default: the config's sampler.steps)\n"
+    "  --timeout SEC   seconds a labeler may take per pair (default 300)\n"
+    "  --threads N     CPU threads (default: the config's engine.threads)\n";
+
+typedef struct {
+    long wins, losses, ties, skips;
+    double score_base, score_tuned; /* mean oracle scores (NAN with a labeler) */
+    double rate, lo, hi;
+} eval_result;
+
+/* Reads DIR/metrics.jsonl: per line "round" and "score" (or "mean_score")
+ * and "win_rate" when present. Missing file: n = 0. Bad lines are skipped. */
+typedef struct {
+    int n, cap;
+    double *round, *score, *win;
+} metrics;
+
+static void metrics_read(const char *dir, metrics *m) {
+    memset(m, 0, sizeof *m);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(p, "r");
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *o = json_loads(line, 0, NULL);
+        json_t *r = o ? json_object_get(o, "round") : NULL;
+        if (!json_is_number(r)) { json_decref(o); continue; }
+        json_t *sc = json_object_get(o, "score");
+        if (!json_is_number(sc)) sc = json_object_get(o, "mean_score");
+        json_t *w = json_object_get(o, "win_rate");
+        if (m->n == m->cap) {
+            m->cap = m->cap ? 2 * m->cap : 16;
+            m->round = realloc(m->round, m->cap * sizeof(double));
+            m->score = realloc(m->score, m->cap * sizeof(double));
+            m->win = realloc(m->win, m->cap * sizeof(double));
+        }
+        m->round[m->n] = json_number_value(r);
+        m->score[m->n] = json_is_number(sc) ? json_number_value(sc) : NAN;
+        m->win[m->n] = json_is_number(w) ? json_number_value(w) : NAN;
+        m->n++;
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+}
+
+static void metrics_free(metrics *m) {
+    free(m->round); free(m->score); free(m->win);
+}
+
+/* Sorts points by x (insertion sort; lo/hi may be NULL), so the polyline
+ * runs left to right when this eval's round falls between metrics rounds. */
+static void sort_points(double *x, double *y, double *lo, double *hi, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && x[j - 1] > x[j]; j--) {
+            double t;
+            t = x[j], x[j] = x[j - 1], x[j - 1] = t;
+            t = y[j], y[j] = y[j - 1], y[j - 1] = t;
+            if (lo) t = lo[j], lo[j] = lo[j - 1], lo[j - 1] = t;
+            if (hi) t = hi[j], hi[j] = hi[j - 1], hi[j - 1] = t;
+        }
+}
+
+static int write_plot(const char *path, const metrics *mt, const eval_result *r, int round,
+                      const char *judge, char *err) {
+    int n = mt->n;
+    double *x = malloc((n + 2) * sizeof(double)), *y = malloc((n + 2) * sizeof(double));
+    double *wx = malloc((n + 1) * sizeof(double)), *wy = malloc((n + 1) * sizeof(double));
+    double *wlo = malloc((n + 1) * sizeof(double)), *whi = malloc((n + 1) * sizeof(double));
+    int ns = 0, nw = 0;
+    char t1[256], t2[256];
+    for (int i = 0; i < n; i++)
+        if (isfinite(mt->score[i])) x[ns] = mt->round[i], y[ns++] = mt->score[i];
+    if (ns) {
+        snprintf(t1, sizeof t1, "oracle score per round (metrics.jsonl)");
+    } else {
+        /* no headless-round metrics: this eval's mean scores at round 0 and now */
+        if (isfinite(r->score_base)) x[ns] = 0, y[ns++] = r->score_base;
+        if (isfinite(r->score_tuned)) x[ns] = round, y[ns++] = r->score_tuned;
+        snprintf(t1, sizeof t1, "mean %s score: base (round 0) and round %d (this eval)", judge,
+                 round);
+    }
+    for (int i = 0; i < n; i++)
+        if (isfinite(mt->win[i]) && (int)mt->round[i] != round)
+            wx[nw] = mt->round[i], wy[nw] = mt->win[i], wlo[nw] = whi[nw] = NAN, nw++;
+    wx[nw] = round, wy[nw] = r->rate, wlo[nw] = r->lo, whi[nw] = r->hi, nw++;
+    snprintf(t2, sizeof t2, "win rate vs base per round (round %d: %ld pairs, 95%% Wilson)", round,
+             r->wins + r->losses + r->ties);
+    sort_points(x, y, NULL, NULL, ns);
+    sort_points(wx, wy, wlo, whi, nw);
+    plot_panel p[2] = {plot_panel_default(), plot_panel_default()};
+    p[0].title = t1, p[0].xlabel = "round", p[0].n = ns, p[0].x = x, p[0].y = y;
+    p[1].title = t2, p[1].xlabel = "round", p[1].n = nw, p[1].x = wx, p[1].y = wy;
+    p[1].lo = wlo, p[1].hi = whi, p[1].ymin = 0, p[1].ymax = 1, p[1].ref = 0.5;
+    p[1].color[0] = 214, p[1].color[1] = 39, p[1].color[2] = 40;
+    int rc = plot_write_png(path, p, 2, err);
+    free(x); free(y); free(wx); free(wy); free(wlo); free(whi);
+    return rc;
+}
+
+/* x [n][D]: x_T of pair i0+j from stream 2(i0+j) of seed, step noise 2(i0+j)+1. */
+static int sample_chunk(const d3_model *m, d3_tape *tp, const ddim_opts *o, uint64_t seed,
+                        long i0, int n, const int *cls, float *x, char *err) {
+    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
+    d3_rng rngs[8], r;
+    for (int j = 0; j < n; j++) {
+        rng_init(&r, seed, 2 * (uint64_t)(i0 + j));
+        rng_normal(&r, x + j * D, D);
+        rng_init(&rngs[j], seed, 2 * (uint64_t)(i0 + j) + 1);
+    }
+    return ddim_sample(m, tp, o, n, cls, x, rngs, NULL, NULL, err);
+}
+
+static void rmtree_flat(const char *dir, long n) {
+    char p[4300];
+    for (long i = 0; i < n; i++)
+        for (int k = 0; k < 2; k++) {
+            snprintf(p, sizeof p, "%s/%04ld-%c.png", dir, i, "AB"[k]);
+            unlink(p);
+        }
+    rmdir(dir);
+}
+
+int cmd_eval(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"session", 1, 0, 's'}, {"oracle", 1, 0, 'o'}, {"labeler", 1, 0, 'l'},
+        {"tui", 0, 0, 'u'},     {"pairs", 1, 0, 'n'},  {"seed", 1, 0, 'S'},
+        {"json", 0, 0, 'j'},    {"plot", 1, 0, 'p'},   {"config", 1, 0, 'c'},
+        {"steps", 1, 0, 'k'},   {"timeout", 1, 0, 'T'}, {"threads", 1, 0, 't'},
+        {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    const char *dir = NULL, *oracle_spec = NULL, *labeler_cmd = NULL, *plot = NULL, *conf = NULL;
+    int tui = 0, json = 0;
+    long npairs = 32, steps = 0, timeout = 300, threads = -1;
+    uint64_t seed = 0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 's': dir = optarg; break;
+        case 'o': oracle_spec = optarg; break;
+        case 'l': labeler_cmd = optarg; break;
+        case 'u': tui = 1; break;
+        case 'n': bad = cli_int("eval", "--pairs", optarg, 1, 1000000, &npairs); break;
+        case 'S': bad = cli_u64("eval", "--seed", optarg, &seed); break;
+        case 'j': json = 1; break;
+        case 'p': plot = optarg; break;
+        case 'c': conf = optarg; break;
+        case 'k': bad = cli_int("eval", "--steps", optarg, 1, 1000, &steps); break;
+        case 'T': bad = cli_int("eval", "--timeout", optarg, 1, 86400, &timeout); break;
+        case 't': bad = cli_int("eval", "--threads", optarg, 1, 1024, &threads); break;
+        case 'h': fputs(eval_help, stdout); return 0;
+        default: bad = 1; fputs(eval_help, stderr);
+        }
+        if (bad) return EXIT_USAGE;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "d3po eval: unexpected argument '%s'\n%s", argv[optind], eval_help);
+        return EXIT_USAGE;
+    }
+    if (!dir) {
+        fprintf(stderr, "d3po eval: --session DIR is required\n%s", eval_help);
+        return EXIT_USAGE;
+    }
+    if (!!oracle_spec + !!labeler_cmd + tui != 1) {
+        fprintf(stderr, "d3po eval: give exactly one judge: --oracle NAME, --labeler CMD or --tui\n");
+        return EXIT_USAGE;
+    }
+    if (tui) {
+        fprintf(stderr, "d3po eval: --tui is not built yet; use --labeler CMD or --oracle NAME\n");
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN];
+    d3_config cfg;
+    if (config_load(&cfg, conf, err)) {
+        fprintf(stderr, "d3po eval: %s\n", err);
+        return EXIT_FAIL;
+    }
+    ddim_opts so = config_ddim_opts(&cfg);
+    if (steps) so.steps = (int)steps;
+    if (threads < 0) threads = cfg.engine.threads;
+    if (threads > 0) ops_set_threads((int)threads);
+
+    d3_session s;
+    if (session_open_readonly(dir, &s, err)) {
+        fprintf(stderr, "d3po eval: %s\n", err);
+        return EXIT_FAIL;
+    }
+    for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po eval: warning: %s\n", s.warn[i]);
+    int rc = EXIT_FAIL, have_base = 0, have_tuned = 0;
+    d3_model base, tuned;
+    d3_oracle *orc = NULL;
+    d3_labeler *lab = NULL;
+    d3_tape *tp = NULL;
+    float *xb = NULL, *xt = NULL;
+    uint8_t *rb = NULL, *rt = NULL;
+    int *cls = NULL;
+    char tmp[4200] = "";
+    char bp[4096];
+    if (model_load(&base, session_base_path(&s, bp, sizeof bp), NULL, err)) goto fail;
+    have_base = 1;
+    if (session_load_policy(&s, &tuned, NULL, err)) goto fail;
+    have_tuned = 1;
+    if (base.L.numel != tuned.L.numel || base.L.arch.size != tuned.L.arch.size ||
+        base.nclasses != tuned.nclasses) {
+        d3_errf(err, "%s: the base model and round %d differ in architecture", dir, s.round);
+        goto fail;
+    }
+    /* prompts: the config's list (names of this model's classes), else all classes */
+    int nprom = 0;
+    int *prom = malloc(sizeof(int) * (cfg.session.nprompts ? cfg.session.nprompts : tuned.nclasses));
+    if (cfg.session.nprompts) {
+        for (int i = 0; i < cfg.session.nprompts; i++) {
+            int k = model_find_class(&tuned, cfg.session.prompts[i]);
+            if (k < 0) {
+                free(prom);
+                d3_errf(err, "%s: session.prompts: the session's model has no class '%s'",
+                        config_source(&cfg), cfg.session.prompts[i]);
+                goto fail;
+            }
+            prom[nprom++] = k;
+        }
+    } else {
+        for (int i = 0; i < tuned.nclasses; i++) prom[nprom++] = i;
+    }
+    cls = malloc(npairs * sizeof(int));
+    for (long i = 0; i < npairs; i++) cls[i] = prom[(i + seed % nprom) % nprom];
+    free(prom);
+
+    if (oracle_spec && !(orc = oracle_new(oracle_spec, seed, err))) {
+        fprintf(stderr, "d3po eval: --oracle: %s\n", err);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    if (labeler_cmd) {
+        const char *td = getenv("TMPDIR");
+        snprintf(tmp, sizeof tmp, "%s/d3po-eval.XXXXXX", td && *td ? td : "/tmp");
+        if (!mkdtemp(tmp)) {
+            d3_errf(err, "%s: mkdtemp failed", tmp);
+            tmp[0] = 0;
+            goto fail;
+        }
+        if (!(lab = labeler_start(labeler_cmd, (int)timeout * 1000, err))) goto fail;
+    }
+
+    int S = tuned.L.arch.size;
+    size_t D = 3 * (size_t)S * S;
+    enum { CHUNK = 8 };
+    xb = malloc(CHUNK * D * sizeof(float));
+    xt = malloc(CHUNK * D * sizeof(float));
+    rb = malloc(D);
+    rt = malloc(D);
+    tp = tape_new(backend_cpu());
+    d3_rng side;
+    rng_init(&side, seed, EVAL_SIDE_STREAM);
+    eval_result r = {0};
+    double sum_b = 0, sum_t = 0;
+    int verbose = isatty(STDERR_FILENO);
+    for (long i0 = 0; i0 < npairs; i0 += CHUNK) {
+        int n = npairs - i0 < CHUNK ? (int)(npairs - i0) : CHUNK;
+        if (verbose) fprintf(stderr, "\rd3po eval: sampling pairs %ld-%ld of %ld ", i0 + 1, i0 + n, npairs);
+        if (sample_chunk(&base, tp, &so, seed, i0, n, cls + i0, xb, err) ||
+            sample_chunk(&tuned, tp, &so, seed, i0, n, cls + i0, xt, err))
+            goto fail;
+        for (int j = 0; j < n; j++) {
+            long i = i0 + j;
+            image_to_rgb(rb, xb + j * D, S, S);
+            image_to_rgb(rt, xt + j * D, S, S);
+            int tuned_is_a = (int)rng_below(&side, 2);
+            const uint8_t *a = tuned_is_a ? rt : rb, *b = tuned_is_a ? rb : rt;
+            int choice;
+            if (orc) {
+                sum_b += oracle_score(orc, rb, S, S);
+                sum_t += oracle_score(orc, rt, S, S);
+                choice = oracle_judge(orc, a, b, S, S);
+            } else {
+                char pa[4300], pb[4300];
+                snprintf(pa, sizeof pa, "%s/%04ld-A.png", tmp, i);
+                snprintf(pb, sizeof pb, "%s/%04ld-B.png", tmp, i);
+                if (png_write_rgb(pa, a, S, S, err) || png_write_rgb(pb, b, S, S, err) ||
+                    labeler_ask(lab, i, tuned.class_names[cls[i]], pa, pb, &choice, err))
+                    goto fail;
+            }
+            if (choice == SESSION_TIE) r.ties++;
+            else if (choice == SESSION_SKIP) r.skips++;
+            else if ((choice == SESSION_A) == tuned_is_a) r.wins++;
+            else r.losses++;
+        }
+    }
+    if (verbose) fprintf(stderr, "\r%60s\r", "");
+    long n = r.wins + r.losses + r.ties;
+    r.rate = stats_win_rate(r.wins, r.losses, r.ties);
+    stats_wilson(r.wins + 0.5 * r.ties, (double)n, STATS_Z95, &r.lo, &r.hi);
+    r.score_base = orc ? sum_b / npairs : NAN;
+    r.score_tuned = orc ? sum_t / npairs : NAN;
+    const char *judge = orc ? oracle_spec : labeler_cmd;
+
+    metrics mt;
+    metrics_read(dir, &mt);
+    char spark[1024] = "";
+    int nsc = 0;
+    double *sc = malloc((mt.n + 1) * sizeof(double));
+    for (int i = 0; i < mt.n; i++)
+        if (isfinite(mt.score[i])) sc[nsc++] = mt.score[i];
+    if (nsc) stats_sparkline(spark, sizeof spark, sc, nsc);
+    free(sc);
+
+    if (json) {
+        json_t *o = json_pack("{s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[f,f], "
+                              "s:s, s:i}",
+                              "session", dir, "round", s.round, "judge_kind",
+                              orc ? "oracle" : "labeler", "judge", judge, "pairs",
+                              (json_int_t)npairs, "seed", (json_int_t)seed, "wins",
+                              (json_int_t)r.wins, "losses", (json_int_t)r.losses, "ties",
+                              (json_int_t)r.ties, "skips", (json_int_t)r.skips, "win_rate", r.rate,
+                              "ci95", r.lo, r.hi, "ties_count_as", "half", "steps", so.steps);
+        if (orc) {
+            json_object_set_new(o, "score_base", json_real(r.score_base));
+            json_object_set_new(o, "score_tuned", json_real(r.score_tuned));
+        }
+        if (nsc) json_object_set_new(o, "metrics_sparkline", json_string(spark));
+        if (plot) json_object_set_new(o, "plot", json_string(plot));
+        char *t = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        json_decref(o);
+        if (!t) { d3_errf(err, "cannot encode the JSON output"); metrics_free(&mt); goto fail; }
+        printf("%s\n", t);
+        free(t);
+    } else {
+        printf("eval:      %s, round %d vs base, %ld pairs, judge %s, seed %llu, %d steps\n", dir,
+               s.round, npairs, judge, (unsigned long long)seed, so.steps);
+        printf("result:    %ld wins (round %d preferred), %ld losses, %ld ties, %ld skipped\n",
+               r.wins, s.round, r.losses, r.ties, r.skips);
+        printf("win rate:  %.3f (ties count half, skips left out; n = %ld)\n", r.rate, n);
+        printf("95%% CI:    [%.3f, %.3f] (Wilson score interval)\n", r.lo, r.hi);
+        if (orc)
+            printf("score:     base %.4g, round %d %.4g (mean %s)\n", r.score_base, s.round,
+                   r.score_tuned, oracle_spec);
+        if (nsc) printf("metrics:   score per round %s (%d rounds, metrics.jsonl)\n", spark, nsc);
+    }
+    if (plot) {
+        if (write_plot(plot, &mt, &r, s.round, judge, err)) { metrics_free(&mt); goto fail; }
+        if (!json) printf("plot:      %s\n", plot);
+    }
+    metrics_free(&mt);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "d3po eval: %s\n", err);
+    rc = EXIT_FAIL;
+out:
+    if (lab) labeler_stop(lab);
+    if (tmp[0]) rmtree_flat(tmp, npairs);
+    if (orc) oracle_free(orc);
+    if (tp) tape_free(tp);
+    free(xb); free(xt); free(rb); free(rt); free(cls);
+    if (have_base) model_free(&base);
+    if (have_tuned) model_free(&tuned);
+    session_close(&s);
+    return rc;
+}

@@ -1,0 +1,168 @@
+/* cmd_export.c - `d3po export`: a session's labels in formats other
+ * preference trainers read.
+ *
+ *   pickapic  OUT/data.jsonl, one line per A/B/tie pair (Pick-a-Pic style):
+ *             {"caption": prompt, "image_0": "images/NNNNNN-a.png",
+ *              "image_1": "images/NNNNNN-b.png", "label_0": 1|0|0.5,
+ *              "label_1": 0|1|0.5, "pair": id}
+ *   scores    OUT/scores.jsonl, one line per image of those pairs:
+ *             {"pair": id, "image": "A"|"B", "caption": prompt,
+ *              "score": 1|0|0.5, "png": "images/NNNNNN-a.png"}
+ *
+ * Skipped and unlabeled pairs are left out. The PNGs are copied into
+ * OUT/images/ (re-rendered from the trajectory's x_0 when the session has
+ * no PNG for a pair); the .jsonl is written atomically after all images,
+ * so a reader never sees a line whose image is missing. The session is
+ * opened read-only. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fsutil.h"
+#include "image.h"
+#include "session.h"
+
+static const char export_help[] =
+    "usage: d3po export --session DIR --format pickapic|scores --out DIR2\n"
+    "\n"
+    "Exports the session's A/B/tie decisions (skips and unlabeled pairs are\n"
+    "left out) with the images copied into DIR2/images/:\n"
+    "  pickapic  DIR2/data.jsonl: {\"caption\", \"image_0\", \"image_1\", \"label_0\",\n"
+    "            \"label_1\", \"pair\"} per pair; labels 1/0, 0/1, or 0.5/0.5 for a tie\n"
+    "  scores    DIR2/scores.jsonl: {\"pair\", \"image\": \"A\"|\"B\", \"caption\",\n"
+    "            \"score\": 1|0|0.5, \"png\"} per image\n"
+    "Image paths are relative to DIR2. The .jsonl file is written atomically.\n"
+    "\n"
+    "  --session DIR   the session (opened read-only)\n"
+    "  --format F      pickapic or scores\n"
+    "  --out DIR2      output directory (created; existing files are replaced)\n";
+
+/* Copies the session's PNG of one image to dst, or renders it from x_0. */
+static int export_png(const d3_session *s, long id, int side, const session_pair *p,
+                      const char *dst, char *err) {
+    char src[4200];
+    session_pair_path(s, id, side ? "b" : "a", src, sizeof src);
+    unsigned char *buf;
+    size_t len;
+    if (access(src, R_OK) == 0) {
+        if (fs_read_all(src, &buf, &len, err)) return -1;
+        const void *parts[1] = {buf};
+        int rc = fs_write_atomic(dst, parts, &len, 1, err);
+        free(buf);
+        return rc;
+    }
+    uint8_t *rgb = malloc((size_t)p->S * p->S * 3);
+    if (!rgb) return d3_errf(err, "%s: out of memory", dst);
+    image_to_rgb(rgb, p->traj[side] + (size_t)p->K * 3 * p->S * p->S, p->S, p->S);
+    int rc = png_write_rgb(dst, rgb, p->S, p->S, err);
+    free(rgb);
+    return rc;
+}
+
+static int append_line(char **out, size_t *len, size_t *cap, json_t *o) {
+    char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+    json_decref(o);
+    if (!t) return -1;
+    size_t l = strlen(t);
+    if (*len + l + 2 > *cap) {
+        *cap = (*len + l + 2) * 2;
+        char *n = realloc(*out, *cap);
+        if (!n) { free(t); return -1; }
+        *out = n;
+    }
+    memcpy(*out + *len, t, l);
+    (*out)[*len + l] = '\n';
+    *len += l + 1;
+    free(t);
+    return 0;
+}
+
+int cmd_export(int argc, char **argv) {
+    static const struct option opts[] = {{"session", 1, 0, 's'}, {"format", 1, 0, 'f'},
+                                         {"out", 1, 0, 'o'},     {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *dir = NULL, *fmt = NULL, *out = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': dir = optarg; break;
+        case 'f': fmt = optarg; break;
+        case 'o': out = optarg; break;
+        case 'h': fputs(export_help, stdout); return 0;
+        default: fputs(export_help, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc || !dir || !fmt || !out) {
+        fprintf(stderr, "d3po export: %s\n%s",
+                optind < argc ? "unexpected argument" : "--session, --format and --out are required",
+                export_help);
+        return EXIT_USAGE;
+    }
+    int pickapic = !strcmp(fmt, "pickapic");
+    if (!pickapic && strcmp(fmt, "scores")) {
+        fprintf(stderr, "d3po export: --format '%s': expected pickapic or scores\n", fmt);
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN];
+    d3_session s;
+    if (session_open_readonly(dir, &s, err)) {
+        fprintf(stderr, "d3po export: %s\n", err);
+        return EXIT_FAIL;
+    }
+    for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po export: warning: %s\n", s.warn[i]);
+    char imgdir[4200];
+    snprintf(imgdir, sizeof imgdir, "%s/images", out);
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    long npairs = 0, nimages = 0;
+    int rc = 0;
+    if (fs_mkdirs(imgdir, err)) rc = -1;
+    for (long id = 0; id < s.cap && !rc; id++) {
+        int ch = s.present[id] ? session_choice_of(&s, id) : SESSION_NONE;
+        if (ch != SESSION_A && ch != SESSION_B && ch != SESSION_TIE) continue;
+        session_pair p;
+        if (session_load_pair(&s, id, &p, err)) { rc = -1; break; }
+        const char *caption = p.cls >= 0 && p.cls < s.policy.nclasses && s.policy.class_names
+                                  ? s.policy.class_names[p.cls] : "";
+        char rel[2][64], abs_[2][4300];
+        for (int k = 0; k < 2 && !rc; k++) {
+            snprintf(rel[k], sizeof rel[k], "images/%06ld-%c.png", id, "ab"[k]);
+            snprintf(abs_[k], sizeof abs_[k], "%s/%s", out, rel[k]);
+            rc = export_png(&s, id, k, &p, abs_[k], err);
+        }
+        double l0 = ch == SESSION_A ? 1 : ch == SESSION_B ? 0 : 0.5, l[2] = {l0, 1 - l0};
+        if (!rc && pickapic) {
+            json_t *o = json_pack("{s:s, s:s, s:s, s:f, s:f, s:I}", "caption", caption,
+                                  "image_0", rel[0], "image_1", rel[1], "label_0", l[0],
+                                  "label_1", l[1], "pair", (json_int_t)id);
+            if (append_line(&text, &len, &cap, o)) rc = d3_errf(err, "%s: cannot encode JSON", out);
+        }
+        for (int k = 0; k < 2 && !rc && !pickapic; k++) {
+            json_t *o = json_pack("{s:I, s:s, s:s, s:f, s:s}", "pair", (json_int_t)id, "image",
+                                  k ? "B" : "A", "caption", caption, "score", l[k], "png", rel[k]);
+            if (append_line(&text, &len, &cap, o)) rc = d3_errf(err, "%s: cannot encode JSON", out);
+        }
+        session_pair_free(&p);
+        npairs++;
+        nimages += 2;
+    }
+    char jp[4200];
+    snprintf(jp, sizeof jp, "%s/%s", out, pickapic ? "data.jsonl" : "scores.jsonl");
+    if (!rc) {
+        const void *parts[1] = {text ? text : ""};
+        rc = fs_write_atomic(jp, parts, &len, 1, err);
+    }
+    free(text);
+    session_close(&s);
+    if (rc) {
+        fprintf(stderr, "d3po export: %s\n", err);
+        return EXIT_FAIL;
+    }
+    printf("%s: %ld pairs, %ld images (%s/images)\n", jp, npairs, nimages, out);
+    return 0;
+}

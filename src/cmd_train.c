@@ -1,0 +1,361 @@
+/* cmd_train.c - `d3po train`: an offline D3PO round over every decision a
+ * session holds, however it was collected (the labeling screen, `d3po
+ * auto`, an external labeler, a hand-edited journal), starting from the
+ * session's latest checkpoint and saved as the next round
+ * (session_save_round: checkpoint written atomically, then LATEST).
+ *
+ * Training pairs come from two places:
+ *   - labels: every existing pair whose effective decision is A, B or tie
+ *     (ties carry no gradient; skips and unlabeled pairs are left out);
+ *   - --scores FILE.jsonl (the paper's "mark the distorted images" workflow,
+ *     groups of k images with per-image scores): lines
+ *       {"pair": 12, "image": "A", "score": 1}
+ *     The session's pairs that share a seed and a class form a group (the
+ *     same seed gives the same starting noise x_T; this is checked on the
+ *     stored trajectories, and a mismatch is an error). Every two scored
+ *     images of a group with different scores become one training pair,
+ *     the higher score preferred: k scored images give up to k(k-1)/2 pairs.
+ * Pairs sampled with different steps/cfg/eta are trained in separate
+ * passes (the log-probabilities depend on them). */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "d3po.h"
+#include "ops.h"
+#include "session.h"
+
+static const char train_help[] =
+    "usage: d3po train --session DIR [--epochs N] [--config FILE]\n"
+    "                  [--scores FILE.jsonl] [--no-labels] [--threads N]\n"
+    "\n"
+    "Runs D3PO over every A/B/tie decision in the session (skips and unlabeled\n"
+    "pairs are left out; ties give no gradient), starting from the session's\n"
+    "latest checkpoint, and saves the result as the next round. Labels collected\n"
+    "by any means count. D3PO settings (lr, beta, clamp, reference, epochs) come\n"
+    "from the config.\n"
+    "\n"
+    "  --session DIR      the session (locked while training)\n"
+    "  --epochs N         passes over the pairs (default: the config's d3po.epochs)\n"
+    "  --config FILE      settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
+    "  --scores FILE      per-image scores, one JSON object per line:\n"
+    "                       {\"pair\": 12, \"image\": \"A\", \"score\": 1}\n"
+    "                     (\"image\" is \"A\" or \"B\"; higher score = better). The\n"
+    "                     session's pairs with the same seed and class form a group\n"
+    "                     sharing the starting noise; every two scored images of a\n"
+    "                     group with different scores become a training pair\n"
+    "  --no-labels        train on --scores only, not on the journal's decisions\n"
+    "  --threads N        CPU threads (default: the config's engine.threads)\n";
+
+typedef struct {
+    long pair;
+    int side;
+    double score;
+} scored;
+
+/* Loaded pairs, by id, so a pair used twice is read once. */
+typedef struct {
+    long n, cap;
+    long *id;
+    session_pair *p;
+} pair_cache;
+
+static session_pair *cache_get(pair_cache *c, const d3_session *s, long id, char *err) {
+    for (long i = 0; i < c->n; i++)
+        if (c->id[i] == id) return &c->p[i];
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 64;
+        c->id = realloc(c->id, c->cap * sizeof *c->id);
+        c->p = realloc(c->p, c->cap * sizeof *c->p);
+    }
+    if (session_load_pair(s, id, &c->p[c->n], err)) return NULL;
+    c->id[c->n] = id;
+    return &c->p[c->n++];
+}
+
+static void cache_free(pair_cache *c) {
+    for (long i = 0; i < c->n; i++) session_pair_free(&c->p[i]);
+    free(c->id);
+    free(c->p);
+}
+
+/* Reads --scores: n entries into *out. Errors name FILE:LINE. */
+static int read_scores(const char *path, const d3_session *s, scored **out, long *n, char *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) return d3_errf(err, "%s: cannot open", path);
+    char *line = NULL;
+    size_t lcap = 0;
+    long cap = 0, ln = 0;
+    *out = NULL;
+    *n = 0;
+    int rc = 0;
+    while (!rc && getline(&line, &lcap, f) > 0) {
+        ln++;
+        if (strspn(line, " \t\r\n") == strlen(line)) continue;
+        json_error_t je;
+        json_t *o = json_loads(line, 0, &je);
+        json_t *jp = o ? json_object_get(o, "pair") : NULL, *ji = o ? json_object_get(o, "image") : NULL,
+               *js = o ? json_object_get(o, "score") : NULL;
+        const char *im = json_string_value(ji);
+        if (!o) rc = d3_errf(err, "%s:%ld: %s", path, ln, je.text);
+        else if (!json_is_integer(jp) || !json_is_number(js) || !im || (strcmp(im, "A") && strcmp(im, "B")))
+            rc = d3_errf(err, "%s:%ld: expected {\"pair\": integer, \"image\": \"A\" or \"B\", "
+                              "\"score\": number}", path, ln);
+        else {
+            long id = (long)json_integer_value(jp);
+            double sc = json_number_value(js);
+            int side = im[0] == 'B';
+            if (id < 0 || id >= s->cap || !s->present[id])
+                rc = d3_errf(err, "%s:%ld: pair %ld is not in the session", path, ln, id);
+            else if (!isfinite(sc))
+                rc = d3_errf(err, "%s:%ld: score is not finite", path, ln);
+            for (long i = 0; i < *n && !rc; i++)
+                if ((*out)[i].pair == id && (*out)[i].side == side)
+                    rc = d3_errf(err, "%s:%ld: pair %ld image %s is scored twice", path, ln, id, im);
+            if (!rc) {
+                if (*n == cap) *out = realloc(*out, (cap = cap ? 2 * cap : 64) * sizeof **out);
+                (*out)[(*n)++] = (scored){id, side, sc};
+            }
+        }
+        json_decref(o);
+    }
+    free(line);
+    fclose(f);
+    if (rc) { free(*out); *out = NULL; *n = 0; }
+    return rc;
+}
+
+/* Training pairs and the sampling settings of their trajectories. */
+typedef struct {
+    d3po_pair *v;
+    ddim_opts *so;
+    long n, cap;
+} pair_list;
+
+static void add_pair(pair_list *l, const session_pair *a, int sa, const session_pair *b, int sb,
+                     float h0) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+        l->so = realloc(l->so, l->cap * sizeof *l->so);
+    }
+    l->so[l->n] = (ddim_opts){.steps = a->K, .eta = a->eta, .cfg = a->cfg};
+    l->v[l->n++] = (d3po_pair){.cls = a->cls, .traj = {a->traj[sa], b->traj[sb]},
+                               .h = {h0, -h0}, .ref_tag = -1};
+}
+
+static int same_sampling(const session_pair *a, const session_pair *b) {
+    return a->K == b->K && a->S == b->S && a->cfg == b->cfg && a->eta == b->eta;
+}
+
+typedef struct {
+    int every, last;
+} progress_ctx;
+
+static int on_progress(void *ctx, int step, int total, double loss) {
+    progress_ctx *p = ctx;
+    if (step == total || step - p->last >= p->every) {
+        fprintf(stderr, "d3po train: %d/%d updates, loss %.5f\n", step, total, loss);
+        p->last = step;
+    }
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"session", 1, 0, 's'}, {"epochs", 1, 0, 'e'}, {"config", 1, 0, 'c'},
+        {"scores", 1, 0, 'S'},  {"no-labels", 0, 0, 'N'}, {"threads", 1, 0, 't'},
+        {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    const char *dir = NULL, *conf = NULL, *scores_path = NULL;
+    long epochs = 0, threads = -1;
+    int no_labels = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 's': dir = optarg; break;
+        case 'c': conf = optarg; break;
+        case 'S': scores_path = optarg; break;
+        case 'N': no_labels = 1; break;
+        case 'e': bad = cli_int("train", "--epochs", optarg, 1, 100000, &epochs); break;
+        case 't': bad = cli_int("train", "--threads", optarg, 1, 1024, &threads); break;
+        case 'h': fputs(train_help, stdout); return 0;
+        default: bad = 1; fputs(train_help, stderr);
+        }
+        if (bad) return EXIT_USAGE;
+    }
+    if (optind < argc || !dir) {
+        fprintf(stderr, "d3po train: %s\n%s",
+                optind < argc ? "unexpected argument" : "--session DIR is required", train_help);
+        return EXIT_USAGE;
+    }
+    if (no_labels && !scores_path) {
+        fprintf(stderr, "d3po train: --no-labels needs --scores FILE\n");
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN];
+    d3_config cfg;
+    if (config_load(&cfg, conf, err)) {
+        fprintf(stderr, "d3po train: %s\n", err);
+        return EXIT_FAIL;
+    }
+    d3po_train_opts to = config_train_opts(&cfg);
+    if (epochs) to.epochs = (int)epochs;
+    if (threads < 0) threads = cfg.engine.threads;
+    if (threads > 0) ops_set_threads((int)threads);
+
+    d3_session s;
+    if (session_open(dir, &s, err)) {
+        fprintf(stderr, "d3po train: %s\n", err);
+        return EXIT_FAIL;
+    }
+    for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po train: warning: %s\n", s.warn[i]);
+    pair_cache cache = {0};
+    pair_list L = {0};
+    scored *sc = NULL;
+    long nsc = 0, from_labels = 0, from_scores = 0, ties = 0;
+    int have_policy = 0, have_ref = 0, have_st = 0, rc = EXIT_FAIL;
+    d3_model policy, refm;
+    d3_state st;
+    memset(&st, 0, sizeof st);
+    d3_tape *tp = NULL;
+
+    /* 1. the journal's decisions */
+    for (long id = 0; id < s.cap && !no_labels; id++) {
+        int ch = s.present[id] ? session_choice_of(&s, id) : SESSION_NONE;
+        if (ch != SESSION_A && ch != SESSION_B && ch != SESSION_TIE) continue;
+        session_pair *p = cache_get(&cache, &s, id, err);
+        if (!p) goto fail;
+        add_pair(&L, p, 0, p, 1, ch == SESSION_A ? 1.0f : ch == SESSION_B ? -1.0f : 0.0f);
+        if (ch == SESSION_TIE) ties++;
+        else from_labels++;
+    }
+    /* 2. per-image scores expanded within groups of the same seed and class */
+    if (scores_path) {
+        if (read_scores(scores_path, &s, &sc, &nsc, err)) goto fail;
+        long *ci = malloc((nsc ? nsc : 1) * sizeof *ci); /* cache index of each entry */
+        for (long i = 0; i < nsc; i++) {
+            if (!cache_get(&cache, &s, sc[i].pair, err)) { free(ci); goto fail; }
+            for (ci[i] = 0; cache.id[ci[i]] != sc[i].pair; ci[i]++) {}
+        }
+        for (long i = 0; i < nsc; i++) {
+            const session_pair *a = &cache.p[ci[i]];
+            for (long j = i + 1; j < nsc; j++) {
+                const session_pair *b = &cache.p[ci[j]];
+                if (a->seed != b->seed || a->cls != b->cls || sc[i].score == sc[j].score) continue;
+                size_t D = 3 * (size_t)a->S * a->S;
+                if (!same_sampling(a, b) ||
+                    memcmp(a->traj[sc[i].side], b->traj[sc[j].side], D * sizeof(float))) {
+                    d3_errf(err, "%s: pairs %ld and %ld share seed %llu and class %d but not the "
+                                 "starting noise or sampling settings; they cannot be compared",
+                            scores_path, sc[i].pair, sc[j].pair, (unsigned long long)a->seed,
+                            a->cls);
+                    free(ci);
+                    goto fail;
+                }
+                add_pair(&L, a, sc[i].side, b, sc[j].side, sc[i].score > sc[j].score ? 1.0f : -1.0f);
+                from_scores++;
+            }
+        }
+        free(ci);
+    }
+    if (!from_labels && !from_scores) {
+        d3_errf(err, "%s: nothing to train on (no A/B decisions%s)", dir,
+                scores_path ? " and no images of a group with different scores" : "");
+        goto fail;
+    }
+    /* the pairs' traj pointers point into the cache, which no longer grows */
+
+    /* 3. policy, optimizer, RNG, reference */
+    if (session_load_policy(&s, &policy, &st, err)) goto fail;
+    have_policy = have_st = 1;
+    if (!st.has_opt) {
+        if (adamw_init(&st.opt, policy.L.numel)) { d3_errf(err, "out of memory"); goto fail; }
+        st.has_opt = 1;
+    }
+    st.opt.lr = (float)cfg.d3po.lr;
+    st.opt.wd = (float)cfg.d3po.weight_decay;
+    d3_rng rng;
+    rng_init(&rng, 0xD3B0, (uint64_t)s.version);
+    if (st.has_rng) rng = st.rng;
+    long tag;
+    if (to.ref == D3PO_REF_BASE) {
+        char bp[4096];
+        if (model_load(&refm, session_base_path(&s, bp, sizeof bp), NULL, err)) goto fail;
+        tag = 0;
+    } else {
+        if (model_copy(&refm, &policy, err)) goto fail;
+        tag = s.round + 1;
+    }
+    have_ref = 1;
+    tp = tape_new(backend_cpu());
+
+    /* 4. one d3po_train call per sampling setting (usually one) */
+    fprintf(stderr, "d3po train: %s round %d -> %d: %ld pairs from labels, %ld from scores, "
+                    "%ld ties (no gradient), %d epochs, lr %g, reference %s\n",
+            dir, s.round, s.round + 1, from_labels, from_scores, ties, to.epochs, cfg.d3po.lr,
+            to.ref == D3PO_REF_BASE ? "base" : "round");
+    unsigned char *done = calloc(L.n, 1);
+    d3po_pair *part = malloc(L.n * sizeof *part);
+    double loss_sum = 0;
+    long loss_n = 0;
+    for (long i = 0; i < L.n; i++) {
+        if (done[i]) continue;
+        const ddim_opts *oi = &L.so[i];
+        int np = 0;
+        for (long j = i; j < L.n; j++) {
+            const ddim_opts *oj = &L.so[j];
+            if (done[j] || oi->steps != oj->steps || oi->eta != oj->eta || oi->cfg != oj->cfg)
+                continue;
+            part[np++] = L.v[j];
+            done[j] = 1;
+        }
+        to.sample = *oi;
+        progress_ctx pc = {.every = np * to.epochs / 10 > 0 ? np * to.epochs / 10 : 1, .last = 0};
+        double loss = d3po_train(&policy, &refm, tag, tp, &st.opt, part, np, &to, &rng,
+                                 on_progress, &pc, err);
+        d3po_pairs_free_cache(part, np);
+        if (isnan(loss)) { free(done); free(part); goto fail; }
+        long nn = 0;
+        for (int k = 0; k < np; k++) nn += part[k].h[0] != 0;
+        loss_sum += loss * nn;
+        loss_n += nn;
+    }
+    free(done);
+    free(part);
+
+    /* 5. the next round */
+    st.rng = rng;
+    st.has_rng = 1;
+    int round = s.round + 1;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%d", round);
+    model_set_meta(&policy, "d3po.model_version", buf);
+    if (session_save_round(&s, &policy, &st, round, err)) goto fail;
+    char rp[4096];
+    printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores), mean loss %.5f, "
+           "saved %s\n", round, from_labels + from_scores, from_labels, from_scores,
+           loss_n ? loss_sum / loss_n : 0.0, session_round_path(&s, round, rp, sizeof rp));
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "d3po train: %s\n", err);
+    rc = EXIT_FAIL;
+out:
+    if (tp) tape_free(tp);
+    if (have_ref) model_free(&refm);
+    if (have_policy) model_free(&policy);
+    if (have_st) state_free(&st);
+    free(L.v);
+    free(L.so);
+    free(sc);
+    cache_free(&cache);
+    session_close(&s);
+    return rc;
+}

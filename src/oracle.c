@@ -1,0 +1,186 @@
+/* oracle.c - the built-in judges of headless rounds (`d3po auto`) and blind
+ * evaluation (see oracle.h): two JPEG-size scores (the D3PO paper's
+ * compressibility / incompressibility rewards, measured with libjpeg-turbo
+ * encoding into memory at quality 95), mean brightness, and a noisy wrapper
+ * that answers like an inconsistent person (Bradley-Terry with temperature
+ * T) from its own seeded Philox stream, so a run with the same seed gives
+ * the same answers. Scores never depend on anything but the image; only
+ * noisy: judgments draw random numbers. */
+#include "oracle.h"
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+
+#include "rng.h"
+#include "session.h"
+
+#define ORACLE_JPEG_QUALITY 95
+#define ORACLE_RNG_STREAM 0x0AC1E /* the noisy oracle's Philox stream id */
+
+typedef enum { OR_JPEG_SMALL, OR_JPEG_LARGE, OR_BRIGHTNESS } oracle_kind;
+
+/* The known base oracles and the default Bradley-Terry temperature of
+ * their noisy: form, in score units. Brightness scores span 0..255 and
+ * samples of one prompt differ by a few units: T = 4 makes a 4-unit gap
+ * right 73% of the time. JPEG sizes of 32x32 samples are ~1-2 KB and
+ * differ by tens of bytes: T = 40 bytes plays the same role. */
+static const struct {
+    const char *name;
+    oracle_kind kind;
+    double T;
+} known[] = {
+    {"jpeg-compressibility", OR_JPEG_SMALL, 40},
+    {"jpeg-incompressibility", OR_JPEG_LARGE, 40},
+    {"brightness", OR_BRIGHTNESS, 4},
+};
+#define NKNOWN (sizeof known / sizeof *known)
+
+struct d3_oracle {
+    oracle_kind kind;
+    int noisy;
+    double T;
+    d3_rng rng;
+    char name[96];
+};
+
+static int known_list(char *buf, size_t n) {
+    size_t j = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < NKNOWN && j < n; i++)
+        j += (size_t)snprintf(buf + j, n - j, "%s%s", i ? ", " : "", known[i].name);
+    return 0;
+}
+
+d3_oracle *oracle_new(const char *spec, uint64_t seed, char *err) {
+    char names[256];
+    known_list(names, sizeof names);
+    if (!spec || !spec[0]) {
+        d3_errf(err, "no oracle named; known oracles: %s, noisy:<name>[:T]", names);
+        return NULL;
+    }
+    const char *base = spec;
+    int noisy = 0;
+    double T = 0;
+    char buf[96];
+    if (!strncmp(spec, "noisy:", 6)) {
+        noisy = 1;
+        snprintf(buf, sizeof buf, "%s", spec + 6);
+        char *colon = strchr(buf, ':');
+        if (colon) {
+            *colon = 0;
+            char *end;
+            T = strtod(colon + 1, &end);
+            if (end == colon + 1 || *end || !isfinite(T) || T <= 0) {
+                d3_errf(err, "oracle '%s': the temperature after '%s:' must be a number > 0", spec,
+                        buf);
+                return NULL;
+            }
+        }
+        base = buf;
+    }
+    for (size_t i = 0; i < NKNOWN; i++) {
+        if (strcmp(base, known[i].name)) continue;
+        d3_oracle *o = calloc(1, sizeof *o);
+        if (!o) {
+            d3_errf(err, "oracle: out of memory");
+            return NULL;
+        }
+        o->kind = known[i].kind;
+        o->noisy = noisy;
+        o->T = noisy ? (T > 0 ? T : known[i].T) : 0;
+        rng_init(&o->rng, seed, ORACLE_RNG_STREAM);
+        if (noisy)
+            snprintf(o->name, sizeof o->name, "noisy:%s:%g", known[i].name, o->T);
+        else
+            snprintf(o->name, sizeof o->name, "%s", known[i].name);
+        return o;
+    }
+    d3_errf(err, "unknown oracle '%.64s'; known oracles: %s, and noisy:<name>[:T] of any of them",
+            base, names);
+    return NULL;
+}
+
+void oracle_free(d3_oracle *o) { free(o); }
+
+const char *oracle_name(const d3_oracle *o) { return o->name; }
+
+/* libjpeg reports errors through a longjmp out of the encoder instead of
+ * exit(). */
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jb;
+} jpeg_err;
+
+static void jpeg_on_error(j_common_ptr c) { longjmp(((jpeg_err *)c->err)->jb, 1); }
+static void jpeg_on_message(j_common_ptr c) { (void)c; }
+
+/* Size in bytes of rgb [H][W][3] as a baseline JPEG at the given quality
+ * (4:2:0, libjpeg-turbo defaults), or -1 on an encoder error. */
+static long jpeg_size(const uint8_t *rgb, int W, int H, int quality) {
+    struct jpeg_compress_struct c;
+    jpeg_err je;
+    unsigned long outlen = 0;
+    c.err = jpeg_std_error(&je.pub);
+    je.pub.error_exit = jpeg_on_error;
+    je.pub.output_message = jpeg_on_message;
+    if (setjmp(je.jb)) {
+        /* the memory destination's buffer may have been replaced by then
+         * and is not ours to free safely: a leak on an error that needs
+         * absurd dimensions to happen */
+        jpeg_destroy_compress(&c);
+        return -1;
+    }
+    jpeg_create_compress(&c);
+    unsigned char *o = NULL;
+    jpeg_mem_dest(&c, &o, &outlen);
+    c.image_width = (JDIMENSION)W;
+    c.image_height = (JDIMENSION)H;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, quality, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = (JSAMPROW)(rgb + (size_t)c.next_scanline * W * 3);
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    /* jpeg_mem_dest may reallocate: the final buffer is in o */
+    jpeg_destroy_compress(&c);
+    free(o);
+    return (long)outlen;
+}
+
+double oracle_score(d3_oracle *o, const uint8_t *rgb, int W, int H) {
+    if (W <= 0 || H <= 0) return NAN;
+    switch (o->kind) {
+    case OR_JPEG_SMALL:
+    case OR_JPEG_LARGE: {
+        long n = jpeg_size(rgb, W, H, ORACLE_JPEG_QUALITY);
+        if (n < 0) return NAN;
+        return o->kind == OR_JPEG_SMALL ? -(double)n : (double)n;
+    }
+    case OR_BRIGHTNESS: {
+        size_t n = (size_t)W * H * 3;
+        double sum = 0;
+        for (size_t i = 0; i < n; i++) sum += rgb[i];
+        return sum / (double)n;
+    }
+    }
+    return NAN;
+}
+
+int oracle_judge(d3_oracle *o, const uint8_t *a, const uint8_t *b, int W, int H) {
+    double sa = oracle_score(o, a, W, H), sb = oracle_score(o, b, W, H);
+    if (!o->noisy) return sa > sb ? SESSION_A : sb > sa ? SESSION_B : SESSION_TIE;
+    /* Bradley-Terry: P(A) = sigmoid((sa - sb) / T); one uniform per call */
+    double pa = 1.0 / (1.0 + exp(-(sa - sb) / o->T));
+    float u;
+    rng_uniform(&o->rng, &u, 1);
+    return (double)u < pa ? SESSION_A : SESSION_B;
+}

@@ -1,0 +1,35 @@
+/* oracle.h - simulated and scripted judges for headless rounds and blind
+ * evaluation (`d3po auto`, `d3po eval`).
+ *
+ * Built-in oracles score one image; higher score = preferred:
+ *   jpeg-compressibility    -(JPEG size in bytes at quality 95, libjpeg-turbo)
+ *   jpeg-incompressibility  +(JPEG size at quality 95)
+ *   brightness              mean of the RGB values in [0, 255]
+ *   noisy:<name>[:T]        <name> answered like an inconsistent human:
+ *                           P(A preferred) = sigmoid((score_A - score_B) / T)
+ *                           (Bradley-Terry), T defaults to a per-oracle scale
+ * An external labeler (labeler.h) answers pairs instead of scoring images.
+ *
+ *   d3_oracle *o = oracle_new("noisy:brightness:5", seed, err);
+ *   double sa = oracle_score(o, rgb_a, S, S);
+ *   int c = oracle_judge(o, rgb_a, rgb_b, S, S);   // SESSION_A / SESSION_B / SESSION_TIE
+ *   oracle_free(o);
+ */
+#ifndef D3PO_ORACLE_H
+#define D3PO_ORACLE_H
+#include <stdint.h>
+#include "err.h"
+
+typedef struct d3_oracle d3_oracle;
+
+/* NULL with err naming the unknown oracle and listing the known ones. */
+d3_oracle *oracle_new(const char *spec, uint64_t seed, char *err);
+void oracle_free(d3_oracle *o);
+const char *oracle_name(const d3_oracle *o);
+/* The score of one RGB8 image [H][W][3] (the noise-free underlying score
+ * for noisy: oracles). */
+double oracle_score(d3_oracle *o, const uint8_t *rgb, int W, int H);
+/* A decision between two images: SESSION_A, SESSION_B or SESSION_TIE
+ * (equal scores, deterministic oracles only). */
+int oracle_judge(d3_oracle *o, const uint8_t *a, const uint8_t *b, int W, int H);
+#endif

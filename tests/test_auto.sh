@@ -1,0 +1,142 @@
+#!/bin/sh
+# test_auto.sh - `d3po auto` end to end on a tiny model (16x16, 3 classes,
+# 5 DDIM steps, one thread): two rounds judged by the brightness oracle
+# write metrics.jsonl (baseline + one line per round, with every field)
+# and a session that `d3po session info --json` shows with 2 rounds and
+# its labels; a resumed run adds a round; an external labeler script
+# judges a round; a garbage labeler exits 2 naming what it said, with the
+# labels it gave kept, and a resumed run trains on them; Ctrl-C exits 130
+# with the journal intact; usage errors exit 1.
+. tests/lib.sh
+
+M="$T/tiny.safetensors"
+C="$T/tiny.conf"
+L=tests/data/labelers
+expect 0 "tiny model" $D3 init --out "$M" --arch base=8,mult=1.2,res=1,attn=none,size=16,classes=3 --seed 1
+printf 'sampler = { steps = 5; };\nengine = { threads = 1; };\n' >"$C"
+
+# info FIELD... : python expressions over the session info JSON d
+info() {
+    dir=$1; shift
+    $D3 session info "$dir" --json >"$T/info.json" 2>"$T/info.err" || { cat "$T/info.err"; return 1; }
+    python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+for e in sys.argv[2:]:
+    assert eval(e), (e, d)
+' "$T/info.json" "$@"
+}
+
+# -- two rounds with the brightness oracle
+S="$T/bright"
+expect 0 "auto: 2 rounds, oracle brightness" $D3 auto --session "$S" --oracle brightness --rounds 2 \
+    --pairs 3 --model "$M" --config "$C" --eval-seeds 4
+grep_err "new session announced" "new session"
+grep_err "a line per pair" "round 1 pair 3/3"
+grep_err "a line per round" "round 2 done"
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 3, lines
+for l in lines:
+    for k in ("round", "labels", "loss", "oracle", "score", "time"):
+        assert k in l, (k, l)
+    assert l["oracle"] == "brightness" and isinstance(l["score"], float), l
+    assert 0 <= l["score"] <= 255 and l["time"] >= 0, l
+assert [l["round"] for l in lines] == [0, 1, 2], lines
+assert [l["labels"] for l in lines] == [0, 3, 3], lines
+assert lines[0]["loss"] is None and all(isinstance(l["loss"], float) for l in lines[1:]), lines
+' "$S/metrics.jsonl" && ok "metrics.jsonl: baseline + 2 rounds with every field" \
+    || { no "metrics.jsonl: baseline + 2 rounds with every field"; cat "$S/metrics.jsonl"; }
+info "$S" 'd["rounds"] == 2 and d["version"] == 2' \
+    'd["pairs"] == {"sampled": 6, "labeled": 6, "unlabeled": 0}' \
+    'd["labels"]["A"] + d["labels"]["B"] + d["labels"]["tie"] == 6' \
+    'd["settings"]["oracle"] == "brightness"' \
+    && ok "session info: 2 rounds, 6 labels" || no "session info: 2 rounds, 6 labels"
+[ -f "$S/rounds/0002.safetensors" ] && [ "$(ls "$S"/pairs/*-a.png | wc -l)" -eq 6 ] \
+    && ok "checkpoints and PNGs on disk" || no "checkpoints and PNGs on disk"
+
+# the same seeds every round: a second run of the same command on a new
+# session gives the same baseline score (and the same labels)
+expect 0 "auto: same run again" $D3 auto --session "$T/bright2" --oracle brightness --rounds 1 \
+    --pairs 3 --model "$M" --config "$C" --eval-seeds 4
+[ "$(head -n 1 "$S/metrics.jsonl" | sed 's/"time".*//')" = \
+  "$(head -n 1 "$T/bright2/metrics.jsonl" | sed 's/"time".*//')" ] \
+    && ok "baseline reproducible" || no "baseline reproducible"
+
+# resume: one more round, no second baseline
+expect 0 "auto: resume for 1 round" $D3 auto --session "$S" --oracle brightness --rounds 1 \
+    --pairs 2 --config "$C" --eval-seeds 4
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert [l["round"] for l in lines] == [0, 1, 2, 3] and lines[3]["labels"] == 2, lines
+' "$S/metrics.jsonl" && ok "resumed round appended" || { no "resumed round appended"; cat "$S/metrics.jsonl"; }
+info "$S" 'd["rounds"] == 3' 'd["pairs"]["labeled"] == 8' && ok "session at round 3" || no "session at round 3"
+
+# -- an external labeler
+S="$T/lab"
+expect 0 "auto: labeler script" $D3 auto --session "$S" --labeler "sh $L/always_a.sh" --rounds 1 \
+    --pairs 2 --model "$M" --config "$C"
+info "$S" 'd["rounds"] == 1' 'd["labels"]["A"] == 2 and d["pairs"]["labeled"] == 2' \
+    && ok "labeler's answers journaled" || no "labeler's answers journaled"
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 1 and lines[0]["round"] == 1 and lines[0]["labels"] == 2, lines
+assert lines[0]["score"] is None and lines[0]["oracle"] is None, lines
+' "$S/metrics.jsonl" && ok "labeler alone: a line without score" || { no "labeler alone: a line without score"; cat "$S/metrics.jsonl"; }
+S="$T/lab2"
+expect 0 "auto: labeler judges, oracle scores" $D3 auto --session "$S" --labeler "sh $L/always_a.sh" \
+    --oracle jpeg-compressibility --rounds 1 --pairs 2 --model "$M" --config "$C" --eval-seeds 2
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 2 and lines[1]["oracle"] == "jpeg-compressibility" and lines[1]["score"] < 0, lines
+' "$S/metrics.jsonl" && ok "labeler with an eval oracle" || { no "labeler with an eval oracle"; cat "$S/metrics.jsonl"; }
+
+# -- a garbage labeler: exit 2, the two labels before it kept
+S="$T/garbage"
+expect 2 "auto: garbage labeler exits 2" $D3 auto --session "$S" --labeler "sh $L/garbage.sh" \
+    --rounds 2 --pairs 3 --model "$M" --config "$C" --eval-seeds 0
+grep_err "garbage quoted" "answered 'maybe?\[31m red' for pair 2; expected A, B, tie or skip"
+info "$S" 'd["labels"]["A"] == 2 and d["pairs"]["labeled"] == 2' 'd["pairs"]["unlabeled"] == 1' \
+    'd["rounds"] == 0' && ok "labels before the garbage kept" || no "labels before the garbage kept"
+# resuming judges the queued pair and trains on all three
+expect 0 "auto: resume after the garbage" $D3 auto --session "$S" --oracle brightness --rounds 1 \
+    --pairs 3 --config "$C" --eval-seeds 0
+info "$S" 'd["rounds"] == 1' 'd["pairs"] == {"sampled": 3, "labeled": 3, "unlabeled": 0}' \
+    && ok "resume judged the queued pair, no new pairs needed" || no "resume judged the queued pair"
+grep_err "resume reported" "not trained yet"
+
+expect 2 "auto: labeler that exits" $D3 auto --session "$T/exits" --labeler "sh $L/exits.sh" \
+    --rounds 1 --pairs 3 --model "$M" --config "$C"
+grep_err "exit status named" "exited with status 3 before answering pair 1"
+expect 2 "auto: labeler that hangs" $D3 auto --session "$T/hang" --labeler "sh $L/hang.sh" \
+    --rounds 1 --pairs 2 --model "$M" --config "$C" --timeout 1
+grep_err "timeout named" "gave no answer within 1 s for pair 0"
+
+# -- Ctrl-C: exit 130, the journal intact, the session opens again
+S="$T/int"
+$D3 auto --session "$S" --oracle noisy:brightness --rounds 500 --pairs 3 --model "$M" --config "$C" \
+    --eval-seeds 2 >"$T/int.out" 2>"$T/int.err" &
+pid=$!
+i=0
+while [ $i -lt 300 ] && ! [ -s "$S/labels.jsonl" ]; do sleep 0.1; i=$((i + 1)); done
+sleep 0.3
+kill -INT $pid
+wait $pid
+st=$?
+[ $st -eq 130 ] && ok "Ctrl-C exits 130" || { no "Ctrl-C exits 130 (got $st)"; cat "$T/int.err"; }
+grep -q "interrupted" "$T/int.err" && ok "interruption reported" || no "interruption reported"
+info "$S" 'd["pairs"]["labeled"] >= 1' 'd["warnings"] == []' \
+    && ok "labels kept after Ctrl-C" || no "labels kept after Ctrl-C"
+
+# -- usage
+expect 1 "no --rounds" $D3 auto --session "$T/u" --oracle brightness --model "$M"
+expect 1 "no judge" $D3 auto --session "$T/u" --rounds 1 --model "$M"
+expect 1 "unknown oracle" $D3 auto --session "$T/u" --oracle sharpness --rounds 1 --model "$M"
+grep_err "known oracles listed" "known oracles: jpeg-compressibility, jpeg-incompressibility, brightness"
+expect 1 "bad --pairs" $D3 auto --session "$T/u" --oracle brightness --rounds 1 --pairs 0 --model "$M"
+expect 0 "help" $D3 auto --help
+finish test_auto.sh
