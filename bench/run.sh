@@ -98,13 +98,15 @@ done
 # the labeling screen's responsiveness (no PyTorch counterpart): keypress to
 # the next pair fully drawn, through a pty, on the yardstick architecture
 if [ -z "$CASES_ONLY" ]; then
-    if "$PY" bench/tui_latency.py "$B/d3po" --keys 8 >"$LOGS/tui.log" 2>&1; then
-        grep '^bench tui-latency' "$LOGS/tui.log" | tee -a "$out"
-    else
-        tail -n 5 "$LOGS/tui.log" >&2
-        echo "bench tui-latency: FAILED" | tee -a "$out"
-        fail=1
-    fi
+    for g in blocks sixel; do
+        if "$PY" bench/tui_latency.py "$B/d3po" --keys 8 --graphics $g >"$LOGS/tui-$g.log" 2>&1; then
+            grep '^bench tui-latency' "$LOGS/tui-$g.log" | tee -a "$out"
+        else
+            tail -n 5 "$LOGS/tui-$g.log" >&2
+            echo "bench tui-latency-$g: FAILED" | tee -a "$out"
+            fail=1
+        fi
+    done
 fi
 
 mv "$out" "$RESULTS/latest.txt" || fail=1

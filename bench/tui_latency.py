@@ -7,9 +7,9 @@ then presses the "left is better" key repeatedly and measures the time from
 the key to the next pair fully drawn: its text (doupdate) and both images
 (each image placement ends with ESC 8). Prints
 
-  bench tui-latency: d3po <median> ms keypress to next pair drawn (max <max> ms, n <N>), target < 100 ms
+  bench tui-latency-<graphics>: d3po <median> ms keypress to next pair drawn (max <max> ms, n <N>), target < 100 ms
 
-usage: tui_latency.py D3PO_BINARY [--keys N]
+usage: tui_latency.py D3PO_BINARY [--keys N] [--graphics blocks|sixel]
 """
 import fcntl, json, os, pty, re, select, shutil, statistics, struct, subprocess, sys, tempfile, termios, time
 
@@ -17,6 +17,7 @@ import fcntl, json, os, pty, re, select, shutil, statistics, struct, subprocess,
 def main():
     d3 = sys.argv[1]
     nkeys = int(sys.argv[sys.argv.index("--keys") + 1]) if "--keys" in sys.argv else 8
+    gfx = sys.argv[sys.argv.index("--graphics") + 1] if "--graphics" in sys.argv else "blocks"
     tmp = tempfile.mkdtemp(prefix="d3po-lat-")
     try:
         model = os.path.join(tmp, "m.safetensors")
@@ -29,7 +30,7 @@ def main():
         if pid == 0:
             os.environ["TERM"] = "xterm-256color"
             os.execv(d3, [d3, "label", "--session", sess, "--model", model, "--config", conf,
-                          "--graphics", "blocks"])
+                          "--graphics", gfx])
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         buf = bytearray()
 
@@ -83,10 +84,10 @@ def main():
         except ChildProcessError:
             pass
         if not lat:
-            print("bench tui-latency: FAILED (no measurement)")
+            print("bench tui-latency-%s: FAILED (no measurement)" % gfx)
             sys.exit(1)
-        print("bench tui-latency: d3po %.1f ms keypress to next pair drawn (max %.1f ms, n %d), target < 100 ms"
-              % (statistics.median(lat), max(lat), len(lat)))
+        print("bench tui-latency-%s: d3po %.1f ms keypress to next pair drawn (max %.1f ms, n %d), target < 100 ms"
+              % (gfx, statistics.median(lat), max(lat), len(lat)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

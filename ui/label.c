@@ -11,7 +11,9 @@
 #include "label.h"
 
 #include <curses.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -33,9 +35,35 @@ typedef struct {
     unsigned char *gfx[2]; /* encoded and placed, per image (cache) */
     size_t gfxlen[2];
     int gfx_key[2];       /* the placement each cached image was made for */
+    int pending_key[2];   /* placement asked of the encoder thread, -1: none */
 } qpair;
 
 #define QMAX 256
+
+/* The encoder thread: sixel (libsixel) and half-block encoding happen off
+ * the UI thread. Jobs carry a copy of the image, results come back through
+ * a list and a wake-up pipe and are attached to the pair by id, so a pair
+ * freed meanwhile is simply not found. */
+typedef struct encjob {
+    long id;
+    int i, key, S;
+    uint8_t *rgb;
+    int top, left, w, h;
+    unsigned char *out;
+    size_t len;
+    struct encjob *next;
+} encjob;
+
+typedef struct {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    encjob *todo, *done;
+    int stop, wake[2];
+    term_mode mode;
+    term_caps caps;
+    int colors;
+} encoder;
 
 typedef struct {
     d3_session *s;
@@ -65,6 +93,7 @@ typedef struct {
     int picking, pick_sel; /* prompt chooser: on, selected row (0 = all) */
     int prompt_fixed;   /* -1: cycle through the prompts */
     long last_view;     /* what the last draw showed (see draw) */
+    encoder enc;
     int quit;
     int nclasses;
     char **names;       /* class names (prompts), copied from the policy */
@@ -98,7 +127,7 @@ static qpair *qpair_from(long id, d3_pair_sample *p) {
         q->rgb[i] = malloc((size_t)p->S * p->S * 3);
         image_to_rgb(q->rgb[i], p->traj[i] + (size_t)p->K * D, p->S, p->S);
     }
-    q->gfx_key[0] = q->gfx_key[1] = -1;
+    q->gfx_key[0] = q->gfx_key[1] = q->pending_key[0] = q->pending_key[1] = -1;
     return q;
 }
 
@@ -269,46 +298,135 @@ static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
     *left1 = 2 + *w;
 }
 
-/* Encodes image i of q to fit w x h cells at (top, left), cached in the
- * pair for that placement, and writes it to the tty (after doupdate). */
-static void put_image(ui *u, qpair *q, int i, int top, int left, int w, int h) {
-    int S = q->p->S;
+static void encode_job(const encoder *e, encjob *j) {
     char err[D3_ERRLEN];
-    int key = ((top * 131 + left) * 1031 + w) * 1031 + h + LINES * 7 + COLS * 13;
-    if (q->gfx_key[i] != key || !q->gfx[i]) {
-        free(q->gfx[i]);
-        q->gfx[i] = NULL;
-        q->gfx_key[i] = key;
-        if (u->mode == TERM_MODE_SIXEL) {
-            int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
-            if (f < 1) f = 1;
-            uint8_t *up = malloc((size_t)S * f * S * f * 3);
-            sixel_upscale_nearest(up, q->rgb[i], S, S, f);
-            unsigned char *enc;
-            size_t len;
-            if (sixel_encode_rgb(up, S * f, S * f, u->c->ui.colors, 0, &enc, &len, err) == 0) {
-                if (u->caps.tmux_passthrough) {
-                    unsigned char *wr;
-                    size_t wl;
-                    if (sixel_wrap_tmux(enc, len, &wr, &wl, err) == 0) { free(enc); enc = wr; len = wl; }
-                }
-                q->gfx[i] = malloc(len + 64);
-                q->gfxlen[i] = sixel_place(q->gfx[i], len + 64, top, left, enc, len);
-                free(enc);
+    int S = j->S;
+    if (e->mode == TERM_MODE_SIXEL) {
+        int f = (int)fmin((double)j->w * e->caps.cell_w, (double)j->h * e->caps.cell_h) / S;
+        if (f < 1) f = 1;
+        uint8_t *up = malloc((size_t)S * f * S * f * 3);
+        sixel_upscale_nearest(up, j->rgb, S, S, f);
+        unsigned char *enc;
+        size_t len;
+        if (sixel_encode_rgb(up, S * f, S * f, e->colors, 0, &enc, &len, err) == 0) {
+            if (e->caps.tmux_passthrough) {
+                unsigned char *wr;
+                size_t wl;
+                if (sixel_wrap_tmux(enc, len, &wr, &wl, err) == 0) { free(enc); enc = wr; len = wl; }
             }
-            free(up);
-        } else {
-            int bc, br;
-            blocks_fit(S, S, w, h, &bc, &br);
-            blocks_out bo = {0};
-            if (blocks_render(q->rgb[i], S, S, u->mode, bc, br, &bo, err) == 0)
-                blocks_place(&bo, top, left, &q->gfx[i], &q->gfxlen[i], err);
-            blocks_free(&bo);
+            j->out = malloc(len + 64);
+            j->len = sixel_place(j->out, len + 64, j->top, j->left, enc, len);
+            free(enc);
         }
+        free(up);
+    } else {
+        int bc, br;
+        blocks_fit(S, S, j->w, j->h, &bc, &br);
+        blocks_out bo = {0};
+        if (blocks_render(j->rgb, S, S, e->mode, bc, br, &bo, err) == 0)
+            blocks_place(&bo, j->top, j->left, &j->out, &j->len, err);
+        blocks_free(&bo);
     }
-    if (q->gfx[i]) {
+}
+
+static void *encoder_main(void *arg) {
+    encoder *e = arg;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (!e->todo && !e->stop) pthread_cond_wait(&e->cv, &e->mu);
+        if (e->stop) break;
+        encjob *j = e->todo;
+        e->todo = j->next;
+        pthread_mutex_unlock(&e->mu);
+        encode_job(e, j);
+        pthread_mutex_lock(&e->mu);
+        j->next = e->done;
+        e->done = j;
+        char b = 1;
+        ssize_t w = write(e->wake[1], &b, 1);
+        (void)w;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+static void free_jobs(encjob *j) {
+    while (j) { encjob *n = j->next; free(j->rgb); free(j->out); free(j); j = n; }
+}
+
+/* Asks for image i of q at a placement; returns 1 when it is ready. */
+static int want_image(ui *u, qpair *q, int i, int top, int left, int w, int h) {
+    int key = ((top * 131 + left) * 1031 + w) * 1031 + h + LINES * 7 + COLS * 13;
+    if (q->gfx_key[i] == key && q->gfx[i]) return 1;
+    if (q->pending_key[i] == key) return 0;
+    encjob *j = calloc(1, sizeof *j);
+    size_t n = (size_t)q->p->S * q->p->S * 3;
+    *j = (encjob){.id = q->id, .i = i, .key = key, .S = q->p->S, .rgb = malloc(n), .top = top,
+                  .left = left, .w = w, .h = h};
+    memcpy(j->rgb, q->rgb[i], n);
+    q->pending_key[i] = key;
+    pthread_mutex_lock(&u->enc.mu);
+    encjob **tail = &u->enc.todo;
+    while (*tail) tail = &(*tail)->next;
+    *tail = j;
+    pthread_cond_signal(&u->enc.cv);
+    pthread_mutex_unlock(&u->enc.mu);
+    return 0;
+}
+
+/* Writes image i of q at the placement if it is encoded; else asks for it
+ * (it is written when the encoder delivers it). */
+static void put_image(ui *u, qpair *q, int i, int top, int left, int w, int h) {
+    if (want_image(u, q, i, top, left, w, h)) {
         ssize_t wr = write(STDOUT_FILENO, q->gfx[i], q->gfxlen[i]);
         (void)wr;
+    }
+}
+
+static qpair *ui_find_pair(ui *u, long id) {
+    for (int k = 0; k < u->nq; k++)
+        if (u->queue[k]->id == id) return u->queue[k];
+    if (u->hist_pair && u->hist_pair->id == id) return u->hist_pair;
+    return NULL;
+}
+
+static void draw_images(ui *u);
+
+/* Results from the encoder: attach them, then draw what is now ready. */
+static void encoder_results(ui *u) {
+    char buf[64];
+    while (read(u->enc.wake[0], buf, sizeof buf) > 0) {
+    }
+    pthread_mutex_lock(&u->enc.mu);
+    encjob *j = u->enc.done;
+    u->enc.done = NULL;
+    pthread_mutex_unlock(&u->enc.mu);
+    int any = 0;
+    while (j) {
+        encjob *n = j->next;
+        qpair *q = ui_find_pair(u, j->id);
+        if (q && q->pending_key[j->i] == j->key && j->out) {
+            free(q->gfx[j->i]);
+            q->gfx[j->i] = j->out;
+            q->gfxlen[j->i] = j->len;
+            q->gfx_key[j->i] = j->key;
+            q->pending_key[j->i] = -1;
+            j->out = NULL;
+            any = 1;
+        }
+        free(j->rgb); free(j->out); free(j);
+        j = n;
+    }
+    if (any && !(LINES < 12 || COLS < 40)) draw_images(u);
+}
+
+/* The next pairs' panels are encoded ahead, so a keypress shows them at once. */
+static void prefetch(ui *u) {
+    int top, h, w, l0, l1;
+    panel_geom(&top, &h, &w, &l0, &l1);
+    for (int k = 0; k < u->nq && k < 3; k++) {
+        want_image(u, u->queue[k], 0, top, l0, w, h);
+        want_image(u, u->queue[k], 1, top, l1, w, h);
     }
 }
 
@@ -645,6 +763,15 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     snprintf(u->status, sizeof u->status, "graphics: %s%s", term_mode_name(u->mode),
              u->caps.tmux ? " (in tmux)" : "");
 
+    u->enc.mode = u->mode;
+    u->enc.caps = u->caps;
+    u->enc.colors = c->ui.colors;
+    pthread_mutex_init(&u->enc.mu, NULL);
+    pthread_cond_init(&u->enc.cv, NULL);
+    if (pipe(u->enc.wake) == 0) {
+        for (int i = 0; i < 2; i++) fcntl(u->enc.wake[i], F_SETFL, fcntl(u->enc.wake[i], F_GETFL) | O_NONBLOCK);
+    }
+    pthread_create(&u->enc.th, NULL, encoder_main, &u->enc);
     signal(SIGWINCH, on_winch);
     initscr();
     cbreak();
@@ -656,8 +783,10 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     top_up(u);
     draw(u, 1);
     while (!u->quit) {
-        struct pollfd pf[2] = {{STDIN_FILENO, POLLIN, 0}, {engine_fd(u->e), POLLIN, 0}};
-        poll(pf, 2, 250);
+        struct pollfd pf[3] = {{STDIN_FILENO, POLLIN, 0}, {engine_fd(u->e), POLLIN, 0},
+                               {u->enc.wake[0], POLLIN, 0}};
+        poll(pf, 3, 250);
+        if (pf[2].revents & POLLIN) encoder_results(u);
         int redraw = 0, full = 0;
         if (resized) {
             resized = 0;
@@ -680,8 +809,18 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
         }
         if (!u->quit) top_up(u);
         if (redraw) draw(u, full);
+        if (!u->quit) prefetch(u);
     }
     endwin();
+    pthread_mutex_lock(&u->enc.mu);
+    u->enc.stop = 1;
+    pthread_cond_signal(&u->enc.cv);
+    pthread_mutex_unlock(&u->enc.mu);
+    pthread_join(u->enc.th, NULL);
+    free_jobs(u->enc.todo);
+    free_jobs(u->enc.done);
+    close(u->enc.wake[0]);
+    close(u->enc.wake[1]);
     engine_stop(u->e); /* cancels a running round; the last good checkpoint stays */
     for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
     for (int i = 0; i < u->ndone; i++) {
