@@ -73,16 +73,18 @@ deps:
 deps-test:
 	@sh tests/deps.sh $(DEB_BUILD) $(DEB_TEST)
 
-# The main job: the default model (models/default.safetensors, trained by
-# `d3po pretrain`, see models/README.md) samples a labeled grid. Without it
-# (a checkout that lacks the file) a randomly initialised model stands in.
+# The main job: the labeling screen on the default model
+# (models/default.safetensors, trained by `d3po pretrain`, see
+# models/README.md) in the default session. Without a terminal (a script, a
+# pipe) it writes a labeled grid of samples instead. A checkout that lacks
+# the default model gets a randomly initialised stand-in.
 MODEL ?= $(firstword $(wildcard models/default.safetensors) $(B)/random.safetensors)
 run: deps
 	@$(MAKE) --no-print-directory all
 	@if [ ! -f "$(MODEL)" ]; then $(B)/d3po init --out $(MODEL) --seed 1; fi
-	@$(B)/d3po info $(MODEL) | head -n 5
-	$(B)/d3po sample --grid --model $(MODEL) --seed 1 --out $(B)/samples.png
-	@echo "samples of 16 classes: $(B)/samples.png"
+	@if [ -t 0 ] && [ -t 1 ]; then $(B)/d3po label --model $(MODEL); else \
+		$(B)/d3po sample --grid --model $(MODEL) --seed 1 --out $(B)/samples.png && \
+		echo "no terminal: wrote samples of 16 classes to $(B)/samples.png"; fi
 
 test: deps-test
 	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TOOL_BIN)
