@@ -53,9 +53,13 @@ static const char auto_help[] =
     "a D3PO round trains on each round's labels. After every round (and once\n"
     "before the first) fixed-seed samples of the model are scored by the oracle\n"
     "and one JSON line is appended to DIR/metrics.jsonl:\n"
-    "  {\"round\":R,\"labels\":N,\"loss\":X,\"oracle\":NAME,\"score\":S,\"time\":SEC,...}\n"
+    "  {\"round\":R,\"labels\":N,\"loss\":X,\"oracle\":NAME,\"score\":S,\"time\":SEC,\n"
+    "   \"drift_logratio\":L,...}\n"
     "(score: the oracle's mean over both images of N fixed-seed evaluation pairs;\n"
-    "time: seconds since the previous line; a resumed session adds lines)\n"
+    "time: seconds since the previous line; drift_logratio: how far the policy\n"
+    "has moved from the base model, the mean per-step log-ratio log p_policy -\n"
+    "log p_base on the policy's own evaluation samples; a resumed session adds\n"
+    "lines)\n"
     "\n"
     "  --session DIR     session directory; created when new, resumed when it exists\n"
     "  --oracle NAME     jpeg-compressibility, jpeg-incompressibility, brightness,\n"
@@ -99,6 +103,8 @@ typedef struct {
     double esum; /* sum of oracle scores of eval images */
     int en;      /* eval images scored */
     int egot;    /* eval pairs received */
+    double dsum; /* sum of per-image mean log-ratios policy/base (drift) */
+    int dn;
 } round_state;
 
 typedef struct {
@@ -122,6 +128,8 @@ typedef struct {
     double start;
     double last_metric; /* when the previous metrics line was written */
     long labels_run;    /* decisions made by this invocation */
+    d3_model *drift_base; /* the base model, for the drift measure (may be NULL) */
+    d3_tape *drift_tp;
 } autorun;
 
 static double now_s(void) {
@@ -208,6 +216,10 @@ static int write_metrics(autorun *a, int k, char *err) {
     json_object_set_new(o, "elapsed", json_real(round(1000 * (t - a->start)) / 1000));
     json_object_set_new(o, "version", json_integer(r->round));
     json_object_set_new(o, "eval_images", json_integer(r->en));
+    /* drift: mean over the evaluation images and steps of
+     * log p_policy(x_prev | x_t) - log p_base(x_prev | x_t) on the policy's
+     * own fresh samples (0 at round 0; grows as the policy leaves the base) */
+    json_object_set_new(o, "drift_logratio", r->dn ? json_real(r->dsum / r->dn) : json_null());
     json_object_set_new(o, "total_labels", json_integer(st.labeled));
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(o);
@@ -351,6 +363,26 @@ static int on_train_pair(autorun *a, int k, d3_pair_sample *p, char *err) {
 
 static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     a->r[k].egot++;
+    if (a->drift_base) {
+        char err[D3_ERRLEN];
+        size_t D = 3 * (size_t)p->S * p->S, n = (size_t)(p->K + 1) * D;
+        float *both = malloc(2 * n * sizeof(float)), *lp = malloc(2 * (size_t)p->K * sizeof(float));
+        int cls[2] = {p->cls, p->cls};
+        ddim_opts o = {.steps = p->K, .eta = p->eta, .cfg = p->cfg};
+        if (both && lp) {
+            memcpy(both, p->traj[0], n * sizeof(float));
+            memcpy(both + n, p->traj[1], n * sizeof(float));
+            if (ddim_traj_logp(a->drift_base, a->drift_tp, &o, 2, cls, both, lp, err) == 0)
+                for (int i = 0; i < 2; i++) {
+                    double d = 0;
+                    for (int t = 0; t < p->K; t++) d += p->logp[i][t] - lp[i * p->K + t];
+                    a->r[k].dsum += d / p->K;
+                    a->r[k].dn++;
+                }
+        }
+        free(both);
+        free(lp);
+    }
     /* both images of the pair: 2N samples of the model for the price of N x_T */
     for (int i = 0; i < 2; i++) {
         uint8_t *rgb = pair_rgb(p, i);
@@ -692,6 +724,16 @@ int cmd_auto(int argc, char **argv) {
             return fail(err);
         }
     }
+    if (a->neval) { /* the drift measure needs the base model on this thread */
+        char bp[4200], e2[D3_ERRLEN];
+        a->drift_base = malloc(sizeof *a->drift_base);
+        if (a->drift_base && model_load(a->drift_base, session_base_path(&s, bp, sizeof bp), NULL, e2)) {
+            fprintf(stderr, "d3po auto: no drift measure: %s\n", e2);
+            free(a->drift_base);
+            a->drift_base = NULL;
+        }
+        if (a->drift_base) a->drift_tp = tape_new(backend_cpu());
+    }
     a->nclasses = policy->nclasses;
     a->names = calloc((size_t)policy->nclasses, sizeof *a->names);
     a->r = calloc((size_t)rounds + 1, sizeof *a->r);
@@ -818,6 +860,11 @@ out:
     free(a->names);
     free(a->cls);
     free(a->req);
+    if (a->drift_base) {
+        model_free(a->drift_base);
+        free(a->drift_base);
+        tape_free(a->drift_tp);
+    }
     state_free(&st);
     oracle_free(oracle);
     session_close(&s);

@@ -46,6 +46,11 @@ for l in lines:
 assert [l["round"] for l in lines] == [0, 1, 2], lines
 assert [l["labels"] for l in lines] == [0, 3, 3], lines
 assert lines[0]["loss"] is None and all(isinstance(l["loss"], float) for l in lines[1:]), lines
+# drift: the round-0 samples come from the base itself (log-ratio ~ 0, up to
+# batch rounding); a trained policy has moved away from it
+assert abs(lines[0]["drift_logratio"]) < 1e-3, lines[0]
+assert all(isinstance(l["drift_logratio"], float) for l in lines), lines
+assert abs(lines[2]["drift_logratio"]) > abs(lines[0]["drift_logratio"]), lines
 ' "$S/metrics.jsonl" && ok "metrics.jsonl: baseline + 2 rounds with every field" \
     || { no "metrics.jsonl: baseline + 2 rounds with every field"; cat "$S/metrics.jsonl"; }
 info "$S" 'd["rounds"] == 2 and d["version"] == 2' \
