@@ -14,6 +14,7 @@
 
 static const char session_help[] =
     "usage: d3po session info DIR [--json]\n"
+    "       d3po session rollback DIR --to-round N\n"
     "\n"
     "Describes the labeling session in DIR: pairs sampled, labels by choice\n"
     "(A, B, tie, skip, and decisions undone), pairs labeled and still queued,\n"
@@ -22,7 +23,12 @@ static const char session_help[] =
     "recovered from (a torn last journal line, a checkpoint that does not\n"
     "load) are printed as warnings on stderr.\n"
     "\n"
-    "  --json   print one JSON object instead of text\n";
+    "  --json   print one JSON object instead of text\n"
+    "\n"
+    "rollback makes round N's model the session's model again: it is saved as a\n"
+    "new round (current + 1) with its weights and optimizer state, so versions\n"
+    "keep rising and no checkpoint or label is rewritten; labels and pairs\n"
+    "stay as they are.\n";
 
 static void print_text(const d3_session *s, const session_stats *in) {
     char arch[256];
@@ -116,12 +122,70 @@ static int session_info_cmd(int argc, char **argv) {
     return rc;
 }
 
+static int session_rollback_cmd(int argc, char **argv) {
+    static const struct option opts[] = {{"to-round", 1, 0, 'r'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    long to = -1;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            if (cli_int("session rollback", "--to-round", optarg, 0, SESSION_MAX_ROUND, &to))
+                return EXIT_USAGE;
+            break;
+        case 'h': fputs(session_help, stdout); return 0;
+        default: fputs(session_help, stderr); return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1 || to < 0) {
+        fprintf(stderr, "d3po session rollback: expected DIR and --to-round N\n%s", session_help);
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN], path[4200];
+    d3_session s;
+    if (session_open(argv[optind], &s, err)) {
+        fprintf(stderr, "d3po session rollback: %s\n", err);
+        return EXIT_FAIL;
+    }
+    int rc = 0;
+    if (to >= s.round) {
+        fprintf(stderr, "d3po session rollback: %s is at round %d; --to-round must be earlier\n",
+                s.dir, s.round);
+        rc = EXIT_USAGE;
+    } else {
+        d3_model m;
+        d3_state st;
+        session_round_path(&s, (int)to, path, sizeof path);
+        if (model_load(&m, path, &st, err)) {
+            fprintf(stderr, "d3po session rollback: %s\n", err);
+            rc = EXIT_FAIL;
+        } else {
+            char buf[32];
+            snprintf(buf, sizeof buf, "%ld", to);
+            model_set_meta(&m, "d3po.rollback_of", buf);
+            int from = s.round;
+            if (session_save_round(&s, &m, &st, s.round + 1, err)) {
+                fprintf(stderr, "d3po session rollback: %s\n", err);
+                rc = EXIT_FAIL;
+            } else {
+                printf("%s: round %d is round %ld's model (rolled back from round %d)\n", s.dir,
+                       s.round, to, from);
+            }
+            state_free(&st);
+            model_free(&m);
+        }
+    }
+    session_close(&s);
+    return rc;
+}
+
 int cmd_session(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         fputs(session_help, stdout);
         return 0;
     }
     if (argc >= 2 && !strcmp(argv[1], "info")) return session_info_cmd(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "rollback")) return session_rollback_cmd(argc - 1, argv + 1);
     if (argc < 2) fprintf(stderr, "d3po session: expected a subcommand\n%s", session_help);
     else fprintf(stderr, "d3po session: unknown subcommand '%s'\n%s", argv[1], session_help);
     return EXIT_USAGE;

@@ -144,4 +144,15 @@ expect 1 "unknown oracle" $D3 auto --session "$T/u" --oracle sharpness --rounds 
 grep_err "known oracles listed" "known oracles: jpeg-compressibility, jpeg-incompressibility, brightness"
 expect 1 "bad --pairs" $D3 auto --session "$T/u" --oracle brightness --rounds 1 --pairs 0 --model "$M"
 expect 0 "help" $D3 auto --help
+
+# roll back a round: round 1's model becomes the newest round again
+R="$T/bright"
+rounds=$($D3 session info "$R" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["rounds"])')
+expect 0 "session rollback" $D3 session rollback "$R" --to-round 1
+$D3 session info "$R" --json | python3 -c "import json,sys; d=json.load(sys.stdin); sys.exit(0 if d['rounds'] == $rounds + 1 and d['version'] == $rounds + 1 else 1)" \
+    && ok "rollback is a new round (versions keep rising)" || no "rollback is a new round"
+$D3 sample --session "$R" --prompt 0 --seed 4 --count 1 --steps 5 --out "$T/rb1" >/dev/null 2>&1
+$D3 sample --model "$R/rounds/0001.safetensors" --prompt 0 --seed 4 --count 1 --steps 5 --out "$T/rb2" >/dev/null 2>&1
+cmp -s "$T/rb1/"*.png "$T/rb2/"*.png && ok "the session now samples with round 1's model" || no "rollback model differs"
+expect 1 "rollback to a future round" $D3 session rollback "$R" --to-round 99
 finish test_auto.sh
