@@ -744,20 +744,8 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     /* resume: pairs on disk without a decision go first */
     for (long id = session_next_unlabeled(s, 0); id >= 0 && u->nq < QMAX;
          id = session_next_unlabeled(s, id + 1)) {
-        session_pair sp;
-        if (session_load_pair(s, id, &sp, err)) continue;
-        d3_pair_sample *p = calloc(1, sizeof *p);
-        size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
-        *p = (d3_pair_sample){.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
-                              .S = sp.S, .cfg = sp.cfg, .eta = sp.eta};
-        for (int i = 0; i < 2; i++) {
-            p->traj[i] = malloc(n * sizeof(float));
-            memcpy(p->traj[i], sp.traj[i], n * sizeof(float));
-            p->logp[i] = malloc(sp.K * sizeof(float));
-            memcpy(p->logp[i], sp.logp[i], sp.K * sizeof(float));
-        }
-        session_pair_free(&sp);
-        u->queue[u->nq++] = qpair_from(id, p);
+        qpair *q = load_qpair(u, id);
+        if (q) u->queue[u->nq++] = q;
     }
     u->seed_next = s->next_pair * 1000003L + 17;
     snprintf(u->status, sizeof u->status, "graphics: %s%s", term_mode_name(u->mode),
