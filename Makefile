@@ -41,8 +41,8 @@ TOOL_SRC = $(wildcard tests/tool_*.c) $(wildcard bench/*.c)
 TOOL_BIN = $(TOOL_SRC:%.c=$(B)/%)
 
 # Debian packages: build, then what the tests need.
-DEB_BUILD = gcc make pkg-config libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
-DEB_TEST = fonts-noto-color-emoji unicode-data tmux bsdutils xterm xvfb xdotool imagemagick x11-utils fonts-dejavu-core python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
+DEB_BUILD = gcc make pkg-config fonts-dejavu-core libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
+DEB_TEST = fonts-noto-color-emoji unicode-data tmux bsdutils xterm xvfb xdotool imagemagick x11-utils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
 
 .PHONY: all run test check check-asan fuzz bench deps deps-test clean install
 all: $(B)/d3po
