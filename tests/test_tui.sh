@@ -25,19 +25,23 @@ CMD="cd $PWD && $D3 label --session $S --model $T/m.st --graphics blocks --round
 tm new-session -d -s t -x 100 -y 30 "$CMD; echo EXITED \$?; sleep 60"
 wait_for "round 1  labels 0/2  model v0" && ok "screen opens on a new session" || no "screen opens"
 wait_for "pair 0 " && ok "first pair drawn" || no "first pair drawn"
-grep -q "▀" "$T/screen" && ok "half-block images drawn" || no "half-block images drawn"
+wait_for "▀▀▀▀▀▀▀▀" && ok "half-block images drawn" || no "half-block images drawn"
 tm send-keys -t t 1
 wait_for "pair 0: A saved" && ok "key 1 labels left" || no "key 1"
 tm send-keys -t t u
 wait_for "undid the decision on pair 0" && ok "u undoes" || no "u undoes"
 tm send-keys -t t Left
 wait_for "pair 0: A saved" && ok "Left labels left" || no "Left"
+wait_for "pair 1  seed" && ok "next pair shown" || no "next pair shown"
 tm send-keys -t t 2
 wait_for "model v1" && ok "round 1 trained after 2 labels" || no "round 1 trained"
+wait_for "pair 2  seed" || no "pair 2 shown"
 tm send-keys -t t t
 wait_for "tie saved" && ok "t is a tie" || no "t tie"
+wait_for "pair 3  seed" || no "pair 3 shown"
 tm send-keys -t t s
 wait_for "skip saved" && ok "s skips" || no "s skip"
+wait_for "pair 4  seed" || no "pair 4 shown"
 tm send-keys -t t Right
 wait_for "model v2" && ok "round 2 trained" || no "round 2 trained"
 # history: change a past choice (a new journal line)

@@ -194,7 +194,10 @@ static void start_round(ui *u) {
 }
 
 static void decide(ui *u, int choice) {
-    if (!u->nq) return;
+    if (!u->nq) {
+        snprintf(u->msg, sizeof u->msg, "no pair on screen yet: the engine is sampling it");
+        return;
+    }
     char err[D3_ERRLEN];
     qpair *q = u->queue[0];
     if (session_label(u->s, q->id, choice, (int)q->p->version, err)) {
