@@ -138,14 +138,6 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static const char *default_model(void) {
-    static const char *cands[] = {"models/default.safetensors",
-                                  D3PO_DATADIR "/default.safetensors"};
-    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++)
-        if (access(cands[i], R_OK) == 0) return cands[i];
-    return NULL;
-}
-
 static int save_round(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err) {
     return session_save_round(ctx, policy, st, round, err);
 }
@@ -639,43 +631,27 @@ int cmd_auto(int argc, char **argv) {
     if (!npairs) npairs = cfg.session.round_size;
 
     /* create or resume the session */
-    char lp[4200];
-    snprintf(lp, sizeof lp, "%s/session.json", dir);
-    struct stat stt;
-    if (stat(lp, &stt)) {
-        if (!model) model = default_model();
-        if (!model) {
-            oracle_free(oracle);
-            fprintf(stderr, "d3po auto: no model to start %s from: give --model FILE\n", dir);
+    json_t *set = json_pack("{s:s}", "created_by", "d3po auto");
+    if (oname) json_object_set_new(set, "oracle", json_string(oname));
+    if (lcmd) json_object_set_new(set, "labeler", json_string(lcmd));
+    char *sj = json_dumps(set, JSON_COMPACT);
+    json_decref(set);
+    const char *given = model;
+    int made = session_ensure(dir, &model, sj, err);
+    free(sj);
+    if (made < 0) {
+        oracle_free(oracle);
+        if (made == -2) {
+            fprintf(stderr, "d3po auto: %s\n", err);
             return EXIT_USAGE;
         }
-        char parent[4096];
-        snprintf(parent, sizeof parent, "%s", dir);
-        char *slash = strrchr(parent, '/');
-        if (slash && slash != parent) {
-            *slash = 0;
-            if (fs_mkdirs(parent, err)) {
-                oracle_free(oracle);
-                return fail(err);
-            }
-        }
-        json_t *set = json_pack("{s:s}", "created_by", "d3po auto");
-        if (oname) json_object_set_new(set, "oracle", json_string(oname));
-        if (lcmd) json_object_set_new(set, "labeler", json_string(lcmd));
-        char *sj = json_dumps(set, JSON_COMPACT);
-        json_decref(set);
-        int rc = session_create(dir, model, sj, err);
-        free(sj);
-        if (rc) {
-            oracle_free(oracle);
-            return fail(err);
-        }
-        fprintf(stderr, "d3po auto: new session %s from %s\n", dir, model);
-    } else if (model) {
+        return fail(err);
+    }
+    if (made) fprintf(stderr, "d3po auto: new session %s from %s\n", dir, model);
+    else if (given)
         fprintf(stderr,
                 "d3po auto: resuming %s (its own model; --model %s applies to new sessions)\n", dir,
-                model);
-    }
+                given);
     d3_session s;
     if (session_open(dir, &s, err)) {
         oracle_free(oracle);

@@ -42,13 +42,6 @@ static int default_session(char *buf, size_t n) {
     return 0;
 }
 
-static const char *default_model(void) {
-    static const char *cands[] = {"models/default.safetensors", D3PO_DATADIR "/default.safetensors"};
-    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++)
-        if (access(cands[i], R_OK) == 0) return cands[i];
-    return NULL;
-}
-
 int cmd_label(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
@@ -98,31 +91,16 @@ int cmd_label(int argc, char **argv) {
         }
         dir = dbuf;
     }
-    char lp[4200];
-    snprintf(lp, sizeof lp, "%s/session.json", dir);
-    struct stat st;
-    if (stat(lp, &st)) {
-        if (!model) model = default_model();
-        if (!model) {
-            fprintf(stderr, "d3po label: no model to start %s from: give --model FILE\n", dir);
-            return EXIT_USAGE;
-        }
-        char parent[4096];
-        snprintf(parent, sizeof parent, "%s", dir);
-        char *slash = strrchr(parent, '/');
-        if (slash && slash != parent) {
-            *slash = 0;
-            if (fs_mkdirs(parent, err)) { fprintf(stderr, "d3po label: %s\n", err); return EXIT_FAIL; }
-        }
-        if (session_create(dir, model, "{\"created_by\":\"d3po label\"}", err)) {
-            fprintf(stderr, "d3po label: %s\n", err);
-            return EXIT_FAIL;
-        }
-        fprintf(stderr, "d3po: new session %s from %s\n", dir, model);
-    } else if (model) {
-        fprintf(stderr, "d3po: resuming %s (its own model; --model %s applies to new sessions)\n",
-                dir, model);
+    const char *given = model;
+    int made = session_ensure(dir, &model, "{\"created_by\":\"d3po label\"}", err);
+    if (made < 0) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        return made == -2 ? EXIT_USAGE : EXIT_FAIL;
     }
+    if (made) fprintf(stderr, "d3po: new session %s from %s\n", dir, model);
+    else if (given)
+        fprintf(stderr, "d3po: resuming %s (its own model; --model %s applies to new sessions)\n",
+                dir, given);
     d3_session s;
     if (session_open(dir, &s, err)) {
         fprintf(stderr, "d3po label: %s\n", err);

@@ -886,3 +886,33 @@ void session_info(const d3_session *s, session_stats *in) {
     in->round = s->round;
     in->version = s->version;
 }
+
+#ifndef D3PO_DATADIR
+#define D3PO_DATADIR "/usr/local/share/d3po"
+#endif
+
+const char *session_default_model(void) {
+    static const char *cands[] = {"models/default.safetensors", D3PO_DATADIR "/default.safetensors"};
+    for (size_t i = 0; i < sizeof cands / sizeof *cands; i++)
+        if (access(cands[i], R_OK) == 0) return cands[i];
+    return NULL;
+}
+
+int session_ensure(const char *dir, const char **model, const char *settings_json, char *err) {
+    char p[PATH_LEN];
+    struct stat st;
+    if (pathf(p, err, "%s/session.json", dir)) return -1;
+    if (stat(p, &st) == 0) return 0;
+    if (!*model) *model = session_default_model();
+    if (!*model) {
+        d3_errf(err, "no model to start %s from: give --model FILE", dir);
+        return -2;
+    }
+    snprintf(p, sizeof p, "%s", dir);
+    char *slash = strrchr(p, '/');
+    if (slash && slash != p) {
+        *slash = 0;
+        if (fs_mkdirs(p, err)) return -1;
+    }
+    return session_create(dir, *model, settings_json, err) ? -1 : 1;
+}

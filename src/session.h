@@ -135,6 +135,16 @@ typedef struct {
  * already is a session). Does not open it. */
 int session_create(const char *dir, const char *model_path, const char *settings_json, char *err);
 
+/* The embedded default model: models/default.safetensors beside the
+ * working directory, else the installed copy; NULL when neither exists. */
+const char *session_default_model(void);
+
+/* Creates the session in dir (and its parent folders) unless dir already
+ * is one. *model: the model a new session starts from (NULL: the default
+ * model; set to the one used). Returns 1 when created, 0 when it existed,
+ * -1 with err, -2 when there is no model to start from (a usage error). */
+int session_ensure(const char *dir, const char **model, const char *settings_json, char *err);
+
 /* Opens a session: takes the lock (non-blocking; a second opener gets
  * "DIR is in use by another d3po (pid N)"), checks session.json, loads the
  * checkpoint named by LATEST (falling back to the newest rounds/ file that
