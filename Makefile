@@ -44,12 +44,27 @@ TOOL_BIN = $(TOOL_SRC:%.c=$(B)/%)
 DEB_BUILD = gcc make pkg-config fonts-dejavu-core libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
 DEB_TEST = fonts-noto-color-emoji unicode-data tmux bsdutils xterm xvfb xdotool imagemagick x11-utils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
 
+# The CUDA backend (engine/cuda/): a shared object loaded with dlopen at run
+# time (engine/device.c), so build/d3po itself needs no CUDA library and
+# runs on machines without a driver. Built whenever nvcc is found.
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(firstword $(wildcard $(CUDA_HOME)/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+# SASS for Hopper (H100/H200) and Ampere, PTX for anything newer/older
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 \
+	-gencode arch=compute_75,code=compute_75
+CUDA_LIB = $(if $(NVCC),$(B)/libd3po_cuda.so)
+
 .PHONY: all run test check check-asan fuzz bench deps deps-test clean install
-all: $(B)/d3po
+all: $(B)/d3po $(CUDA_LIB)
+
+$(B)/libd3po_cuda.so: engine/cuda/backend_cuda.cu engine/backend.h engine/err.h
+	@mkdir -p $(dir $@)
+	$(NVCC) -std=c++20 -O3 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -shared $(CUDA_ARCH) \
+		-Iengine $< -o $@ -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas -lcudnn
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -DD3PO_VERSION='"$(VERSION)"' -DD3PO_DATADIR='"$(DATADIR)"' -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -DD3PO_VERSION='"$(VERSION)"' -DD3PO_DATADIR='"$(DATADIR)"' -DD3PO_LIBDIR='"$(PREFIX)/lib/d3po"' -c $< -o $@
 
 $(B)/libd3po.a: $(LIB_OBJ)
 	@rm -f $@
@@ -123,6 +138,8 @@ install: all
 	install -m 644 config/d3po.conf $(DESTDIR)$(DATADIR)/d3po.conf
 	if [ -f models/default.safetensors ]; then \
 		install -m 644 models/default.safetensors $(DESTDIR)$(DATADIR)/default.safetensors; fi
+	if [ -f $(B)/libd3po_cuda.so ]; then install -d $(DESTDIR)$(PREFIX)/lib/d3po && \
+		install -m 755 $(B)/libd3po_cuda.so $(DESTDIR)$(PREFIX)/lib/d3po/libd3po_cuda.so; fi
 
 clean:
 	rm -rf $(B) build-asan

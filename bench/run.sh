@@ -1,33 +1,46 @@
 #!/bin/sh
 # run.sh - the d3po benchmarks against the PyTorch yardstick (make bench).
 #
-#   B=build THREADS=N [CASES="sample d3po pretrain"] sh bench/run.sh
+#   B=build THREADS=N [CASES="sample d3po pretrain"] [DEVICES="cpu cuda"] sh bench/run.sh
 #
 # For each case runs $B/bench/bench and then bench/bench_torch.py, one after
 # the other, with the same thread count and the same thread environment,
 # and prints
 #   bench <case>: d3po <value> <unit>, pytorch <value> <unit>, ratio <r>
 #   bench <case> peak memory: d3po <MB> MB, pytorch <MB> MB
-# ratio = pytorch_time / d3po_time (> 1: d3po is faster). The same lines,
-# with the machine, thread count and git commit, go to bench/results/latest.txt.
+# ratio = pytorch_time / d3po_time (> 1: d3po is faster). Then, when
+# `bench --probe` opens the CUDA backend, the same cases on the GPU (both
+# programs with --device cuda, TF32 off on both sides):
+#   bench gpu-<case>: d3po <value> <unit>, pytorch <value> <unit>, ratio <r>
+#   bench gpu-<case> peak device memory: d3po <MB> MB, pytorch <MB> MB
+# and otherwise one line `bench gpu: skipped (<reason>)`. The same lines,
+# with the machine, thread count, GPU and git commit, go to
+# bench/results/latest.txt.
 # Exits non-zero when a program fails or prints nothing usable; never on
 # the ratio (benchmarks do not assert on time).
+#
+# Overrides: PY (the Python with torch; on a GPU machine the one whose torch
+# has CUDA), BENCH (the bench binary, default $B/bench/bench), DEVICES
+# ("cpu cuda", "cpu" or "cuda"), RESULTS_FILE (default
+# bench/results/latest.txt), LOGS (default $B/bench/logs), CASES_ONLY=1
+# (skip the terminal-latency benchmark).
 cd "$(dirname "$0")/.." || exit 1
 LC_ALL=C
 export LC_ALL
 B=${B:-build}
 THREADS=${THREADS:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)}
 CASES=${CASES:-sample d3po pretrain}
+DEVICES=${DEVICES:-cpu cuda}
 PY=${PY:-/usr/bin/python3}
-BENCH="$B/bench/bench"
-RESULTS=bench/results
-LOGS="$B/bench/logs"
+BENCH=${BENCH:-$B/bench/bench}
+RESULTS_FILE=${RESULTS_FILE:-bench/results/latest.txt}
+LOGS=${LOGS:-$B/bench/logs}
 
 if [ ! -x "$BENCH" ]; then
     echo "bench: $BENCH not built (run make bench)" >&2
     exit 1
 fi
-mkdir -p "$RESULTS" "$LOGS" || exit 1
+mkdir -p "$(dirname "$RESULTS_FILE")" "$LOGS" || exit 1
 
 # Both programs get the same thread budget. d3po pins OpenBLAS to one
 # thread itself (it parallelises around it with OpenMP); PyTorch may use
@@ -51,6 +64,19 @@ if [ -n "$(git status --porcelain 2>/dev/null | head -n 1)" ]; then commit="$com
     echo "commit: $commit"
 } >"$out"
 
+case " $DEVICES " in *" cuda "*)
+    if gpu=$("$BENCH" --probe 2>"$LOGS/probe.err"); then
+        gpu=$(printf '%s\n' "$gpu" | head -n 1)
+        [ -n "$gpu" ] || gpu="cuda"
+    else
+        gpu=""
+        why=$(head -n 1 "$LOGS/probe.err")
+        [ -n "$why" ] || why="bench --probe failed"
+    fi
+    echo "gpu: ${gpu:-none ($why)}" >>"$out"
+    ;;
+esac
+
 # $1 = log file, $2 = expected first word, $3 = case: prints "<seconds> <MB>"
 # from the program's one result line, or nothing.
 result() {
@@ -64,35 +90,54 @@ failed() {
     fail=1
 }
 
-for c in $CASES; do
-    case "$c" in sample|d3po|pretrain) ;; *) failed "$c" "unknown case"; continue;; esac
-    dlog="$LOGS/$c.d3po.log"
-    tlog="$LOGS/$c.torch.log"
-    if ! "$BENCH" --case "$c" --threads "$THREADS" >"$dlog" 2>"$dlog.err"; then
+# $1 = device (cpu|cuda), $2 = case
+run_case() {
+    rdev=$1 c=$2
+    if [ "$rdev" = cuda ]; then name="gpu-$c" mem="peak device memory" digits=4
+    else name="$c" mem="peak memory" digits=3; fi
+    case "$c" in sample|d3po|pretrain) ;; *) failed "$name" "unknown case"; return;; esac
+    dlog="$LOGS/$name.d3po.log"
+    tlog="$LOGS/$name.torch.log"
+    if ! "$BENCH" --case "$c" --threads "$THREADS" --device "$rdev" >"$dlog" 2>"$dlog.err"; then
         cat "$dlog.err" >&2
-        failed "$c" "$BENCH exited non-zero"
-        continue
+        failed "$name" "$BENCH exited non-zero"
+        return
     fi
-    if ! "$PY" bench/bench_torch.py --threads "$THREADS" --case "$c" >"$tlog" 2>"$tlog.err"; then
+    if ! "$PY" bench/bench_torch.py --threads "$THREADS" --case "$c" --device "$rdev" >"$tlog" 2>"$tlog.err"; then
         tail -n 20 "$tlog.err" >&2
-        failed "$c" "bench_torch.py exited non-zero"
-        continue
+        failed "$name" "bench_torch.py exited non-zero"
+        return
     fi
     d=$(result "$dlog" d3po "$c")
     t=$(result "$tlog" torch "$c")
     if [ -z "$d" ] || [ -z "$t" ]; then
         echo "d3po printed: $(cat "$dlog")" >&2
         echo "torch printed: $(cat "$tlog")" >&2
-        failed "$c" "no result line"
-        continue
+        failed "$name" "no result line"
+        return
     fi
-    echo "$d $t" | awk -v c="$c" '{
+    echo "$d $t" | awk -v c="$c" -v name="$name" -v mem="$mem" -v dg="$digits" '{
         ds = $1; dm = $2; ts = $3; tm = $4
+        f = "%." dg "f"
         if (c == "pretrain") { unit = "images/s"; dv = sprintf("%.1f", 64 / ds); tv = sprintf("%.1f", 64 / ts) }
-        else { unit = (c == "sample") ? "s/pair" : "s/update"; dv = sprintf("%.3f", ds); tv = sprintf("%.3f", ts) }
-        printf "bench %s: d3po %s %s, pytorch %s %s, ratio %.2f\n", c, dv, unit, tv, unit, ts / ds
-        printf "bench %s peak memory: d3po %.1f MB, pytorch %.1f MB\n", c, dm, tm
+        else { unit = (c == "sample") ? "s/pair" : "s/update"; dv = sprintf(f, ds); tv = sprintf(f, ts) }
+        printf "bench %s: d3po %s %s, pytorch %s %s, ratio %.2f\n", name, dv, unit, tv, unit, ts / ds
+        printf "bench %s %s: d3po %.1f MB, pytorch %.1f MB\n", name, mem, dm, tm
     }' | tee -a "$out"
+}
+
+for dv in $DEVICES; do
+    case "$dv" in
+    cpu)
+        for c in $CASES; do run_case cpu "$c"; done ;;
+    cuda)
+        if [ -z "$gpu" ]; then
+            echo "bench gpu: skipped ($why)" | tee -a "$out"
+        else
+            for c in $CASES; do run_case cuda "$c"; done
+        fi ;;
+    *) failed "$dv" "unknown device (expected cpu or cuda)" ;;
+    esac
 done
 
 # the labeling screen's responsiveness (no PyTorch counterpart): keypress to
@@ -109,5 +154,5 @@ if [ -z "$CASES_ONLY" ]; then
     done
 fi
 
-mv "$out" "$RESULTS/latest.txt" || fail=1
+mv "$out" "$RESULTS_FILE" || fail=1
 exit $fail

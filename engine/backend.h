@@ -12,13 +12,35 @@
 
 #include <stddef.h>
 
+/* Bumped whenever the table changes: a CUDA backend built from another
+ * tree is refused instead of called through a mismatched table. */
+#define D3_BACKEND_ABI 2
+
 typedef struct d3_backend {
+    int abi;          /* D3_BACKEND_ABI */
     const char *name; /* "cpu", "cuda" */
+    int host;         /* 1: alloc returns host memory (the model's host
+                         buffers can be used directly) */
     void *(*alloc)(size_t bytes);            /* zeroed; NULL on failure */
     void (*free)(void *p);
     void (*upload)(void *dst, const void *src_host, size_t bytes);
     void (*download)(void *dst_host, const void *src, size_t bytes);
     void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes); /* device to device */
+    void (*sync)(void);      /* waits for queued work (no-op on the CPU) */
+
+    /* Flat-buffer training utilities (the optimizer runs where the
+     * gradients are). sumsq accumulates in double. adamw is one AdamW
+     * step with the scalars precomputed by adamw_scalars() (optim.h), so
+     * both backends compute the same float expression:
+     *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+     *   p = p * decay - step_size * m / (sqrt(v) * rbc2 + eps)
+     * ema: e = decay e + (1 - decay) p. */
+    double (*sumsq)(const float *x, size_t n);
+    void (*scale)(float *x, float s, size_t n);
+    void (*adamw)(float *p, float *m, float *v, const float *g, size_t n, float b1, float b2,
+                  float eps, float step_size, float rbc2, float decay);
+    void (*ema)(float *e, const float *p, float decay, size_t n);
 
     void (*conv2d_forward)(float *out, const float *inp, const float *w, const float *b,
                            int N, int C, int H, int W, int OC, int K, int stride, int pad);
@@ -56,5 +78,20 @@ typedef struct d3_backend {
 
 /* The CPU backend (always available). */
 const d3_backend *backend_cpu(void);
+
+/* The CUDA backend lives in a shared object (engine/cuda/, built when nvcc
+ * is present) that engine/device.c loads with dlopen, so the binary runs
+ * on machines without a driver. Its entry points: */
+#define D3_CUDA_OPEN "d3po_cuda_open"         /* d3_cuda_open_fn */
+#define D3_CUDA_DESCRIBE "d3po_cuda_describe" /* d3_cuda_describe_fn */
+/* Initialises device 0 (context, stream, cuBLAS/cuDNN handles) once and
+ * returns the table, or NULL with err naming the reason (no driver, no
+ * device, a library missing, a call that failed). tf32: allow TF32 tensor
+ * cores in cuBLAS and cuDNN (faster, ~1e-3 relative error). */
+typedef const d3_backend *(*d3_cuda_open_fn)(int tf32, char *err);
+/* One line per device (name, memory, compute capability) plus the CUDA,
+ * cuBLAS and cuDNN versions. Returns the number of devices, or -1 with the
+ * reason in out. */
+typedef int (*d3_cuda_describe_fn)(char *out, size_t len);
 
 #endif

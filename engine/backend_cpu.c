@@ -2,6 +2,7 @@
  * of ops_cpu.c. See backend.h. */
 #include "backend.h"
 #include "ops.h"
+#include "optim.h"
 
 #include <omp.h>
 #include <stdlib.h>
@@ -34,8 +35,34 @@ static void cpu_zero(void *p, size_t bytes) {
     }
 }
 
+static void cpu_sync(void) {}
+
+static double cpu_sumsq(const float *x, size_t n) {
+    double ss = 0;
+#pragma omp parallel for reduction(+ : ss) schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    return ss;
+}
+
+static void cpu_scale(float *x, float s, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+static void cpu_ema(float *e, const float *p, float decay, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) e[i] = decay * e[i] + (1 - decay) * p[i];
+}
+
 static const d3_backend cpu = {
+    .abi = D3_BACKEND_ABI,
     .name = "cpu",
+    .host = 1,
+    .copy = cpu_copy,
+    .sync = cpu_sync,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
+    .adamw = adamw_update,
+    .ema = cpu_ema,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,

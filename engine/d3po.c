@@ -56,14 +56,61 @@ static int refresh_ref(const d3_model *ref, long tag, d3_tape *tp, d3po_pair *p,
     return 0;
 }
 
+/* The optimizer state on the backend: on the CPU the host buffers
+ * themselves; on a device, copies made for this call and copied back. */
+typedef struct {
+    const d3_backend *be;
+    float *grads, *m, *v, *params;
+} train_bufs;
+
+static int bufs_open(train_bufs *b, const d3_backend *be, d3_model *policy, d3_adamw *opt,
+                     char *err) {
+    size_t n = policy->L.numel, bytes = n * sizeof(float);
+    memset(b, 0, sizeof *b);
+    b->be = be;
+    if (be->host) {
+        b->params = policy->params;
+        b->m = opt->m;
+        b->v = opt->v;
+        if (!(b->grads = malloc(bytes))) return d3_errf(err, "out of memory");
+        return 0;
+    }
+    b->params = model_params_dev(policy, be);
+    b->grads = be->alloc(bytes);
+    b->m = be->alloc(bytes);
+    b->v = be->alloc(bytes);
+    if (!b->params || !b->grads || !b->m || !b->v)
+        return d3_errf(err, "%s: out of device memory for the optimizer (3 x %zu MB)", be->name,
+                       bytes >> 20);
+    be->upload(b->m, opt->m, bytes);
+    be->upload(b->v, opt->v, bytes);
+    return 0;
+}
+
+/* Copies the trained state back to the host and frees the buffers. */
+static void bufs_close(train_bufs *b, d3_model *policy, d3_adamw *opt) {
+    const d3_backend *be = b->be;
+    if (be->host) {
+        free(b->grads);
+        model_touch(policy);
+        return;
+    }
+    size_t bytes = policy->L.numel * sizeof(float);
+    if (b->m) be->download(opt->m, b->m, bytes);
+    if (b->v) be->download(opt->v, b->v, bytes);
+    if (b->params) model_pull(policy);
+    be->free(b->grads); be->free(b->m); be->free(b->v);
+}
+
 double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *tp,
                   d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
                   d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err) {
     int K = o->sample.steps;
     if (K < 1 || K > D3_MAX_STEPS) { d3_errf(err, "steps=%d out of range", K); return NAN; }
+    const d3_backend *be = tape_backend(tp);
+    size_t numel = policy->L.numel;
     int *order = malloc(sizeof(int) * (npairs ? npairs : 1)), steps[D3_MAX_STEPS];
-    float *grads = malloc(policy->L.numel * sizeof(float));
-    if (!order || !grads) { free(order); free(grads); d3_errf(err, "out of memory"); return NAN; }
+    if (!order) { d3_errf(err, "out of memory"); return NAN; }
     int n = 0;
     for (int i = 0; i < npairs; i++)
         if (pairs[i].h[0] != 0 || pairs[i].h[1] != 0) order[n++] = i;
@@ -71,10 +118,16 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
      * policy before this call's first update, so caching must precede it */
     for (int i = 0; i < n; i++)
         if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, err)) {
-            free(order); free(grads);
+            free(order);
             return NAN;
         }
-    double total = 0;
+    train_bufs b;
+    if (bufs_open(&b, be, policy, opt, err)) {
+        bufs_close(&b, policy, opt);
+        free(order);
+        return NAN;
+    }
+    double total = 0, result = NAN;
     long count = 0;
     int done = 0, all = n * o->epochs;
     for (int e = 0; e < o->epochs; e++) {
@@ -83,23 +136,30 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
             d3po_pair *p = &pairs[order[i]];
             for (int k = 0; k < K; k++) steps[k] = k;
             shuffle(steps, K, rng); /* one order for both images of the pair */
-            memset(grads, 0, policy->L.numel * sizeof(float));
-            double l = d3po_pair_backward(policy, tp, grads, &o->sample, &o->loss, p->traj[0],
+            be->zero(b.grads, numel * sizeof(float));
+            double l = d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],
                                           p->traj[1], p->cls, p->ref[0], p->ref[1], p->h, steps,
                                           NULL, NULL, NULL, err);
-            if (isnan(l)) { free(order); free(grads); return NAN; }
-            grad_clip(grads, policy->L.numel, o->max_grad_norm);
-            adamw_step(opt, policy->params, grads);
+            if (isnan(l)) goto out;
+            /* global-norm clip, PyTorch's clip_grad_norm_ coefficient */
+            double norm = sqrt(be->sumsq(b.grads, numel));
+            if (o->max_grad_norm > 0 && norm > o->max_grad_norm)
+                be->scale(b.grads, (float)(o->max_grad_norm / (norm + 1e-6)), numel);
+            float step_size, rbc2, decay;
+            adamw_scalars(opt, &step_size, &rbc2, &decay);
+            be->adamw(b.params, b.m, b.v, b.grads, numel, opt->beta1, opt->beta2, opt->eps,
+                      step_size, rbc2, decay);
             total += l;
             count += K;
             if (progress && progress(ctx, ++done, all, l / K)) {
-                free(order); free(grads);
                 d3_errf(err, "cancelled");
-                return NAN;
+                goto out;
             }
         }
     }
+    result = count ? total / count : 0.0;
+out:
+    bufs_close(&b, policy, opt);
     free(order);
-    free(grads);
-    return count ? total / count : 0.0;
+    return result;
 }

@@ -83,7 +83,7 @@ static d3_tensor *forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int 
         y[r] = r < n ? cls[r % n] : m->L.arch.classes;
         tv[r] = (float)t;
     }
-    d3_tensor *out = unet_forward(tp, &m->L, m->params, grads, in, tv, y);
+    d3_tensor *out = unet_forward(tp, &m->L, model_params_dev(m, be), grads, in, tv, y);
     if (y != ybuf) free(y);
     if (tv != tbuf) free(tv);
     *nb_out = nb;
@@ -268,7 +268,7 @@ double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int 
     tape_set_grad(tp, 1);
     d3_tensor *in = tape_input(tp, N, 3, S, S);
     be->upload(in->v, xt, N * D * sizeof(float));
-    d3_tensor *out = unet_forward(tp, &m->L, m->params, grads, in, tv, y);
+    d3_tensor *out = unet_forward(tp, &m->L, model_params_dev(m, be), grads, in, tv, y);
     float *dn = tape_alloc(tp, out->numel), *dout = tape_alloc(tp, out->numel);
     be->upload(dn, noise, N * D * sizeof(float));
     double loss = be->mse_forward(out->v, dn, out->numel);

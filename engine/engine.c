@@ -1,6 +1,8 @@
 /* engine.c - the engine thread (see engine.h): a job queue in, an event
  * queue out, a pipe as the wake-up fd. Only this thread touches the policy
- * model, the tape and the optimizer while the engine runs. */
+ * model, the tape and the optimizer while the engine runs, and only it
+ * calls the backend (o.be): the tape and the models' device copies are
+ * freed by the thread itself before it ends. */
 #include "engine.h"
 
 #include <fcntl.h>
@@ -20,6 +22,7 @@ typedef struct job {
     job_kind kind;
     int cls;
     uint64_t seed;
+    int drift;        /* JOB_SAMPLE: also the base model's log-probs */
     d3po_pair *pairs; /* JOB_TRAIN: owned copies */
     int npairs, round;
     struct job *next;
@@ -86,13 +89,33 @@ static void emit_error(d3_engine *e, const char *msg) {
 
 void engine_pair_free(d3_pair_sample *p) {
     if (!p) return;
-    for (int i = 0; i < 2; i++) { free(p->traj[i]); free(p->logp[i]); }
+    for (int i = 0; i < 2; i++) { free(p->traj[i]); free(p->logp[i]); free(p->logp_base[i]); }
     free(p);
 }
 
 void engine_event_free(d3_event *ev) {
     if (ev->kind == EV_PAIR) engine_pair_free(ev->pair);
     ev->pair = NULL;
+}
+
+/* p->logp_base: the pair's trajectories traj [2][K+1][D] scored by the
+ * base model. Left NULL when that fails (the drift measure skips the
+ * pair; it is a diagnostic, not worth failing the pair for). */
+static void base_logp(d3_engine *e, d3_pair_sample *p, const int *cls, const float *traj) {
+    char err[D3_ERRLEN];
+    float *lb = malloc(2 * p->K * sizeof(float));
+    if (!lb || ddim_traj_logp(e->base, e->tp, &e->o.sample, 2, cls, traj, lb, err)) {
+        free(lb);
+        return;
+    }
+    float *lb1 = malloc(p->K * sizeof(float));
+    if (!lb1) {
+        free(lb);
+        return;
+    }
+    memcpy(lb1, lb + p->K, p->K * sizeof(float));
+    p->logp_base[0] = lb; /* [0..K) is image 0's */
+    p->logp_base[1] = lb1;
 }
 
 static void run_sample(d3_engine *e, const job *j) {
@@ -136,6 +159,7 @@ static void run_sample(d3_engine *e, const job *j) {
         memcpy(p->traj[i], traj + i * (K + 1) * D, (K + 1) * D * sizeof(float));
         memcpy(p->logp[i], lp + i * K, K * sizeof(float));
     }
+    if (j->drift && e->base) base_logp(e, p, cls, traj);
     free(x); free(traj); free(lp);
     d3_event ev = {.kind = EV_PAIR, .pair = p};
     emit(e, &ev);
@@ -225,6 +249,11 @@ static void *thread_main(void *arg) {
         pthread_mutex_unlock(&e->mu);
         free_job(j);
     }
+    /* the device memory goes with the thread that used it */
+    tape_free(e->tp);
+    e->tp = NULL;
+    if (e->policy) { model_free(e->policy); free(e->policy); e->policy = NULL; }
+    if (e->base) { model_free(e->base); free(e->base); e->base = NULL; }
     d3_event ev = {.kind = EV_STOPPED};
     emit(e, &ev);
     return NULL;
@@ -256,7 +285,7 @@ d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long ver
     }
     rng_init(&e->rng, 0xD3B0, (uint64_t)version);
     if (st && st->has_rng) e->rng = st->rng;
-    e->tp = tape_new(backend_cpu());
+    e->tp = tape_new(o->be ? o->be : backend_cpu());
     if (!e->tp) { d3_errf(err, "engine: out of memory"); goto fail; }
     if (pthread_create(&e->th, NULL, thread_main, e)) {
         d3_errf(err, "engine: cannot start the thread");
@@ -285,14 +314,19 @@ static void push_job(d3_engine *e, job *j) {
     pthread_mutex_unlock(&e->mu);
 }
 
-void engine_sample(d3_engine *e, int cls, uint64_t seed) {
+static void sample_job(d3_engine *e, int cls, uint64_t seed, int drift) {
     job *j = calloc(1, sizeof *j);
     if (!j) return;
     j->kind = JOB_SAMPLE;
     j->cls = cls;
     j->seed = seed;
+    j->drift = drift;
     push_job(e, j);
 }
+
+void engine_sample(d3_engine *e, int cls, uint64_t seed) { sample_job(e, cls, seed, 0); }
+
+void engine_sample_drift(d3_engine *e, int cls, uint64_t seed) { sample_job(e, cls, seed, 1); }
 
 void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,
                   int round) {

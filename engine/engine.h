@@ -16,6 +16,11 @@
  *   d3_event ev; while (engine_poll(e, &ev)) { ...; engine_event_free(&ev); }
  *   engine_train(e, pairs, n, round);                     // D3PO on labeled pairs
  *   engine_stop(e);                                       // cancels, joins, frees
+ *
+ * The engine computes on the backend of its opts (o.be: the CPU or CUDA
+ * backend that device_backend() chose). Only the engine thread calls the
+ * backend: its tape, the models' device copies and the optimizer's
+ * device buffers are made, used and freed there, so the GPU has one user.
  */
 #ifndef D3PO_ENGINE_H
 #define D3PO_ENGINE_H
@@ -29,7 +34,8 @@ typedef struct {
     ddim_opts sample;       /* steps, eta, cfg of the pairs */
     d3po_train_opts train;  /* D3PO settings (train.sample is set from .sample) */
     float lr, weight_decay; /* AdamW */
-    int threads;            /* 0 = all cores */
+    int threads;            /* CPU threads of the ops: 0 = all cores */
+    const d3_backend *be;   /* where to compute (device.h); NULL: the CPU */
     /* Called on the engine thread after each trained round, with the new
      * policy and its training state, to write the checkpoint. Returns 0,
      * or -1 with err set (reported as an EV_ERROR). May be NULL. */
@@ -47,6 +53,8 @@ typedef struct {
     float cfg, eta;
     float *traj[2];     /* [K+1][3][S][S]; traj[i] + K*3*S*S is the image */
     float *logp[2];     /* [K] sampling log-probs */
+    float *logp_base[2]; /* [K] the same steps' log-probs under the base model
+                            (engine_sample_drift with a base model), else NULL */
 } d3_pair_sample;
 
 typedef enum { EV_PAIR, EV_PROGRESS, EV_TRAINED, EV_ERROR, EV_STOPPED } d3_event_kind;
@@ -67,8 +75,9 @@ typedef struct d3_engine d3_engine;
 
 /* Starts the thread. policy: a malloc'd model to sample from and train
  * (owned by the engine from now on, freed by engine_stop); base: the
- * malloc'd frozen base model for the "base" reference (owned too; may be
- * NULL when train.ref is D3PO_REF_ROUND);
+ * malloc'd frozen base model for the "base" reference and for
+ * engine_sample_drift (owned too; may be NULL when train.ref is
+ * D3PO_REF_ROUND: training then ignores it);
  * st: AdamW state to continue (may be NULL: fresh); version: the policy's
  * model version. */
 d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long version,
@@ -77,6 +86,10 @@ d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long ver
 int engine_fd(const d3_engine *e);
 /* Queues the sampling of one pair of class cls sharing x_T drawn from seed. */
 void engine_sample(d3_engine *e, int cls, uint64_t seed);
+/* The same, and the pair also carries logp_base: the log-probabilities of
+ * its trajectories under the base model (d3po auto's drift measure; NULL
+ * when the engine has no base model), computed on the engine thread. */
+void engine_sample_drift(d3_engine *e, int cls, uint64_t seed);
 /* Queues a D3PO round over n labeled pairs (copied; trajectories are
  * copied too, so the caller may free its own). */
 void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,

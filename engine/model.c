@@ -51,7 +51,46 @@ int model_init(d3_model *m, const unet_arch *a, const char *const *names, uint64
     return 0;
 }
 
+struct d3_devcopy {
+    const d3_backend *be;
+    float *p;
+    unsigned long gen;
+};
+
+float *model_params_dev(const d3_model *m, const d3_backend *be) {
+    if (be->host) return m->params;
+    d3_model *mm = (d3_model *)m; /* the cache is not part of the value */
+    struct d3_devcopy *d = mm->dev;
+    if (d && d->be != be) {
+        d->be->free(d->p);
+        free(d);
+        d = mm->dev = NULL;
+    }
+    if (!d) {
+        if (!(d = calloc(1, sizeof *d))) return NULL;
+        d->be = be;
+        if (!(d->p = be->alloc(m->L.numel * sizeof(float)))) { free(d); return NULL; }
+        d->gen = m->gen - 1; /* stale: upload below */
+        mm->dev = d;
+    }
+    if (d->gen != m->gen) {
+        be->upload(d->p, m->params, m->L.numel * sizeof(float));
+        d->gen = m->gen;
+    }
+    return d->p;
+}
+
+void model_touch(d3_model *m) { m->gen++; }
+
+void model_pull(d3_model *m) {
+    struct d3_devcopy *d = m->dev;
+    if (!d) return;
+    d->be->download(m->params, d->p, m->L.numel * sizeof(float));
+    d->gen = ++m->gen;
+}
+
 void model_free(d3_model *m) {
+    if (m->dev) { m->dev->be->free(m->dev->p); free(m->dev); }
     unet_layout_free(&m->L);
     free(m->params);
     for (int i = 0; i < m->nclasses; i++) free(m->class_names[i]);

@@ -45,6 +45,10 @@ typedef struct {
     d3_schedule sched;
     int nmeta;            /* extra metadata pairs carried along */
     char **meta_keys, **meta_vals;
+    /* Device copy of params (model_params_dev). gen counts host writes
+     * (model_touch); the copy is refreshed when its gen is older. */
+    unsigned long gen;
+    struct d3_devcopy *dev;
 } d3_model;
 
 /* Training state saved beside the weights in a checkpoint. Every pointer
@@ -73,6 +77,16 @@ int model_copy(d3_model *dst, const d3_model *src, char *err);
 void model_free(d3_model *m);
 /* Class id for a prompt: exact name match, else a decimal id; -1 if none. */
 int model_find_class(const d3_model *m, const char *prompt);
+/* The parameters as backend be sees them: m->params itself on a host
+ * backend, else a device copy, uploaded when the host parameters changed
+ * since (model_touch). NULL only when device memory runs out. The copy is
+ * freed by model_free. Not thread-safe: one thread uses a model at a time. */
+float *model_params_dev(const d3_model *m, const d3_backend *be);
+/* Call after writing m->params on the host. */
+void model_touch(d3_model *m);
+/* After updating the device copy in place (training on the device):
+ * downloads it into m->params, leaving both in step. */
+void model_pull(d3_model *m);
 /* Sets (or replaces) an extra metadata pair saved with the model. */
 int model_set_meta(d3_model *m, const char *key, const char *val);
 const char *model_get_meta(const d3_model *m, const char *key);

@@ -19,15 +19,26 @@ void adamw_free(d3_adamw *o) {
     o->m = o->v = NULL;
 }
 
-void adamw_step(d3_adamw *o, float *params, const float *grads) {
+void adamw_scalars(d3_adamw *o, float *step_size, float *rbc2, float *decay) {
     o->step++;
     double bc1 = 1.0 - pow(o->beta1, (double)o->step);
     double bc2 = 1.0 - pow(o->beta2, (double)o->step);
-    float step_size = (float)(o->lr / bc1), rbc2 = (float)(1.0 / sqrt(bc2));
-    float b1 = o->beta1, b2 = o->beta2, eps = o->eps, decay = 1.0f - o->lr * o->wd;
-    float *m = o->m, *v = o->v;
-    #pragma omp parallel for schedule(static) if (o->n > 65536)
-    for (size_t i = 0; i < o->n; i++) {
+    *step_size = (float)(o->lr / bc1);
+    *rbc2 = (float)(1.0 / sqrt(bc2));
+    *decay = 1.0f - o->lr * o->wd;
+}
+
+void adamw_step(d3_adamw *o, float *params, const float *grads) {
+    float step_size, rbc2, decay;
+    adamw_scalars(o, &step_size, &rbc2, &decay);
+    adamw_update(params, o->m, o->v, grads, o->n, o->beta1, o->beta2, o->eps, step_size, rbc2,
+                 decay);
+}
+
+void adamw_update(float *params, float *m, float *v, const float *grads, size_t n, float b1,
+                  float b2, float eps, float step_size, float rbc2, float decay) {
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
         float g = grads[i];
         m[i] = b1 * m[i] + (1.0f - b1) * g;
         v[i] = b2 * v[i] + (1.0f - b2) * g * g;

@@ -19,6 +19,13 @@ int adamw_init(d3_adamw *o, size_t n);
 void adamw_free(d3_adamw *o);
 /* One step: params -= update(grads). Does not zero grads. */
 void adamw_step(d3_adamw *o, float *params, const float *grads);
+/* The scalars of step o->step + 1 (and increments o->step), for the
+ * backends' adamw (backend.h): step_size = lr / (1 - b1^t),
+ * rbc2 = 1 / sqrt(1 - b2^t), decay = 1 - lr * wd. */
+void adamw_scalars(d3_adamw *o, float *step_size, float *rbc2, float *decay);
+/* The same loop as the CPU backend's adamw (the host reference). */
+void adamw_update(float *p, float *m, float *v, const float *g, size_t n, float b1, float b2,
+                  float eps, float step_size, float rbc2, float decay);
 /* Global L2 norm of grads; if above max_norm (> 0) scales grads to it.
  * Returns the norm before clipping. */
 double grad_clip(float *grads, size_t n, double max_norm);

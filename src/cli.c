@@ -1,10 +1,18 @@
-/* cli.c - option value parsing shared by the subcommands (cli.h). */
+/* cli.c - option value parsing shared by the subcommands, and the choice
+ * of the compute backend from --device, --tf32 and the config (cli.h). */
 #include "cli.h"
 
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "device.h"
+
+/* config.c stores engine.device as d3_device; device.c takes d3_device_kind */
+_Static_assert((int)D3_DEVICE_AUTO == (int)D3_DEV_AUTO && (int)D3_DEVICE_CPU == (int)D3_DEV_CPU &&
+                   (int)D3_DEVICE_CUDA == (int)D3_DEV_CUDA,
+               "config.h's d3_device and device.h's d3_device_kind agree");
 
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
     char *end;
@@ -40,4 +48,33 @@ int cli_float(const char *cmd, const char *opt, const char *s, double lo, double
     }
     *out = v;
     return 0;
+}
+
+int cli_device(const char *cmd, const char *s, int *dev) {
+    char err[D3_ERRLEN];
+    d3_device_kind k;
+    if (device_parse(s, &k, err)) {
+        fprintf(stderr, "d3po %s: --device '%s': expected auto, cpu or cuda\n", cmd, s);
+        return -1;
+    }
+    *dev = (int)k;
+    return 0;
+}
+
+const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_config *c, char *note,
+                              size_t n) {
+    d3_device_kind k = dev >= 0 ? (d3_device_kind)dev : (d3_device_kind)c->engine.device;
+    tf32 = tf32 || c->engine.tf32;
+    char why[D3_ERRLEN], err[D3_ERRLEN];
+    const d3_backend *be = device_backend(k, tf32, why, err);
+    if (!be) {
+        if (dev < 0) /* asked for by the config file: say where */
+            fprintf(stderr, "d3po %s: %s (engine.device in %s)\n", cmd, err, config_source(c));
+        else
+            fprintf(stderr, "d3po %s: %s\n", cmd, err);
+        return NULL;
+    }
+    if (note && why[0]) snprintf(note, n, "%s (%s)", be->name, why);
+    else if (note) snprintf(note, n, "%s%s", be->name, !be->host && tf32 ? ", tf32" : "");
+    return be;
 }

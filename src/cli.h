@@ -3,7 +3,11 @@
  * 2 other error). */
 #ifndef D3PO_CLI_H
 #define D3PO_CLI_H
+#include <stddef.h>
 #include <stdint.h>
+
+#include "backend.h"
+#include "config.h"
 
 #define EXIT_USAGE 1
 #define EXIT_FAIL 2
@@ -26,4 +30,32 @@ int cmd_export(int argc, char **argv);
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
 int cli_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
 int cli_float(const char *cmd, const char *opt, const char *s, double lo, double hi, double *out);
+
+/* --device and --tf32, for the commands that compute with a model (label,
+ * auto, train, eval, sample):
+ *
+ *   int dev = -1, tf32 = 0;                  // -1: no --device, use the config
+ *   case 'D': if (cli_device("train", optarg, &dev)) return EXIT_USAGE; break;
+ *   case 'F': tf32 = 1; break;
+ *   ... config_load(&cfg, ...) ...
+ *   char note[CLI_NOTE_LEN];
+ *   const d3_backend *be = cli_backend("train", dev, tf32, &cfg, note, sizeof note);
+ *   if (!be) return EXIT_FAIL;               // before anything is written
+ *   d3_tape *tp = tape_new(be);
+ */
+#define CLI_NOTE_LEN 600
+
+/* "auto", "cpu" or "cuda" into *dev (a d3_device_kind); prints
+ * "d3po CMD: --device 'x': expected auto, cpu or cuda" and returns -1 on
+ * any other value. */
+int cli_device(const char *cmd, const char *s, int *dev);
+
+/* The backend to compute with: dev from --device (-1: the config's
+ * engine.device), TF32 when tf32 or the config's engine.tf32. NULL after
+ * printing "d3po CMD: cuda: ..." when CUDA was asked for and cannot be used
+ * (the caller exits with EXIT_FAIL). note (n bytes, may be NULL) receives
+ * the choice for a setup line: "cuda", "cuda, tf32", "cpu", or, when
+ * auto fell back to the CPU, "cpu (cuda: no GPU)" with the reason. */
+const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_config *c, char *note,
+                              size_t n);
 #endif

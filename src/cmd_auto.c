@@ -46,7 +46,7 @@
 static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N]\n"
-    "                 [--timeout SEC]\n"
+    "                 [--timeout SEC] [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Runs D3PO rounds without a person: the engine samples pairs, a judge picks\n"
     "the better image of each, every decision is journaled in the session, and\n"
@@ -54,7 +54,7 @@ static const char auto_help[] =
     "before the first) fixed-seed samples of the model are scored by the oracle\n"
     "and one JSON line is appended to DIR/metrics.jsonl:\n"
     "  {\"round\":R,\"labels\":N,\"loss\":X,\"oracle\":NAME,\"score\":S,\"time\":SEC,\n"
-    "   \"drift_logratio\":L,...}\n"
+    "   \"drift_logratio\":L,...,\"device\":\"cpu\"}\n"
     "(score: the oracle's mean over both images of N fixed-seed evaluation pairs;\n"
     "time: seconds since the previous line; drift_logratio: how far the policy\n"
     "has moved from the base model, the mean per-step log-ratio log p_policy -\n"
@@ -77,6 +77,10 @@ static const char auto_help[] =
     "  --eval-seeds N    evaluation images per score: seeds 0..N-1 over the prompts,\n"
     "                    the same every round (default 16; 0: no scores)\n"
     "  --timeout SEC     how long the labeler may take per answer (default 30)\n"
+    "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
+    "                    (default: the config's engine.device)\n"
+    "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
+    "                    error; default: the config's engine.tf32)\n"
     "\n"
     "Exit status: 0 done, 1 usage error, 2 any other error (a labeler error\n"
     "included: the labels it gave are kept), 130 interrupted (Ctrl-C).\n";
@@ -128,8 +132,7 @@ typedef struct {
     double start;
     double last_metric; /* when the previous metrics line was written */
     long labels_run;    /* decisions made by this invocation */
-    d3_model *drift_base; /* the base model, for the drift measure (may be NULL) */
-    d3_tape *drift_tp;
+    const char *device; /* the backend's name, for the metrics */
 } autorun;
 
 static double now_s(void) {
@@ -180,7 +183,7 @@ static int request_train(autorun *a, int k, int n) {
 static int request_eval(autorun *a, int k) {
     for (int i = 0; i < a->neval; i++) {
         if (push_req(a, REQ_EVAL, k)) return -1;
-        engine_sample(a->e, a->cls[i % a->ncls], (uint64_t)i);
+        engine_sample_drift(a->e, a->cls[i % a->ncls], (uint64_t)i);
     }
     return 0;
 }
@@ -213,6 +216,7 @@ static int write_metrics(autorun *a, int k, char *err) {
      * own fresh samples (0 at round 0; grows as the policy leaves the base) */
     json_object_set_new(o, "drift_logratio", r->dn ? json_real(r->dsum / r->dn) : json_null());
     json_object_set_new(o, "total_labels", json_integer(st.labeled));
+    json_object_set_new(o, "device", json_string(a->device));
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(o);
     if (!line) return d3_errf(err, "metrics: cannot encode the JSON line");
@@ -355,25 +359,13 @@ static int on_train_pair(autorun *a, int k, d3_pair_sample *p, char *err) {
 
 static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     a->r[k].egot++;
-    if (a->drift_base) {
-        char err[D3_ERRLEN];
-        size_t D = 3 * (size_t)p->S * p->S, n = (size_t)(p->K + 1) * D;
-        float *both = malloc(2 * n * sizeof(float)), *lp = malloc(2 * (size_t)p->K * sizeof(float));
-        int cls[2] = {p->cls, p->cls};
-        ddim_opts o = {.steps = p->K, .eta = p->eta, .cfg = p->cfg};
-        if (both && lp) {
-            memcpy(both, p->traj[0], n * sizeof(float));
-            memcpy(both + n, p->traj[1], n * sizeof(float));
-            if (ddim_traj_logp(a->drift_base, a->drift_tp, &o, 2, cls, both, lp, err) == 0)
-                for (int i = 0; i < 2; i++) {
-                    double d = 0;
-                    for (int t = 0; t < p->K; t++) d += p->logp[i][t] - lp[i * p->K + t];
-                    a->r[k].dsum += d / p->K;
-                    a->r[k].dn++;
-                }
-        }
-        free(both);
-        free(lp);
+    /* the base model's log-probs come from the engine thread (the one
+     * that computes, on the GPU too); NULL when that failed */
+    for (int i = 0; i < 2 && p->logp_base[0] && p->logp_base[1]; i++) {
+        double d = 0;
+        for (int t = 0; t < p->K; t++) d += p->logp[i][t] - p->logp_base[i][t];
+        a->r[k].dsum += d / p->K;
+        a->r[k].dn++;
     }
     /* both images of the pair: 2N samples of the model for the price of N x_T */
     for (int i = 0; i < 2; i++) {
@@ -558,11 +550,14 @@ int cmd_auto(int argc, char **argv) {
                                          {"config", 1, 0, 'c'},
                                          {"eval-seeds", 1, 0, 'e'},
                                          {"timeout", 1, 0, 't'},
+                                         {"device", 1, 0, 'D'},
+                                         {"tf32", 0, 0, 'F'},
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL;
     long rounds = -1, npairs = 0, neval = 16;
     double timeout = 30;
+    int dev = -1, tf32 = 0;
     char err[D3_ERRLEN];
     int c;
     optind = 1;
@@ -597,6 +592,12 @@ int cmd_auto(int argc, char **argv) {
         case 't':
             if (cli_float("auto", "--timeout", optarg, 0.001, 86400, &timeout)) return EXIT_USAGE;
             break;
+        case 'D':
+            if (cli_device("auto", optarg, &dev)) return EXIT_USAGE;
+            break;
+        case 'F':
+            tf32 = 1;
+            break;
         case 'h':
             fputs(auto_help, stdout);
             return 0;
@@ -629,6 +630,12 @@ int cmd_auto(int argc, char **argv) {
         return fail(err);
     }
     if (!npairs) npairs = cfg.session.round_size;
+    char device[CLI_NOTE_LEN];
+    const d3_backend *be = cli_backend("auto", dev, tf32, &cfg, device, sizeof device);
+    if (!be) { /* before the session is created or touched */
+        oracle_free(oracle);
+        return EXIT_FAIL;
+    }
 
     /* create or resume the session */
     json_t *set = json_pack("{s:s}", "created_by", "d3po auto");
@@ -675,6 +682,7 @@ int cmd_auto(int argc, char **argv) {
     a->neval = (int)neval;
     a->oracle = oracle;
     a->base_round = s.round;
+    a->device = be->name;
     a->start = a->last_metric = now_s();
     int rc = 0;
 
@@ -687,28 +695,24 @@ int cmd_auto(int argc, char **argv) {
         oracle_free(oracle);
         return fail(policy ? err : "out of memory");
     }
-    if (cfg.d3po.reference == D3PO_REF_BASE) {
+    /* the base model: the "base" reference, and the drift measure of the
+     * evaluation pairs (the engine computes both) */
+    if (cfg.d3po.reference == D3PO_REF_BASE || a->neval) {
         char bp[4200];
         base = malloc(sizeof *base);
         if (!base || model_load(base, session_base_path(&s, bp, sizeof bp), NULL, err)) {
             free(base);
-            model_free(policy);
-            free(policy);
-            state_free(&st);
-            session_close(&s);
-            oracle_free(oracle);
-            return fail(err);
+            base = NULL;
+            if (cfg.d3po.reference == D3PO_REF_BASE) {
+                model_free(policy);
+                free(policy);
+                state_free(&st);
+                session_close(&s);
+                oracle_free(oracle);
+                return fail(err);
+            }
+            fprintf(stderr, "d3po auto: no drift measure: %s\n", err);
         }
-    }
-    if (a->neval) { /* the drift measure needs the base model on this thread */
-        char bp[4200], e2[D3_ERRLEN];
-        a->drift_base = malloc(sizeof *a->drift_base);
-        if (a->drift_base && model_load(a->drift_base, session_base_path(&s, bp, sizeof bp), NULL, e2)) {
-            fprintf(stderr, "d3po auto: no drift measure: %s\n", e2);
-            free(a->drift_base);
-            a->drift_base = NULL;
-        }
-        if (a->drift_base) a->drift_tp = tape_new(backend_cpu());
     }
     a->nclasses = policy->nclasses;
     a->names = calloc((size_t)policy->nclasses, sizeof *a->names);
@@ -761,6 +765,7 @@ int cmd_auto(int argc, char **argv) {
     eo.lr = (float)cfg.d3po.lr;
     eo.weight_decay = (float)cfg.d3po.weight_decay;
     eo.threads = cfg.engine.threads;
+    eo.be = be;
     eo.save_round = save_round;
     eo.save_ctx = &s;
     a->e = engine_start(policy, base, &st, s.version, &eo, err);
@@ -777,9 +782,9 @@ int cmd_auto(int argc, char **argv) {
         oracle_free(oracle);
         a->oracle = oracle = oracle_new(oname, (uint64_t)s.next_pair, err);
     }
-    fprintf(stderr, "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s\n", dir,
-            s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
-            a->lab ? lcmd : oracle_name(oracle), a->neval ? "" : " (no evaluation scores)");
+    fprintf(stderr, "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; device %s\n",
+            dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
+            a->lab ? lcmd : oracle_name(oracle), a->neval ? "" : " (no evaluation scores)", device);
 
     if (a->next_metric == 0 && request_eval(a, 0)) {
         rc = fail("out of memory");
@@ -836,11 +841,6 @@ out:
     free(a->names);
     free(a->cls);
     free(a->req);
-    if (a->drift_base) {
-        model_free(a->drift_base);
-        free(a->drift_base);
-        tape_free(a->drift_tp);
-    }
     state_free(&st);
     oracle_free(oracle);
     session_close(&s);

@@ -41,6 +41,7 @@ static const char eval_help[] =
     "usage: d3po eval --session DIR (--oracle NAME | --labeler CMD | --tui)\n"
     "                 [--pairs N] [--seed S] [--json] [--plot FILE.png]\n"
     "                 [--config FILE] [--steps N] [--timeout SEC] [--threads N]\n"
+    "                 [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Blind A/B test of the session's latest model against its base model\n"
     "(DIR/base.safetensors): N pairs, each with the same prompt, starting noise\n"
@@ -64,7 +65,11 @@ static const char eval_help[] =
     "  --config FILE   settings (sampler steps/eta/cfg, session.prompts)\n"
     "  --steps N       DDIM steps (default: the config's sampler.steps)\n"
     "  --timeout SEC   seconds a labeler may take per pair (default 300)\n"
-    "  --threads N     CPU threads (default: the config's engine.threads)\n";
+    "  --threads N     CPU threads (default: the config's engine.threads)\n"
+    "  --device DEV    auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
+    "                  (default: the config's engine.device)\n"
+    "  --tf32          allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
+    "                  error; default: the config's engine.tf32)\n";
 
 typedef struct {
     long wins, losses, ties, skips;
@@ -193,9 +198,10 @@ int cmd_eval(int argc, char **argv) {
         {"tui", 0, 0, 'u'},     {"pairs", 1, 0, 'n'},  {"seed", 1, 0, 'S'},
         {"json", 0, 0, 'j'},    {"plot", 1, 0, 'p'},   {"config", 1, 0, 'c'},
         {"steps", 1, 0, 'k'},   {"timeout", 1, 0, 'T'}, {"threads", 1, 0, 't'},
-        {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+        {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     const char *dir = NULL, *oracle_spec = NULL, *labeler_cmd = NULL, *plot = NULL, *conf = NULL;
-    int tui = 0, json = 0;
+    int tui = 0, json = 0, dev = -1, tf32 = 0;
     long npairs = 32, steps = 0, timeout = 300, threads = -1;
     uint64_t seed = 0;
     int c;
@@ -215,6 +221,8 @@ int cmd_eval(int argc, char **argv) {
         case 'k': bad = cli_int("eval", "--steps", optarg, 1, 1000, &steps); break;
         case 'T': bad = cli_int("eval", "--timeout", optarg, 1, 86400, &timeout); break;
         case 't': bad = cli_int("eval", "--threads", optarg, 1, 1024, &threads); break;
+        case 'D': bad = cli_device("eval", optarg, &dev); break;
+        case 'F': tf32 = 1; break;
         case 'h': fputs(eval_help, stdout); return 0;
         default: bad = 1; fputs(eval_help, stderr);
         }
@@ -246,6 +254,8 @@ int cmd_eval(int argc, char **argv) {
     if (steps) so.steps = (int)steps;
     if (threads < 0) threads = cfg.engine.threads;
     if (threads > 0) ops_set_threads((int)threads);
+    const d3_backend *be = cli_backend("eval", dev, tf32, &cfg, NULL, 0);
+    if (!be) return EXIT_FAIL;
 
     d3_session s;
     if (session_open_readonly(dir, &s, err)) {
@@ -316,7 +326,7 @@ int cmd_eval(int argc, char **argv) {
     xt = malloc(CHUNK * D * sizeof(float));
     rb = malloc(D);
     rt = malloc(D);
-    tp = tape_new(backend_cpu());
+    tp = tape_new(be);
     d3_rng side;
     rng_init(&side, seed, EVAL_SIDE_STREAM);
     eval_result r = {0};
@@ -386,14 +396,15 @@ int cmd_eval(int argc, char **argv) {
         }
         if (nsc) json_object_set_new(o, "metrics_sparkline", json_string(spark));
         if (plot) json_object_set_new(o, "plot", json_string(plot));
+        json_object_set_new(o, "device", json_string(be->name));
         char *t = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
         json_decref(o);
         if (!t) { d3_errf(err, "cannot encode the JSON output"); metrics_free(&mt); goto fail; }
         printf("%s\n", t);
         free(t);
     } else {
-        printf("eval:      %s, round %d vs base, %ld pairs, judge %s, seed %llu, %d steps\n", dir,
-               s.round, npairs, judge, (unsigned long long)seed, so.steps);
+        printf("eval:      %s, round %d vs base, %ld pairs, judge %s, seed %llu, %d steps, %s\n",
+               dir, s.round, npairs, judge, (unsigned long long)seed, so.steps, be->name);
         printf("result:    %ld wins (round %d preferred), %ld losses, %ld ties, %ld skipped\n",
                r.wins, s.round, r.losses, r.ties, r.skips);
         printf("win rate:  %.3f (ties count half, skips left out; n = %ld)\n", r.rate, n);

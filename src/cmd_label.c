@@ -21,6 +21,7 @@
 static const char label_help[] =
     "usage: d3po [label] [--session DIR] [--model FILE] [--config FILE]\n"
     "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
+    "                    [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Opens the labeling screen: two images of one prompt from one starting\n"
     "noise; a key for the better one; D3PO trains between rounds.\n"
@@ -32,7 +33,11 @@ static const char label_help[] =
     "                    default model, models/default.safetensors)\n"
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
     "  --graphics MODE   auto (detect), sixel or blocks (half-block fallback)\n"
-    "  --round-size N    labeled pairs per training round (default from the config: 8)\n";
+    "  --round-size N    labeled pairs per training round (default from the config: 8)\n"
+    "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
+    "                    (default: the config's engine.device)\n"
+    "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
+    "                    error; default: the config's engine.tf32)\n";
 
 static int default_session(char *buf, size_t n) {
     const char *x = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
@@ -45,11 +50,12 @@ static int default_session(char *buf, size_t n) {
 int cmd_label(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
-        {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
+        {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
     const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL;
     long round_size = 0;
     char err[D3_ERRLEN], dbuf[4096];
-    int c;
+    int c, dev = -1, tf32 = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -66,6 +72,10 @@ int cmd_label(int argc, char **argv) {
         case 'r':
             if (cli_int("label", "--round-size", optarg, 1, 1000, &round_size)) return EXIT_USAGE;
             break;
+        case 'D':
+            if (cli_device("label", optarg, &dev)) return EXIT_USAGE;
+            break;
+        case 'F': tf32 = 1; break;
         case 'h': fputs(label_help, stdout); return 0;
         default: fputs(label_help, stderr); return EXIT_USAGE;
         }
@@ -84,6 +94,9 @@ int cmd_label(int argc, char **argv) {
                         "output); for headless work see 'd3po --help'\n");
         return EXIT_FAIL;
     }
+    char device[CLI_NOTE_LEN];
+    const d3_backend *be = cli_backend("label", dev, tf32, &cfg, device, sizeof device);
+    if (!be) return EXIT_FAIL; /* before the session is created */
     if (!dir) {
         if (default_session(dbuf, sizeof dbuf)) {
             fprintf(stderr, "d3po label: neither XDG_DATA_HOME nor HOME is set; give --session DIR\n");
@@ -107,7 +120,7 @@ int cmd_label(int argc, char **argv) {
         return EXIT_FAIL;
     }
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po: warning: %s\n", s.warn[i]);
-    int rc = label_run(&s, &cfg, graphics, (int)round_size);
+    int rc = label_run(&s, &cfg, graphics, (int)round_size, be, device);
     session_close(&s);
     return rc;
 }

@@ -1,11 +1,14 @@
 /* cmd_model.c - `d3po init`, `d3po sample` and `d3po info`: creating,
- * sampling from and describing model files. */
+ * sampling from and describing model files, and `d3po info --devices`:
+ * the compute devices and the one --device auto picks. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "config.h"
+#include "device.h"
 #include "diffusion.h"
 #include "fsutil.h"
 #include "grid.h"
@@ -121,7 +124,8 @@ int cmd_init(int argc, char **argv) {
 
 static const char sample_help[] =
     "usage: d3po sample (--model FILE | --session DIR) --prompt NAME --seed N --count N --out DIR\n"
-    "                   [--steps N] [--eta X] [--cfg X] [--threads N]\n"
+    "                   [--steps N] [--eta X] [--cfg X] [--threads N] [--config FILE]\n"
+    "                   [--device auto|cpu|cuda] [--tf32]\n"
     "       d3po sample --grid (--model FILE | --session DIR) --out FILE.png [--classes LIST] ...\n"
     "\n"
     "Samples COUNT images of class NAME with DDIM and writes\n"
@@ -139,7 +143,13 @@ static const char sample_help[] =
     "  --steps N      DDIM steps (default 20)\n"
     "  --eta X        DDIM eta, 0 deterministic .. 1 (default 1.0)\n"
     "  --cfg X        classifier-free guidance scale (default 5.0)\n"
-    "  --threads N    CPU threads (default: all cores)\n"
+    "  --threads N    CPU threads (default: the config's engine.threads, all cores)\n"
+    "  --config FILE  settings: the engine group (device, threads, tf32) applies\n"
+    "                 (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
+    "  --device DEV   auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
+    "                 (default: the config's engine.device)\n"
+    "  --tf32         allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
+    "                 error; default: the config's engine.tf32)\n"
     "  --grid         write a labeled grid to --out FILE.png\n"
     "  --classes LIST comma-separated class names or numbers for --grid\n"
     "                 (default: 16 classes spread over the model's)\n";
@@ -163,7 +173,7 @@ static void image_noise(float *x, d3_rng *step_rng, uint64_t seed, uint64_t i, s
 }
 
 static int sample_grid(const d3_model *m, const char *mpath, const char *out, const char *list,
-                       int count, uint64_t seed, const ddim_opts *o) {
+                       int count, uint64_t seed, const ddim_opts *o, const d3_backend *be) {
     int ids[256], n = 0;
     char err[D3_ERRLEN];
     if (list) {
@@ -190,7 +200,7 @@ static int sample_grid(const d3_model *m, const char *mpath, const char *out, co
     d3_rng *rngs = malloc(count * sizeof(d3_rng));
     int *cls = malloc(count * sizeof(int));
     const char **labels = malloc(n * sizeof(char *));
-    d3_tape *tp = tape_new(backend_cpu());
+    d3_tape *tp = tape_new(be);
     int rc = 0;
     for (int r = 0; r < n && !rc; r++) {
         float *row = imgs + (size_t)r * count * D;
@@ -219,10 +229,11 @@ int cmd_sample(int argc, char **argv) {
         {"model", 1, 0, 'm'}, {"prompt", 1, 0, 'p'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'},
         {"out", 1, 0, 'o'},   {"steps", 1, 0, 'k'},  {"eta", 1, 0, 'e'},  {"cfg", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"grid", 0, 0, 'G'}, {"classes", 1, 0, 'C'},
-        {"session", 1, 0, 'S'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *session = NULL;
+        {"session", 1, 0, 'S'}, {"config", 1, 0, 'c'}, {"device", 1, 0, 'D'},
+        {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+    const char *session = NULL, *conf = NULL;
     const char *model = NULL, *prompt = NULL, *out = NULL, *classes = NULL;
-    int grid = 0, count_set = 0;
+    int grid = 0, count_set = 0, dev = -1, tf32 = 0;
     uint64_t seed = 0;
     long count = 1, steps = 20, threads = 0;
     double eta = 1.0, cfg = 5.0;
@@ -243,6 +254,9 @@ int cmd_sample(int argc, char **argv) {
         case 't': bad = cli_int("sample", "--threads", optarg, 1, 1024, &threads); break;
         case 'e': bad = cli_float("sample", "--eta", optarg, 0, 1, &eta); break;
         case 'g': bad = cli_float("sample", "--cfg", optarg, -100, 100, &cfg); break;
+        case 'c': conf = optarg; break;
+        case 'D': bad = cli_device("sample", optarg, &dev); break;
+        case 'F': tf32 = 1; break;
         case 'h': fputs(sample_help, stdout); return 0;
         default: bad = 1; fputs(sample_help, stderr);
         }
@@ -262,8 +276,16 @@ int cmd_sample(int argc, char **argv) {
     }
     if (grid && !count_set) count = 8;
     if (eta == 0 && steps > 0) { /* eta 0 has sigma 0: fine for sampling, logp unused */ }
-    if (threads) ops_set_threads((int)threads);
     char err[D3_ERRLEN];
+    d3_config settings;
+    if (config_load(&settings, conf, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        return EXIT_FAIL;
+    }
+    if (!threads) threads = settings.engine.threads;
+    if (threads) ops_set_threads((int)threads);
+    const d3_backend *be = cli_backend("sample", dev, tf32, &settings, NULL, 0);
+    if (!be) return EXIT_FAIL; /* before anything is written */
     d3_model m;
     char mpath[4096];
     if (session) {
@@ -288,7 +310,7 @@ int cmd_sample(int argc, char **argv) {
     }
     if (grid) {
         ddim_opts go = {.steps = (int)steps, .eta = (float)eta, .cfg = (float)cfg};
-        int rc = sample_grid(&m, model, out, classes, (int)count, seed, &go);
+        int rc = sample_grid(&m, model, out, classes, (int)count, seed, &go, be);
         model_free(&m);
         return rc;
     }
@@ -312,7 +334,7 @@ int cmd_sample(int argc, char **argv) {
     enum { CHUNK = 8 };
     float *x = malloc(CHUNK * D * sizeof(float));
     uint8_t *rgb = malloc((size_t)S * S * 3);
-    d3_tape *tp = tape_new(backend_cpu());
+    d3_tape *tp = tape_new(be);
     char name[256];
     safe_name(name, sizeof name, m.class_names[cls]);
     for (long i0 = 0; i0 < count && !rc; i0 += CHUNK) {
@@ -352,29 +374,60 @@ int cmd_sample(int argc, char **argv) {
 
 static const char info_help[] =
     "usage: d3po info FILE\n"
+    "       d3po info --devices\n"
     "\n"
     "Prints a model file's architecture, parameter count, noise schedule,\n"
-    "classes and metadata, and whether it holds training state.\n";
+    "classes and metadata, and whether it holds training state.\n"
+    "\n"
+    "  --devices  list the compute devices instead: the CPU, each CUDA GPU (or\n"
+    "             why there is none), and the one --device auto uses, and why\n";
+
+/* `info --devices`: device_describe()'s lines, then auto's choice. */
+static int info_devices(void) {
+    char buf[8192], why[D3_ERRLEN], err[D3_ERRLEN];
+    device_describe(buf, sizeof buf);
+    fputs(buf, stdout);
+    if (buf[0] && buf[strlen(buf) - 1] != '\n') putchar('\n');
+    const d3_backend *be = device_backend(D3_DEV_AUTO, 0, why, err);
+    if (!be) printf("auto: none (%s)\n", err); /* auto always falls back: not expected */
+    else if (why[0]) printf("auto: %s (%s)\n", be->name, why);
+    else printf("auto: %s (the CUDA backend works: --device auto computes on the GPU)\n",
+                be->name);
+    return 0;
+}
 
 int cmd_info(int argc, char **argv) {
-    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        fputs(info_help, stdout);
-        return 0;
+    const char *file = NULL;
+    int devices = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(info_help, stdout);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--devices")) {
+            devices = 1;
+        } else if (argv[i][0] == '-' || file) {
+            fprintf(stderr, "d3po info: unexpected argument '%s'\n%s", argv[i], info_help);
+            return EXIT_USAGE;
+        } else {
+            file = argv[i];
+        }
     }
-    if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "d3po info: expected one model file\n%s", info_help);
+    if (devices && !file) return info_devices();
+    if (!file) {
+        fprintf(stderr, "d3po info: expected one model file (or --devices)\n%s", info_help);
         return EXIT_USAGE;
     }
     char err[D3_ERRLEN];
     d3_model m;
     d3_state st;
-    if (model_load(&m, argv[1], &st, err)) {
+    if (model_load(&m, file, &st, err)) {
         fprintf(stderr, "d3po info: %s\n", err);
         return EXIT_FAIL;
     }
     char arch[256];
     unet_arch_format(&m.L.arch, arch, sizeof arch);
-    printf("file:         %s\n", argv[1]);
+    printf("file:         %s\n", file);
     printf("architecture: %s\n", arch);
     printf("parameters:   %zu (%d tensors, %.1f MB as float32)\n", m.L.numel, m.L.nparams,
            m.L.numel * 4.0 / 1e6);
@@ -390,5 +443,5 @@ int cmd_info(int argc, char **argv) {
     printf("classes:      %d (+1 null class for guidance)\n", m.nclasses);
     for (int i = 0; i < m.nclasses; i++) printf("  %3d  %s\n", i, m.class_names[i]);
     model_free(&m);
-    return 0;
+    return devices ? info_devices() : 0;
 }

@@ -23,12 +23,12 @@
 
 /* ---- the table of scalar settings ---- */
 
-enum { K_INT, K_FLOAT, K_ENUM };
+enum { K_INT, K_FLOAT, K_ENUM, K_BOOL };
 
 typedef struct {
     const char *group, *name;
     int kind;
-    size_t off;               /* offsetof(d3_config, ...) of an int, double or enum */
+    size_t off;               /* offsetof(d3_config, ...) of an int, double, enum or bool (int) */
     double lo, hi;            /* range (K_INT, K_FLOAT) */
     int lo_open, hi_open;     /* K_FLOAT: exclusive bounds */
     const char *const *enums; /* K_ENUM: allowed values, index = enum value */
@@ -59,6 +59,7 @@ static const keydef keydefs[] = {
     {"ui", "colors", K_INT, OFF(ui.colors), 2, 256, 0, 0, NULL},
     {"engine", "device", K_ENUM, OFF(engine.device), 0, 0, 0, 0, device_names},
     {"engine", "threads", K_INT, OFF(engine.threads), 0, 1024, 0, 0, NULL},
+    {"engine", "tf32", K_BOOL, OFF(engine.tf32), 0, 0, 0, 0, NULL},
 };
 #define NKEYDEFS (sizeof keydefs / sizeof keydefs[0])
 
@@ -139,6 +140,7 @@ void config_defaults(d3_config *c) {
     for (int a = 0; a < D3_ACT_COUNT; a++) set_keys_default(c, a);
     c->engine.device = D3_DEVICE_AUTO;
     c->engine.threads = 0;
+    c->engine.tf32 = 0;
     strcpy(c->source, "built-in defaults");
 }
 
@@ -214,9 +216,11 @@ static const char *type_name(const config_setting_t *s) {
 }
 
 /* "an integer from 1 to 1000", "a number greater than 0 and at most 1",
- * "one of \"auto\", \"sixel\", \"blocks\"". */
+ * "one of \"auto\", \"sixel\", \"blocks\"", "a boolean (true or false)". */
 static void expected(char *buf, size_t n, const keydef *k) {
-    if (k->kind == K_INT) {
+    if (k->kind == K_BOOL) {
+        snprintf(buf, n, "a boolean (true or false)");
+    } else if (k->kind == K_INT) {
         snprintf(buf, n, "an integer from %.0f to %.0f", k->lo, k->hi);
     } else if (k->kind == K_FLOAT) {
         if (!k->lo_open && !k->hi_open)
@@ -282,6 +286,12 @@ static int read_scalar(d3_config *c, const keydef *k, const config_setting_t *s,
                 return 0;
             }
         return d3_errf(err, "%s: %s: expected %s, got \"%s\"", loc, full, exp, v);
+    }
+    if (k->kind == K_BOOL) {
+        if (t != CONFIG_TYPE_BOOL)
+            return d3_errf(err, "%s: %s: expected %s, got %s", loc, full, exp, type_name(s));
+        *int_at(c, k) = config_setting_get_bool(s) ? 1 : 0;
+        return 0;
     }
     if (k->kind == K_INT) {
         if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
@@ -603,7 +613,9 @@ static void put_double(FILE *f, double v) {
 }
 
 static void put_value(FILE *f, const d3_config *c, const keydef *k) {
-    if (k->kind == K_INT)
+    if (k->kind == K_BOOL)
+        fputs(cint_at(c, k) ? "true" : "false", f);
+    else if (k->kind == K_INT)
         fprintf(f, "%d", cint_at(c, k));
     else if (k->kind == K_FLOAT)
         put_double(f, cdbl_at(c, k));

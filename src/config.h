@@ -85,8 +85,9 @@ typedef struct {
         char keys[D3_ACT_COUNT][D3_CFG_KEYS_PER_ACTION][D3_CFG_KEYNAME_LEN]; /* canonical names */
     } ui;
     struct {
-        d3_device device; /* "auto" */
+        d3_device device; /* "auto"; same values as d3_device_kind (device.h) */
         int threads;      /* CPU threads: 0 = all cores, 0..1024 */
+        int tf32;         /* allow TF32 tensor cores on the GPU: false (0) */
     } engine;
     char source[D3_CFG_PATH_LEN]; /* the file read, or "built-in defaults" */
 } d3_config;

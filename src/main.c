@@ -18,7 +18,7 @@ static const struct {
     {"label", cmd_label, "the labeling screen (also: d3po with no command)"},
     {"init", cmd_init, "write a randomly initialised model"},
     {"sample", cmd_sample, "sample images from a model with DDIM"},
-    {"info", cmd_info, "print a model file's architecture, classes and metadata"},
+    {"info", cmd_info, "describe a model file, or the compute devices (--devices)"},
     {"dataset", cmd_dataset, "render an image data set (emoji) for pretraining"},
     {"pretrain", cmd_pretrain, "train a base model on an image folder"},
     {"session", cmd_session, "describe a labeling session directory"},

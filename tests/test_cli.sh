@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_cli.sh - the d3po command line as a person uses it: init, sample,
 # info, --help/--version, exit statuses (0 ok, 1 usage, 2 other errors),
-# reproducible sampling, and clear errors for bad model files.
+# reproducible sampling, the compute device (--device, --tf32,
+# engine.device, info --devices), and clear errors for bad model files.
 . tests/lib.sh
 
 expect 0 "version" $D3 --version
@@ -35,6 +36,49 @@ if command -v file >/dev/null; then file "$T/a/red_apple-5-0.png" | grep -q "16 
 
 expect 1 "unknown prompt" $D3 sample --model "$T/m.safetensors" --prompt "blue banana" --out "$T/d"
 grep_err "unknown prompt lists classes" "flag: France"
+
+# the compute device: info --devices, --device, --tf32, engine.device
+expect 0 "info --devices" $D3 info --devices
+grep -q "^cpu: " "$T/out" && ok "info --devices: a cpu line" || { no "info --devices: a cpu line"; cat "$T/out"; }
+grep -q "^auto: \(cpu\|cuda\)" "$T/out" && ok "info --devices: auto's choice" \
+    || { no "info --devices: auto's choice"; cat "$T/out"; }
+gpu=0; grep -q "^auto: cuda" "$T/out" && gpu=1
+expect 1 "info without a file" $D3 info
+printf 'engine = { device = "cpu"; };\n' >"$T/cpu.conf"
+S5="--model $T/m.safetensors --prompt 1 --seed 5 --count 2 --steps 5"
+expect 0 "sample --device cpu" $D3 sample $S5 --out "$T/dcpu" --device cpu
+expect 0 "sample --device cpu --tf32" $D3 sample $S5 --out "$T/dtf32" --device cpu --tf32
+expect 0 "sample, engine.device cpu" $D3 sample $S5 --out "$T/dconf" --config "$T/cpu.conf"
+cmp -s "$T/dcpu/red_apple-5-1.png" "$T/dconf/red_apple-5-1.png" && cmp -s "$T/dcpu/red_apple-5-1.png" "$T/dtf32/red_apple-5-1.png" \
+    && ok "--device cpu = engine.device cpu = with --tf32" || no "--device cpu = engine.device cpu = with --tf32"
+if [ $gpu -eq 0 ]; then
+    cmp -s "$T/dcpu/red_apple-5-0.png" "$T/a/red_apple-5-0.png" && cmp -s "$T/dcpu/red_apple-5-1.png" "$T/a/red_apple-5-1.png" \
+        && ok "--device cpu: the same bytes as auto (cpu here)" || no "--device cpu: the same bytes as auto (cpu here)"
+fi
+expect 1 "sample --device bogus" $D3 sample $S5 --out "$T/dbogus" --device bogus
+grep_err "bad device names option and value" "d3po sample: --device 'bogus': expected auto, cpu or cuda"
+[ ! -e "$T/dbogus" ] && ok "bad device: nothing written" || no "bad device: nothing written"
+for c in label auto train eval; do
+    expect 1 "$c --device bogus" $D3 $c --session "$T/s-$c" --device bogus
+    grep_err "$c: bad device named" "d3po $c: --device 'bogus'"
+done
+if [ $gpu -eq 1 ]; then
+    echo "  skip --device cuda without a GPU: info --devices says CUDA works on this machine"
+else
+    expect 2 "sample --device cuda without a GPU" $D3 sample $S5 --out "$T/dcuda" --device cuda
+    grep -q "^d3po sample: cuda: " "$T/err" && ok "no GPU: the message starts with cuda:" \
+        || { no "no GPU: the message starts with cuda:"; cat "$T/err"; }
+    [ "$(wc -l <"$T/err")" -eq 1 ] && ok "no GPU: one-line error" || { no "no GPU: one-line error"; cat "$T/err"; }
+    [ ! -e "$T/dcuda" ] && ok "no GPU: nothing written" || no "no GPU: nothing written"
+    expect 2 "auto --device cuda without a GPU" $D3 auto --session "$T/s-cuda" --oracle brightness \
+        --rounds 1 --model "$T/m.safetensors" --device cuda
+    grep_err "auto: cuda error" "d3po auto: cuda: "
+    [ ! -e "$T/s-cuda" ] && ok "no GPU: no session created" || no "no GPU: no session created"
+    printf 'engine = { device = "cuda"; };\n' >"$T/cuda.conf"
+    expect 2 "engine.device cuda without a GPU" $D3 sample $S5 --out "$T/dcuda" --config "$T/cuda.conf"
+    grep_err "config's cuda names the file" "(engine.device in $T/cuda.conf)"
+    expect 0 "--device cpu overrides engine.device cuda" $D3 sample $S5 --out "$T/dover" --config "$T/cuda.conf" --device cpu
+fi
 
 # bad model files: clear one-line errors naming the file, exit 2
 head -c 1000 "$T/m.safetensors" >"$T/trunc.safetensors"

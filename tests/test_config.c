@@ -1,7 +1,8 @@
 /* test_config.c - the configuration layer (src/config.h): built-in
  * defaults, the shipped config/d3po.conf (must equal the defaults, key for
  * key), the lookup order (--config, $XDG_CONFIG_HOME, $HOME/.config,
- * defaults), the "paper" preset, key remapping, config_dump round trips,
+ * defaults), the "paper" preset, key remapping, the engine keys (device,
+ * tf32), config_dump round trips,
  * and one case per error class, each checked for a message that names
  * file:line, the key and what was expected. Run from the repository root
  * (tests/run.sh does); files are written under a mkdtemp directory. */
@@ -83,7 +84,8 @@ static void test_defaults(void) {
               c.d3po.reference == D3PO_REF_ROUND,
           "d3po wd/clip/reference");
     CHECK(c.ui.graphics == D3_GRAPHICS_AUTO && c.ui.colors == 256, "ui");
-    CHECK(c.engine.device == D3_DEVICE_AUTO && c.engine.threads == 0, "engine");
+    CHECK(c.engine.device == D3_DEVICE_AUTO && c.engine.threads == 0 && c.engine.tf32 == 0,
+          "engine");
     static const struct {
         const char *key;
         int act;
@@ -208,6 +210,7 @@ static void test_dump_roundtrip(void) {
     c.ui.graphics = D3_GRAPHICS_BLOCKS;
     c.engine.device = D3_DEVICE_CUDA;
     c.engine.threads = 3;
+    c.engine.tf32 = 1;
     char path[300];
     snprintf(path, sizeof path, "%s/dump.conf", tmp);
     FILE *f = fopen(path, "w");
@@ -216,6 +219,30 @@ static void test_dump_roundtrip(void) {
     CHECK(config_load(&back, path, err) == 0, "%s", err);
     CHECK(same_settings(&c, &back), "dump, load: different settings");
     if (!same_settings(&c, &back)) config_dump(&back, stderr);
+}
+
+/* engine.device and engine.tf32 (--device and --tf32 override them) */
+static void test_engine_keys(void) {
+    d3_config c;
+    char err[D3_ERRLEN] = "";
+    const char *p = put("engine.conf", "engine = {\n  device = \"cpu\";\n  tf32 = true;\n};\n");
+    CHECK(config_load(&c, p, err) == 0, "%s", err);
+    CHECK(c.engine.device == D3_DEVICE_CPU && c.engine.tf32 == 1 && c.engine.threads == 0,
+          "device %d tf32 %d", c.engine.device, c.engine.tf32);
+    p = put("engine2.conf", "engine = { device = \"cuda\"; tf32 = false; };\n");
+    CHECK(config_load(&c, p, err) == 0, "%s", err);
+    CHECK(c.engine.device == D3_DEVICE_CUDA && c.engine.tf32 == 0, "device %d tf32 %d",
+          c.engine.device, c.engine.tf32);
+    EXPECT_ERROR("engine = {\n  tf32 = \"yes\";\n};\n",
+                 "@:2: engine.tf32: expected a boolean (true or false), got a string");
+    EXPECT_ERROR("engine = {\n\n  tf32 = 1;\n};\n",
+                 "@:3: engine.tf32: expected a boolean (true or false), got an integer");
+    EXPECT_ERROR("engine = {\n  device = true;\n};\n",
+                 "@:2: engine.device: expected one of \"auto\", \"cpu\", \"cuda\", got a boolean");
+    EXPECT_ERROR("engine = {\n  device = \"CUDA0\";\n};\n",
+                 "@:2: engine.device: expected one of \"auto\", \"cpu\", \"cuda\", got \"CUDA0\"");
+    EXPECT_ERROR("engine = {\n  tf23 = true;\n};\n", "@:2: engine.tf23: unknown key",
+                 "did you mean tf32?", "engine keys are device, threads, tf32");
 }
 
 static void test_syntax_error(void) {
@@ -460,6 +487,7 @@ int main(void) {
     RUN(test_preset_paper);
     RUN(test_key_remap);
     RUN(test_numbers);
+    RUN(test_engine_keys);
 
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);

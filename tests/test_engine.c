@@ -1,8 +1,10 @@
 /* test_engine.c - the engine thread: pairs sampled off the caller's thread
  * with a shared x_T and the sampling model's version, a D3PO round that
  * bumps the version and calls the checkpoint hook, pairs after it coming
- * from the new model, and a stop in the middle of training that returns
- * promptly and frees everything (checked under ASan by make check-asan). */
+ * from the new model, the base model's log-probs of drift pairs computed
+ * on the engine's backend, and a stop in the middle of training that
+ * returns promptly and frees everything (checked under ASan by make
+ * check-asan). */
 #include <poll.h>
 #include <stdlib.h>
 
@@ -134,8 +136,58 @@ static void test_stop_mid_training(void) {
     CHECK(1, "stopped");
 }
 
+/* engine_sample_drift: the pair carries the base model's log-probs of its
+ * own trajectories; with base == policy they are the sampling log-probs. */
+static void test_drift_logp(void) {
+    char err[D3_ERRLEN];
+    engine_opts o = engine_opts_default();
+    o.sample = (ddim_opts){.steps = 4, .eta = 1.0f, .cfg = 3.0f};
+    o.be = backend_cpu(); /* the backend the commands pass (device_backend) */
+    d3_engine *e = engine_start(tiny(4), tiny(4), NULL, 0, &o, err);
+    CHECK(e != NULL, "%s", err);
+    if (!e) return;
+    engine_sample_drift(e, 2, 11);
+    engine_sample(e, 2, 11);
+    d3_event a, b;
+    CHECK(wait_for(e, EV_PAIR, &a, NULL) && wait_for(e, EV_PAIR, &b, NULL), "pairs never came");
+    if (a.kind != EV_PAIR || b.kind != EV_PAIR) { engine_stop(e); return; }
+    CHECK(a.pair->logp_base[0] && a.pair->logp_base[1], "drift pair without base log-probs");
+    CHECK(!b.pair->logp_base[0] && !b.pair->logp_base[1], "plain pair with base log-probs");
+    /* the same weights and steps; only the grouping of the forward passes
+     * may differ, so float rounding: 1e-4 absolute + 1e-5 of |logp| (the
+     * per-step log-probs here are of magnitude ~1; d3po auto's round-0
+     * drift check allows 1e-3) */
+    double worst = 0, maxd = 0;
+    for (int i = 0; i < 2 && a.pair->logp_base[0]; i++)
+        for (int t = 0; t < 4; t++) {
+            double ref = a.pair->logp[i][t], got = a.pair->logp_base[i][t];
+            double excess = fabs(got - ref) - (1e-4 + 1e-5 * fabs(ref));
+            if (excess > worst) worst = excess;
+            if (fabs(got - ref) > maxd) maxd = fabs(got - ref);
+            if (i == 0 && t == 0) printf("    logp %.6f, base %.6f\n", ref, got);
+        }
+    printf("    max |logp - base| %g\n", maxd);
+    CHECK(worst <= 0, "base log-probs differ from the sampling ones by %g over tolerance", worst);
+    engine_event_free(&a);
+    engine_event_free(&b);
+    engine_stop(e);
+
+    /* no base model: drift pairs come without base log-probs */
+    e = engine_start(tiny(4), NULL, NULL, 0, &o, err);
+    CHECK(e != NULL, "%s", err);
+    if (!e) return;
+    engine_sample_drift(e, 0, 3);
+    CHECK(wait_for(e, EV_PAIR, &a, NULL), "pair never came");
+    if (a.kind == EV_PAIR) {
+        CHECK(!a.pair->logp_base[0], "base log-probs without a base model");
+        engine_event_free(&a);
+    }
+    engine_stop(e);
+}
+
 int main(void) {
     RUN(test_sample_train_sample);
+    RUN(test_drift_logp);
     RUN(test_stop_mid_training);
     return t_done();
 }

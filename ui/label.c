@@ -69,6 +69,7 @@ typedef struct {
     d3_session *s;
     const d3_config *c;
     d3_engine *e;
+    const d3_backend *be; /* where the engine computes (header: "cpu", "cuda") */
     term_caps caps;
     term_mode mode;
     int round_size;
@@ -480,8 +481,8 @@ static void draw(ui *u, int full) {
     sanitize(name, sizeof name, u->s->dir);
     attron(A_REVERSE);
     mvhline(0, 0, ' ', COLS);
-    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  cpu  queued %d", name, st.round + 1,
-             u->nround, u->round_size, u->s->version, u->nq);
+    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d", name,
+             st.round + 1, u->nround, u->round_size, u->s->version, u->be->name, u->nq);
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
@@ -697,11 +698,13 @@ static void on_key(ui *u, int ch) {
     }
 }
 
-int label_run(d3_session *s, const d3_config *c, const char *graphics, int round_size) {
+int label_run(d3_session *s, const d3_config *c, const char *graphics, int round_size,
+              const d3_backend *be, const char *device_note) {
     char err[D3_ERRLEN];
     ui U = {0}, *u = &U;
     u->s = s;
     u->c = c;
+    u->be = be;
     u->round_size = round_size > 0 ? round_size : c->session.round_size;
     u->prompt_fixed = -1;
     const char *gsel = graphics ? graphics
@@ -737,6 +740,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     eo.lr = (float)c->d3po.lr;
     eo.weight_decay = (float)c->d3po.weight_decay;
     eo.threads = c->engine.threads;
+    eo.be = be;
     eo.save_round = save_round;
     eo.save_ctx = s;
     u->e = engine_start(policy, base, &st, s->version, &eo, err);
@@ -751,8 +755,8 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
         if (q) u->queue[u->nq++] = q;
     }
     u->seed_next = s->next_pair * 1000003L + 17;
-    snprintf(u->status, sizeof u->status, "graphics: %s%s", term_mode_name(u->mode),
-             u->caps.tmux ? " (in tmux)" : "");
+    snprintf(u->status, sizeof u->status, "graphics: %s%s, device %s", term_mode_name(u->mode),
+             u->caps.tmux ? " (in tmux)" : "", device_note ? device_note : be->name);
 
     u->enc.mode = u->mode;
     u->enc.caps = u->caps;
