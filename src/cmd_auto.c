@@ -45,7 +45,7 @@
 
 static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
-    "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N]\n"
+    "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
     "                 [--timeout SEC] [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Runs D3PO rounds without a person: the engine samples pairs, a judge picks\n"
@@ -74,6 +74,8 @@ static const char auto_help[] =
     "  --model FILE      model a new session starts from (default\n"
     "                    models/default.safetensors)\n"
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
+    "  --seed S          which training pairs: their noise seeds and hence the\n"
+    "                    labels (default 0); independent runs use different S\n"
     "  --eval-seeds N    evaluation images per score: seeds 0..N-1 over the prompts,\n"
     "                    the same every round (default 16; 0: no scores)\n"
     "  --timeout SEC     how long the labeler may take per answer (default 30)\n"
@@ -125,6 +127,7 @@ typedef struct {
     int *cls;     /* prompt cycle: class ids */
     int ncls;
     uint64_t seq; /* training pairs requested, for seeds and prompts */
+    uint64_t seed; /* --seed: which training pairs (0: the default set) */
     request *req; /* sample requests in engine order (FIFO) */
     size_t rq_head, rq_n, rq_cap;
     round_state *r;  /* [rounds + 1] */
@@ -174,8 +177,10 @@ static int request_train(autorun *a, int k, int n) {
     for (int i = 0; i < n; i++) {
         if (push_req(a, REQ_TRAIN, k)) return -1;
         uint64_t q = a->seq++;
-        /* seeds far above the evaluation seeds 0..N-1 */
-        engine_sample(a->e, a->cls[q % (uint64_t)a->ncls], (1ULL << 32) + q * 1000003ULL + 17);
+        /* seeds far above the evaluation seeds 0..N-1; --seed S moves
+         * the whole sequence (golden-ratio stride: runs do not overlap) */
+        engine_sample(a->e, a->cls[q % (uint64_t)a->ncls],
+                      (1ULL << 32) + a->seed * 0x9E3779B97F4A7C15ULL + q * 1000003ULL + 17);
     }
     return 0;
 }
@@ -549,6 +554,7 @@ int cmd_auto(int argc, char **argv) {
                                          {"model", 1, 0, 'm'},
                                          {"config", 1, 0, 'c'},
                                          {"eval-seeds", 1, 0, 'e'},
+                                         {"seed", 1, 0, 'S'},
                                          {"timeout", 1, 0, 't'},
                                          {"device", 1, 0, 'D'},
                                          {"tf32", 0, 0, 'F'},
@@ -556,6 +562,7 @@ int cmd_auto(int argc, char **argv) {
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL;
     long rounds = -1, npairs = 0, neval = 16;
+    uint64_t seed = 0;
     double timeout = 30;
     int dev = -1, tf32 = 0;
     char err[D3_ERRLEN];
@@ -588,6 +595,9 @@ int cmd_auto(int argc, char **argv) {
             break;
         case 'e':
             if (cli_int("auto", "--eval-seeds", optarg, 0, 100000, &neval)) return EXIT_USAGE;
+            break;
+        case 'S':
+            if (cli_u64("auto", "--seed", optarg, &seed)) return EXIT_USAGE;
             break;
         case 't':
             if (cli_float("auto", "--timeout", optarg, 0.001, 86400, &timeout)) return EXIT_USAGE;
@@ -680,6 +690,7 @@ int cmd_auto(int argc, char **argv) {
     a->rounds = (int)rounds;
     a->npairs = (int)npairs;
     a->neval = (int)neval;
+    a->seed = seed;
     a->oracle = oracle;
     a->base_round = s.round;
     a->device = be->name;

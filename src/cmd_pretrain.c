@@ -45,7 +45,8 @@ static const char pretrain_help[] =
     "  --save-every N    checkpoint period in steps (default 500)\n"
     "  --ckpt FILE       checkpoint path (default FILE.ckpt)\n"
     "  --resume CKPT     continue a run from its checkpoint (bit-identical to an\n"
-    "                    uninterrupted run with the same thread count)\n"
+    "                    uninterrupted run with the same thread count); --steps\n"
+    "                    and --lr may change, the other settings are the run's\n"
     "  --threads N       CPU threads (default: all cores)\n"
     "  --device D        auto (default: the GPU when one works), cpu or cuda\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 error)\n"
@@ -121,7 +122,7 @@ int cmd_pretrain(int argc, char **argv) {
     const char *data = NULL, *out = NULL, *arch = NULL, *ckpt = NULL, *resume = NULL;
     run_cfg c = {.steps = 20000, .batch = 64, .warmup = 500, .lr = 2e-4, .ema = 0.999, .p_uncond = 0.1, .loss_avg = NAN};
     long save_every = 500, threads = 0;
-    int set_batch = 0, set_seed = 0, opt, tf32 = 0;
+    int set_batch = 0, set_seed = 0, set_lr = 0, opt, tf32 = 0;
     d3_device_kind dev = D3_DEV_AUTO;
     char derr[D3_ERRLEN];
     uint64_t seed = 0;
@@ -139,7 +140,7 @@ int cmd_pretrain(int argc, char **argv) {
         case 'w': bad = cli_int("pretrain", "--warmup", optarg, 0, 100000000, &c.warmup); break;
         case 'S': bad = cli_int("pretrain", "--save-every", optarg, 1, 100000000, &save_every); break;
         case 't': bad = cli_int("pretrain", "--threads", optarg, 1, 1024, &threads); break;
-        case 'l': bad = cli_float("pretrain", "--lr", optarg, 1e-9, 1, &c.lr); break;
+        case 'l': bad = cli_float("pretrain", "--lr", optarg, 1e-9, 1, &c.lr); set_lr = 1; break;
         case 'e': bad = cli_float("pretrain", "--ema", optarg, 0, 0.999999, &c.ema); break;
         case 'p': bad = cli_float("pretrain", "--p-uncond", optarg, 0, 1, &c.p_uncond); break;
         case 's': bad = cli_u64("pretrain", "--seed", optarg, &seed); set_seed = 1; break;
@@ -195,6 +196,7 @@ int cmd_pretrain(int argc, char **argv) {
             return EXIT_USAGE;
         }
         rc.steps = steps_wanted; /* --steps may extend the run */
+        if (set_lr) rc.lr = c.lr; /* and --lr change it (a cool-down) */
         c = rc;
     }
     imgfolder ds;

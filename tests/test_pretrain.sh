@@ -50,6 +50,10 @@ $D3 pretrain $A --out "$T/half.st" --steps 150 --save-every 100 2>/dev/null
 $D3 pretrain $A --out "$T/res.st" --steps 300 --save-every 100 --resume "$T/half.st.ckpt" 2>"$T/log2"
 cmp -s "$T/full.st" "$T/res.st" && ok "resume is bit-identical" || { no "resume is bit-identical"; tail -n 3 "$T/log2"; }
 cmp -s "$T/full.st.ckpt" "$T/res.st.ckpt" && ok "checkpoints identical" || no "checkpoints identical"
+# --lr on resume: a cool-down; the run's other settings stay
+$D3 pretrain $A --out "$T/cool.st" --steps 160 --lr 1e-5 --resume "$T/half.st.ckpt" 2>"$T/log3"
+grep -q "steps 150\.\.160, batch 8, lr 1e-05" "$T/log3" && $D3 info "$T/cool.st.ckpt" 2>&1 | grep -q "lr=1e-05" \
+    && ok "resume with --lr lowers the learning rate" || { no "resume with --lr"; grep "steps" "$T/log3"; }
 
 # Ctrl-C: a checkpoint, status 130, and the run resumes to the same result
 $D3 pretrain $A --out "$T/int.st" --steps 300000 --save-every 100000 2>"$T/log3" &

@@ -20,7 +20,8 @@
 # when it failed, was skipped or could not run (the other steps are
 # reported in summary.txt, not in the status).
 #
-# Environment: PY (default python3: the one with torch), BUDGET, D3PO_GPU_DIR
+# Environment: PY (default python3: the one with torch), BUDGET, SETUP_ONLY=1
+# (unpack and write the wrappers only), D3PO_GPU_DIR
 # (default /tmp/d3po-gpu), DEV (default cuda: the device of the sample and
 # auto steps; DEV=cpu dry-runs this script on a machine without a GPU).
 set -u
@@ -169,6 +170,13 @@ for b in d3po test_cuda bench; do
     chmod 755 "$DIR/wrap/$b"
 done
 D3PO="$DIR/wrap/d3po"
+# SETUP_ONLY=1: stop here (unpacked, wrappers in $DIR/wrap), e.g. before
+# models/train/gpu_pretrain.sh
+if [ "${SETUP_ONLY:-0}" = 1 ]; then
+    note "PASS setup: wrappers in $DIR/wrap"
+    test_status=0
+    exit 0
+fi
 
 # ------------------------------------------------------------- diagnostics
 section "the machine"
