@@ -26,6 +26,7 @@
 #include "cli.h"
 #include "config.h"
 #include "diffusion.h"
+#include "evaltui.h"
 #include "fsutil.h"
 #include "image.h"
 #include "labeler.h"
@@ -56,7 +57,9 @@ static const char eval_help[] =
     "  --labeler CMD   judge with an external program (protocol in d3po(1)): it\n"
     "                  gets '<i>\\t<prompt>\\t<A.png>\\t<B.png>' lines, answers A, B,\n"
     "                  tie or skip; the PNGs are in a temp dir, removed afterwards\n"
-    "  --tui           judge on the labeling screen (not built yet)\n"
+    "  --tui           judge yourself on the labeling screen (its keys): all pairs\n"
+    "                  are sampled first; the sides are revealed with the result;\n"
+    "                  quitting early counts the pairs judged so far\n"
     "  --pairs N       pairs to judge (default 32)\n"
     "  --seed S        seed of the noise, the prompts' start and the sides (default 0)\n"
     "  --json          print one JSON object instead of text\n"
@@ -240,8 +243,9 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "d3po eval: give exactly one judge: --oracle NAME, --labeler CMD or --tui\n");
         return EXIT_USAGE;
     }
-    if (tui) {
-        fprintf(stderr, "d3po eval: --tui is not built yet; use --labeler CMD or --oracle NAME\n");
+    char terr[D3_ERRLEN];
+    if (tui && evaltui_available(terr)) {
+        fprintf(stderr, "d3po eval: %s\n", terr);
         return EXIT_USAGE;
     }
     char err[D3_ERRLEN];
@@ -270,6 +274,8 @@ int cmd_eval(int argc, char **argv) {
     d3_tape *tp = NULL;
     float *xb = NULL, *xt = NULL;
     uint8_t *rb = NULL, *rt = NULL;
+    uint8_t *tui_rgb = NULL; /* --tui: [npairs][2][D] as shown (A, B) */
+    int *tui_side = NULL, *tui_choice = NULL;
     int *cls = NULL;
     char tmp[4200] = "";
     char bp[4096];
@@ -326,12 +332,20 @@ int cmd_eval(int argc, char **argv) {
     xt = malloc(CHUNK * D * sizeof(float));
     rb = malloc(D);
     rt = malloc(D);
+    if (tui) {
+        tui_rgb = malloc((size_t)npairs * 2 * D);
+        tui_side = malloc(npairs * sizeof(int));
+        tui_choice = malloc(npairs * sizeof(int));
+        if (!tui_rgb || !tui_side || !tui_choice) { d3_errf(err, "out of memory"); goto fail; }
+    }
     tp = tape_new(be);
     d3_rng side;
     rng_init(&side, seed, EVAL_SIDE_STREAM);
     eval_result r = {0};
     double sum_b = 0, sum_t = 0;
     int verbose = isatty(STDERR_FILENO);
+    if (tui) fprintf(stderr, "d3po eval: sampling %ld pairs from both models before the screen opens\n",
+                     npairs);
     for (long i0 = 0; i0 < npairs; i0 += CHUNK) {
         int n = npairs - i0 < CHUNK ? (int)(npairs - i0) : CHUNK;
         if (verbose) fprintf(stderr, "\rd3po eval: sampling pairs %ld-%ld of %ld ", i0 + 1, i0 + n, npairs);
@@ -345,6 +359,12 @@ int cmd_eval(int argc, char **argv) {
             int tuned_is_a = (int)rng_below(&side, 2);
             const uint8_t *a = tuned_is_a ? rt : rb, *b = tuned_is_a ? rb : rt;
             int choice;
+            if (tui) {
+                memcpy(tui_rgb + (size_t)i * 2 * D, a, D);
+                memcpy(tui_rgb + ((size_t)i * 2 + 1) * D, b, D);
+                tui_side[i] = tuned_is_a;
+                continue;
+            }
             if (orc) {
                 sum_b += oracle_score(orc, rb, S, S);
                 sum_t += oracle_score(orc, rt, S, S);
@@ -364,12 +384,31 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     if (verbose) fprintf(stderr, "\r%60s\r", "");
+    if (tui) {
+        evaltui_pair *tp_ = malloc(npairs * sizeof *tp_);
+        if (!tp_) { d3_errf(err, "out of memory"); goto fail; }
+        for (long i = 0; i < npairs; i++)
+            tp_[i] = (evaltui_pair){.prompt = tuned.class_names[cls[i]],
+                                    .rgb = {tui_rgb + (size_t)i * 2 * D, tui_rgb + ((size_t)i * 2 + 1) * D}};
+        int bad = evaltui_run(&cfg, NULL, tp_, (int)npairs, S, tui_side, tui_choice, err);
+        free(tp_);
+        if (bad) goto fail;
+        evaltui_result er;
+        evaltui_count(tui_choice, tui_side, (int)npairs, &er);
+        r.wins = er.wins;
+        r.losses = er.losses;
+        r.ties = er.ties;
+        r.skips = er.skips;
+        long undecided = 0;
+        for (long i = 0; i < npairs; i++) undecided += tui_choice[i] < 0;
+        r.skips += undecided; /* left before judging them: counted as skipped */
+    }
     long n = r.wins + r.losses + r.ties;
     r.rate = stats_win_rate(r.wins, r.losses, r.ties);
     stats_wilson(r.wins + 0.5 * r.ties, (double)n, STATS_Z95, &r.lo, &r.hi);
     r.score_base = orc ? sum_b / npairs : NAN;
     r.score_tuned = orc ? sum_t / npairs : NAN;
-    const char *judge = orc ? oracle_spec : labeler_cmd;
+    const char *judge = orc ? oracle_spec : tui ? "person (--tui)" : labeler_cmd;
 
     metrics mt;
     metrics_read(dir, &mt);
@@ -430,6 +469,7 @@ out:
     if (orc) oracle_free(orc);
     if (tp) tape_free(tp);
     free(xb); free(xt); free(rb); free(rt); free(cls);
+    free(tui_rgb); free(tui_side); free(tui_choice);
     if (have_base) model_free(&base);
     if (have_tuned) model_free(&tuned);
     session_close(&s);

@@ -102,8 +102,33 @@ for i, a, b in lines:
 assert len(dirs) == 1 and not os.path.exists(dirs.pop()), "temp dir left behind"
 PY
 then ok "labeler sees only A/B paths in a temp dir, removed after"; else no "labeler eval"; cat $T/out; fi
-expect 1 "eval --tui (not built yet)" $D3 eval --session $S --tui
-grep_err "--tui says not built" "not built yet"
+expect 1 "eval --tui without a terminal" setsid -w $D3 eval --session $S --tui </dev/null
+grep_err "--tui names the need for a terminal" "needs a terminal"
+# eval --tui as a person uses it (tmux, half blocks): judge, undo, judge,
+# the result page reveals the sides only at the end, the text result
+if command -v tmux >/dev/null; then
+    tm new-session -d -s t -x 100 -y 30 "cd $PWD && $D3 eval --session $S --tui --pairs 3 --seed 4 --steps 2 $TH >$T/tui.out 2>$T/tui.err; echo EXITED \$?; sleep 30"
+    wait_for "pair 1/3  judged 0" && ok "eval --tui opens on pair 1" || no "eval --tui opens"
+    grep -q "tuned=" "$T/screen" && no "sides hidden while judging" || ok "sides hidden while judging"
+    tm send-keys -t t 1
+    wait_for "pair 2/3  judged 1" && ok "eval --tui: 1 judges and moves on" || no "eval --tui: 1"
+    tm send-keys -t t u
+    wait_for "pair 1/3  judged 0" && ok "eval --tui: u undoes" || no "eval --tui: undo"
+    tm send-keys -t t Left
+    wait_for "pair 2/3  judged 1" || no "eval --tui: Left"
+    tm send-keys -t t 2
+    wait_for "pair 3/3  judged 2" || no "eval --tui: 2"
+    tm send-keys -t t t
+    wait_for "result after 3 of 3 pairs" && ok "eval --tui: result page after the last pair" || no "eval --tui: result page"
+    grep -q "  3: tuned=" "$T/screen" && ok "eval --tui: sides revealed on the result page" || no "sides revealed"
+    tm send-keys -t t x
+    wait_for "EXITED 0" && ok "eval --tui exits 0" || { no "eval --tui exit"; cat $T/tui.err; }
+    grep -q "judge person (--tui)" $T/tui.out && grep -q " 1 ties, 0 skipped" $T/tui.out \
+        && ok "eval --tui prints the result (1 tie, 2 decided)" || { no "eval --tui result"; cat $T/tui.out; }
+    tm kill-server 2>/dev/null
+else
+    no "tmux missing"
+fi
 expect 1 "eval without a judge" $D3 eval --session $S
 expect 1 "eval --oracle unknown" $D3 eval --session $S --oracle nope --pairs 1 --steps 1 $TH
 

@@ -6,18 +6,6 @@
 # the same session is refused. Graphics: the half-block fallback (tmux).
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
-SOCK="$T/tmux.sock"
-tm() { tmux -S "$SOCK" "$@"; }
-# wait_for PATTERN: poll the screen up to ~30 s
-wait_for() {
-    i=0
-    while [ $i -lt 150 ]; do
-        tm capture-pane -p -t t >"$T/screen" 2>/dev/null
-        grep -q -- "$1" "$T/screen" && return 0
-        sleep 0.2; i=$((i+1))
-    done
-    echo "  (screen did not show '$1'):"; cat "$T/screen"; return 1
-}
 printf 'smiling face\nred apple\nflag\n' >"$T/names"
 $D3 init --out "$T/m.st" --arch base=8,mult=1.2,res=1,attn=none,size=16 --class-names "$T/names" >/dev/null
 S="$T/session"

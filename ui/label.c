@@ -302,35 +302,43 @@ static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
     *left1 = 2 + *w;
 }
 
-static void encode_job(const encoder *e, encjob *j) {
+int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int S,
+                       int top, int left, int w, int h, unsigned char **out, size_t *outlen) {
     char err[D3_ERRLEN];
-    int S = j->S;
-    if (e->mode == TERM_MODE_SIXEL) {
-        int f = (int)fmin((double)j->w * e->caps.cell_w, (double)j->h * e->caps.cell_h) / S;
+    *out = NULL;
+    *outlen = 0;
+    if (mode == TERM_MODE_SIXEL) {
+        int f = (int)fmin((double)w * caps->cell_w, (double)h * caps->cell_h) / S;
         if (f < 1) f = 1;
         uint8_t *up = malloc((size_t)S * f * S * f * 3);
-        sixel_upscale_nearest(up, j->rgb, S, S, f);
+        if (!up) return -1;
+        sixel_upscale_nearest(up, rgb, S, S, f);
         unsigned char *enc;
         size_t len;
-        if (sixel_encode_rgb(up, S * f, S * f, e->colors, 0, &enc, &len, err) == 0) {
-            if (e->caps.tmux_passthrough) {
+        if (sixel_encode_rgb(up, S * f, S * f, colors, 0, &enc, &len, err) == 0) {
+            if (caps->tmux_passthrough) {
                 unsigned char *wr;
                 size_t wl;
                 if (sixel_wrap_tmux(enc, len, &wr, &wl, err) == 0) { free(enc); enc = wr; len = wl; }
             }
-            j->out = malloc(len + 64);
-            j->len = sixel_place(j->out, len + 64, j->top, j->left, enc, len);
+            if ((*out = malloc(len + 64))) *outlen = sixel_place(*out, len + 64, top, left, enc, len);
             free(enc);
         }
         free(up);
     } else {
         int bc, br;
-        blocks_fit(S, S, j->w, j->h, &bc, &br);
+        blocks_fit(S, S, w, h, &bc, &br);
         blocks_out bo = {0};
-        if (blocks_render(j->rgb, S, S, e->mode, bc, br, &bo, err) == 0)
-            blocks_place(&bo, j->top, j->left, &j->out, &j->len, err);
+        if (blocks_render(rgb, S, S, mode, bc, br, &bo, err) == 0)
+            blocks_place(&bo, top, left, out, outlen, err);
         blocks_free(&bo);
     }
+    return *out ? 0 : -1;
+}
+
+static void encode_job(const encoder *e, encjob *j) {
+    label_encode_image(e->mode, &e->caps, e->colors, j->rgb, j->S, j->top, j->left, j->w, j->h,
+                       &j->out, &j->len);
 }
 
 static void *encoder_main(void *arg) {
@@ -460,21 +468,26 @@ static const char *key_label(const d3_config *c, int act) {
     return c->ui.nkeys[act] ? c->ui.keys[act][0] : "?";
 }
 
+int label_frame_begin(long view, long *last_view, int full) {
+    if (view != *last_view) full = 1;
+    *last_view = view;
+    if (full) clearok(curscr, TRUE);
+    erase();
+    if (LINES < 12 || COLS < 40) {
+        mvprintw(LINES / 2, 0, "enlarge the terminal (at least 40x12; now %dx%d)", COLS, LINES);
+        refresh();
+        return -1;
+    }
+    return full;
+}
+
 static void draw(ui *u, int full) {
     /* Images are written around curses, which therefore thinks their cells
      * are blank: whenever what is shown changes, repaint the whole screen
      * (clearok) so no old image or block text survives. */
     long view = ((((long)u->help * 2 + u->hist) * 2 + u->picking) * 3 + u->zoom) * 100003L +
                 (u->hist ? u->hist_sel : u->nq ? u->queue[0]->id + 1 : 0);
-    if (view != u->last_view) full = 1;
-    u->last_view = view;
-    if (full) clearok(curscr, TRUE);
-    erase();
-    if (LINES < 12 || COLS < 40) {
-        mvprintw(LINES / 2, 0, "enlarge the terminal (at least 40x12; now %dx%d)", COLS, LINES);
-        refresh();
-        return;
-    }
+    if ((full = label_frame_begin(view, &u->last_view, full)) < 0) return;
     session_stats st;
     session_info(u->s, &st);
     char name[64];
@@ -558,7 +571,7 @@ static void draw(ui *u, int full) {
     if (full) draw_images(u);
 }
 
-static const char *lbl_key_name(int ch, char *buf) {
+const char *label_key_name(int ch, char *buf) {
     switch (ch) {
     case KEY_LEFT: return "Left";
     case KEY_RIGHT: return "Right";
@@ -667,7 +680,7 @@ static void on_key_pick(ui *u, int act, int ch) {
 
 static void on_key(ui *u, int ch) {
     char kb[8];
-    const char *k = lbl_key_name(ch, kb);
+    const char *k = label_key_name(ch, kb);
     if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
     if (!k && ch != KEY_UP && ch != KEY_DOWN && ch != '\n' && ch != KEY_ENTER) return;
     int act = k ? config_key_action(u->c, k) : -1;

@@ -5,9 +5,13 @@
  * the work. */
 #ifndef D3PO_LABEL_H
 #define D3PO_LABEL_H
+#include <stddef.h>
+#include <stdint.h>
+
 #include "backend.h"
 #include "config.h"
 #include "session.h"
+#include "term.h"
 
 /* Runs the screen on an open session until the person quits. graphics:
  * "auto", "sixel" or "blocks" (NULL: the config's). round_size > 0
@@ -17,4 +21,19 @@
  * Returns the exit status (0 ok, 2 error). */
 int label_run(d3_session *s, const d3_config *c, const char *graphics, int round_size,
               const d3_backend *be, const char *device_note);
+
+/* Shared with the other screens (evaltui.c): */
+/* Encodes an S x S RGB image to fill the cell box (top, left, w, h) in the
+ * drawing mode (sixel, or half blocks), cursor placement included, ready
+ * to write to the tty after curses' doupdate(). 0, or -1 (*out NULL). */
+int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int S,
+                       int top, int left, int w, int h, unsigned char **out, size_t *outlen);
+/* Starts a frame: images are written around curses, which thinks their
+ * cells blank, so when the view changed (view != *last_view) the whole
+ * screen is repainted. Erases the screen. Returns -1 (after asking for a
+ * bigger terminal) below 40x12, else whether this frame is a full repaint. */
+int label_frame_begin(long view, long *last_view, int full);
+/* The name of a curses key as d3po.conf writes it ("Left", "a", "F2"), or
+ * NULL for keys that have none. buf: at least 8 bytes. */
+const char *label_key_name(int ch, char *buf);
 #endif

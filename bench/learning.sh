@@ -1,0 +1,38 @@
+#!/bin/sh
+# learning.sh OUTDIR ORACLE SEED [CHUNKS] [ROUNDS] [PAIRS] [EVAL_PAIRS]
+#
+# One learning curve of `d3po auto` on the default model: CHUNKS times
+# (default 3) ROUNDS rounds (default 4) of PAIRS pairs (default 8) judged
+# by ORACLE with training pairs from --seed SEED, and after each chunk a
+# blind `d3po eval` of EVAL_PAIRS pairs (default 32, eval seed 1000, the
+# same for every chunk and run) against the base model. Writes the session
+# to OUTDIR/ORACLE-sSEED/ (its metrics.jsonl: oracle score and drift per
+# round) and one JSON line per chunk to OUTDIR/ORACLE-sSEED.evals.jsonl:
+#   {"labels":N, ...the eval --json object...}
+# Settings come from the config (D3PO_CONFIG=FILE to use another).
+set -u
+OUT=${1:?usage: learning.sh OUTDIR ORACLE SEED [CHUNKS] [ROUNDS] [PAIRS] [EVAL_PAIRS]}
+ORACLE=${2:?oracle}
+SEED=${3:?seed}
+CHUNKS=${4:-3}
+ROUNDS=${5:-4}
+PAIRS=${6:-8}
+EVAL=${7:-32}
+D3=${D3:-build/d3po}
+CONF=${D3PO_CONFIG:+--config $D3PO_CONFIG}
+DIR="$OUT/$ORACLE-s$SEED"
+EV="$OUT/$ORACLE-s$SEED.evals.jsonl"
+mkdir -p "$OUT" || exit 1
+: >"$EV"
+c=1
+while [ "$c" -le "$CHUNKS" ]; do
+    # shellcheck disable=SC2086
+    "$D3" auto --session "$DIR" --oracle "$ORACLE" --rounds "$ROUNDS" --pairs "$PAIRS" \
+        --seed "$SEED" --eval-seeds 8 $CONF || exit 1
+    labels=$((c * ROUNDS * PAIRS))
+    # shellcheck disable=SC2086
+    j=$("$D3" eval --session "$DIR" --oracle "$ORACLE" --pairs "$EVAL" --seed 1000 --json $CONF) || exit 1
+    echo "{\"labels\":$labels,\"seed\":$SEED,\"eval\":$j}" >>"$EV"
+    echo "learning: $ORACLE seed $SEED after $labels labels: $j" >&2
+    c=$((c + 1))
+done
