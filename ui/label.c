@@ -98,6 +98,9 @@ typedef struct {
     int quit;
     int nclasses;
     char **names;       /* class names (prompts), copied from the policy */
+    double drift;       /* mean per-step log p_policy - log p_base of the
+                           newest measured pair (header); NAN: none yet */
+    long drift_version; /* the model version that pair came from */
 } ui;
 
 static volatile sig_atomic_t resized;
@@ -135,6 +138,13 @@ static qpair *qpair_from(long id, d3_pair_sample *p) {
 /* a pair from the engine goes to disk first, then into the queue */
 static void on_pair(ui *u, d3_pair_sample *p) {
     char err[D3_ERRLEN];
+    if (p->logp_base[0] && p->logp_base[1]) {
+        double d = 0;
+        for (int i = 0; i < 2; i++)
+            for (int t = 0; t < p->K; t++) d += p->logp[i][t] - p->logp_base[i][t];
+        u->drift = d / (2.0 * p->K);
+        u->drift_version = p->version;
+    }
     session_pair sp = {.K = p->K, .S = p->S, .cls = p->cls, .version = (int)p->version,
                        .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
                        .traj = {p->traj[0], p->traj[1]}, .logp = {p->logp[0], p->logp[1]}};
@@ -164,10 +174,17 @@ static int prompt_class(ui *u) {
     return (int)((u->cls_next++ * 7919L + u->seed_next) % u->nclasses);
 }
 
+/* Every DRIFT_EVERY-th pair also gets its log-probabilities under the
+ * base model (one more pass over its trajectories on the engine thread),
+ * for the drift shown in the header. */
+#define DRIFT_EVERY 4
+
 static void top_up(ui *u) {
     int depth = u->c->session.queue_depth;
     while (u->nq + u->inflight < depth) {
-        engine_sample(u->e, prompt_class(u), (uint64_t)u->seed_next++);
+        long seed = u->seed_next++;
+        if (seed % DRIFT_EVERY == 0) engine_sample_drift(u->e, prompt_class(u), (uint64_t)seed);
+        else engine_sample(u->e, prompt_class(u), (uint64_t)seed);
         u->inflight++;
     }
 }
@@ -494,8 +511,10 @@ static void draw(ui *u, int full) {
     sanitize(name, sizeof name, u->s->dir);
     attron(A_REVERSE);
     mvhline(0, 0, ' ', COLS);
-    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d", name,
-             st.round + 1, u->nround, u->round_size, u->s->version, u->be->name, u->nq);
+    char drift[48] = "drift -";
+    if (!isnan(u->drift)) snprintf(drift, sizeof drift, "drift %.3f (v%ld)", u->drift, u->drift_version);
+    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d  %s", name,
+             st.round + 1, u->nround, u->round_size, u->s->version, u->be->name, u->nq, drift);
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
@@ -720,6 +739,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     u->be = be;
     u->round_size = round_size > 0 ? round_size : c->session.round_size;
     u->prompt_fixed = -1;
+    u->drift = NAN;
     const char *gsel = graphics ? graphics
                        : c->ui.graphics == D3_GRAPHICS_SIXEL ? "sixel"
                        : c->ui.graphics == D3_GRAPHICS_BLOCKS ? "blocks" : "auto";
@@ -733,7 +753,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
         free(policy);
         return 2;
     }
-    if (c->d3po.reference == D3PO_REF_BASE) {
+    { /* the base model: the "base" reference, and the drift in the header */
         char bp[4096];
         base = malloc(sizeof *base);
         if (model_load(base, session_base_path(s, bp, sizeof bp), NULL, err)) {
