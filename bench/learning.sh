@@ -9,7 +9,9 @@
 # to OUTDIR/ORACLE-sSEED/ (its metrics.jsonl: oracle score and drift per
 # round) and one JSON line per chunk to OUTDIR/ORACLE-sSEED.evals.jsonl:
 #   {"labels":N, ...the eval --json object...}
-# Settings come from the config (D3PO_CONFIG=FILE to use another).
+# Settings come from the config (D3PO_CONFIG=FILE to use another). Run it
+# again on the same OUTDIR to extend a curve: the session resumes and the
+# eval lines are appended.
 set -u
 OUT=${1:?usage: learning.sh OUTDIR ORACLE SEED [CHUNKS] [ROUNDS] [PAIRS] [EVAL_PAIRS]}
 ORACLE=${2:?oracle}
@@ -23,13 +25,12 @@ CONF=${D3PO_CONFIG:+--config $D3PO_CONFIG}
 DIR="$OUT/$ORACLE-s$SEED"
 EV="$OUT/$ORACLE-s$SEED.evals.jsonl"
 mkdir -p "$OUT" || exit 1
-: >"$EV"
 c=1
 while [ "$c" -le "$CHUNKS" ]; do
     # shellcheck disable=SC2086
     "$D3" auto --session "$DIR" --oracle "$ORACLE" --rounds "$ROUNDS" --pairs "$PAIRS" \
         --seed "$SEED" --eval-seeds 8 $CONF || exit 1
-    labels=$((c * ROUNDS * PAIRS))
+    labels=$(tail -n 1 "$DIR/metrics.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_labels"])') || exit 1
     # shellcheck disable=SC2086
     j=$("$D3" eval --session "$DIR" --oracle "$ORACLE" --pairs "$EVAL" --seed 1000 --json $CONF) || exit 1
     echo "{\"labels\":$labels,\"seed\":$SEED,\"eval\":$j}" >>"$EV"
