@@ -204,14 +204,8 @@ static int run_sample(bench_ctx *c) {
 /* global-norm clip (1.0) and one AdamW step on the backend, as d3po_train
  * does it; returns the norm before clipping */
 static double clip_and_step(bench_ctx *c) {
-    const d3_backend *be = c->be;
-    const size_t n = c->m->L.numel;
-    double norm = sqrt(be->sumsq(c->grads, n));
-    if (norm > 1.0) be->scale(c->grads, (float)(1.0 / (norm + 1e-6)), n);
-    float step_size, rbc2, decay;
-    adamw_scalars(&c->opt, &step_size, &rbc2, &decay);
-    be->adamw(model_params_dev(c->m, be), c->dm, c->dv, c->grads, n, c->opt.beta1, c->opt.beta2,
-              c->opt.eps, step_size, rbc2, decay);
+    double norm = grad_clip_on(c->be, c->grads, c->m->L.numel, 1.0);
+    adamw_step_on(c->be, &c->opt, model_params_dev(c->m, c->be), c->dm, c->dv, c->grads);
     return norm;
 }
 

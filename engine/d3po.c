@@ -141,14 +141,8 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
                                           p->traj[1], p->cls, p->ref[0], p->ref[1], p->h, steps,
                                           NULL, NULL, NULL, err);
             if (isnan(l)) goto out;
-            /* global-norm clip, PyTorch's clip_grad_norm_ coefficient */
-            double norm = sqrt(be->sumsq(b.grads, numel));
-            if (o->max_grad_norm > 0 && norm > o->max_grad_norm)
-                be->scale(b.grads, (float)(o->max_grad_norm / (norm + 1e-6)), numel);
-            float step_size, rbc2, decay;
-            adamw_scalars(opt, &step_size, &rbc2, &decay);
-            be->adamw(b.params, b.m, b.v, b.grads, numel, opt->beta1, opt->beta2, opt->eps,
-                      step_size, rbc2, decay);
+            grad_clip_on(be, b.grads, numel, o->max_grad_norm);
+            adamw_step_on(be, opt, b.params, b.m, b.v, b.grads);
             total += l;
             count += K;
             if (progress && progress(ctx, ++done, all, l / K)) {

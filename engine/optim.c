@@ -1,6 +1,8 @@
 /* optim.c - AdamW and gradient clipping over flat buffers (see optim.h). */
 #include "optim.h"
 
+#include "backend.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -29,10 +31,14 @@ void adamw_scalars(d3_adamw *o, float *step_size, float *rbc2, float *decay) {
 }
 
 void adamw_step(d3_adamw *o, float *params, const float *grads) {
+    adamw_step_on(backend_cpu(), o, params, o->m, o->v, grads);
+}
+
+void adamw_step_on(const d3_backend *be, d3_adamw *o, float *params, float *m, float *v,
+                   const float *grads) {
     float step_size, rbc2, decay;
     adamw_scalars(o, &step_size, &rbc2, &decay);
-    adamw_update(params, o->m, o->v, grads, o->n, o->beta1, o->beta2, o->eps, step_size, rbc2,
-                 decay);
+    be->adamw(params, m, v, grads, o->n, o->beta1, o->beta2, o->eps, step_size, rbc2, decay);
 }
 
 void adamw_update(float *params, float *m, float *v, const float *grads, size_t n, float b1,
@@ -48,14 +54,11 @@ void adamw_update(float *params, float *m, float *v, const float *grads, size_t 
 }
 
 double grad_clip(float *grads, size_t n, double max_norm) {
-    double ss = 0;
-    #pragma omp parallel for reduction(+ : ss) schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) ss += (double)grads[i] * grads[i];
-    double norm = sqrt(ss);
-    if (max_norm > 0 && norm > max_norm) {
-        /* PyTorch's clip_grad_norm_: coefficient max/(norm + 1e-6) */
-        float c = (float)(max_norm / (norm + 1e-6));
-        for (size_t i = 0; i < n; i++) grads[i] *= c;
-    }
+    return grad_clip_on(backend_cpu(), grads, n, max_norm);
+}
+
+double grad_clip_on(const d3_backend *be, float *grads, size_t n, double max_norm) {
+    double norm = sqrt(be->sumsq(grads, n));
+    if (max_norm > 0 && norm > max_norm) be->scale(grads, (float)(max_norm / (norm + 1e-6)), n);
     return norm;
 }

@@ -26,7 +26,16 @@ void adamw_scalars(d3_adamw *o, float *step_size, float *rbc2, float *decay);
 /* The same loop as the CPU backend's adamw (the host reference). */
 void adamw_update(float *p, float *m, float *v, const float *g, size_t n, float b1, float b2,
                   float eps, float step_size, float rbc2, float decay);
-/* Global L2 norm of grads; if above max_norm (> 0) scales grads to it.
- * Returns the norm before clipping. */
+/* Global L2 norm of grads; if above max_norm (> 0) scales grads to it
+ * (PyTorch's clip_grad_norm_ coefficient max/(norm + 1e-6)). Returns the
+ * norm before clipping. */
 double grad_clip(float *grads, size_t n, double max_norm);
+
+/* The same two on a backend's buffers (backend.h: the optimizer runs
+ * where the gradients are): m, v are the moments on that device. The host
+ * versions above are these on the CPU backend. */
+struct d3_backend;
+double grad_clip_on(const struct d3_backend *be, float *grads, size_t n, double max_norm);
+void adamw_step_on(const struct d3_backend *be, d3_adamw *o, float *params, float *m, float *v,
+                   const float *grads);
 #endif

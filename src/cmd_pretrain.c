@@ -110,6 +110,21 @@ static int save_ckpt(const d3_model *m, const d3_state *st, const char *path, co
     return 0;
 }
 
+/* Brings the training state computed on be back to the host buffers the
+ * checkpoint is written from (on the CPU they are the same buffers). */
+static void pull_state(const d3_backend *be, d3_model *m, d3_state *st, const float *M,
+                       const float *V, const float *E) {
+    if (be->host) {
+        model_touch(m);
+        return;
+    }
+    size_t bytes = m->L.numel * sizeof(float);
+    model_pull(m);
+    be->download(st->opt.m, M, bytes);
+    be->download(st->opt.v, V, bytes);
+    be->download(st->ema, E, bytes);
+}
+
 int cmd_pretrain(int argc, char **argv) {
     static const struct option opts[] = {
         {"data", 1, 0, 'd'},   {"out", 1, 0, 'o'},      {"arch", 1, 0, 'a'},
@@ -273,14 +288,6 @@ int cmd_pretrain(int argc, char **argv) {
         be->upload(V, st.opt.v, bytes);
         be->upload(E, st.ema, bytes);
     }
-#define pull_state()                                        \
-    do {                                                    \
-        if (be->host) { model_touch(&m); break; }           \
-        model_pull(&m);                                     \
-        be->download(st.opt.m, M, bytes);                   \
-        be->download(st.opt.v, V, bytes);                   \
-        be->download(st.ema, E, bytes);                     \
-    } while (0)
     long cur_epoch = -1;
     double t0 = now(), last_print = 0;
     long start = c.step;
@@ -303,13 +310,9 @@ int cmd_pretrain(int argc, char **argv) {
             rc = EXIT_FAIL;
             break;
         }
-        /* global-norm clip 1.0 (PyTorch's clip_grad_norm_ coefficient) */
-        double norm = sqrt(be->sumsq(G, numel));
-        if (norm > 1.0) be->scale(G, (float)(1.0 / (norm + 1e-6)), numel);
+        grad_clip_on(be, G, numel, 1.0);
         st.opt.lr = (float)(c.warmup > 0 && c.step < c.warmup ? c.lr * (c.step + 1) / c.warmup : c.lr);
-        float step_size, rbc2, decay;
-        adamw_scalars(&st.opt, &step_size, &rbc2, &decay);
-        be->adamw(P, M, V, G, numel, st.opt.beta1, st.opt.beta2, st.opt.eps, step_size, rbc2, decay);
+        adamw_step_on(be, &st.opt, P, M, V, G);
         /* EMA with the usual warm-up of the decay */
         float dec = (float)fmin(c.ema, (1.0 + c.step) / (10.0 + c.step));
         be->ema(E, P, dec, numel);
@@ -331,17 +334,16 @@ int cmd_pretrain(int argc, char **argv) {
         if ((c.step + 1) % save_every == 0 && !last) {
             long s = c.step;
             c.step++; /* the checkpoint resumes at the next step */
-            pull_state();
+            pull_state(be, &m, &st, M, V, E);
             cfg_meta(&m, &c, data);
             int bad = save_ckpt(&m, &st, ckpt, "saving");
             c.step = s;
             if (bad) { rc = EXIT_FAIL; break; }
         }
     }
-    pull_state();
+    pull_state(be, &m, &st, M, V, E);
     if (be->host) free(G);
     else { be->free(G); be->free(M); be->free(V); be->free(E); }
-#undef pull_state
     if (tty) fputc('\n', stderr);
     if (!rc) {
         cfg_meta(&m, &c, data);

@@ -246,38 +246,26 @@ if [ ! -f "$FONT" ] && [ -f "$DIR/share/DejaVuSans.ttf" ]; then
     mkdir -p "$(dirname "$FONT")" 2>/dev/null && cp "$DIR/share/DejaVuSans.ttf" "$FONT" 2>/dev/null &&
         echo "(installed the bundle's DejaVuSans.ttf at $FONT)"
 fi
-# $1 = device, $2 = out png, $3 = log: runs the grid; tells whether --device
-# was understood (a usage error, exit 1, from a build without it: rerun
-# without it, where engine.device = auto picks the GPU when it works)
+# $1 = device, $2 = out png, $3 = log: the grid of the default model
 sample_grid() {
     local t=$(left 90)
     [ "$t" -ge 10 ] || return 124
     timeout "$t" "$D3PO" sample --device "$1" --grid --model models/default.safetensors --seed 1 --out "$2" >"$3" 2>&1
-    local rc=$?
-    if [ $rc -eq 1 ] && grep -q -i 'device' "$3"; then
-        echo "(--device not accepted: running without it)" >>"$3"
-        nodev=1
-        timeout "$t" "$D3PO" sample --grid --model models/default.safetensors --seed 1 --out "$2" >>"$3" 2>&1
-        rc=$?
-    fi
-    return $rc
 }
-nodev=0
 t0=$(date +%s)
 sample_grid "$DEV" "$OUT/gpu_samples.png" "$DIR/sample_gpu.log"
 rc=$?
 t1=$(date +%s)
 cat "$DIR/sample_gpu.log"
 if [ $rc -eq 0 ] && [ -s "$OUT/gpu_samples.png" ]; then
-    note "PASS sample --device $DEV --grid: gpu_samples.png in $((t1 - t0)) s$([ $nodev -eq 1 ] && echo ' (WITHOUT --device: not accepted)')"
+    note "PASS sample --device $DEV --grid: gpu_samples.png in $((t1 - t0)) s"
     # the same grid on the CPU, compared (byte-identical PNGs are not
     # expected: fp32 differences over 20 steps; 8-bit pixels mostly agree)
-    if [ $nodev -eq 0 ]; then
-        sample_grid cpu "$DIR/cpu_samples.png" "$DIR/sample_cpu.log"
-        rc=$?
-        t2=$(date +%s)
-        if [ $rc -eq 0 ]; then
-            cmp=$(timeout 60 "$PY" - "$OUT/gpu_samples.png" "$DIR/cpu_samples.png" <<'EOF' 2>&1
+    sample_grid cpu "$DIR/cpu_samples.png" "$DIR/sample_cpu.log"
+    rc=$?
+    t2=$(date +%s)
+    if [ $rc -eq 0 ]; then
+        cmp=$(timeout 60 "$PY" - "$OUT/gpu_samples.png" "$DIR/cpu_samples.png" <<'EOF' 2>&1
 import sys
 import numpy as np
 from PIL import Image
@@ -290,14 +278,13 @@ print("pixels (0..255): mean abs diff %.3f, max %d, %.2f%% differ by > 8" % (d.m
 sys.exit(0 if d.mean() < 2.0 else 1)
 EOF
 )
-            crc=$?
-            echo "GPU grid vs CPU grid (CPU took $((t2 - t1)) s): $cmp"
-            if [ $crc -eq 0 ]; then note "PASS sample gpu vs cpu grid: $cmp"
-            else note "FAIL sample gpu vs cpu grid: $cmp"; fi
-        else
-            tail -n 5 "$DIR/sample_cpu.log"
-            note "SKIP sample gpu vs cpu grid: the CPU grid did not finish (exit $rc)"
-        fi
+        crc=$?
+        echo "GPU grid vs CPU grid (CPU took $((t2 - t1)) s): $cmp"
+        if [ $crc -eq 0 ]; then note "PASS sample gpu vs cpu grid: $cmp"
+        else note "FAIL sample gpu vs cpu grid: $cmp"; fi
+    else
+        tail -n 5 "$DIR/sample_cpu.log"
+        note "SKIP sample gpu vs cpu grid: the CPU grid did not finish (exit $rc)"
     fi
 else
     note "FAIL sample --device $DEV --grid: exit $rc ($(tail -n 1 "$DIR/sample_gpu.log" | cut -c1-160))"
@@ -315,14 +302,6 @@ else
     t0=$(date +%s)
     timeout "$t" "$D3PO" "${args[@]}" --device "$DEV" >"$OUT/auto.log" 2>&1
     rc=$?
-    extra=""
-    if [ $rc -eq 1 ] && grep -q -i 'device' "$OUT/auto.log"; then
-        echo "(--device not accepted: running without it)" >>"$OUT/auto.log"
-        extra=" (WITHOUT --device: not accepted)"
-        rm -rf "$DIR/session"
-        timeout "$(left 120)" "$D3PO" "${args[@]}" >>"$OUT/auto.log" 2>&1
-        rc=$?
-    fi
     t1=$(date +%s)
     if [ -f "$DIR/session/metrics.jsonl" ]; then
         echo "--- metrics.jsonl" >>"$OUT/auto.log"
@@ -332,9 +311,9 @@ else
     nl=0
     [ -f "$DIR/session/metrics.jsonl" ] && nl=$(wc -l <"$DIR/session/metrics.jsonl")
     if [ $rc -eq 0 ] && [ "$nl" -ge 2 ]; then
-        note "PASS auto: 1 round in $((t1 - t0)) s, $nl metrics lines$extra"
+        note "PASS auto: 1 round in $((t1 - t0)) s, $nl metrics lines"
     else
-        note "FAIL auto: exit $rc, $nl metrics lines$extra ($(tail -n 1 "$OUT/auto.log" | cut -c1-160))"
+        note "FAIL auto: exit $rc, $nl metrics lines ($(tail -n 1 "$OUT/auto.log" | cut -c1-160))"
     fi
 fi
 
