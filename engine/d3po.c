@@ -22,7 +22,10 @@ void d3po_pairs_free_cache(d3po_pair *pairs, int n) {
     for (int i = 0; i < n; i++) {
         free(pairs[i].ref[0]);
         free(pairs[i].ref[1]);
+        free(pairs[i].rmean[0]);
+        free(pairs[i].rmean[1]);
         pairs[i].ref[0] = pairs[i].ref[1] = NULL;
+        pairs[i].rmean[0] = pairs[i].rmean[1] = NULL;
         pairs[i].ref_tag = -1;
     }
 }
@@ -34,23 +37,42 @@ static void shuffle(int *v, int n, d3_rng *rng) {
     }
 }
 
+/* The reference log-probs of a pair, and with want_mean its reference
+ * means, computed unless cached for this tag. */
 static int refresh_ref(const d3_model *ref, long tag, d3_tape *tp, d3po_pair *p,
-                       const ddim_opts *o, char *err) {
-    if (p->ref_tag == tag && p->ref[0] && p->ref[1]) return 0;
+                       const ddim_opts *o, int want_mean, char *err) {
+    if (p->ref_tag == tag && p->ref[0] && p->ref[1] && (!want_mean || (p->rmean[0] && p->rmean[1])))
+        return 0;
     int K = o->steps, S = ref->L.arch.size;
     size_t D = 3 * (size_t)S * S;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (!p->ref[i] && !(p->ref[i] = malloc(sizeof(float) * K))) return d3_errf(err, "out of memory");
+        if (want_mean && !p->rmean[i] && !(p->rmean[i] = malloc(sizeof(float) * K * D)))
+            return d3_errf(err, "out of memory");
+    }
     float *both = malloc(2 * (K + 1) * D * sizeof(float)), lp[2 * D3_MAX_STEPS];
-    if (!both) return d3_errf(err, "out of memory");
+    float *means = want_mean ? malloc(2 * K * D * sizeof(float)) : NULL;
+    if (!both || (want_mean && !means)) {
+        free(both);
+        free(means);
+        return d3_errf(err, "out of memory");
+    }
     memcpy(both, p->traj[0], (K + 1) * D * sizeof(float));
     memcpy(both + (K + 1) * D, p->traj[1], (K + 1) * D * sizeof(float));
     int cls[2] = {p->cls, p->cls};
-    int rc = ddim_traj_logp(ref, tp, o, 2, cls, both, lp, err);
+    int rc = ddim_traj_logp_mean(ref, tp, o, 2, cls, both, lp, means, err);
     free(both);
-    if (rc) return -1;
+    if (rc) {
+        free(means);
+        return -1;
+    }
     memcpy(p->ref[0], lp, K * sizeof(float));
     memcpy(p->ref[1], lp + K, K * sizeof(float));
+    if (means) {
+        memcpy(p->rmean[0], means, K * D * sizeof(float));
+        memcpy(p->rmean[1], means + K * D, K * D * sizeof(float));
+        free(means);
+    }
     p->ref_tag = tag;
     atomic_fetch_add(&ref_count, 1);
     return 0;
@@ -117,7 +139,7 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
     /* reference log-probs first: with D3PO_REF_ROUND the reference is the
      * policy before this call's first update, so caching must precede it */
     for (int i = 0; i < n; i++)
-        if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, err)) {
+        if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, o->loss.kl > 0, err)) {
             free(order);
             return NAN;
         }
@@ -138,8 +160,9 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
             shuffle(steps, K, rng); /* one order for both images of the pair */
             be->zero(b.grads, numel * sizeof(float));
             double l = d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],
-                                          p->traj[1], p->cls, p->ref[0], p->ref[1], p->h, steps,
-                                          NULL, NULL, NULL, err);
+                                          p->traj[1], p->cls, p->ref[0], p->ref[1],
+                                          (const float *const *)p->rmean, p->h, steps, NULL, NULL,
+                                          NULL, err);
             if (isnan(l)) goto out;
             grad_clip_on(be, b.grads, numel, o->max_grad_norm);
             adamw_step_on(be, opt, b.params, b.m, b.v, b.grads);

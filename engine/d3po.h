@@ -25,6 +25,7 @@ typedef struct {
     float *traj[2];  /* [K+1][D] each, owned by the caller */
     float h[2];      /* {+1,-1}: image 0 preferred, {-1,+1}: image 1, {0,0}: tie */
     float *ref[2];   /* cached reference log-probs [K] each (allocated by d3po_train) */
+    float *rmean[2]; /* cached reference means [K][D] each, only with a KL penalty */
     long ref_tag;    /* which reference the cache holds; -1: none */
 } d3po_pair;
 
@@ -52,7 +53,8 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
                   d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
                   d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err);
 
-/* Frees the cached reference log-probs of n pairs (not the trajectories). */
+/* Frees the cached reference log-probs and means of n pairs (not the
+ * trajectories). */
 void d3po_pairs_free_cache(d3po_pair *pairs, int n);
 
 /* How many reference log-prob computations d3po_train has run (for tests

@@ -9,7 +9,7 @@
 #include <string.h>
 
 ddim_opts ddim_opts_default(void) { return (ddim_opts){.steps = 20, .eta = 1.0f, .cfg = 5.0f}; }
-d3po_opts d3po_opts_default(void) { return (d3po_opts){.beta = 0.1f, .clip_eps = 0.1f}; }
+d3po_opts d3po_opts_default(void) { return (d3po_opts){.beta = 0.1f, .clip_eps = 0.1f, .kl = 0}; }
 
 int ddim_timesteps(int T, int K, int *ts, int *prev, char *err) {
     if (K < 1 || K > T || K > D3_MAX_STEPS)
@@ -149,6 +149,11 @@ int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const
 
 int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
                    const float *traj, float *logp, char *err) {
+    return ddim_traj_logp_mean(m, tp, o, n, cls, traj, logp, NULL, err);
+}
+
+int ddim_traj_logp_mean(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                        const float *traj, float *logp, float *means, char *err) {
     int K = o->steps, S = m->L.arch.size;
     size_t D = 3 * (size_t)S * S;
     int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
@@ -168,6 +173,7 @@ int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, co
             const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
             double sigma = ddim_step(xp, mean, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
             logp[(size_t)i * K + k] = (float)ddim_logprob(xn, mean, sigma, D);
+            if (means) memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
         }
     }
     free(x); free(eps); free(mean); free(xp);
@@ -179,9 +185,15 @@ static double sigmoid(double s) { return s >= 0 ? 1.0 / (1.0 + exp(-s)) : exp(s)
 
 double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const ddim_opts *o,
                           const d3po_opts *d, const float *traj0, const float *traj1, int cls,
-                          const float *ref0, const float *ref1, const float h[2],
-                          const int *order, float *loss_k, float *lp0, float *lp1, char *err) {
+                          const float *ref0, const float *ref1, const float *const rmean[2],
+                          const float h[2], const int *order, float *loss_k, float *lp0,
+                          float *lp1, char *err) {
     int K = o->steps, S = m->L.arch.size;
+    double kl = d->kl;
+    if (kl > 0 && (!rmean || !rmean[0] || !rmean[1])) {
+        d3_errf(err, "the KL penalty needs the reference means");
+        return NAN;
+    }
     size_t D = 3 * (size_t)S * S;
     int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
     if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return NAN;
@@ -196,6 +208,12 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
     float *x = malloc(2 * D * sizeof(float)), *eps = malloc(2 * D * sizeof(float));
     float *mean = malloc(2 * D * sizeof(float)), *xp = malloc(D * sizeof(float));
     float *deps = malloc(2 * D * sizeof(float)), *host = malloc(4 * D * sizeof(float));
+    float *dkl = kl > 0 ? malloc(D * sizeof(float)) : NULL;
+    if (!x || !eps || !mean || !xp || !deps || !host || (kl > 0 && !dkl)) {
+        free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
+        d3_errf(err, "out of memory");
+        return NAN;
+    }
     double total = 0;
     for (int kk = 0; kk < K; kk++) {
         int k = order ? order[kk] : kk;
@@ -222,15 +240,28 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         if (lp1) lp1[k] = (float)lp[1];
         double s = d->beta * (h[0] * lr[0] + h[1] * lr[1]);
         double loss = -log_sigmoid(s);
+        if (kl > 0)
+            /* KL_i = -(log N(rmean; mean, sigma) - log N(mean; mean, sigma)) */
+            for (int i = 0; i < 2; i++) {
+                const float *rm = rmean[i] + (size_t)k * D;
+                loss += 0.5 * kl * (ddim_logprob(rm, rm, sigma, D) - ddim_logprob(rm, mean + i * D, sigma, D));
+            }
         if (loss_k) loss_k[k] = (float)loss;
         total += loss;
         double ds = sigmoid(s) - 1.0; /* dloss/ds */
         double dlp[2] = {ds * d->beta * h[0] * mask[0], ds * d->beta * h[1] * mask[1]};
-        if (dlp[0] == 0 && dlp[1] == 0) continue; /* tie or both clamped: zero gradient */
+        /* tie or both clamped, and no KL: zero gradient */
+        if (dlp[0] == 0 && dlp[1] == 0 && kl == 0) continue;
         for (int i = 0; i < 2; i++) {
             const float *xn = trajs[i] + (size_t)(k + 1) * D;
             ddim_logprob_backward(deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
                                   sigma, at, ap, D);
+            if (kl > 0) {
+                /* d(kl KL_i / 2) = d(-kl/2 log N(rmean; mean, sigma)) */
+                ddim_logprob_backward(dkl, -0.5 * kl, x + i * D, eps + i * D, rmean[i] + (size_t)k * D,
+                                      mean + i * D, sigma, at, ap, D);
+                for (size_t j = 0; j < D; j++) deps[i * D + j] += dkl[j];
+            }
         }
         /* eps = u + w (c - u): dc = w deps, du = (1 - w) deps */
         for (int i = 0; i < 2; i++)
@@ -243,7 +274,7 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         be->upload(dout, host, out->numel * sizeof(float));
         tape_backward(tp, out, dout);
     }
-    free(x); free(eps); free(mean); free(xp); free(deps); free(host);
+    free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
     return total;
 }
 

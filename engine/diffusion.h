@@ -67,9 +67,15 @@ int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const
 int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
                    const float *traj, float *logp, char *err);
 
+/* The same, and also each step's DDIM mean [n][K][D] (the reference means
+ * of the KL penalty) when means is not NULL. 0/-1. */
+int ddim_traj_logp_mean(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                        const float *traj, float *logp, float *means, char *err);
+
 typedef struct {
     float beta;       /* 0.1 */
     float clip_eps;   /* 0.1: ratio clamped to [1-eps, 1+eps] */
+    float kl;         /* 0: weight of the KL penalty to the reference */
 } d3po_opts;
 
 d3po_opts d3po_opts_default(void);
@@ -78,14 +84,20 @@ d3po_opts d3po_opts_default(void);
  * step k (in the order given, or 0..K-1 if order is NULL)
  *   lr_i = log clamp(exp(logp_i - ref_i), 1-eps, 1+eps)
  *   loss_k = -log sigmoid(beta (h0 lr0 + h1 lr1))
- * and ACCUMULATES d(sum_k loss_k)/dparams into grads. h = {+1,-1} when
- * image 0 is preferred, {-1,+1} when image 1 is, {0,0} for a tie (zero
+ *          + kl * (KL_0 + KL_1) / 2
+ * where KL_i = |mean_i - rmean_i[k]|^2 / (2 sigma_k^2 D) is the per-pixel
+ * KL divergence of the policy's step distribution from the reference's at
+ * the trajectory's state (rmean: the reference means [K][D] of each image,
+ * from ddim_traj_logp_mean; only read when kl > 0). ACCUMULATES
+ * d(sum_k loss_k)/dparams into grads. h = {+1,-1} when image 0 is
+ * preferred, {-1,+1} when image 1 is, {0,0} for a tie (no preference
  * gradient). loss_k [K], lp0/lp1 [K] (policy log-probs) may be NULL.
  * Returns sum_k loss_k, or NAN with err set on bad input. */
 double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const ddim_opts *o,
                           const d3po_opts *d, const float *traj0, const float *traj1, int cls,
-                          const float *ref0, const float *ref1, const float h[2],
-                          const int *order, float *loss_k, float *lp0, float *lp1, char *err);
+                          const float *ref0, const float *ref1, const float *const rmean[2],
+                          const float h[2], const int *order, float *loss_k, float *lp0,
+                          float *lp1, char *err);
 
 /* Epsilon-MSE denoising loss on a batch x0 [N][D] with classes cls[N]:
  * t ~ U{0..T-1}, noise ~ N(0,1), each class replaced by the null class

@@ -39,7 +39,7 @@ static const char train_help[] =
     "Runs D3PO over every A/B/tie decision in the session (skips and unlabeled\n"
     "pairs are left out; ties give no gradient), starting from the session's\n"
     "latest checkpoint, and saves the result as the next round. Labels collected\n"
-    "by any means count. D3PO settings (lr, beta, clamp, reference, epochs) come\n"
+    "by any means count. D3PO settings (lr, beta, clamp, reference, epochs, kl) come\n"
     "from the config.\n"
     "\n"
     "  --session DIR      the session (locked while training)\n"
@@ -309,9 +309,9 @@ int cmd_train(int argc, char **argv) {
 
     /* 4. one d3po_train call per sampling setting (usually one) */
     fprintf(stderr, "d3po train: %s round %d -> %d: %ld pairs from labels, %ld from scores, "
-                    "%ld ties (no gradient), %d epochs, lr %g, reference %s, device %s\n",
+                    "%ld ties (no gradient), %d epochs, lr %g, reference %s, kl %g, device %s\n",
             dir, s.round, s.round + 1, from_labels, from_scores, ties, to.epochs, cfg.d3po.lr,
-            to.ref == D3PO_REF_BASE ? "base" : "round", device);
+            to.ref == D3PO_REF_BASE ? "base" : "round", cfg.d3po.kl, device);
     unsigned char *done = calloc(L.n, 1);
     d3po_pair *part = malloc(L.n * sizeof *part);
     double loss_sum = 0;

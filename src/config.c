@@ -55,6 +55,7 @@ static const keydef keydefs[] = {
     {"d3po", "weight_decay", K_FLOAT, OFF(d3po.weight_decay), 0, 1, 0, 0, NULL},
     {"d3po", "max_grad_norm", K_FLOAT, OFF(d3po.max_grad_norm), 0, 1000, 0, 0, NULL},
     {"d3po", "reference", K_ENUM, OFF(d3po.reference), 0, 0, 0, 0, reference_names},
+    {"d3po", "kl", K_FLOAT, OFF(d3po.kl), 0, 1000, 0, 0, NULL},
     {"ui", "graphics", K_ENUM, OFF(ui.graphics), 0, 0, 0, 0, graphics_names},
     {"ui", "colors", K_INT, OFF(ui.colors), 2, 256, 0, 0, NULL},
     {"engine", "device", K_ENUM, OFF(engine.device), 0, 0, 0, 0, device_names},
@@ -110,6 +111,7 @@ void config_apply_preset(d3_config *c, d3_preset p) {
     c->d3po.weight_decay = 1e-4;
     c->d3po.max_grad_norm = 1.0;
     c->d3po.reference = D3PO_REF_ROUND;
+    c->d3po.kl = 0;
     if (p == D3_PRESET_PAPER) {
         c->d3po.lr = 3e-5;
         c->d3po.epochs = 1;
@@ -675,6 +677,7 @@ d3po_train_opts config_train_opts(const d3_config *c) {
     o.sample = config_ddim_opts(c);
     o.loss.beta = (float)c->d3po.beta;
     o.loss.clip_eps = (float)c->d3po.clip_eps;
+    o.loss.kl = (float)c->d3po.kl;
     o.ref = c->d3po.reference;
     o.epochs = c->d3po.epochs;
     o.max_grad_norm = c->d3po.max_grad_norm;

@@ -77,6 +77,7 @@ typedef struct {
         double weight_decay;     /* AdamW decoupled weight decay: 1e-4, [0, 1] */
         double max_grad_norm;    /* global-norm clip: 1.0, [0, 1000], 0 = off */
         d3po_ref_mode reference; /* D3PO_REF_ROUND ("round") or D3PO_REF_BASE ("base") */
+        double kl;               /* KL penalty weight to the reference: 0, [0, 1000] */
     } d3po;
     struct {
         d3_graphics graphics; /* "auto" */

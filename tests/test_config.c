@@ -289,6 +289,8 @@ static void test_out_of_range(void) {
                  "@:1: sampler.eta: expected a number greater than 0 and at most 1, got 0");
     EXPECT_ERROR("d3po = {\n\n  clip_eps = 1;\n};\n",
                  "@:3: d3po.clip_eps: expected a number greater than 0 and less than 1, got 1");
+    EXPECT_ERROR("d3po = { kl = -0.5; };\n",
+                 "@:1: d3po.kl: expected a number from 0 to 1000, got -0.5");
     EXPECT_ERROR("ui = { colors = 1; };\n",
                  "@:1: ui.colors: expected an integer from 2 to 256, got 1");
     EXPECT_ERROR("engine = { threads = -1; };\n",
@@ -399,13 +401,18 @@ static void test_preset_paper(void) {
     const char *p = put("paper.conf", "preset = \"paper\";\n");
     CHECK(config_load(&c, p, err) == 0, "%s", err);
     CHECK(c.preset == D3_PRESET_PAPER && c.d3po.lr == 3e-5 && c.d3po.epochs == 1 &&
-              c.d3po.reference == D3PO_REF_ROUND && c.d3po.beta == 0.1 && c.d3po.clip_eps == 0.1,
-          "paper: lr %g epochs %d", c.d3po.lr, c.d3po.epochs);
+              c.d3po.reference == D3PO_REF_ROUND && c.d3po.beta == 0.1 && c.d3po.clip_eps == 0.1 &&
+              c.d3po.kl == 0,
+          "paper: lr %g epochs %d kl %g", c.d3po.lr, c.d3po.epochs, c.d3po.kl);
     /* explicit keys win, wherever they are written relative to the preset */
-    p = put("paper2.conf", "d3po = { lr = 2e-5; reference = \"base\"; };\npreset = \"paper\";\n");
+    p = put("paper2.conf",
+            "d3po = { lr = 2e-5; reference = \"base\"; kl = 0.5; };\npreset = \"paper\";\n");
     CHECK(config_load(&c, p, err) == 0, "%s", err);
-    CHECK(c.d3po.lr == 2e-5 && c.d3po.epochs == 1 && c.d3po.reference == D3PO_REF_BASE,
-          "paper + override: lr %g epochs %d ref %d", c.d3po.lr, c.d3po.epochs, c.d3po.reference);
+    CHECK(c.d3po.lr == 2e-5 && c.d3po.epochs == 1 && c.d3po.reference == D3PO_REF_BASE &&
+              c.d3po.kl == 0.5,
+          "paper + override: lr %g epochs %d ref %d kl %g", c.d3po.lr, c.d3po.epochs,
+          c.d3po.reference, c.d3po.kl);
+    CHECK(config_train_opts(&c).loss.kl == 0.5f, "the engine sees kl");
     CHECK(c.sampler.steps == 20, "the preset leaves other groups alone");
 }
 

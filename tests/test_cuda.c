@@ -1014,13 +1014,13 @@ static void test_d3po(void) {
     float *lkg = halloc(K), *lp0g = halloc(K), *lp1g = halloc(K);
     t0 = now();
     double lc = d3po_pair_backward(m, tc, gc, &o, &dopt, traj, traj + TN, cls_pair[0], ref, ref + K,
-                                   h, NULL, lkc, lp0c, lp1c, err);
+                                   NULL, h, NULL, lkc, lp0c, lp1c, err);
     CHECK(isfinite(lc), "cpu d3po_pair_backward: %s", err);
     double t1 = now();
     float *gg = dnew(np, NULL);
     G->zero(gg, np * sizeof(float));
     double lg = d3po_pair_backward(m, tg, gg, &o, &dopt, traj, traj + TN, cls_pair[0], ref, ref + K,
-                                   h, NULL, lkg, lp0g, lp1g, err);
+                                   NULL, h, NULL, lkg, lp0g, lp1g, err);
     CHECK(isfinite(lg), "%s d3po_pair_backward: %s", G->name, err);
     float *ggh = dget(gg, np);
     printf("    (d3po_pair_backward K=%d: cpu %.3f s, %s %.3f s)\n", K, t1 - t0, G->name, now() - t1);

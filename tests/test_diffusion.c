@@ -175,23 +175,23 @@ static void test_d3po_tie_and_clamp(void) {
 
     float tie[2] = {0, 0}, pref[2] = {1, -1};
     double L = d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1],
-                                  tie, NULL, loss, lp0, lp1, err);
+                                  NULL, tie, NULL, loss, lp0, lp1, err);
     CHECK(fabs(L - 5 * log(2.0)) < 1e-9, "tie loss %g, expected 5 log 2", L);
     CHECK(all_zero(g, f.m.L.numel), "a tie gave a non-zero gradient");
 
     /* ratio outside the clamp on both images: exp(lp - ref) = e^0.5 > 1.1 */
     float ref0[5], ref1[5];
     for (int k = 0; k < 5; k++) { ref0[k] = lp0[k] - 0.5f; ref1[k] = lp1[k] + 0.5f; }
-    d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, ref0, ref1, pref, NULL,
-                       loss, NULL, NULL, err);
+    d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, ref0, ref1, NULL, pref,
+                       NULL, loss, NULL, NULL, err);
     CHECK(all_zero(g, f.m.L.numel), "clamped ratios gave a non-zero gradient");
     /* loss there: -log sigmoid(beta*(log 1.1 - log 0.9)) */
     double expect = -log(1 / (1 + exp(-0.1 * (log(1.1) - log(0.9)))));
     CHECK(fabs(loss[0] - expect) < 1e-6, "clamped loss %g vs %g", loss[0], expect);
 
     /* inside the clamp the gradient flows */
-    d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], pref,
-                       NULL, loss, NULL, NULL, err);
+    d3po_pair_backward(&f.m, f.tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], NULL,
+                       pref, NULL, loss, NULL, NULL, err);
     CHECK(!all_zero(g, f.m.L.numel), "no gradient inside the clamp");
     /* at ratio 1 every step's loss is log 2 */
     for (int k = 0; k < 5; k++) CHECK(fabs(loss[k] - log(2.0)) < 1e-3, "loss[%d] %g", k, loss[k]);
@@ -366,15 +366,15 @@ static void test_d3po_first_step_direction(void) {
     d3po_opts d = d3po_opts_default();
     float h[2] = {1, -1}, lp0[10], lp1[10];
     float *g = calloc(m.L.numel, sizeof(float));
-    double l0 = d3po_pair_backward(&m, tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], h,
-                                   NULL, NULL, NULL, NULL, err);
+    double l0 = d3po_pair_backward(&m, tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], NULL,
+                                   h, NULL, NULL, NULL, NULL, err);
     double gn = grad_clip(g, m.L.numel, 0);
     /* step of length 1e-3 along -g: deep in the first-order regime, yet
      * ~1e3 float ulps of change in the log-probs */
     for (size_t i = 0; i < m.L.numel; i++) m.params[i] -= (float)(1e-3 * g[i] / gn);
     memset(g, 0, m.L.numel * sizeof(float));
-    double l1 = d3po_pair_backward(&m, tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], h,
-                                   NULL, NULL, lp0, lp1, err);
+    double l1 = d3po_pair_backward(&m, tp, g, &f.o, &d, f.traj[0], f.traj[1], 1, f.lp[0], f.lp[1], NULL,
+                                   h, NULL, NULL, lp0, lp1, err);
     double r0 = 0, r1 = 0;
     for (int k = 0; k < 10; k++) { r0 += (lp0[k] - f.lp[0][k]) / 10; r1 += (lp1[k] - f.lp[1][k]) / 10; }
     printf("  after one step: loss %.6f -> %.6f, log-ratio preferred %+.3g, rejected %+.3g\n", l0, l1, r0, r1);
@@ -385,6 +385,92 @@ static void test_d3po_first_step_direction(void) {
     free(f.traj[0]); free(f.traj[1]);
     tape_free(tp);
     model_free(&m);
+}
+
+/* The KL penalty: on a tie (no preference gradient) the loss is K log 2
+ * plus kl/2 (KL_0 + KL_1) summed over the steps, KL recomputed here from
+ * both models' teacher-forced means; its gradient matches a central
+ * difference along the gradient; it is exactly 0 with 0 gradient when the
+ * reference is the policy; and kl > 0 without reference means is an
+ * error. */
+static void test_d3po_kl_penalty(void) {
+    enum { K = 6 };
+    d3_model m, ref;
+    tiny(&m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 21);
+    d3_tape *tp = tape_new(backend_cpu());
+    char err[D3_ERRLEN];
+    model_copy(&ref, &m, err);
+    for (size_t i = 0; i < ref.L.numel; i++) ref.params[i] += (float)(urand() * 0.04 - 0.02);
+    pairfix f = {.m = m, .tp = tp, .o = {.steps = K, .eta = 1.0f, .cfg = 3.0f}, .cls = 2};
+    make_pair(&f, 99);
+    size_t D = 3 * 8 * 8;
+    float *both = malloc(2 * (K + 1) * D * sizeof(float));
+    memcpy(both, f.traj[0], (K + 1) * D * sizeof(float));
+    memcpy(both + (K + 1) * D, f.traj[1], (K + 1) * D * sizeof(float));
+    float *mr = malloc(2 * K * D * sizeof(float)), *mp = malloc(2 * K * D * sizeof(float));
+    float lr_[2 * K], lpp[2 * K];
+    int cls2[2] = {2, 2};
+    CHECK(ddim_traj_logp_mean(&ref, tp, &f.o, 2, cls2, both, lr_, mr, err) == 0, "%s", err);
+    CHECK(ddim_traj_logp_mean(&m, tp, &f.o, 2, cls2, both, lpp, mp, err) == 0, "%s", err);
+    int ts[K], pv[K];
+    ddim_timesteps(m.sched.T, K, ts, pv, err);
+    double want = K * log(2.0), kl = 0.7;
+    for (int k = 0; k < K; k++) {
+        double sg = ddim_sigma(m.sched.abar[ts[k]], m.sched.abar[pv[k]], 1.0);
+        for (int i = 0; i < 2; i++) {
+            double ss = 0;
+            for (size_t j = 0; j < D; j++) {
+                double d = (double)mp[(i * K + k) * D + j] - mr[(i * K + k) * D + j];
+                ss += d * d;
+            }
+            want += 0.5 * kl * ss / (2 * sg * sg * D);
+        }
+    }
+    d3po_opts d = d3po_opts_default();
+    d.kl = (float)kl;
+    const float *rm[2] = {mr, mr + K * D};
+    float tie[2] = {0, 0};
+    float *g = calloc(m.L.numel, sizeof(float)), *g2 = calloc(m.L.numel, sizeof(float));
+    double L = d3po_pair_backward(&m, tp, g, &f.o, &d, f.traj[0], f.traj[1], 2, lr_, lr_ + K, rm, tie,
+                                  NULL, NULL, NULL, NULL, err);
+    printf("  kl loss %.9g, recomputed %.9g\n", L, want);
+    CHECK(fabs(L - want) < 1e-6 * fabs(want), "kl loss %.9g, recomputed %.9g", L, want);
+    CHECK(want - K * log(2.0) > 1e-3, "the perturbed reference gives no KL (%g)", want - K * log(2.0));
+    /* directional derivative along g: (L(p + h u) - L(p - h u)) / 2h = g.u */
+    double gn = 0;
+    for (size_t i = 0; i < m.L.numel; i++) gn += (double)g[i] * g[i];
+    gn = sqrt(gn);
+    double hstep = 1e-2, lv[2];
+    float *save = malloc(m.L.numel * sizeof(float));
+    memcpy(save, m.params, m.L.numel * sizeof(float));
+    for (int s2 = 0; s2 < 2; s2++) {
+        for (size_t i = 0; i < m.L.numel; i++)
+            m.params[i] = save[i] + (float)((s2 ? -hstep : hstep) * g[i] / gn);
+        memset(g2, 0, m.L.numel * sizeof(float));
+        lv[s2] = d3po_pair_backward(&m, tp, g2, &f.o, &d, f.traj[0], f.traj[1], 2, lr_, lr_ + K, rm,
+                                    tie, NULL, NULL, NULL, NULL, err);
+    }
+    memcpy(m.params, save, m.L.numel * sizeof(float));
+    double num = (lv[0] - lv[1]) / (2 * hstep);
+    printf("  kl gradient along itself: analytic %.6g, central difference %.6g\n", gn, num);
+    CHECK(fabs(num - gn) < 2e-2 * gn, "kl gradient: analytic %g, numeric %g", gn, num);
+    /* reference = policy: no KL, no gradient */
+    float *g3 = calloc(m.L.numel, sizeof(float));
+    const float *rp[2] = {mp, mp + K * D};
+    double L0 = d3po_pair_backward(&m, tp, g3, &f.o, &d, f.traj[0], f.traj[1], 2, lpp, lpp + K, rp,
+                                   tie, NULL, NULL, NULL, NULL, err);
+    CHECK(fabs(L0 - K * log(2.0)) < 1e-6, "kl to itself %.9g, expected K log 2", L0);
+    double n3 = 0;
+    for (size_t i = 0; i < m.L.numel; i++) n3 += (double)g3[i] * g3[i];
+    CHECK(sqrt(n3) < 1e-6 * gn, "kl to itself: gradient norm %g", sqrt(n3));
+    double bad = d3po_pair_backward(&m, tp, g3, &f.o, &d, f.traj[0], f.traj[1], 2, lpp, lpp + K, NULL,
+                                    tie, NULL, NULL, NULL, NULL, err);
+    CHECK(isnan(bad) && strstr(err, "reference means"), "kl without means: %g '%s'", bad, err);
+    free(g); free(g2); free(g3); free(save); free(both); free(mr); free(mp);
+    free(f.traj[0]); free(f.traj[1]);
+    tape_free(tp);
+    model_free(&m);
+    model_free(&ref);
 }
 
 static void test_d3po_moves_model_ref_round(void) { moves_model(D3PO_REF_ROUND); }
@@ -485,6 +571,7 @@ int main(void) {
     RUN(test_checkpoint_state);
     RUN(test_pretrain_lowers_loss);
     RUN(test_d3po_first_step_direction);
+    RUN(test_d3po_kl_penalty);
     RUN(test_d3po_moves_model_ref_round);
     RUN(test_d3po_moves_model_ref_base);
     return t_done();
