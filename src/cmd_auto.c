@@ -54,7 +54,7 @@ static const char auto_help[] =
     "before the first) fixed-seed samples of the model are scored by the oracle\n"
     "and one JSON line is appended to DIR/metrics.jsonl:\n"
     "  {\"round\":R,\"labels\":N,\"loss\":X,\"oracle\":NAME,\"score\":S,\"time\":SEC,\n"
-    "   \"drift_logratio\":L,...,\"device\":\"cpu\"}\n"
+    "   \"drift_logratio\":L,...,\"device\":\"cpu\",\"train\":{\"lr\":X,...}}\n"
     "(score: the oracle's mean over both images of N fixed-seed evaluation pairs;\n"
     "time: seconds since the previous line; drift_logratio: how far the policy\n"
     "has moved from the base model, the mean per-step log-ratio log p_policy -\n"
@@ -222,6 +222,17 @@ static int write_metrics(autorun *a, int k, char *err) {
     json_object_set_new(o, "drift_logratio", r->dn ? json_real(r->dsum / r->dn) : json_null());
     json_object_set_new(o, "total_labels", json_integer(st.labeled));
     json_object_set_new(o, "device", json_string(a->device));
+    /* the training settings in force, so curves from different configs can
+     * be told apart */
+    json_t *tr = json_object();
+    json_object_set_new(tr, "lr", json_real(a->c->d3po.lr));
+    json_object_set_new(tr, "epochs", json_integer(a->c->d3po.epochs));
+    json_object_set_new(tr, "reference",
+                        json_string(a->c->d3po.reference == D3PO_REF_BASE ? "base" : "round"));
+    json_object_set_new(tr, "kl", json_real(a->c->d3po.kl));
+    json_object_set_new(tr, "beta", json_real(a->c->d3po.beta));
+    json_object_set_new(tr, "clip_eps", json_real(a->c->d3po.clip_eps));
+    json_object_set_new(o, "train", tr);
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(o);
     if (!line) return d3_errf(err, "metrics: cannot encode the JSON line");

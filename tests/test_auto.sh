@@ -51,6 +51,11 @@ assert lines[0]["loss"] is None and all(isinstance(l["loss"], float) for l in li
 assert abs(lines[0]["drift_logratio"]) < 1e-3, lines[0]
 assert all(isinstance(l["drift_logratio"], float) for l in lines), lines
 assert abs(lines[2]["drift_logratio"]) > abs(lines[0]["drift_logratio"]), lines
+# the settings in force (the built-in defaults: the test config sets none)
+for l in lines:
+    t = l["train"]
+    assert t["lr"] == 1e-4 and t["epochs"] == 2 and t["beta"] == 0.1, t
+    assert t["reference"] in ("base", "round") and t["kl"] >= 0 and t["clip_eps"] == 0.1, t
 ' "$S/metrics.jsonl" && ok "metrics.jsonl: baseline + 2 rounds with every field" \
     || { no "metrics.jsonl: baseline + 2 rounds with every field"; cat "$S/metrics.jsonl"; }
 info "$S" 'd["rounds"] == 2 and d["version"] == 2' \
