@@ -214,8 +214,8 @@ static int run_d3po(bench_ctx *c) {
     const float h[2] = {1.0f, -1.0f};
     c->be->zero(c->grads, c->m->L.numel * sizeof(float));
     double loss = d3po_pair_backward(c->m, c->tp, c->grads, &c->o, &c->dopt, c->traj,
-                                     c->traj + traj_n, c->cls, c->ref, c->ref + c->o.steps, h,
-                                     NULL, NULL, NULL, NULL, c->err);
+                                     c->traj + traj_n, c->cls, c->ref, c->ref + c->o.steps, NULL,
+                                     h, NULL, NULL, NULL, NULL, c->err);
     if (isnan(loss)) return -1;
     c->loss = loss;
     c->gnorm = clip_and_step(c);

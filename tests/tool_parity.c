@@ -238,7 +238,7 @@ static void dump_d3po(const d3_model *m, d3_tape *tp, const char *dir, uint64_t 
     float h[2] = {1.0f, -1.0f};
     float *grads = xmalloc(m->L.numel * sizeof(float));
     double total = d3po_pair_backward(m, tp, grads, &o, &dp, traj, traj + (K + 1) * D, cls[0],
-                                      ref[0], ref[1], h, order, loss, NULL, NULL, errbuf);
+                                      ref[0], ref[1], NULL, h, order, loss, NULL, NULL, errbuf);
     if (isnan(total)) die(errbuf);
 
     st_writer *w = st_writer_new();
