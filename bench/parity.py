@@ -14,9 +14,10 @@ DIR holds (each file optional except model.safetensors):
   ddim.safetensors   xT [1,3,S,S], noise [K,1,3,S,S], y I32 [1], timesteps I32 [K],
                      traj [K+1,1,3,S,S], logp [K]; metadata cfg, eta, steps
   d3po.safetensors   traj0, traj1 [K+1,1,3,S,S], timesteps I32 [K], y I32 [1],
-                     ref_logp0, ref_logp1 [K], h [2], loss [K] (per timestep, in
+                     ref_logp0, ref_logp1 [K], ref_mean0, ref_mean1 [K,1,3,S,S] (the
+                     KL penalty's reference means), h [2], loss [K] (per timestep, in
                      timestep order), grad.<param> (gradient of the SUM of the K losses,
-                     before clipping); metadata cfg, eta, beta, clip_eps
+                     before clipping); metadata cfg, eta, beta, clip_eps, kl
 
 The reference is the twin in float64.  The twin in float32 is also run and its error
 against float64 is printed as "f32twin": the error an honest float32 implementation
@@ -248,11 +249,13 @@ def d3po_reference(model, d, meta):
     beta = float(meta.get("beta", "0.1"))
     ce = float(meta.get("clip_eps", "0.1"))
     ts = [int(v) for v in d["timesteps"].tolist()]
+    kl = float(meta.get("kl", "0"))
     h = d["h"].double().tolist()
     model.zero_grad(set_to_none=True)
     losses, lps = twin.d3po_pair_loss(model, d["traj0"], d["traj1"], ts, d["y"].long().reshape(-1),
                                       cfg, eta, d["ref_logp0"].reshape(-1), d["ref_logp1"].reshape(-1),
-                                      h[0], h[1], beta=beta, clip_eps=ce, backward=True)
+                                      h[0], h[1], beta=beta, clip_eps=ce, backward=True, kl=kl,
+                                      ref_mean0=d.get("ref_mean0"), ref_mean1=d.get("ref_mean1"))
     grads = {}
     for n, p in model.named_parameters():
         grads[n] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)

@@ -492,12 +492,24 @@ def policy_logp_pair(model, x_t2, x_prev2, t, prev, cls, cfg, eta, sched=None):
     return ddim_logprob(x_prev2, mean, c["sigma"])
 
 
+def policy_logp_mean_pair(model, x_t2, x_prev2, t, prev, cls, cfg, eta, sched=None):
+    """(logp, mean, sigma) of one step for a batch of images (the KL penalty needs the mean)."""
+    sched = sched or _SCHED
+    c = ddim_coeffs(sched, t, prev, eta)
+    eps = cfg_eps(model, x_t2, t, cls, cfg, model.arch["classes"])
+    mean = ddim_mean(eps, x_t2, c)
+    return ddim_logprob(x_prev2, mean, c["sigma"]), mean, c["sigma"]
+
+
 def d3po_pair_loss(model, traj0, traj1, t_list, cls, cfg, eta, ref_logp0, ref_logp1, h0, h1,
-                   beta=0.1, clip_eps=0.1, backward=True, sched=None):
+                   beta=0.1, clip_eps=0.1, backward=True, sched=None, kl=0.0, ref_mean0=None,
+                   ref_mean1=None):
     """Per-timestep D3PO losses of one pair.  traj0/traj1 [K+1, 1, 3, S, S] (traj[k] is x at
     t_list[k], traj[k+1] at prev(t_list[k])); ref_logp0/1 [K]; h0, h1 in {+1,-1,0}.
     For each k: lr_i = log(clamp(exp(logp_i - ref_i), 1-eps, 1+eps)),
-    loss_k = -logsigmoid(beta*(h0*lr0 + h1*lr1)).
+    loss_k = -logsigmoid(beta*(h0*lr0 + h1*lr1)) + kl*(KL_0 + KL_1)/2 with
+    KL_i = mean over elements of (mean_i - ref_mean_i[k])^2 / (2 sigma^2) (ref_mean0/1
+    [K, 1, 3, S, S], only used when kl > 0).
     With backward=True, each loss_k is backpropagated as soon as it is computed, so the
     gradient of the SUM over k accumulates in the parameters' .grad (memory stays one
     timestep's graph); with backward=False the losses keep their graphs, so
@@ -513,11 +525,15 @@ def d3po_pair_loss(model, traj0, traj1, t_list, cls, cfg, eta, ref_logp0, ref_lo
         prev = prev_t(t, K)
         x_t2 = torch.cat([traj0[k], traj1[k]]).to(dt)
         x_p2 = torch.cat([traj0[k + 1], traj1[k + 1]]).to(dt)
-        lp = policy_logp_pair(model, x_t2, x_p2, t, prev, cls2, cfg, eta, sched)
+        lp, mean, sigma = policy_logp_mean_pair(model, x_t2, x_p2, t, prev, cls2, cfg, eta, sched)
         ref = torch.stack([ref_logp0[k], ref_logp1[k]]).to(dt)
         ratio = torch.exp(lp - ref).clamp(1 - clip_eps, 1 + clip_eps)
         lr = torch.log(ratio)
         loss = -F.logsigmoid(beta * (h0 * lr[0] + h1 * lr[1]))
+        if kl > 0:
+            rm = torch.cat([ref_mean0[k], ref_mean1[k]]).to(dt)
+            div = ((mean - rm) ** 2 / (2 * sigma * sigma)).reshape(2, -1).mean(dim=1)
+            loss = loss + kl * 0.5 * (div[0] + div[1])
         if backward:
             loss.backward()
         losses.append(loss.detach() if backward else loss)

@@ -18,7 +18,9 @@
  *   d3po.safetensors   two trajectories from one x_T with different noise
  *                      streams, reference log-probs = ddim_traj_logp of the
  *                      same model minus offsets (most ratios inside the clamp,
- *                      two far outside), h = {+1,-1}, the per-timestep losses
+ *                      two far outside), KL-penalty reference means (the
+ *                      model's means + 0.3 sigma noise, kl 0.5), h = {+1,-1},
+ *                      the per-timestep losses
  *                      and the gradient of their sum from d3po_pair_backward
  *                      (timesteps visited in a shuffled order)
  * Exit status 0, or 1 with a message on stderr. */
@@ -214,7 +216,22 @@ static void dump_d3po(const d3_model *m, d3_tape *tp, const char *dir, uint64_t 
     rng_init(&rngs[0], seed, 202);
     rng_init(&rngs[1], seed, 203);
     if (ddim_sample(m, tp, &o, 2, cls, x, rngs, traj, NULL, errbuf)) die(errbuf);
-    if (ddim_traj_logp(m, tp, &o, 2, cls, traj, lp, errbuf)) die(errbuf);
+    /* the KL penalty's reference means: the model's own means moved by
+     * 0.3 sigma per element, so every step has a KL term of ~0.05 */
+    float *rmean = xmalloc(2 * (size_t)K * D * sizeof(float));
+    if (ddim_traj_logp_mean(m, tp, &o, 2, cls, traj, lp, rmean, errbuf)) die(errbuf);
+    d3_rng rm;
+    rng_init(&rm, seed, 205);
+    float *zz = xmalloc(D * sizeof(float));
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < K; k++) {
+            double sg = ddim_sigma(m->sched.abar[ts[k]], m->sched.abar[prev[k]], o.eta);
+            rng_normal(&rm, zz, D);
+            for (size_t j = 0; j < D; j++) rmean[((size_t)i * K + k) * D + j] += (float)(0.3 * sg * zz[j]);
+        }
+    free(zz);
+    dp.kl = 0.5f;
+    const float *rmp[2] = {rmean, rmean + (size_t)K * D};
     /* ref = logp - off, so ratio = exp(off): |off| in [0.02, 0.06] keeps the
      * ratio well inside [0.9, 1.1]; +-0.5 puts it far outside (no gradient). */
     rng_init(&ro, seed, 204);
@@ -238,17 +255,20 @@ static void dump_d3po(const d3_model *m, d3_tape *tp, const char *dir, uint64_t 
     float h[2] = {1.0f, -1.0f};
     float *grads = xmalloc(m->L.numel * sizeof(float));
     double total = d3po_pair_backward(m, tp, grads, &o, &dp, traj, traj + (K + 1) * D, cls[0],
-                                      ref[0], ref[1], NULL, h, order, loss, NULL, NULL, errbuf);
+                                      ref[0], ref[1], rmp, h, order, loss, NULL, NULL, errbuf);
     if (isnan(total)) die(errbuf);
 
     st_writer *w = st_writer_new();
     int64_t sht[5] = {K + 1, 1, 3, S, S}, shK[1] = {K}, sh1[1] = {1}, sh2[1] = {2};
+    int64_t shm[5] = {K, 1, 3, S, S};
     add(w, "traj0", ST_F32, 5, sht, traj);
     add(w, "traj1", ST_F32, 5, sht, traj + (K + 1) * D);
     add(w, "timesteps", ST_I32, 1, shK, ts);
     add(w, "y", ST_I32, 1, sh1, cls);
     add(w, "ref_logp0", ST_F32, 1, shK, ref[0]);
     add(w, "ref_logp1", ST_F32, 1, shK, ref[1]);
+    add(w, "ref_mean0", ST_F32, 5, shm, rmean);
+    add(w, "ref_mean1", ST_F32, 5, shm, rmean + (size_t)K * D);
     add(w, "h", ST_F32, 1, sh2, h);
     add(w, "loss", ST_F32, 1, shK, loss);
     char (*names)[192] = xmalloc((size_t)m->L.nparams * 192);
@@ -257,9 +277,10 @@ static void dump_d3po(const d3_model *m, d3_tape *tp, const char *dir, uint64_t 
     meta(w, "eta", o.eta);
     meta(w, "beta", dp.beta);
     meta(w, "clip_eps", dp.clip_eps);
+    meta(w, "kl", dp.kl);
     save(w, dir, "d3po.safetensors");
     printf("tool_parity: d3po K=%d loss sum %.6f\n", K, total);
-    free(names); free(x); free(traj); free(grads);
+    free(names); free(x); free(traj); free(grads); free(rmean);
 }
 
 int main(int argc, char **argv) {
