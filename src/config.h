@@ -73,11 +73,11 @@ typedef struct {
         double beta;             /* 0.1, (0, 100] */
         double clip_eps;         /* ratio clamp eps: 0.1, (0, 1) */
         double lr;               /* AdamW learning rate: 1e-4 (paper 3e-5), (0, 1] */
-        int epochs;              /* passes over all labels so far per round: 2 (paper 1), 1..100 */
+        int epochs;              /* passes over the round's labels: 2 (paper 1), 1..100 */
         double weight_decay;     /* AdamW decoupled weight decay: 1e-4, [0, 1] */
         double max_grad_norm;    /* global-norm clip: 1.0, [0, 1000], 0 = off */
-        d3po_ref_mode reference; /* D3PO_REF_ROUND ("round") or D3PO_REF_BASE ("base") */
-        double kl;               /* KL penalty weight to the reference: 0, [0, 1000] */
+        d3po_ref_mode reference; /* "base" (D3PO_REF_BASE; paper "round") */
+        double kl;               /* KL penalty weight to the reference: 0.3 (paper 0), [0, 1000] */
     } d3po;
     struct {
         d3_graphics graphics; /* "auto" */
@@ -98,9 +98,9 @@ typedef struct {
 void config_defaults(d3_config *c);
 
 /* Applies a preset to the d3po group: "default" gives the small-model
- * values (lr 1e-4, epochs 2, reference round), "paper" the D3PO paper's
- * (lr 3e-5, epochs 1, reference round); both keep beta 0.1, clip_eps 0.1,
- * weight_decay 1e-4, max_grad_norm 1.0. Sets c->preset. */
+ * values (lr 1e-4, epochs 2, reference base, kl 0.3), "paper" the D3PO
+ * paper's (lr 3e-5, epochs 1, reference round, kl 0); both keep beta 0.1,
+ * clip_eps 0.1, weight_decay 1e-4, max_grad_norm 1.0. Sets c->preset. */
 void config_apply_preset(d3_config *c, d3_preset p);
 
 /* Defaults, then the first file of the lookup order (explicit_path if not

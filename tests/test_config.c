@@ -81,8 +81,8 @@ static void test_defaults(void) {
           "d3po beta %g eps %g lr %g epochs %d", c.d3po.beta, c.d3po.clip_eps, c.d3po.lr,
           c.d3po.epochs);
     CHECK(c.d3po.weight_decay == 1e-4 && c.d3po.max_grad_norm == 1.0 &&
-              c.d3po.reference == D3PO_REF_ROUND,
-          "d3po wd/clip/reference");
+              c.d3po.reference == D3PO_REF_BASE && c.d3po.kl == 0.3,
+          "d3po wd/clip/reference/kl");
     CHECK(c.ui.graphics == D3_GRAPHICS_AUTO && c.ui.colors == 256, "ui");
     CHECK(c.engine.device == D3_DEVICE_AUTO && c.engine.threads == 0 && c.engine.tf32 == 0,
           "engine");
@@ -106,8 +106,8 @@ static void test_defaults(void) {
     CHECK(!strcmp(config_source(&c), "built-in defaults"), "source %s", config_source(&c));
     /* the engine sees the same numbers */
     d3po_train_opts o = config_train_opts(&c);
-    CHECK(o.sample.steps == 20 && o.epochs == 2 && o.ref == D3PO_REF_ROUND && o.loss.beta == 0.1f &&
-              o.loss.clip_eps == 0.1f && o.max_grad_norm == 1.0,
+    CHECK(o.sample.steps == 20 && o.epochs == 2 && o.ref == D3PO_REF_BASE && o.loss.beta == 0.1f &&
+              o.loss.clip_eps == 0.1f && o.loss.kl == 0.3f && o.max_grad_norm == 1.0,
           "config_train_opts");
 }
 
@@ -198,7 +198,8 @@ static void test_dump_roundtrip(void) {
     c.sampler.eta = 0.3;
     c.d3po.lr = 3e-5;
     c.d3po.max_grad_norm = 0;
-    c.d3po.reference = D3PO_REF_BASE;
+    c.d3po.reference = D3PO_REF_ROUND;
+    c.d3po.kl = 2.5;
     c.session.nprompts = 2;
     strcpy(c.session.prompts[0], "cat face");
     strcpy(c.session.prompts[1], "say \"hi\"\\");
