@@ -11,7 +11,11 @@
 #   {"labels":N, ...the eval --json object...}
 # Settings come from the config (D3PO_CONFIG=FILE to use another). Run it
 # again on the same OUTDIR to extend a curve: the session resumes and the
-# eval lines are appended.
+# eval lines are appended. A control run trains on one judge and is
+# evaluated by another: EVAL_ORACLE=NAME (default ORACLE) judges the evals,
+# RUN=NAME (default ORACLE) names the session, e.g. random labels:
+#   RUN=random EVAL_ORACLE=jpeg-compressibility \
+#       bench/learning.sh OUT noisy:jpeg-compressibility:1e9 1
 set -u
 OUT=${1:?usage: learning.sh OUTDIR ORACLE SEED [CHUNKS] [ROUNDS] [PAIRS] [EVAL_PAIRS]}
 ORACLE=${2:?oracle}
@@ -22,8 +26,10 @@ PAIRS=${6:-8}
 EVAL=${7:-32}
 D3=${D3:-build/d3po}
 CONF=${D3PO_CONFIG:+--config $D3PO_CONFIG}
-DIR="$OUT/$ORACLE-s$SEED"
-EV="$OUT/$ORACLE-s$SEED.evals.jsonl"
+EVAL_ORACLE=${EVAL_ORACLE:-$ORACLE}
+RUN=${RUN:-$ORACLE}
+DIR="$OUT/$RUN-s$SEED"
+EV="$OUT/$RUN-s$SEED.evals.jsonl"
 mkdir -p "$OUT" || exit 1
 c=1
 while [ "$c" -le "$CHUNKS" ]; do
@@ -32,8 +38,8 @@ while [ "$c" -le "$CHUNKS" ]; do
         --seed "$SEED" --eval-seeds 8 $CONF || exit 1
     labels=$(tail -n 1 "$DIR/metrics.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["total_labels"])') || exit 1
     # shellcheck disable=SC2086
-    j=$("$D3" eval --session "$DIR" --oracle "$ORACLE" --pairs "$EVAL" --seed 1000 --json $CONF) || exit 1
+    j=$("$D3" eval --session "$DIR" --oracle "$EVAL_ORACLE" --pairs "$EVAL" --seed 1000 --json $CONF) || exit 1
     echo "{\"labels\":$labels,\"seed\":$SEED,\"eval\":$j}" >>"$EV"
-    echo "learning: $ORACLE seed $SEED after $labels labels: $j" >&2
+    echo "learning: $RUN seed $SEED after $labels labels: $j" >&2
     c=$((c + 1))
 done
