@@ -74,8 +74,16 @@ while [ $i -lt 100 ] && [ -z "$WID" ]; do
     [ -z "$WID" ] && { sleep 0.1; i=$((i+1)); }
 done
 [ -n "$WID" ] && ok "xterm window" || { no "xterm window"; cat "$T/xterm.log"; finish test_xterm.sh; exit 1; }
-xwininfo -id "$WID" >"$T/win"
 geom() { sed -n "s/^ *$1: *\(-*[0-9]*\).*/\1/p" "$T/win"; }
+# xdotool can find the window before xterm has mapped it and set its size
+# (1x1 until then): wait up to ~10 s for it to be viewable and sized
+i=0
+while :; do
+    xwininfo -id "$WID" >"$T/win" 2>/dev/null
+    grep -q 'Map State: IsViewable' "$T/win" && [ "$(geom Width)" -gt 1 ] 2>/dev/null && break
+    [ $i -ge 100 ] && { echo "  (xterm window not viewable and sized after 10 s)"; cat "$T/win"; break; }
+    sleep 0.1; i=$((i+1))
+done
 WX=$(geom 'Absolute upper-left X'); WY=$(geom 'Absolute upper-left Y')
 WW=$(geom Width); WH=$(geom Height)
 # xwininfo gives the corner outside the window's X border; the inside starts
