@@ -240,12 +240,13 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         if (lp1) lp1[k] = (float)lp[1];
         double s = d->beta * (h[0] * lr[0] + h[1] * lr[1]);
         double loss = -log_sigmoid(s);
-        if (kl > 0)
-            /* KL_i = -(log N(rmean; mean, sigma) - log N(mean; mean, sigma)) */
-            for (int i = 0; i < 2; i++) {
-                const float *rm = rmean[i] + (size_t)k * D;
-                loss += 0.5 * kl * (ddim_logprob(rm, rm, sigma, D) - ddim_logprob(rm, mean + i * D, sigma, D));
-            }
+        for (int i = 0; i < 2 && kl > 0; i++) {
+            /* KL_i = |mean_i - rmean_i|^2 / (2 sigma^2 D) */
+            const float *rm = rmean[i] + (size_t)k * D, *mi = mean + i * D;
+            double ss = 0;
+            for (size_t j = 0; j < D; j++) ss += ((double)mi[j] - rm[j]) * ((double)mi[j] - rm[j]);
+            loss += 0.5 * kl * ss / (2.0 * sigma * sigma * (double)D);
+        }
         if (loss_k) loss_k[k] = (float)loss;
         total += loss;
         double ds = sigmoid(s) - 1.0; /* dloss/ds */

@@ -98,6 +98,14 @@ void engine_event_free(d3_event *ev) {
     ev->pair = NULL;
 }
 
+double engine_pair_drift(const d3_pair_sample *p) {
+    if (!p->logp_base[0] || !p->logp_base[1]) return NAN;
+    double d = 0;
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < p->K; t++) d += p->logp[i][t] - p->logp_base[i][t];
+    return d / (2.0 * p->K);
+}
+
 /* p->logp_base: the pair's trajectories traj [2][K+1][D] scored by the
  * base model. Left NULL when that fails (the drift measure skips the
  * pair; it is a diagnostic, not worth failing the pair for). */

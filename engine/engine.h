@@ -90,6 +90,9 @@ void engine_sample(d3_engine *e, int cls, uint64_t seed);
  * its trajectories under the base model (d3po auto's drift measure; NULL
  * when the engine has no base model), computed on the engine thread. */
 void engine_sample_drift(d3_engine *e, int cls, uint64_t seed);
+/* The drift of a pair from engine_sample_drift: the mean over both images
+ * and all steps of log p_policy - log p_base; NAN without logp_base. */
+double engine_pair_drift(const d3_pair_sample *p);
 /* Queues a D3PO round over n labeled pairs (copied; trajectories are
  * copied too, so the caller may free its own). */
 void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,

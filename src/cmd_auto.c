@@ -377,11 +377,10 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     a->r[k].egot++;
     /* the base model's log-probs come from the engine thread (the one
      * that computes, on the GPU too); NULL when that failed */
-    for (int i = 0; i < 2 && p->logp_base[0] && p->logp_base[1]; i++) {
-        double d = 0;
-        for (int t = 0; t < p->K; t++) d += p->logp[i][t] - p->logp_base[i][t];
-        a->r[k].dsum += d / p->K;
-        a->r[k].dn++;
+    double d = engine_pair_drift(p);
+    if (!isnan(d)) {
+        a->r[k].dsum += 2 * d; /* per image, like dn */
+        a->r[k].dn += 2;
     }
     /* both images of the pair: 2N samples of the model for the price of N x_T */
     for (int i = 0; i < 2; i++) {

@@ -138,11 +138,9 @@ static qpair *qpair_from(long id, d3_pair_sample *p) {
 /* a pair from the engine goes to disk first, then into the queue */
 static void on_pair(ui *u, d3_pair_sample *p) {
     char err[D3_ERRLEN];
-    if (p->logp_base[0] && p->logp_base[1]) {
-        double d = 0;
-        for (int i = 0; i < 2; i++)
-            for (int t = 0; t < p->K; t++) d += p->logp[i][t] - p->logp_base[i][t];
-        u->drift = d / (2.0 * p->K);
+    double d = engine_pair_drift(p);
+    if (!isnan(d)) {
+        u->drift = d;
         u->drift_version = p->version;
     }
     session_pair sp = {.K = p->K, .S = p->S, .cls = p->cls, .version = (int)p->version,
