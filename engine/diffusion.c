@@ -147,6 +147,19 @@ int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const
     return 0;
 }
 
+int ddim_sample_pair(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls, uint64_t seed,
+                     uint64_t stream, float *x, float *traj, float *logp, char *err) {
+    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
+    d3_rng r, rngs[2];
+    rng_init(&r, seed, 0);
+    rng_normal(&r, x, D);
+    memcpy(x + D, x, D * sizeof(float));
+    rng_init(&rngs[0], seed, stream);
+    rng_init(&rngs[1], seed, stream + 1);
+    int c2[2] = {cls, cls};
+    return ddim_sample(m, tp, o, 2, c2, x, rngs, traj, logp, err);
+}
+
 int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
                    const float *traj, float *logp, char *err) {
     return ddim_traj_logp_mean(m, tp, o, n, cls, traj, logp, NULL, err);
@@ -217,6 +230,7 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
     double total = 0;
     for (int kk = 0; kk < K; kk++) {
         int k = order ? order[kk] : kk;
+        if (k < 0) continue; /* a step left out of this call */
         double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
         for (int i = 0; i < 2; i++) memcpy(x + i * D, trajs[i] + (size_t)k * D, D * sizeof(float));
         tape_reset(tp);

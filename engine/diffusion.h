@@ -62,6 +62,13 @@ void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t,
 int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
                 float *x, d3_rng *rngs, float *traj, float *logp, char *err);
 
+/* Samples a pair the way the engine does: both images start from the x_T
+ * of stream 0 of seed; image i takes its step noise from stream
+ * stream + i of seed (the engine: stream 1). x [2][D] out: the two x_0;
+ * traj [2][K+1][D] and logp [2][K] as ddim_sample. 0/-1. */
+int ddim_sample_pair(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls, uint64_t seed,
+                     uint64_t stream, float *x, float *traj, float *logp, char *err);
+
 /* Teacher-forced log-probabilities of n stored trajectories under model m
  * (the reference log-probs D3PO caches). logp [n][K]. 0/-1. */
 int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
@@ -81,7 +88,8 @@ typedef struct {
 d3po_opts d3po_opts_default(void);
 
 /* D3PO for one pair (two trajectories of the same class and x_T): for each
- * step k (in the order given, or 0..K-1 if order is NULL)
+ * step k (in the order given, or 0..K-1 if order is NULL; a negative
+ * entry in order leaves that slot out, so a call can train a subset)
  *   lr_i = log clamp(exp(logp_i - ref_i), 1-eps, 1+eps)
  *   loss_k = -log sigmoid(beta (h0 lr0 + h1 lr1))
  *          + kl * (KL_0 + KL_1) / 2

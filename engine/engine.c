@@ -139,13 +139,6 @@ static void run_sample(d3_engine *e, const job *j) {
         emit_error(e, "engine: out of memory sampling a pair");
         return;
     }
-    /* the pair shares x_T (stream 0 of its seed); step noise streams 1, 2 */
-    d3_rng r, rngs[2];
-    rng_init(&r, j->seed, 0);
-    rng_normal(&r, x, D);
-    memcpy(x + D, x, D * sizeof(float));
-    rng_init(&rngs[0], j->seed, 1);
-    rng_init(&rngs[1], j->seed, 2);
     int cls[2] = {j->cls, j->cls};
     int queued;
     pthread_mutex_lock(&e->mu);
@@ -154,7 +147,8 @@ static void run_sample(d3_engine *e, const job *j) {
     d3_event pe = {.kind = EV_PROGRESS, .what = "sampling", .i = 0, .n = queued, .eta_s = NAN,
                    .loss = NAN};
     emit(e, &pe);
-    if (ddim_sample(m, e->tp, &e->o.sample, 2, cls, x, rngs, traj, lp, err)) {
+    /* the pair shares x_T (stream 0 of its seed); step noise streams 1, 2 */
+    if (ddim_sample_pair(m, e->tp, &e->o.sample, j->cls, j->seed, 1, x, traj, lp, err)) {
         emit_error(e, err);
         free(p); free(x); free(traj); free(lp);
         return;

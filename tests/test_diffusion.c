@@ -128,14 +128,7 @@ static void make_pair(pairfix *f, uint64_t seed) {
     size_t D = 3 * S * S;
     float *x = malloc(2 * D * sizeof(float));
     float *traj = malloc(2 * (K + 1) * D * sizeof(float)), *lp = malloc(2 * K * sizeof(float));
-    d3_rng r, rngs[2];
-    rng_init(&r, seed, 0);
-    rng_normal(&r, x, D);
-    memcpy(x + D, x, D * sizeof(float));
-    rng_init(&rngs[0], seed, 1);
-    rng_init(&rngs[1], seed, 2);
-    int cls[2] = {f->cls, f->cls};
-    if (ddim_sample(&f->m, f->tp, &f->o, 2, cls, x, rngs, traj, lp, err)) { fprintf(stderr, "%s\n", err); exit(1); }
+    if (ddim_sample_pair(&f->m, f->tp, &f->o, f->cls, seed, 1, x, traj, lp, err)) { fprintf(stderr, "%s\n", err); exit(1); }
     for (int i = 0; i < 2; i++) {
         f->traj[i] = malloc((K + 1) * D * sizeof(float));
         memcpy(f->traj[i], traj + i * (K + 1) * D, (K + 1) * D * sizeof(float));
@@ -514,6 +507,53 @@ static void test_pretrain_lowers_loss(void) {
     model_free(&m);
 }
 
+/* A negative entry in order leaves that step out: the K one-step calls
+ * (as bench/step_snr makes them) add up to the full call, loss and
+ * gradient, and a call with every step left out does nothing. */
+static void test_d3po_step_subset(void) {
+    pairfix f = {.o = {.steps = 5, .eta = 1.0f, .cfg = 3.0f}, .cls = 2};
+    tiny(&f.m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 9);
+    for (size_t i = 0; i < f.m.L.numel; i++) f.m.params[i] += (float)(urand() * 0.1 - 0.05);
+    f.tp = tape_new(backend_cpu());
+    make_pair(&f, 11);
+    char err[D3_ERRLEN];
+    d3po_opts d = d3po_opts_default();
+    size_t n = f.m.L.numel;
+    float *gfull = calloc(n, sizeof(float)), *gsum = calloc(n, sizeof(float));
+    float pref[2] = {-1, 1}, lossf[5], lossk[5];
+    double Lf = d3po_pair_backward(&f.m, f.tp, gfull, &f.o, &d, f.traj[0], f.traj[1], 2, f.lp[0],
+                                   f.lp[1], NULL, pref, NULL, lossf, NULL, NULL, err);
+    CHECK(!isnan(Lf), "%s", err);
+    double Ls = 0;
+    for (int k = 0; k < 5; k++) {
+        int order[5] = {-1, -1, -1, -1, -1};
+        order[(k + 2) % 5] = k; /* the slot does not matter, only the entry */
+        for (int j = 0; j < 5; j++) lossk[j] = -7;
+        Ls += d3po_pair_backward(&f.m, f.tp, gsum, &f.o, &d, f.traj[0], f.traj[1], 2, f.lp[0],
+                                 f.lp[1], NULL, pref, order, lossk, NULL, NULL, err);
+        for (int j = 0; j < 5; j++)
+            CHECK(j == k ? fabsf(lossk[j] - lossf[j]) < 1e-6f : lossk[j] == -7,
+                  "step %d call wrote loss[%d] = %g", k, j, lossk[j]);
+    }
+    CHECK(fabs(Ls - Lf) < 1e-9, "sum of one-step losses %g vs %g", Ls, Lf);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)gsum[i] - gfull[i]) * ((double)gsum[i] - gfull[i]);
+        den += (double)gfull[i] * gfull[i];
+    }
+    CHECK(den > 0 && sqrt(num / den) < 1e-5, "one-step gradients sum to rel. %g of the full one",
+          sqrt(num / den));
+    int none[5] = {-1, -1, -1, -1, -1};
+    memset(gsum, 0, n * sizeof(float));
+    double L0 = d3po_pair_backward(&f.m, f.tp, gsum, &f.o, &d, f.traj[0], f.traj[1], 2, f.lp[0],
+                                   f.lp[1], NULL, pref, none, NULL, NULL, NULL, err);
+    CHECK(L0 == 0 && all_zero(gsum, n), "no steps: loss %g", L0);
+    free(gfull); free(gsum);
+    free(f.traj[0]); free(f.traj[1]);
+    tape_free(f.tp);
+    model_free(&f.m);
+}
+
 static void test_checkpoint_state(void) {
     d3_model m, m2;
     tiny(&m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 9);
@@ -572,6 +612,7 @@ int main(void) {
     RUN(test_pretrain_lowers_loss);
     RUN(test_d3po_first_step_direction);
     RUN(test_d3po_kl_penalty);
+    RUN(test_d3po_step_subset);
     RUN(test_d3po_moves_model_ref_round);
     RUN(test_d3po_moves_model_ref_base);
     return t_done();

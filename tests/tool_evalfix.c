@@ -51,13 +51,7 @@ int main(int argc, char **argv) {
         int pi = i == 1 ? 0 : i;
         uint64_t seed = 1000 + (uint64_t)pi;
         int cls[2] = {pi % m.nclasses, pi % m.nclasses};
-        d3_rng r, rngs[2];
-        rng_init(&r, seed, 0);
-        rng_normal(&r, x, D);
-        memcpy(x + D, x, D * sizeof(float));
-        rng_init(&rngs[0], seed, i == 1 ? 3 : 1);
-        rng_init(&rngs[1], seed, i == 1 ? 4 : 2);
-        if (ddim_sample(&m, tp, &o, 2, cls, x, rngs, traj, lp, err)) { rc = 2; break; }
+        if (ddim_sample_pair(&m, tp, &o, cls[0], seed, i == 1 ? 3 : 1, x, traj, lp, err)) { rc = 2; break; }
         session_pair p = {.K = K, .S = S, .cls = cls[0], .version = s.version, .seed = seed,
                           .cfg = o.cfg, .eta = o.eta};
         for (int k = 0; k < 2; k++) {

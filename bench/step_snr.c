@@ -1,0 +1,193 @@
+/* step_snr.c - where the preference signal of a judge lies among the
+ * denoising steps: how much of the D3PO gradient is signal and how much is
+ * the noise of the sampled steps, step by step, on the base model.
+ *
+ *   build/bench/step_snr MODEL ORACLE NPAIRS [CLASSES] [STEPS] [THREADS]
+ *
+ * Samples NPAIRS pairs as the engine does (pair i: seed 1 + i, shared x_T,
+ * step-noise streams 1 and 2; classes cycled over CLASSES, a comma list of
+ * class names, default all), has ORACLE judge each pair (ties dropped),
+ * and computes every pair's D3PO gradient at the model itself (reference
+ * = policy, so every ratio is 1) step by step: g_{p,k}. Per step k it
+ * prints the mean squared norm E|g|^2, an unbiased estimate of the
+ * squared norm of the expected gradient,
+ *   |E g|^2 ~ (|sum_p g_p|^2 - sum_p |g_p|^2) / (N (N - 1)),
+ * with its standard error, their ratio snr (the share of one label's
+ * gradient that is signal) and the labels it takes for the mean gradient's
+ * signal to match its noise (1 / snr; a lower bound when the estimate is
+ * within two standard errors of zero). The same for the sum over all
+ * steps (what one training update uses) and for the high- and low-noise
+ * halves. A judge answering at random (noisy:NAME:1e9) has |E g|^2 = 0.
+ * A measurement for bench/results, not a test (about 4 s per pair on one
+ * thread). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diffusion.h"
+#include "image.h"
+#include "ops.h"
+#include "oracle.h"
+#include "session.h"
+
+typedef struct {
+    double *sum;  /* sum_p g_p [numel] */
+    float *prev;  /* the previous pair's g [numel] */
+    double sumsq; /* sum_p |g_p|^2 */
+    double cross; /* sum over consecutive pairs of (g_p . g_{p-1})^2 */
+    int n, ncross;
+} acc;
+
+static void acc_add(acc *a, const float *g, size_t n) {
+    double q = 0, d = 0;
+    for (size_t j = 0; j < n; j++) {
+        a->sum[j] += g[j];
+        q += (double)g[j] * g[j];
+        d += (double)g[j] * a->prev[j];
+    }
+    if (a->n > 0) {
+        a->cross += d * d;
+        a->ncross++;
+    }
+    memcpy(a->prev, g, n * sizeof(float));
+    a->sumsq += q;
+    a->n++;
+}
+
+/* One row: E|g|^2, the estimate of |E g|^2 and its standard error
+ * sqrt(2 tr(Sigma^2) / (N (N-1))), with tr(Sigma^2) estimated by the mean
+ * of (g_p . g_{p-1})^2 over consecutive (independent) pairs; the signal
+ * fraction snr = |E g|^2 / E|g|^2 and its error; the labels for signal =
+ * noise in the mean gradient (E|g|^2 / |E g|^2), or a lower bound from
+ * snr + 2 se when the estimate is not above two standard errors. */
+static void acc_print(const char *name, const acc *a, size_t n) {
+    double s2 = 0;
+    int N = a->n;
+    for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
+    double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
+    double se = sqrt(2.0 * (a->cross / a->ncross) / ((double)N * (N - 1)));
+    double snr = sig / msq, snr_se = se / msq;
+    char lab[32];
+    if (snr > 2 * snr_se) snprintf(lab, sizeof lab, "%.0f", 1.0 / snr);
+    else snprintf(lab, sizeof lab, "> %.0f", 1.0 / (snr > 0 ? snr + 2 * snr_se : 2 * snr_se));
+    printf("%-10s %11.4e %11.4e %11.4e %9.5f %8.5f %10s\n", name, msq, sig, se, snr, snr_se, lab);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: step_snr MODEL ORACLE NPAIRS [CLASSES] [STEPS] [THREADS]\n");
+        return 1;
+    }
+    const char *model = argv[1], *spec = argv[2];
+    int N = atoi(argv[3]);
+    const char *clist = argc > 4 ? argv[4] : "";
+    int K = argc > 5 ? atoi(argv[5]) : 20;
+    ops_set_threads(argc > 6 ? atoi(argv[6]) : 1);
+    char err[D3_ERRLEN];
+    d3_model m;
+    if (model_load(&m, model, NULL, err)) {
+        fprintf(stderr, "step_snr: %s\n", err);
+        return 2;
+    }
+    d3_oracle *orc = oracle_new(spec, 12345, err);
+    if (!orc) {
+        fprintf(stderr, "step_snr: %s\n", err);
+        return 2;
+    }
+    int cls[256], nc = 0;
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", clist);
+    for (char *t = strtok(buf, ","); t && nc < 256; t = strtok(NULL, ",")) {
+        int c = -1;
+        for (int i = 0; i < m.nclasses; i++)
+            if (!strcmp(m.class_names[i], t)) c = i;
+        if (c < 0) {
+            fprintf(stderr, "step_snr: no class \"%s\" in %s\n", t, model);
+            return 2;
+        }
+        cls[nc++] = c;
+    }
+    if (!nc)
+        for (; nc < m.nclasses && nc < 256; nc++) cls[nc] = nc;
+    int S = m.L.arch.size, W = S;
+    size_t D = 3 * (size_t)S * S, numel = m.L.numel;
+    ddim_opts o = ddim_opts_default();
+    o.steps = K;
+    d3po_opts dl = d3po_opts_default();
+    float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
+    float *lp = malloc(2 * K * sizeof(float)), *g = malloc(numel * sizeof(float));
+    float *gt = malloc(numel * sizeof(float)), *gh[2] = {malloc(numel * sizeof(float)), malloc(numel * sizeof(float))};
+    uint8_t *rgb[2] = {malloc(D), malloc(D)};
+    acc *a = calloc(K + 3, sizeof(acc));
+    for (int k = 0; k < K + 3; k++) {
+        a[k].sum = calloc(numel, sizeof(double));
+        a[k].prev = calloc(numel, sizeof(float));
+        if (!a[k].sum || !a[k].prev) {
+            fprintf(stderr, "step_snr: out of memory\n");
+            return 2;
+        }
+    }
+    d3_tape *tp = tape_new(backend_cpu());
+    int used = 0, ties = 0;
+    for (int i = 0; i < N; i++) {
+        uint64_t seed = 1 + (uint64_t)i;
+        int c2[2] = {cls[i % nc], cls[i % nc]};
+        if (ddim_sample_pair(&m, tp, &o, c2[0], seed, 1, x, traj, lp, err)) {
+            fprintf(stderr, "step_snr: %s\n", err);
+            return 2;
+        }
+        for (int j = 0; j < 2; j++) image_to_rgb(rgb[j], x + j * D, S, W);
+        int v = oracle_judge(orc, rgb[0], rgb[1], W, S);
+        if (v != 0 && v != 1) {
+            ties++;
+            continue;
+        }
+        float h[2] = {v == 0 ? 1.0f : -1.0f, v == 0 ? -1.0f : 1.0f};
+        memset(gt, 0, numel * sizeof(float));
+        memset(gh[0], 0, numel * sizeof(float));
+        memset(gh[1], 0, numel * sizeof(float));
+        for (int k = 0; k < K; k++) {
+            int order[D3_MAX_STEPS];
+            for (int q = 0; q < K; q++) order[q] = q == k ? k : -1;
+            memset(g, 0, numel * sizeof(float));
+            double l = d3po_pair_backward(&m, tp, g, &o, &dl, traj, traj + (K + 1) * D, c2[0], lp,
+                                          lp + K, NULL, h, order, NULL, NULL, NULL, err);
+            if (isnan(l)) {
+                fprintf(stderr, "step_snr: %s\n", err);
+                return 2;
+            }
+            acc_add(&a[k], g, numel);
+            float *half = gh[k < K / 2 ? 0 : 1];
+            for (size_t j = 0; j < numel; j++) {
+                gt[j] += g[j];
+                half[j] += g[j];
+            }
+        }
+        acc_add(&a[K], gt, numel);
+        acc_add(&a[K + 1], gh[0], numel);
+        acc_add(&a[K + 2], gh[1], numel);
+        used++;
+        fprintf(stderr, "step_snr: pair %d/%d (%s) judged %c\n", i + 1, N, m.class_names[c2[0]],
+                v == 0 ? 'A' : 'B');
+    }
+    if (used < 2) {
+        fprintf(stderr, "step_snr: fewer than 2 labeled pairs\n");
+        return 2;
+    }
+    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
+    ddim_timesteps(m.sched.T, K, ts, prev, err);
+    printf("# step_snr %s %s: %d labeled pairs (%d ties dropped), K %d, cfg %g, eta %g\n", model,
+           spec, used, ties, K, o.cfg, o.eta);
+    printf("%-10s %11s %11s %11s %9s %8s %10s\n", "step(t)", "E|g|^2", "|Eg|^2", "se", "snr",
+           "snr_se", "labels");
+    for (int k = 0; k < K; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "%d(%d)", k, ts[k]);
+        acc_print(name, &a[k], numel);
+    }
+    acc_print("all", &a[K], numel);
+    acc_print("high-half", &a[K + 1], numel);
+    acc_print("low-half", &a[K + 2], numel);
+    return 0;
+}
