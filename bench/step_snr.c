@@ -2,7 +2,7 @@
  * denoising steps: how much of the D3PO gradient is signal and how much is
  * the noise of the sampled steps, step by step, on the base model.
  *
- *   build/bench/step_snr MODEL ORACLE NPAIRS [CLASSES] [STEPS] [THREADS]
+ *   build/bench/step_snr MODEL ORACLE NPAIRS [CLASSES] [STEPS] [THREADS] [branch]
  *
  * Samples NPAIRS pairs as the engine does (pair i: seed 1 + i, shared x_T,
  * step-noise streams 1 and 2; classes cycled over CLASSES, a comma list of
@@ -18,6 +18,11 @@
  * within two standard errors of zero). The same for the sum over all
  * steps (what one training update uses) and for the high- and low-noise
  * halves. A judge answering at random (noisy:NAME:1e9) has |E g|^2 = 0.
+ * With "branch" the two images of a pair share every step's noise but
+ * one, step (7 i) mod STEPS for pair i (a variance-reduction idea: the
+ * images then differ only by one step's noise, and the steps before it
+ * give no gradient); the per-step rows of steps that few pairs reach say
+ * "n/a" for the error.
  * A measurement for bench/results, not a test (about 4 s per pair on one
  * thread). */
 #include <math.h>
@@ -35,6 +40,7 @@ typedef struct {
     double *sum;  /* sum_p g_p [numel] */
     float *prev;  /* the previous pair's g [numel] */
     double sumsq; /* sum_p |g_p|^2 */
+    double prevsq; /* |prev|^2 */
     double cross; /* sum over consecutive pairs of (g_p . g_{p-1})^2 */
     int n, ncross;
 } acc;
@@ -46,11 +52,12 @@ static void acc_add(acc *a, const float *g, size_t n) {
         q += (double)g[j] * g[j];
         d += (double)g[j] * a->prev[j];
     }
-    if (a->n > 0) {
+    if (a->n > 0 && q > 0 && a->prevsq > 0) { /* zero gradients (branch mode) say nothing */
         a->cross += d * d;
         a->ncross++;
     }
     memcpy(a->prev, g, n * sizeof(float));
+    a->prevsq = q;
     a->sumsq += q;
     a->n++;
 }
@@ -66,12 +73,52 @@ static void acc_print(const char *name, const acc *a, size_t n) {
     int N = a->n;
     for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
     double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
+    char lab[32];
+    if (a->ncross < 10) { /* too few non-zero consecutive pairs for the error */
+        printf("%-10s %11.4e %11.4e %11s %9.5f %8s %10s\n", name, msq, sig, "n/a", sig / msq, "n/a",
+               "n/a");
+        return;
+    }
     double se = sqrt(2.0 * (a->cross / a->ncross) / ((double)N * (N - 1)));
     double snr = sig / msq, snr_se = se / msq;
-    char lab[32];
     if (snr > 2 * snr_se) snprintf(lab, sizeof lab, "%.0f", 1.0 / snr);
     else snprintf(lab, sizeof lab, "> %.0f", 1.0 / (snr > 0 ? snr + 2 * snr_se : 2 * snr_se));
     printf("%-10s %11.4e %11.4e %11.4e %9.5f %8.5f %10s\n", name, msq, sig, se, snr, snr_se, lab);
+}
+
+/* A pair that branches at step kb: both images share x_T and every step's
+ * noise except step kb's (stream 1 of seed for both, stream 2 for image
+ * 1 at kb), so they differ only by what one step's noise did. */
+static int sample_branch(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls,
+                         uint64_t seed, int kb, float *x, float *traj, float *logp, char *err) {
+    int K = o->steps, ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
+    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
+    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
+    d3_rng r, shared, other;
+    rng_init(&r, seed, 0);
+    rng_normal(&r, x, D);
+    memcpy(x + D, x, D * sizeof(float));
+    rng_init(&shared, seed, 1);
+    rng_init(&other, seed, 2);
+    float *eps = malloc(2 * D * sizeof(float)), *mean = malloc(D * sizeof(float));
+    float *z = malloc(2 * D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    int c2[2] = {cls, cls};
+    for (int i = 0; i < 2; i++) memcpy(traj + i * (K + 1) * D, x + i * D, D * sizeof(float));
+    for (int k = 0; k < K; k++) {
+        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
+        model_eps_cfg(m, tp, 2, x, ts[k], c2, o->cfg, eps);
+        rng_normal(&shared, z, D);
+        if (k == kb) rng_normal(&other, z + D, D);
+        else memcpy(z + D, z, D * sizeof(float));
+        for (int i = 0; i < 2; i++) {
+            double sigma = ddim_step(xp, mean, x + i * D, eps + i * D, z + i * D, at, ap, o->eta, D);
+            logp[i * K + k] = (float)ddim_logprob(xp, mean, sigma, D);
+            memcpy(x + i * D, xp, D * sizeof(float));
+            memcpy(traj + (i * (K + 1) + k + 1) * D, xp, D * sizeof(float));
+        }
+    }
+    free(eps); free(mean); free(z); free(xp);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -84,6 +131,8 @@ int main(int argc, char **argv) {
     const char *clist = argc > 4 ? argv[4] : "";
     int K = argc > 5 ? atoi(argv[5]) : 20;
     ops_set_threads(argc > 6 ? atoi(argv[6]) : 1);
+    /* BRANCH: pairs share every step's noise but one (step (7 i) mod K) */
+    int branch = argc > 7 && !strcmp(argv[7], "branch");
     char err[D3_ERRLEN];
     d3_model m;
     if (model_load(&m, model, NULL, err)) {
@@ -133,7 +182,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < N; i++) {
         uint64_t seed = 1 + (uint64_t)i;
         int c2[2] = {cls[i % nc], cls[i % nc]};
-        if (ddim_sample_pair(&m, tp, &o, c2[0], seed, 1, x, traj, lp, err)) {
+        if (branch ? sample_branch(&m, tp, &o, c2[0], seed, (7 * i) % K, x, traj, lp, err)
+                   : ddim_sample_pair(&m, tp, &o, c2[0], seed, 1, x, traj, lp, err)) {
             fprintf(stderr, "step_snr: %s\n", err);
             return 2;
         }
@@ -151,7 +201,9 @@ int main(int argc, char **argv) {
             int order[D3_MAX_STEPS];
             for (int q = 0; q < K; q++) order[q] = q == k ? k : -1;
             memset(g, 0, numel * sizeof(float));
-            double l = d3po_pair_backward(&m, tp, g, &o, &dl, traj, traj + (K + 1) * D, c2[0], lp,
+            /* branch: before the branching step the images are the same and
+             * the two terms cancel (up to rounding): exactly 0 */
+            double l = branch && k < (7 * i) % K ? 0 : d3po_pair_backward(&m, tp, g, &o, &dl, traj, traj + (K + 1) * D, c2[0], lp,
                                           lp + K, NULL, h, order, NULL, NULL, NULL, err);
             if (isnan(l)) {
                 fprintf(stderr, "step_snr: %s\n", err);
