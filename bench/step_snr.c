@@ -68,22 +68,58 @@ static void acc_add(acc *a, const float *g, size_t n) {
  * fraction snr = |E g|^2 / E|g|^2 and its error; the labels for signal =
  * noise in the mean gradient (E|g|^2 / |E g|^2), or a lower bound from
  * snr + 2 se when the estimate is not above two standard errors. */
-static void acc_print(const char *name, const acc *a, size_t n) {
+static void acc_print(const char *name, const acc *a, size_t n, const char *tail) {
     double s2 = 0;
     int N = a->n;
     for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
     double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
     char lab[32];
     if (a->ncross < 10) { /* too few non-zero consecutive pairs for the error */
-        printf("%-10s %11.4e %11.4e %11s %9.5f %8s %10s\n", name, msq, sig, "n/a", sig / msq, "n/a",
-               "n/a");
+        printf("%-10s %11.4e %11.4e %11s %9.5f %8s %10s%s\n", name, msq, sig, "n/a", sig / msq, "n/a",
+               "n/a", tail);
         return;
     }
     double se = sqrt(2.0 * (a->cross / a->ncross) / ((double)N * (N - 1)));
     double snr = sig / msq, snr_se = se / msq;
     if (snr > 2 * snr_se) snprintf(lab, sizeof lab, "%.0f", 1.0 / snr);
     else snprintf(lab, sizeof lab, "> %.0f", 1.0 / (snr > 0 ? snr + 2 * snr_se : 2 * snr_se));
-    printf("%-10s %11.4e %11.4e %11.4e %9.5f %8.5f %10s\n", name, msq, sig, se, snr, snr_se, lab);
+    printf("%-10s %11.4e %11.4e %11.4e %9.5f %8.5f %10s%s\n", name, msq, sig, se, snr, snr_se, lab,
+           tail);
+}
+
+/* Parameter groups: the whole-update rows restricted to a part of the
+ * model (which parts carry what signal there is). A tensor belongs to
+ * every group whose pattern its name contains ("" = all). */
+static const char *const group_pat[][2] = {
+    {"time_embed", "time_embed."}, {"class_embed", "class_embed."}, {"conv_in", "conv_in."},
+    {"down", "down."},             {"mid", "mid."},                 {"up", "up."},
+    {"norms", ".norm"},            {"emb_proj", "emb_proj."},       {"attention", ".attn."},
+    {"norm_out", "norm_out."},     {"conv_out", "conv_out."},
+};
+#define NGROUPS (int)(sizeof group_pat / sizeof group_pat[0])
+
+static int in_group(const char *name, int gi) { return strstr(name, group_pat[gi][1]) != NULL; }
+
+/* Adds one pair's gradient, restricted to group gi's tensors, to a. */
+static void acc_add_group(acc *a, const unet_layout *L, int gi, const float *g) {
+    double q = 0, d = 0;
+    for (int t = 0; t < L->nparams; t++) {
+        const unet_param *P = &L->params[t];
+        if (!in_group(P->name, gi)) continue;
+        for (size_t j = P->offset; j < P->offset + P->numel; j++) {
+            a->sum[j] += g[j];
+            q += (double)g[j] * g[j];
+            d += (double)g[j] * a->prev[j];
+            a->prev[j] = g[j];
+        }
+    }
+    if (a->n > 0 && q > 0 && a->prevsq > 0) {
+        a->cross += d * d;
+        a->ncross++;
+    }
+    a->prevsq = q;
+    a->sumsq += q;
+    a->n++;
 }
 
 /* A pair that branches at step kb: both images share x_T and every step's
@@ -177,6 +213,18 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    acc ga[NGROUPS];
+    size_t gnumel[NGROUPS];
+    for (int gi = 0; gi < NGROUPS; gi++) {
+        ga[gi] = (acc){.sum = calloc(numel, sizeof(double)), .prev = calloc(numel, sizeof(float))};
+        if (!ga[gi].sum || !ga[gi].prev) {
+            fprintf(stderr, "step_snr: out of memory\n");
+            return 2;
+        }
+        gnumel[gi] = 0;
+        for (int t = 0; t < m.L.nparams; t++)
+            if (in_group(m.L.params[t].name, gi)) gnumel[gi] += m.L.params[t].numel;
+    }
     d3_tape *tp = tape_new(backend_cpu());
     int used = 0, ties = 0;
     for (int i = 0; i < N; i++) {
@@ -217,6 +265,7 @@ int main(int argc, char **argv) {
             }
         }
         acc_add(&a[K], gt, numel);
+        for (int gi = 0; gi < NGROUPS; gi++) acc_add_group(&ga[gi], &m.L, gi, gt);
         acc_add(&a[K + 1], gh[0], numel);
         acc_add(&a[K + 2], gh[1], numel);
         used++;
@@ -236,10 +285,18 @@ int main(int argc, char **argv) {
     for (int k = 0; k < K; k++) {
         char name[32];
         snprintf(name, sizeof name, "%d(%d)", k, ts[k]);
-        acc_print(name, &a[k], numel);
+        acc_print(name, &a[k], numel, "");
     }
-    acc_print("all", &a[K], numel);
-    acc_print("high-half", &a[K + 1], numel);
-    acc_print("low-half", &a[K + 2], numel);
+    acc_print("all", &a[K], numel, "");
+    acc_print("high-half", &a[K + 1], numel, "");
+    acc_print("low-half", &a[K + 2], numel, "");
+    printf("# the whole update (all steps) restricted to parts of the model:\n");
+    printf("%-10s %11s %11s %11s %9s %8s %10s %9s\n", "part", "E|g|^2", "|Eg|^2", "se", "snr",
+           "snr_se", "labels", "params");
+    for (int gi = 0; gi < NGROUPS; gi++) {
+        char tail[32];
+        snprintf(tail, sizeof tail, " %9zu", gnumel[gi]);
+        acc_print(group_pat[gi][0], &ga[gi], numel, tail);
+    }
     return 0;
 }
