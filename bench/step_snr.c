@@ -17,7 +17,9 @@
  * signal to match its noise (1 / snr; a lower bound when the estimate is
  * within two standard errors of zero). The same for the sum over all
  * steps (what one training update uses) and for the high- and low-noise
- * halves. A judge answering at random (noisy:NAME:1e9) has |E g|^2 = 0.
+ * halves, and for the whole update restricted to parts of the model
+ * (group_pat below). A judge answering at random (noisy:NAME:1e9) has
+ * |E g|^2 = 0.
  * With "branch" the two images of a pair share every step's noise but
  * one, step (7 i) mod STEPS for pair i (a variance-reduction idea: the
  * images then differ only by one step's noise, and the steps before it
