@@ -76,6 +76,11 @@ static void acc_print(const char *name, const acc *a, size_t n, const char *tail
     for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
     double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
     char lab[32];
+    if (msq == 0) { /* no gradient at all (e.g. behind a zero output layer) */
+        printf("%-10s %11.4e %11s %11s %9s %8s %10s%s\n", name, 0.0, "n/a", "n/a", "n/a", "n/a", "n/a",
+               tail);
+        return;
+    }
     if (a->ncross < 10) { /* too few non-zero consecutive pairs for the error */
         printf("%-10s %11.4e %11.4e %11s %9.5f %8s %10s%s\n", name, msq, sig, "n/a", sig / msq, "n/a",
                "n/a", tail);
@@ -296,6 +301,7 @@ int main(int argc, char **argv) {
     printf("%-10s %11s %11s %11s %9s %8s %10s %9s\n", "part", "E|g|^2", "|Eg|^2", "se", "snr",
            "snr_se", "labels", "params");
     for (int gi = 0; gi < NGROUPS; gi++) {
+        if (!gnumel[gi]) continue; /* e.g. no attention in this model */
         char tail[32];
         snprintf(tail, sizeof tail, " %9zu", gnumel[gi]);
         acc_print(group_pat[gi][0], &ga[gi], numel, tail);

@@ -6,7 +6,8 @@
 # its labels; a resumed run adds a round; an external labeler script
 # judges a round; a garbage labeler exits 2 naming what it said, with the
 # labels it gave kept, and a resumed run trains on them; Ctrl-C exits 130
-# with the journal intact; usage errors exit 1.
+# with the journal intact; usage errors exit 1; bench/step_snr runs on
+# the tiny model (same gradient norms under two judges, every row).
 . tests/lib.sh
 
 M="$T/tiny.safetensors"
@@ -160,4 +161,32 @@ $D3 sample --session "$R" --prompt 0 --seed 4 --count 1 --steps 5 --out "$T/rb1"
 $D3 sample --model "$R/rounds/0001.safetensors" --prompt 0 --seed 4 --count 1 --steps 5 --out "$T/rb2" >/dev/null 2>&1
 cmp -s "$T/rb1/"*.png "$T/rb2/"*.png && ok "the session now samples with round 1's model" || no "rollback model differs"
 expect 1 "rollback to a future round" $D3 session rollback "$R" --to-round 99
+# bench/step_snr (the learning measurement) on the tiny model: the same
+# pairs judged by two judges give the same gradient norms (labels only flip
+# signs), every row is there, and a bad class name is an error.
+SNR=$B/bench/step_snr
+if [ -x "$SNR" ]; then
+    expect 0 "step_snr brightness" $SNR "$M" brightness 12 "" 5 1
+    $SNR "$M" brightness 12 "" 5 1 >"$T/snr1.txt" 2>/dev/null
+    $SNR "$M" noisy:brightness:1e9 12 "" 5 1 >"$T/snr2.txt" 2>/dev/null
+    python3 - "$T/snr1.txt" "$T/snr2.txt" <<'PY' && ok "step_snr: 5 step rows, 3 totals, 11 parts; norms agree across judges" || no "step_snr output"
+import math, sys
+def rows(f):
+    return {l.split()[0]: l.split() for l in open(f)
+            if l.strip() and not l.startswith(("#", "step(t)", "part "))}
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+steps = [k for k in a if "(" in k]
+assert len(steps) == 5 and all(k in a for k in ("all", "high-half", "low-half")), list(a)
+assert len(a) == 5 + 3 + 11 and a.keys() == b.keys(), (list(a), list(b))
+for k in a:
+    x, y = float(a[k][1]), float(b[k][1])
+    # a fresh model's output layer is zero, so only it has gradients
+    assert math.isfinite(x) and x >= 0 and abs(x - y) <= 1e-6 * x, (k, x, y)
+    assert x > 0 or k not in ("all", "conv_out"), (k, x)
+    assert a[k][4] == "n/a" if x == 0 else abs(float(a[k][4])) <= 1.0, a[k]
+PY
+    expect 2 "step_snr unknown class" $SNR "$M" brightness 2 "no such class" 5 1
+else
+    no "step_snr not built ($SNR)"
+fi
 finish test_auto.sh
