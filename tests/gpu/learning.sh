@@ -18,8 +18,11 @@
 # of config/d3po.conf with the 4 prompts of the CPU curves, the device set
 # to "cuda", one CPU thread, and its own overrides.
 #
-# JOBS (default below): one run per line, "NAME ORACLE EVAL_ORACLE SEED
+# JOBS: a file, one run per line, "NAME ORACLE EVAL_ORACLE SEED
 # [KEY=VALUE ...]" (KEY a key of the d3po group, e.g. kl=0 lr=3e-5).
+# Default: 9 runs: jpeg-compressibility, jpeg-incompressibility and random
+# labels judged by jpeg-compressibility, at lr 1e-5 without KL and one
+# epoch for seeds 1 and 2, and at the defaults (kl 0.3) for seed 1.
 # OUTDIR gets, per run, NAME-sSEED.evals.jsonl (bench/learning.sh's lines)
 # and NAME-sSEED.metrics.jsonl, a grid of its final samples
 # NAME-sSEED.png, report.txt (bench/learning_report.py) and run.log.
@@ -52,11 +55,18 @@ jobs_file=${JOBS:-}
 if [ -z "$jobs_file" ]; then
     jobs_file="$DIR/jobs.txt"
     : >"$jobs_file"
-    for s in 1 2 3; do
-        echo "jpeg-compressibility jpeg-compressibility jpeg-compressibility $s" >>"$jobs_file"
-        echo "jpeg-incompressibility jpeg-incompressibility jpeg-incompressibility $s" >>"$jobs_file"
-        echo "random noisy:jpeg-compressibility:1e9 jpeg-compressibility $s" >>"$jobs_file"
+    # small steps over many labels (as the CPU runs of
+    # bench/results/2026-11-26-learning-long-cpu.txt continue), seeds 1-2,
+    # and the defaults (kl 0.3), seed 1
+    small="lr=1e-5 kl=0 epochs=1"
+    for s in 1 2; do
+        echo "small-comp jpeg-compressibility jpeg-compressibility $s $small" >>"$jobs_file"
+        echo "small-incomp jpeg-incompressibility jpeg-incompressibility $s $small" >>"$jobs_file"
+        echo "small-random noisy:jpeg-compressibility:1e9 jpeg-compressibility $s $small" >>"$jobs_file"
     done
+    echo "default-comp jpeg-compressibility jpeg-compressibility 1" >>"$jobs_file"
+    echo "default-incomp jpeg-incompressibility jpeg-incompressibility 1" >>"$jobs_file"
+    echo "default-random noisy:jpeg-compressibility:1e9 jpeg-compressibility 1" >>"$jobs_file"
 fi
 
 # $1 = file, $2... = KEY=VALUE: config/d3po.conf, 4 prompts, device, overrides
