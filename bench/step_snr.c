@@ -47,21 +47,31 @@ typedef struct {
     int n, ncross;
 } acc;
 
-static void acc_add(acc *a, const float *g, size_t n) {
-    double q = 0, d = 0;
-    for (size_t j = 0; j < n; j++) {
+/* Adds g[lo..hi) of one pair's gradient to a (q, d: its running |g|^2
+ * and g . prev); acc_close then ends the pair. */
+static void acc_span(acc *a, const float *g, size_t lo, size_t hi, double *q, double *d) {
+    for (size_t j = lo; j < hi; j++) {
         a->sum[j] += g[j];
-        q += (double)g[j] * g[j];
-        d += (double)g[j] * a->prev[j];
+        *q += (double)g[j] * g[j];
+        *d += (double)g[j] * a->prev[j];
+        a->prev[j] = g[j];
     }
+}
+
+static void acc_close(acc *a, double q, double d) {
     if (a->n > 0 && q > 0 && a->prevsq > 0) { /* zero gradients (branch mode) say nothing */
         a->cross += d * d;
         a->ncross++;
     }
-    memcpy(a->prev, g, n * sizeof(float));
     a->prevsq = q;
     a->sumsq += q;
     a->n++;
+}
+
+static void acc_add(acc *a, const float *g, size_t n) {
+    double q = 0, d = 0;
+    acc_span(a, g, 0, n, &q, &d);
+    acc_close(a, q, d);
 }
 
 /* One row: E|g|^2, the estimate of |E g|^2 and its standard error
@@ -110,23 +120,10 @@ static int in_group(const char *name, int gi) { return strstr(name, group_pat[gi
 /* Adds one pair's gradient, restricted to group gi's tensors, to a. */
 static void acc_add_group(acc *a, const unet_layout *L, int gi, const float *g) {
     double q = 0, d = 0;
-    for (int t = 0; t < L->nparams; t++) {
-        const unet_param *P = &L->params[t];
-        if (!in_group(P->name, gi)) continue;
-        for (size_t j = P->offset; j < P->offset + P->numel; j++) {
-            a->sum[j] += g[j];
-            q += (double)g[j] * g[j];
-            d += (double)g[j] * a->prev[j];
-            a->prev[j] = g[j];
-        }
-    }
-    if (a->n > 0 && q > 0 && a->prevsq > 0) {
-        a->cross += d * d;
-        a->ncross++;
-    }
-    a->prevsq = q;
-    a->sumsq += q;
-    a->n++;
+    for (int t = 0; t < L->nparams; t++)
+        if (in_group(L->params[t].name, gi))
+            acc_span(a, g, L->params[t].offset, L->params[t].offset + L->params[t].numel, &q, &d);
+    acc_close(a, q, d);
 }
 
 /* A pair that branches at step kb: both images share x_T and every step's

@@ -109,7 +109,7 @@ typedef struct {
     double esum; /* sum of oracle scores of eval images */
     int en;      /* eval images scored */
     int egot;    /* eval pairs received */
-    double dsum; /* sum of per-image mean log-ratios policy/base (drift) */
+    double dsum; /* sum of per-pair mean log-ratios policy/base (drift) */
     int dn;
 } round_state;
 
@@ -379,8 +379,8 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
      * that computes, on the GPU too); NULL when that failed */
     double d = engine_pair_drift(p);
     if (!isnan(d)) {
-        a->r[k].dsum += 2 * d; /* per image, like dn */
-        a->r[k].dn += 2;
+        a->r[k].dsum += d;
+        a->r[k].dn++;
     }
     /* both images of the pair: 2N samples of the model for the price of N x_T */
     for (int i = 0; i < 2; i++) {
