@@ -80,28 +80,216 @@ static void acc_add(acc *a, const float *g, size_t n) {
  * fraction snr = |E g|^2 / E|g|^2 and its error; the labels for signal =
  * noise in the mean gradient (E|g|^2 / |E g|^2), or a lower bound from
  * snr + 2 se when the estimate is not above two standard errors. */
-static void acc_print(const char *name, const acc *a, size_t n, const char *tail) {
-    double s2 = 0;
-    int N = a->n;
-    for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
-    double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
+static void print_row(const char *name, double msq, double sig, double se, const char *tail) {
     char lab[32];
     if (msq == 0) { /* no gradient at all (e.g. behind a zero output layer) */
         printf("%-10s %11.4e %11s %11s %9s %8s %10s%s\n", name, 0.0, "n/a", "n/a", "n/a", "n/a", "n/a",
                tail);
         return;
     }
-    if (a->ncross < 10) { /* too few non-zero consecutive pairs for the error */
+    if (isnan(se)) { /* too few non-zero consecutive pairs for the error */
         printf("%-10s %11.4e %11.4e %11s %9.5f %8s %10s%s\n", name, msq, sig, "n/a", sig / msq, "n/a",
                "n/a", tail);
         return;
     }
-    double se = sqrt(2.0 * (a->cross / a->ncross) / ((double)N * (N - 1)));
     double snr = sig / msq, snr_se = se / msq;
     if (snr > 2 * snr_se) snprintf(lab, sizeof lab, "%.0f", 1.0 / snr);
     else snprintf(lab, sizeof lab, "> %.0f", 1.0 / (snr > 0 ? snr + 2 * snr_se : 2 * snr_se));
     printf("%-10s %11.4e %11.4e %11.4e %9.5f %8.5f %10s%s\n", name, msq, sig, se, snr, snr_se, lab,
            tail);
+}
+
+static void acc_print(const char *name, const acc *a, size_t n, const char *tail) {
+    double s2 = 0;
+    int N = a->n;
+    for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
+    double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
+    double se = a->ncross < 10 ? NAN : sqrt(2.0 * (a->cross / a->ncross) / ((double)N * (N - 1)));
+    print_row(name, msq, sig, se, tail);
+}
+
+/* Step weightings. One update sums the K steps' gradients with weight 1
+ * each; a weighted sum sum_k w_k g_k has signal w'Mw and mean square w'Qw,
+ * with M_jk = E g_j . E g_k (unbiased from different pairs) and Q_jk =
+ * E[g_j . g_k]. Keeping each pair's K step gradients gives both matrices
+ * (and, from consecutive pairs, the error of any w'Mw), so any weighting
+ * can be scored afterwards: the paper's (all 1), sigma_k (the log-density
+ * scaled by the step's noise), equal norms, and the best one (the top
+ * generalized eigenvector of (M, Q)), chosen on one half of the pairs and
+ * scored on the other. */
+typedef struct {
+    int K, N, n[2], nd;
+    size_t numel;
+    float *G, *Gp;  /* this pair's and the previous pair's step gradients [K][numel] */
+    double *S[2];   /* per-step sums over the even/odd pairs [K][numel] */
+    double *C[2];   /* sum over the even/odd pairs of G_j . G_k [K][K] */
+    double *Dp;     /* per pair after the first: G_j . Gp_k [N][K][K] */
+} wstats;
+
+static int ws_init(wstats *w, int K, int N, size_t numel) {
+    *w = (wstats){.K = K, .N = N, .numel = numel};
+    w->G = calloc((size_t)K * numel, sizeof(float));
+    w->Gp = calloc((size_t)K * numel, sizeof(float));
+    w->S[0] = calloc((size_t)K * numel, sizeof(double));
+    w->S[1] = calloc((size_t)K * numel, sizeof(double));
+    w->C[0] = calloc((size_t)K * K, sizeof(double));
+    w->C[1] = calloc((size_t)K * K, sizeof(double));
+    w->Dp = calloc((size_t)N * K * K, sizeof(double));
+    return w->G && w->Gp && w->S[0] && w->S[1] && w->C[0] && w->C[1] && w->Dp ? 0 : -1;
+}
+
+static double dotf(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t j = 0; j < n; j++) s += (double)a[j] * b[j];
+    return s;
+}
+
+static double dotd(const double *a, const double *b, size_t n) {
+    double s = 0;
+    for (size_t j = 0; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+
+/* Ends one pair whose step gradients are in w->G. */
+static void ws_add(wstats *w) {
+    int K = w->K, h = (w->n[0] + w->n[1]) & 1;
+    size_t n = w->numel;
+    for (int j = 0; j < K; j++)
+        for (int k = j; k < K; k++) {
+            double d = dotf(w->G + j * n, w->G + k * n, n);
+            w->C[h][j * K + k] += d;
+            if (k != j) w->C[h][k * K + j] += d;
+        }
+    if (w->n[0] + w->n[1] > 0) {
+        double *D = w->Dp + (size_t)w->nd++ * K * K;
+        for (int j = 0; j < K; j++)
+            for (int k = 0; k < K; k++) D[j * K + k] = dotf(w->G + j * n, w->Gp + k * n, n);
+    }
+    for (size_t j = 0; j < (size_t)K * n; j++) w->S[h][j] += w->G[j];
+    w->n[h]++;
+    float *t = w->G;
+    w->G = w->Gp;
+    w->Gp = t;
+}
+
+/* M and Q of the even pairs (h 0), the odd ones (1) or all (2). */
+static void ws_mq(const wstats *w, int h, double *M, double *Q) {
+    int K = w->K;
+    size_t n = w->numel;
+    double *sk = malloc(n * sizeof(double)), *sj = malloc(n * sizeof(double));
+    int N = h == 2 ? w->n[0] + w->n[1] : w->n[h];
+    for (int j = 0; j < K; j++) {
+        for (size_t q = 0; q < n; q++)
+            sj[q] = h == 2 ? w->S[0][j * n + q] + w->S[1][j * n + q] : w->S[h][j * n + q];
+        for (int k = j; k < K; k++) {
+            for (size_t q = 0; q < n; q++)
+                sk[q] = h == 2 ? w->S[0][k * n + q] + w->S[1][k * n + q] : w->S[h][k * n + q];
+            double c = h == 2 ? w->C[0][j * K + k] + w->C[1][j * K + k] : w->C[h][j * K + k];
+            M[j * K + k] = M[k * K + j] = (dotd(sj, sk, n) - c) / ((double)N * (N - 1));
+            Q[j * K + k] = Q[k * K + j] = c / N;
+        }
+    }
+    free(sk);
+    free(sj);
+}
+
+static double quad(const double *A, const double *w, int K) {
+    double s = 0;
+    for (int j = 0; j < K; j++)
+        for (int k = 0; k < K; k++) s += w[j] * A[j * K + k] * w[k];
+    return s;
+}
+
+/* One row for weighting w on all pairs, with the error from consecutive pairs. */
+static void ws_row(const wstats *w, const char *name, const double *wt, const double *M,
+                   const double *Q) {
+    int K = w->K, N = w->n[0] + w->n[1];
+    double cross = 0;
+    for (int p = 0; p < w->nd; p++) {
+        double d = quad(w->Dp + (size_t)p * K * K, wt, K);
+        cross += d * d;
+    }
+    double se = w->nd < 10 ? NAN : sqrt(2.0 * (cross / w->nd) / ((double)N * (N - 1)));
+    print_row(name, quad(Q, wt, K), quad(M, wt, K), se, "");
+}
+
+/* The w maximising w'Mw / w'Qw (Q positive definite): Cholesky Q = L L',
+ * Jacobi eigenvectors of L^-1 M L^-T, w = L^-T v of the largest
+ * eigenvalue, scaled to max |w_k| = 1. -1 if Q is not positive definite. */
+static int best_weights(const double *M, const double *Q, int K, double *w) {
+    double *L = calloc((size_t)K * K, sizeof(double)), *A = calloc((size_t)K * K, sizeof(double));
+    double *V = calloc((size_t)K * K, sizeof(double)), *T = calloc((size_t)K * K, sizeof(double));
+    int rc = 0;
+    for (int i = 0; i < K && !rc; i++)
+        for (int j = 0; j <= i; j++) {
+            double s = Q[i * K + j];
+            for (int k = 0; k < j; k++) s -= L[i * K + k] * L[j * K + k];
+            if (i == j) {
+                if (s <= 0) { rc = -1; break; }
+                L[i * K + i] = sqrt(s);
+            } else L[i * K + j] = s / L[j * K + j];
+        }
+    if (!rc) {
+        /* T = L^-1 M (forward substitution per column), A = T L^-T */
+        for (int c = 0; c < K; c++)
+            for (int i = 0; i < K; i++) {
+                double s = M[i * K + c];
+                for (int k = 0; k < i; k++) s -= L[i * K + k] * T[k * K + c];
+                T[i * K + c] = s / L[i * K + i];
+            }
+        for (int r = 0; r < K; r++)
+            for (int i = 0; i < K; i++) {
+                double s = T[r * K + i];
+                for (int k = 0; k < i; k++) s -= L[i * K + k] * A[r * K + k];
+                A[r * K + i] = s / L[i * K + i];
+            }
+        for (int i = 0; i < K; i++) V[i * K + i] = 1;
+        for (int sweep = 0; sweep < 100; sweep++) {
+            double off = 0;
+            for (int p = 0; p < K; p++)
+                for (int q = p + 1; q < K; q++) off += A[p * K + q] * A[p * K + q];
+            if (off < 1e-30) break;
+            for (int p = 0; p < K; p++)
+                for (int q = p + 1; q < K; q++) {
+                    double apq = A[p * K + q];
+                    if (fabs(apq) < 1e-300) continue;
+                    double th = (A[q * K + q] - A[p * K + p]) / (2 * apq);
+                    double t = (th >= 0 ? 1 : -1) / (fabs(th) + sqrt(th * th + 1));
+                    double c = 1 / sqrt(t * t + 1), s = t * c;
+                    for (int k = 0; k < K; k++) { /* A = J' A J, V = V J */
+                        double akp = A[k * K + p], akq = A[k * K + q];
+                        A[k * K + p] = c * akp - s * akq;
+                        A[k * K + q] = s * akp + c * akq;
+                    }
+                    for (int k = 0; k < K; k++) {
+                        double apk = A[p * K + k], aqk = A[q * K + k];
+                        A[p * K + k] = c * apk - s * aqk;
+                        A[q * K + k] = s * apk + c * aqk;
+                    }
+                    for (int k = 0; k < K; k++) {
+                        double vkp = V[k * K + p], vkq = V[k * K + q];
+                        V[k * K + p] = c * vkp - s * vkq;
+                        V[k * K + q] = s * vkp + c * vkq;
+                    }
+                }
+        }
+        int b = 0;
+        for (int i = 1; i < K; i++)
+            if (A[i * K + i] > A[b * K + b]) b = i;
+        for (int i = K - 1; i >= 0; i--) { /* w = L^-T v */
+            double s = V[i * K + b];
+            for (int k = i + 1; k < K; k++) s -= L[k * K + i] * w[k];
+            w[i] = s / L[i * K + i];
+        }
+        double mx = 0;
+        int im = 0;
+        for (int i = 0; i < K; i++)
+            if (fabs(w[i]) > mx) mx = fabs(w[i]), im = i;
+        double sc = w[im] < 0 ? -1 / mx : 1 / mx;
+        for (int i = 0; i < K; i++) w[i] *= sc;
+    }
+    free(L); free(A); free(V); free(T);
+    return rc;
 }
 
 /* Parameter groups: the whole-update rows restricted to a part of the
@@ -229,6 +417,11 @@ int main(int argc, char **argv) {
         for (int t = 0; t < m.L.nparams; t++)
             if (in_group(m.L.params[t].name, gi)) gnumel[gi] += m.L.params[t].numel;
     }
+    wstats ws;
+    if (ws_init(&ws, K, N, numel)) {
+        fprintf(stderr, "step_snr: out of memory\n");
+        return 2;
+    }
     d3_tape *tp = tape_new(backend_cpu());
     int used = 0, ties = 0;
     for (int i = 0; i < N; i++) {
@@ -262,6 +455,7 @@ int main(int argc, char **argv) {
                 return 2;
             }
             acc_add(&a[k], g, numel);
+            memcpy(ws.G + k * numel, g, numel * sizeof(float));
             float *half = gh[k < K / 2 ? 0 : 1];
             for (size_t j = 0; j < numel; j++) {
                 gt[j] += g[j];
@@ -269,6 +463,7 @@ int main(int argc, char **argv) {
             }
         }
         acc_add(&a[K], gt, numel);
+        ws_add(&ws);
         for (int gi = 0; gi < NGROUPS; gi++) acc_add_group(&ga[gi], &m.L, gi, gt);
         acc_add(&a[K + 1], gh[0], numel);
         acc_add(&a[K + 2], gh[1], numel);
@@ -302,6 +497,40 @@ int main(int argc, char **argv) {
         char tail[32];
         snprintf(tail, sizeof tail, " %9zu", gnumel[gi]);
         acc_print(group_pat[gi][0], &ga[gi], numel, tail);
+    }
+    /* step weightings (see wstats) */
+    double *M = malloc((size_t)K * K * sizeof(double)), *Q = malloc((size_t)K * K * sizeof(double));
+    double *Mh[2], *Qh[2], wt[D3_MAX_STEPS], wb[2][D3_MAX_STEPS];
+    ws_mq(&ws, 2, M, Q);
+    printf("# the whole update with the steps weighted: all 1 (the paper's; = \"all\"), sigma_k\n"
+           "# (each step's log-density times its noise scale), equal norms (1/sqrt E|g_k|^2), and\n"
+           "# the best weighting (top generalized eigenvector of signal and mean-square Gram\n"
+           "# matrices) chosen on the even pairs and scored on the odd ones and vice versa\n");
+    printf("%-10s %11s %11s %11s %9s %8s %10s\n", "weights", "E|g|^2", "|Eg|^2", "se", "snr",
+           "snr_se", "labels");
+    for (int k = 0; k < K; k++) wt[k] = 1;
+    ws_row(&ws, "ones", wt, M, Q);
+    for (int k = 0; k < K; k++) wt[k] = ddim_sigma(m.sched.abar[ts[k]], m.sched.abar[prev[k]], o.eta);
+    ws_row(&ws, "sigma", wt, M, Q);
+    for (int k = 0; k < K; k++) wt[k] = Q[k * K + k] > 0 ? 1 / sqrt(Q[k * K + k]) : 0;
+    ws_row(&ws, "equal", wt, M, Q);
+    for (int h = 0; h < 2; h++) {
+        Mh[h] = malloc((size_t)K * K * sizeof(double));
+        Qh[h] = malloc((size_t)K * K * sizeof(double));
+        ws_mq(&ws, h, Mh[h], Qh[h]);
+    }
+    if (ws.n[0] > 1 && ws.n[1] > 1 && !best_weights(Mh[0], Qh[0], K, wb[0]) &&
+        !best_weights(Mh[1], Qh[1], K, wb[1])) {
+        for (int h = 0; h < 2; h++) {
+            double *Mo = Mh[1 - h], *Qo = Qh[1 - h];
+            printf("best-%s  %11.4e %11.4e %11s %9.5f %8s %10s  (chosen on the %s pairs,"
+                   " in-sample snr %.5f)\n", h ? "odd " : "even", quad(Qo, wb[h], K),
+                   quad(Mo, wb[h], K), "", quad(Mo, wb[h], K) / quad(Qo, wb[h], K), "", "",
+                   h ? "odd" : "even", quad(Mh[h], wb[h], K) / quad(Qh[h], wb[h], K));
+            printf("  w:");
+            for (int k = 0; k < K; k++) printf(" %.2f", wb[h][k]);
+            printf("\n");
+        }
     }
     return 0;
 }

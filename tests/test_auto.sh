@@ -169,21 +169,25 @@ if [ -x "$SNR" ]; then
     expect 0 "step_snr brightness" $SNR "$M" brightness 12 "" 5 1
     $SNR "$M" brightness 12 "" 5 1 >"$T/snr1.txt" 2>/dev/null
     $SNR "$M" noisy:brightness:1e9 12 "" 5 1 >"$T/snr2.txt" 2>/dev/null
-    python3 - "$T/snr1.txt" "$T/snr2.txt" <<'PY' && ok "step_snr: 5 step rows, 3 totals, 11 parts; norms agree across judges" || no "step_snr output"
+    python3 - "$T/snr1.txt" "$T/snr2.txt" <<'PY' && ok "step_snr: 5 step rows, 3 totals, 11 parts, 3 weightings; norms agree across judges" || no "step_snr output"
 import math, sys
 def rows(f):
     return {l.split()[0]: l.split() for l in open(f)
-            if l.strip() and not l.startswith(("#", "step(t)", "part "))}
+            if l.strip() and not l.startswith(("#", "step(t)", "part ", "weights", "  w:", "best-"))}
 a, b = rows(sys.argv[1]), rows(sys.argv[2])
 steps = [k for k in a if "(" in k]
 assert len(steps) == 5 and all(k in a for k in ("all", "high-half", "low-half")), list(a)
-assert len(a) == 5 + 3 + 11 and a.keys() == b.keys(), (list(a), list(b))
+assert len(a) == 5 + 3 + 11 + 3 and a.keys() == b.keys(), (list(a), list(b))
+# the weighting "ones" is the paper's update: the same numbers as "all"
+assert a["ones"][1:4] == a["all"][1:4] and b["ones"][1:4] == b["all"][1:4], (a["ones"], a["all"])
 for k in a:
     x, y = float(a[k][1]), float(b[k][1])
     # a fresh model's output layer is zero, so only it has gradients
     assert math.isfinite(x) and x >= 0 and abs(x - y) <= 1e-6 * x, (k, x, y)
-    assert x > 0 or k not in ("all", "conv_out"), (k, x)
+    assert x > 0 or k not in ("all", "conv_out", "ones", "sigma", "equal"), (k, x)
     assert a[k][4] == "n/a" if x == 0 else abs(float(a[k][4])) <= 1.0, a[k]
+# equal norms: every step weighted to E|w_k g_k|^2 = 1, so E|g|^2 >= 5 - cross terms
+assert float(a["equal"][1]) > 0.5, a["equal"]
 PY
     expect 2 "step_snr unknown class" $SNR "$M" brightness 2 "no such class" 5 1
 else
