@@ -33,7 +33,7 @@ VERSION = 0.1.0
 PREFIX ?= /usr/local
 DATADIR = $(PREFIX)/share/d3po
 
-LIB_SRC = $(wildcard engine/*.c) $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard ui/*.c)
+LIB_SRC = $(wildcard engine/*.c) $(wildcard engine/sd/*.c) $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard ui/*.c)
 LIB_OBJ = $(LIB_SRC:%.c=$(B)/%.o)
 TEST_SRC = $(wildcard tests/test_*.c)
 TEST_BIN = $(TEST_SRC:tests/%.c=$(B)/tests/%)
