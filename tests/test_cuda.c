@@ -1481,6 +1481,11 @@ static void test_mha(void) {
     mha_case(1, 33, 17, 3, 24, 0);    /* odd */
     mha_case(2, 45, 45, 2, 33, 1);    /* odd, causal */
     mha_case(1, 1, 1, 1, 8, 0);       /* one token */
+    /* d_head > 160: the chunked path (SD's VAE: one head of 512), several
+     * query chunks (D3PO_CUDA_MHA_CHUNK_FLOATS is 16384 in this test) */
+    mha_case(1, 256, 256, 1, 512, 0);
+    mha_case(2, 300, 77, 2, 192, 0);
+    mha_case(1, 100, 100, 2, 200, 1);
 }
 
 /* ------------------------------------------------------------------ main */
@@ -1506,6 +1511,8 @@ int main(void) {
                    "0 or tiny)\n");
         }
     } else {
+        /* small attention chunks, so the wide-head cases span several */
+        setenv("D3PO_CUDA_MHA_CHUNK_FLOATS", "16384", 0);
         G = device_backend(D3_DEV_CUDA, 0, NULL, err);
         if (!G) {
             printf("test_cuda: SKIPPED: %s\n", err);

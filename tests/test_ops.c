@@ -1087,6 +1087,7 @@ static void test_mha(void) {
     mha_case(1, 300, 300, 2, 40, 0, 2.0f, 0);
     mha_case(1, 300, 300, 2, 40, 1, 2.0f, 0);
     mha_case(2, 300, 77, 3, 40, 0, 2.0f, 0);
+    mha_case(1, 200, 200, 1, 512, 0, 0.3f, 0); /* SD's VAE: one head of 512 */
     printf("    mha: max fwd err %.3g, max grad err %.3g\n", mha_fe, mha_ge);
 }
 
