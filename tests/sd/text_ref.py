@@ -7,6 +7,7 @@ text formats the C tool (tests/tool_sdtext.c) prints.
   python text_ref.py refs DIR sd1,sd2 PROMPTS.jsonl...    in DIR, for each pipeline DIR/K:
         K.NAME.slow.ids, K.NAME.fast.ids   one line of ids per prompt of NAME.jsonl
         K.states.bin                       float32 [P, 77, D] little endian, first corpus
+                                           (when K has a text_encoder/)
   python text_ref.py random N SEED OUT.jsonl              N random prompts from awkward characters
   python text_ref.py compare C.bin REF.bin NAME           states within 1e-5 + 1e-5 |ref|
 
@@ -56,6 +57,8 @@ def main():
                     with open(os.path.join(out, "%s.%s.%s.ids" % (k, name, kind)), "w") as f:
                         for row in ids(tok, prompts(c)):
                             f.write(" ".join(map(str, row)) + "\n")
+            if not os.path.isdir(pipe + "/text_encoder"):
+                continue
             tok = tokenizer("slow", pipe + "/tokenizer")
             model = CLIPTextModel.from_pretrained(pipe + "/text_encoder").eval()
             with torch.no_grad():
