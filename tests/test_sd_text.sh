@@ -5,9 +5,12 @@
 # (tests/sd/make_tiny.py: CLIP's real vocabulary, random weights):
 #   1. token ids identical to CLIPTokenizer (slow, as diffusers loads it) on
 #      tests/sd/prompts.jsonl (awkward prompts) and 400 random prompts of
-#      awkward characters, with SD 1's pad token (<|endoftext|>) and SD 2's
-#      ("!", id 0), and with SD 1.5's older tokenizer_config.json; CLIPTokenizerFast is compared too and only reported
-#      (it normalises differently: NFC + lower case, no control clean-up);
+#      awkward characters plus 3 of 10k characters, with SD 1's pad token
+#      (<|endoftext|>), SD 2's ("!", id 0), and SD 1.5's older
+#      tokenizer_config.json; CLIPTokenizerFast is compared too and only
+#      reported: it differs from the slow one itself (final sigma, the long
+#      s in contractions, CJK spacing, control and format characters, emoji
+#      with joiners: 10 of the 48 corpus prompts);
 #   2. the text encoder's last hidden state against CLIPTextModel on the
 #      sd1 (quick_gelu) and sd2 (gelu) pipelines, for every prompt of the
 #      corpus (tool_sdtext states: tokenizer + sd_clip_encode);

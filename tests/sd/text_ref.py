@@ -8,7 +8,7 @@ text formats the C tool (tests/tool_sdtext.c) prints.
         K.NAME.slow.ids, K.NAME.fast.ids   one line of ids per prompt of NAME.jsonl
         K.states.bin                       float32 [P, 77, D] little endian, first corpus
                                            (when K has a text_encoder/)
-  python text_ref.py random N SEED OUT.jsonl              N random prompts from awkward characters
+  python text_ref.py random N SEED OUT.jsonl              N random prompts from awkward characters, 3 long ones
   python text_ref.py compare C.bin REF.bin NAME           states within 1e-5 + 1e-5 |ref|
 
 PROMPTS.jsonl holds one JSON string per line. The ids are what diffusers'
@@ -97,6 +97,9 @@ def main():
             for _ in range(int(sys.argv[2])):
                 n = rng.choice([1, 3, 8, 20, 60, 150])
                 f.write(json.dumps("".join(rng.choice(pool) for _ in range(n))) + "\n")
+            # and long ones: truncation inside one 10k-letter word, 5000 words, 10k ideographs
+            for p in ("x" * 10000, " ".join(["word"] * 5000), "".join(chr(0x4E00 + i) for i in range(10000))):
+                f.write(json.dumps(p) + "\n")
     else:
         sys.exit("text_ref.py: unknown mode %r" % mode)
 
