@@ -616,12 +616,13 @@ static int added_at(const sd_tokenizer *tk, const uint32_t *s, size_t i, size_t 
     return best;
 }
 
-int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, int32_t *out, char *err) {
+/* The ids of text without start/end tokens, at most cap of them, into
+ * body; returns how many, or -1 when memory runs out. */
+static int encode_body(const sd_tokenizer *tk, const char *text, size_t len, int32_t *body, int cap) {
     uint32_t *s;
     size_t n;
-    if (uni_from_utf8(text, len, &s, &n)) return d3_errf(err, "tokenizer: out of memory");
-    int32_t body[SD_TOKENS_MAX];
-    idlist ids = {body, 0, tk->max_len - 2};
+    if (uni_from_utf8(text, len, &s, &n)) return -1;
+    idlist ids = {body, 0, cap};
     /* step 2: pieces between added tokens; lstrip/rstrip eat the neighbours' whitespace */
     size_t start = 0, i = 0;
     int rstrip = 0;
@@ -631,7 +632,7 @@ int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, 
         size_t b = start, e = i;
         if (rstrip) while (b < e && is_space(s[b])) b++;
         if (a >= 0 && tk->added[a].lstrip) while (e > b && is_space(s[e - 1])) e--;
-        if (encode_piece(tk, s + b, e - b, &ids)) { free(s); return d3_errf(err, "tokenizer: out of memory"); }
+        if (encode_piece(tk, s + b, e - b, &ids)) { free(s); return -1; }
         if (a < 0) break;
         push_id(&ids, tk->added[a].id);
         rstrip = tk->added[a].rstrip;
@@ -639,9 +640,16 @@ int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, 
         start = i;
     }
     free(s);
+    return ids.n;
+}
+
+int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, int32_t *out, char *err) {
+    int32_t body[SD_TOKENS_MAX];
+    int nb = encode_body(tk, text, len, body, tk->max_len - 2);
+    if (nb < 0) return d3_errf(err, "tokenizer: out of memory");
     int k = 0;
     out[k++] = tk->bos;
-    for (int j = 0; j < ids.n; j++) out[k++] = ids.v[j];
+    for (int j = 0; j < nb; j++) out[k++] = body[j];
     out[k++] = tk->eos;
     int used = k;
     while (k < tk->max_len) out[k++] = tk->pad;
@@ -650,4 +658,11 @@ int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, 
 
 int sd_tokenizer_encode(const sd_tokenizer *tk, const char *text, int32_t *ids, char *err) {
     return sd_tokenizer_encode_n(tk, text, strlen(text), ids, err);
+}
+
+int sd_tokenizer_truncates(const sd_tokenizer *tk, const char *text, char *err) {
+    int32_t body[SD_TOKENS_MAX];
+    int nb = encode_body(tk, text, strlen(text), body, tk->max_len - 1);
+    if (nb < 0) return d3_errf(err, "tokenizer: out of memory");
+    return nb > tk->max_len - 2;
 }

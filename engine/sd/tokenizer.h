@@ -67,6 +67,11 @@ int sd_tokenizer_encode(const sd_tokenizer *tk, const char *text, int32_t *ids, 
 /* Same on n bytes (may hold NULs, which are dropped like Python drops U+0000). */
 int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t n, int32_t *ids, char *err);
 
+/* 1 when encode drops tokens of text (more than max_length - 2 of them:
+ * diffusers warns then), 0 when it keeps all, -1 with err set when memory
+ * runs out. */
+int sd_tokenizer_truncates(const sd_tokenizer *tk, const char *text, char *err);
+
 int sd_tokenizer_max_length(const sd_tokenizer *tk);
 int sd_tokenizer_pad_id(const sd_tokenizer *tk);
 int sd_tokenizer_bos_id(const sd_tokenizer *tk);
