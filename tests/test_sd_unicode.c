@@ -42,8 +42,19 @@ static void test_nfc_conformance(void) {
     FILE *f = popen("bzcat " NORM_TEST, "r");
     CHECK(f != NULL, "cannot run bzcat " NORM_TEST);
     if (!f) return;
-    char line[4096];
+    char line[4096], want[64];
     int lines = 0, bad = 0;
+    /* the first line names the version: "# NormalizationTest-15.0.0.txt" */
+    snprintf(want, sizeof want, "# NormalizationTest-%s.txt", uni_version());
+    if (!fgets(line, sizeof line, f) || strncmp(line, want, strlen(want)) != 0) {
+        /* another unicode-data than the table was generated from: its new
+         * characters are unassigned here, so the test does not apply */
+        line[strcspn(line, "\n")] = 0;
+        printf("    NFC: %s is '%s', the table is Unicode %s (regenerate with engine/sd/gen_unicode.py): "
+               "not compared\n", NORM_TEST, line, uni_version());
+        pclose(f);
+        return;
+    }
     while (fgets(line, sizeof line, f)) {
         if (line[0] == '#' || line[0] == '@' || line[0] == '\n') continue;
         uint32_t c[5][32];
