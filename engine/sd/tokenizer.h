@@ -60,7 +60,8 @@ typedef struct sd_tokenizer sd_tokenizer;
 sd_tokenizer *sd_tokenizer_load(const char *dir, char *err);
 void sd_tokenizer_free(sd_tokenizer *tk);
 
-/* Writes exactly sd_tokenizer_max_length(tk) ids (start, tokens, end,
+/* Encoding only reads tk: one loaded tokenizer serves every thread.
+ * Writes exactly sd_tokenizer_max_length(tk) ids (start, tokens, end,
  * pads) and returns how many are not padding (2 for ""), or -1 with err
  * set when memory runs out. text is any byte string (NUL-terminated). */
 int sd_tokenizer_encode(const sd_tokenizer *tk, const char *text, int32_t *ids, char *err);
