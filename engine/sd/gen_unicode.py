@@ -12,7 +12,7 @@ Tables (all sorted, searched by bisection):
                  whitespace to Python's str.split) or other.
   uni_lower      simple lowercase mappings that change the character (the
                  one unconditional multi-character mapping, U+0130, is
-                 written in unicode.c).
+                 written in tokenizer.c's lower_word; checked below).
   uni_decomp     canonical decompositions (one or two code points).
   uni_comp       primary composites (pairs -> composite) for NFC, i.e. the
                  two-code-point decompositions minus Full_Composition_Exclusion.
@@ -61,6 +61,11 @@ for r in rows("UnicodeData.txt"):
         decomp[cp] = [int(x, 16) for x in r[5].split()]
     if r[13]:
         lower[cp] = int(r[13], 16)
+
+# Python's str.lower() also applies SpecialCasing.txt's unconditional
+# lowercase mappings; tokenizer.c writes the only one there is by hand
+multi = [r[0] for r in rows("SpecialCasing.txt") if len(r) >= 5 and not r[4] and len(r[1].split()) > 1]
+assert multi == ["0130"], multi
 
 cased = [0] * N
 ign = [0] * N
