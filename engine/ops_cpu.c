@@ -644,8 +644,10 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout,
 /* -------------------------------------------------------------- groupnorm */
 
 void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int N, int C, int HW, int G) {
+                       const float *w, const float *b, int N, int C, int HW, int G,
+                       float eps) {
     // inp, out: [N,C,HW]  w, b: [C]  mean, rstd: [N,G]
+    const double epsd = ops_eps_double(eps);
     const int CG = C / G;
     const size_t M = (size_t)CG * HW; /* elements per group */
     assert(C % G == 0);
@@ -665,7 +667,7 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
                 double d = x[i] - mu;
                 ss += d * d;
             }
-            const double rs = 1.0 / sqrt(ss / (double)M + 1e-5);
+            const double rs = 1.0 / sqrt(ss / (double)M + epsd);
             mean[n * G + g] = (float)mu;
             rstd[n * G + g] = (float)rs;
             for (int cc = 0; cc < CG; cc++) {
@@ -682,8 +684,8 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
 
 void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int HW, int G) {
-    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]
+                        const float *rstd, int N, int C, int HW, int G, float eps) {
+    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]  (eps is in rstd already)
     if (!dinp && !dw && !db) return;
     const int CG = C / G;
     const size_t M = (size_t)CG * HW;

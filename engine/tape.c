@@ -165,7 +165,7 @@ d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float
     d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
     float *mean = arena_get(tp, sizeof(float) * x->n * G, 0);
     float *rstd = arena_get(tp, sizeof(float) * x->n * G, 0);
-    tp->be->groupnorm_forward(y->v, mean, rstd, x->v, w, b, x->n, x->c, x->h * x->w, G);
+    tp->be->groupnorm_forward(y->v, mean, rstd, x->v, w, b, x->n, x->c, x->h * x->w, G, 1e-5f);
     node *nd = push(tp, OP_GROUPNORM, x, NULL, y);
     if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; nd->a0 = G; }
     return y;
@@ -264,7 +264,7 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
             break;
         case OP_GROUPNORM:
             be->groupnorm_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, nd->s0, nd->s1,
-                                   x->n, x->c, x->h * x->w, nd->a0);
+                                   x->n, x->c, x->h * x->w, nd->a0, 1e-5f);
             break;
         case OP_SILU:
             be->silu_backward(x->g, y->g, x->v, x->numel);

@@ -319,7 +319,7 @@ typedef struct {
 
 static void gn_fwd(void *v) {
     gn_ctx *c = v;
-    groupnorm_forward(c->out, c->mean, c->rstd, c->x, c->w, c->b, c->N, c->C, c->HW, c->G);
+    groupnorm_forward(c->out, c->mean, c->rstd, c->x, c->w, c->b, c->N, c->C, c->HW, c->G, 1e-5f);
 }
 
 static void test_groupnorm(void) {
@@ -362,7 +362,7 @@ static void test_groupnorm(void) {
 
         float *r = trand(nx, 1), *dx = talloc(nx), *dw = talloc(C), *db = talloc(C);
         prefill(dx, nx); prefill(dw, C); prefill(db, C);
-        groupnorm_backward(dx, dw, db, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G);
+        groupnorm_backward(dx, dw, db, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G, 1e-5f);
         unprefill(dx, nx); unprefill(dw, C); unprefill(db, C);
         fd_problem fp = {gn_fwd, &c, c.out, nx, r};
         /* x: nonlinear, h = 1e-2 on |x| ~ 1 (rstd ~ 1): truncation
@@ -374,13 +374,13 @@ static void test_groupnorm(void) {
          * rounding over N*HW outputs / (2h): atol 1e-4 + rtol 1e-4. */
         ge = dmax(ge, fd_check("groupnorm dw", &fp, c.w, C, dw, 0.5, 1e-4, 1e-4));
         ge = dmax(ge, fd_check("groupnorm db", &fp, c.b, C, db, 0.5, 1e-4, 1e-4));
-        groupnorm_backward(NULL, NULL, NULL, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G);
+        groupnorm_backward(NULL, NULL, NULL, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G, 1e-5f);
         float *dx1 = talloc(nx);
-        groupnorm_backward(dx1, NULL, NULL, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G);
+        groupnorm_backward(dx1, NULL, NULL, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G, 1e-5f);
         cmpf("groupnorm dx alone", dx1, dx, nx, 1e-5, 1e-5); /* pattern round trip */
         /* parameter gradients without the input gradient (frozen input) */
         float *dw1 = talloc(C), *db1 = talloc(C);
-        groupnorm_backward(NULL, dw1, db1, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G);
+        groupnorm_backward(NULL, dw1, db1, r, c.x, c.w, c.mean, c.rstd, N, C, HW, G, 1e-5f);
         cmpf("groupnorm dw alone", dw1, dw, C, 1e-5, 1e-5);
         cmpf("groupnorm db alone", db1, db, C, 1e-5, 1e-5);
     }
@@ -745,8 +745,8 @@ static void run_threaded(int nthreads, float **res, size_t *nres) {
         float *x = trand(nx, 1), *w = trand(C, 1), *b = trand(C, 1), *r = trand(nx, 1);
         float *o = talloc(nx), *m = talloc(N * G), *s = talloc(N * G), *dx = talloc(nx),
               *dw = talloc(C), *db = talloc(C);
-        groupnorm_forward(o, m, s, x, w, b, N, C, HW, G);
-        groupnorm_backward(dx, dw, db, r, x, w, m, s, N, C, HW, G);
+        groupnorm_forward(o, m, s, x, w, b, N, C, HW, G, 1e-5f);
+        groupnorm_backward(dx, dw, db, r, x, w, m, s, N, C, HW, G, 1e-5f);
         res[k] = o; nres[k++] = nx;
         res[k] = dx; nres[k++] = nx;
         res[k] = dw; nres[k++] = C;
