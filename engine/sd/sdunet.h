@@ -52,6 +52,7 @@
 #include "tape.h"
 
 #define SDU_MAX_BLOCKS 6
+#define SDU_MAX_LAYERS 16  /* layers_per_block */
 
 typedef struct {
     int in_channels, out_channels;      /* 4, 4 */
