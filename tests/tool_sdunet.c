@@ -7,8 +7,10 @@
  *                                  and the 8-bit pixels vs REF's rgb8
  *   tool_sdunet bench CONFIG [--size S] [--batch N] [--threads T] [--iters K]
  *                                  random UNet of CONFIG (a unet config.json):
- *                                  ms per forward and per forward+backward,
- *                                  peak resident memory
+ *                                  ms per forward and per forward+backward
+ *                                  (medians of K after a warm-up), peak
+ *                                  resident memory; last line, for
+ *                                  bench/run.sh: "d3po sd-unet FWD_S FB_S MB"
  * REF is written by tests/sd/ref_unet.py (its layout is documented there).
  * Tolerances are printed with their reasons next to each comparison. Exit
  * status 0 when everything matches, 1 on a mismatch or an error (one line
@@ -210,6 +212,16 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 static int cmd_bench(int argc, char **argv) {
     const char *cfg = argv[2];
     int S = 16, N = 1, threads = 2, iters = 3;
@@ -244,7 +256,8 @@ static int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < N * T * c.cross_dim; i++) ctx[i] = cosf(i * 0.11f);
     for (int i = 0; i < N; i++) t[i] = 500.0f + i;
     d3_tape *tp = tape_new(backend_cpu());
-    double fwd = 1e30, fb = 1e30;
+    double tf[64], tb[64];
+    if (iters < 1 || iters > 64) die("--iters %s: expected 1 to 64", argv[argc - 1]);
     for (int it = 0; it < iters + 1; it++) {   /* the first round warms up */
         for (int grad = 0; grad < 2; grad++) {
             double t0 = now();
@@ -260,18 +273,17 @@ static int cmd_bench(int argc, char **argv) {
                 for (size_t i = 0; i < out->numel; i++) dy[i] = 1.0f / (float)out->numel;
                 tape_backward(tp, out, dy);
             }
-            double dt = now() - t0;
-            if (it > 0) {
-                if (grad) fb = dt < fb ? dt : fb;
-                else fwd = dt < fwd ? dt : fwd;
-            }
+            if (it > 0) (grad ? tb : tf)[it - 1] = now() - t0;
         }
     }
+    double fwd = median(tf, iters), fb = median(tb, iters);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("d3po unet bench: params %zu, batch %d, latent %dx%d, threads %d: forward %.1f ms, "
-           "forward+backward %.1f ms, peak rss %.0f MiB, tape arena %.0f MiB\n", L.numel, N, S, S,
-           threads, fwd * 1e3, fb * 1e3, ru.ru_maxrss / 1024.0, tape_arena_bytes(tp) / 1048576.0);
+           "forward+backward %.1f ms (medians of %d), peak rss %.0f MiB, tape arena %.0f MiB\n",
+           L.numel, N, S, S, threads, fwd * 1e3, fb * 1e3, iters, ru.ru_maxrss / 1024.0,
+           tape_arena_bytes(tp) / 1048576.0);
+    printf("d3po sd-unet %.6f %.6f %.1f\n", fwd, fb, ru.ru_maxrss / 1024.0);
     tape_free(tp);
     free(params); free(grads); free(x); free(ctx); free(t);
     sd_layout_free(&L);
