@@ -106,6 +106,62 @@ static void test_layouts(void) {
     sd_layout_free(&L);
 }
 
+/* The real families' shapes (configs only: no weights): SD 1.5, SD 2.1,
+ * BK-SDM small and tiny, and SD's VAE decoder, against diffusers 0.31's
+ * state_dict of the same configs (counted with accelerate's
+ * init_empty_weights; SD 1.5's 859,520,964 is its published size). */
+#define SD15 "\"sample_size\": 64, \"block_out_channels\": [320, 640, 1280, 1280], " \
+    "\"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", " \
+    "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", " \
+    "\"CrossAttnUpBlock2D\"], \"norm_num_groups\": 32"
+static void test_real_layouts(void) {
+    struct { const char *cfg; int n; size_t numel; } k[] = {
+        {"{" SD15 ", \"layers_per_block\": 2, \"attention_head_dim\": 8, \"cross_attention_dim\": 768}",
+         686, 859520964},
+        {"{" SD15 ", \"layers_per_block\": 2, \"attention_head_dim\": [5, 10, 20, 20], "
+         "\"cross_attention_dim\": 1024, \"use_linear_projection\": true, \"upcast_attention\": true}",
+         686, 865910724},
+        {"{" SD15 ", \"layers_per_block\": 1, \"attention_head_dim\": 8, \"cross_attention_dim\": 768, "
+         "\"mid_block_type\": null}", 396, 482346884},
+        {"{\"block_out_channels\": [320, 640, 1280], \"layers_per_block\": 1, \"down_block_types\": "
+         "[\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\"], \"up_block_types\": "
+         "[\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"], \"attention_head_dim\": 8, "
+         "\"cross_attention_dim\": 768, \"mid_block_type\": null}", 358, 323384964},
+    };
+    char err[D3_ERRLEN];
+    for (int i = 0; i < 4; i++) {
+        sd_unet_config c;
+        sd_layout L = {0};
+        CHECK(unet_from(k[i].cfg, &c, err) == 0, "config %d: %s", i, err);
+        CHECK(sd_unet_layout(&c, &L, err) == 0, "%s", err);
+        size_t numel = 0;
+        for (int p = 0; p < L.n; p++) numel += L.p[p].numel;
+        CHECK(L.n == k[i].n && numel == k[i].numel, "config %d: %d tensors, %zu floats; diffusers "
+              "has %d, %zu", i, L.n, numel, k[i].n, k[i].numel);
+        if (i == 1) {
+            const sd_param *p = sd_layout_find(&L, "up_blocks.3.attentions.2.proj_out.weight");
+            CHECK(p && p->ndim == 2 && p->shape[0] == 320 && p->shape[1] == 320, "sd2 linear proj_out");
+            p = sd_layout_find(&L, "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight");
+            CHECK(p && p->shape[0] == 1280 && p->shape[1] == 1024, "sd2 cross to_k");
+        }
+        sd_layout_free(&L);
+    }
+    sd_vae_config v;
+    sd_layout L = {0};
+    json_t *j = json_loads("{\"block_out_channels\": [128, 256, 512, 512], \"layers_per_block\": 2,"
+                           " \"norm_num_groups\": 32, \"sample_size\": 512, \"up_block_types\":"
+                           " [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\", \"UpDecoderBlock2D\","
+                           " \"UpDecoderBlock2D\"]}", 0, NULL);
+    CHECK(sd_vae_config_from_json(&v, j, "vae/config.json", err) == 0, "%s", err);
+    json_decref(j);
+    CHECK(sd_vae_layout(&v, &L, err) == 0, "%s", err);
+    size_t numel = 0;
+    for (int i = 0; i < L.n; i++) numel += L.p[i].numel;
+    CHECK(L.n == 140 && numel == 49490199, "SD vae decoder: %d tensors, %zu floats; diffusers has "
+          "140, 49490199", L.n, numel);
+    sd_layout_free(&L);
+}
+
 /* Each edit of a valid config gives an error that names the key. */
 static void test_config_errors(void) {
     struct { const char *from, *to, *key; } bad[] = {
@@ -316,6 +372,7 @@ static void test_rgb8(void) {
 
 int main(void) {
     RUN(test_layouts);
+    RUN(test_real_layouts);
     RUN(test_config_errors);
     RUN(test_rgb8);
     RUN(test_unet_grad_conv);
