@@ -57,10 +57,11 @@ CUDA_LIB = $(if $(NVCC),$(B)/libd3po_cuda.so)
 .PHONY: all run test check check-asan fuzz bench deps deps-test clean install
 all: $(B)/d3po $(CUDA_LIB)
 
-$(B)/libd3po_cuda.so: engine/cuda/backend_cuda.cu engine/backend.h engine/err.h
+CUDA_SRC = engine/cuda/backend_cuda.cu engine/cuda/tx.cu
+$(B)/libd3po_cuda.so: $(CUDA_SRC) $(wildcard engine/cuda/*.cuh) engine/backend.h engine/ops.h engine/err.h
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++20 -O3 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -shared $(CUDA_ARCH) \
-		-Iengine $< -o $@ -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas -lcudnn
+		-Iengine $(CUDA_SRC) -o $@ -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas -lcudnn
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
