@@ -273,7 +273,9 @@ static int cmd_bench(int argc, char **argv) {
                 for (size_t i = 0; i < out->numel; i++) dy[i] = 1.0f / (float)out->numel;
                 tape_backward(tp, out, dy);
             }
-            if (it > 0) (grad ? tb : tf)[it - 1] = now() - t0;
+            double dt = now() - t0;
+            if (it > 0 && grad) tb[it - 1] = dt;
+            else if (it > 0) tf[it - 1] = dt;
         }
     }
     double fwd = median(tf, iters), fb = median(tb, iters);
