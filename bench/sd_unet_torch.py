@@ -4,6 +4,9 @@ UNet2DConditionModel of a config.json with random weights, timed like
 latent size and threads.
 
   python sd_unet_torch.py CONFIG.json [--size S] [--batch N] [--threads T] [--iters K]
+  python sd_unet_torch.py --vae VAE_CONFIG.json [same options]
+      (AutoencoderKL.decode of S x S latents, no gradients, like
+      `tool_sdunet vaebench`; last line "torch sd-vae DEC_S MB")
 
 Prints forward (no_grad) and forward+backward (loss = mean of the output,
 gradients to every parameter) in ms, the medians of K after one warm-up,
@@ -35,8 +38,11 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--vae", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.vae:
+        return vae_bench(a)
     from diffusers import UNet2DConditionModel
     base = rss_mib()
     cfg = json.load(open(a.config))
@@ -68,6 +74,25 @@ def main():
           "(torch %s)" % (nparams, n, s, s, a.threads, fwd * 1e3, fb * 1e3, a.iters, rss_mib(), base,
                           torch.__version__))
     print("torch sd-unet %.6f %.6f %.1f" % (fwd, fb, rss_mib()))
+
+
+def vae_bench(a):
+    from diffusers import AutoencoderKL
+    base = rss_mib()
+    vae = AutoencoderKL.from_config(json.load(open(a.config))).float().eval()
+    z = torch.randn(a.batch, vae.config.latent_channels, a.size, a.size) * 0.18215
+    td = []
+    for it in range(a.iters + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            img = vae.decode(z / vae.config.scaling_factor).sample
+        if it:
+            td.append(time.perf_counter() - t0)
+    dec = statistics.median(td)
+    print("pytorch vae bench: batch %d, latent %dx%d -> %dx%d, threads %d: decode %.1f ms (median "
+          "of %d), peak rss %.0f MiB, before the model %.0f MiB" % (a.batch, a.size, a.size,
+          img.shape[2], img.shape[3], a.threads, dec * 1e3, a.iters, rss_mib(), base))
+    print("torch sd-vae %.6f %.1f" % (dec, rss_mib()))
 
 
 if __name__ == "__main__":

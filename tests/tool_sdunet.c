@@ -11,6 +11,11 @@
  *                                  (medians of K after a warm-up), peak
  *                                  resident memory; last line, for
  *                                  bench/run.sh: "d3po sd-unet FWD_S FB_S MB"
+ *   tool_sdunet vaebench CONFIG [same options]
+ *                                  random VAE decoder of CONFIG (a vae
+ *                                  config.json): ms per decode of S x S
+ *                                  latents (no gradients), peak memory;
+ *                                  last line "d3po sd-vae DEC_S MB"
  * REF is written by tests/sd/ref_unet.py (its layout is documented there).
  * Tolerances are printed with their reasons next to each comparison. Exit
  * status 0 when everything matches, 1 on a mismatch or an error (one line
@@ -292,11 +297,68 @@ static int cmd_bench(int argc, char **argv) {
     return 0;
 }
 
+/* VAE decode of a random decoder of CONFIG (a vae config.json): ms per
+ * decode without gradients (median of K after a warm-up), peak RSS. */
+static int cmd_vaebench(int argc, char **argv) {
+    const char *cfg = argv[2];
+    int S = 16, N = 1, threads = 2, iters = 3;
+    for (int i = 3; i + 1 < argc; i += 2) {
+        int v = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--size")) S = v;
+        else if (!strcmp(argv[i], "--batch")) N = v;
+        else if (!strcmp(argv[i], "--threads")) threads = v;
+        else if (!strcmp(argv[i], "--iters")) iters = v;
+        else die("unknown option %s", argv[i]);
+    }
+    if (iters < 1 || iters > 64 || S < 1 || N < 1) die("%s", "expected --iters 1..64, --size and --batch >= 1");
+    char err[D3_ERRLEN];
+    json_t *j = load_json(cfg);
+    sd_vae_config c;
+    if (sd_vae_config_from_json(&c, j, cfg, err)) die("%s", err);
+    json_decref(j);
+    sd_layout L = {0};
+    if (sd_vae_layout(&c, &L, err)) die("%s", err);
+    ops_set_threads(threads);
+    float *params = malloc(L.numel * sizeof(float));
+    if (!params) die("%s", "out of memory");
+    uint64_t s = 12345;
+    for (size_t i = 0; i < L.numel; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        params[i] = ((float)(s >> 40) / (float)(1 << 24) - 0.5f) * 0.04f;
+    }
+    d3_tape *tp = tape_new(backend_cpu());
+    double tf[64];
+    int OH = 0;
+    for (int it = 0; it < iters + 1; it++) {
+        double t0 = now();
+        tape_reset(tp);
+        tape_set_grad(tp, 0);
+        d3_tensor *z = tape_input(tp, N, c.latent_channels, S, S);
+        for (size_t i = 0; i < z->numel; i++) z->v[i] = 0.18215f * sinf((float)i * 0.37f);
+        d3_tensor *out = sd_vae_decode(tp, &c, &L, params, NULL, z);
+        OH = out->h;
+        if (it > 0) tf[it - 1] = now() - t0;
+    }
+    double dec = median(tf, iters);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("d3po vae bench: params %zu, batch %d, latent %dx%d -> %dx%d, threads %d: decode %.1f ms "
+           "(median of %d), peak rss %.0f MiB, tape arena %.0f MiB\n", L.numel, N, S, S, OH, OH,
+           threads, dec * 1e3, iters, ru.ru_maxrss / 1024.0, tape_arena_bytes(tp) / 1048576.0);
+    printf("d3po sd-vae %.6f %.1f\n", dec, ru.ru_maxrss / 1024.0);
+    tape_free(tp);
+    free(params);
+    sd_layout_free(&L);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 4 && !strcmp(argv[1], "unet")) return cmd_unet(argv[2], argv[3]);
     if (argc >= 4 && !strcmp(argv[1], "vae")) return cmd_vae(argv[2], argv[3]);
     if (argc >= 3 && !strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
+    if (argc >= 3 && !strcmp(argv[1], "vaebench")) return cmd_vaebench(argc, argv);
     fprintf(stderr, "usage: tool_sdunet unet|vae PIPE REF.safetensors\n"
-                    "       tool_sdunet bench CONFIG.json [--size S] [--batch N] [--threads T] [--iters K]\n");
+                    "       tool_sdunet bench|vaebench CONFIG.json [--size S] [--batch N] [--threads T] "
+                    "[--iters K]\n");
     return 1;
 }
