@@ -357,6 +357,19 @@ static void fd_vae(const char *extra, int ntensors, const char *what) {
     m.x = malloc(nx * sizeof(float));
     for (size_t i = 0; i < nx; i++) m.x[i] = (float)(urand() * 0.4 - 0.2); /* latents ~ 0.18 N(0,1) */
     fd_check(&m, what);
+    /* the low-memory decode: the same ops in the same order, the same bits */
+    d3_tape *tp = tape_new(backend_cpu());
+    tape_set_grad(tp, 0);
+    d3_tensor *x = tape_input(tp, m.N, m.v.latent_channels, m.h, m.w);
+    memcpy(x->v, m.x, nx * sizeof(float));
+    d3_tensor *y = sd_vae_decode(tp, &m.v, &m.L, m.params, NULL, x);
+    float *lean = malloc(y->numel * sizeof(float));
+    CHECK(sd_vae_decode_lowmem(backend_cpu(), &m.v, &m.L, m.params, m.x, m.N, m.h, m.w, lean, err) == 0,
+          "%s", err);
+    CHECK(y->h == 2 * m.h && y->w == 2 * m.w && !memcmp(lean, y->v, y->numel * sizeof(float)),
+          "%s: sd_vae_decode_lowmem differs from sd_vae_decode", what);
+    free(lean);
+    tape_free(tp);
     free(m.params); free(m.x);
     sd_layout_free(&m.L);
 }

@@ -11,7 +11,7 @@
  *                                  (medians of K after a warm-up), peak
  *                                  resident memory; last line, for
  *                                  bench/run.sh: "d3po sd-unet FWD_S FB_S MB"
- *   tool_sdunet vaebench CONFIG [same options]
+ *   tool_sdunet vaebench CONFIG [same options] [--lowmem]
  *                                  random VAE decoder of CONFIG (a vae
  *                                  config.json): ms per decode of S x S
  *                                  latents (no gradients), peak memory;
@@ -184,6 +184,16 @@ static int cmd_vae(const char *pipe, const char *refpath) {
            pipe, L.n, L.numel, N, c.latent_channels, h, w, out->n, out->c, out->h, out->w);
     int bad = compare("image", out->v, (const float *)img->data, out->numel, 5e-5, 1e-3,
                       "float32, summation order through ~20 layers");
+    /* the low-memory decode runs the same ops in the same order */
+    float *lean = malloc(out->numel * sizeof(float));
+    if (!lean || sd_vae_decode_lowmem(backend_cpu(), &c, &L, params, (const float *)lat->data, N, h,
+                                      w, lean, err))
+        die("%s", "sd_vae_decode_lowmem failed");
+    int same = !memcmp(lean, out->v, out->numel * sizeof(float));
+    printf("  sd_vae_decode_lowmem: %s\n", same ? "bit-identical to sd_vae_decode: ok"
+                                                  : "DIFFERS from sd_vae_decode");
+    bad |= !same;
+    free(lean);
     /* 8-bit pixels: equal, except that a value within 1e-3/255 of a rounding
      * boundary (k + 0.5) may go either way by float32 noise: off by one there. */
     size_t HW = (size_t)out->h * out->w, C = (size_t)out->c, exact = 0, edge = 0, wrong = 0;
@@ -301,14 +311,16 @@ static int cmd_bench(int argc, char **argv) {
  * decode without gradients (median of K after a warm-up), peak RSS. */
 static int cmd_vaebench(int argc, char **argv) {
     const char *cfg = argv[2];
-    int S = 16, N = 1, threads = 2, iters = 3;
-    for (int i = 3; i + 1 < argc; i += 2) {
-        int v = atoi(argv[i + 1]);
-        if (!strcmp(argv[i], "--size")) S = v;
-        else if (!strcmp(argv[i], "--batch")) N = v;
-        else if (!strcmp(argv[i], "--threads")) threads = v;
-        else if (!strcmp(argv[i], "--iters")) iters = v;
-        else die("unknown option %s", argv[i]);
+    int S = 16, N = 1, threads = 2, iters = 3, lowmem = 0;
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--lowmem")) { lowmem = 1; continue; }
+        if (i + 1 >= argc) die("option %s needs a value", argv[i]);
+        int v = atoi(argv[++i]);
+        if (!strcmp(argv[i - 1], "--size")) S = v;
+        else if (!strcmp(argv[i - 1], "--batch")) N = v;
+        else if (!strcmp(argv[i - 1], "--threads")) threads = v;
+        else if (!strcmp(argv[i - 1], "--iters")) iters = v;
+        else die("unknown option %s", argv[i - 1]);
     }
     if (iters < 1 || iters > 64 || S < 1 || N < 1) die("%s", "expected --iters 1..64, --size and --batch >= 1");
     char err[D3_ERRLEN];
@@ -335,16 +347,22 @@ static int cmd_vaebench(int argc, char **argv) {
         tape_set_grad(tp, 0);
         d3_tensor *z = tape_input(tp, N, c.latent_channels, S, S);
         for (size_t i = 0; i < z->numel; i++) z->v[i] = 0.18215f * sinf((float)i * 0.37f);
-        d3_tensor *out = sd_vae_decode(tp, &c, &L, params, NULL, z);
-        OH = out->h;
+        OH = S << (c.nblocks - 1);
+        if (lowmem) {
+            float *img = tape_alloc(tp, (size_t)N * c.out_channels * OH * OH);
+            if (sd_vae_decode_lowmem(backend_cpu(), &c, &L, params, z->v, N, S, S, img, err))
+                die("%s", err);
+        } else {
+            sd_vae_decode(tp, &c, &L, params, NULL, z);
+        }
         if (it > 0) tf[it - 1] = now() - t0;
     }
     double dec = median(tf, iters);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("d3po vae bench: params %zu, batch %d, latent %dx%d -> %dx%d, threads %d: decode %.1f ms "
-           "(median of %d), peak rss %.0f MiB, tape arena %.0f MiB\n", L.numel, N, S, S, OH, OH,
-           threads, dec * 1e3, iters, ru.ru_maxrss / 1024.0, tape_arena_bytes(tp) / 1048576.0);
+    printf("d3po vae bench%s: params %zu, batch %d, latent %dx%d -> %dx%d, threads %d: decode %.1f ms "
+           "(median of %d), peak rss %.0f MiB\n", lowmem ? " (lowmem)" : "", L.numel, N, S, S, OH,
+           OH, threads, dec * 1e3, iters, ru.ru_maxrss / 1024.0);
     printf("d3po sd-vae %.6f %.1f\n", dec, ru.ru_maxrss / 1024.0);
     tape_free(tp);
     free(params);
