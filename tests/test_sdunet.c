@@ -58,6 +58,26 @@ static int unet_from(const char *text, sd_unet_config *c, char *err) {
     return rc;
 }
 
+/* Parses cfg (a UNet config, or a VAE one when vae), builds its layout into
+ * *L (freed by the caller) and checks its size against diffusers': n
+ * tensors holding numel floats. */
+static void layout_counts(const char *cfg, int vae, int n, size_t numel, sd_layout *L) {
+    char err[D3_ERRLEN];
+    sd_unet_config c;
+    sd_vae_config v;
+    json_t *j = json_loads(cfg, 0, NULL);
+    int rc = vae ? sd_vae_config_from_json(&v, j, "vae/config.json", err)
+                 : sd_unet_config_from_json(&c, j, "unet/config.json", err);
+    json_decref(j);
+    CHECK(rc == 0, "%.60s...: %s", cfg, err);
+    if (rc) return;
+    CHECK((vae ? sd_vae_layout(&v, L, err) : sd_unet_layout(&c, L, err)) == 0, "%s", err);
+    size_t total = 0;
+    for (int i = 0; i < L->n; i++) total += L->p[i].numel;
+    CHECK(L->n == n && total == numel, "%.60s...: %d tensors, %zu floats; diffusers has %d, %zu",
+          cfg, L->n, total, n, numel);
+}
+
 static void test_layouts(void) {
     /* diffusers 0.31's state_dict of make_tiny.py's pipelines (counted with
      * the reference stack): tensors and floats */
@@ -66,14 +86,8 @@ static void test_layouts(void) {
     };
     char err[D3_ERRLEN];
     for (int i = 0; i < 3; i++) {
-        sd_unet_config c;
         sd_layout L = {0};
-        CHECK(unet_from(k[i].cfg, &c, err) == 0, "config %d: %s", i, err);
-        CHECK(sd_unet_layout(&c, &L, err) == 0, "%s", err);
-        size_t numel = 0;
-        for (int p = 0; p < L.n; p++) numel += L.p[p].numel;
-        CHECK(L.n == k[i].n && numel == k[i].numel, "config %d: %d tensors, %zu floats; diffusers "
-              "has %d, %zu", i, L.n, numel, k[i].n, k[i].numel);
+        layout_counts(k[i].cfg, 0, k[i].n, k[i].numel, &L);
         sd_layout_free(&L);
     }
     sd_unet_config c;
@@ -92,15 +106,11 @@ static void test_layouts(void) {
           "to_q has no bias");
     sd_layout_free(&L);
 
+    layout_counts(VAE, 1, 70, 402071, &L); /* diffusers' decoder + post_quant_conv */
     sd_vae_config v;
     json_t *j = json_loads(VAE, 0, NULL);
     CHECK(sd_vae_config_from_json(&v, j, "vae/config.json", err) == 0, "%s", err);
     json_decref(j);
-    CHECK(sd_vae_layout(&v, &L, err) == 0, "%s", err);
-    size_t numel = 0;
-    for (int i = 0; i < L.n; i++) numel += L.p[i].numel;
-    CHECK(L.n == 70 && numel == 402071, "vae: %d tensors, %zu floats; diffusers' decoder has 70, 402071",
-          L.n, numel);
     CHECK(sd_layout_find(&L, "decoder.mid_block.attentions.0.to_out.0.bias") != NULL, "to_out.0");
     CHECK(v.scaling_factor == 0.18215f && v.post_quant_conv && v.mid_attn, "vae fields");
     sd_layout_free(&L);
@@ -128,16 +138,9 @@ static void test_real_layouts(void) {
          "[\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"], \"attention_head_dim\": 8, "
          "\"cross_attention_dim\": 768, \"mid_block_type\": null}", 358, 323384964},
     };
-    char err[D3_ERRLEN];
     for (int i = 0; i < 4; i++) {
-        sd_unet_config c;
         sd_layout L = {0};
-        CHECK(unet_from(k[i].cfg, &c, err) == 0, "config %d: %s", i, err);
-        CHECK(sd_unet_layout(&c, &L, err) == 0, "%s", err);
-        size_t numel = 0;
-        for (int p = 0; p < L.n; p++) numel += L.p[p].numel;
-        CHECK(L.n == k[i].n && numel == k[i].numel, "config %d: %d tensors, %zu floats; diffusers "
-              "has %d, %zu", i, L.n, numel, k[i].n, k[i].numel);
+        layout_counts(k[i].cfg, 0, k[i].n, k[i].numel, &L);
         if (i == 1) {
             const sd_param *p = sd_layout_find(&L, "up_blocks.3.attentions.2.proj_out.weight");
             CHECK(p && p->ndim == 2 && p->shape[0] == 320 && p->shape[1] == 320, "sd2 linear proj_out");
@@ -146,19 +149,11 @@ static void test_real_layouts(void) {
         }
         sd_layout_free(&L);
     }
-    sd_vae_config v;
     sd_layout L = {0};
-    json_t *j = json_loads("{\"block_out_channels\": [128, 256, 512, 512], \"layers_per_block\": 2,"
-                           " \"norm_num_groups\": 32, \"sample_size\": 512, \"up_block_types\":"
-                           " [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\", \"UpDecoderBlock2D\","
-                           " \"UpDecoderBlock2D\"]}", 0, NULL);
-    CHECK(sd_vae_config_from_json(&v, j, "vae/config.json", err) == 0, "%s", err);
-    json_decref(j);
-    CHECK(sd_vae_layout(&v, &L, err) == 0, "%s", err);
-    size_t numel = 0;
-    for (int i = 0; i < L.n; i++) numel += L.p[i].numel;
-    CHECK(L.n == 140 && numel == 49490199, "SD vae decoder: %d tensors, %zu floats; diffusers has "
-          "140, 49490199", L.n, numel);
+    layout_counts("{\"block_out_channels\": [128, 256, 512, 512], \"layers_per_block\": 2,"
+                  " \"norm_num_groups\": 32, \"sample_size\": 512, \"up_block_types\":"
+                  " [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\", \"UpDecoderBlock2D\","
+                  " \"UpDecoderBlock2D\"]}", 1, 140, 49490199, &L);
     sd_layout_free(&L);
 }
 

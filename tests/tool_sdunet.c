@@ -237,17 +237,32 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+typedef struct {
+    int S, N, threads, iters, lowmem;
+} bench_opts;
+
+/* argv[3..]: --size S --batch N --threads T --iters K [--lowmem] */
+static bench_opts bench_args(int argc, char **argv) {
+    bench_opts o = {.S = 16, .N = 1, .threads = 2, .iters = 3};
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--lowmem")) { o.lowmem = 1; continue; }
+        if (i + 1 >= argc) die("option %s needs a value", argv[i]);
+        int v = atoi(argv[++i]);
+        if (!strcmp(argv[i - 1], "--size")) o.S = v;
+        else if (!strcmp(argv[i - 1], "--batch")) o.N = v;
+        else if (!strcmp(argv[i - 1], "--threads")) o.threads = v;
+        else if (!strcmp(argv[i - 1], "--iters")) o.iters = v;
+        else die("unknown option %s", argv[i - 1]);
+    }
+    if (o.iters < 1 || o.iters > 64 || o.S < 1 || o.N < 1 || o.threads < 1)
+        die("%s", "expected --iters 1..64, --size, --batch and --threads >= 1");
+    return o;
+}
+
 static int cmd_bench(int argc, char **argv) {
     const char *cfg = argv[2];
-    int S = 16, N = 1, threads = 2, iters = 3;
-    for (int i = 3; i + 1 < argc; i += 2) {
-        int v = atoi(argv[i + 1]);
-        if (!strcmp(argv[i], "--size")) S = v;
-        else if (!strcmp(argv[i], "--batch")) N = v;
-        else if (!strcmp(argv[i], "--threads")) threads = v;
-        else if (!strcmp(argv[i], "--iters")) iters = v;
-        else die("unknown option %s", argv[i]);
-    }
+    bench_opts o = bench_args(argc, argv);
+    int S = o.S, N = o.N, threads = o.threads, iters = o.iters;
     char err[D3_ERRLEN];
     json_t *j = load_json(cfg);
     sd_unet_config c;
@@ -272,7 +287,6 @@ static int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < N; i++) t[i] = 500.0f + i;
     d3_tape *tp = tape_new(backend_cpu());
     double tf[64], tb[64];
-    if (iters < 1 || iters > 64) die("--iters %s: expected 1 to 64", argv[argc - 1]);
     for (int it = 0; it < iters + 1; it++) {   /* the first round warms up */
         for (int grad = 0; grad < 2; grad++) {
             double t0 = now();
@@ -311,18 +325,8 @@ static int cmd_bench(int argc, char **argv) {
  * decode without gradients (median of K after a warm-up), peak RSS. */
 static int cmd_vaebench(int argc, char **argv) {
     const char *cfg = argv[2];
-    int S = 16, N = 1, threads = 2, iters = 3, lowmem = 0;
-    for (int i = 3; i < argc; i++) {
-        if (!strcmp(argv[i], "--lowmem")) { lowmem = 1; continue; }
-        if (i + 1 >= argc) die("option %s needs a value", argv[i]);
-        int v = atoi(argv[++i]);
-        if (!strcmp(argv[i - 1], "--size")) S = v;
-        else if (!strcmp(argv[i - 1], "--batch")) N = v;
-        else if (!strcmp(argv[i - 1], "--threads")) threads = v;
-        else if (!strcmp(argv[i - 1], "--iters")) iters = v;
-        else die("unknown option %s", argv[i - 1]);
-    }
-    if (iters < 1 || iters > 64 || S < 1 || N < 1) die("%s", "expected --iters 1..64, --size and --batch >= 1");
+    bench_opts o = bench_args(argc, argv);
+    int S = o.S, N = o.N, threads = o.threads, iters = o.iters, lowmem = o.lowmem;
     char err[D3_ERRLEN];
     json_t *j = load_json(cfg);
     sd_vae_config c;
