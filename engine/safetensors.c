@@ -18,14 +18,24 @@
  * 8, but a U8 tensor followed by an F32 one leaves the F32 unaligned), so
  * readers of odd layouts should memcpy.
  *
+ * st_map maps a file instead of reading it, and st_to_f32 converts F32,
+ * F16 and BF16 tensors from the map straight into a float buffer, so a
+ * multi-gigabyte fp16 UNet is read once and stored once (as float32).
+ *
  * The writer (st_writer_*) writes tensors in the order added, the header as
  * compact JSON with "__metadata__" first, padded with spaces so the data
  * starts at a multiple of 8, all through fs_write_atomic. */
 #include "safetensors.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fsutil.h"
 
@@ -364,6 +374,108 @@ int st_load(st_file *f, const char *path, char *err) {
     return 0;
 }
 
+int st_map(st_file *f, const char *path, char *err) {
+    memset(f, 0, sizeof *f);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return d3_errf(err, "%s: open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st)) {
+        int e = errno;
+        close(fd);
+        return d3_errf(err, "%s: fstat: %s", path, strerror(e));
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return d3_errf(err, "%s: is a directory, expected a file", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return d3_errf(err, "%s: not a regular file (a safetensors file is mapped, not streamed)",
+                       path);
+    }
+    if ((uint64_t)st.st_size > SIZE_MAX / 2) {
+        close(fd);
+        return d3_errf(err, "%s: file too large (%lld bytes)", path, (long long)st.st_size);
+    }
+    size_t len = (size_t)st.st_size;
+    if (len < 8) { /* mmap of 0 bytes fails; st_parse says what is wrong */
+        close(fd);
+        static const uint8_t none[8];
+        return st_parse(f, none, len, path, err);
+    }
+    void *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED) return d3_errf(err, "%s: mmap of %zu bytes: %s", path, len, strerror(e));
+    if (st_parse(f, m, len, path, err)) {
+        munmap(m, len);
+        return -1;
+    }
+    f->mapped = 1;
+    return 0;
+}
+
+float st_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0x1f) { /* inf, NaN (payload kept) */
+        bits = sign | 0x7f800000u | (m << 13);
+    } else if (e) { /* normal: rebias 15 -> 127 */
+        bits = sign | ((e + 112) << 23) | (m << 13);
+    } else if (m) { /* subnormal m * 2^-24: normalise into a float32 normal */
+        e = 113;
+        while (!(m & 0x400)) {
+            m <<= 1;
+            e--;
+        }
+        bits = sign | (e << 23) | ((m & 0x3ff) << 13);
+    } else {
+        bits = sign; /* +-0 */
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float st_bf16_to_f32(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+size_t st_numel(const st_tensor *t) {
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= (size_t)t->shape[d]; /* st_parse checked overflow */
+    return n;
+}
+
+const float *st_f32_view(const st_tensor *t) {
+    if (t->dtype != ST_F32 || ((uintptr_t)t->data & 3)) return NULL;
+    return (const float *)(const void *)t->data;
+}
+
+int st_to_f32(const st_tensor *t, float *dst, const char *what, char *err) {
+    size_t n = st_numel(t);
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case ST_F32: memcpy(dst, p, n * 4); break;
+    case ST_F16:
+        for (size_t i = 0; i < n; i++) dst[i] = st_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    case ST_BF16:
+        for (size_t i = 0; i < n; i++) dst[i] = st_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    default:
+        return d3_errf(err, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", what,
+                       SHOW(t->name), st_dtype_name(t->dtype));
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(dst[i]))
+            return d3_errf(err, "%s: tensor '%s' holds a non-finite value (%s) at index %zu", what,
+                           SHOW(t->name), isnan(dst[i]) ? "nan" : "inf", i);
+    return 0;
+}
+
 void st_free(st_file *f) {
     for (int i = 0; i < f->ntensors; i++) free(f->tensors[i].name);
     free(f->tensors);
@@ -373,7 +485,8 @@ void st_free(st_file *f) {
     }
     free(f->meta_keys);
     free(f->meta_vals);
-    if (f->owns_buf) free(f->buf);
+    if (f->mapped) munmap(f->buf, f->len);
+    else if (f->owns_buf) free(f->buf);
     memset(f, 0, sizeof *f);
 }
 
