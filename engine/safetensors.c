@@ -74,19 +74,25 @@ static int dtype_from_name(const char *s) {
 
 /* ---- message helpers ------------------------------------------------- */
 
-/* A name or value made safe for a one-line message: control bytes become
- * '?', and anything past 80 bytes is cut (at a UTF-8 boundary) with "...".
- * SHOW(x) is only valid within one full expression (a function's argument
- * list); to keep it longer hold the `shown` value itself. */
-typedef struct {
-    char s[96];
-} shown;
+/* A name or value made safe for a one-line message: control bytes (C0,
+ * DEL, and the C1 controls U+0080..U+009F, which some terminals obey)
+ * become '?', and anything past 80 bytes is cut (at a UTF-8 boundary) with
+ * "...". SHOW(x) is only valid within one full expression (a function's
+ * argument list); to keep it longer hold the `shown` value itself. */
+typedef st_shown shown;
 
-static shown show(const char *in) {
+st_shown st_show(const char *in) {
     shown o;
     size_t n = 0, max = 80;
     const unsigned char *p = (const unsigned char *)in;
-    for (; *p && n < max; p++, n++) o.s[n] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
+    for (; *p && n < max; p++, n++) {
+        if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) { /* C1 control in UTF-8 */
+            o.s[n] = '?';
+            p++;
+        } else {
+            o.s[n] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
+        }
+    }
     if (*p) {
         if ((*p & 0xc0) == 0x80) { /* the cut splits a character: drop its start */
             while (n > 0 && ((unsigned char)o.s[n - 1] & 0xc0) == 0x80) n--;
@@ -98,6 +104,8 @@ static shown show(const char *in) {
     o.s[n] = '\0';
     return o;
 }
+
+static shown show(const char *in) { return st_show(in); }
 
 #define SHOW(x) (show(x).s)
 

@@ -65,6 +65,15 @@ typedef struct {
     int nmeta;
 } st_file;
 
+/* A string from a file made safe for a one-line message or the terminal:
+ * control characters (C0, DEL, C1) become '?', more than 80 bytes are cut
+ * at a character boundary with "...". Use st_show(x).s within one
+ * expression, or keep the struct. */
+typedef struct {
+    char s[96];
+} st_shown;
+st_shown st_show(const char *in);
+
 size_t st_dtype_size(st_dtype dt);
 const char *st_dtype_name(st_dtype dt); /* "F32", ... */
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cmd_sd.h"
 #include "config.h"
 #include "device.h"
 #include "diffusion.h"
@@ -15,6 +16,7 @@
 #include "image.h"
 #include "model.h"
 #include "ops.h"
+#include "sd/pipeline.h"
 #include "session.h"
 
 /* ---- init ---- */
@@ -374,11 +376,18 @@ int cmd_sample(int argc, char **argv) {
 
 static const char info_help[] =
     "usage: d3po info FILE\n"
+    "       d3po info SD_DIR_OR_FILE [--tokenizer DIR]\n"
     "       d3po info --devices\n"
     "\n"
     "Prints a model file's architecture, parameter count, noise schedule,\n"
     "classes and metadata, and whether it holds training state.\n"
+    "For a Stable Diffusion-family model (a diffusers pipeline folder or a\n"
+    "single-file SD 1.x checkpoint) prints its family, image and latent\n"
+    "sizes, the parameters and on-disk dtype of each part, the scheduler and\n"
+    "the prediction type, after checking every file it reads.\n"
     "\n"
+    "  --tokenizer DIR  CLIP's vocab.json + merges.txt for a single-file\n"
+    "             checkpoint (default: a tokenizer/ folder beside the file)\n"
     "  --devices  list the compute devices instead: the CPU, each CUDA GPU (or\n"
     "             why there is none), and the one --device auto uses, and why\n";
 
@@ -397,7 +406,7 @@ static int info_devices(void) {
 }
 
 int cmd_info(int argc, char **argv) {
-    const char *file = NULL;
+    const char *file = NULL, *tokenizer = NULL;
     int devices = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -406,6 +415,12 @@ int cmd_info(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--devices")) {
             devices = 1;
+        } else if (!strcmp(argv[i], "--tokenizer")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "d3po info: --tokenizer needs a folder\n%s", info_help);
+                return EXIT_USAGE;
+            }
+            tokenizer = argv[++i];
         } else if (argv[i][0] == '-' || file) {
             fprintf(stderr, "d3po info: unexpected argument '%s'\n%s", argv[i], info_help);
             return EXIT_USAGE;
@@ -417,6 +432,14 @@ int cmd_info(int argc, char **argv) {
     if (!file) {
         fprintf(stderr, "d3po info: expected one model file (or --devices)\n%s", info_help);
         return EXIT_USAGE;
+    }
+    if (tokenizer && !sd_pipeline_probe(file)) {
+        fprintf(stderr, "d3po info: --tokenizer applies to Stable Diffusion models only\n");
+        return EXIT_USAGE;
+    }
+    if (sd_pipeline_probe(file)) {
+        int rc = sd_info(file, tokenizer);
+        return rc || !devices ? rc : info_devices();
     }
     char err[D3_ERRLEN];
     d3_model m;
