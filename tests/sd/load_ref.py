@@ -130,7 +130,8 @@ def make(d):
     wm = {}
     for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
         fn = "diffusion_pytorch_model-%05d-of-00002.safetensors" % (i + 1)
-        save_st({k: sd[k] for k in part}, os.path.join(sh, "unet", fn))
+        from safetensors.torch import save_file
+        save_file({k: sd[k].contiguous() for k in part}, os.path.join(sh, "unet", fn), metadata={"format": "pt"})
         wm.update({k: fn for k in part})
     with open(up + ".index.json", "w") as f:
         json.dump({"metadata": {"total_size": sum(v.numel() * 4 for v in sd.values())},
@@ -163,7 +164,75 @@ def make(d):
     os.makedirs(single)
     save_st(ck, os.path.join(single, "sd1.safetensors"))
     shutil.copytree(os.path.join(src, "tokenizer"), os.path.join(single, "tokenizer"))
+    broken(d, src, ck)
     print(d)
+
+
+def broken(d, src, ck):
+    """Copies of sd1 with one thing wrong each (the error cases)."""
+    import torch
+    b = os.path.join(d, "bad")
+    os.makedirs(b)
+
+    def cp(name):
+        out = os.path.join(b, name)
+        shutil.copytree(src, out)
+        return out
+    os.remove(os.path.join(cp("noconfig"), "unet", "config.json"))
+    up = os.path.join(cp("shape"), "unet", "diffusion_pytorch_model.safetensors")
+    sd = load_st(up)
+    sd["conv_in.weight"] = sd["conv_in.weight"][:, :3].contiguous()
+    save_st(sd, up)
+    up = os.path.join(cp("extra"), "unet", "diffusion_pytorch_model.safetensors")
+    sd = load_st(up)
+    sd["add_embedding.linear_1.weight"] = torch.zeros(4, 4)
+    save_st(sd, up)
+    up = os.path.join(cp("missing"), "unet", "diffusion_pytorch_model.safetensors")
+    sd = load_st(up)
+    del sd["mid_block.resnets.1.conv2.bias"]
+    save_st(sd, up)
+    vp = os.path.join(cp("inf"), "vae", "diffusion_pytorch_model.safetensors")
+    sd = load_st(vp)
+    sd = {k: v.half() for k, v in sd.items()}
+    sd["decoder.conv_out.bias"][1] = float("inf")
+    save_st(sd, vp)
+    mi = os.path.join(cp("sdxl"), "model_index.json")
+    j = json.load(open(mi))
+    j["_class_name"] = "StableDiffusionXLPipeline"
+    j["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+    json.dump(j, open(mi, "w"))
+    sc = os.path.join(cp("sched"), "scheduler", "scheduler_config.json")
+    j = json.load(open(sc))
+    j["prediction_type"] = "sample"
+    json.dump(j, open(sc, "w"))
+    up = os.path.join(cp("trunc"), "unet", "diffusion_pytorch_model.safetensors")
+    data = open(up, "rb").read()
+    open(up, "wb").write(data[:-100])
+    up = os.path.join(cp("lying"), "unet", "diffusion_pytorch_model.safetensors")
+    data = bytearray(open(up, "rb").read())
+    n = int.from_bytes(data[:8], "little")
+    hdr = json.loads(data[8:8 + n])
+    k = sorted(hdr)[1]  # a tensor, not __metadata__ (sorted first)
+    hdr[k]["data_offsets"][1] += 4
+    h = json.dumps(hdr).encode()
+    h += b" " * (n - len(h)) if len(h) <= n else b""
+    open(up, "wb").write(len(h).to_bytes(8, "little") + h + bytes(data[8 + n:]))
+    ud = os.path.join(cp("pickle"), "unet")
+    os.rename(os.path.join(ud, "diffusion_pytorch_model.safetensors"),
+              os.path.join(ud, "diffusion_pytorch_model.bin"))
+    sh = os.path.join(d, "sd1-shards", "unet", "diffusion_pytorch_model.safetensors.index.json")
+    ud = os.path.join(b, "hostile-index", "unet")
+    shutil.copytree(os.path.join(d, "sd1-shards"), os.path.join(b, "hostile-index"))
+    j = json.load(open(sh))
+    j["weight_map"]["conv_in.weight"] = "../../sd1/unet/diffusion_pytorch_model.safetensors"
+    json.dump(j, open(os.path.join(ud, os.path.basename(sh)), "w"))
+    # single files: SD 2.x (OpenCLIP), SDXL, and no tokenizer beside the file
+    one = {"model.diffusion_model.conv_in.weight": torch.zeros(1)}
+    save_st(dict(one, **{"cond_stage_model.model.token_embedding.weight": torch.zeros(1)}),
+            os.path.join(b, "sd2-single.safetensors"))
+    save_st(dict(one, **{"conditioner.embedders.0.transformer.x": torch.zeros(1)}),
+            os.path.join(b, "sdxl-single.safetensors"))
+    save_st(ck, os.path.join(b, "notok.safetensors"))
 
 
 # ---- comparison ------------------------------------------------------------
