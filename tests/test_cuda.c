@@ -420,10 +420,10 @@ static void gn_case(int N, int C, int HW, int G_) {
     for (int i = 0; i < C; i++) w[i] += 1.0f;
     for (size_t i = 0; i < nx; i++) x[i] += 0.3f * (float)((i / HW) % 5); /* nonzero means */
     float *out = halloc(nx), *mean = halloc(ns), *rstd = halloc(ns);
-    R->groupnorm_forward(out, mean, rstd, x, w, b, N, C, HW, G_);
+    R->groupnorm_forward(out, mean, rstd, x, w, b, N, C, HW, G_, 1e-5f);
     float *dx = dnew(nx, x), *dw = dnew(C, w), *db = dnew(C, b);
     float *dout = dnan(nx), *dmean = dnan(ns), *drstd = dnan(ns);
-    G->groupnorm_forward(dout, dmean, drstd, dx, dw, db, N, C, HW, G_);
+    G->groupnorm_forward(dout, dmean, drstd, dx, dw, db, N, C, HW, G_, 1e-5f);
     snprintf(w2, sizeof w2, "%s fwd (out, mean, rstd)", what);
     double e = nerr(dget(dout, nx), out, nx);
     /* saved statistics: double on both sides, one float rounding */
@@ -435,25 +435,25 @@ static void gn_case(int N, int C, int HW, int G_) {
      * so it is tested on its own */
     float *r = hrand(nx, 1), *dr = dnew(nx, r), *dm = dnew(ns, mean), *ds = dnew(ns, rstd);
     gpair gx = gp(nx), gw = gp(C), gb = gp(C);
-    R->groupnorm_backward(gx.h, gw.h, gb.h, r, x, w, mean, rstd, N, C, HW, G_);
-    G->groupnorm_backward(gx.d, gw.d, gb.d, dr, dx, dw, dm, ds, N, C, HW, G_);
+    R->groupnorm_backward(gx.h, gw.h, gb.h, r, x, w, mean, rstd, N, C, HW, G_, 1e-5f);
+    G->groupnorm_backward(gx.d, gw.d, gb.d, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
     snprintf(w2, sizeof w2, "%s bwd (dx,dw,db) +=", what);
     expect(w2, fmax(gcmp(&gx), fmax(gcmp(&gw), gcmp(&gb))), T_GN);
     {
         gpair g = gp(nx);
-        R->groupnorm_backward(g.h, NULL, NULL, r, x, w, mean, rstd, N, C, HW, G_);
-        G->groupnorm_backward(g.d, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_);
+        R->groupnorm_backward(g.h, NULL, NULL, r, x, w, mean, rstd, N, C, HW, G_, 1e-5f);
+        G->groupnorm_backward(g.d, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
         snprintf(w2, sizeof w2, "%s bwd dx alone", what);
         expect(w2, gcmp(&g), T_GN);
     }
     {
         gpair g1 = gp(C), g2 = gp(C);
-        R->groupnorm_backward(NULL, g1.h, g2.h, r, x, w, mean, rstd, N, C, HW, G_);
-        G->groupnorm_backward(NULL, g1.d, g2.d, dr, dx, dw, dm, ds, N, C, HW, G_);
+        R->groupnorm_backward(NULL, g1.h, g2.h, r, x, w, mean, rstd, N, C, HW, G_, 1e-5f);
+        G->groupnorm_backward(NULL, g1.d, g2.d, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
         snprintf(w2, sizeof w2, "%s bwd dw,db without dx", what);
         expect(w2, fmax(gcmp(&g1), gcmp(&g2)), T_GN);
     }
-    G->groupnorm_backward(NULL, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_);
+    G->groupnorm_backward(NULL, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
     case_end();
 }
 
@@ -1208,14 +1208,14 @@ static void n_lin_b(float *dinp, float *dw, float *db, const float *dout, const 
     nz(dinp, (size_t)N * IN); nz(dw, (size_t)OUT * IN); nz(db, (size_t)OUT);
 }
 static void n_gn_f(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                   const float *b, int N, int C, int HW, int G_) {
-    R->groupnorm_forward(out, mean, rstd, inp, w, b, N, C, HW, G_);
+                   const float *b, int N, int C, int HW, int G_, float eps) {
+    R->groupnorm_forward(out, mean, rstd, inp, w, b, N, C, HW, G_, eps);
     nz(out, (size_t)N * C * HW);
 }
 static void n_gn_b(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                    const float *w, const float *mean, const float *rstd, int N, int C, int HW,
-                   int G_) {
-    R->groupnorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, HW, G_);
+                   int G_, float eps) {
+    R->groupnorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, HW, G_, eps);
     nz(dinp, (size_t)N * C * HW); nz(dw, (size_t)C); nz(db, (size_t)C);
 }
 static void n_silu_f(float *out, const float *inp, size_t n) { R->silu_forward(out, inp, n); nz(out, n); }

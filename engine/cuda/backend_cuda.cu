@@ -36,6 +36,7 @@
 
 extern "C" {
 #include "../backend.h"
+#include "../ops.h"
 #include "../err.h"
 }
 
@@ -309,7 +310,7 @@ __device__ T block_sum(T v, T *sh) {
 
 /* one block per (n, g): two passes in double like the CPU op */
 __global__ void k_gn_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                             const float *b, int C, int HW, int G) {
+                             const float *b, int C, int HW, int G, double eps) {
     __shared__ double sh[32];
     int ng = blockIdx.x, n = ng / G, g = ng % G, CG = C / G;
     size_t M = (size_t)CG * HW, off = ((size_t)n * C + (size_t)g * CG) * HW;
@@ -322,7 +323,7 @@ __global__ void k_gn_forward(float *out, float *mean, float *rstd, const float *
         double d = x[i] - mu;
         ss += d * d;
     }
-    double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)M + 1e-5);
+    double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)M + eps);
     if (threadIdx.x == 0) { mean[ng] = (float)mu; rstd[ng] = (float)rs; }
     for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
         int c = g * CG + (int)(i / HW);
@@ -382,14 +383,14 @@ __global__ void k_gn_backward_wb(float *dw, float *db, const float *dout, const 
 }
 
 static void cu_groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                 const float *b, int N, int C, int HW, int G) {
-    k_gn_forward<<<N * G, 256, 0, st>>>(out, mean, rstd, inp, w, b, C, HW, G);
+                                 const float *b, int N, int C, int HW, int G, float eps) {
+    k_gn_forward<<<N * G, 256, 0, st>>>(out, mean, rstd, inp, w, b, C, HW, G, ops_eps_double(eps));
     CKL();
 }
 
 static void cu_groupnorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                   const float *w, const float *mean, const float *rstd, int N, int C,
-                                  int HW, int G) {
+                                  int HW, int G, float eps) {
     if (dinp) {
         k_gn_backward_x<<<N * G, 256, 0, st>>>(dinp, dout, inp, w, mean, rstd, C, HW, G);
         CKL();
