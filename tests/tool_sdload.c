@@ -4,8 +4,9 @@
  *
  *   tool_sdload dump MODEL OUTDIR [TOKENIZER]
  *       every component's tensors as float32 under diffusers names, through
- *       sdw_fill with a layout made of the tensors the loader found (the
- *       ones diffusers would drop left out): OUTDIR/<part>.safetensors, and
+ *       sdw_fill with the component's own layout (from its config), or one
+ *       made of the tensors the loader found (the ones diffusers would drop
+ *       left out) for a component without one: OUTDIR/<part>.safetensors, and
  *       OUTDIR/info.json (family, scheduler, derived configs)
  *   tool_sdload fill REF MODEL
  *       fills MODEL's components with the layouts of REF's tensors (a
@@ -38,8 +39,10 @@ static int dump(const char *model, const char *outdir, const char *tok, char *er
     if (sd_pipeline_open(&p, model, tok, err)) return -1;
     int rc = 0;
     for (int k = 0; k < SD_NPARTS && !rc; k++) {
+        /* the component's own layout when there is one */
         sd_layout L;
-        if ((rc = layout_of(&p.weights[k], &L, err))) break;
+        if (p.L[k].n) L = p.L[k], memset(&p.L[k], 0, sizeof L);
+        else if ((rc = layout_of(&p.weights[k], &L, err))) break;
         float *params = calloc(L.numel ? L.numel : 1, sizeof(float));
         rc = sdw_fill(&p.weights[k], &L, params, err);
         st_writer *wr = st_writer_new();

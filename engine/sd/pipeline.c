@@ -465,12 +465,23 @@ int sd_pipeline_open(sd_pipeline *p, const char *path, const char *tokenizer, ch
         rc = d3_errf(err, p->single ? "%s: a single-file checkpoint has no tokenizer: put CLIP's vocab.json and merges.txt in %s (a tokenizer/ folder beside the file) or pass --tokenizer DIR"
                                     : "%s: no tokenizer: %s needs vocab.json and merges.txt (or pass --tokenizer DIR)",
                      path, p->tokenizer);
+    if (!rc) rc = sd_unet_config_from_json(&p->unet, p->config[SD_UNET], p->config_path[SD_UNET], err);
+    if (!rc) rc = sd_vae_config_from_json(&p->vae, p->config[SD_VAE], p->config_path[SD_VAE], err);
+    if (!rc) rc = sd_unet_layout(&p->unet, &p->L[SD_UNET], err);
+    if (!rc) rc = sd_vae_layout(&p->vae, &p->L[SD_VAE], err);
+    for (int k = 0; k < SD_NPARTS && !rc; k++)
+        if (p->L[k].n) rc = sdw_check(&p->weights[k], &p->L[k], err);
     if (rc) {
         sd_pipeline_close(p);
         return -1;
     }
     family(p);
     return 0;
+}
+
+int sd_pipeline_fill(sd_pipeline *p, sd_part part, float *params, char *err) {
+    if (!p->L[part].n) return d3_errf(err, "%s: no layout for the %s", p->path, sd_part_name(part));
+    return sdw_fill(&p->weights[part], &p->L[part], params, err);
 }
 
 int sd_pipeline_probe(const char *path) {
@@ -495,6 +506,7 @@ void sd_pipeline_close(sd_pipeline *p) {
     for (int k = 0; k < SD_NPARTS; k++) {
         json_decref(p->config[k]);
         sdw_free(&p->weights[k]);
+        sd_layout_free(&p->L[k]);
     }
     memset(p, 0, sizeof *p);
 }

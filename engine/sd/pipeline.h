@@ -22,6 +22,8 @@
 #include <jansson.h>
 
 #include "err.h"
+#include "sdunet.h"
+#include "vae.h"
 #include "weights.h"
 
 typedef enum { SD_BETA_SCALED_LINEAR, SD_BETA_LINEAR } sd_beta_schedule;
@@ -69,16 +71,26 @@ typedef struct {
     char config_path[SD_NPARTS][1100];
     sd_weights weights[SD_NPARTS];
     char tokenizer[1100];      /* the folder holding vocab.json and merges.txt */
+    sd_unet_config unet;       /* parsed by the components' own parsers */
+    sd_vae_config vae;
+    sd_layout L[SD_NPARTS];    /* each part's layout, checked against its files
+                                  (names, shapes, dtypes); n == 0: not built */
 } sd_pipeline;
 
 /* Opens a diffusers folder or a single-file checkpoint (a regular file).
  * tokenizer: a folder with CLIP's vocab.json + merges.txt to use instead of
  * the pipeline's tokenizer/ (single files have none: NULL looks for a
- * tokenizer/ folder beside the file). SDXL, SD 2.x single files, inpainting
+ * tokenizer/ folder beside the file). Each component's config is parsed
+ * by its own parser, its layout built, and every tensor of its files
+ * checked against the layout (sdw_check: names, shapes, dtypes; the data
+ * are read only by sd_pipeline_fill). SDXL, SD 2.x single files, inpainting
  * models, other pipelines, missing files and bad configs are one-line
  * errors naming the file and the key. 0/-1. */
 int sd_pipeline_open(sd_pipeline *p, const char *path, const char *tokenizer, char *err);
 void sd_pipeline_close(sd_pipeline *p);
+/* Converts part's weights into params (p->L[part].numel floats, host
+ * memory) with sdw_fill. 0/-1. */
+int sd_pipeline_fill(sd_pipeline *p, sd_part part, float *params, char *err);
 /* 1 when path looks like an SD-family model rather than a d3po model file:
  * a folder, or a safetensors file without d3po's metadata whose tensors
  * have LDM checkpoint names (model.diffusion_model.*, conditioner.*,

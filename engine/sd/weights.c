@@ -177,14 +177,15 @@ static int open_index(sd_weights *w, const char *dir, const char *index, int *ca
         d3_errf(err, "%s: key 'weight_map': expected an object of tensor name -> shard file", index);
         goto out;
     }
-    /* the distinct shard files, in first-seen order */
     const char *name;
     json_t *v;
-    json_object_foreach((json_t *)map, name, v) {
+    json_object_foreach((json_t *)map, name, v)
         if (!json_is_string(v) || !safe_shard_name(json_string_value(v))) {
             d3_errf(err, "%s: weight_map['%s']: expected a file name in %s", index, SHOW(name), dir);
             goto out;
         }
+    /* the distinct shard files */
+    json_object_foreach((json_t *)map, name, v) {
         const char *shard = json_string_value(v);
         int seen = 0;
         for (int i = 0; i < w->nfiles && !seen; i++) {
