@@ -1,0 +1,61 @@
+#!/bin/sh
+# test_sd_text.sh - the CLIP tokenizer (engine/sd/tokenizer.c) and text
+# encoder (engine/sd/clip.c) against transformers, through the pinned venv
+# of tests/sd/venv.sh, on tiny random pipelines built here
+# (tests/sd/make_tiny.py: CLIP's real vocabulary, random weights):
+#   1. token ids identical to CLIPTokenizer (slow, as diffusers loads it) on
+#      tests/sd/prompts.jsonl (awkward prompts) and 400 random prompts of
+#      awkward characters, with SD 1's pad token (<|endoftext|>) and SD 2's
+#      ("!", id 0); CLIPTokenizerFast is compared too and only reported
+#      (it normalises differently: NFC + lower case, no control clean-up);
+#   2. hostile prompts and files (tool_sdtext hostile; no Python);
+# Under D3PO_ASAN=1 only the C side runs (the hostile checks), as in
+# tests/test_interop.sh: the sanitizers check memory, not numbers.
+B=${B:-build}
+TOOL=$B/tests/tool_sdtext
+HERE=$(dirname "$0")
+fail() { echo "test_sd_text: FAIL: $*"; exit 1; }
+
+[ -x "$TOOL" ] || fail "$TOOL is not built (make $TOOL)"
+T=$(mktemp -d "${TMPDIR:-/tmp}/d3po-sdtext.XXXXXX") || fail "mktemp -d failed"
+trap 'rm -rf "$T"' EXIT
+
+if [ "${D3PO_ASAN:-0}" = 1 ]; then
+    # a tokenizer folder without Python: three tokens, one merge
+    mkdir -p "$T/tok"
+    printf '{"a": 0, "b": 1, "a</w>": 2, "b</w>": 3, "ab</w>": 4, "<|startoftext|>": 5, "<|endoftext|>": 6}' >"$T/tok/vocab.json"
+    printf '#version: 0.2\na b</w>\n' >"$T/tok/merges.txt"
+    "$TOOL" hostile "$T/tok" "$T" || fail "hostile inputs"
+    "$TOOL" ids "$T/tok" "$HERE/sd/prompts.jsonl" >/dev/null || fail "tool_sdtext ids on the prompt corpus"
+    echo "test_sd_text: D3PO_ASAN=1: hostile inputs and the corpus through the C side only; Python side skipped"
+    exit 0
+fi
+
+VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || fail "tests/sd/venv.sh failed"
+PY=$VENV/bin/python
+for k in sd1 sd2; do
+    "$PY" "$HERE/sd/make_tiny.py" --kind "$k" --out "$T/$k" >/dev/null 2>"$T/make.err" ||
+        { cat "$T/make.err"; fail "make_tiny.py --kind $k"; }
+done
+
+"$PY" "$HERE/sd/text_ref.py" random 400 7 "$T/random.jsonl" || fail "text_ref.py random"
+for k in sd1 sd2; do
+    for corpus in "$HERE/sd/prompts.jsonl" "$T/random.jsonl"; do
+        name=$(basename "$corpus" .jsonl)
+        "$TOOL" ids "$T/$k/tokenizer" "$corpus" >"$T/c.ids" || fail "tool_sdtext ids $k $name"
+        "$PY" "$HERE/sd/text_ref.py" ids slow "$T/$k/tokenizer" "$corpus" >"$T/slow.ids" 2>"$T/py.err" ||
+            { cat "$T/py.err"; fail "text_ref.py ids slow $k $name"; }
+        "$PY" "$HERE/sd/text_ref.py" ids fast "$T/$k/tokenizer" "$corpus" >"$T/fast.ids" 2>"$T/py.err" ||
+            { cat "$T/py.err"; fail "text_ref.py ids fast $k $name"; }
+        n=$(wc -l <"$T/slow.ids")
+        [ "$n" -gt 0 ] && [ "$(wc -l <"$T/c.ids")" -eq "$n" ] || fail "$k $name: $n reference lines, $(wc -l <"$T/c.ids") from C"
+        if ! cmp -s "$T/c.ids" "$T/slow.ids"; then
+            diff "$T/c.ids" "$T/slow.ids" | head -n 6
+            fail "$k $name: token ids differ from CLIPTokenizer (< C, > transformers) on $(diff "$T/c.ids" "$T/slow.ids" | grep -c '^<') of $n prompts"
+        fi
+        nf=$(diff "$T/slow.ids" "$T/fast.ids" | grep -c '^<')
+        echo "test_sd_text: $k $name: $n prompts, ids identical to CLIPTokenizer; CLIPTokenizerFast differs on $nf"
+    done
+done
+"$TOOL" hostile "$T/sd1/tokenizer" "$T" >"$T/hostile.out" || { cat "$T/hostile.out"; fail "hostile inputs"; }
+echo "test_sd_text: hostile prompts and files: $(grep -c '' "$T/hostile.out") checks printed, all clean"
