@@ -3,6 +3,12 @@
  * tokenizer's hostile-input checks.
  *
  *   tool_sdtext ids TOKDIR PROMPTS.jsonl    one line of ids per prompt
+ *   tool_sdtext states PIPE PROMPTS.jsonl OUT.bin
+ *                                           CLIP last_hidden_state, float32
+ *                                           [P, 77, D] little endian, through
+ *                                           sd_clip_encode (F32 pipelines: the
+ *                                           weights are read here with
+ *                                           engine/safetensors.h, by name)
  *   tool_sdtext hostile TOKDIR SCRATCHDIR   bad prompts and bad files: clean
  *                                           results or one-line errors; exit 0 when all hold
  *
@@ -13,11 +19,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "err.h"
+#include "safetensors.h"
+#include "sd/clip.h"
 #include "sd/tokenizer.h"
 
 static int usage(void) {
-    fprintf(stderr, "usage: tool_sdtext ids TOKDIR PROMPTS.jsonl | hostile TOKDIR SCRATCHDIR\n");
+    fprintf(stderr, "usage: tool_sdtext ids TOKDIR PROMPTS.jsonl | states PIPE PROMPTS.jsonl OUT.bin | "
+                    "hostile TOKDIR SCRATCHDIR\n");
     return 1;
 }
 
@@ -172,7 +182,75 @@ static int hostile(const char *tokdir, const char *scratch) {
     return failures ? 1 : 0;
 }
 
+typedef struct {
+    char **v;
+    int n;
+} strlist;
+
+static int collect(const char *text, size_t len, void *ctx) {
+    strlist *l = ctx;
+    char **nv = realloc(l->v, sizeof(char *) * (size_t)(l->n + 1));
+    if (!nv) return -1;
+    l->v = nv;
+    /* sd_clip_encode takes C strings: a NUL inside ends the prompt there */
+    l->v[l->n] = strndup(text, len);
+    return l->v[l->n++] ? 0 : -1;
+}
+
+static int states(const char *pipe, const char *prompts, const char *out) {
+    char err[D3_ERRLEN], path[8192];
+    snprintf(path, sizeof path, "%s/text_encoder/config.json", pipe);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j) { fprintf(stderr, "tool_sdtext: %s: %s\n", path, je.text); return 2; }
+    sd_clip_config c;
+    sd_layout L = {0};
+    int rc = sd_clip_config_from_json(&c, j, path, err) || sd_clip_layout(&c, &L, err);
+    json_decref(j);
+    if (rc) { fprintf(stderr, "tool_sdtext: %s\n", err); return 2; }
+    snprintf(path, sizeof path, "%s/text_encoder/model.safetensors", pipe);
+    st_file f;
+    if (st_load(&f, path, err)) { fprintf(stderr, "tool_sdtext: %s\n", err); return 2; }
+    float *params = calloc(L.numel, sizeof(float));
+    for (int i = 0; i < L.n; i++) {
+        const sd_param *p = &L.p[i];
+        const st_tensor *t = st_find(&f, p->name);
+        int same = t && t->dtype == ST_F32 && t->ndim == p->ndim;
+        for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == p->shape[d];
+        if (!same) {
+            fprintf(stderr, "tool_sdtext: %s: tensor %s missing, not F32 or of another shape\n", path, p->name);
+            return 2;
+        }
+        memcpy(params + p->off, t->data, p->numel * sizeof(float));
+    }
+    st_free(&f);
+    snprintf(path, sizeof path, "%s/tokenizer", pipe);
+    sd_tokenizer *tk = sd_tokenizer_load(path, err);
+    if (!tk) { fprintf(stderr, "tool_sdtext: %s\n", err); return 2; }
+    strlist l = {NULL, 0};
+    if (each_prompt(prompts, collect, &l)) return 2;
+    size_t per = (size_t)sd_tokenizer_max_length(tk) * c.hidden_size;
+    float *h = malloc(sizeof(float) * per * (size_t)l.n);
+    if (sd_clip_encode(backend_cpu(), &c, &L, params, tk, (const char *const *)l.v, l.n, h, err)) {
+        fprintf(stderr, "tool_sdtext: %s\n", err);
+        return 2;
+    }
+    FILE *o = fopen(out, "wb");
+    if (!o || fwrite(h, sizeof(float), per * (size_t)l.n, o) != per * (size_t)l.n || fclose(o)) {
+        fprintf(stderr, "tool_sdtext: %s: write failed\n", out);
+        return 2;
+    }
+    for (int i = 0; i < l.n; i++) free(l.v[i]);
+    free(l.v);
+    free(h);
+    free(params);
+    sd_layout_free(&L);
+    sd_tokenizer_free(tk);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 5 && strcmp(argv[1], "states") == 0) return states(argv[2], argv[3], argv[4]);
     if (argc != 4) return usage();
     if (strcmp(argv[1], "ids") == 0) {
         char err[D3_ERRLEN];

@@ -4,14 +4,18 @@ or CLIPTokenizerFast, and CLIPTextModel's last hidden state, in the plain
 text formats the C tool (tests/tool_sdtext.c) prints.
 
   python text_ref.py ids slow|fast TOKDIR PROMPTS.jsonl   one line of ids per prompt
-  python text_ref.py states PIPE PROMPTS.jsonl OUT.bin    float32 [P, 77, D], little endian
+  python text_ref.py refs DIR sd1,sd2 PROMPTS.jsonl...    in DIR, for each pipeline DIR/K:
+        K.NAME.slow.ids, K.NAME.fast.ids   one line of ids per prompt of NAME.jsonl
+        K.states.bin                       float32 [P, 77, D] little endian, first corpus
   python text_ref.py random N SEED OUT.jsonl              N random prompts from awkward characters
+  python text_ref.py compare C.bin REF.bin NAME           states within 1e-5 + 1e-5 |ref|
 
 PROMPTS.jsonl holds one JSON string per line. The ids are what diffusers'
 StableDiffusionPipeline.encode_prompt asks for: padding="max_length",
 max_length=model_max_length, truncation=True.
 """
 import json
+import os
 import sys
 
 
@@ -35,19 +39,44 @@ def main():
         tok = tokenizer(sys.argv[2], sys.argv[3])
         for row in ids(tok, prompts(sys.argv[4])):
             print(" ".join(map(str, row)))
-    elif mode == "states":
+    elif mode == "refs":
+        # everything test_sd_text.sh compares, in one process (torch and
+        # transformers take seconds to import): for each pipeline K and
+        # corpus C, OUT/K.C.slow.ids, OUT/K.C.fast.ids; OUT/K.states.bin for the first corpus
         import numpy as np
         import torch
         from transformers import CLIPTextModel
-        pipe, ps, out = sys.argv[2], prompts(sys.argv[3]), sys.argv[4]
-        tok = tokenizer("slow", pipe + "/tokenizer")
-        model = CLIPTextModel.from_pretrained(pipe + "/text_encoder").eval()
-        x = torch.tensor(ids(tok, ps))
-        with torch.no_grad():
-            # diffusers passes attention_mask only when the text encoder's
-            # config sets use_attention_mask (never for SD 1.x/2.x): none here
-            h = model(x)[0]
-        np.asarray(h.numpy(), dtype="<f4").tofile(out)
+        out, pipes, corpora = sys.argv[2], sys.argv[3].split(","), sys.argv[4:]
+        for k in pipes:
+            pipe = os.path.join(out, k)
+            for kind in ("slow", "fast"):
+                tok = tokenizer(kind, pipe + "/tokenizer")
+                for c in corpora:
+                    name = os.path.basename(c).rsplit(".", 1)[0]
+                    with open(os.path.join(out, "%s.%s.%s.ids" % (k, name, kind)), "w") as f:
+                        for row in ids(tok, prompts(c)):
+                            f.write(" ".join(map(str, row)) + "\n")
+            tok = tokenizer("slow", pipe + "/tokenizer")
+            model = CLIPTextModel.from_pretrained(pipe + "/text_encoder").eval()
+            with torch.no_grad():
+                # diffusers passes attention_mask only when the text encoder's
+                # config sets use_attention_mask (never for SD 1.x/2.x): none here
+                h = model(torch.tensor(ids(tok, prompts(corpora[0]))))[0]
+            np.asarray(h.numpy(), dtype="<f4").tofile(os.path.join(out, k + ".states.bin"))
+    elif mode == "compare":
+        # float32 states, C against transformers: |c - ref| <= 1e-5 + 1e-5 |ref|
+        # (the reason is in tests/test_sd_text.sh)
+        import numpy as np
+        c, ref, what = np.fromfile(sys.argv[2], "<f4"), np.fromfile(sys.argv[3], "<f4"), sys.argv[4]
+        if c.shape != ref.shape or c.size == 0:
+            sys.exit("test_sd_text: %s: %d floats from C, %d from transformers" % (what, c.size, ref.size))
+        err = np.abs(c.astype(np.float64) - ref)
+        bad = ~(err <= 1e-5 + 1e-5 * np.abs(ref))
+        print("test_sd_text: %s: text-encoder states (%d floats, max |ref| %.3g): max abs error %.3g, "
+              "%d over 1e-5 + 1e-5|ref|" % (what, c.size, np.abs(ref).max(), err.max(), bad.sum()))
+        if bad.any():
+            i = int(np.argmax(np.where(np.isfinite(err), err, np.inf)))
+            sys.exit("test_sd_text: %s: worst at float %d: C %.7g, transformers %.7g" % (what, i, c[i], ref[i]))
     elif mode == "random":
         import random
         rng = random.Random(int(sys.argv[3]))
