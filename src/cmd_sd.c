@@ -1,16 +1,23 @@
-/* cmd_sd.c - the Stable Diffusion-family side of `d3po info`: describes a
- * diffusers folder or a single-file SD 1.x checkpoint (family, image and
- * latent sizes, parameters and dtype of each part, scheduler, prediction
- * type). cmd_info (cmd_model.c) comes here when sd_pipeline_probe says the
- * path is such a model. Everything taken from the files is escaped before
- * it is printed. */
+/* cmd_sd.c - the Stable Diffusion-family side of `d3po info` and `d3po
+ * sample`: describes a diffusers folder or a single-file SD 1.x checkpoint
+ * (family, image and latent sizes, parameters and dtype of each part,
+ * scheduler, prediction type), and samples PNGs from it with latent DDIM
+ * (engine/sd/sdsample.h). cmd_info and cmd_sample (cmd_model.c) come here
+ * when sd_pipeline_probe says the path is such a model. Everything taken
+ * from the files is escaped before it is printed. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include "cli.h"
 #include "cmd_sd.h"
+#include "fsutil.h"
+#include "image.h"
+#include "rng.h"
 #include "sd/pipeline.h"
+#include "sd/sdsample.h"
 
 /* s with control characters (C0, DEL, C1) as '?', whole. */
 static void put_safe(const char *s) {
@@ -95,4 +102,141 @@ int sd_info(const char *path, const char *tokenizer) {
     putchar('\n');
     sd_pipeline_close(&p);
     return 0;
+}
+
+/* ---- sample ---- */
+
+/* The one tensor of a --latents file as x_T [C,h,w] (malloc'd). */
+static float *read_latents(const char *path, int C, int *h, int *w, char *err) {
+    st_file f;
+    if (st_map(&f, path, err)) return NULL;
+    float *x = NULL;
+    const st_tensor *t = f.ntensors == 1 ? &f.tensors[0] : NULL;
+    if (!t) {
+        d3_errf(err, "%s: holds %d tensors, expected one latent tensor [1,%d,h,w] or [%d,h,w]", path,
+                f.ntensors, C, C);
+    } else {
+        const int64_t *s = t->ndim == 4 ? t->shape + 1 : t->shape;
+        if ((t->ndim != 3 && t->ndim != 4) || (t->ndim == 4 && t->shape[0] != 1) || s[0] != C ||
+            s[1] < 1 || s[2] < 1 || s[1] > 4096 || s[2] > 4096)
+            d3_errf(err, "%s: tensor '%s' has the wrong shape: expected [1,%d,h,w] or [%d,h,w]", path,
+                    st_show(t->name).s, C, C);
+        else if (!(x = malloc(st_numel(t) * sizeof(float))))
+            d3_errf(err, "%s: out of memory", path);
+        else if (st_to_f32(t, x, path, err)) {
+            free(x);
+            x = NULL;
+        } else {
+            *h = (int)s[1];
+            *w = (int)s[2];
+        }
+    }
+    st_free(&f);
+    return x;
+}
+
+/* A file-name-safe, bounded form of a prompt. */
+static void prompt_name(char *dst, size_t n, const char *s) {
+    size_t j = 0;
+    for (; *s && j + 1 < n && j < 48; s++) {
+        unsigned char ch = (unsigned char)*s;
+        dst[j++] = (ch == '/' || ch == ' ' || ch < 0x20 || ch == 0x7f || ch >= 0x80) ? '_' : (char)ch;
+    }
+    dst[j] = 0;
+    if (!j || !strcmp(dst, ".") || !strcmp(dst, "..")) snprintf(dst, n, "prompt");
+}
+
+int sd_sample(const sd_sample_args *a, const d3_backend *be) {
+    char err[D3_ERRLEN];
+    sd_model m;
+    if (sd_model_load(&m, a->model, a->tokenizer, be, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        return EXIT_FAIL;
+    }
+    int rc = EXIT_FAIL, C = m.latent_c, h = m.p.unet.sample_size, w = h;
+    float *x0 = NULL, *x = NULL, *ctx = NULL;
+    uint8_t *rgb = NULL;
+    d3_tape *tp = NULL;
+    if (a->width || a->height) {
+        if (a->width % m.factor || a->height % m.factor) {
+            fprintf(stderr, "d3po sample: --size %dx%d: both sides must be multiples of %d (the VAE's factor)\n",
+                    a->width, a->height, m.factor);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        w = a->width / m.factor;
+        h = a->height / m.factor;
+    }
+    if (a->latents) {
+        int lh, lw;
+        if (!(x0 = read_latents(a->latents, C, &lh, &lw, err))) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            goto out;
+        }
+        if ((a->width || a->height) && (lh != h || lw != w)) {
+            fprintf(stderr, "d3po sample: --size %dx%d disagrees with the %dx%d latents of %s\n",
+                    a->width, a->height, lw * m.factor, lh * m.factor, a->latents);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        h = lh;
+        w = lw;
+    }
+    if (sd_unet_check_size(&m.p.unet, h, w, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    size_t Dx = (size_t)C * h * w, Dc = sd_model_ctx_floats(&m);
+    int H = h * m.factor, W = w * m.factor;
+    x = malloc(Dx * sizeof(float));
+    ctx = malloc(2 * Dc * sizeof(float));
+    rgb = malloc((size_t)H * W * 3);
+    tp = tape_new(be);
+    if (!x || !ctx || !rgb || !tp) {
+        fprintf(stderr, "d3po sample: out of memory\n");
+        goto out;
+    }
+    const char *pr[2] = {a->prompt, a->negative ? a->negative : ""};
+    if (sd_model_encode(&m, pr, 2, ctx, err) || fs_mkdirs(a->out, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        goto out;
+    }
+    ddim_opts o = {.steps = (int)a->steps, .eta = (float)a->eta, .cfg = (float)a->cfg};
+    char name[64];
+    prompt_name(name, sizeof name, a->prompt);
+    for (long i = 0; i < a->count; i++) {
+        d3_rng r, step;
+        /* image i: x_T from stream 2i, step noise from stream 2i+1 (as the
+         * pixel family's sample --count) */
+        if (x0) {
+            memcpy(x, x0, Dx * sizeof(float));
+        } else {
+            rng_init(&r, a->seed, 2 * (uint64_t)i);
+            rng_normal(&r, x, Dx);
+        }
+        rng_init(&step, a->seed, 2 * (uint64_t)i + 1);
+        if (sd_ddim_sample(&m, tp, &o, 1, ctx, ctx + Dc, x, h, w, &step, NULL, NULL, err) ||
+            sd_model_decode(&m, tp, x, 1, h, w, rgb, err)) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            goto out;
+        }
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s-%llu-%ld.png", a->out, name, (unsigned long long)a->seed, i);
+        if (png_write_rgb(path, rgb, W, H, err)) {
+            fprintf(stderr, "d3po sample: %s\n", err);
+            goto out;
+        }
+        put_safe(path);
+        putchar('\n');
+    }
+    rc = 0;
+out:
+    if (tp) tape_free(tp);
+    free(x0);
+    free(x);
+    free(ctx);
+    free(rgb);
+    sd_model_free(&m);
+    return rc;
 }

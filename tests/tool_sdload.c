@@ -13,13 +13,23 @@
  *       wrong shape, a missing or extra tensor is an error)
  *   tool_sdload plan MODEL K
  *       the DDIM plan: one line "t abar_t abar_prev" per step
+ *   tool_sdload sample MODEL PROMPT LATENTS K ETA CFG OUT
+ *       latent DDIM from the x_T in LATENTS (one tensor [1,C,h,w]), the
+ *       negative prompt "", step noise from seed 0 stream 1: OUT gets the
+ *       trajectory "traj" [K+1,C,h,w] (and "logp" [K] when ETA > 0)
+ *   tool_sdload logp MODEL PROMPT TRAJ K ETA CFG
+ *       teacher-forced log-probs of the trajectory "traj" [K+1,C,h,w] in
+ *       TRAJ: one line per step
  * Exit 0, 1 usage, 2 error (the one-line message on stderr). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
+#include "rng.h"
 #include "safetensors.h"
 #include "sd/pipeline.h"
+#include "sd/sdsample.h"
 
 /* A layout of the tensors w holds (squeezed attention weights as [C,C]). */
 static int layout_of(const sd_weights *w, sd_layout *L, char *err) {
@@ -119,14 +129,86 @@ static int plan(const char *model, int K, char *err) {
     return rc;
 }
 
+/* The one tensor named name of path, as floats [numel] (malloc'd). */
+static float *read_tensor(const char *path, const char *name, int64_t *shape, int *ndim, char *err) {
+    st_file f;
+    if (st_map(&f, path, err)) return NULL;
+    const st_tensor *t = st_find(&f, name);
+    float *x = NULL;
+    if (!t) d3_errf(err, "%s: no tensor '%s'", path, name);
+    else if ((x = malloc(st_numel(t) * sizeof(float))) && st_to_f32(t, x, path, err)) {
+        free(x);
+        x = NULL;
+    }
+    if (x) {
+        *ndim = t->ndim;
+        memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    }
+    st_free(&f);
+    return x;
+}
+
+static int run_sd(int logp_mode, char **a, char *err) {
+    sd_model m;
+    if (sd_model_load(&m, a[0], NULL, backend_cpu(), err)) return -1;
+    int64_t sh[ST_MAX_DIMS];
+    int nd, rc = -1, K = atoi(a[3]);
+    ddim_opts o = {.steps = K, .eta = (float)atof(a[4]), .cfg = (float)atof(a[5])};
+    float *x = read_tensor(a[2], logp_mode ? "traj" : "latents", sh, &nd, err);
+    size_t Dc = sd_model_ctx_floats(&m);
+    float *ctx = malloc(2 * Dc * sizeof(float));
+    float *traj = NULL, *lp = malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
+    d3_tape *tp = tape_new(backend_cpu());
+    const char *pr[2] = {a[1], ""};
+    if (!x || sd_model_encode(&m, pr, 2, ctx, err)) goto out;
+    if (nd != 4) {
+        d3_errf(err, "%s: expected a 4-dim tensor", a[2]);
+        goto out;
+    }
+    int h = (int)sh[2], w = (int)sh[3];
+    size_t Dx = (size_t)sh[1] * h * w;
+    if (logp_mode) {
+        if (sh[0] != K + 1) {
+            d3_errf(err, "%s: traj has %lld states, K+1 = %d expected", a[2], (long long)sh[0], K + 1);
+            goto out;
+        }
+        if (sd_traj_logp(&m, tp, &o, ctx, ctx + Dc, x, h, w, lp, err)) goto out;
+        for (int k = 0; k < K; k++) printf("%.9g\n", lp[k]);
+        rc = 0;
+        goto out;
+    }
+    d3_rng r;
+    rng_init(&r, 0, 1);
+    traj = malloc((size_t)(K + 1) * Dx * sizeof(float));
+    if (sd_ddim_sample(&m, tp, &o, 1, ctx, ctx + Dc, x, h, w, &r, traj, o.eta > 0 ? lp : NULL, err))
+        goto out;
+    st_writer *wr = st_writer_new();
+    int64_t ts[4] = {K + 1, sh[1], h, w}, ls[1] = {K};
+    rc = st_writer_add(wr, "traj", ST_F32, 4, ts, traj, err);
+    if (!rc && o.eta > 0) rc = st_writer_add(wr, "logp", ST_F32, 1, ls, lp, err);
+    if (!rc) rc = st_writer_save(wr, a[6], err);
+    st_writer_free(wr);
+out:
+    tape_free(tp);
+    free(x);
+    free(ctx);
+    free(traj);
+    free(lp);
+    sd_model_free(&m);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     char err[D3_ERRLEN] = "";
     int rc;
     if (argc >= 4 && !strcmp(argv[1], "dump")) rc = dump(argv[2], argv[3], argc > 4 ? argv[4] : NULL, err);
     else if (argc == 4 && !strcmp(argv[1], "fill")) rc = fill(argv[2], argv[3], err);
     else if (argc == 4 && !strcmp(argv[1], "plan")) rc = plan(argv[2], atoi(argv[3]), err);
+    else if (argc == 9 && !strcmp(argv[1], "sample")) rc = run_sd(0, argv + 2, err);
+    else if (argc == 8 && !strcmp(argv[1], "logp")) rc = run_sd(1, argv + 2, err);
     else {
-        fprintf(stderr, "usage: tool_sdload dump MODEL OUTDIR [TOKENIZER] | fill REF MODEL | plan MODEL K\n");
+        fprintf(stderr, "usage: tool_sdload dump MODEL OUTDIR [TOKENIZER] | fill REF MODEL | plan MODEL K\n"
+                        "       tool_sdload sample MODEL PROMPT LATENTS K ETA CFG OUT | logp MODEL PROMPT TRAJ K ETA CFG\n");
         return 1;
     }
     if (rc) {

@@ -465,6 +465,8 @@ int sd_pipeline_open(sd_pipeline *p, const char *path, const char *tokenizer, ch
         rc = d3_errf(err, p->single ? "%s: a single-file checkpoint has no tokenizer: put CLIP's vocab.json and merges.txt in %s (a tokenizer/ folder beside the file) or pass --tokenizer DIR"
                                     : "%s: no tokenizer: %s needs vocab.json and merges.txt (or pass --tokenizer DIR)",
                      path, p->tokenizer);
+    if (!rc) rc = sd_clip_config_from_json(&p->clip, p->config[SD_TEXT_ENCODER], p->config_path[SD_TEXT_ENCODER], err);
+    if (!rc) rc = sd_clip_layout(&p->clip, &p->L[SD_TEXT_ENCODER], err);
     if (!rc) rc = sd_unet_config_from_json(&p->unet, p->config[SD_UNET], p->config_path[SD_UNET], err);
     if (!rc) rc = sd_vae_config_from_json(&p->vae, p->config[SD_VAE], p->config_path[SD_VAE], err);
     if (!rc) rc = sd_unet_layout(&p->unet, &p->L[SD_UNET], err);

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "clip.h"
 #include "err.h"
 #include "sdunet.h"
 #include "vae.h"
@@ -71,7 +72,8 @@ typedef struct {
     char config_path[SD_NPARTS][1100];
     sd_weights weights[SD_NPARTS];
     char tokenizer[1100];      /* the folder holding vocab.json and merges.txt */
-    sd_unet_config unet;       /* parsed by the components' own parsers */
+    sd_clip_config clip;       /* parsed by the components' own parsers */
+    sd_unet_config unet;
     sd_vae_config vae;
     sd_layout L[SD_NPARTS];    /* each part's layout, checked against its files
                                   (names, shapes, dtypes); n == 0: not built */
