@@ -28,7 +28,6 @@
 #include "safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -384,26 +383,13 @@ int st_load(st_file *f, const char *path, char *err) {
 
 int st_map(st_file *f, const char *path, char *err) {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return d3_errf(err, "%s: open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st)) {
-        int e = errno;
-        close(fd);
-        return d3_errf(err, "%s: fstat: %s", path, strerror(e));
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        return d3_errf(err, "%s: is a directory, expected a file", path);
-    }
+    int fd = fs_open_read(path, &st, err);
+    if (fd < 0) return -1;
     if (!S_ISREG(st.st_mode)) {
         close(fd);
         return d3_errf(err, "%s: not a regular file (a safetensors file is mapped, not streamed)",
                        path);
-    }
-    if ((uint64_t)st.st_size > SIZE_MAX / 2) {
-        close(fd);
-        return d3_errf(err, "%s: file too large (%lld bytes)", path, (long long)st.st_size);
     }
     size_t len = (size_t)st.st_size;
     if (len < 8) { /* mmap of 0 bytes fails; st_parse says what is wrong */
