@@ -100,6 +100,8 @@ grep -q "2 shards" "$T/out" && ok "  ...2 shards" || { no "  ...info text"; cat 
 expect 0 "info on the single file" "$D3" info "$M/single/sd1.safetensors"
 grep -q "single-file checkpoint" "$T/out" && grep -q "image size: *512x512" "$T/out" && ok "  ...single file, 512x512" || { no "  ...info text"; cat "$T/out"; }
 expect 0 "info on the single file with --tokenizer" "$D3" info "$M/bad/notok.safetensors" --tokenizer "$M/sd1/tokenizer"
+expect 2 "--tokenizer naming a folder without vocab.json" "$D3" info "$M/sd1" --tokenizer "$M/bad"
+one_line "  ...names it" "tokenizer folder .*/bad lacks vocab.json or merges.txt"
 
 # 4. errors
 B2=$M/bad

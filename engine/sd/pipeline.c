@@ -461,7 +461,9 @@ int sd_pipeline_open(sd_pipeline *p, const char *path, const char *tokenizer, ch
         rc = d3_errf(err, "%s: neither a folder nor a regular file", path);
     }
     if (!rc && tokenizer) snprintf(p->tokenizer, sizeof p->tokenizer, "%s", tokenizer);
-    if (!rc && !tokenizer_ok(p->tokenizer))
+    if (!rc && tokenizer && !tokenizer_ok(p->tokenizer))
+        rc = d3_errf(err, "%s: tokenizer folder %s lacks vocab.json or merges.txt", path, tokenizer);
+    else if (!rc && !tokenizer_ok(p->tokenizer))
         rc = d3_errf(err, p->single ? "%s: a single-file checkpoint has no tokenizer: put CLIP's vocab.json and merges.txt in %s (a tokenizer/ folder beside the file) or pass --tokenizer DIR"
                                     : "%s: no tokenizer: %s needs vocab.json and merges.txt (or pass --tokenizer DIR)",
                      path, p->tokenizer);
