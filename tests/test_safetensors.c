@@ -451,6 +451,50 @@ static void test_f16_exhaustive(void) {
     CHECK(isinf(st_bf16_to_f32(0x7f80)) && isnan(st_bf16_to_f32(0x7fc0)), "bf16 inf, nan");
 }
 
+/* The bulk conversion (vector F16C path where built, threads over chunks)
+ * against the scalar definition for every finite half, stored at an odd
+ * address (a 1-byte tensor first), and every bfloat16. */
+static void test_bulk_convert(void) {
+    char path[512], err[D3_ERRLEN] = "";
+    path_in(path, sizeof path, "bulk.safetensors");
+    enum { NF = 31 * 1024 * 2 }; /* exponents 0..30, both signs */
+    static uint16_t h[NF], b[NF];
+    static float out[NF];
+    int n = 0;
+    for (uint32_t x = 0; x < 65536; x++)
+        if (((x >> 10) & 31) != 31) h[n++] = (uint16_t)x;
+    CHECK(n == NF, "%d finite halves", n);
+    for (int i = 0; i < NF; i++) b[i] = h[i]; /* finite bf16 too: exponent < 31 of 255 */
+    uint8_t one = 7;
+    int64_t s1[1] = {1}, sn[1] = {NF};
+    st_writer *w = st_writer_new();
+    CHECK(st_writer_add(w, "pad", ST_U8, 1, s1, &one, err) == 0, "%s", err);
+    CHECK(st_writer_add(w, "h", ST_F16, 1, sn, h, err) == 0, "%s", err);
+    CHECK(st_writer_add(w, "b", ST_BF16, 1, sn, b, err) == 0, "%s", err);
+    CHECK(st_writer_save(w, path, err) == 0, "%s", err);
+    st_writer_free(w);
+    st_file f;
+    CHECK(st_map(&f, path, err) == 0, "%s", err);
+    if (f.ntensors != 3) return;
+    const st_tensor *th = st_find(&f, "h"), *tb = st_find(&f, "b");
+    CHECK(((uintptr_t)th->data & 1) == 1, "the F16 data is not at an odd address");
+    CHECK(st_to_f32(th, out, path, err) == 0, "%s", err);
+    int bad = 0;
+    for (int i = 0; i < NF && bad < 3; i++)
+        if (memcmp(&out[i], &(float){st_f16_to_f32(h[i])}, 4)) {
+            bad++;
+            CHECK(0, "half 0x%04x: bulk %g, scalar %g", h[i], out[i], st_f16_to_f32(h[i]));
+        }
+    CHECK(st_to_f32(tb, out, path, err) == 0, "%s", err);
+    for (int i = 0; i < NF && bad < 3; i++)
+        if (out[i] != st_bf16_to_f32(b[i])) {
+            bad++;
+            CHECK(0, "bf16 0x%04x: bulk %g", b[i], out[i]);
+        }
+    st_free(&f);
+    unlink(path);
+}
+
 /* Writes F32, F16, BF16 and I64 tensors, maps the file and converts. */
 static void test_map_convert(void) {
     char path[512], err[D3_ERRLEN] = "";
@@ -638,6 +682,7 @@ int main(void) {
     RUN(test_truncated_and_corrupted);
     RUN(test_f16_exhaustive);
     RUN(test_map_convert);
+    RUN(test_bulk_convert);
     RUN(test_load_errors);
     RUN(test_fs_atomic);
     RUN(test_fs_mkdirs);
