@@ -61,6 +61,9 @@ int sd_model_load(sd_model *m, const char *path, const char *tokenizer, const d3
             free(host);
         }
         if (bad) goto fail;
+        /* the floats are in place: unmap the files (their pages leave the
+         * process; only the float32 copy stays) */
+        sdw_free(&m->p.weights[k]);
     }
     return 0;
 fail:

@@ -47,8 +47,10 @@ typedef struct {
 } sd_model;
 
 /* Opens the pipeline (see sd_pipeline_open; tokenizer may be NULL), reads
- * CLIP's config and the tokenizer, and converts every part's weights into
- * device buffers of backend be. 0/-1 with err naming the file. */
+ * the tokenizer, and converts every part's weights into device buffers of
+ * backend be (on the CPU straight from the mapped files into the buffers
+ * the ops read), then unmaps the files (m->p.weights are closed; configs
+ * and layouts stay). 0/-1 with err naming the file. */
 int sd_model_load(sd_model *m, const char *path, const char *tokenizer, const d3_backend *be,
                   char *err);
 void sd_model_free(sd_model *m);
