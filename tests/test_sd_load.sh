@@ -6,7 +6,9 @@
 # $SD_VENV or $B/sd-venv): SD1 in fp32, fp16 and bf16, SD2 (v-prediction,
 # linear projections), BK-SDM (no mid block), the SD1 UNet in two shards
 # with an index, the old VAE attention names, and a single-file SD 1.x
-# checkpoint made by our own inverse mapping (tests/sd/load_ref.py). Then:
+# checkpoint made by our own inverse mapping (tests/sd/load_ref.py), and
+# SD 1.5's structure at toy widths (four levels, upsamplers after
+# transformers, 32 groups) as a folder and as a single file. Then:
 #   1. every tensor d3po loads (tool_sdload dump: the UNet and VAE through
 #      their own config parsers and layouts) equals, exactly, what
 #      diffusers/transformers load from the folder, or what diffusers' own
@@ -63,7 +65,7 @@ mkdir -p "$M"
 if "$PY" "$HERE/sd/load_ref.py" make "$M" >"$T/make.log" 2>&1; then ok "tiny pipelines and variants built"; else no "load_ref.py make"; tail -n 5 "$T/make.log"; exit 1; fi
 
 # 1. tensors
-MODELS="sd1 sd1-fp16 sd1-bf16 sd2 bksdm sd1-shards sd1-oldvae single/sd1.safetensors"
+MODELS="sd1 sd1-fp16 sd1-bf16 sd2 bksdm sd15 sd1-shards sd1-oldvae single/sd1.safetensors single15/sd15.safetensors"
 PAIRS=""
 for m in $MODELS; do
     mkdir -p "$T/dump/$m"
@@ -97,6 +99,8 @@ expect 0 "info on BK-SDM" "$D3" info "$M/bksdm"
 grep -q "^family: *BK-SDM" "$T/out" && grep -q "no mid block" "$T/out" && ok "  ...BK-SDM, no mid block" || { no "  ...info text"; cat "$T/out"; }
 expect 0 "info on the sharded folder" "$D3" info "$M/sd1-shards"
 grep -q "2 shards" "$T/out" && ok "  ...2 shards" || { no "  ...info text"; cat "$T/out"; }
+expect 0 "SD 1.5-structured single file samples (derived configs)" "$D3" sample --model "$M/single15/sd15.safetensors" \
+    --prompt "a cat" --size 64x64 --steps 2 --out "$T/s15"
 expect 0 "info on the single file" "$D3" info "$M/single/sd1.safetensors"
 grep -q "single-file checkpoint" "$T/out" && grep -q "image size: *512x512" "$T/out" && ok "  ...single file, 512x512" || { no "  ...info text"; cat "$T/out"; }
 expect 0 "info on the single file with --tokenizer" "$D3" info "$M/bad/notok.safetensors" --tokenizer "$M/sd1/tokenizer"

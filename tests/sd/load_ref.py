@@ -1,7 +1,9 @@
 """load_ref.py - the Python side of tests/test_sd_load.sh.
 
   python load_ref.py make DIR     tiny pipelines and their variants in DIR:
-      sd1 (fp32), sd1-fp16, sd1-bf16, sd2 (fp32, v-prediction), bksdm;
+      sd1 (fp32), sd1-fp16, sd1-bf16, sd2 (fp32, v-prediction), bksdm,
+      sd15 (SD 1.5's structure at toy widths: four levels, upsamplers after
+      transformers, 32 groups) and its single file single15/sd15.safetensors;
       sd1-shards (the UNet split into two shards with an index we write),
       sd1-oldvae (the VAE's attention under the old query/key/value/
       proj_attn names), sd1.safetensors (a single-file LDM checkpoint made
@@ -111,13 +113,71 @@ def vae_to_ldm(sd, cfg):
     return out
 
 
-def make(d):
+def build_sd15(out):
+    """SD 1.5's structure at toy widths: four levels (three cross-attention
+    down blocks, a plain one; upsamplers after transformers), two layers per
+    block, a four-level VAE with two resnets per level, 32 groups as SD."""
     import torch
+    import make_tiny
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 32, 64, 64), norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=64, attention_head_dim=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2, norm_num_groups=32, sample_size=64)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=64, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=1, max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1))
+    for mod in (unet, vae, text):
+        for p in mod.parameters():
+            with torch.no_grad():
+                p.add_(torch.randn_like(p) * 0.02)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+    os.makedirs(out, exist_ok=True)
+    tok = make_tiny.write_tokenizer(out, "<|endoftext|>")
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                            safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(out, safe_serialization=True)
+
+
+def single_file(src, out):
+    """A single-file LDM checkpoint of folder src by our inverse mapping,
+    with a tokenizer/ folder beside it."""
+    import torch
+    cfg = {c: json.load(open(os.path.join(src, c, "config.json"))) for c in ("unet", "vae")}
+    ck = {}
+    ck.update(unet_to_ldm(load_st(os.path.join(src, "unet", "diffusion_pytorch_model.safetensors")), cfg["unet"]))
+    ck.update(vae_to_ldm(load_st(os.path.join(src, "vae", "diffusion_pytorch_model.safetensors")), cfg["vae"]))
+    for k, v in load_st(os.path.join(src, "text_encoder", "model.safetensors")).items():
+        ck["cond_stage_model.transformer." + k] = v
+    ck["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77).reshape(1, 77)
+    ck["betas"] = torch.linspace(0.00085, 0.012, 1000)
+    ck["model_ema.decay"] = torch.tensor(0.9999)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    save_st(ck, out)
+    tk = os.path.join(os.path.dirname(out), "tokenizer")
+    if not os.path.isdir(tk):
+        shutil.copytree(os.path.join(src, "tokenizer"), tk)
+    return ck
+
+
+def make(d):
     import make_tiny
     for name, kind, dtype in (("sd1", "sd1", "fp32"), ("sd1-fp16", "sd1", "fp16"),
                               ("sd1-bf16", "sd1", "bf16"), ("sd2", "sd2", "fp32"),
                               ("bksdm", "bksdm", "fp32")):
         make_tiny.build(kind, os.path.join(d, name), 0, dtype, 8)
+    build_sd15(os.path.join(d, "sd15"))
+    single_file(os.path.join(d, "sd15"), os.path.join(d, "single15", "sd15.safetensors"))
     src = os.path.join(d, "sd1")
 
     # the UNet in two shards with an index (diffusers' sharded layout)
@@ -151,19 +211,7 @@ def make(d):
     save_st(vs, vp)
 
     # a single-file SD 1.x checkpoint by our inverse mapping
-    cfg = {c: json.load(open(os.path.join(src, c, "config.json"))) for c in ("unet", "vae")}
-    ck = {}
-    ck.update(unet_to_ldm(load_st(os.path.join(src, "unet", "diffusion_pytorch_model.safetensors")), cfg["unet"]))
-    ck.update(vae_to_ldm(load_st(os.path.join(src, "vae", "diffusion_pytorch_model.safetensors")), cfg["vae"]))
-    for k, v in load_st(os.path.join(src, "text_encoder", "model.safetensors")).items():
-        ck["cond_stage_model.transformer." + k] = v
-    ck["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77).reshape(1, 77)
-    ck["betas"] = torch.linspace(0.00085, 0.012, 1000)
-    ck["model_ema.decay"] = torch.tensor(0.9999)
-    single = os.path.join(d, "single")
-    os.makedirs(single)
-    save_st(ck, os.path.join(single, "sd1.safetensors"))
-    shutil.copytree(os.path.join(src, "tokenizer"), os.path.join(single, "tokenizer"))
+    ck = single_file(src, os.path.join(d, "single", "sd1.safetensors"))
     broken(d, src, ck)
     print(d)
 
@@ -248,7 +296,8 @@ def reference(model, single):
     if single:
         from diffusers.loaders import single_file_utils as su
         ck = load_st(model)
-        folder = os.path.join(os.path.dirname(os.path.dirname(model)), "sd1")
+        folder = os.path.join(os.path.dirname(os.path.dirname(model)),
+                              "sd15" if "sd15" in os.path.basename(model) else "sd1")
         cfg = {c: json.load(open(os.path.join(folder, c, "config.json"))) for c in ("unet", "vae")}
         return {"unet": su.convert_ldm_unet_checkpoint(ck, cfg["unet"]),
                 "vae": su.convert_ldm_vae_checkpoint(ck, cfg["vae"]),
