@@ -25,7 +25,8 @@
  *         to_out.0} (1x1 convolutions in LDM: squeezed), norm_out =
  *         conv_norm_out, nin_shortcut = conv_shortcut.
  *   CLIP  cond_stage_model.transformer. is removed; the rest is
- *         transformers' CLIPTextModel names already.
+ *         transformers' CLIPTextModel names already (checkpoints saved
+ *         by transformers before text_model. existed get it added).
  * A name the conversion does not know is left out, as diffusers' single-
  * file loader leaves it out (EMA copies, LDM schedule buffers, ...). */
 #include "weights.h"
@@ -395,7 +396,8 @@ int sdw_ldm_name(sd_part part, const char *ldm, int lpb, int nup, char *out, siz
     switch (part) {
     case SD_UNET: return ldm_unet(ldm, lpb, out, cap);
     case SD_VAE: return ldm_vae(ldm, nup, out, cap, squeeze);
-    case SD_TEXT_ENCODER: return OUT("%s", ldm);
+    case SD_TEXT_ENCODER: /* older transformers saved CLIPTextModel without "text_model." */
+        return strncmp(ldm, "text_model.", 11) ? OUT("text_model.%s", ldm) : OUT("%s", ldm);
     default: return 0;
     }
 }
