@@ -483,8 +483,9 @@ static void pop_decision(d3_session *s) {
 }
 
 /* Applies one journal line; -1 with err "PATH:LINE: ...". */
+/* dry: only checks the line (session_check_journal), changes nothing. */
 static int replay_line(d3_session *s, const char *path, long lineno, const char *line, size_t len,
-                       char *err) {
+                       int dry, char *err) {
     json_error_t je;
     json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
     if (!o) return d3_errf(err, "%s:%ld: %s", path, lineno, je.text);
@@ -516,11 +517,13 @@ static int replay_line(d3_session *s, const char *path, long lineno, const char 
             /* undo: cancels the newest decision not yet undone; our writer
              * never writes one with nothing to undo, and if one appears
              * there is nothing to cancel */
-            if (s->nstack) pop_decision(s);
+            if (s->nstack && !dry) pop_decision(s);
             rc = 0;
         } else if (pair >= s->cap || !s->present[pair]) {
             d3_errf(err, "%s:%ld: pair %ld has no pairs/%06ld.traj (journal and pairs/ differ)",
                     path, lineno, pair, pair);
+        } else if (dry) {
+            rc = 0;
         } else if (push_decision(s, pair, choice)) {
             d3_errf(err, "%s:%ld: out of memory", path, lineno);
         } else {
@@ -559,7 +562,7 @@ static int replay_journal(d3_session *s, char *err) {
                 /* a bad line is skipped, not fatal: the rest of the session
                  * works, and `d3po session check --repair` moves it aside */
                 char why[D3_ERRLEN];
-                if (replay_line(s, p, lineno, (const char *)buf + start, l, why))
+                if (replay_line(s, p, lineno, (const char *)buf + start, l, 0, why))
                     session_warn(s, "%s; line skipped (d3po session check --repair moves it aside)",
                                  why);
                 else
@@ -578,6 +581,85 @@ static int replay_journal(d3_session *s, char *err) {
 }
 
 static int check_writable(const d3_session *s, const char *what, char *err);
+
+int session_check_journal(d3_session *s, int repair,
+                          void (*report)(void *ctx, const char *problem), void *ctx, char *err) {
+    char p[PATH_LEN], bp[PATH_LEN], why[D3_ERRLEN];
+    if (pathf(p, err, "%s/labels.jsonl", s->dir) || pathf(bp, err, "%s/labels.jsonl.bad", s->dir))
+        return -1;
+    if (repair && check_writable(s, "repair", err)) return -1;
+    unsigned char *buf;
+    size_t len;
+    if (!is_file(p)) return 0;
+    if (fs_read_all(p, &buf, &len, err)) return -1;
+    char *keep = malloc(len + 1), *bad = malloc(len + 2);
+    size_t nk = 0, nb = 0, start = 0;
+    long lineno = 0;
+    int nbad = 0;
+    if (!keep || !bad) {
+        free(buf); free(keep); free(bad);
+        return d3_errf(err, "%s: out of memory", p);
+    }
+    while (start < len) {
+        const unsigned char *nl = memchr(buf + start, '\n', len - start);
+        size_t end = nl ? (size_t)(nl - buf) : len, l = end - start;
+        lineno++;
+        int ok = 1;
+        if (!nl) {
+            d3_errf(why, "%s:%ld: torn last line (%zu bytes, a write cut short by a crash)", p,
+                    lineno, l);
+            ok = 0;
+        } else {
+            size_t lt = l && buf[start + l - 1] == '\r' ? l - 1 : l;
+            if (lt && replay_line(s, p, lineno, (const char *)buf + start, lt, 1, why)) ok = 0;
+        }
+        if (ok) {
+            memcpy(keep + nk, buf + start, l + 1);
+            nk += l + 1;
+        } else {
+            text_escape_inplace(why, sizeof why);
+            if (report) report(ctx, why);
+            memcpy(bad + nb, buf + start, l);
+            nb += l;
+            bad[nb++] = '\n';
+            nbad++;
+        }
+        start = end + 1;
+    }
+    free(buf);
+    int rc = nbad;
+    if (repair && nbad) {
+        /* first the bad lines into labels.jsonl.bad (appended, fsync'd),
+         * then the journal without them: a crash between the two leaves a
+         * line in both, never in neither */
+        int fd = open(bp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+        if (fd < 0 || write(fd, bad, nb) != (ssize_t)nb || fsync(fd)) {
+            rc = d3_errf(err, "%s: %s", bp, strerror(errno));
+        } else {
+            const void *parts[1] = {keep};
+            size_t lens[1] = {nk};
+            if (fs_write_atomic(p, parts, lens, nk ? 1 : 0, err)) rc = -1;
+        }
+        if (fd >= 0) close(fd);
+    }
+    free(keep);
+    free(bad);
+    return rc;
+}
+
+int session_set_aside_pair(d3_session *s, long id, char *err) {
+    if (check_writable(s, "set a pair aside", err)) return -1;
+    char p[PATH_LEN], q[PATH_LEN];
+    session_pair_path(s, id, "traj", p, sizeof p);
+    if (pathf(q, err, "%s.bad", p)) return -1;
+    if (rename(p, q)) return d3_errf(err, "%s: rename to %s: %s", p, q, strerror(errno));
+    if (id >= 0 && id < s->cap && s->present[id]) {
+        s->present[id] = 0;
+        s->npairs--;
+    }
+    char d[PATH_LEN];
+    return pathf(d, err, "%s/pairs", s->dir) ? -1 : sync_dir(d, err);
+}
 
 /* ---- trained labels (rounds/NNNN.labels) ---- */
 

@@ -192,6 +192,20 @@ int session_open(const char *dir, d3_session *s, char *err);
  * shows as a torn last line. */
 int session_open_readonly(const char *dir, d3_session *s, char *err);
 
+/* Checks every line of labels.jsonl as session_open replays it; each bad
+ * line (and a torn tail) goes to report as "FILE:LINE: why". With repair
+ * (a session opened for writing), the bad lines are appended to
+ * labels.jsonl.bad beside it (fsync'd) and the journal is rewritten
+ * without them atomically; nothing is deleted, and the labels the session
+ * replays do not change. Close and reopen the session after a repair.
+ * Returns the number of bad lines, or -1 with err. */
+int session_check_journal(d3_session *s, int repair,
+                          void (*report)(void *ctx, const char *problem), void *ctx, char *err);
+
+/* Renames pairs/NNNNNN.traj to NNNNNN.traj.bad (a damaged pair set aside,
+ * not deleted); the pair no longer exists for the session. */
+int session_set_aside_pair(d3_session *s, long id, char *err);
+
 /* Releases the lock and everything session_open allocated. */
 void session_close(d3_session *s);
 
