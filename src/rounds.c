@@ -176,8 +176,11 @@ int rounds_fix_prompt(rounds *d, const char *prompt, char *err) {
     return rc;
 }
 
-int rounds_prompts_file(d3_session *s, const char *path, char *err) {
+int rounds_read_prompt_file(const char *path, char ***pp, int **wp, int *np, char *err) {
     FILE *f = fopen(path, "r");
+    *pp = NULL;
+    *wp = NULL;
+    *np = 0;
     if (!f) return d3_errf(err, "%s: %s", path, strerror(errno));
     char line[SESSION_PROMPT_LEN + 16];
     char **p = calloc(SESSION_MAX_PROMPTS, sizeof *p);
@@ -229,7 +232,23 @@ int rounds_prompts_file(d3_session *s, const char *path, char *err) {
     if (!rc && ferror(f)) rc = d3_errf(err, "%s: read error", path);
     fclose(f);
     if (!rc && !n) rc = d3_errf(err, "%s: no prompt in the file", path);
-    if (!rc) rc = session_set_prompts(s, (const char *const *)p, w, n, s->prompt_fixed, err);
+    if (rc) {
+        for (int i = 0; i < n; i++) free(p[i]);
+        free(p);
+        free(w);
+        return -1;
+    }
+    *pp = p;
+    *wp = w;
+    *np = n;
+    return 0;
+}
+
+int rounds_prompts_file(d3_session *s, const char *path, char *err) {
+    char **p;
+    int *w, n;
+    if (rounds_read_prompt_file(path, &p, &w, &n, err)) return -1;
+    int rc = session_set_prompts(s, (const char *const *)p, w, n, s->prompt_fixed, err);
     for (int i = 0; i < n; i++) free(p[i]);
     free(p);
     free(w);

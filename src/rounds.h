@@ -152,6 +152,9 @@ d3_pair_sample *rounds_load_pair(const d3_session *s, long id, char *err);
  * makes it the session's prompt set (prompts.json; the fixed prompt is
  * kept). Errors name FILE:LINE. */
 int rounds_prompts_file(d3_session *s, const char *path, char *err);
+/* The parser alone: *p (n malloc'd strings, the array malloc'd too) and
+ * *w (weights); the caller frees them. */
+int rounds_read_prompt_file(const char *path, char ***p, int **w, int *n, char *err);
 /* The backend's name (for headers, metrics). */
 const char *rounds_device(const rounds *d);
 /* Stops the engine (a round in training is cancelled: its labels stay

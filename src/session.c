@@ -677,6 +677,20 @@ static int traj_version(const d3_session *s, long id) {
     return v > INT32_MAX ? -1 : (int)v;
 }
 
+int session_pair_class(const d3_session *s, long id) {
+    char path[PATH_LEN];
+    unsigned char h[SESSION_TRAJ_HEADER];
+    if (id < 0 || id >= s->cap || !s->present[id]) return -1;
+    session_pair_path(s, id, "traj", path, sizeof path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, h, sizeof h);
+    close(fd);
+    if (n != (ssize_t)sizeof h || memcmp(h, TRAJ_MAGIC, 8)) return -1;
+    uint32_t c = get_u32(h + 24);
+    return c >= (uint32_t)s->nclasses ? -1 : (int)c;
+}
+
 static int parse_choice(const char *c) {
     for (int i = 0; i < SESSION_NCHOICES; i++)
         if (c && !strcmp(c, choice_names[i])) return i;

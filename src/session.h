@@ -235,6 +235,8 @@ int session_load_pair(const d3_session *s, long id, session_pair *p, char *err);
  * dims against the file size, finite values. Errors name path. */
 int session_read_traj(const char *path, session_pair *p, char *err);
 void session_pair_free(session_pair *p);
+/* The class (prompt) in pair id's header, -1 when unreadable. */
+int session_pair_class(const d3_session *s, long id);
 
 /* Records a decision on pair id (which must exist) made while the model of
  * `version` was shown: appends one JSON line to labels.jsonl with a single
