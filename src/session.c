@@ -726,7 +726,9 @@ static int load_trained(d3_session *s, char *err) {
                 json_t *jp = json_object_get(o, "pair");
                 int ch = parse_choice(json_string_value(json_object_get(o, "choice")));
                 long id = json_is_integer(jp) ? (long)json_integer_value(jp) : -1;
-                if (id < 0 || id >= s->cap || !s->present[id] || ch < 0)
+                if (id >= 0 && id < s->cap && !s->present[id] && ch >= 0)
+                    ; /* a pair set aside since (session check --repair): nothing to mark */
+                else if (id < 0 || id >= s->cap || ch < 0)
                     session_warn(s, "%s:%ld: expected {\"pair\":ID,\"choice\":C} of an existing pair; "
                                  "line skipped", p, lineno);
                 else
