@@ -131,6 +131,8 @@ int cmd_label(int argc, char **argv) {
         session_close(&s);
         return EXIT_USAGE;
     }
+    /* start-up warnings go into the session's list, which the screen shows */
+    if (strstr(device, "(cuda:")) session_warn(&s, "device %s", device);
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po: warning: %s\n", s.warn[i]);
     int rc = label_run(&s, &cfg, graphics, (int)round_size, be, device);
     session_close(&s);

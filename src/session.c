@@ -663,8 +663,10 @@ int session_set_aside_pair(d3_session *s, long id, char *err) {
 
 /* ---- trained labels (rounds/NNNN.labels) ---- */
 
-/* The model version in pair id's header, or -1. */
-static int traj_version(const d3_session *s, long id) {
+/* The u32 at offset `at` of pair id's header (24: class, 28: version), or
+ * -1 when the file is missing, short, not a pair file, or the value is
+ * above INT32_MAX. */
+static long traj_header_u32(const d3_session *s, long id, int at) {
     char path[PATH_LEN];
     unsigned char h[SESSION_TRAJ_HEADER];
     session_pair_path(s, id, "traj", path, sizeof path);
@@ -673,22 +675,16 @@ static int traj_version(const d3_session *s, long id) {
     ssize_t n = read(fd, h, sizeof h);
     close(fd);
     if (n != (ssize_t)sizeof h || memcmp(h, TRAJ_MAGIC, 8)) return -1;
-    uint32_t v = get_u32(h + 28);
-    return v > INT32_MAX ? -1 : (int)v;
+    uint32_t v = get_u32(h + at);
+    return v > INT32_MAX ? -1 : (long)v;
 }
 
+static int traj_version(const d3_session *s, long id) { return (int)traj_header_u32(s, id, 28); }
+
 int session_pair_class(const d3_session *s, long id) {
-    char path[PATH_LEN];
-    unsigned char h[SESSION_TRAJ_HEADER];
     if (id < 0 || id >= s->cap || !s->present[id]) return -1;
-    session_pair_path(s, id, "traj", path, sizeof path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, h, sizeof h);
-    close(fd);
-    if (n != (ssize_t)sizeof h || memcmp(h, TRAJ_MAGIC, 8)) return -1;
-    uint32_t c = get_u32(h + 24);
-    return c >= (uint32_t)s->nclasses ? -1 : (int)c;
+    long c = traj_header_u32(s, id, 24);
+    return c >= s->nclasses ? -1 : (int)c;
 }
 
 static int parse_choice(const char *c) {
