@@ -724,7 +724,7 @@ static void wg_dout(float *Mh, int ld, int t0, const float *dy, const wg_geom *g
 #define WG_MIN_BLOCKS 4
 #endif
 #ifndef WG_GROUPS
-#define WG_GROUPS 8 /* weight-gradient partial sums (see wg_backward) */
+#define WG_GROUPS 4 /* weight-gradient partial sums, at most (see wg_backward) */
 #endif
 static int wg_rows_per_block(const wg_geom *g) {
     int rpb = WG_TILES / g->ntx;
@@ -806,10 +806,11 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
     const size_t usz = 36 * (size_t)OC * C;
-    /* WG_GROUPS partial sums, each over a fixed contiguous range of
-     * blocks, summed in group order: the same result for any thread
-     * count (the Winograd domain magnifies reordering differences). */
-    float *parts = malloc(sizeof(float) * usz * WG_GROUPS);
+    /* min(nblk, WG_GROUPS) partial sums, each over a fixed contiguous
+     * range of blocks, summed in group order: the same result for any
+     * thread count (the Winograd domain magnifies reordering differences). */
+    const int ngr = nblk < WG_GROUPS ? nblk : WG_GROUPS;
+    float *parts = malloc(sizeof(float) * usz * ngr);
     if (!parts) abort(); /* out of memory: nothing sensible to do here */
     blas_single();
 #pragma omp parallel num_threads(nt)
@@ -817,10 +818,10 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
         float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi));
         float *Mh = V + 36 * (size_t)C * tb, *rb = Mh + 36 * (size_t)OC * tb;
 #pragma omp for schedule(static)
-        for (int gr = 0; gr < WG_GROUPS; gr++) {
+        for (int gr = 0; gr < ngr; gr++) {
             float *dU = parts + (size_t)gr * usz;
             memset(dU, 0, sizeof(float) * usz);
-            const int b0 = nblk * gr / WG_GROUPS, b1 = nblk * (gr + 1) / WG_GROUPS;
+            const int b0 = nblk * gr / ngr, b1 = nblk * (gr + 1) / ngr;
             for (int bk = b0; bk < b1; bk++) {
                 const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
                 const int T = (r1 - r0) * gi.ntx;
@@ -842,7 +843,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
             double u[36], t[6][3];
             for (int xi = 0; xi < 36; xi++) {
                 float s = 0.0f;
-                for (int p = 0; p < WG_GROUPS; p++)
+                for (int p = 0; p < ngr; p++)
                     s += parts[(size_t)p * usz + (size_t)xi * plane + k];
                 u[xi] = s;
             }
