@@ -415,18 +415,18 @@ static void test_linear(void) {
 
 /* ------------------------------------------------------------- groupnorm */
 
-static void gn_case(int N, int C, int HW, int G_) {
+static void gn_case_eps(int N, int C, int HW, int G_, float eps) {
     char what[96], w2[160];
-    snprintf(what, sizeof what, "groupnorm N%d C%d HW%d G%d", N, C, HW, G_);
+    snprintf(what, sizeof what, "groupnorm N%d C%d HW%d G%d eps %g", N, C, HW, G_, eps);
     const size_t nx = (size_t)N * C * HW, ns = (size_t)N * G_;
     float *x = hrand(nx, 2), *w = hrand(C, 0.5f), *b = hrand(C, 0.5f);
     for (int i = 0; i < C; i++) w[i] += 1.0f;
     for (size_t i = 0; i < nx; i++) x[i] += 0.3f * (float)((i / HW) % 5); /* nonzero means */
     float *out = halloc(nx), *mean = halloc(ns), *rstd = halloc(ns);
-    R->groupnorm_forward(out, mean, rstd, x, w, b, N, C, HW, G_, 1e-5f);
+    R->groupnorm_forward(out, mean, rstd, x, w, b, N, C, HW, G_, eps);
     float *dx = dnew(nx, x), *dw = dnew(C, w), *db = dnew(C, b);
     float *dout = dnan(nx), *dmean = dnan(ns), *drstd = dnan(ns);
-    G->groupnorm_forward(dout, dmean, drstd, dx, dw, db, N, C, HW, G_, 1e-5f);
+    G->groupnorm_forward(dout, dmean, drstd, dx, dw, db, N, C, HW, G_, eps);
     snprintf(w2, sizeof w2, "%s fwd (out, mean, rstd)", what);
     double e = nerr(dget(dout, nx), out, nx);
     /* saved statistics: double on both sides, one float rounding */
@@ -438,27 +438,29 @@ static void gn_case(int N, int C, int HW, int G_) {
      * so it is tested on its own */
     float *r = hrand(nx, 1), *dr = dnew(nx, r), *dm = dnew(ns, mean), *ds = dnew(ns, rstd);
     gpair gx = gp(nx), gw = gp(C), gb = gp(C);
-    R->groupnorm_backward(gx.h, gw.h, gb.h, r, x, w, mean, rstd, N, C, HW, G_, 1e-5f);
-    G->groupnorm_backward(gx.d, gw.d, gb.d, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
+    R->groupnorm_backward(gx.h, gw.h, gb.h, r, x, w, mean, rstd, N, C, HW, G_, eps);
+    G->groupnorm_backward(gx.d, gw.d, gb.d, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
     snprintf(w2, sizeof w2, "%s bwd (dx,dw,db) +=", what);
     expect(w2, fmax(gcmp(&gx), fmax(gcmp(&gw), gcmp(&gb))), T_GN);
     {
         gpair g = gp(nx);
-        R->groupnorm_backward(g.h, NULL, NULL, r, x, w, mean, rstd, N, C, HW, G_, 1e-5f);
-        G->groupnorm_backward(g.d, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
+        R->groupnorm_backward(g.h, NULL, NULL, r, x, w, mean, rstd, N, C, HW, G_, eps);
+        G->groupnorm_backward(g.d, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
         snprintf(w2, sizeof w2, "%s bwd dx alone", what);
         expect(w2, gcmp(&g), T_GN);
     }
     {
         gpair g1 = gp(C), g2 = gp(C);
-        R->groupnorm_backward(NULL, g1.h, g2.h, r, x, w, mean, rstd, N, C, HW, G_, 1e-5f);
-        G->groupnorm_backward(NULL, g1.d, g2.d, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
+        R->groupnorm_backward(NULL, g1.h, g2.h, r, x, w, mean, rstd, N, C, HW, G_, eps);
+        G->groupnorm_backward(NULL, g1.d, g2.d, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
         snprintf(w2, sizeof w2, "%s bwd dw,db without dx", what);
         expect(w2, fmax(gcmp(&g1), gcmp(&g2)), T_GN);
     }
-    G->groupnorm_backward(NULL, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, 1e-5f);
+    G->groupnorm_backward(NULL, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
     case_end();
 }
+
+static void gn_case(int N, int C, int HW, int G_) { gn_case_eps(N, C, HW, G_, 1e-5f); }
 
 static void test_groupnorm(void) {
     rng_seed(3);
@@ -472,6 +474,7 @@ static void test_groupnorm(void) {
     gn_case(2, 6, 35, 3);
     gn_case(1, 20, 16, 20);    /* one channel per group */
     gn_case(2, 12, 7, 1);      /* one group */
+    gn_case_eps(2, 128, 1024, 32, 1e-6f); /* SD's VAE: eps 1e-6 */
 }
 
 /* ---------------------------------------------------------- elementwise */
@@ -1478,6 +1481,11 @@ static void test_mha(void) {
     mha_case(1, 33, 17, 3, 24, 0);    /* odd */
     mha_case(2, 45, 45, 2, 33, 1);    /* odd, causal */
     mha_case(1, 1, 1, 1, 8, 0);       /* one token */
+    /* d_head > 160: the chunked path (SD's VAE: one head of 512), several
+     * query chunks (D3PO_CUDA_MHA_CHUNK_FLOATS is 16384 in this test) */
+    mha_case(1, 256, 256, 1, 512, 0);
+    mha_case(2, 300, 77, 2, 192, 0);
+    mha_case(1, 100, 100, 2, 200, 1);
 }
 
 /* ------------------------------------------------------------------ main */
@@ -1503,6 +1511,8 @@ int main(void) {
                    "0 or tiny)\n");
         }
     } else {
+        /* small attention chunks, so the wide-head cases span several */
+        setenv("D3PO_CUDA_MHA_CHUNK_FLOATS", "16384", 0);
         G = device_backend(D3_DEV_CUDA, 0, NULL, err);
         if (!G) {
             printf("test_cuda: SKIPPED: %s\n", err);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "fd.h"
 #include "t.h"
 #include "tape.h"
 
@@ -87,27 +88,14 @@ static double loss(d3_tape *tp) {
     return L;
 }
 
+static double loss_cb(void *tp) { return loss(tp); }
+
 /* Central differences at up to 40 elements of buf[n] against g. h = 1e-2
  * on values ~1: truncation h^2/6 |L'''| ~ 1e-5 * O(10) through the whole
  * block; float rounding of the ~200 outputs, 6e-8 * sqrt(200) * |out| /
  * (2h) ~ 1e-4. atol 2e-3 + rtol 2e-3. */
 static double fd(d3_tape *tp, const char *what, float *buf, size_t n, const float *g) {
-    double mx = 0;
-    int bad = 0;
-    for (size_t k = 0; k < 40 && k < n; k++) {
-        size_t i = n <= 40 ? k : (size_t)((urand() + 1.0f) * 0.5f * n) % n;
-        const float s = buf[i], xp = s + 1e-2f, xm = s - 1e-2f;
-        buf[i] = xp;
-        const double Lp = loss(tp);
-        buf[i] = xm;
-        const double Lm = loss(tp);
-        buf[i] = s;
-        const double num = (Lp - Lm) / ((double)xp - (double)xm), e = fabs(num - g[i]);
-        if (!(e <= 2e-3 + 2e-3 * fabs(num)) && bad++ < 3)
-            CHECK(0, "%s[%zu]: analytic %.7g numeric %.7g", what, i, g[i], num);
-        if (!(e <= mx)) mx = e;
-    }
-    return mx;
+    return fd_check(loss_cb, tp, what, buf, n, g, 1e-2f, 2e-3, urand);
 }
 
 static void test_block_gradients(void) {

@@ -45,7 +45,7 @@ extern "C" {
 /* ------------------------------------------------------------- globals */
 
 cudaStream_t d3cu_st __attribute__((visibility("hidden"))); /* the one stream (cuda_common.cuh) */
-static cublasHandle_t cb;
+cublasHandle_t d3cu_cb __attribute__((visibility("hidden"))); /* the one cuBLAS handle (cuda_common.cuh) */
 static cudnnHandle_t dn;
 static int use_tf32;
 static double *red;          /* device scalar for reductions */
@@ -54,15 +54,6 @@ static size_t ws_size;
 static float *scratch;       /* attention backward: dS [N,T,T] */
 static size_t scratch_size;
 
-static void *grow(void **p, size_t *have, size_t need) {
-    if (need <= *have) return *p;
-    if (*p) CK(cudaFree(*p));
-    *p = NULL;
-    *have = 0;
-    CK(cudaMalloc(p, need));
-    *have = need;
-    return *p;
-}
 
 /* --------------------------------------------------------------- memory */
 
@@ -236,7 +227,7 @@ static void cu_linear_forward(float *out, const float *inp, const float *w, cons
     /* column-major view: out^T [OUT x N] = W [OUT x IN] * inp^T [IN x N];
      * w row-major [OUT,IN] is column-major [IN x OUT], hence op T. */
     const float one = 1.0f, zero = 0.0f;
-    CKB(cublasSgemm(cb, CUBLAS_OP_T, CUBLAS_OP_N, OUT, N, IN, &one, w, IN, inp, IN, &zero, out, OUT));
+    CKB(cublasSgemm(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, OUT, N, IN, &one, w, IN, inp, IN, &zero, out, OUT));
     if (b) {
         size_t n = (size_t)N * OUT;
         k_bias_rows<<<blocks_for(n, 256), 256, 0, d3cu_st>>>(out, b, OUT, n);
@@ -248,9 +239,9 @@ static void cu_linear_backward(float *dinp, float *dw, float *db, const float *d
                                const float *w, int N, int IN, int OUT) {
     const float one = 1.0f;
     /* dinp^T [IN x N] += W^T [IN x OUT] * dout^T [OUT x N] */
-    if (dinp) CKB(cublasSgemm(cb, CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, &one, w, IN, dout, OUT, &one, dinp, IN));
+    if (dinp) CKB(cublasSgemm(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, &one, w, IN, dout, OUT, &one, dinp, IN));
     /* dw^T [IN x OUT] += inp^T [IN x N] * dout [N x OUT] */
-    if (dw) CKB(cublasSgemm(cb, CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, &one, inp, IN, dout, OUT, &one, dw, IN));
+    if (dw) CKB(cublasSgemm(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, &one, inp, IN, dout, OUT, &one, dw, IN));
     if (db) {
         k_colsum<<<(OUT + 127) / 128, 128, 0, d3cu_st>>>(db, dout, N, OUT);
         CKL();
@@ -514,12 +505,12 @@ static void cu_attention_forward(float *out, float *att, const float *qkv, int N
     const float sc = 1.0f / sqrtf((float)C), one = 1.0f, zero = 0.0f;
     long long sq = 3LL * C * T, sa = (long long)T * T, so = (long long)C * T;
     /* att^T (col-major T x T, = att row-major) : S^T(j,i) = sum_c K(j,c) Q(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &sc, qkv + (size_t)C * T, T, sq,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &sc, qkv + (size_t)C * T, T, sq,
                                   qkv, T, sq, &zero, att, T, sa, N));
     k_softmax_rows<<<N * T, row_threads(T), 0, d3cu_st>>>(att, T);
     CKL();
     /* O(i,c) = sum_j att[i][j] V(j,c): A = att as col-major (j,i), op T */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, att, T, sa,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, att, T, sa,
                                   qkv + 2 * (size_t)C * T, T, sq, &zero, out, T, so, N));
 }
 
@@ -531,18 +522,18 @@ static void cu_attention_backward(float *dqkv, const float *dout, const float *q
     size_t CT = (size_t)C * T;
     float *ds = (float *)grow((void **)&scratch, &scratch_size, sizeof(float) * (size_t)N * T * T);
     /* dV(j,c) += sum_i att[i][j] dO(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, att, T, sa, dout, T, so, &one,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, att, T, sa, dout, T, so, &one,
                                   dqkv + 2 * CT, T, sq, N));
     /* datt[i][j] (col-major (j,i)) = sum_c V(j,c) dO(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &one, qkv + 2 * CT, T, sq, dout, T,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &one, qkv + 2 * CT, T, sq, dout, T,
                                   so, &zero, ds, T, sa, N));
     k_softmax_back_rows<<<N * T, row_threads(T), 0, d3cu_st>>>(ds, att, T, sc);
     CKL();
     /* dQ(i,c) += sum_j dS[i][j] K(j,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv + CT, T, sq, &one,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv + CT, T, sq, &one,
                                   dqkv, T, sq, N));
     /* dK(j,c) += sum_i dS[i][j] Q(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv, T, sq, &one,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv, T, sq, &one,
                                   dqkv + CT, T, sq, N));
 }
 
@@ -759,12 +750,12 @@ extern "C" __attribute__((visibility("default"))) const d3_backend *d3po_cuda_op
             goto bad;
         }
         cublasStatus_t bs;
-        if ((bs = cublasCreate(&cb)) != CUBLAS_STATUS_SUCCESS) {
+        if ((bs = cublasCreate(&d3cu_cb)) != CUBLAS_STATUS_SUCCESS) {
             fail(e2, "cuBLAS: cublasCreate failed: %s%s", cublasGetStatusString(bs), "");
             goto bad;
         }
-        if ((bs = cublasSetStream(cb, d3cu_st)) != CUBLAS_STATUS_SUCCESS ||
-            (bs = cublasSetMathMode(cb, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
+        if ((bs = cublasSetStream(d3cu_cb, d3cu_st)) != CUBLAS_STATUS_SUCCESS ||
+            (bs = cublasSetMathMode(d3cu_cb, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
                 CUBLAS_STATUS_SUCCESS) {
             fail(e2, "cuBLAS: setting stream/math mode failed: %s%s", cublasGetStatusString(bs), "");
             goto bad;

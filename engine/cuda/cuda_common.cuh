@@ -10,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* The stream every op runs on (created by d3po_cuda_open). */
+/* The stream every op runs on and the cuBLAS handle bound to it (created
+ * by d3po_cuda_open). */
 extern cudaStream_t d3cu_st __attribute__((visibility("hidden")));
+extern cublasHandle_t d3cu_cb __attribute__((visibility("hidden")));
 
 /* ------------------------------------------------------------ checking */
 
@@ -37,6 +39,18 @@ static inline void die(const char *call, const char *what, const char *file, int
     } while (0)
 /* after a kernel launch: launch-configuration errors */
 #define CKL() CK(cudaGetLastError())
+
+/* A scratch buffer that grows to the largest size asked for and is then
+ * reused (so a step makes no cudaMalloc). */
+static inline void *grow(void **p, size_t *have, size_t need) {
+    if (need <= *have) return *p;
+    if (*p) CK(cudaFree(*p));
+    *p = NULL;
+    *have = 0;
+    CK(cudaMalloc(p, need));
+    *have = need;
+    return *p;
+}
 
 static inline unsigned blocks_for(size_t n, int threads) {
     size_t b = (n + threads - 1) / threads;

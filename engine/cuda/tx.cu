@@ -14,9 +14,13 @@
  *    accumulates dk, dv (no atomics: a block owns its keys), another over
  *    query tiles accumulates dq; delta_i = dout_i . out_i is recomputed
  *    where needed (dh products per row), so nothing is allocated.
+ * Heads wider than 160 (SD's VAE) take a chunked cuBLAS path instead (see
+ * "attention for wide heads" below). The flash kernels' dynamic shared
+ * memory reaches 82 KiB at dh = 160 (sm_80 and newer allow it).
  * Every backward accumulates (+=), NULL gradients are skipped.
  */
 #include <math.h>
+#include <stdlib.h>
 
 extern "C" {
 #include "../backend.h"
@@ -444,6 +448,141 @@ k_mha_bwd_q(float *dq, const float *dout, const float *q, const float *k, const 
     }
 }
 
+
+/* ------------------------------------------- attention for wide heads
+ * d_head above 160 (SD's VAE: one head of 512 over the latent's tokens)
+ * does not fit the flash kernels' registers and shared memory. It runs by
+ * query chunks of cq rows instead, per image, all heads at once with
+ * strided-batched cuBLAS products: the scores of a chunk, [H, cq, Tk],
+ * live in a scratch buffer of at most MHA_CHUNK_FLOATS floats (cq chosen
+ * to fit), never the whole T x T matrix of a large T. The backward
+ * recomputes the chunk's probabilities from lse like the flash kernels.
+ * Row-major X[r, c] with row stride ld is cuBLAS's column-major X^T. */
+#define MHA_CHUNK_FLOATS ((size_t)4 << 20) /* 16 MiB per scratch buffer */
+
+static float *chunk_s, *chunk_dp; /* [H, cq, Tk] scores / probabilities, their gradient */
+static size_t chunk_s_size, chunk_dp_size;
+
+/* One warp per row of s [H, cq, Tk]: grid (ceil(cq/8), H), 8 warps a block.
+ * mode 0: softmax in place, lse written; mode 1: p = exp(s - lse). lse
+ * points at the image's [H, Tq]. */
+__global__ void k_chunk_rows(float *s, float *lse, int cq, int Tq, int Tk, int i0, int causal, int mode) {
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const int h = blockIdx.y, i = i0 + r;
+    if (r >= cq) return;
+    float *x = s + ((size_t)h * cq + r) * Tk;
+    float *l = lse + (size_t)h * Tq + i;
+    const int jv = causal ? min(Tk, i + 1) : Tk;
+    if (mode == 1) {
+        const float li = *l;
+        for (int j = lane; j < Tk; j += 32) x[j] = j < jv ? expf(x[j] - li) : 0.0f;
+        return;
+    }
+    float m = -INFINITY;
+    for (int j = lane; j < jv; j += 32) m = fmaxf(m, x[j]);
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < Tk; j += 32) {
+        const float e = j < jv ? expf(x[j] - m) : 0.0f;
+        x[j] = e;
+        sum += e;
+    }
+    sum = warp_sum(sum);
+    const float inv = 1.0f / sum;
+    for (int j = lane; j < jv; j += 32) x[j] *= inv;
+    if (lane == 0) *l = m + logf(sum);
+}
+
+/* ds = p * (dp - sum_j p dp), in place in dp; one warp per row */
+__global__ void k_chunk_ds(float *dp, const float *p, int rows, int Tk) {
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float *pr = p + (size_t)row * Tk;
+    float *dr = dp + (size_t)row * Tk;
+    float dot = 0.0f;
+    for (int j = lane; j < Tk; j += 32) dot += pr[j] * dr[j];
+    dot = warp_sum(dot);
+    for (int j = lane; j < Tk; j += 32) dr[j] = pr[j] * (dr[j] - dot);
+}
+
+/* Rows per chunk. D3PO_CUDA_MHA_CHUNK_FLOATS overrides the budget (read
+ * once; test_cuda makes it small so that its cases span several chunks). */
+static int chunk_rows(int H, int Tq, int Tk) {
+    static size_t budget;
+    if (!budget) {
+        const char *e = getenv("D3PO_CUDA_MHA_CHUNK_FLOATS");
+        unsigned long long b = e ? strtoull(e, NULL, 10) : 0;
+        budget = b > 0 ? (size_t)b : MHA_CHUNK_FLOATS;
+    }
+    size_t cq = budget / ((size_t)H * Tk);
+    return cq < 1 ? 1 : cq > (size_t)Tq ? Tq : (int)cq;
+}
+
+/* s[h] (cq x Tk) = alpha * a[h] (cq x dh, rows i0.., stride D) @ b[h]^T (Tk x dh, stride D) */
+static void chunk_scores(float *s, const float *a, const float *b, float alpha, int H, int cq, int Tk, int dh,
+                         int D) {
+    const float zero = 0.0f;
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, Tk, cq, dh, &alpha, b, D, dh, a, D, dh,
+                                  &zero, s, Tk, (long long)cq * Tk, H));
+}
+
+static void chunk_launch_rows(float *s, float *lse, int H, int cq, int Tq, int Tk, int i0, int causal, int mode) {
+    dim3 grid((cq + 7) / 8, H); /* 8 warps (rows) per block */
+    k_chunk_rows<<<grid, 256, 0, d3cu_st>>>(s, lse, cq, Tq, Tk, i0, causal, mode);
+    CKL();
+}
+
+static void mha_chunked_forward(float *out, float *lse, const float *q, const float *k, const float *v, int N,
+                                int Tq, int Tk, int H, int dh, int causal) {
+    const int D = H * dh, cqmax = chunk_rows(H, Tq, Tk);
+    float *s = (float *)grow((void **)&chunk_s, &chunk_s_size, sizeof(float) * (size_t)H * cqmax * Tk);
+    const float one = 1.0f, zero = 0.0f, scale = 1.0f / sqrtf((float)dh);
+    for (int n = 0; n < N; n++)
+        for (int i0 = 0; i0 < Tq; i0 += cqmax) {
+            const int cq = min(cqmax, Tq - i0);
+            const float *qc = q + ((size_t)n * Tq + i0) * D, *kn = k + (size_t)n * Tk * D, *vn = v + (size_t)n * Tk * D;
+            chunk_scores(s, qc, kn, scale, H, cq, Tk, dh, D);
+            chunk_launch_rows(s, lse + (size_t)n * H * Tq, H, cq, Tq, Tk, i0, causal, 0);
+            /* out[h] (cq x dh) = p[h] (cq x Tk) @ v[h] (Tk x dh) */
+            CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, dh, cq, Tk, &one, vn, D, dh, s, Tk,
+                                          (long long)cq * Tk, &zero, out + ((size_t)n * Tq + i0) * D, D, dh, H));
+        }
+}
+
+static void mha_chunked_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                 const float *v, const float *lse, int N, int Tq, int Tk, int H, int dh, int causal) {
+    const int D = H * dh, cqmax = chunk_rows(H, Tq, Tk);
+    const size_t bytes = sizeof(float) * (size_t)H * cqmax * Tk;
+    float *p = (float *)grow((void **)&chunk_s, &chunk_s_size, bytes);
+    float *dp = (float *)grow((void **)&chunk_dp, &chunk_dp_size, bytes);
+    const float one = 1.0f, scale = 1.0f / sqrtf((float)dh);
+    for (int n = 0; n < N; n++)
+        for (int i0 = 0; i0 < Tq; i0 += cqmax) {
+            const int cq = min(cqmax, Tq - i0);
+            const long long sc = (long long)cq * Tk;
+            const size_t oq = ((size_t)n * Tq + i0) * D, ok = (size_t)n * Tk * D;
+            chunk_scores(p, q + oq, k + ok, scale, H, cq, Tk, dh, D);
+            chunk_launch_rows(p, (float *)lse + (size_t)n * H * Tq, H, cq, Tq, Tk, i0, causal, 1);
+            /* dv[h] (Tk x dh) += p[h]^T @ dout[h] */
+            if (dv)
+                CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, dh, Tk, cq, &one, dout + oq, D, dh,
+                                              p, Tk, sc, &one, dv + ok, D, dh, H));
+            if (!dq && !dk) continue;
+            /* dp[h] = dout[h] @ v[h]^T, then ds = p (dp - rowsum(p dp)) */
+            chunk_scores(dp, dout + oq, v + ok, 1.0f, H, cq, Tk, dh, D);
+            const int rows = H * cq;
+            k_chunk_ds<<<(rows + 7) / 8, 256, 0, d3cu_st>>>(dp, p, rows, Tk);
+            CKL();
+            /* dq[h] (cq x dh) += scale ds[h] @ k[h];  dk[h] (Tk x dh) += scale ds[h]^T @ q[h] */
+            if (dq)
+                CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, dh, cq, Tk, &scale, k + ok, D, dh,
+                                              dp, Tk, sc, &one, dq + oq, D, dh, H));
+            if (dk)
+                CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, dh, Tk, cq, &scale, q + oq, D, dh,
+                                              dp, Tk, sc, &one, dk + ok, D, dh, H));
+        }
+}
+
 /* Dynamic shared memory above 48 KiB must be allowed per kernel. */
 template <typename K>
 static void allow_smem(K kernel, size_t bytes) {
@@ -452,8 +591,11 @@ static void allow_smem(K kernel, size_t bytes) {
 
 void cu_mha_forward(float *out, float *lse, const float *q, const float *k, const float *v, int N, int Tq, int Tk,
                     int heads, int dh, int causal) {
-    if (dh > 32 * MAXC) die("mha_forward", "d_head above 160", __FILE__, __LINE__);
     if ((size_t)N * heads * Tq == 0) return;
+    if (dh > 32 * MAXC) {
+        mha_chunked_forward(out, lse, q, k, v, N, Tq, Tk, heads, dh, causal);
+        return;
+    }
     const size_t smem = sizeof(float) * (size_t)MT * (3 * dh + 1);
     allow_smem(k_mha_fwd, smem);
     dim3 grid((Tq + MT - 1) / MT, N * heads);
@@ -465,8 +607,11 @@ void cu_mha_forward(float *out, float *lse, const float *q, const float *k, cons
 void cu_mha_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                      const float *v, const float *out, const float *lse, int N, int Tq, int Tk, int heads, int dh,
                      int causal) {
-    if (dh > 32 * MAXC) die("mha_backward", "d_head above 160", __FILE__, __LINE__);
-    if ((size_t)N * heads * Tq * Tk == 0) return;
+    if ((size_t)N * heads * Tq * Tk == 0 || (!dq && !dk && !dv)) return;
+    if (dh > 32 * MAXC) {
+        mha_chunked_backward(dq, dk, dv, dout, q, k, v, lse, N, Tq, Tk, heads, dh, causal);
+        return;
+    }
     const float scale = 1.0f / sqrtf((float)dh);
     const size_t smem = sizeof(float) * ((size_t)MT * (4 * dh + 2) + 2 * MT);
     if (dk || dv) {
