@@ -124,7 +124,9 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
 /* Epsilon-MSE denoising loss on a batch x0 [N][D] with classes cls[N]:
  * t ~ U{0..T-1}, noise ~ N(0,1), each class replaced by the null class
  * with probability p_uncond; draws from rng. ACCUMULATES the gradient
- * into grads and returns the loss. */
+ * into grads and returns the loss. On a host (CPU) backend the batch runs
+ * through the tape in chunks of a few images (the same gradient up to
+ * float summation order; afterwards the tape holds the last chunk only). */
 double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
                               const float *x0, const int *cls, float p_uncond, d3_rng *rng);
 

@@ -157,7 +157,9 @@ void geglu_backward(float *dinp, const float *dout, const float *inp, int N, int
  * thing kept for the backward, which recomputes the probabilities block by
  * block. No Tq x Tk buffer is ever held: the work goes by query blocks x
  * key blocks with an online softmax (flash attention), scratch O(block^2 +
- * block * dh) per thread. dh <= 160. */
+ * block * dh) per thread on the CPU, any dh. The CUDA backend runs flash
+ * kernels for dh <= 160 and, for wider heads (SD's VAE: one head of 512),
+ * cuBLAS products over query chunks whose scores fit a 16 MiB buffer. */
 void mha_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                  int N, int Tq, int Tk, int heads, int dh, int causal);
 void mha_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,

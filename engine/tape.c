@@ -43,6 +43,9 @@ struct d3_tape {
     int ntensors, captensors;
     node *nodes;
     int nnodes, capnodes;
+    /* tape_backward's recycled activation-gradient buffers */
+    struct gbuf { float *p; size_t n; } *pool;
+    int npool, cappool;
 };
 
 #define ARENA_MIN (64u << 20)
@@ -62,6 +65,7 @@ void tape_free(d3_tape *tp) {
     free(tp->blocks);
     free(tp->tensors);
     free(tp->nodes);
+    free(tp->pool);
     free(tp);
 }
 
@@ -353,19 +357,49 @@ d3_tensor *tape_reshape(d3_tape *tp, d3_tensor *x, int n, int c, int h, int w) {
 
 static float *gradof(d3_tensor *t) { return t ? t->g : NULL; }
 
+/* Activation gradients live only from their first consumer's backward to
+ * their producer's: tape_backward takes each from a pool of released
+ * buffers of the same size (zeroed; every backward accumulates) or from
+ * the arena, and releases it once the producer's backward has read it.
+ * The live set is a few tensors wide instead of the whole forward, so the
+ * gradients stay in the caches (and the arena holds ~half as much). */
+static void grad_need(d3_tape *tp, d3_tensor *t) {
+    if (!t || t->g) return;
+    for (int i = 0; i < tp->npool; i++)
+        if (tp->pool[i].n == t->numel) {
+            t->g = tp->pool[i].p;
+            tp->pool[i] = tp->pool[--tp->npool];
+            tp->be->zero(t->g, t->numel * sizeof(float));
+            return;
+        }
+    t->g = arena_get(tp, t->numel * sizeof(float), 1);
+}
+
+static void grad_release(d3_tape *tp, d3_tensor *t) {
+    if (!t->g) return;
+    if (tp->npool == tp->cappool) {
+        tp->cappool = tp->cappool ? 2 * tp->cappool : 64;
+        tp->pool = realloc(tp->pool, tp->cappool * sizeof *tp->pool);
+        if (!tp->pool) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+    }
+    tp->pool[tp->npool++] = (struct gbuf){t->g, t->numel};
+    t->g = NULL;
+}
+
 void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
     const d3_backend *be = tp->be;
     assert(tp->grad_on);
-    /* Gradients for every tensor up to and including out, zeroed. */
-    for (int i = 0; i <= out->id; i++) {
-        d3_tensor *t = tp->tensors[i];
-        t->g = arena_get(tp, t->numel * sizeof(float), 1);
-    }
+    for (int i = 0; i <= out->id; i++) tp->tensors[i]->g = NULL;
+    tp->npool = 0;
+    grad_need(tp, out);
     be->add_backward(out->g, NULL, dout, out->numel); /* out->g = dout */
     for (int k = tp->nnodes - 1; k >= 0; k--) {
         node *nd = &tp->nodes[k];
         if (nd->out->id > out->id) continue; /* recorded after out: not part of it */
         d3_tensor *x = nd->in0, *y = nd->out;
+        if (!y->g) continue; /* no consumer: a zero gradient, nothing to add */
+        grad_need(tp, nd->in0);
+        grad_need(tp, nd->in1);
         switch (nd->op) {
         case OP_CONV2D:
             be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
@@ -432,5 +466,8 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
             be->add_backward(x->g, NULL, y->g, x->numel);
             break;
         }
+        grad_release(tp, y);
     }
+    /* only node outputs are released: leaves (the input, timestep
+     * embeddings) keep their gradients for the caller */
 }

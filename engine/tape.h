@@ -9,8 +9,9 @@
  *
  * Memory: every activation, saved buffer and gradient comes from the
  * tape's arena (device memory of the backend), reused after tape_reset().
- * Gradients of activations are zeroed when backward starts and every op
- * backward accumulates (see ops.h), so fan-out (skip connections) is exact.
+ * Gradients of activations are zeroed before their first use and every op
+ * backward accumulates (see ops.h), so fan-out (skip connections) is exact;
+ * a gradient buffer is reused once its tensor's producer has consumed it.
  * Parameter gradients accumulate into the caller's buffers across calls
  * until the caller zeroes them (gradient accumulation over timesteps).
  *
@@ -37,7 +38,9 @@
 
 typedef struct d3_tensor {
     float *v;      /* values [n,c,h,w] (device) */
-    float *g;      /* gradient, allocated by tape_backward (NULL before) */
+    float *g;      /* gradient, set by tape_backward (NULL before); after it
+                      only leaves (tape_input ...) keep theirs: the buffers
+                      of intermediate tensors are recycled during the pass */
     int n, c, h, w;
     size_t numel;
     int id;        /* index on the tape */

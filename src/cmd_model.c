@@ -19,6 +19,7 @@
 #include "safetensors.h"
 #include "sd/pipeline.h"
 #include "session.h"
+#include "text.h"
 
 /* ---- init ---- */
 
@@ -201,8 +202,9 @@ static int sample_grid(const d3_model *m, const char *mpath, const char *out, co
         for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
             int c = model_find_class(m, t);
             if (c < 0) {
+                char e1[256], e2[1024];
                 fprintf(stderr, "d3po sample: --classes: %s has no class '%s' (see d3po info %s)\n",
-                        mpath, t, mpath);
+                        text_escape(e2, sizeof e2, mpath), text_escape(e1, sizeof e1, t), e2);
                 return EXIT_USAGE;
             }
             if (n == 256) { fprintf(stderr, "d3po sample: --classes: at most 256\n"); return EXIT_USAGE; }
@@ -367,9 +369,13 @@ int cmd_sample(int argc, char **argv) {
     int rc = 0;
     int cls = model_find_class(&m, prompt);
     if (cls < 0) {
-        fprintf(stderr, "d3po sample: %s has no class '%s'; its %d classes are:\n", model, prompt,
-                m.nclasses);
-        for (int i = 0; i < m.nclasses; i++) fprintf(stderr, "  %3d  %s\n", i, m.class_names[i]);
+        char e1[512], e2[1024];
+        fprintf(stderr, "d3po sample: %s has no class '%s'; its %d classes are:\n",
+                text_escape(e2, sizeof e2, model), text_escape(e1, sizeof e1, prompt), m.nclasses);
+        for (int i = 0; i < m.nclasses; i++) {
+            char n[512];
+            fprintf(stderr, "  %3d  %s\n", i, text_escape(n, sizeof n, m.class_names[i]));
+        }
         model_free(&m);
         return EXIT_USAGE;
     }
@@ -410,7 +416,8 @@ int cmd_sample(int argc, char **argv) {
                 rc = EXIT_FAIL;
                 break;
             }
-            printf("%s\n", path);
+            char shown[8192];
+            printf("%s\n", text_escape(shown, sizeof shown, path));
         }
     }
     tape_free(tp);
@@ -498,7 +505,8 @@ int cmd_info(int argc, char **argv) {
     }
     char arch[256];
     unet_arch_format(&m.L.arch, arch, sizeof arch);
-    printf("file:         %s\n", file);
+    char fshown[1024];
+    printf("file:         %s\n", text_escape(fshown, sizeof fshown, file));
     printf("architecture: %s\n", arch);
     printf("parameters:   %zu (%d tensors, %.1f MB as float32)\n", m.L.numel, m.L.nparams,
            m.L.numel * 4.0 / 1e6);
@@ -510,9 +518,16 @@ int cmd_info(int argc, char **argv) {
     if (st.has_rng)
         printf("training:     RNG seed %llu\n", (unsigned long long)st.rng.seed);
     state_free(&st);
-    for (int i = 0; i < m.nmeta; i++) printf("meta %s: %s\n", m.meta_keys[i], m.meta_vals[i]);
+    for (int i = 0; i < m.nmeta; i++) {
+        char k[256], v[1024];
+        printf("meta %s: %s\n", text_escape(k, sizeof k, m.meta_keys[i]),
+               text_escape(v, sizeof v, m.meta_vals[i]));
+    }
     printf("classes:      %d (+1 null class for guidance)\n", m.nclasses);
-    for (int i = 0; i < m.nclasses; i++) printf("  %3d  %s\n", i, m.class_names[i]);
+    for (int i = 0; i < m.nclasses; i++) {
+        char n[512];
+        printf("  %3d  %s\n", i, text_escape(n, sizeof n, m.class_names[i]));
+    }
     model_free(&m);
     return devices ? info_devices() : 0;
 }

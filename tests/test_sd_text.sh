@@ -5,9 +5,12 @@
 # (tests/sd/make_tiny.py: CLIP's real vocabulary, random weights):
 #   1. token ids identical to CLIPTokenizer (slow, as diffusers loads it) on
 #      tests/sd/prompts.jsonl (awkward prompts) and 400 random prompts of
-#      awkward characters, with SD 1's pad token (<|endoftext|>) and SD 2's
-#      ("!", id 0); CLIPTokenizerFast is compared too and only reported
-#      (it normalises differently: NFC + lower case, no control clean-up);
+#      awkward characters plus 3 of 10k characters, with SD 1's pad token
+#      (<|endoftext|>), SD 2's ("!", id 0), and SD 1.5's older
+#      tokenizer_config.json; CLIPTokenizerFast is compared too and only
+#      reported: it differs from the slow one itself (final sigma, the long
+#      s in contractions, CJK spacing, control and format characters, emoji
+#      with joiners: 10 of the 48 corpus prompts);
 #   2. the text encoder's last hidden state against CLIPTextModel on the
 #      sd1 (quick_gelu) and sd2 (gelu) pipelines, for every prompt of the
 #      corpus (tool_sdtext states: tokenizer + sd_clip_encode);
@@ -40,12 +43,23 @@ for k in sd1 sd2; do
     "$PY" "$HERE/sd/make_tiny.py" --kind "$k" --out "$T/$k" >/dev/null 2>"$T/make.err" ||
         { cat "$T/make.err"; fail "make_tiny.py --kind $k"; }
 done
+# SD 1.5's own tokenizer_config.json is older: AddedToken objects with
+# "__type", no added_tokens_decoder, do_lower_case (which CLIPTokenizer
+# ignores); its vocabulary with such a config, as a third tokenizer
+mkdir -p "$T/sd15cfg/tokenizer"
+cp "$T/sd1/tokenizer/vocab.json" "$T/sd1/tokenizer/merges.txt" "$T/sd15cfg/tokenizer/"
+A='{"__type": "AddedToken", "content": "<|CONTENT|>", "lstrip": false, "normalized": true, "rstrip": false, "single_word": false}'
+cat >"$T/sd15cfg/tokenizer/tokenizer_config.json" <<EOF
+{"add_prefix_space": false, "bos_token": $(echo "$A" | sed s/CONTENT/startoftext/), "do_lower_case": true,
+ "eos_token": $(echo "$A" | sed s/CONTENT/endoftext/), "errors": "replace", "model_max_length": 77,
+ "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer", "unk_token": $(echo "$A" | sed s/CONTENT/endoftext/)}
+EOF
 cp "$HERE/sd/prompts.jsonl" "$T/prompts.jsonl"
 "$PY" "$HERE/sd/text_ref.py" random 400 7 "$T/random.jsonl" || fail "text_ref.py random"
-"$PY" "$HERE/sd/text_ref.py" refs "$T" sd1,sd2 "$T/prompts.jsonl" "$T/random.jsonl" 2>"$T/py.err" ||
+"$PY" "$HERE/sd/text_ref.py" refs "$T" sd1,sd2,sd15cfg "$T/prompts.jsonl" "$T/random.jsonl" 2>"$T/py.err" ||
     { cat "$T/py.err"; fail "text_ref.py refs"; }
 
-for k in sd1 sd2; do
+for k in sd1 sd2 sd15cfg; do
     for name in prompts random; do
         "$TOOL" ids "$T/$k/tokenizer" "$T/$name.jsonl" >"$T/c.ids" || fail "tool_sdtext ids $k $name"
         ref=$T/$k.$name.slow.ids

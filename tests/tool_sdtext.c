@@ -132,7 +132,17 @@ static int hostile(const char *tokdir, const char *scratch) {
     free(big);
     n = sd_tokenizer_encode(tk, "", ids, err);
     CHECK(n == 2 && ids[0] == bos && ids[1] == eos && ids[2] == sd_tokenizer_pad_id(tk), "empty prompt");
-    printf("hostile prompts: invalid UTF-8, controls, 10k characters, empty: ok\n");
+    /* truncation is reported from the first token past max_length - 2 */
+    char *as = malloc(2 * (size_t)L + 8);
+    for (int i = 0; i < 2 * (L - 2); i++) as[i] = i % 2 ? ' ' : 'a';
+    as[2 * (L - 2)] = 0;
+    CHECK(sd_tokenizer_truncates(tk, as, err) == 0 && sd_tokenizer_encode(tk, as, ids, err) == L,
+          "%d words fit", L - 2);
+    strcat(as, "a");
+    CHECK(sd_tokenizer_truncates(tk, as, err) == 1, "%d words are truncated", L - 1);
+    CHECK(sd_tokenizer_truncates(tk, "", err) == 0, "the empty prompt is not truncated");
+    free(as);
+    printf("hostile prompts: invalid UTF-8, controls, 10k characters, empty, truncation: ok\n");
     sd_tokenizer_free(tk);
 
     /* hostile files, each in its own copy of a folder */

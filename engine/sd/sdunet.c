@@ -84,7 +84,6 @@ int sd_unet_config_from_json(sd_unet_config *c, const json_t *j, const char *pat
                        "to 8192 (one per block)", path, B);
     }
     double eps, shift;
-    int ca;
     if (sdcfg_ints(j, "layers_per_block", B, 2, 1, SDU_MAX_LAYERS, c->layers, path, err) ||
         sdcfg_ints(j, "attention_head_dim", B, 8, 1, 1024, c->heads, path, err) ||
         sdcfg_ints(j, "transformer_layers_per_block", B, 1, 1, 16, c->tlayers, path, err) ||
@@ -97,12 +96,11 @@ int sd_unet_config_from_json(sd_unet_config *c, const json_t *j, const char *pat
         sdcfg_num(j, "freq_shift", 0, -1e6, 1e6, &shift, path, err) ||
         sdcfg_bool(j, "flip_sin_to_cos", 1, &c->flip_sin_to_cos, path, err) ||
         sdcfg_bool(j, "use_linear_projection", 0, &c->linear_proj, path, err) ||
-        sdcfg_bool(j, "upcast_attention", 0, &c->upcast_attention, path, err) ||
-        sdcfg_int(j, "downsample_padding", 1, 1, 1, &ca, path, err))
+        sdcfg_bool(j, "upcast_attention", 0, &c->upcast_attention, path, err))
         return -1;
     c->norm_eps = (float)eps;
     c->freq_shift = (float)shift;
-    c->downsample_padding = ca;
+    c->downsample_padding = 1;  /* checked with the fixed keys */
     const json_t *mid = json_object_get(j, "mid_block_type");
     if (!mid) c->mid = 1;
     else if (json_is_null(mid)) c->mid = 0;

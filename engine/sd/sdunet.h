@@ -79,8 +79,9 @@ typedef struct {
  * messages). Every key SD 1.x/2.x/BK-SDM use is read; keys of other
  * architectures set to a non-default value (SDXL's addition_embed_type,
  * class_embed_type, other block types, ...) are a one-line error naming
- * path and key. Unknown keys (starting with '_', or unrelated) are ignored
- * when diffusers ignores them. Returns 0 or -1 with err set. */
+ * path and key. Keys unknown to diffusers' UNet2DConditionModel (e.g.
+ * "_diffusers_version") are ignored, as its from_config ignores them.
+ * Returns 0 or -1 with err set. */
 int sd_unet_config_from_json(sd_unet_config *c, const json_t *j, const char *path, char *err);
 
 /* Every tensor of the model under its diffusers name and shape, in the

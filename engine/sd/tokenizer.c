@@ -209,11 +209,18 @@ static int load_merges(sd_tokenizer *tk, const char *path, char *err) {
 }
 
 /* A token setting in tokenizer_config.json / special_tokens_map.json: a
- * string, or an AddedToken object {"content": ...}. 0 = absent. */
-static int token_value(json_t *j, const char *key, const char *path, const char **out, char *err) {
+ * string, or an AddedToken object {"content", "lstrip", "rstrip", ...}
+ * whose flags *strip gets (bit 1 lstrip, bit 2 rstrip). 0 = absent. */
+static int token_value(json_t *j, const char *key, const char *path, const char **out, int *strip, char *err) {
     json_t *v = j ? json_object_get(j, key) : NULL;
+    *strip = 0;
     if (!v || json_is_null(v)) return 0;
-    if (json_is_object(v)) v = json_object_get(v, "content");
+    if (json_is_object(v)) {
+        if (json_is_true(json_object_get(v, "single_word")))
+            return d3_errf(err, "%s: key \"%s\": single_word tokens are not supported", path, key);
+        *strip = json_is_true(json_object_get(v, "lstrip")) | 2 * json_is_true(json_object_get(v, "rstrip"));
+        v = json_object_get(v, "content");
+    }
     if (!json_is_string(v))
         return d3_errf(err, "%s: key \"%s\": expected a string or an object with a string \"content\"", path, key);
     *out = json_string_value(v);
@@ -240,8 +247,8 @@ static int add_token(sd_tokenizer *tk, const char *content, int32_t id, int lstr
 
 /* The id of a special token: its entry in added_tokens_decoder, else its
  * vocabulary id. */
-static int special_id(sd_tokenizer *tk, const char *tok, const char *what, const char *path, int32_t *id,
-                      char *err) {
+static int special_id(sd_tokenizer *tk, const char *tok, int strip, const char *what, const char *path,
+                      int32_t *id, char *err) {
     for (int i = 0; i < tk->nadded; i++) {
         if (strcmp(tk->added[i].utf8, tok) == 0) {
             *id = tk->added[i].id;
@@ -251,7 +258,7 @@ static int special_id(sd_tokenizer *tk, const char *tok, const char *what, const
     char b[64];
     if (!ht_get(&tk->vocab, tok, strlen(tok), id))
         return d3_errf(err, "%s: key \"%s\": token \"%s\" is not in vocab.json", path, what, shown(tok, b, sizeof b));
-    return add_token(tk, tok, *id, 0, 0, path, err);
+    return add_token(tk, tok, *id, strip & 1, !!(strip & 2), path, err);
 }
 
 static json_t *load_optional_json(const char *path, int *missing, char *err) {
@@ -329,13 +336,13 @@ static int load_config(sd_tokenizer *tk, const char *dir, char *err) {
     int32_t *ids[4] = {&tk->bos, &tk->eos, &tk->unk, &tk->pad};
     for (int i = 0; i < 4; i++) {
         const char *tok = special[i].def, *from = cpath;
-        int r = token_value(cfg, special[i].key, cpath, &tok, err);
+        int strip, r = token_value(cfg, special[i].key, cpath, &tok, &strip, err);
         if (r < 0) goto out;
         if (r == 0) {
             from = spath;
-            if ((r = token_value(map, special[i].key, spath, &tok, err)) < 0) goto out;
+            if ((r = token_value(map, special[i].key, spath, &tok, &strip, err)) < 0) goto out;
         }
-        if (special_id(tk, tok, special[i].key, from, ids[i], err)) goto out;
+        if (special_id(tk, tok, strip, special[i].key, from, ids[i], err)) goto out;
     }
     rc = 0;
 out:
@@ -616,12 +623,13 @@ static int added_at(const sd_tokenizer *tk, const uint32_t *s, size_t i, size_t 
     return best;
 }
 
-int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, int32_t *out, char *err) {
+/* The ids of text without start/end tokens, at most cap of them, into
+ * body; returns how many, or -1 when memory runs out. */
+static int encode_body(const sd_tokenizer *tk, const char *text, size_t len, int32_t *body, int cap) {
     uint32_t *s;
     size_t n;
-    if (uni_from_utf8(text, len, &s, &n)) return d3_errf(err, "tokenizer: out of memory");
-    int32_t body[SD_TOKENS_MAX];
-    idlist ids = {body, 0, tk->max_len - 2};
+    if (uni_from_utf8(text, len, &s, &n)) return -1;
+    idlist ids = {body, 0, cap};
     /* step 2: pieces between added tokens; lstrip/rstrip eat the neighbours' whitespace */
     size_t start = 0, i = 0;
     int rstrip = 0;
@@ -631,7 +639,7 @@ int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, 
         size_t b = start, e = i;
         if (rstrip) while (b < e && is_space(s[b])) b++;
         if (a >= 0 && tk->added[a].lstrip) while (e > b && is_space(s[e - 1])) e--;
-        if (encode_piece(tk, s + b, e - b, &ids)) { free(s); return d3_errf(err, "tokenizer: out of memory"); }
+        if (encode_piece(tk, s + b, e - b, &ids)) { free(s); return -1; }
         if (a < 0) break;
         push_id(&ids, tk->added[a].id);
         rstrip = tk->added[a].rstrip;
@@ -639,9 +647,16 @@ int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, 
         start = i;
     }
     free(s);
+    return ids.n;
+}
+
+int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, int32_t *out, char *err) {
+    int32_t body[SD_TOKENS_MAX];
+    int nb = encode_body(tk, text, len, body, tk->max_len - 2);
+    if (nb < 0) return d3_errf(err, "tokenizer: out of memory");
     int k = 0;
     out[k++] = tk->bos;
-    for (int j = 0; j < ids.n; j++) out[k++] = ids.v[j];
+    for (int j = 0; j < nb; j++) out[k++] = body[j];
     out[k++] = tk->eos;
     int used = k;
     while (k < tk->max_len) out[k++] = tk->pad;
@@ -650,4 +665,11 @@ int sd_tokenizer_encode_n(const sd_tokenizer *tk, const char *text, size_t len, 
 
 int sd_tokenizer_encode(const sd_tokenizer *tk, const char *text, int32_t *ids, char *err) {
     return sd_tokenizer_encode_n(tk, text, strlen(text), ids, err);
+}
+
+int sd_tokenizer_truncates(const sd_tokenizer *tk, const char *text, char *err) {
+    int32_t body[SD_TOKENS_MAX];
+    int nb = encode_body(tk, text, strlen(text), body, tk->max_len - 1);
+    if (nb < 0) return d3_errf(err, "tokenizer: out of memory");
+    return nb > tk->max_len - 2;
 }

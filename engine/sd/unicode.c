@@ -23,6 +23,8 @@ static const uni_range *find_range(uint32_t cp) {
     return NULL;
 }
 
+const char *uni_version(void) { return UNI_TAB_VERSION; }
+
 int uni_class(uint32_t cp) {
     const uni_range *r = find_range(cp);
     return r ? r->cls : UNI_C;

@@ -22,6 +22,8 @@ typedef struct {
     uint8_t flags;  /* 1 Cased, 2 Case_Ignorable */
 } uni_range;
 
+/* The Unicode version of the tables ("15.0.0"). */
+const char *uni_version(void);
 /* Class (UNI_*) of cp; code points past U+10FFFF are UNI_C. */
 int uni_class(uint32_t cp);
 int uni_ccc(uint32_t cp);

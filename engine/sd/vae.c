@@ -107,39 +107,93 @@ int sd_vae_layout(const sd_vae_config *c, sd_layout *L, char *err) {
     return 0;
 }
 
-d3_tensor *sd_vae_decode(d3_tape *tp, const sd_vae_config *c, const sd_layout *L,
-                         const float *params, float *grads, d3_tensor *latents) {
-    sdb_ctx F = {.tp = tp, .L = L, .P = params, .G = grads}, *f = &F;
-    int B = c->nblocks, G = c->groups, ch = c->block_out[B - 1];
-    d3_tensor *z = tape_scale(tp, latents, 1.0f / c->scaling_factor);
-    if (c->post_quant_conv) z = sdb_conv(f, "post_quant_conv", z, c->latent_channels, 1, 1);
-    sdb_prefix(f, "decoder.");
-    d3_tensor *h = sdb_conv(f, "conv_in", z, ch, 3, 1);
-    sdb_prefix(f, "decoder.mid_block.resnets.0.");
-    h = sdb_resnet(f, h, NULL, ch, G, VAE_EPS);
-    if (c->mid_attn) {
-        /* one head over the H*W tokens, residual around it */
-        sdb_prefix(f, "decoder.mid_block.attentions.0.");
-        d3_tensor *a = tape_to_tokens(tp, sdb_groupnorm(f, "group_norm", h, G, VAE_EPS));
-        a = sdb_attention(f, "", a, a, 1, ch, ch, 1);
-        h = tape_add(tp, tape_to_nchw(tp, a, h->h, h->w), h);
-    }
-    sdb_prefix(f, "decoder.mid_block.resnets.1.");
-    h = sdb_resnet(f, h, NULL, ch, G, VAE_EPS);
-    for (int i = 0; i < B; i++) {
-        int oc = c->block_out[B - 1 - i];
-        for (int j = 0; j <= c->layers; j++) {
-            sdb_prefix(f, "decoder.up_blocks.%d.resnets.%d.", i, j);
-            h = sdb_resnet(f, h, NULL, oc, G, VAE_EPS);
+/* The decode is a chain of stages, each a function of the previous one's
+ * output only: 0 = scale, post_quant_conv, conv_in and the mid block; then
+ * every up block's resnets and upsampler in turn; last, the output norm,
+ * SiLU and conv_out. sd_vae_decode runs them all on one tape;
+ * sd_vae_decode_lowmem runs each on a fresh tape. */
+static int vae_nstages(const sd_vae_config *c) {
+    return 2 + c->nblocks * (c->layers + 1) + c->nblocks - 1;
+}
+
+static d3_tensor *vae_stage(sdb_ctx *f, const sd_vae_config *c, int k, d3_tensor *h) {
+    d3_tape *tp = f->tp;
+    int B = c->nblocks, G = c->groups, R = c->layers, ch = c->block_out[B - 1];
+    if (k == 0) {
+        d3_tensor *z = tape_scale(tp, h, 1.0f / c->scaling_factor);
+        if (c->post_quant_conv) {
+            sdb_prefix(f, "%s", "");
+            z = sdb_conv(f, "post_quant_conv", z, c->latent_channels, 1, 1);
         }
+        sdb_prefix(f, "decoder.");
+        h = sdb_conv(f, "conv_in", z, ch, 3, 1);
+        sdb_prefix(f, "decoder.mid_block.resnets.0.");
+        h = sdb_resnet(f, h, NULL, ch, G, VAE_EPS);
+        if (c->mid_attn) {
+            /* one head over the H*W tokens, residual around it */
+            sdb_prefix(f, "decoder.mid_block.attentions.0.");
+            d3_tensor *a = tape_to_tokens(tp, sdb_groupnorm(f, "group_norm", h, G, VAE_EPS));
+            a = sdb_attention(f, "", a, a, 1, ch, ch, 1);
+            h = tape_add(tp, tape_to_nchw(tp, a, h->h, h->w), h);
+        }
+        sdb_prefix(f, "decoder.mid_block.resnets.1.");
+        return sdb_resnet(f, h, NULL, ch, G, VAE_EPS);
+    }
+    k--;
+    for (int i = 0; i < B; i++) {
+        if (k <= R) {
+            sdb_prefix(f, "decoder.up_blocks.%d.resnets.%d.", i, k);
+            return sdb_resnet(f, h, NULL, c->block_out[B - 1 - i], G, VAE_EPS);
+        }
+        k -= R + 1;
         if (i != B - 1) {
-            sdb_prefix(f, "decoder.up_blocks.%d.upsamplers.0.", i);
-            h = sdb_conv(f, "conv", tape_upsample2x(tp, h), h->c, 3, 1);
+            if (k == 0) {
+                sdb_prefix(f, "decoder.up_blocks.%d.upsamplers.0.", i);
+                return sdb_conv(f, "conv", tape_upsample2x(tp, h), h->c, 3, 1);
+            }
+            k--;
         }
     }
     sdb_prefix(f, "decoder.");
     h = tape_silu(tp, sdb_groupnorm(f, "conv_norm_out", h, G, VAE_EPS));
     return sdb_conv(f, "conv_out", h, c->out_channels, 3, 1);
+}
+
+d3_tensor *sd_vae_decode(d3_tape *tp, const sd_vae_config *c, const sd_layout *L,
+                         const float *params, float *grads, d3_tensor *latents) {
+    sdb_ctx F = {.tp = tp, .L = L, .P = params, .G = grads};
+    d3_tensor *h = latents;
+    for (int k = 0; k < vae_nstages(c); k++) h = vae_stage(&F, c, k, h);
+    return h;
+}
+
+int sd_vae_decode_lowmem(const d3_backend *be, const sd_vae_config *c, const sd_layout *L,
+                         const float *params, const float *latents, int N, int h, int w,
+                         float *out, char *err) {
+    d3_tape *tp[2] = {tape_new(be), tape_new(be)};
+    if (!tp[0] || !tp[1]) {
+        tape_free(tp[0]);
+        tape_free(tp[1]);
+        return d3_errf(err, "VAE decode: out of memory");
+    }
+    const float *src = latents;
+    int n = N, ch = c->latent_channels, hh = h, ww = w;
+    for (int k = 0; k < vae_nstages(c); k++) {
+        /* the input comes from the other tape, whose stage is done */
+        d3_tape *t = tp[k % 2];
+        tape_reset(t);
+        tape_set_grad(t, 0);
+        d3_tensor *x = tape_input(t, n, ch, hh, ww);
+        be->copy(x->v, src, x->numel * sizeof(float));
+        sdb_ctx F = {.tp = t, .L = L, .P = params, .G = NULL};
+        d3_tensor *y = vae_stage(&F, c, k, x);
+        src = y->v;
+        n = y->n; ch = y->c; hh = y->h; ww = y->w;
+    }
+    be->copy(out, src, (size_t)n * ch * hh * ww * sizeof(float));
+    tape_free(tp[0]);
+    tape_free(tp[1]);
+    return 0;
 }
 
 void sd_vae_to_rgb8(uint8_t *out, const float *img, int C, int H, int W) {

@@ -35,6 +35,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "err.h"
 #include "layout.h"
 #include "tape.h"
@@ -67,6 +68,18 @@ int sd_vae_layout(const sd_vae_config *c, sd_layout *L, char *err);
  * w*2^(B-1)], nominally in [-1, 1] (not clamped here). */
 d3_tensor *sd_vae_decode(d3_tape *tp, const sd_vae_config *c, const sd_layout *L,
                          const float *params, float *grads, d3_tensor *latents);
+
+/* The same decode for inference only (no gradients), in bounded memory:
+ * the same ops in the same order as sd_vae_decode (so the same numbers),
+ * but each stage (the mid block, every resnet, every upsampler, the output
+ * layers) runs on one of two scratch tapes in turn, so only two stages'
+ * activations are held instead of the whole decoder's (SD's VAE at 512x512:
+ * about 8 GB on one tape). latents: device [N, latent_channels, h, w];
+ * out: device [N, out_channels, h*2^(B-1), w*2^(B-1)] floats, written.
+ * Returns 0, or -1 with err when the scratch tapes cannot be made. */
+int sd_vae_decode_lowmem(const d3_backend *be, const sd_vae_config *c, const sd_layout *L,
+                         const float *params, const float *latents, int N, int h, int w,
+                         float *out, char *err);
 
 /* The decoder's output (host floats, [C, H, W], C = 3) to 8-bit pixels
  * [H, W, C] as diffusers' VaeImageProcessor.postprocess + numpy_to_pil:

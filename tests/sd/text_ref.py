@@ -7,7 +7,8 @@ text formats the C tool (tests/tool_sdtext.c) prints.
   python text_ref.py refs DIR sd1,sd2 PROMPTS.jsonl...    in DIR, for each pipeline DIR/K:
         K.NAME.slow.ids, K.NAME.fast.ids   one line of ids per prompt of NAME.jsonl
         K.states.bin                       float32 [P, 77, D] little endian, first corpus
-  python text_ref.py random N SEED OUT.jsonl              N random prompts from awkward characters
+                                           (when K has a text_encoder/)
+  python text_ref.py random N SEED OUT.jsonl              N random prompts from awkward characters, 3 long ones
   python text_ref.py compare C.bin REF.bin NAME           states within 1e-5 + 1e-5 |ref|
 
 PROMPTS.jsonl holds one JSON string per line. The ids are what diffusers'
@@ -56,6 +57,8 @@ def main():
                     with open(os.path.join(out, "%s.%s.%s.ids" % (k, name, kind)), "w") as f:
                         for row in ids(tok, prompts(c)):
                             f.write(" ".join(map(str, row)) + "\n")
+            if not os.path.isdir(pipe + "/text_encoder"):
+                continue
             tok = tokenizer("slow", pipe + "/tokenizer")
             model = CLIPTextModel.from_pretrained(pipe + "/text_encoder").eval()
             with torch.no_grad():
@@ -94,6 +97,9 @@ def main():
             for _ in range(int(sys.argv[2])):
                 n = rng.choice([1, 3, 8, 20, 60, 150])
                 f.write(json.dumps("".join(rng.choice(pool) for _ in range(n))) + "\n")
+            # and long ones: truncation inside one 10k-letter word, 5000 words, 10k ideographs
+            for p in ("x" * 10000, " ".join(["word"] * 5000), "".join(chr(0x4E00 + i) for i in range(10000))):
+                f.write(json.dumps(p) + "\n")
     else:
         sys.exit("text_ref.py: unknown mode %r" % mode)
 
