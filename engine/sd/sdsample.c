@@ -175,22 +175,29 @@ int sd_traj_logp(sd_model *m, d3_tape *tp, const ddim_opts *o, const float *cond
 
 int sd_model_decode(sd_model *m, d3_tape *tp, const float *x, int n, int h, int w, uint8_t *rgb,
                     char *err) {
+    (void)tp; /* the low-memory decode runs on scratch tapes of its own */
     const d3_backend *be = m->be;
     size_t Dx = (size_t)m->latent_c * h * w;
     int H = h * m->factor, W = w * m->factor, C = m->p.vae.out_channels;
     if (C != 3) return d3_errf(err, "%s: the VAE decodes %d channels, expected 3 (RGB)", m->p.config_path[SD_VAE], C);
-    float *img = malloc((size_t)C * H * W * sizeof(float));
-    if (!img) return d3_errf(err, "out of memory for a %dx%d image", W, H);
-    for (int i = 0; i < n; i++) { /* one at a time: the decoder's activations are large */
-        tape_reset(tp);
-        tape_set_grad(tp, 0);
-        d3_tensor *z = tape_input(tp, 1, m->latent_c, h, w);
-        be->upload(z->v, x + i * Dx, Dx * sizeof(float));
-        d3_tensor *y = sd_vae_decode(tp, &m->p.vae, &m->p.L[SD_VAE], m->params[SD_VAE], NULL, z);
-        be->download(img, y->v, (size_t)C * H * W * sizeof(float));
-        sd_vae_to_rgb8(rgb + (size_t)i * H * W * 3, img, C, H, W);
-        tape_set_grad(tp, 1);
+    size_t Di = (size_t)C * H * W;
+    float *img = malloc(Di * sizeof(float));
+    float *zd = be->alloc(Dx * sizeof(float)), *yd = be->alloc(Di * sizeof(float));
+    int rc = 0;
+    if (!img || !zd || !yd) rc = d3_errf(err, "out of memory for a %dx%d image", W, H);
+    /* one image at a time, two decoder stages' activations at a time (SD's
+     * VAE holds ~8 GB at 512x512 on one tape): the same numbers as
+     * sd_vae_decode */
+    for (int i = 0; i < n && !rc; i++) {
+        be->upload(zd, x + i * Dx, Dx * sizeof(float));
+        rc = sd_vae_decode_lowmem(be, &m->p.vae, &m->p.L[SD_VAE], m->params[SD_VAE], zd, 1, h, w, yd, err);
+        if (!rc) {
+            be->download(img, yd, Di * sizeof(float));
+            sd_vae_to_rgb8(rgb + (size_t)i * H * W * 3, img, C, H, W);
+        }
     }
     free(img);
-    return 0;
+    if (zd) be->free(zd);
+    if (yd) be->free(yd);
+    return rc;
 }

@@ -72,7 +72,8 @@ int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const fl
 int sd_traj_logp(sd_model *m, d3_tape *tp, const ddim_opts *o, const float *cond,
                  const float *uncond, const float *traj, int h, int w, float *logp, char *err);
 /* Decodes n latents [n][C*h*w] to 8-bit RGB [n][H][W][3], H = h*factor,
- * as diffusers' VaeImageProcessor does. 0/-1. */
+ * as diffusers' VaeImageProcessor does, with the VAE's low-memory decode
+ * (tp unused). 0/-1. */
 int sd_model_decode(sd_model *m, d3_tape *tp, const float *x, int n, int h, int w, uint8_t *rgb,
                     char *err);
 
