@@ -71,6 +71,12 @@ sys.exit(1 if a.shape != b.shape or (~(np.abs(a - b) <= 1e-6 + 1e-6 * np.abs(b))
     ok "  ...teacher-forced log-probs equal the sampled ones" || no "  ...teacher-forced log-probs differ from the sampled ones"
 cat "$T/cmp"
 
+cp -r "$M/sd1" "$M/sd1-a1"
+sed -i 's/"set_alpha_to_one": false/"set_alpha_to_one": true/' "$M/sd1-a1/scheduler/scheduler_config.json"
+expect 2 "log-probs with set_alpha_to_one true" "$TOOL" sample "$M/sd1-a1" "$P" "$M/latents.safetensors" 4 1 3 "$M/a1.st"
+grep_err "  ...says the last step has sigma 0" "scheduler_config.json: step 3 (t=1) has sigma 0 (set_alpha_to_one true)"
+expect 0 "  ...sampling without log-probs works" "$D3" sample --model "$M/sd1-a1" --prompt "$P" --steps 4 --out "$M/a1"
+
 # the command line
 expect 0 "eta 1, two images" "$D3" sample --model "$M/sd1" --prompt "$P" --count 2 --steps 4 --seed 3 --out "$M/a"
 [ -f "$M/a/a_photo_of_a_cat-3-0.png" ] && [ -f "$M/a/a_photo_of_a_cat-3-1.png" ] && ok "  ...two PNGs" || no "  ...two PNGs"

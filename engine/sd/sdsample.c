@@ -104,13 +104,20 @@ static void unet_guided(sd_model *m, d3_tape *tp, int n, const float *x, int h, 
     tape_set_grad(tp, 1);
 }
 
-/* The plan of o for this model, checked. */
-static int plan(const sd_model *m, const ddim_opts *o, int h, int w, int *ts, double *at,
+/* The plan of o for this model, checked; with logp, every step must have
+ * sigma > 0 (set_alpha_to_one makes the last one 0: no density). */
+static int plan(const sd_model *m, const ddim_opts *o, int h, int w, int logp, int *ts, double *at,
                 double *ap, char *err) {
     if (o->steps < 1 || o->steps > D3_MAX_STEPS)
         return d3_errf(err, "steps %d: expected 1..%d", o->steps, D3_MAX_STEPS);
     if (sd_unet_check_size(&m->p.unet, h, w, err)) return -1;
-    return sd_sched_plan(&m->p.sched, o->steps, ts, at, ap, err);
+    if (sd_sched_plan(&m->p.sched, o->steps, ts, at, ap, err)) return -1;
+    if (logp && !(o->eta > 0)) return d3_errf(err, "log-probabilities need eta > 0 (eta %g)", o->eta);
+    for (int k = 0; logp && k < o->steps; k++)
+        if (!(ddim_sigma(at[k], ap[k], o->eta) > 0))
+            return d3_errf(err, "%s: step %d (t=%d) has sigma 0 (set_alpha_to_one true): no log-probability there; "
+                           "D3PO needs set_alpha_to_one false", m->p.sched_path, k, ts[k]);
+    return 0;
 }
 
 int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
@@ -118,8 +125,7 @@ int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const fl
                    float *logp, char *err) {
     int K = o->steps, ts[D3_MAX_STEPS];
     double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan(m, o, h, w, ts, at, ap, err)) return -1;
-    if (logp && !(o->eta > 0)) return d3_errf(err, "log-probabilities need eta > 0 (eta %g)", o->eta);
+    if (plan(m, o, h, w, logp != NULL, ts, at, ap, err)) return -1;
     size_t Dx = (size_t)m->latent_c * h * w;
     float *eps = malloc(n * Dx * sizeof(float)), *mean = malloc(Dx * sizeof(float));
     float *z = malloc(Dx * sizeof(float)), *xp = malloc(Dx * sizeof(float));
@@ -151,8 +157,7 @@ int sd_traj_logp(sd_model *m, d3_tape *tp, const ddim_opts *o, const float *cond
                  const float *uncond, const float *traj, int h, int w, float *logp, char *err) {
     int K = o->steps, ts[D3_MAX_STEPS];
     double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan(m, o, h, w, ts, at, ap, err)) return -1;
-    if (!(o->eta > 0)) return d3_errf(err, "log-probabilities need eta > 0 (eta %g)", o->eta);
+    if (plan(m, o, h, w, 1, ts, at, ap, err)) return -1;
     size_t Dx = (size_t)m->latent_c * h * w;
     float *eps = malloc(Dx * sizeof(float)), *mean = malloc(Dx * sizeof(float));
     float *xp = malloc(Dx * sizeof(float));
