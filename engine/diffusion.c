@@ -43,6 +43,34 @@ double ddim_step(float *x_prev, float *mean, const float *x_t, const float *eps,
     return sigma;
 }
 
+double ddim_step_pred(float *x_prev, float *mean, const float *x_t, const float *out,
+                      const float *z, double abar_t, double abar_prev, double eta, int pred_v,
+                      float clip, size_t n) {
+    double sigma = ddim_sigma(abar_t, abar_prev, eta);
+    double ce2 = 1.0 - abar_prev - sigma * sigma;
+    float sa = (float)sqrt(abar_t), s1 = (float)sqrt(1.0 - abar_t), rsa = (float)(1.0 / sqrt(abar_t));
+    float rs1 = (float)(1.0 / sqrt(1.0 - abar_t)), sp = (float)sqrt(abar_prev);
+    float ce = (float)sqrt(ce2 > 0 ? ce2 : 0), sg = (float)sigma;
+    for (size_t i = 0; i < n; i++) {
+        float e, x0;
+        if (pred_v) {
+            x0 = sa * x_t[i] - s1 * out[i];
+            e = sa * out[i] + s1 * x_t[i];
+        } else {
+            e = out[i];
+            x0 = (x_t[i] - s1 * e) * rsa;
+        }
+        if (clip > 0) {
+            x0 = x0 < -clip ? -clip : x0 > clip ? clip : x0;
+            e = (x_t[i] - sa * x0) * rs1;
+        }
+        float mu = sp * x0 + ce * e;
+        mean[i] = mu;
+        x_prev[i] = z ? mu + sg * z[i] : mu;
+    }
+    return sigma;
+}
+
 double ddim_logprob(const float *x_prev, const float *mean, double sigma, size_t n) {
     double ss = 0;
     for (size_t i = 0; i < n; i++) {
@@ -98,6 +126,10 @@ static void guide(float *eps, const float *out, int n, int nb, size_t D, float w
         const float *u = out + (size_t)(n + i) * D;
         for (size_t j = 0; j < D; j++) e[j] = u[j] + w * (c[j] - u[j]);
     }
+}
+
+void ddim_guide(float *eps, const float *out, int n, int nb, size_t D, float w) {
+    guide(eps, out, n, nb, D, w);
 }
 
 void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t, const int *cls,

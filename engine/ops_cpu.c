@@ -27,6 +27,7 @@
  * pointer it receives, parameters and activations alike; NULL = skip.
  */
 #include "ops.h"
+#include "ops_internal.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -95,10 +96,8 @@ static void blas_single(void) {
     if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
-/* Work (in floats touched) below which an elementwise loop stays serial. */
-#define PAR_MIN 32768
-
-static int par_threads(size_t work) { return work > PAR_MIN ? ops_get_threads() : 1; }
+float *ops_scratch(size_t nfloats) { return scratch(nfloats); }
+void ops_blas_single(void) { blas_single(); }
 
 /* This thread's share [lo,hi) of n items: the whole range when not coop,
  * else a contiguous block, block sizes rounded up to `align`. */
@@ -147,29 +146,6 @@ static void mm(int coop, int ta, int tb, int M, int N, int K, float alpha,
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
                 beta, C, ldc);
-}
-
-/* exp(x) for float, vectorisable (no libm call): 2^n * p(r) with
- * x = n*ln2 + r, |r| <= ln2/2 (about), degree-6 polynomial; relative
- * error ~2e-7.
- * Input clamped to [-87, 88] (results ~1.6e-38 .. 1.6e38). */
-static inline float fexp(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    /* round to nearest by the 1.5*2^23 trick (floorf does not vectorise
-     * without -fno-trapping-math) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;          /* ln2 high part (exact) */
-    r = r - n * -2.12194440e-4f;             /* ln2 low part */
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { int32_t i; float f; } e = {.i = ((int32_t)n + 127) << 23}; /* 2^n */
-    return p * e.f;
 }
 
 /* ----------------------------------------------------------------- conv2d */
@@ -1165,8 +1141,10 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout,
 /* -------------------------------------------------------------- groupnorm */
 
 void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int N, int C, int HW, int G) {
+                       const float *w, const float *b, int N, int C, int HW, int G,
+                       float eps) {
     // inp, out: [N,C,HW]  w, b: [C]  mean, rstd: [N,G]
+    const double epsd = ops_eps_double(eps);
     const int CG = C / G;
     const size_t M = (size_t)CG * HW; /* elements per group */
     assert(C % G == 0);
@@ -1186,7 +1164,7 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
                 double d = x[i] - mu;
                 ss += d * d;
             }
-            const double rs = 1.0 / sqrt(ss / (double)M + 1e-5);
+            const double rs = 1.0 / sqrt(ss / (double)M + epsd);
             mean[n * G + g] = (float)mu;
             rstd[n * G + g] = (float)rs;
             for (int cc = 0; cc < CG; cc++) {
@@ -1203,8 +1181,8 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
 
 void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int HW, int G) {
-    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]
+                        const float *rstd, int N, int C, int HW, int G, float eps) {
+    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]  (eps is in rstd already)
     if (!dinp && !dw && !db) return;
     const int CG = C / G;
     const size_t M = (size_t)CG * HW;
@@ -1512,16 +1490,10 @@ void embedding_backward(float *dtable, const float *dout, const int *idx, int N,
     }
 }
 
+/* [cos, sin] with no shift: diffusers' flip_sin_to_cos = True, shift 0
+ * (ops_tx.c computes it, bit for bit as before it had options). */
 void timestep_embedding(float *out, const float *t, int N, int D) {
-    // t: [N]  out: [N,D] = [cos(t*f), sin(t*f)]
-    const int half = D / 2;
-    for (int n = 0; n < N; n++)
-        for (int i = 0; i < half; i++) {
-            const double f = exp(-log(10000.0) * i / half);
-            const double a = (double)t[n] * f;
-            out[(size_t)n * D + i] = (float)cos(a);
-            out[(size_t)n * D + half + i] = (float)sin(a);
-        }
+    timestep_embedding_ex(out, t, N, D, 1, 0.0f);
 }
 
 float mse_forward(const float *a, const float *b, size_t n) {
