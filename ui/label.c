@@ -232,7 +232,6 @@ static void engine_events(ui *u) {
             snprintf(u->status, sizeof u->status, "round %d trained: model v%ld", ev.round, ev.version);
             break;
         case RV_ERROR:
-        case RV_WARNING:
             snprintf(u->msg, sizeof u->msg, "%s", ev.msg);
             break;
         default:
