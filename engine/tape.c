@@ -400,6 +400,7 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         if (!y->g) continue; /* no consumer: a zero gradient, nothing to add */
         grad_need(tp, nd->in0);
         grad_need(tp, nd->in1);
+        grad_need(tp, nd->in2);
         switch (nd->op) {
         case OP_CONV2D:
             be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
