@@ -42,9 +42,12 @@ wait_for "drift -*[0-9.]* (v[12])" && ok "header drift measured on a trained mod
 # history: change a past choice (a new journal line)
 tm send-keys -t t h
 wait_for "history: 5 decided pairs" && ok "h opens the history" || no "h history"
+wait_for "pair *4  B *trained" && ok "history marks a trained pair" || no "history trained mark"
 tm send-keys -t t Down
 tm send-keys -t t t
 wait_for "changed to tie" && ok "a past choice can be changed" || no "change a past choice"
+wait_for "pair *3  tie *next round" && ok "history: the edited pair waits for the next round" \
+    || no "history next-round mark"
 tm send-keys -t t h
 tm send-keys -t t p
 wait_for "prompt of new pairs" && ok "p opens the prompt chooser" || no "p prompt chooser"

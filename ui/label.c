@@ -232,7 +232,6 @@ static void engine_events(ui *u) {
             snprintf(u->status, sizeof u->status, "round %d trained: model v%ld", ev.round, ev.version);
             break;
         case RV_ERROR:
-        case RV_WARNING:
             snprintf(u->msg, sizeof u->msg, "%s", ev.msg);
             break;
         default:
@@ -241,6 +240,19 @@ static void engine_events(ui *u) {
         rounds_event_free(&ev);
     }
     round_status(u);
+}
+
+/* The training mark of a history row: trained with this choice, changed
+ * after training (the new answer goes into the next round), or waiting. */
+static const char *hist_mark(const d3_session *s, long id) {
+    static char buf[48];
+    int tc = session_trained_choice(s, id), c = session_choice_of(s, id);
+    if (session_label_trained(s, id)) return "trained";
+    if (tc != SESSION_NONE && tc != c) {
+        snprintf(buf, sizeof buf, "trained as %s, changed", session_choice_name(tc));
+        return buf;
+    }
+    return session_label_pending(s, id) ? "next round" : "";
 }
 
 /* ---- drawing ---- */
@@ -476,7 +488,8 @@ static void draw(ui *u, int full) {
         for (int r = 0; r < h && first + r < u->hist_n; r++) {
             long id = u->hist_ids[first + r];
             if (first + r == u->hist_sel) attron(A_REVERSE);
-            mvprintw(top + r, l0, " pair %6ld  %-5s", id, session_choice_name(session_choice_of(u->s, id)));
+            mvprintw(top + r, l0, " pair %6ld  %-5s %s", id,
+                     session_choice_name(session_choice_of(u->s, id)), hist_mark(u->s, id));
             if (first + r == u->hist_sel) attroff(A_REVERSE);
         }
         if (u->hist_pair) {
