@@ -916,3 +916,18 @@ int session_ensure(const char *dir, const char **model, const char *settings_jso
     }
     return session_create(dir, *model, settings_json, err) ? -1 : 1;
 }
+
+int session_pair_class(const d3_session *s, long id) {
+    if (id < 0 || id >= s->cap || !s->present[id]) return -1;
+    char path[4096];
+    session_pair_path(s, id, "traj", path, sizeof path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    unsigned char h[SESSION_TRAJ_HEADER];
+    ssize_t n = pread(fd, h, sizeof h, 0);
+    close(fd);
+    if (n != (ssize_t)sizeof h || memcmp(h, TRAJ_MAGIC, 8) || get_u32(h + 8) != SESSION_TRAJ_HEADER)
+        return -1;
+    uint32_t cls = get_u32(h + 24);
+    return cls < (uint32_t)s->nclasses ? (int)cls : -1;
+}

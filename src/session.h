@@ -225,4 +225,8 @@ typedef struct {
 
 void session_info(const d3_session *s, session_stats *info);
 
+/* The class (prompt) of pair id, read from its file's header only; -1
+ * when the file is missing or its header is not a pair header. Cheap
+ * enough to count labels per prompt over a whole session. */
+int session_pair_class(const d3_session *s, long id);
 #endif
