@@ -7,8 +7,9 @@
 #   xs_tools PKGS CMD...   installs PKGS when a CMD is missing; returns 1
 #                          (the caller skips) when that fails
 #   xs_start               the tiny model ($T/m.st, side $S) and Xvfb
-#   xs_label_cmd SESSION   the shell command a terminal runs: probe, d3po
-#                          label (its pid in $T/pid), probe again
+#   xs_label_cmd SESSION [PRE]  the shell command a terminal runs: PRE (e.g.
+#                          a printf that sets a mode), probe, d3po label
+#                          (its pid in $T/pid), probe again
 #   xs_window CLASS        finds the terminal's window: WX WY WW WH
 #   shot FILE MODE         screenshot + shot_check.py MODE, results in $T/checks
 #   checks_report          turns the checks' lines into ok/no
@@ -56,7 +57,7 @@ xs_start() {
 # pid is known), its exit status, the modes after, then waits to be killed.
 xs_label_cmd() {
     rm -f "$T/exited" "$T/modes.before" "$T/modes.after" "$T/pid"
-    echo "cd $PWD && python3 tests/termprobe.py $T/modes.before; sh -c 'echo \$\$ >$T/pid; exec $D3 label --session $1 --model $T/m.st --graphics auto --round-size 2 2>$T/err'; echo EXITED \$? >$T/exited; python3 tests/termprobe.py $T/modes.after; sleep 120"
+    echo "cd $PWD && ${2:-:}; python3 tests/termprobe.py $T/modes.before; sh -c 'echo \$\$ >$T/pid; exec $D3 label --session $1 --model $T/m.st --graphics auto --round-size 2 2>$T/err'; echo EXITED \$? >$T/exited; python3 tests/termprobe.py $T/modes.after; sleep 120"
 }
 
 xs_window() {
