@@ -120,14 +120,14 @@ if mode == "images":
         report(s > 0.99, "blank rows under the images", "background share %.3f" % s)
     s = bgshare(ox, oy + (rows - 2) * ch, cols * cw, ch)
     report(0.6 < s < 0.99, "footer row is text on background", "background share %.3f" % s)
-elif mode == "zoom":  # z: the left image alone, centred in the image rows
-    zw = cols - 2
-    f = min(zw * cw, ph * ch) // S
+elif mode == "zoom":  # z: the left image alone, centred on rows 1 .. rows-5
+    zt, zh, zw = 1, rows - 5, cols - 2
+    f = min(zw * cw, zh * ch) // S
     used = -(-(S * f) // cw)
     zl = 1 + (zw - used) // 2
-    right, _ = image("zoomed image", zl, top, zw, ph)
-    n = colourful(right + 1, oy + top * ch, ox + cols * cw - right - 1, ph * ch)
-    n += colourful(ox, oy + top * ch, zl * cw, ph * ch)
+    right, _ = image("zoomed image", zl, zt, zw, zh)
+    n = colourful(right + 1, oy + zt * ch, ox + cols * cw - right - 1, zh * ch)
+    n += colourful(ox, oy + zt * ch, zl * cw, zh * ch)
     report(n == 0, "zoom: nothing else drawn beside the image", "%d colourful pixels beside it" % n)
 else:  # help: the help text replaces the images, no pixel of them is left
     n = colourful(ox, oy + top * ch, cols * cw, (rows - 4 - top) * ch)

@@ -15,7 +15,7 @@ wait_for "round 1  labels 0/2  model v0" && ok "screen opens on a new session" |
 wait_for "pair 0 " && ok "first pair drawn" || no "first pair drawn"
 # drift: the first pair (seed 0) is measured against the base; at v0 the
 # policy is the base, so the log-ratio is exactly 0
-wait_for "drift 0.000 (v0)" && ok "header shows the drift (0 at v0)" || no "header drift at v0"
+wait_for "drift 0.000 (v0, 1 pair)" && ok "header shows the drift (0 at v0)" || no "header drift at v0"
 wait_for "▀▀▀▀▀▀▀▀" && ok "half-block images drawn" || no "half-block images drawn"
 tm send-keys -t t 1
 wait_for "pair 0: A saved" && ok "key 1 labels left" || no "key 1"
@@ -33,7 +33,7 @@ wait_for "pair 3  seed" || no "pair 3 shown"
 tm send-keys -t t s
 wait_for "skip saved" && ok "s skips" || no "s skip"
 wait_for "pair 4  seed" || no "pair 4 shown"
-wait_for "drift -*[0-9.]* (v1)" && ok "header drift measured on a v1 pair" || no "header drift at v1"
+wait_for "drift -*[0-9.]* (v1, [0-9] pair" && ok "header drift measured on a v1 pair" || no "header drift at v1"
 tm send-keys -t t Right
 wait_for "model v2" && ok "round 2 trained" || no "round 2 trained"
 # history: change a past choice (a new journal line)

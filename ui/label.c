@@ -523,8 +523,8 @@ static void prefetch(ui *u) {
 /* Images go where curses thinks the screen is blank: panel_geom gives the
  * two panels (rows top .. top+h-1; a gap of a few columns between them,
  * wider on wide screens, so the images never touch), zoom_geom the one
- * image of the zoom view, centred in the same rows. Rows: 0 header, 2 the
- * prompt above each panel, LINES-4 the pair line, LINES-3 messages,
+ * image of the zoom view, centred on rows 1 .. LINES-5. Rows: 0 header, 2
+ * the prompt above each panel, LINES-4 the pair line, LINES-3 messages,
  * LINES-2 the keys, LINES-1 the engine's status. */
 static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
     int rows = LINES, cols = COLS;
@@ -548,9 +548,10 @@ static int image_cols(const ui *u, int S, int w, int h) {
     return (S * f + u->caps.cell_w - 1) / u->caps.cell_w;
 }
 
+/* zoom: every row between the header and the pair line */
 static void zoom_geom(const ui *u, int S, int *top, int *h, int *w, int *left) {
-    int l0, l1;
-    panel_geom(top, h, w, &l0, &l1);
+    *top = 1;
+    *h = LINES - 5;
     *w = COLS - 2;
     int used = image_cols(u, S, *w, *h);
     *left = 1 + (*w - used) / 2;
@@ -821,7 +822,7 @@ static void draw(ui *u, int full) {
     }
     session_stats st;
     session_info(u->s, &st);
-    char name[64], line[1024];
+    char name[512], line[1024];
     sanitize(name, sizeof name, u->s->dir);
     attron(A_REVERSE);
     mvhline(0, 0, ' ', COLS);
@@ -830,9 +831,15 @@ static void draw(ui *u, int full) {
     long dv;
     double dm = drift_mean(u, &nd, &dv);
     if (!isnan(dm)) snprintf(drift, sizeof drift, "drift %.3f (v%ld, %d pair%s)", dm, dv, nd, nd == 1 ? "" : "s");
-    snprintf(line, sizeof line, "d3po  %s  round %d  labels %d/%d  model v%d  %s  ahead %d  %s", name,
+    char rest[256];
+    snprintf(rest, sizeof rest, "round %d  labels %d/%d  model v%d  %s  ahead %d  %s",
              labeling_round(u), u->nround, u->round_size, u->s->version, u->be->name,
              u->nq > 0 ? u->nq - 1 : 0, drift);
+    /* the session's folder gives way first: its end, then nothing */
+    int room = COLS - 2 - 6 - (int)strlen(rest) - 2, nl = (int)strlen(name);
+    if (room < 8) snprintf(line, sizeof line, "d3po  %s", rest);
+    else if (nl <= room) snprintf(line, sizeof line, "d3po  %s  %s", name, rest);
+    else snprintf(line, sizeof line, "d3po  ...%s  %s", name + nl - (room - 3), rest);
     put_fitted(0, 1, line);
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
@@ -877,19 +884,18 @@ static void draw(ui *u, int full) {
         char prompt[128];
         sanitize(prompt, sizeof prompt, q->p->cls < u->nclasses ? u->names[q->p->cls] : "?");
         if (u->zoom) {
-            int zt, zh, zw, zl;
-            zoom_geom(u, q->p->S, &zt, &zh, &zw, &zl);
-            snprintf(line, sizeof line, "image %d of 2 [%s] %s   (%s: the other image, then both; "
-                     "Escape: both)", u->zoom, key_label(u->c, u->zoom == 1 ? D3_ACT_LEFT : D3_ACT_RIGHT),
-                     prompt, key_label(u->c, D3_ACT_ZOOM));
-            put_fitted(2, zl, line);
+            snprintf(line, sizeof line, "image %d of 2 [%s] %s  pair %ld  (%s: the other image, "
+                     "then both; Escape: both)", u->zoom,
+                     key_label(u->c, u->zoom == 1 ? D3_ACT_LEFT : D3_ACT_RIGHT), prompt, q->id,
+                     key_label(u->c, D3_ACT_ZOOM));
+            put_fitted(LINES - 4, l0, line);
         } else {
             mvprintw(2, l0, "[%s] %.*s", key_label(u->c, D3_ACT_LEFT), w > 6 ? w - 6 : 0, prompt);
             mvprintw(2, l1, "[%s] %.*s", key_label(u->c, D3_ACT_RIGHT), w > 6 ? w - 6 : 0, prompt);
+            snprintf(line, sizeof line, "pair %ld  seed %llu  sampled by v%ld", q->id,
+                     (unsigned long long)q->p->seed, q->p->version);
+            put_fitted(LINES - 4, l0, line);
         }
-        snprintf(line, sizeof line, "pair %ld  seed %llu  sampled by v%ld", q->id,
-                 (unsigned long long)q->p->seed, q->p->version);
-        put_fitted(LINES - 4, l0, line);
     } else {
         mvprintw(top + h / 2, 2, "sampling the next pair...");
     }
