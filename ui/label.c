@@ -92,8 +92,8 @@ typedef struct {
     char status[256], msg[D3_ERRLEN + 64];
     /* the engine's newest progress report; the status line is made from
      * these at each draw (one source for the header and the status) */
-    int prog_i, prog_n; /* n = 0: no job in progress */
-    int prog_training;  /* the job is training (else sampling) */
+    int prog_i, prog_n; /* training step i of n */
+    int prog_started;   /* the engine has begun the round (else it samples first) */
     double prog_loss, prog_eta;
     int train_round;    /* the round being trained (while training) */
     int help, zoom;     /* zoom: 0 off, 1 left image, 2 right image */
@@ -161,7 +161,10 @@ static size_t fit_words(char *dst, size_t n, const char *src, int width) {
     int room = width - 3; /* "..." */
     int cut = room;
     while (cut > 0 && src[cut] != ' ') cut--;
-    if (cut < room / 2) cut = room; /* one long word: cut it */
+    if (cut < room / 2) { /* one long word: cut it, not inside a UTF-8 character */
+        cut = room;
+        while (cut > 0 && ((unsigned char)src[cut] & 0xc0) == 0x80) cut--;
+    }
     int end = cut;
     while (end > 0 && src[end - 1] == ' ') end--;
     snprintf(dst, n, "%.*s...", end, src);
@@ -279,6 +282,8 @@ static void start_round(ui *u) {
     engine_train(u->e, ps, (const float(*)[2])h, n, u->s->round + 1);
     u->training = 1;
     u->train_round = u->s->round + 1;
+    u->prog_i = u->prog_n = u->prog_started = 0;
+    u->prog_loss = u->prog_eta = NAN;
     for (int i = 0; i < u->nround; i++) {
         int kept = 0;
         for (int k = 0; k < u->ndone; k++) kept |= u->done[k] == u->round[i];
@@ -347,10 +352,11 @@ static void engine_events(ui *u) {
             on_pair(u, ev.pair);
             ev.pair = NULL; /* owned by the queue now */
             break;
-        case EV_PROGRESS:
-            u->prog_training = !strcmp(ev.what, "training");
+        case EV_PROGRESS: /* sampling is shown from the screen's own counts */
+            if (strcmp(ev.what, "training")) break;
+            u->prog_started = 1;
             u->prog_i = ev.i;
-            u->prog_n = u->prog_training ? ev.n : 0;
+            u->prog_n = ev.n;
             u->prog_loss = ev.loss;
             u->prog_eta = ev.eta_s;
             break;
@@ -623,7 +629,10 @@ static void log_add(ui *u, const char *what, const char *text) {
 /* What the engine is doing, from its newest progress report and the
  * screen's own counts. */
 static void engine_line(const ui *u, char *out, size_t n) {
-    if (u->training) {
+    if (u->training && !u->prog_started) {
+        snprintf(out, n, "round %d queued for training: the engine first finishes the pairs "
+                 "being sampled; new labels go to round %d", u->train_round, u->train_round + 1);
+    } else if (u->training) {
         char bar[24] = "", step[48] = "", loss[32] = "", eta[32] = "";
         int pct = u->prog_n > 0 ? (int)(100.0 * u->prog_i / u->prog_n + 0.5) : 0;
         int fill = pct / 10;
