@@ -1146,7 +1146,7 @@ int label_term_check(char *err) {
 void label_tty_guard(int fd, const term_caps *caps, term_mode mode) {
     char restore[TERM_QUERY_MAX];
     size_t n = mode == TERM_MODE_SIXEL ? term_sixel_modes(caps, 0, restore) : 0;
-    term_guard_install(fd, STDIN_FILENO, restore, n);
+    term_guard_install(fd, fd, restore, n);
 }
 
 void label_tty_setup(int fd, const term_caps *caps, term_mode mode) {
