@@ -15,6 +15,14 @@ $D3 init --out "$T/m.st" --arch base=8,mult=1.2,res=1,attn=none,size=16 --class-
 S="$T/session"
 CMD="cd $PWD && $D3 label --session $S --model $T/m.st --graphics blocks --round-size 4"
 labels() { $D3 session info "$S" --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin)["labels"]; print(d["A"]+d["B"]+d["tie"]+d["skip"])'; }
+# tm_stop: end the tmux server and wait until it is gone, so the next
+# new-session does not meet a server still shutting down on the socket
+tm_stop() {
+    tm kill-server 2>/dev/null
+    i=0
+    while [ $i -lt 50 ] && tm has-session 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+    rm -f "$SOCK"
+}
 # gone PATTERN: poll until the screen no longer shows PATTERN (~30 s)
 gone() {
     i=0
@@ -96,7 +104,7 @@ tm send-keys -t t q
 wait_for "EXITED 0" && ok "q quits" || no "q quits"
 grep -q "this sitting: 1 label in" "$T/screen" && ok "summary on quit" || { no "summary on quit"; cat "$T/screen"; }
 grep -q "1 label of round 1 not trained yet" "$T/screen" && ok "summary names untrained labels" || no "summary: untrained"
-tm kill-server 2>/dev/null
+tm_stop
 
 # start-up warnings: a torn journal line and a bad LATEST, on screen and in the log
 printf '{"pair":1,"cho' >>"$S/labels.jsonl"
@@ -110,7 +118,7 @@ wait_for "start-up warning: .*torn last line" && ok "log: the torn journal line"
 tm send-keys -t t Escape q
 wait_for "EXITED 0" || no "quit after warnings"
 grep -q "2 start-up warnings" "$T/screen" && ok "summary repeats the warnings" || no "summary: warnings"
-tm kill-server 2>/dev/null
+tm_stop
 
 # TERM unset, unknown, dumb: a d3po message, status 2, no curses error
 for term in unset nosuch-terminal dumb; do
