@@ -138,11 +138,17 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
         if (pairs[i].h[0] != 0 || pairs[i].h[1] != 0) order[n++] = i;
     /* reference log-probs first: with D3PO_REF_ROUND the reference is the
      * policy before this call's first update, so caching must precede it */
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, o->loss.kl > 0, err)) {
             free(order);
             return NAN;
         }
+        if (progress && progress(ctx, 0, n * o->epochs, NAN)) {
+            d3_errf(err, "cancelled");
+            free(order);
+            return NAN;
+        }
+    }
     train_bufs b;
     if (bufs_open(&b, be, policy, opt, err)) {
         bufs_close(&b, policy, opt);

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "fsutil.h"
 #include "label.h"
+#include "rounds.h"
 #include "session.h"
 #include "term.h"
 
@@ -21,7 +22,7 @@
 static const char label_help[] =
     "usage: d3po [label] [--session DIR] [--model FILE] [--config FILE]\n"
     "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
-    "                    [--device auto|cpu|cuda] [--tf32]\n"
+    "                    [--prompts FILE] [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Opens the labeling screen: two images of one prompt from one starting\n"
     "noise; a key for the better one; D3PO trains between rounds.\n"
@@ -34,6 +35,10 @@ static const char label_help[] =
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
     "  --graphics MODE   auto (detect), sixel or blocks (half-block fallback)\n"
     "  --round-size N    labeled pairs per training round (default from the config: 8)\n"
+    "  --prompts FILE    the session's prompt set from now on: one prompt a line,\n"
+    "                    optionally PROMPT<TAB>WEIGHT (1..100); kept in the session\n"
+    "                    (default: the set it has, else session.prompts, else every\n"
+    "                    class of the model)\n"
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
@@ -51,8 +56,9 @@ int cmd_label(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
         {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
-        {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
-    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL;
+        {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
+        {0, 0, 0, 0}};
+    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL;
     long round_size = 0;
     char err[D3_ERRLEN], dbuf[4096];
     int c, dev = -1, tf32 = 0;
@@ -76,6 +82,7 @@ int cmd_label(int argc, char **argv) {
             if (cli_device("label", optarg, &dev)) return EXIT_USAGE;
             break;
         case 'F': tf32 = 1; break;
+        case 'P': prompts = optarg; break;
         case 'h': fputs(label_help, stdout); return 0;
         default: fputs(label_help, stderr); return EXIT_USAGE;
         }
@@ -123,6 +130,13 @@ int cmd_label(int argc, char **argv) {
         fprintf(stderr, "d3po label: %s\n", err);
         return EXIT_FAIL;
     }
+    if (prompts && rounds_prompts_file(&s, prompts, err)) {
+        fprintf(stderr, "d3po label: --prompts: %s\n", err);
+        session_close(&s);
+        return EXIT_USAGE;
+    }
+    /* start-up warnings go into the session's list, which the screen shows */
+    if (strstr(device, "(cuda:")) session_warn(&s, "device %s", device);
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po: warning: %s\n", s.warn[i]);
     int rc = label_run(&s, &cfg, graphics, (int)round_size, be, device);
     session_close(&s);
