@@ -1,6 +1,8 @@
 /* sdblocks.c - shared SD blocks, layout half and forward half (sdblocks.h). */
 #include "sdblocks.h"
 
+#include "lora.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,8 +108,13 @@ d3_tensor *sdb_layernorm(sdb_ctx *f, const char *name, d3_tensor *x, float eps) 
 }
 
 d3_tensor *sdb_dense(sdb_ctx *f, const char *name, d3_tensor *x, int out, int bias) {
-    return tape_dense(f->tp, x, sdb_w(f, name, ".weight"), bias ? sdb_w(f, name, ".bias") : NULL,
-                      sdb_g(f, name, ".weight"), bias ? sdb_g(f, name, ".bias") : NULL, out);
+    d3_tensor *y = tape_dense(f->tp, x, sdb_w(f, name, ".weight"),
+                              bias ? sdb_w(f, name, ".bias") : NULL, sdb_g(f, name, ".weight"),
+                              bias ? sdb_g(f, name, ".bias") : NULL, out);
+    if (!f->lora) return y;
+    char path[2 * SD_NAME_MAX];
+    snprintf(path, sizeof path, "%s%s", f->prefix, name);
+    return lora_apply(f->tp, f->lora, path, x, y);
 }
 
 d3_tensor *sdb_resnet(sdb_ctx *f, d3_tensor *x, d3_tensor *eact, int oc, int G, float eps) {

@@ -45,6 +45,7 @@ typedef struct {
     float *G;        /* gradients (device) or NULL: frozen */
     char prefix[SD_NAME_MAX];
     int cursor;      /* tensors are used in about layout order: search from here */
+    const struct lora_set *lora; /* adapters added to sdb_dense's layers (engine/lora.h), or NULL */
 } sdb_ctx;
 
 void sdb_prefix(sdb_ctx *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -59,7 +60,8 @@ d3_tensor *sdb_conv(sdb_ctx *f, const char *name, d3_tensor *x, int oc, int k, i
 d3_tensor *sdb_groupnorm(sdb_ctx *f, const char *name, d3_tensor *x, int G, float eps);
 /* LayerNorm over the last dim. */
 d3_tensor *sdb_layernorm(sdb_ctx *f, const char *name, d3_tensor *x, float eps);
-/* Linear over the last dim (tokens), with or without bias. */
+/* Linear over the last dim (tokens), with or without bias, plus f->lora's
+ * adapters of module prefix+name when it has any. */
 d3_tensor *sdb_dense(sdb_ctx *f, const char *name, d3_tensor *x, int out, int bias);
 /* ResnetBlock2D x [N, ic, h, w] -> [N, oc, h, w]; eact = silu(temb)
  * [N, E, 1, 1] or NULL (the VAE: no time input). */

@@ -94,8 +94,8 @@ static void unet_guided(sd_model *m, d3_tape *tp, int n, const float *x, int h, 
         be->upload(ctx->v + r * Dc, r < n ? cond + (size_t)r * Dc : uncond, Dc * sizeof(float));
         tv[r] = (float)t;
     }
-    d3_tensor *y = sd_unet_forward(tp, &m->p.unet, &m->p.L[SD_UNET], m->params[SD_UNET], NULL, xin,
-                                   tv, ctx);
+    d3_tensor *y = sd_unet_forward_lora(tp, &m->p.unet, &m->p.L[SD_UNET], m->params[SD_UNET], NULL,
+                                        xin, tv, ctx, m->lora);
     float *host = malloc(y->numel * sizeof(float));
     be->download(host, y->v, y->numel * sizeof(float));
     ddim_guide(out, host, n, nb, Dx, cfg);

@@ -44,6 +44,7 @@ typedef struct {
     int T, D;                  /* text states: tokens, width */
     int latent_c;              /* latent channels */
     int factor;                /* image pixels per latent pixel */
+    const struct lora_set *lora; /* UNet adapters applied when sampling (engine/lora.h), or NULL */
 } sd_model;
 
 /* Opens the pipeline (see sd_pipeline_open; tokenizer may be NULL), reads

@@ -355,7 +355,13 @@ static d3_tensor *unet_stage(sdb_ctx *f, const sd_unet_config *c, const ustage *
 d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
                            const float *params, float *grads, d3_tensor *x, const float *t,
                            d3_tensor *context) {
-    sdb_ctx F = {.tp = tp, .L = L, .P = params, .G = grads};
+    return sd_unet_forward_lora(tp, c, L, params, grads, x, t, context, NULL);
+}
+
+d3_tensor *sd_unet_forward_lora(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
+                                const float *params, float *grads, d3_tensor *x, const float *t,
+                                d3_tensor *context, const struct lora_set *lora) {
+    sdb_ctx F = {.tp = tp, .L = L, .P = params, .G = grads, .lora = lora};
     ustage st[SDU_MAX_STAGES];
     int n = unet_stages(c, st), ns = 0;
     d3_tensor *eact = time_embedding(&F, c, t, x->n), *skips[SDU_MAX_STAGES], *h = x;
@@ -376,6 +382,13 @@ static d3_tensor *copy_to(d3_tape *t, const d3_backend *be, const d3_tensor *src
 int sd_unet_forward_lowmem(const d3_backend *be, const sd_unet_config *c, const sd_layout *L,
                            const float *params, const float *x, int N, int h, int w,
                            const float *t, const float *context, int T, float *out, char *err) {
+    return sd_unet_forward_lowmem_lora(be, c, L, params, x, N, h, w, t, context, T, out, NULL, err);
+}
+
+int sd_unet_forward_lowmem_lora(const d3_backend *be, const sd_unet_config *c,
+                                const sd_layout *L, const float *params, const float *x, int N,
+                                int h, int w, const float *t, const float *context, int T,
+                                float *out, const struct lora_set *lora, char *err) {
     /* keep: the time embedding, the context and the skips; tp[2]: stages */
     d3_tape *keep = tape_new(be), *tp[2] = {tape_new(be), tape_new(be)};
     if (!keep || !tp[0] || !tp[1]) {
@@ -397,7 +410,7 @@ int sd_unet_forward_lowmem(const d3_backend *be, const sd_unet_config *c, const 
         d3_tape *cur = tp[k % 2];
         tape_reset(cur);
         tape_set_grad(cur, 0);
-        sdb_ctx F = {.tp = cur, .L = L, .P = params};
+        sdb_ctx F = {.tp = cur, .L = L, .P = params, .lora = lora};
         d3_tensor *in = copy_to(cur, be, prev);
         d3_tensor *skip = stage_pops(&st[k]) ? copy_to(cur, be, skips[--ns]) : NULL;
         d3_tensor *y = unet_stage(&F, c, &st[k], in, skip, copy_to(cur, be, eact), copy_to(cur, be, ctx));

@@ -97,6 +97,13 @@ int sd_unet_layout(const sd_unet_config *c, sd_layout *L, char *err);
 d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
                            const float *params, float *grads, d3_tensor *x, const float *t,
                            d3_tensor *context);
+/* sd_unet_forward with LoRA adapters (engine/lora.h; NULL: the base, the
+ * same ops and bits as sd_unet_forward): gradients flow into each set's
+ * grads when it has them, and into grads (NULL: frozen base) as before. */
+struct lora_set;
+d3_tensor *sd_unet_forward_lora(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
+                                const float *params, float *grads, d3_tensor *x, const float *t,
+                                d3_tensor *context, const struct lora_set *lora);
 
 /* The same forward for inference only (no gradients), in bounded memory:
  * the same ops in the same order as sd_unet_forward (so the same numbers),
@@ -109,6 +116,11 @@ d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout
 int sd_unet_forward_lowmem(const d3_backend *be, const sd_unet_config *c, const sd_layout *L,
                            const float *params, const float *x, int N, int h, int w,
                            const float *t, const float *context, int T, float *out, char *err);
+/* sd_unet_forward_lowmem with LoRA adapters (NULL: the base). */
+int sd_unet_forward_lowmem_lora(const d3_backend *be, const sd_unet_config *c,
+                                const sd_layout *L, const float *params, const float *x, int N,
+                                int h, int w, const float *t, const float *context, int T,
+                                float *out, const struct lora_set *lora, char *err);
 
 /* 0 when a latent of h x w fits the model (divisible by 2^(nblocks-1)), else
  * -1 with err saying what is expected. */
