@@ -171,7 +171,9 @@ static const char sample_help[] =
     "  --latents FILE a safetensors file with one tensor [1,C,h,w] or [C,h,w]: x_T\n"
     "                 of every image (to compare with diffusers given the same latents)\n"
     "  --tokenizer DIR  CLIP's vocab.json + merges.txt for a single-file checkpoint\n"
-    "                 (default: a tokenizer/ folder beside the file)\n";
+    "                 (default: a tokenizer/ folder beside the file)\n"
+    "  --lora FILE[:SCALE]  LoRA adapters on the UNet (kohya, diffusers or peft\n"
+    "                 naming) at SCALE (default 1); repeatable, up to 8\n";
 
 static void safe_name(char *dst, size_t n, const char *s) {
     size_t j = 0;
@@ -251,7 +253,10 @@ int cmd_sample(int argc, char **argv) {
         {"threads", 1, 0, 't'}, {"grid", 0, 0, 'G'}, {"classes", 1, 0, 'C'},
         {"session", 1, 0, 'S'}, {"config", 1, 0, 'c'}, {"device", 1, 0, 'D'},
         {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},   {"negative", 1, 0, 'N'},
-        {"size", 1, 0, 'Z'},    {"latents", 1, 0, 'L'}, {"tokenizer", 1, 0, 'T'}, {0, 0, 0, 0}};
+        {"size", 1, 0, 'Z'},    {"latents", 1, 0, 'L'}, {"tokenizer", 1, 0, 'T'},
+        {"lora", 1, 0, 'R'},    {0, 0, 0, 0}};
+    const char *loras[SD_MAX_LORAS];
+    int nlora = 0;
     const char *session = NULL, *conf = NULL, *negative = NULL, *latents = NULL, *tokenizer = NULL;
     int width = 0, height = 0;
     const char *model = NULL, *prompt = NULL, *out = NULL, *classes = NULL;
@@ -282,6 +287,14 @@ int cmd_sample(int argc, char **argv) {
         case 'N': negative = optarg; break;
         case 'L': latents = optarg; break;
         case 'T': tokenizer = optarg; break;
+        case 'R':
+            if (nlora == SD_MAX_LORAS) {
+                fprintf(stderr, "d3po sample: at most %d --lora\n", SD_MAX_LORAS);
+                bad = 1;
+            } else {
+                loras[nlora++] = optarg;
+            }
+            break;
         case 'Z': {
             char *e1, *e2;
             long W = strtol(optarg, &e1, 10), H = *e1 == 'x' ? strtol(e1 + 1, &e2, 10) : 0;
@@ -311,8 +324,8 @@ int cmd_sample(int argc, char **argv) {
         return EXIT_USAGE;
     }
     int sd = model && sd_pipeline_probe(model);
-    if (!sd && (negative || latents || tokenizer || width)) {
-        fprintf(stderr, "d3po sample: --negative, --size, --latents and --tokenizer apply to Stable Diffusion models only\n");
+    if (!sd && (negative || latents || tokenizer || width || nlora)) {
+        fprintf(stderr, "d3po sample: --negative, --size, --latents, --tokenizer and --lora apply to Stable Diffusion models only\n");
         return EXIT_USAGE;
     }
     if (sd && grid) {
@@ -335,7 +348,8 @@ int cmd_sample(int argc, char **argv) {
         sd_sample_args sa = {.model = model, .prompt = prompt, .negative = negative, .out = out,
                              .latents = latents, .tokenizer = tokenizer, .width = width,
                              .height = height, .count = count, .steps = steps, .eta = eta,
-                             .cfg = cfg, .seed = seed};
+                             .cfg = cfg, .seed = seed, .nlora = nlora};
+        for (int i = 0; i < nlora; i++) sa.lora[i] = loras[i];
         return sd_sample(&sa, be);
     }
     d3_model m;

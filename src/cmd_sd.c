@@ -15,6 +15,7 @@
 #include "cmd_sd.h"
 #include "fsutil.h"
 #include "image.h"
+#include "lora.h"
 #include "rng.h"
 #include "sd/pipeline.h"
 #include "sd/sdsample.h"
@@ -146,9 +147,62 @@ static void prompt_name(char *dst, size_t n, const char *s) {
     if (!j || !strcmp(dst, ".") || !strcmp(dst, "..")) snprintf(dst, n, "prompt");
 }
 
+/* FILE[:SCALE] -> file (into buf) and scale; 0, or -1 with err. */
+static int lora_arg(const char *arg, char *buf, size_t cap, float *scale, char *err) {
+    snprintf(buf, cap, "%s", arg);
+    *scale = 1.0f;
+    char *colon = strrchr(buf, ':'), *end;
+    if (colon && colon[1]) {
+        double v = strtod(colon + 1, &end);
+        if (!*end) {
+            if (!isfinite(v) || v < -100 || v > 100)
+                return d3_errf(err, "--lora %s: scale expected from -100 to 100", arg);
+            *scale = (float)v;
+            *colon = 0;
+        }
+    }
+    return 0;
+}
+
+/* Loads a->lora into sets[] (chained, on the backend's memory) and sets
+ * m->lora. 0/-1. */
+static int load_loras(const sd_sample_args *a, sd_model *m, lora_set *sets, char *err) {
+    for (int i = 0; i < a->nlora; i++) {
+        char file[4096];
+        float scale;
+        if (lora_arg(a->lora[i], file, sizeof file, &scale, err) ||
+            lora_load(&sets[i], file, &m->p.L[SD_UNET], err))
+            return -1;
+        sets[i].scale = scale;
+        if (m->be->alloc != NULL && strcmp(m->be->name, "cpu")) {
+            /* the adapters where the tape's ops read them */
+            float *dev = m->be->alloc(sets[i].numel * sizeof(float));
+            if (!dev) return d3_errf(err, "%s: out of device memory", file);
+            m->be->upload(dev, sets[i].params, sets[i].numel * sizeof(float));
+            free(sets[i].params);
+            sets[i].params = dev;
+        }
+        if (i) sets[i - 1].next = &sets[i];
+    }
+    m->lora = a->nlora ? &sets[0] : NULL;
+    return 0;
+}
+
+static void free_loras(const sd_model *m, lora_set *sets, int n) {
+    for (int i = 0; i < n; i++) {
+        if (sets[i].params && strcmp(m->be->name, "cpu")) {
+            m->be->free(sets[i].params);
+            sets[i].params = NULL;
+        }
+        lora_free(&sets[i]);
+    }
+}
+
 int sd_sample(const sd_sample_args *a, const d3_backend *be) {
     char err[D3_ERRLEN];
     sd_model m;
+    lora_set sets[SD_MAX_LORAS];
+    memset(sets, 0, sizeof sets);
     if (sd_model_load(&m, a->model, a->tokenizer, be, err)) {
         fprintf(stderr, "d3po sample: %s\n", err);
         return EXIT_FAIL;
@@ -157,6 +211,10 @@ int sd_sample(const sd_sample_args *a, const d3_backend *be) {
     float *x0 = NULL, *x = NULL, *ctx = NULL;
     uint8_t *rgb = NULL;
     d3_tape *tp = NULL;
+    if (load_loras(a, &m, sets, err)) {
+        fprintf(stderr, "d3po sample: %s\n", err);
+        goto out;
+    }
     if (a->width || a->height) {
         if (a->width % m.factor || a->height % m.factor) {
             fprintf(stderr, "d3po sample: --size %dx%d: both sides must be multiples of %d (the VAE's factor)\n",
@@ -237,6 +295,110 @@ out:
     free(x);
     free(ctx);
     free(rgb);
+    free_loras(&m, sets, a->nlora);
     sd_model_free(&m);
     return rc;
+}
+
+/* ---- lora ---- */
+
+static const char *lora_help =
+    "usage: d3po lora --model SD_DIR_OR_FILE --out FILE.safetensors [--format lora|lora-diffusers]\n"
+    "                 [--from FILE] [--rank N] [--alpha X] [--targets LIST] [--seed N] [--up-std X]\n"
+    "\n"
+    "Writes LoRA adapters for the model's UNet: new ones (rank 4, alpha = rank, on\n"
+    "to_q,to_k,to_v,to_out.0 of every attention: the D3PO paper's), or those of\n"
+    "--from (any naming d3po reads) in another naming. Files load with\n"
+    "`d3po sample --lora FILE` and in diffusers, ComfyUI and AUTOMATIC1111.\n"
+    "  --format lora           kohya naming: lora_unet_<module>.lora_down.weight,\n"
+    "                          .lora_up.weight, .alpha (default)\n"
+    "  --format lora-diffusers diffusers naming: unet.<module>.lora.down.weight,\n"
+    "                          .lora.up.weight (alpha/rank folded into up)\n"
+    "  --rank N, --alpha X     new adapters' rank (1..1024) and alpha (default: rank)\n"
+    "  --targets LIST          comma-separated module names ending the adapted linear\n"
+    "                          layers' paths (default to_q,to_k,to_v,to_out.0)\n"
+    "  --seed N                down ~ N(0, 1/rank^2) from this seed (default 0)\n"
+    "  --up-std X              up ~ N(0, X^2) instead of zero (0: the adapted model is\n"
+    "                          the base; non-zero: random adapters, for tests)\n";
+
+int cmd_lora(int argc, char **argv) {
+    const char *model = NULL, *out = NULL, *from = NULL, *targets = NULL, *format = "lora";
+    long rank = 4;
+    double alpha = 0, upstd = 0;
+    uint64_t seed = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i];
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            fputs(lora_help, stdout);
+            return 0;
+        }
+        if (o[0] != '-' || o[1] != '-' || i + 1 >= argc) {
+            fprintf(stderr, "d3po lora: %s '%s'\n%s",
+                    o[0] == '-' ? "option needs a value:" : "unexpected argument", st_show(o).s,
+                    lora_help);
+            return EXIT_USAGE;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(o, "--model")) model = v;
+        else if (!strcmp(o, "--out")) out = v;
+        else if (!strcmp(o, "--from")) from = v;
+        else if (!strcmp(o, "--targets")) targets = v;
+        else if (!strcmp(o, "--format")) format = v;
+        else if (!strcmp(o, "--rank")) bad = cli_int("lora", o, v, 1, 1024, &rank);
+        else if (!strcmp(o, "--alpha")) bad = cli_float("lora", o, v, 1e-6, 1e6, &alpha);
+        else if (!strcmp(o, "--up-std")) bad = cli_float("lora", o, v, 0, 100, &upstd);
+        else if (!strcmp(o, "--seed")) bad = cli_u64("lora", o, v, &seed);
+        else {
+            fprintf(stderr, "d3po lora: unknown option '%s'\n%s", st_show(o).s, lora_help);
+            return EXIT_USAGE;
+        }
+        if (bad) return EXIT_USAGE;
+    }
+    if (!model || !out) {
+        fprintf(stderr, "d3po lora: --model and --out are required\n%s", lora_help);
+        return EXIT_USAGE;
+    }
+    lora_naming naming;
+    if (!strcmp(format, "lora")) naming = LORA_KOHYA;
+    else if (!strcmp(format, "lora-diffusers")) naming = LORA_DIFFUSERS;
+    else {
+        fprintf(stderr, "d3po lora: --format '%s': expected lora or lora-diffusers\n", st_show(format).s);
+        return EXIT_USAGE;
+    }
+    char err[D3_ERRLEN];
+    sd_pipeline p;
+    if (sd_pipeline_open(&p, model, NULL, err)) {
+        fprintf(stderr, "d3po lora: %s\n", err);
+        return EXIT_FAIL;
+    }
+    lora_set s = {0};
+    int rc;
+    if (from) {
+        rc = lora_load(&s, from, &p.L[SD_UNET], err);
+    } else {
+        char list[1024], *tg[64];
+        int nt = 0;
+        snprintf(list, sizeof list, "%s", targets ? targets : "");
+        for (char *t = strtok(list, ","); t && nt < 64; t = strtok(NULL, ",")) tg[nt++] = t;
+        rc = lora_init(&s, &p.L[SD_UNET], nt ? (const char *const *)tg : NULL, nt, (int)rank,
+                       alpha > 0 ? (float)alpha : (float)rank, seed, err);
+        if (!rc && upstd > 0) {
+            d3_rng r;
+            rng_init(&r, seed, 0x10b);
+            for (int i = 0; i < s.n; i++) {
+                float *u = s.params + s.m[i].up;
+                size_t n = (size_t)s.m[i].out * s.m[i].rank;
+                rng_normal(&r, u, n);
+                for (size_t k = 0; k < n; k++) u[k] *= (float)upstd;
+            }
+        }
+    }
+    if (!rc) rc = lora_save(&s, out, naming, err);
+    if (rc) fprintf(stderr, "d3po lora: %s\n", err);
+    else printf("%s: %d adapters (%zu parameters), %s naming\n", st_show(out).s, s.n, s.numel,
+                naming == LORA_KOHYA ? "kohya" : "diffusers");
+    lora_free(&s);
+    sd_pipeline_close(&p);
+    return rc ? EXIT_FAIL : 0;
 }

@@ -9,6 +9,8 @@
 
 #include "backend.h"
 
+#define SD_MAX_LORAS 8
+
 /* `d3po info DIR_OR_FILE [--tokenizer DIR]`. */
 int sd_info(const char *path, const char *tokenizer);
 
@@ -20,9 +22,15 @@ typedef struct {
     long count, steps;
     double eta, cfg;
     uint64_t seed;
+    const char *lora[SD_MAX_LORAS]; /* --lora FILE[:SCALE], in order */
+    int nlora;
 } sd_sample_args;
 
 /* Samples count images with latent DDIM and writes OUT/<prompt>-<seed>-<i>.png. */
 int sd_sample(const sd_sample_args *a, const d3_backend *be);
+
+/* `d3po lora`: writes a LoRA file for an SD model (new adapters, or a
+ * LoRA file converted to another naming); argv as main's. */
+int cmd_lora(int argc, char **argv);
 
 #endif

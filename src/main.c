@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cmd_sd.h"
 
 #ifndef D3PO_VERSION
 #define D3PO_VERSION "dev"
@@ -26,6 +27,7 @@ static const struct {
     {"train", cmd_train, "run a D3PO round over a session's labels"},
     {"eval", cmd_eval, "blind A/B test of a session's model against its base"},
     {"export", cmd_export, "export a session's labels (Pick-a-Pic JSONL, scores)"},
+    {"lora", cmd_lora, "write a LoRA file for an SD model (new adapters, or another naming)"},
 };
 
 static void usage(FILE *f) {
