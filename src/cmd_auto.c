@@ -324,9 +324,14 @@ static int judge_pair(autorun *a, int k, long id, d3_pair_sample *p, char *err) 
             engine_pair_free(p);
             return d3_errf(err, "out of memory");
         }
-        choice = oracle_judge(a->oracle, ra, rb, p->S, p->S);
+        choice = oracle_set_prompt(a->oracle, prompt, p->S, err)
+                     ? -1 : oracle_judge(a->oracle, ra, rb, p->S, p->S);
         free(ra);
         free(rb);
+        if (choice < 0) {
+            engine_pair_free(p);
+            return -1;
+        }
     }
     if (session_label(a->s, id, choice, (int)p->version, err)) {
         engine_pair_free(p);
@@ -382,7 +387,9 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
         a->r[k].dsum += d;
         a->r[k].dn++;
     }
-    /* both images of the pair: 2N samples of the model for the price of N x_T */
+    /* both images of the pair: 2N samples of the model for the price of N x_T
+     * (the prompts were checked at the start: no error here but NAN) */
+    if (p->cls >= 0 && p->cls < a->nclasses) oracle_set_prompt(a->oracle, a->names[p->cls], p->S, NULL);
     for (int i = 0; i < 2; i++) {
         uint8_t *rgb = pair_rgb(p, i);
         if (!rgb) return -1;
@@ -743,6 +750,7 @@ int cmd_auto(int argc, char **argv) {
         exit(EXIT_FAIL);
     }
     for (int i = 0; i < policy->nclasses; i++) a->names[i] = strdup(policy->class_names[i]);
+    int img_size = policy->L.arch.size; /* the judged images' side (realism) */
     for (int k = 0; k <= rounds; k++) {
         a->r[k].round = a->base_round + k;
         a->r[k].target = k ? a->npairs : 0;
@@ -803,6 +811,12 @@ int cmd_auto(int argc, char **argv) {
         oracle_free(oracle);
         a->oracle = oracle = oracle_new(oname, (uint64_t)s.next_pair, err);
     }
+    /* realism judges by each prompt's training images: check every prompt now */
+    for (int i = 0; oracle && i < a->ncls; i++)
+        if (oracle_set_prompt(oracle, a->names[a->cls[i]], img_size, err)) {
+            rc = fail(err);
+            goto out;
+        }
     fprintf(stderr, "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; device %s\n",
             dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
             a->lab ? lcmd : oracle_name(oracle), a->neval ? "" : " (no evaluation scores)", device);
