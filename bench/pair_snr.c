@@ -25,10 +25,14 @@
  * two standard errors of zero. realism reads the data set folder
  * ($D3PO_DATASET, else ./emoji). BETA_DPO (default 2.5) only scales the
  * Diffusion-DPO gradients (snr does not depend on it at the reference).
+ * The tables are printed after every 32 pairs and at the end.
  * Compute per pair: sampling 20 steps x 4 images, D3PO 20 steps x 4
  * images forward and backward, Diffusion-DPO per draw 2 images forward
- * (reference) and 2 forward and backward (policy): 16 draws cost about
- * what D3PO costs. A measurement for bench/results, not a test. */
+ * and backward (the reference's pass is skipped: it is the policy; in
+ * training it adds 2 forwards per draw): in forward-pass units (a
+ * backward ~2) 80 + 240 + 6 per draw; in training 16 draws (128 units)
+ * cost about half of D3PO's 240. A measurement for bench/results, not a
+ * test. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,24 +174,27 @@ int main(int argc, char **argv) {
         }
         fprintf(stderr, "pair_snr: pair %d/%d (%s) judged %s\n", i + 1, N, m.class_names[c],
                 verdicts);
-    }
-    printf("# pair_snr %s: %d pairs, classes %s, 20 DDIM steps, cfg %g, eta %g; d3po beta %g; "
-           "diffusion-dpo beta %g (beta T %g), draws from seed 1+i stream 0x%x; mean dpo loss per "
-           "draw %.6f (log 2 at the reference)\n",
-           model, N, clist[0] ? clist : "all", o.cfg, o.eta, dl.beta, dd.beta, dd.beta * m.sched.T,
-           DPO_STREAM, dloss / ((double)N * NDRAWS));
-    for (int j = 0; j < nj; j++) {
-        printf("# judge %s: %d labeled pairs (%d ties dropped)\n", oracle_name(judge[j]), used[j],
-               ties[j]);
-        if (used[j] < 2) continue;
-        printf("%-10s %11s %11s %11s %9s %8s %10s\n", "objective", "E|g|^2", "|Eg|^2", "se", "snr",
-               "snr_se", "labels");
-        acc_print("d3po", &a[j][0], numel, "");
-        for (int q = 1; q < NOBJ; q++) {
-            char name[32];
-            snprintf(name, sizeof name, "dpo-K%d", draw_counts[q - 1]);
-            acc_print(name, &a[j][q], numel, "");
+        /* the tables so far every 32 pairs (a long run can be read early) */
+        if ((i + 1) % 32 && i + 1 < N) continue;
+        printf("# pair_snr %s: %d pairs%s, classes %s, 20 DDIM steps, cfg %g, eta %g; d3po beta "
+               "%g; diffusion-dpo beta %g (beta T %g), draws from seed 1+i stream 0x%x; mean dpo "
+               "loss per draw %.6f (log 2 at the reference)\n",
+               model, i + 1, i + 1 < N ? " so far" : "", clist[0] ? clist : "all", o.cfg, o.eta,
+               dl.beta, dd.beta, dd.beta * m.sched.T, DPO_STREAM, dloss / ((double)(i + 1) * NDRAWS));
+        for (int j = 0; j < nj; j++) {
+            printf("# judge %s: %d labeled pairs (%d ties dropped)\n", oracle_name(judge[j]),
+                   used[j], ties[j]);
+            if (used[j] < 2) continue;
+            printf("%-10s %11s %11s %11s %9s %8s %10s\n", "objective", "E|g|^2", "|Eg|^2", "se",
+                   "snr", "snr_se", "labels");
+            acc_print("d3po", &a[j][0], numel, "");
+            for (int q = 1; q < NOBJ; q++) {
+                char name[32];
+                snprintf(name, sizeof name, "dpo-K%d", draw_counts[q - 1]);
+                acc_print(name, &a[j][q], numel, "");
+            }
         }
+        fflush(stdout);
     }
     return 0;
 }

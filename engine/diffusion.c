@@ -347,13 +347,15 @@ double dpo_pair_backward(const d3_model *policy, const d3_model *ref, d3_tape *t
         float a = (float)sqrt(m->sched.abar[t[j]]), b = (float)sqrt(1.0 - m->sched.abar[t[j]]);
         for (int i = 0; i < 2; i++)
             for (size_t q = 0; q < D; q++) x[i * D + q] = a * x0[i][q] + b * ej[q];
-        /* the reference's errors first: model_eps_cfg resets the tape */
-        model_eps_cfg(ref, tp, 2, x, t[j], clsv, 1.0f, rout);
+        /* the reference's errors first: model_eps_cfg resets the tape (the
+         * same model as reference gives the same numbers: not run twice) */
+        if (ref != m) model_eps_cfg(ref, tp, 2, x, t[j], clsv, 1.0f, rout);
         tape_reset(tp);
         tape_set_grad(tp, 1);
         int nb;
         d3_tensor *out = forward_cfg(m, tp, grads, 2, x, t[j], clsv, 1.0f, &nb);
         be->download(host, out->v, 2 * D * sizeof(float));
+        if (ref == m) memcpy(rout, host, 2 * D * sizeof(float));
         double s = 0;
         for (int i = 0; i < 2; i++)
             s += h[i] * (mean_sq_err(ej, host + i * D, D) - mean_sq_err(ej, rout + i * D, D));

@@ -127,7 +127,8 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
  * (its beta_dpo 5000 with its factor 1/2 is beta T = 2500).
  * ACCUMULATES d(mean_j loss_j)/dparams of policy into grads and returns
  * mean_j loss_j (loss_j [n] each draw's loss, may be NULL); NAN with err
- * set on bad input. t [n] in 0..T-1, eps [n][D]. ref may equal policy. */
+ * set on bad input. t [n] in 0..T-1, eps [n][D]. ref may be policy itself
+ * (then its errors are the policy's, not computed twice). */
 typedef struct {
     float beta; /* beta of the loss above (times T): 2.5 */
 } dpo_opts;

@@ -728,10 +728,20 @@ static void test_dpo_reference_is_policy(void) {
     dpo_opts d = {.beta = 2.5f};
     float h[2] = {-1, 1}, lj[3];
     size_t n = f.pol.L.numel, D = f.D;
-    float *g = calloc(n, sizeof(float)), *ge = calloc(n, sizeof(float));
-    double L = dpo_pair_backward(&f.pol, &f.pol, f.tp, g, &d, f.x0, f.x0 + D, 1, h, 3, f.t, f.eps,
+    float *g = calloc(n, sizeof(float)), *ge = calloc(n, sizeof(float)), *g2 = calloc(n, sizeof(float));
+    d3_model same;
+    CHECK(model_copy(&same, &f.pol, err) == 0, "%s", err);
+    /* a separate reference with the policy's weights: its forward pass
+     * (without the tape's gradient) gives the same floats */
+    double L = dpo_pair_backward(&f.pol, &same, f.tp, g, &d, f.x0, f.x0 + D, 1, h, 3, f.t, f.eps,
                                  lj, err);
     CHECK(fabs(L - log(2.0)) < 1e-12, "loss %.15g with reference = policy, expected log 2", L);
+    /* the policy itself as reference: the same, without a second pass */
+    double L2 = dpo_pair_backward(&f.pol, &f.pol, f.tp, g2, &d, f.x0, f.x0 + D, 1, h, 3, f.t,
+                                  f.eps, NULL, err);
+    CHECK(L2 == L && !memcmp(g, g2, n * sizeof(float)), "ref == policy: %.15g vs %.15g", L2, L);
+    model_free(&same);
+    free(g2);
     const d3_backend *be = backend_cpu();
     double bT = d.beta * f.pol.sched.T;
     for (int j = 0; j < 3; j++) {
@@ -761,6 +771,67 @@ static void test_dpo_reference_is_policy(void) {
     dpo_unfix(&f);
 }
 
+/* d3po_train with the Diffusion-DPO objective, reference = base, on
+ * pairs labeled "brighter is better": the policy's fixed-seed samples get
+ * brighter, no reference log-probs are computed, and a round of ties only
+ * leaves the weights alone. */
+static void test_dpo_train_moves_model(void) {
+    d3_model base, pol;
+    tiny(&base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
+    char err[D3_ERRLEN];
+    d3_tape *tp = tape_new(backend_cpu());
+    pretrain_flat(&base, tp);
+    model_copy(&pol, &base, err);
+    d3po_train_opts to = d3po_train_opts_default();
+    to.sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    to.objective = D3PO_OBJ_DPO;
+    to.dpo_draws = 4;
+    to.ref = D3PO_REF_BASE;
+    d3_adamw opt;
+    adamw_init(&opt, pol.L.numel);
+    opt.lr = 3e-3f;
+    d3_rng rng;
+    rng_init(&rng, 78, 0);
+    int S = pol.L.arch.size, K = to.sample.steps;
+    size_t D = 3 * S * S;
+    double b0 = mean_brightness(&base, tp, &to.sample, 16, 99);
+    enum { ROUNDS = 5, PAIRS = 12 };
+    for (int round = 0; round < ROUNDS; round++) {
+        pairfix f[PAIRS];
+        d3po_pair pairs[PAIRS];
+        for (int p = 0; p < PAIRS; p++) {
+            f[p] = (pairfix){.m = pol, .tp = tp, .o = to.sample, .cls = p % 2};
+            make_pair(&f[p], 1000 * round + p + 7);
+            double l0 = brightness(f[p].traj[0] + K * D, D), l1 = brightness(f[p].traj[1] + K * D, D);
+            pairs[p] = (d3po_pair){.cls = f[p].cls, .traj = {f[p].traj[0], f[p].traj[1]},
+                                   .h = {l0 > l1 ? 1 : -1, l0 > l1 ? -1 : 1}, .ref_tag = -1};
+        }
+        long before = d3po_ref_computations();
+        double loss = d3po_train(&pol, &base, 0, tp, &opt, pairs, PAIRS, &to, &rng, NULL, NULL, err);
+        CHECK(isfinite(loss), "%s", err);
+        CHECK(d3po_ref_computations() == before, "Diffusion-DPO computed reference log-probs");
+        if (round == ROUNDS - 1) {
+            /* ties: nothing to train on, the weights stay */
+            float *keep = malloc(pol.L.numel * sizeof(float));
+            memcpy(keep, pol.params, pol.L.numel * sizeof(float));
+            for (int p = 0; p < PAIRS; p++) pairs[p].h[0] = pairs[p].h[1] = 0;
+            CHECK(d3po_train(&pol, &base, 0, tp, &opt, pairs, PAIRS, &to, &rng, NULL, NULL, err) == 0,
+                  "ties: %s", err);
+            CHECK(!memcmp(keep, pol.params, pol.L.numel * sizeof(float)), "ties changed the weights");
+            free(keep);
+        }
+        for (int p = 0; p < PAIRS; p++) { free(f[p].traj[0]); free(f[p].traj[1]); }
+        printf("  diffusion-dpo round %d: loss per draw %.4f\n", round, loss);
+    }
+    double b1 = mean_brightness(&pol, tp, &to.sample, 16, 99);
+    printf("  mean brightness of fixed-seed samples: base %.4f, policy %.4f\n", b0, b1);
+    CHECK(b1 > b0 + 0.1, "brightness did not rise: %.4f -> %.4f", b0, b1);
+    adamw_free(&opt);
+    tape_free(tp);
+    model_free(&pol);
+    model_free(&base);
+}
+
 int main(void) {
     RUN(test_timesteps);
     RUN(test_logprob_gaussian);
@@ -774,6 +845,7 @@ int main(void) {
     RUN(test_dpo_gradient_fd);
     RUN(test_dpo_tie);
     RUN(test_dpo_reference_is_policy);
+    RUN(test_dpo_train_moves_model);
     RUN(test_d3po_moves_model_ref_round);
     RUN(test_d3po_moves_model_ref_base);
     return t_done();
