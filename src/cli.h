@@ -8,6 +8,8 @@
 
 #include "backend.h"
 #include "config.h"
+#include "engine.h"
+#include "session.h"
 
 #define EXIT_USAGE 1
 #define EXIT_FAIL 2
@@ -58,4 +60,18 @@ int cli_device(const char *cmd, const char *s, int *dev);
  * auto fell back to the CPU, "cpu (cuda: no GPU)" with the reason. */
 const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_config *c, char *note,
                               size_t n);
+/* --objective d3po|diffusion-dpo (label, auto, train) into *obj (a
+ * d3po_objective); prints "d3po CMD: --objective 'x': expected d3po or
+ * diffusion-dpo" and returns -1 on any other value. Apply it over the
+ * config after loading: if (obj >= 0) cfg.train.objective = obj. */
+int cli_objective(const char *cmd, const char *s, int *obj);
+
+/* train.all_labels on a resumed session: hands the session's earlier A/B
+ * labels to the engine's pool (engine_remember), so every round trains
+ * over every label so far. skip_current: leave out pairs sampled by the
+ * session's current model version (a caller that trains those in its
+ * first round itself). Does nothing without all_labels. Returns the pairs
+ * handed over, or -1 with err (a pair file that cannot be read). */
+long cli_remember_labels(const d3_session *s, d3_engine *e, const d3_config *c, int skip_current,
+                         char *err);
 #endif

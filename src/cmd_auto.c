@@ -46,7 +46,8 @@
 static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
-    "                 [--timeout SEC] [--device auto|cpu|cuda] [--tf32]\n"
+    "                 [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
+    "                 [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Runs D3PO rounds without a person: the engine samples pairs, a judge picks\n"
     "the better image of each, every decision is journaled in the session, and\n"
@@ -63,6 +64,7 @@ static const char auto_help[] =
     "\n"
     "  --session DIR     session directory; created when new, resumed when it exists\n"
     "  --oracle NAME     jpeg-compressibility, jpeg-incompressibility, brightness,\n"
+    "                    realism (the data set folder: $D3PO_DATASET, else ./emoji),\n"
     "                    or noisy:NAME[:T] (NAME answering like an inconsistent\n"
     "                    person, Bradley-Terry temperature T). With --labeler it\n"
     "                    only scores the evaluation samples\n"
@@ -79,6 +81,7 @@ static const char auto_help[] =
     "  --eval-seeds N    evaluation images per score: seeds 0..N-1 over the prompts,\n"
     "                    the same every round (default 16; 0: no scores)\n"
     "  --timeout SEC     how long the labeler may take per answer (default 30)\n"
+    "  --objective OBJ   d3po or diffusion-dpo (default: the config's train.objective)\n"
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
@@ -232,6 +235,12 @@ static int write_metrics(autorun *a, int k, char *err) {
     json_object_set_new(tr, "kl", json_real(a->c->d3po.kl));
     json_object_set_new(tr, "beta", json_real(a->c->d3po.beta));
     json_object_set_new(tr, "clip_eps", json_real(a->c->d3po.clip_eps));
+    json_object_set_new(tr, "objective", json_string(config_objective_name(a->c->train.objective)));
+    json_object_set_new(tr, "all_labels", json_boolean(a->c->train.all_labels));
+    if (a->c->train.objective == D3PO_OBJ_DPO) {
+        json_object_set_new(tr, "dpo_beta", json_real(a->c->train.dpo_beta));
+        json_object_set_new(tr, "dpo_draws", json_integer(a->c->train.dpo_draws));
+    }
     json_object_set_new(o, "train", tr);
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(o);
@@ -573,6 +582,7 @@ int cmd_auto(int argc, char **argv) {
                                          {"eval-seeds", 1, 0, 'e'},
                                          {"seed", 1, 0, 'S'},
                                          {"timeout", 1, 0, 't'},
+                                         {"objective", 1, 0, 'O'},
                                          {"device", 1, 0, 'D'},
                                          {"tf32", 0, 0, 'F'},
                                          {"help", 0, 0, 'h'},
@@ -581,7 +591,7 @@ int cmd_auto(int argc, char **argv) {
     long rounds = -1, npairs = 0, neval = 16;
     uint64_t seed = 0;
     double timeout = 30;
-    int dev = -1, tf32 = 0;
+    int dev = -1, tf32 = 0, objective = -1;
     char err[D3_ERRLEN];
     int c;
     optind = 1;
@@ -622,6 +632,9 @@ int cmd_auto(int argc, char **argv) {
         case 'D':
             if (cli_device("auto", optarg, &dev)) return EXIT_USAGE;
             break;
+        case 'O':
+            if (cli_objective("auto", optarg, &objective)) return EXIT_USAGE;
+            break;
         case 'F':
             tf32 = 1;
             break;
@@ -657,6 +670,7 @@ int cmd_auto(int argc, char **argv) {
         return fail(err);
     }
     if (!npairs) npairs = cfg.session.round_size;
+    if (objective >= 0) cfg.train.objective = objective;
     char device[CLI_NOTE_LEN];
     const d3_backend *be = cli_backend("auto", dev, tf32, &cfg, device, sizeof device);
     if (!be) { /* before the session is created or touched */
@@ -668,6 +682,7 @@ int cmd_auto(int argc, char **argv) {
     json_t *set = json_pack("{s:s}", "created_by", "d3po auto");
     if (oname) json_object_set_new(set, "oracle", json_string(oname));
     if (lcmd) json_object_set_new(set, "labeler", json_string(lcmd));
+    json_object_set_new(set, "objective", json_string(config_objective_name(cfg.train.objective)));
     char *sj = json_dumps(set, JSON_COMPACT);
     json_decref(set);
     const char *given = model;
@@ -817,13 +832,24 @@ int cmd_auto(int argc, char **argv) {
             rc = fail(err);
             goto out;
         }
-    fprintf(stderr, "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; device %s\n",
+    fprintf(stderr, "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; objective "
+                    "%s%s; device %s\n",
             dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
-            a->lab ? lcmd : oracle_name(oracle), a->neval ? "" : " (no evaluation scores)", device);
+            a->lab ? lcmd : oracle_name(oracle), a->neval ? "" : " (no evaluation scores)",
+            config_objective_name(cfg.train.objective),
+            cfg.train.all_labels ? " over every label so far" : "", device);
 
     if (a->next_metric == 0 && request_eval(a, 0)) {
         rc = fail("out of memory");
         goto out;
+    }
+    if (rounds >= 1) {
+        long nr = cli_remember_labels(&s, a->e, &cfg, 1, err);
+        if (nr < 0) {
+            rc = fail(err);
+            goto out;
+        }
+        if (nr) fprintf(stderr, "d3po auto: train.all_labels: %ld earlier labels join every round\n", nr);
     }
     if (rounds >= 1) {
         int got = resume_pairs(a, err);

@@ -681,6 +681,10 @@ void config_dump(const d3_config *c, FILE *f) {
 
 /* ---- conversions ---- */
 
+const char *config_objective_name(d3po_objective o) {
+    return o == D3PO_OBJ_DPO ? objective_names[1] : objective_names[0];
+}
+
 ddim_opts config_ddim_opts(const d3_config *c) {
     return (ddim_opts){
         .steps = c->sampler.steps, .eta = (float)c->sampler.eta, .cfg = (float)c->sampler.cfg};

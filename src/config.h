@@ -147,6 +147,9 @@ int config_key_action(const d3_config *c, const char *key);
  * name is not a key. */
 int config_key_canonical(const char *name, char *out);
 
+/* "d3po" or "diffusion-dpo". */
+const char *config_objective_name(d3po_objective o);
+
 /* Conversions for the engine. config_train_opts also carries the train
  * group (objective, Diffusion-DPO beta and draws, all_labels) and sets the
  * reference to the base model for the Diffusion-DPO objective. */

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "blocks.h"
+#include "cli.h"
 #include "engine.h"
 #include "image.h"
 #include "sixel.h"
@@ -511,8 +512,9 @@ static void draw(ui *u, int full) {
     mvhline(0, 0, ' ', COLS);
     char drift[48] = "drift -";
     if (!isnan(u->drift)) snprintf(drift, sizeof drift, "drift %.3f (v%ld)", u->drift, u->drift_version);
-    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d  %s", name,
-             st.round + 1, u->nround, u->round_size, u->s->version, u->be->name, u->nq, drift);
+    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  %s  queued %d  %s", name,
+             st.round + 1, u->nround, u->round_size, u->s->version,
+             config_objective_name(u->c->train.objective), u->be->name, u->nq, drift);
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
@@ -532,6 +534,9 @@ static void draw(ui *u, int full) {
         }
         mvprintw(top + 4 + D3_ACT_COUNT, 2,
                  "every decision is in labels.jsonl (fsync'd) before the next pair shows");
+        mvprintw(top + 5 + D3_ACT_COUNT, 2, "training objective: %s%s (train.objective, --objective)",
+                 config_objective_name(u->c->train.objective),
+                 u->c->train.all_labels ? ", over every label so far" : "");
     } else if (u->hist) {
         mvprintw(2, l0, "history: %d decided pairs (Up/Down; decision keys change a choice; %s closes)",
                  u->hist_n, key_label(u->c, D3_ACT_HISTORY));
@@ -776,6 +781,10 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     eo.save_ctx = s;
     u->e = engine_start(policy, base, &st, s->version, &eo, err);
     if (!u->e) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        return 2;
+    }
+    if (cli_remember_labels(s, u->e, c, 0, err) < 0) { /* train.all_labels */
         fprintf(stderr, "d3po label: %s\n", err);
         return 2;
     }
