@@ -262,15 +262,25 @@ static void pretrain_flat(d3_model *m, d3_tape *tp) {
     free(g);
 }
 
+/* The learning tests' start: a tiny base pretrained on flat images, a
+ * copy of it as the policy, a CPU tape, and training options sampling 10
+ * steps with guidance 3. */
+static d3_tape *learning_setup(d3_model *base, d3_model *pol, d3po_train_opts *to) {
+    char err[D3_ERRLEN];
+    tiny(base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
+    d3_tape *tp = tape_new(backend_cpu());
+    pretrain_flat(base, tp);
+    model_copy(pol, base, err);
+    *to = d3po_train_opts_default();
+    to->sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    return tp;
+}
+
 static void moves_model(d3po_ref_mode mode) {
     d3_model base, pol, snap;
-    tiny(&base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
     char err[D3_ERRLEN];
-    d3_tape *tp = tape_new(backend_cpu());
-    pretrain_flat(&base, tp);
-    model_copy(&pol, &base, err);
-    d3po_train_opts to = d3po_train_opts_default();
-    to.sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    d3po_train_opts to;
+    d3_tape *tp = learning_setup(&base, &pol, &to);
     to.epochs = getenv("D3PO_TEST_EPOCHS") ? atoi(getenv("D3PO_TEST_EPOCHS")) : 1;
     to.ref = mode;
     d3_adamw opt;
@@ -777,13 +787,9 @@ static void test_dpo_reference_is_policy(void) {
  * leaves the weights alone. */
 static void test_dpo_train_moves_model(void) {
     d3_model base, pol;
-    tiny(&base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
     char err[D3_ERRLEN];
-    d3_tape *tp = tape_new(backend_cpu());
-    pretrain_flat(&base, tp);
-    model_copy(&pol, &base, err);
-    d3po_train_opts to = d3po_train_opts_default();
-    to.sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    d3po_train_opts to;
+    d3_tape *tp = learning_setup(&base, &pol, &to);
     to.objective = D3PO_OBJ_DPO;
     to.dpo_draws = 4;
     to.ref = D3PO_REF_BASE;
