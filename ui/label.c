@@ -512,9 +512,10 @@ static void draw(ui *u, int full) {
     mvhline(0, 0, ' ', COLS);
     char drift[48] = "drift -";
     if (!isnan(u->drift)) snprintf(drift, sizeof drift, "drift %.3f (v%ld)", u->drift, u->drift_version);
-    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  %s  queued %d  %s", name,
-             st.round + 1, u->nround, u->round_size, u->s->version,
-             config_objective_name(u->c->train.objective), u->be->name, u->nq, drift);
+    /* the objective last: a narrow terminal cuts it before the drift */
+    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d  %s  %s", name,
+             st.round + 1, u->nround, u->round_size, u->s->version, u->be->name, u->nq, drift,
+             config_objective_name(u->c->train.objective));
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
