@@ -42,7 +42,7 @@ TOOL_BIN = $(TOOL_SRC:%.c=$(B)/%)
 
 # Debian packages: build, then what the tests need.
 DEB_BUILD = gcc make pkg-config fonts-dejavu-core libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
-DEB_TEST = fonts-noto-color-emoji unicode-data tmux bsdutils xterm xvfb xdotool imagemagick x11-utils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
+DEB_TEST = fonts-noto-color-emoji unicode-data bzip2 tmux bsdutils xterm xvfb xdotool imagemagick x11-utils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
 
 # The CUDA backend (engine/cuda/): a shared object loaded with dlopen at run
 # time (engine/device.c), so build/d3po itself needs no CUDA library and
@@ -57,10 +57,11 @@ CUDA_LIB = $(if $(NVCC),$(B)/libd3po_cuda.so)
 .PHONY: all run test check check-asan fuzz bench deps deps-test clean install
 all: $(B)/d3po $(CUDA_LIB)
 
-$(B)/libd3po_cuda.so: engine/cuda/backend_cuda.cu engine/backend.h engine/err.h
+CUDA_SRC = engine/cuda/backend_cuda.cu engine/cuda/tx.cu
+$(B)/libd3po_cuda.so: $(CUDA_SRC) $(wildcard engine/cuda/*.cuh) engine/backend.h engine/ops.h engine/err.h
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++20 -O3 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -shared $(CUDA_ARCH) \
-		-Iengine $< -o $@ -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas -lcudnn
+		-Iengine $(CUDA_SRC) -o $@ -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublas -lcudnn
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)

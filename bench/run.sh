@@ -29,7 +29,7 @@ LC_ALL=C
 export LC_ALL
 B=${B:-build}
 THREADS=${THREADS:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)}
-CASES=${CASES:-sample d3po pretrain}
+CASES=${CASES:-sample d3po pretrain sd-unet}
 DEVICES=${DEVICES:-cpu cuda}
 PY=${PY:-/usr/bin/python3}
 BENCH=${BENCH:-$B/bench/bench}
@@ -126,15 +126,42 @@ run_case() {
     }' | tee -a "$out"
 }
 
+# The SD UNet (issue 14): $B/tests/tool_sdunet bench against diffusers'
+# UNet2DConditionModel of the same config (bench/sd_unet_mid.json), random
+# weights, 16x16 latents, batch 2, in the reference venv (tests/sd/venv.sh;
+# $SD_VENV, else $B/sd-venv). CPU only for now.
+run_sd_unet() {
+    tool=$B/tests/tool_sdunet
+    dlog="$LOGS/sd-unet.d3po.log" tlog="$LOGS/sd-unet.torch.log"
+    [ -x "$tool" ] || { failed sd-unet "$tool not built"; return; }
+    venv=$(B=$B sh tests/sd/venv.sh 2>"$tlog.err" | tail -n 1) ||
+        { cat "$tlog.err" >&2; failed sd-unet "no diffusers venv (tests/sd/venv.sh)"; return; }
+    set -- bench/sd_unet_mid.json --size 16 --batch 2 --threads "$THREADS"
+    "$tool" bench "$@" >"$dlog" 2>"$dlog.err" ||
+        { cat "$dlog.err" >&2; failed sd-unet "$tool exited non-zero"; return; }
+    "$venv/bin/python" bench/sd_unet_torch.py "$@" >"$tlog" 2>"$tlog.err" ||
+        { tail -n 20 "$tlog.err" >&2; failed sd-unet "sd_unet_torch.py exited non-zero"; return; }
+    d=$(awk '$1 == "d3po" && $2 == "sd-unet" && NF == 5 { print $3, $4, $5 }' "$dlog")
+    t=$(awk '$1 == "torch" && $2 == "sd-unet" && NF == 5 { print $3, $4, $5 }' "$tlog")
+    [ -n "$d" ] && [ -n "$t" ] || { failed sd-unet "no result line"; return; }
+    echo "$d $t" | awk '{
+        printf "bench sd-unet-forward: d3po %.3f s, pytorch %.3f s, ratio %.2f\n", $1, $4, $4 / $1
+        printf "bench sd-unet-fwdbwd: d3po %.3f s, pytorch %.3f s, ratio %.2f\n", $2, $5, $5 / $2
+        printf "bench sd-unet peak memory: d3po %.1f MB, pytorch %.1f MB\n", $3, $6
+    }' | tee -a "$out"
+}
+
 for dv in $DEVICES; do
     case "$dv" in
     cpu)
-        for c in $CASES; do run_case cpu "$c"; done ;;
+        for c in $CASES; do
+            if [ "$c" = sd-unet ]; then run_sd_unet; else run_case cpu "$c"; fi
+        done ;;
     cuda)
         if [ -z "$gpu" ]; then
             echo "bench gpu: skipped ($why)" | tee -a "$out"
         else
-            for c in $CASES; do run_case cuda "$c"; done
+            for c in $CASES; do [ "$c" = sd-unet ] || run_case cuda "$c"; done
         fi ;;
     *) failed "$dv" "unknown device (expected cpu or cuda)" ;;
     esac

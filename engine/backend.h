@@ -14,7 +14,7 @@
 
 /* Bumped whenever the table changes: a CUDA backend built from another
  * tree is refused instead of called through a mismatched table. */
-#define D3_BACKEND_ABI 2
+#define D3_BACKEND_ABI 3
 
 typedef struct d3_backend {
     int abi;          /* D3_BACKEND_ABI */
@@ -52,10 +52,11 @@ typedef struct d3_backend {
     void (*linear_backward)(float *dinp, float *dw, float *db, const float *dout,
                             const float *inp, const float *w, int N, int IN, int OUT);
     void (*groupnorm_forward)(float *out, float *mean, float *rstd, const float *inp,
-                              const float *w, const float *b, int N, int C, int HW, int G);
+                              const float *w, const float *b, int N, int C, int HW, int G,
+                              float eps);
     void (*groupnorm_backward)(float *dinp, float *dw, float *db, const float *dout,
                                const float *inp, const float *w, const float *mean,
-                               const float *rstd, int N, int C, int HW, int G);
+                               const float *rstd, int N, int C, int HW, int G, float eps);
     void (*silu_forward)(float *out, const float *inp, size_t n);
     void (*silu_backward)(float *dinp, const float *dout, const float *inp, size_t n);
     void (*add_forward)(float *out, const float *a, const float *b, size_t n);
@@ -74,6 +75,30 @@ typedef struct d3_backend {
     void (*timestep_embedding)(float *out, const float *t, int N, int D);
     float (*mse_forward)(const float *a, const float *b, size_t n);
     void (*mse_backward)(float *da, float dloss, const float *a, const float *b, size_t n);
+
+    /* transformer ops (ABI 3), see ops.h */
+    void (*timestep_embedding_ex)(float *out, const float *t, int N, int D, int flip_sin_to_cos,
+                                  float freq_shift);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp,
+                              const float *w, const float *b, int N, int D, float eps);
+    void (*layernorm_backward)(float *dinp, float *dw, float *db, const float *dout,
+                               const float *inp, const float *w, const float *mean,
+                               const float *rstd, int N, int D);
+    void (*gelu_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n);
+    void (*quick_gelu_forward)(float *out, const float *inp, size_t n);
+    void (*quick_gelu_backward)(float *dinp, const float *dout, const float *inp, size_t n);
+    void (*geglu_forward)(float *out, const float *inp, int N, int F);
+    void (*geglu_backward)(float *dinp, const float *dout, const float *inp, int N, int F);
+    void (*mha_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
+                        int N, int Tq, int Tk, int heads, int dh, int causal);
+    void (*mha_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                         const float *k, const float *v, const float *out, const float *lse,
+                         int N, int Tq, int Tk, int heads, int dh, int causal);
+    void (*transpose_forward)(float *out, const float *inp, int N, int A, int B);
+    void (*transpose_backward)(float *dinp, const float *dout, int N, int A, int B);
+    void (*scale_forward)(float *out, const float *inp, float s, size_t n);
+    void (*scale_backward)(float *dinp, const float *dout, float s, size_t n);
 } d3_backend;
 
 /* The CPU backend (always available). */

@@ -91,6 +91,21 @@ static const d3_backend cpu = {
     .timestep_embedding = timestep_embedding,
     .mse_forward = mse_forward,
     .mse_backward = mse_backward,
+    .timestep_embedding_ex = timestep_embedding_ex,
+    .layernorm_forward = layernorm_forward,
+    .layernorm_backward = layernorm_backward,
+    .gelu_forward = gelu_forward,
+    .gelu_backward = gelu_backward,
+    .quick_gelu_forward = quick_gelu_forward,
+    .quick_gelu_backward = quick_gelu_backward,
+    .geglu_forward = geglu_forward,
+    .geglu_backward = geglu_backward,
+    .mha_forward = mha_forward,
+    .mha_backward = mha_backward,
+    .transpose_forward = transpose_forward,
+    .transpose_backward = transpose_backward,
+    .scale_forward = scale_forward,
+    .scale_backward = scale_backward,
 };
 
 const d3_backend *backend_cpu(void) { return &cpu; }

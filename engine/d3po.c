@@ -154,13 +154,21 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
     /* reference log-probs first: with D3PO_REF_ROUND the reference is the
      * policy before this call's first update, so caching must precede it
      * (Diffusion-DPO needs none: its reference runs on fresh draws) */
-    for (int i = 0; i < n && !dpo; i++)
+    for (int i = 0; i < n && !dpo; i++) {
         if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, o->loss.kl > 0, err)) {
             free(order);
             free(dt);
             free(deps);
             return NAN;
         }
+        if (progress && progress(ctx, 0, n * o->epochs, NAN)) {
+            d3_errf(err, "cancelled");
+            free(order);
+            free(dt);
+            free(deps);
+            return NAN;
+        }
+    }
     train_bufs b;
     if (bufs_open(&b, be, policy, opt, err)) {
         bufs_close(&b, policy, opt);

@@ -51,7 +51,10 @@ d3po_train_opts d3po_train_opts_default(void);
 
 /* Progress callback: step j of total (one step = one pair update). A
  * non-zero return cancels the training (d3po_train returns NAN, err
- * "cancelled"; the updates already made stay in the policy). */
+ * "cancelled"; the updates already made stay in the policy). It is also
+ * called with step 0 and loss NAN after each pair's reference log-probs
+ * are computed (before the first update), so a caller can do other work
+ * on the same thread between pairs (the engine samples pairs there). */
 typedef int (*d3po_progress_fn)(void *ctx, int step, int total, double loss);
 
 /* Trains policy on the pairs (ties are skipped: they carry no gradient).

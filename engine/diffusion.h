@@ -40,6 +40,20 @@ int ddim_timesteps(int T, int K, int *ts, int *prev, char *err);
  * (z may be NULL: x_prev = mean). Returns sigma. */
 double ddim_step(float *x_prev, float *mean, const float *x_t, const float *eps, const float *z,
                  double abar_t, double abar_prev, double eta, size_t n);
+/* The same step as diffusers' DDIMScheduler.step computes it for the
+ * latent family, from the model's raw (guided) output: out is eps, or v
+ * when pred_v (x0 = sqrt(a_t) x_t - sqrt(1-a_t) v, eps = sqrt(a_t) v +
+ * sqrt(1-a_t) x_t); clip > 0 clamps x0 to [-clip, clip] and re-derives eps
+ * from the clamped x0 as diffusers does (clip_sample; SD configs say false:
+ * clip 0, no clamp); then sigma, mean and x_prev as ddim_step. Returns
+ * sigma. */
+double ddim_step_pred(float *x_prev, float *mean, const float *x_t, const float *out,
+                      const float *z, double abar_t, double abar_prev, double eta, int pred_v,
+                      float clip, size_t n);
+/* Classifier-free guidance of n images: out holds nb rows of D floats, the
+ * n conditional rows first, then (nb == 2n) the n unconditional ones;
+ * eps[i] = u + w (c - u), or c when nb == n. */
+void ddim_guide(float *eps, const float *out, int n, int nb, size_t D, float w);
 /* sigma_t of that step. */
 double ddim_sigma(double abar_t, double abar_prev, double eta);
 /* MEAN over n elements of the Gaussian log-density of x_prev under
@@ -147,7 +161,9 @@ void dpo_draw(const d3_model *m, d3_rng *rng, int n, int *t, float *eps);
 /* Epsilon-MSE denoising loss on a batch x0 [N][D] with classes cls[N]:
  * t ~ U{0..T-1}, noise ~ N(0,1), each class replaced by the null class
  * with probability p_uncond; draws from rng. ACCUMULATES the gradient
- * into grads and returns the loss. */
+ * into grads and returns the loss. On a host (CPU) backend the batch runs
+ * through the tape in chunks of a few images (the same gradient up to
+ * float summation order; afterwards the tape holds the last chunk only). */
 double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
                               const float *x0, const int *cls, float p_uncond, d3_rng *rng);
 

@@ -24,6 +24,8 @@ typedef struct job {
     uint64_t seed;
     int drift;        /* JOB_SAMPLE: also the base model's log-probs */
     int remember;     /* JOB_TRAIN: only add the pairs to the pool, no training */
+    int early;        /* JOB_SAMPLE: may run between a round's steps */
+    uint64_t tag;     /* JOB_SAMPLE: handed back in the pair */
     d3po_pair *pairs; /* JOB_TRAIN: owned copies */
     int npairs, round;
     struct job *next;
@@ -51,6 +53,7 @@ struct d3_engine {
     d3_tape *tp;
     d3_rng rng;
     double job_t0;
+    const d3_model *in_force; /* during a round with overlap: the model before it */
     /* train.all_labels: every labeled pair so far (engine thread only) */
     d3po_pair *pool;
     int npool, cappool;
@@ -148,8 +151,9 @@ static void base_logp(d3_engine *e, d3_pair_sample *p, const int *cls, const flo
     p->logp_base[1] = lb1;
 }
 
-static void run_sample(d3_engine *e, const job *j) {
-    const d3_model *m = e->policy;
+/* Samples job j's pair from m (the policy, or during a round the model in
+ * force before it); EV_PAIR carries the version of m. */
+static void run_sample_from(d3_engine *e, const d3_model *m, const job *j) {
     int K = e->o.sample.steps, S = m->L.arch.size;
     size_t D = 3 * (size_t)S * S;
     char err[D3_ERRLEN];
@@ -176,7 +180,7 @@ static void run_sample(d3_engine *e, const job *j) {
         return;
     }
     *p = (d3_pair_sample){.cls = j->cls, .seed = j->seed, .version = e->version, .K = K, .S = S,
-                          .cfg = e->o.sample.cfg, .eta = e->o.sample.eta};
+                          .cfg = e->o.sample.cfg, .eta = e->o.sample.eta, .tag = j->tag};
     for (int i = 0; i < 2; i++) {
         p->traj[i] = malloc((K + 1) * D * sizeof(float));
         p->logp[i] = malloc(K * sizeof(float));
@@ -189,12 +193,43 @@ static void run_sample(d3_engine *e, const job *j) {
     emit(e, &ev);
 }
 
+static void run_sample(d3_engine *e, const job *j) { run_sample_from(e, e->policy, j); }
+
+static void free_job(job *j);
+
+/* Takes the oldest queued early sample job, or NULL. */
+static job *take_early(d3_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    job **pp = &e->jobs, *prev = NULL, *j = NULL;
+    for (; *pp; prev = *pp, pp = &(*pp)->next)
+        if ((*pp)->kind == JOB_SAMPLE && (*pp)->early && !e->stopping) {
+            j = *pp;
+            *pp = j->next;
+            if (e->jobs_tail == j) e->jobs_tail = prev;
+            break;
+        }
+    pthread_mutex_unlock(&e->mu);
+    return j;
+}
+
 static int train_progress(void *ctx, int step, int total, double loss) {
     d3_engine *e = ctx;
+    /* the time spent sampling between steps is part of the round's time,
+     * so the estimate stays honest while pairs are interleaved */
     double el = now() - e->job_t0;
     d3_event ev = {.kind = EV_PROGRESS, .what = "training", .i = step, .n = total, .loss = loss,
                    .eta_s = step ? el / step * (total - step) : NAN};
     emit(e, &ev);
+    if (e->in_force && step < total) {
+        job *j;
+        while (!atomic_load(&e->cancel) && (j = take_early(e))) {
+            run_sample_from(e, e->in_force, j);
+            pthread_mutex_lock(&e->mu);
+            e->pend_sample--;
+            pthread_mutex_unlock(&e->mu);
+            free_job(j);
+        }
+    }
     return atomic_load(&e->cancel);
 }
 
@@ -214,12 +249,18 @@ static void run_train(d3_engine *e, job *j) {
     d3po_pair *pairs = to.all_labels ? e->pool : j->pairs;
     int npairs = to.all_labels ? e->npool : j->npairs;
     const d3_model *ref = e->base;
-    d3_model snap;
+    d3_model snap, keep;
     long tag = 0;
+    int have_keep = 0;
     if (to.ref == D3PO_REF_ROUND || !e->base) {
         if (model_copy(&snap, e->policy, err)) { emit_error(e, err); return; }
         ref = &snap;
         tag = round + 1;
+        if (e->o.overlap) e->in_force = &snap; /* the reference is the model in force */
+    } else if (e->o.overlap) {
+        if (model_copy(&keep, e->policy, err)) { emit_error(e, err); return; }
+        have_keep = 1;
+        e->in_force = &keep;
     }
     e->st.opt.lr = e->o.lr;
     e->st.opt.wd = e->o.weight_decay;
@@ -229,7 +270,9 @@ static void run_train(d3_engine *e, job *j) {
     emit(e, &ev);
     double loss = d3po_train(e->policy, ref, tag, e->tp, &e->st.opt, pairs, npairs, &to,
                              &e->rng, train_progress, e, err);
+    e->in_force = NULL;
     if (ref == &snap) model_free(&snap);
+    if (have_keep) model_free(&keep);
     if (isnan(loss)) {
         if (!atomic_load(&e->cancel)) emit_error(e, err);
         return;
@@ -355,19 +398,25 @@ static void push_job(d3_engine *e, job *j) {
     pthread_mutex_unlock(&e->mu);
 }
 
-static void sample_job(d3_engine *e, int cls, uint64_t seed, int drift) {
+void engine_sample_ex(d3_engine *e, const engine_sample_req *r) {
     job *j = calloc(1, sizeof *j);
     if (!j) return;
     j->kind = JOB_SAMPLE;
-    j->cls = cls;
-    j->seed = seed;
-    j->drift = drift;
+    j->cls = r->cls;
+    j->seed = r->seed;
+    j->drift = r->drift;
+    j->early = r->early;
+    j->tag = r->tag;
     push_job(e, j);
 }
 
-void engine_sample(d3_engine *e, int cls, uint64_t seed) { sample_job(e, cls, seed, 0); }
+void engine_sample(d3_engine *e, int cls, uint64_t seed) {
+    engine_sample_ex(e, &(engine_sample_req){.cls = cls, .seed = seed});
+}
 
-void engine_sample_drift(d3_engine *e, int cls, uint64_t seed) { sample_job(e, cls, seed, 1); }
+void engine_sample_drift(d3_engine *e, int cls, uint64_t seed) {
+    engine_sample_ex(e, &(engine_sample_req){.cls = cls, .seed = seed, .drift = 1});
+}
 
 static void queue_pairs(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2],
                         int n, int round, int remember) {

@@ -43,6 +43,11 @@ typedef struct {
      * or -1 with err set (reported as an EV_ERROR). May be NULL. */
     int (*save_round)(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err);
     void *save_ctx;
+    /* 1: sample requests marked `early` run while a round trains, between
+     * its steps, from a copy of the model in force when the round began
+     * (the pairs carry that version), so a person keeps labeling; costs a
+     * copy of the model per round. 0: every job waits its turn. */
+    int overlap;
 } engine_opts;
 
 engine_opts engine_opts_default(void);
@@ -57,6 +62,7 @@ typedef struct {
     float *logp[2];     /* [K] sampling log-probs */
     float *logp_base[2]; /* [K] the same steps' log-probs under the base model
                             (engine_sample_drift with a base model), else NULL */
+    uint64_t tag;       /* the caller's tag from engine_sample_req (0 otherwise) */
 } d3_pair_sample;
 
 typedef enum { EV_PAIR, EV_PROGRESS, EV_TRAINED, EV_ERROR, EV_STOPPED } d3_event_kind;
@@ -92,6 +98,16 @@ void engine_sample(d3_engine *e, int cls, uint64_t seed);
  * its trajectories under the base model (d3po auto's drift measure; NULL
  * when the engine has no base model), computed on the engine thread. */
 void engine_sample_drift(d3_engine *e, int cls, uint64_t seed);
+/* One sample request: class, seed, whether to add the base log-probs
+ * (drift), a tag the pair carries back, and early: may run while a round
+ * trains (engine_opts.overlap), from the model in force before it. */
+typedef struct {
+    int cls;
+    uint64_t seed;
+    int drift, early;
+    uint64_t tag;
+} engine_sample_req;
+void engine_sample_ex(d3_engine *e, const engine_sample_req *r);
 /* The drift of a pair from engine_sample_drift: the mean over both images
  * and all steps of log p_policy - log p_base; NAN without logp_base. */
 double engine_pair_drift(const d3_pair_sample *p);

@@ -113,25 +113,31 @@ fail_noclose:
     return -1;
 }
 
-int fs_read_all(const char *path, unsigned char **buf, size_t *len, char *err) {
-    *buf = NULL;
-    *len = 0;
+int fs_open_read(const char *path, struct stat *st, char *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return d3_errf(err, "%s: open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st)) {
+    if (fstat(fd, st)) {
         int e = errno;
         close(fd);
         return d3_errf(err, "%s: fstat: %s", path, strerror(e));
     }
-    if (S_ISDIR(st.st_mode)) {
+    if (S_ISDIR(st->st_mode)) {
         close(fd);
         return d3_errf(err, "%s: is a directory, expected a file", path);
     }
-    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size >= SIZE_MAX - 2) {
+    if (S_ISREG(st->st_mode) && (uint64_t)st->st_size >= SIZE_MAX / 2) {
         close(fd);
-        return d3_errf(err, "%s: file too large (%lld bytes)", path, (long long)st.st_size);
+        return d3_errf(err, "%s: file too large (%lld bytes)", path, (long long)st->st_size);
     }
+    return fd;
+}
+
+int fs_read_all(const char *path, unsigned char **buf, size_t *len, char *err) {
+    *buf = NULL;
+    *len = 0;
+    struct stat st;
+    int fd = fs_open_read(path, &st, err);
+    if (fd < 0) return -1;
     /* Regular files: allocate the size once; others (pipes) grow. The +2
      * leaves room for the NUL and for the read that sees EOF, so a file
      * that did not change needs no realloc. */

@@ -14,6 +14,10 @@ int fs_write_atomic(const char *path, const void *const *parts, const size_t *le
 /* Reads a whole file into a malloc'd buffer (plus a NUL byte not counted
  * in *len). Returns 0 or -1 with err naming the path. */
 int fs_read_all(const char *path, unsigned char **buf, size_t *len, char *err);
+struct stat;
+/* Opens path for reading and fstat's it into *st: the fd, or -1 with err
+ * naming the path (open or fstat failed, a directory, too large). */
+int fs_open_read(const char *path, struct stat *st, char *err);
 /* mkdir -p. Returns 0 or -1 with err. */
 int fs_mkdirs(const char *path, char *err);
 #endif

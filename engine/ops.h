@@ -24,6 +24,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 /* conv2d: out[N,OC,OH,OW] = inp[N,C,H,W] (*) w[OC,C,K,K] + b[OC]
  * OH = (H + 2*pad - K)/stride + 1 (same for OW). b may be NULL.
@@ -40,13 +42,29 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
 void linear_backward(float *dinp, float *dw, float *db, const float *dout,
                      const float *inp, const float *w, int N, int IN, int OUT);
 
-/* group norm over G groups of C/G channels, eps 1e-5, affine w[C], b[C].
- * mean[N*G], rstd[N*G] are saved for the backward. */
+/* group norm over G groups of C/G channels, affine w[C], b[C]:
+ * y = (x - mean) / sqrt(var + eps) * w + b (biased variance, like PyTorch).
+ * eps is 1e-5 for our pixel UNet and SD's UNet, 1e-6 for SD's VAE.
+ * mean[N*G], rstd[N*G] are saved for the backward (rstd includes eps). */
 void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int N, int C, int HW, int G);
+                       const float *w, const float *b, int N, int C, int HW, int G,
+                       float eps);
+/* The norms add eps in double, at its shortest decimal value (1e-5f is
+ * taken as the double 1e-5, as PyTorch receives it from Python): so a float
+ * eps gives the same numbers as the constant did before it was a parameter.
+ * Both backends use this one function. */
+static inline double ops_eps_double(float eps) {
+    char buf[32];
+    for (int prec = 1; prec < 10; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)eps);
+        double d = strtod(buf, NULL);
+        if ((float)d == eps) return d;
+    }
+    return (double)eps;
+}
 void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int HW, int G);
+                        const float *rstd, int N, int C, int HW, int G, float eps);
 
 /* silu: out = x * sigmoid(x), elementwise over n values. */
 void silu_forward(float *out, const float *inp, size_t n);
@@ -88,10 +106,74 @@ void embedding_backward(float *dtable, const float *dout, const int *idx, int N,
  * value: there is no backward (documented, not forgotten). */
 void timestep_embedding(float *out, const float *t, int N, int D);
 
+/* timestep embedding with diffusers' options (get_timestep_embedding),
+ * D even, half = D/2:
+ *   freq_i = exp(-ln(10000) * i / (half - freq_shift)), a = t[n] * freq_i
+ *   flip_sin_to_cos ? out[n] = [cos(a), sin(a)] : out[n] = [sin(a), cos(a)]
+ * SD's UNet uses flip 1, shift 0; timestep_embedding(out,t,N,D) is exactly
+ * timestep_embedding_ex(out,t,N,D,1,0). No backward (timesteps are not
+ * learned). */
+void timestep_embedding_ex(float *out, const float *t, int N, int D, int flip_sin_to_cos,
+                           float freq_shift);
+
 /* mean squared error: returns mean((a-b)^2) over n values.
  * backward: da += dloss * 2*(a-b)/n. */
 float mse_forward(const float *a, const float *b, size_t n);
 void mse_backward(float *da, float dloss, const float *a, const float *b, size_t n);
+
+/* ---------------------------------------------------------------------
+ * Transformer ops (Stable Diffusion's UNet/VAE attention, CLIP), CPU
+ * reference in ops_tx.c. Token tensors are [N, T, D] row-major: "rows" are
+ * the N*T vectors of the last dimension D.
+ */
+
+/* layer norm over the last dim D of N rows, affine w[D], b[D] (either may
+ * be NULL: 1 and 0): out = (x - mean) * rstd * w + b,
+ * rstd = 1/sqrt(var + eps) (biased variance). mean[N], rstd[N] are saved. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *w, const float *b, int N, int D, float eps);
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                        const float *inp, const float *w, const float *mean,
+                        const float *rstd, int N, int D);
+
+/* gelu, exact (erf form, PyTorch's default): out = x/2 * (1 + erf(x/sqrt 2)). */
+void gelu_forward(float *out, const float *inp, size_t n);
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+/* quick_gelu (CLIP ViT-L/14's activation): out = x * sigmoid(1.702 x). */
+void quick_gelu_forward(float *out, const float *inp, size_t n);
+void quick_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+/* geglu (diffusers' GEGLU after its projection): inp[N, 2F] -> out[N, F],
+ * out[r, i] = inp[r, i] * gelu(inp[r, F + i]): value first half, gate
+ * second half. */
+void geglu_forward(float *out, const float *inp, int N, int F);
+void geglu_backward(float *dinp, const float *dout, const float *inp, int N, int F);
+
+/* multi-head scaled dot-product attention, memory-efficient:
+ *   q: [N, Tq, H*dh], k, v: [N, Tk, H*dh]; head h is columns [h*dh, (h+1)*dh)
+ *   out[n, i, h] = sum_j softmax_j(q_i . k_j / sqrt(dh)) v_j   [N, Tq, H*dh]
+ *   causal: key j > query i is masked (CLIP's text encoder; needs Tq == Tk)
+ * lse[N, H, Tq] (saved) = log sum_j exp(q_i . k_j / sqrt(dh)): the only
+ * thing kept for the backward, which recomputes the probabilities block by
+ * block. No Tq x Tk buffer is ever held: the work goes by query blocks x
+ * key blocks with an online softmax (flash attention), scratch O(block^2 +
+ * block * dh) per thread on the CPU, any dh. The CUDA backend runs flash
+ * kernels for dh <= 160 and, for wider heads (SD's VAE: one head of 512),
+ * cuBLAS products over query chunks whose scores fit a 16 MiB buffer. */
+void mha_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                 int N, int Tq, int Tk, int heads, int dh, int causal);
+void mha_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                  const float *k, const float *v, const float *out, const float *lse,
+                  int N, int Tq, int Tk, int heads, int dh, int causal);
+
+/* transpose of the last two dims: inp[N, A, B] -> out[N, B, A]
+ * (feature map [N, C, HW] <-> tokens [N, HW, C]). */
+void transpose_forward(float *out, const float *inp, int N, int A, int B);
+void transpose_backward(float *dinp, const float *dout, int N, int A, int B);
+
+/* scale: out = s * x over n values (attention's 1/sqrt(d), the VAE factor). */
+void scale_forward(float *out, const float *inp, float s, size_t n);
+void scale_backward(float *dinp, const float *dout, float s, size_t n);
 
 /* Number of OpenMP/BLAS threads the ops use (0 = library default). */
 void ops_set_threads(int n);

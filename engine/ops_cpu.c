@@ -27,6 +27,7 @@
  * pointer it receives, parameters and activations alike; NULL = skip.
  */
 #include "ops.h"
+#include "ops_internal.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -72,10 +73,8 @@ static void blas_single(void) {
     if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
-/* Work (in floats touched) below which an elementwise loop stays serial. */
-#define PAR_MIN 32768
-
-static int par_threads(size_t work) { return work > PAR_MIN ? ops_get_threads() : 1; }
+float *ops_scratch(size_t nfloats) { return scratch(nfloats); }
+void ops_blas_single(void) { blas_single(); }
 
 /* This thread's share [lo,hi) of n items: the whole range when not coop,
  * else a contiguous block, block sizes rounded up to `align`. */
@@ -124,29 +123,6 @@ static void mm(int coop, int ta, int tb, int M, int N, int K, float alpha,
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
                 beta, C, ldc);
-}
-
-/* exp(x) for float, vectorisable (no libm call): 2^n * p(r) with
- * x = n*ln2 + r, |r| <= ln2/2 (about), degree-6 polynomial; relative
- * error ~2e-7.
- * Input clamped to [-87, 88] (results ~1.6e-38 .. 1.6e38). */
-static inline float fexp(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    /* round to nearest by the 1.5*2^23 trick (floorf does not vectorise
-     * without -fno-trapping-math) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;          /* ln2 high part (exact) */
-    r = r - n * -2.12194440e-4f;             /* ln2 low part */
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { int32_t i; float f; } e = {.i = ((int32_t)n + 127) << 23}; /* 2^n */
-    return p * e.f;
 }
 
 /* ----------------------------------------------------------------- conv2d */
@@ -415,6 +391,455 @@ static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, floa
         }
 }
 
+/* ------------------------------------------------ Winograd F(4x4, 3x3) */
+
+/* "Same" 3x3 convolutions (stride 1, pad 1) with enough channels run as
+ * Winograd F(4x4,3x3) (Lavin & Gray 2016): each 4x4 block of output
+ * pixels ("tile") comes from the 6x6 input patch around it,
+ *   Y = At [ sum_c (G g G^T) (.) (Bt d B) ] A,
+ * so the multiply-adds of the channel sums become 36 GEMMs, one per
+ * point xi of the 6x6 transform domain,
+ *   M[xi][OC,T] = U[xi][OC,C] @ V[xi][C,T],
+ * with U = G g G^T (weights) and V = Bt d B (input patches), T tiles.
+ * That is 36 products per 16 outputs instead of 144: 4x fewer GEMM
+ * flops than im2col, for ~1e-6 relative rounding (the transforms'
+ * constants are 1/4, 1/6, 1/24 and powers of two up to 8).
+ *
+ * Backward:
+ *  - input gradient: the same forward over dout with the flipped,
+ *    channel-transposed kernel (a "same" 3x3 correlation again);
+ *  - weight gradient, the adjoint of the forward in g:
+ *    dg = G^T [ sum_tiles (A^T-adjoint of dY)[xi] V[xi]^T ] G,
+ *    i.e. 36 GEMMs dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T with
+ *    Mh = At^T dY At per 4x4 tile of dout.
+ *
+ * Work is split in blocks of whole tile rows, (image, tile row) pairs
+ * flattened over the batch, about WG_TILES tiles per block, assigned to
+ * threads statically: outputs are written by one block each, weight
+ * gradients are per-thread partials summed in thread order (results
+ * depend on the thread count only, like the rest of the backend).
+ *
+ * Transforms run row by row: a padded input row is read at stride 4
+ * (tile tx covers columns 4tx-1 .. 4tx+4), giving six transformed rows
+ * contiguous in tx; the column pass then combines six such rows, so every
+ * inner loop is over tiles and vectorises. */
+
+#ifndef WG_TILES
+#define WG_TILES 64 /* tiles per block: V and M of a block stay in L2 */
+#endif
+#ifndef WG_MIN_CH
+#define WG_MIN_CH 16 /* narrower GEMMs (conv_in, conv_out) stay on im2col */
+#endif
+
+static int conv_wino(const conv_shape *s) {
+    return s->K == 3 && s->stride == 1 && s->pad == 1 && s->C >= WG_MIN_CH &&
+           s->OC >= WG_MIN_CH && s->H >= 4 && s->W >= 4;
+}
+
+/* Bt (6x6) applied to d0..d5 */
+#define WG_BT(o, d0, d1, d2, d3, d4, d5)                 \
+    do {                                                 \
+        (o)[0] = 4.0f * (d0) - 5.0f * (d2) + (d4);       \
+        (o)[1] = -4.0f * ((d1) + (d2)) + (d3) + (d4);    \
+        (o)[2] = 4.0f * ((d1) - (d2)) - (d3) + (d4);     \
+        (o)[3] = 2.0f * ((d3) - (d1)) - (d2) + (d4);     \
+        (o)[4] = 2.0f * ((d1) - (d3)) - (d2) + (d4);     \
+        (o)[5] = 4.0f * (d1) - 5.0f * (d3) + (d5);       \
+    } while (0)
+/* At (4x6) applied to m0..m5 */
+#define WG_AT(o, m0, m1, m2, m3, m4, m5)                               \
+    do {                                                               \
+        const float p12 = (m1) + (m2), n12 = (m1) - (m2);              \
+        const float p34 = (m3) + (m4), n34 = (m3) - (m4);              \
+        (o)[0] = (m0) + p12 + p34;                                     \
+        (o)[1] = n12 + 2.0f * n34;                                     \
+        (o)[2] = p12 + 4.0f * p34;                                     \
+        (o)[3] = n12 + 8.0f * n34 + (m5);                              \
+    } while (0)
+/* At^T (6x4) applied to y0..y3: the adjoint of WG_AT */
+#define WG_ATT(o, y0, y1, y2, y3)                                      \
+    do {                                                               \
+        const float e02 = (y0) + (y2), o13 = (y1) + (y3);              \
+        const float e4 = (y0) + 4.0f * (y2), o8 = 2.0f * (y1) + 8.0f * (y3); \
+        (o)[0] = (y0);                                                 \
+        (o)[1] = e02 + o13;                                            \
+        (o)[2] = e02 - o13;                                            \
+        (o)[3] = e4 + o8;                                              \
+        (o)[4] = e4 - o8;                                              \
+        (o)[5] = (y3);                                                 \
+    } while (0)
+/* G (6x3) applied to g0..g2 */
+#define WG_G(o, g0, g1, g2)                                                    \
+    do {                                                                       \
+        (o)[0] = (g0) * 0.25f;                                                 \
+        (o)[1] = -((g0) + (g1) + (g2)) * (1.0f / 6.0f);                        \
+        (o)[2] = -((g0) - (g1) + (g2)) * (1.0f / 6.0f);                        \
+        (o)[3] = (g0) * (1.0f / 24.0f) + (g1) * (1.0f / 12.0f) + (g2) * (1.0f / 6.0f); \
+        (o)[4] = (g0) * (1.0f / 24.0f) - (g1) * (1.0f / 12.0f) + (g2) * (1.0f / 6.0f); \
+        (o)[5] = (g2);                                                         \
+    } while (0)
+/* G^T (3x6) applied to u0..u5 (double: the weight gradient sums) */
+#define WG_GT(o, u)                                                                       \
+    do {                                                                                  \
+        (o)[0] = (u)[0] * 0.25 - ((u)[1] + (u)[2]) / 6.0 + ((u)[3] + (u)[4]) / 24.0;      \
+        (o)[1] = ((u)[2] - (u)[1]) / 6.0 + ((u)[3] - (u)[4]) / 12.0;                      \
+        (o)[2] = ((u)[3] + (u)[4] - (u)[1] - (u)[2]) / 6.0 + (u)[5];                      \
+    } while (0)
+
+typedef struct {
+    int N, C, H, W; /* the image batch being transformed */
+    int nty, ntx;   /* tiles per column and row */
+} wg_geom;
+
+static wg_geom wg_make(int N, int C, int H, int W) {
+    wg_geom g = {N, C, H, W, (H + 3) / 4, (W + 3) / 4};
+    return g;
+}
+
+/* Transform scratch per thread (wg_in: a padded row, the phase-split
+ * patch rows and the column pass of one tile row, ~64ntx + 40). */
+static size_t wg_rb_floats(const wg_geom *g) {
+    return (size_t)80 * g->ntx + 96;
+}
+
+/* U[36][OC][C] = G w[oc][c] G^T; flip: U[36][C][OC] from the kernel
+ * rotated by 180 degrees with in/out channels swapped (input gradient). */
+static float *wg_weights(const float *w, int OC, int C, int flip) {
+    float *U = malloc(sizeof(float) * 36 * (size_t)OC * C);
+    if (!U) abort(); /* out of memory: nothing sensible to do here */
+    const size_t plane = (size_t)OC * C;
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++) {
+            const float *g = w + ((size_t)oc * C + c) * 9;
+            float k[9], t[6][3], u[6];
+            for (int i = 0; i < 9; i++) k[i] = flip ? g[8 - i] : g[i];
+            for (int j = 0; j < 3; j++) { /* columns of k: t = G k */
+                float o[6];
+                WG_G(o, k[j], k[3 + j], k[6 + j]);
+                for (int a = 0; a < 6; a++) t[a][j] = o[a];
+            }
+            const size_t at = flip ? (size_t)c * OC + oc : (size_t)oc * C + c;
+            for (int a = 0; a < 6; a++) { /* rows of t: U = t G^T */
+                WG_G(u, t[a][0], t[a][1], t[a][2]);
+                for (int b = 0; b < 6; b++) U[(size_t)(a * 6 + b) * plane + at] = u[b];
+            }
+        }
+    return U;
+}
+
+/* The transforms over n tiles at once: o + k*os (output k) from six (four)
+ * input rows, every loop contiguous in the tile index. */
+static inline void wg_bt_rows(float *restrict o, size_t os, const float *d0, const float *d1,
+                              const float *d2, const float *d3, const float *d4,
+                              const float *d5, int n) {
+    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
+    float *restrict o3 = o + 3 * os, *restrict o4 = o + 4 * os, *restrict o5 = o + 5 * os;
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float v[6];
+        WG_BT(v, d0[t], d1[t], d2[t], d3[t], d4[t], d5[t]);
+        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
+    }
+}
+static inline void wg_at_rows(float *restrict o, size_t os, const float *m0, const float *m1,
+                              const float *m2, const float *m3, const float *m4,
+                              const float *m5, int n) {
+    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
+    float *restrict o3 = o + 3 * os;
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float v[4];
+        WG_AT(v, m0[t], m1[t], m2[t], m3[t], m4[t], m5[t]);
+        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3];
+    }
+}
+static inline void wg_att_rows(float *restrict o, size_t os, const float *y0, const float *y1,
+                               const float *y2, const float *y3, int n) {
+    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
+    float *restrict o3 = o + 3 * os, *restrict o4 = o + 4 * os, *restrict o5 = o + 5 * os;
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float v[6];
+        WG_ATT(v, y0[t], y1[t], y2[t], y3[t]);
+        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
+    }
+}
+
+/* q[m*qs + tx] = src[4*tx + m - lead] for tx < nq, m < 4: a row split by
+ * column phase (zero outside [0, n) of src). row: 4*nq+4 floats scratch. */
+static inline void wg_phases(float *restrict q, size_t qs, const float *src, int n, int lead,
+                             int nq, float *restrict row) {
+    for (int k = 0; k < lead; k++) row[k] = 0.0f;
+    if (src) memcpy(row + lead, src, sizeof(float) * n);
+    else memset(row + lead, 0, sizeof(float) * n);
+    for (int k = lead + n; k < 4 * nq; k++) row[k] = 0.0f;
+    float *restrict q0 = q, *restrict q1 = q + qs, *restrict q2 = q + 2 * qs,
+                    *restrict q3 = q + 3 * qs;
+#pragma omp simd
+    for (int tx = 0; tx < nq; tx++) {
+        q0[tx] = row[4 * tx];
+        q1[tx] = row[4 * tx + 1];
+        q2[tx] = row[4 * tx + 2];
+        q3[tx] = row[4 * tx + 3];
+    }
+}
+
+/* Input transform of tile rows [ty0,ty1) of one image x[C,H,W] into
+ * V[36][C][ld] at columns t0 + (ty-ty0)*ntx + tx: V = Bt d B per 6x6
+ * patch d (rows 4ty-1.., columns 4tx-1.., zero outside the image).
+ * Rows of the patch are split by column phase (Q[m][i][tx] = d[i][m] of
+ * tile tx, d[i][4+m] = Q[m][i][tx+1]); the column pass combines rows,
+ * the row pass combines phases. */
+static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, int ty0, int ty1,
+                  float *rb) {
+    const int C = g->C, H = g->H, W = g->W, ntx = g->ntx, nq = ntx + 1;
+    float *row = rb, *Q = row + 4 * nq + 4, *CK = Q + 24 * (size_t)nq; /* CK[k][a][tx] */
+    const size_t vplane = (size_t)C * ld;
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * H * W;
+        for (int ty = ty0; ty < ty1; ty++) {
+            for (int i = 0; i < 6; i++) {
+                const int yy = 4 * ty - 1 + i;
+                wg_phases(Q + (size_t)i * nq, 6 * (size_t)nq,
+                          yy >= 0 && yy < H ? xc + (size_t)yy * W : NULL, W, 1, nq, row);
+            }
+            for (int k = 0; k < 6; k++) { /* column pass: CK[k] = Bt d[:, k] */
+                const float *q = Q + (size_t)(k & 3) * 6 * nq + (k >> 2);
+                wg_bt_rows(CK + (size_t)k * 6 * ntx, ntx, q, q + nq, q + 2 * nq, q + 3 * nq,
+                           q + 4 * nq, q + 5 * nq, ntx);
+            }
+            float *v = V + c * (size_t)ld + t0 + (size_t)(ty - ty0) * ntx;
+            const size_t ks = 6 * (size_t)ntx;
+            for (int a = 0; a < 6; a++) { /* row pass: V[a][.] = CK[.][a] B */
+                const float *r = CK + (size_t)a * ntx;
+                wg_bt_rows(v + (size_t)a * 6 * vplane, vplane, r, r + ks, r + 2 * ks, r + 3 * ks,
+                           r + 4 * ks, r + 5 * ks, ntx);
+            }
+        }
+    }
+}
+
+/* Output transform: y[OC,H,W] (=, or += when acc) At M A (+ bias) for
+ * tile rows [ty0,ty1), M[36][OC][ld] at columns t0... */
+static void wg_out(float *y, const float *M, int ld, int t0, const float *bias, int acc,
+                   const wg_geom *g, int ty0, int ty1, float *rb) {
+    const int OC = g->C, H = g->H, W = g->W, ntx = g->ntx;
+    float *row = rb, *S = row + 4 * ntx + 4, *Y = S + 24 * (size_t)ntx; /* S[a][q][tx], Y[p][q][tx] */
+    const size_t mplane = (size_t)OC * ld, qs = (size_t)ntx;
+    for (int oc = 0; oc < OC; oc++) {
+        const float bv = bias ? bias[oc] : 0.0f;
+        float *yc = y + (size_t)oc * H * W;
+        for (int ty = ty0; ty < ty1; ty++) {
+            const float *m = M + oc * (size_t)ld + t0 + (size_t)(ty - ty0) * ntx;
+            for (int a = 0; a < 6; a++) { /* S[a] = M[a][.] A */
+                const float *m0 = m + (size_t)(a * 6) * mplane;
+                wg_at_rows(S + (size_t)a * 4 * qs, qs, m0, m0 + mplane, m0 + 2 * mplane,
+                           m0 + 3 * mplane, m0 + 4 * mplane, m0 + 5 * mplane, ntx);
+            }
+            for (int q = 0; q < 4; q++) { /* Y[.][q] = At S[.][q] */
+                const float *s0 = S + (size_t)q * qs;
+                const size_t st = 4 * qs;
+                wg_at_rows(Y + (size_t)q * qs, 4 * qs, s0, s0 + st, s0 + 2 * st, s0 + 3 * st,
+                           s0 + 4 * st, s0 + 5 * st, ntx);
+            }
+            for (int p = 0; p < 4 && 4 * ty + p < H; p++) {
+                const float *yp = Y + (size_t)p * 4 * qs;
+                const float *y0 = yp, *y1 = yp + qs, *y2 = yp + 2 * qs, *y3 = yp + 3 * qs;
+#pragma omp simd
+                for (int tx = 0; tx < ntx; tx++) {
+                    row[4 * tx] = y0[tx];
+                    row[4 * tx + 1] = y1[tx];
+                    row[4 * tx + 2] = y2[tx];
+                    row[4 * tx + 3] = y3[tx];
+                }
+                float *yr = yc + (size_t)(4 * ty + p) * W;
+                if (acc)
+                    for (int i = 0; i < W; i++) yr[i] += row[i];
+                else
+                    for (int i = 0; i < W; i++) yr[i] = row[i] + bv;
+            }
+        }
+    }
+}
+
+/* Output-gradient transform for the weight gradient: Mh[36][OC][ld] at
+ * columns t0... = At^T dY At per 4x4 tile of dy[OC,H,W] (zero outside). */
+static void wg_dout(float *Mh, int ld, int t0, const float *dy, const wg_geom *g, int ty0,
+                    int ty1, float *rb) {
+    const int OC = g->C, H = g->H, W = g->W, ntx = g->ntx;
+    float *row = rb, *Q = row + 4 * ntx + 4, *R = Q + 16 * (size_t)ntx; /* Q[q][p][tx], R[q][a][tx] */
+    const size_t mplane = (size_t)OC * ld, qs = (size_t)ntx;
+    for (int oc = 0; oc < OC; oc++) {
+        const float *dc = dy + (size_t)oc * H * W;
+        for (int ty = ty0; ty < ty1; ty++) {
+            for (int p = 0; p < 4; p++) {
+                const int yy = 4 * ty + p;
+                wg_phases(Q + (size_t)p * qs, 4 * qs, yy < H ? dc + (size_t)yy * W : NULL, W, 0,
+                          ntx, row);
+            }
+            for (int q = 0; q < 4; q++) { /* R[q] = At^T dY[:, q] */
+                const float *d = Q + (size_t)q * 4 * qs;
+                wg_att_rows(R + (size_t)q * 6 * qs, qs, d, d + qs, d + 2 * qs, d + 3 * qs, ntx);
+            }
+            float *v = Mh + oc * (size_t)ld + t0 + (size_t)(ty - ty0) * ntx;
+            const size_t rs = 6 * qs;
+            for (int a = 0; a < 6; a++) { /* Mh[a][.] = R[.][a] At */
+                const float *r = R + (size_t)a * qs;
+                wg_att_rows(v + (size_t)a * 6 * mplane, mplane, r, r + rs, r + 2 * rs, r + 3 * rs,
+                            ntx);
+            }
+        }
+    }
+}
+
+/* Blocks of tile rows: rows r = n*nty + ty of the batch, rpb per block,
+ * at least WG_MIN_BLOCKS blocks when there are enough rows (small batches
+ * still spread over the threads). Independent of the thread count, so
+ * every block sums in the same order with 1 or more threads. */
+#ifndef WG_MIN_BLOCKS
+#define WG_MIN_BLOCKS 4
+#endif
+#ifndef WG_GROUPS
+#define WG_GROUPS 4 /* weight-gradient partial sums, at most (see wg_backward) */
+#endif
+static int wg_rows_per_block(const wg_geom *g) {
+    int rpb = WG_TILES / g->ntx;
+    if (rpb < 1) rpb = 1;
+    const int total = g->N * g->nty, per = (total + WG_MIN_BLOCKS - 1) / WG_MIN_BLOCKS;
+    return rpb < per ? rpb : per;
+}
+
+/* Calls fn for each run of one image's tile rows in block [r0,r1). */
+#define WG_RUNS(g, r0, r1, n, ty0, ty1, t0, body)                            \
+    for (int rr_ = (r0), t0 = 0; rr_ < (r1);) {                              \
+        const int n = rr_ / (g)->nty, ty0 = rr_ % (g)->nty;                  \
+        const int ty1 = (r1) - n * (g)->nty < (g)->nty ? (r1) - n * (g)->nty : (g)->nty; \
+        body;                                                                \
+        t0 += (ty1 - ty0) * (g)->ntx;                                        \
+        rr_ += ty1 - ty0;                                                    \
+    }
+
+/* y[N,OC,H,W] (=, or += when acc) the "same" 3x3 correlation of x[N,C,H,W]
+ * with the transformed kernel U[36][OC][C] (+ bias). */
+static void wg_conv(float *y, const float *x, const float *U, const float *bias, int acc,
+                    int N, int C, int H, int W, int OC, int nt) {
+    const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
+    const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
+    const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
+    const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
+    blas_single();
+#pragma omp parallel num_threads(nt)
+    {
+        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi));
+        float *M = V + 36 * (size_t)C * tb, *rb = M + 36 * (size_t)OC * tb;
+#pragma omp for schedule(static)
+        for (int bk = 0; bk < nblk; bk++) {
+            const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
+            const int T = (r1 - r0) * gi.ntx;
+            WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
+                    wg_in(V, T, t0, x + n * in_sz, &gi, ty0, ty1, rb));
+            for (int xi = 0; xi < 36; xi++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, T, C, 1.0f,
+                            U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0.0f,
+                            M + (size_t)xi * OC * T, T);
+            WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
+                    wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
+        }
+    }
+}
+
+static void wg_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
+                       int H, int W, int OC, int nt) {
+    float *U = wg_weights(w, OC, C, 0);
+    wg_conv(out, inp, U, b, 0, N, C, H, W, OC, nt);
+    free(U);
+}
+
+static void wg_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *w, int N, int C, int H, int W, int OC, int nt) {
+    const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
+    if (db) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int oc = 0; oc < OC; oc++) {
+            float acc = 0.0f;
+            for (int n = 0; n < N; n++) {
+                const float *d = dout + n * out_sz + (size_t)oc * H * W;
+                float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+                for (int p = 0; p < H * W; p++) s += d[p];
+                acc += s;
+            }
+            db[oc] += acc;
+        }
+    }
+    if (dinp) { /* dx += dout (*) flipped w^T */
+        float *U = wg_weights(w, OC, C, 1);
+        wg_conv(dinp, dout, U, NULL, 1, N, OC, H, W, C, nt);
+        free(U);
+    }
+    if (!dw) return;
+    const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
+    const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
+    const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
+    const size_t usz = 36 * (size_t)OC * C;
+    /* min(nblk, WG_GROUPS) partial sums, each over a fixed contiguous
+     * range of blocks, summed in group order: the same result for any
+     * thread count (the Winograd domain magnifies reordering differences). */
+    const int ngr = nblk < WG_GROUPS ? nblk : WG_GROUPS;
+    float *parts = malloc(sizeof(float) * usz * ngr);
+    if (!parts) abort(); /* out of memory: nothing sensible to do here */
+    blas_single();
+#pragma omp parallel num_threads(nt)
+    {
+        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi));
+        float *Mh = V + 36 * (size_t)C * tb, *rb = Mh + 36 * (size_t)OC * tb;
+#pragma omp for schedule(static)
+        for (int gr = 0; gr < ngr; gr++) {
+            float *dU = parts + (size_t)gr * usz;
+            memset(dU, 0, sizeof(float) * usz);
+            const int b0 = nblk * gr / ngr, b1 = nblk * (gr + 1) / ngr;
+            for (int bk = b0; bk < b1; bk++) {
+                const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
+                const int T = (r1 - r0) * gi.ntx;
+                WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
+                        wg_in(V, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
+                WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
+                        wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
+                /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T */
+                for (int xi = 0; xi < 36; xi++)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, C, T, 1.0f,
+                                Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T, 1.0f,
+                                dU + (size_t)xi * OC * C, C);
+            }
+        }
+        /* (implicit barrier: every partial is complete) dw += G^T dU G */
+        const size_t plane = (size_t)OC * C;
+#pragma omp for schedule(static)
+        for (int k = 0; k < OC * C; k++) {
+            double u[36], t[6][3];
+            for (int xi = 0; xi < 36; xi++) {
+                float s = 0.0f;
+                for (int p = 0; p < ngr; p++)
+                    s += parts[(size_t)p * usz + (size_t)xi * plane + k];
+                u[xi] = s;
+            }
+            for (int a = 0; a < 6; a++) {
+                double o[3];
+                WG_GT(o, u + a * 6);
+                for (int s = 0; s < 3; s++) t[a][s] = o[s];
+            }
+            float *d = dw + (size_t)k * 9;
+            for (int s = 0; s < 3; s++) {
+                double col[6], o[3];
+                for (int a = 0; a < 6; a++) col[a] = t[a][s];
+                WG_GT(o, col);
+                for (int r = 0; r < 3; r++) d[r * 3 + s] += (float)o[r];
+            }
+        }
+    }
+    free(parts);
+}
+
 /* One image forward. x: [C,H,W], out: [OC,P], col: column block scratch
  * (shared by the team in coop mode). */
 static void conv_fwd_img(float *out, const float *x, const float *w, const float *b,
@@ -455,6 +880,10 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     const size_t col_sz = conv_col_floats(&s);
     const double flops = 2.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
+    if (conv_wino(&s)) {
+        wg_forward(out, inp, w, b, N, C, H, W, OC, nt);
+        return;
+    }
     const int coop = N < nt;
     const int impl = !coop && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -552,6 +981,10 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
     const size_t wsz = (size_t)OC * s.CKK;
     const double flops = 4.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
+    if (conv_wino(&s)) {
+        wg_backward(dinp, dw, db, dout, inp, w, N, C, H, W, OC, nt);
+        return;
+    }
     const int coop = N < nt;
     const int impl = !coop && dinp && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -644,8 +1077,10 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout,
 /* -------------------------------------------------------------- groupnorm */
 
 void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int N, int C, int HW, int G) {
+                       const float *w, const float *b, int N, int C, int HW, int G,
+                       float eps) {
     // inp, out: [N,C,HW]  w, b: [C]  mean, rstd: [N,G]
+    const double epsd = ops_eps_double(eps);
     const int CG = C / G;
     const size_t M = (size_t)CG * HW; /* elements per group */
     assert(C % G == 0);
@@ -665,7 +1100,7 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
                 double d = x[i] - mu;
                 ss += d * d;
             }
-            const double rs = 1.0 / sqrt(ss / (double)M + 1e-5);
+            const double rs = 1.0 / sqrt(ss / (double)M + epsd);
             mean[n * G + g] = (float)mu;
             rstd[n * G + g] = (float)rs;
             for (int cc = 0; cc < CG; cc++) {
@@ -682,8 +1117,8 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
 
 void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int HW, int G) {
-    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]
+                        const float *rstd, int N, int C, int HW, int G, float eps) {
+    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]  (eps is in rstd already)
     if (!dinp && !dw && !db) return;
     const int CG = C / G;
     const size_t M = (size_t)CG * HW;
@@ -991,16 +1426,10 @@ void embedding_backward(float *dtable, const float *dout, const int *idx, int N,
     }
 }
 
+/* [cos, sin] with no shift: diffusers' flip_sin_to_cos = True, shift 0
+ * (ops_tx.c computes it, bit for bit as before it had options). */
 void timestep_embedding(float *out, const float *t, int N, int D) {
-    // t: [N]  out: [N,D] = [cos(t*f), sin(t*f)]
-    const int half = D / 2;
-    for (int n = 0; n < N; n++)
-        for (int i = 0; i < half; i++) {
-            const double f = exp(-log(10000.0) * i / half);
-            const double a = (double)t[n] * f;
-            out[(size_t)n * D + i] = (float)cos(a);
-            out[(size_t)n * D + half + i] = (float)sin(a);
-        }
+    timestep_embedding_ex(out, t, N, D, 1, 0.0f);
 }
 
 float mse_forward(const float *a, const float *b, size_t n) {

@@ -18,14 +18,26 @@
  * 8, but a U8 tensor followed by an F32 one leaves the F32 unaligned), so
  * readers of odd layouts should memcpy.
  *
+ * st_map maps a file instead of reading it, and st_to_f32 converts F32,
+ * F16 and BF16 tensors from the map straight into a float buffer, so a
+ * multi-gigabyte fp16 UNet is read once and stored once (as float32).
+ *
  * The writer (st_writer_*) writes tensors in the order added, the header as
  * compact JSON with "__metadata__" first, padded with spaces so the data
  * starts at a multiple of 8, all through fs_write_atomic. */
 #include "safetensors.h"
 
+#include <errno.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fsutil.h"
 
@@ -64,19 +76,25 @@ static int dtype_from_name(const char *s) {
 
 /* ---- message helpers ------------------------------------------------- */
 
-/* A name or value made safe for a one-line message: control bytes become
- * '?', and anything past 80 bytes is cut (at a UTF-8 boundary) with "...".
- * SHOW(x) is only valid within one full expression (a function's argument
- * list); to keep it longer hold the `shown` value itself. */
-typedef struct {
-    char s[96];
-} shown;
+/* A name or value made safe for a one-line message: control bytes (C0,
+ * DEL, and the C1 controls U+0080..U+009F, which some terminals obey)
+ * become '?', and anything past 80 bytes is cut (at a UTF-8 boundary) with
+ * "...". SHOW(x) is only valid within one full expression (a function's
+ * argument list); to keep it longer hold the `shown` value itself. */
+typedef st_shown shown;
 
-static shown show(const char *in) {
+st_shown st_show(const char *in) {
     shown o;
     size_t n = 0, max = 80;
     const unsigned char *p = (const unsigned char *)in;
-    for (; *p && n < max; p++, n++) o.s[n] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
+    for (; *p && n < max; p++, n++) {
+        if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) { /* C1 control in UTF-8 */
+            o.s[n] = '?';
+            p++;
+        } else {
+            o.s[n] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
+        }
+    }
     if (*p) {
         if ((*p & 0xc0) == 0x80) { /* the cut splits a character: drop its start */
             while (n > 0 && ((unsigned char)o.s[n - 1] & 0xc0) == 0x80) n--;
@@ -88,6 +106,8 @@ static shown show(const char *in) {
     o.s[n] = '\0';
     return o;
 }
+
+static shown show(const char *in) { return st_show(in); }
 
 #define SHOW(x) (show(x).s)
 
@@ -364,6 +384,133 @@ int st_load(st_file *f, const char *path, char *err) {
     return 0;
 }
 
+int st_map(st_file *f, const char *path, char *err) {
+    memset(f, 0, sizeof *f);
+    struct stat st;
+    int fd = fs_open_read(path, &st, err);
+    if (fd < 0) return -1;
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return d3_errf(err, "%s: not a regular file (a safetensors file is mapped, not streamed)",
+                       path);
+    }
+    size_t len = (size_t)st.st_size;
+    if (len < 8) { /* mmap of 0 bytes fails; st_parse says what is wrong */
+        close(fd);
+        static const uint8_t none[8];
+        return st_parse(f, none, len, path, err);
+    }
+    void *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED) return d3_errf(err, "%s: mmap of %zu bytes: %s", path, len, strerror(e));
+    if (st_parse(f, m, len, path, err)) {
+        munmap(m, len);
+        return -1;
+    }
+    f->mapped = 1;
+    return 0;
+}
+
+float st_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0x1f) { /* inf, NaN (payload kept) */
+        bits = sign | 0x7f800000u | (m << 13);
+    } else if (e) { /* normal: rebias 15 -> 127 */
+        bits = sign | ((e + 112) << 23) | (m << 13);
+    } else if (m) { /* subnormal m * 2^-24: normalise into a float32 normal */
+        e = 113;
+        while (!(m & 0x400)) {
+            m <<= 1;
+            e--;
+        }
+        bits = sign | (e << 23) | ((m & 0x3ff) << 13);
+    } else {
+        bits = sign; /* +-0 */
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float st_bf16_to_f32(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+size_t st_numel(const st_tensor *t) {
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= (size_t)t->shape[d]; /* st_parse checked overflow */
+    return n;
+}
+
+const float *st_f32_view(const st_tensor *t) {
+    if (t->dtype != ST_F32 || ((uintptr_t)t->data & 3)) return NULL;
+    return (const float *)(const void *)t->data;
+}
+
+static uint16_t load16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2); /* unaligned-safe; little-endian host */
+    return v;
+}
+
+/* n halves at p (any alignment) to floats. With F16C (-march=native on
+ * x86-64 since 2012) eight at a time: vcvtph2ps converts every finite
+ * half, subnormals included, exactly as st_f16_to_f32 (test_safetensors
+ * checks all 65536 patterns through this path). */
+static void f16_run(float *dst, const uint8_t *p, size_t n) {
+    size_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p + 2 * i))));
+#endif
+    for (; i < n; i++) dst[i] = st_f16_to_f32(load16(p + 2 * i));
+}
+
+static void bf16_run(float *dst, const uint8_t *p, size_t n) {
+    uint32_t *d = (uint32_t *)(void *)dst;
+    for (size_t i = 0; i < n; i++) d[i] = (uint32_t)load16(p + 2 * i) << 16;
+}
+
+/* 1 when some float of x[n] is inf or NaN (all exponent bits set); a
+ * branch-free loop the compiler vectorises. */
+static int any_nonfinite(const float *x, size_t n) {
+    const uint32_t *u = (const uint32_t *)(const void *)x;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+    return bad != 0;
+}
+
+int st_to_f32(const st_tensor *t, float *dst, const char *what, char *err) {
+    size_t n = st_numel(t);
+    const uint8_t *p = t->data;
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return d3_errf(err, "%s: tensor '%s' has dtype %s, expected F32, F16 or BF16", what,
+                       SHOW(t->name), st_dtype_name(t->dtype));
+    /* chunks of 64K elements over the threads: converting is memory-bound,
+     * and a multi-gigabyte UNet is read once */
+    enum { CH = 1 << 16 };
+    size_t nch = (n + CH - 1) / CH;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (nch > 16)
+    for (size_t c = 0; c < nch; c++) {
+        size_t i0 = c * CH, m = n - i0 < CH ? n - i0 : CH;
+        if (t->dtype == ST_F32) memcpy(dst + i0, p + 4 * i0, m * 4);
+        else if (t->dtype == ST_F16) f16_run(dst + i0, p + 2 * i0, m);
+        else bf16_run(dst + i0, p + 2 * i0, m);
+        bad |= any_nonfinite(dst + i0, m);
+    }
+    if (bad)
+        for (size_t i = 0; i < n; i++)
+            if (!isfinite(dst[i]))
+                return d3_errf(err, "%s: tensor '%s' holds a non-finite value (%s) at index %zu", what,
+                               SHOW(t->name), isnan(dst[i]) ? "nan" : "inf", i);
+    return 0;
+}
+
 void st_free(st_file *f) {
     for (int i = 0; i < f->ntensors; i++) free(f->tensors[i].name);
     free(f->tensors);
@@ -373,7 +520,8 @@ void st_free(st_file *f) {
     }
     free(f->meta_keys);
     free(f->meta_vals);
-    if (f->owns_buf) free(f->buf);
+    if (f->mapped) munmap(f->buf, f->len);
+    else if (f->owns_buf) free(f->buf);
     memset(f, 0, sizeof *f);
 }
 

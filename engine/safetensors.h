@@ -15,6 +15,15 @@
  *   const char *arch = st_meta(&f, "d3po.arch");
  *   st_free(&f);
  *
+ * Large weight files (a Stable Diffusion UNet is 1.7-3.4 GB) are mapped
+ * instead of read, and F32/F16/BF16 tensors are converted straight into
+ * the caller's float buffer (one pass over the map, no second copy):
+ *
+ *   if (st_map(&f, "unet/diffusion_pytorch_model.fp16.safetensors", err)) ...;
+ *   const st_tensor *t = st_find(&f, "conv_in.weight");
+ *   if (st_to_f32(t, dst, "unet/...safetensors", err)) ...;  // non-finite: error
+ *   st_free(&f);                                            // unmaps
+ *
  *   st_writer *w = st_writer_new();
  *   st_writer_meta(w, "d3po.arch", "base=32,...");
  *   st_writer_add(w, "conv_in.weight", ST_F32, 4, shape, ptr);  // ptr borrowed until save
@@ -49,11 +58,21 @@ typedef struct {
     uint8_t *buf;   /* whole file contents (owned when loaded by st_load) */
     size_t len;
     int owns_buf;
+    int mapped;     /* buf is an mmap of len bytes (st_map); st_free unmaps */
     st_tensor *tensors;
     int ntensors;
     char **meta_keys, **meta_vals;
     int nmeta;
 } st_file;
+
+/* A string from a file made safe for a one-line message or the terminal:
+ * control characters (C0, DEL, C1) become '?', more than 80 bytes are cut
+ * at a character boundary with "...". Use st_show(x).s within one
+ * expression, or keep the struct. */
+typedef struct {
+    char s[96];
+} st_shown;
+st_shown st_show(const char *in);
 
 size_t st_dtype_size(st_dtype dt);
 const char *st_dtype_name(st_dtype dt); /* "F32", ... */
@@ -63,9 +82,31 @@ const char *st_dtype_name(st_dtype dt); /* "F32", ... */
 int st_parse(st_file *f, const uint8_t *buf, size_t len, const char *what, char *err);
 /* Reads the whole file and parses it. Returns 0 or -1 with err naming path. */
 int st_load(st_file *f, const char *path, char *err);
+/* Maps the file read-only (mmap, MAP_PRIVATE) and parses it; tensors point
+ * into the map, which lives until st_free. Same checks and messages as
+ * st_load. (A file truncated by another process while mapped would fault
+ * on access: the files read this way are the user's model files, which
+ * nothing rewrites while d3po runs.) Returns 0 or -1 with err naming path. */
+int st_map(st_file *f, const char *path, char *err);
 void st_free(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 const char *st_meta(const st_file *f, const char *key); /* NULL if absent */
+
+/* IEEE half and bfloat16 bit patterns to float32, exactly (every half,
+ * subnormals included, is a float32; inf and NaN stay inf and NaN). */
+float st_f16_to_f32(uint16_t h);
+float st_bf16_to_f32(uint16_t b);
+
+/* Converts tensor t (F32, F16 or BF16) to float32 into dst[numel]; reads
+ * the file bytes with unaligned-safe loads. A non-finite value or another
+ * dtype is an error "<what>: tensor '<name>' ..." (what: the file). 0/-1. */
+int st_to_f32(const st_tensor *t, float *dst, const char *what, char *err);
+/* The tensor's data as floats without a copy, when it is F32 and 4-byte
+ * aligned in memory (our writer's and the reference writer's files are);
+ * NULL otherwise (use st_to_f32). Values are not checked. */
+const float *st_f32_view(const st_tensor *t);
+/* numel of t (product of its shape; 1 for a 0-dim scalar). */
+size_t st_numel(const st_tensor *t);
 
 typedef struct st_writer st_writer;
 st_writer *st_writer_new(void);

@@ -10,18 +10,22 @@
 
 enum op {
     OP_CONV2D, OP_LINEAR, OP_GROUPNORM, OP_SILU, OP_ADD, OP_ADDBC, OP_CONCAT,
-    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING
+    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING,
+    /* transformer layers (SD family) */
+    OP_DENSE, OP_LAYERNORM, OP_GELU, OP_QUICK_GELU, OP_GEGLU, OP_SCALE, OP_MHA,
+    OP_TRANSPOSE, OP_COPY
 };
 
 typedef struct {
     enum op op;
-    d3_tensor *in0, *in1, *out;
+    d3_tensor *in0, *in1, *in2, *out; /* in2: attention's v */
     const float *w, *b;
     float *dw, *db;
     float *s0, *s1;  /* saved buffers: gn mean/rstd, attention probs */
     const int *idx;  /* embedding indices (device) */
     int a0, a1, a2;  /* int arguments: OC/K/stride, G, D ... */
     int a3;
+    float f0;        /* float argument: eps, scale */
 } node;
 
 typedef struct block {
@@ -39,6 +43,9 @@ struct d3_tape {
     int ntensors, captensors;
     node *nodes;
     int nnodes, capnodes;
+    /* tape_backward's recycled activation-gradient buffers */
+    struct gbuf { float *p; size_t n; } *pool;
+    int npool, cappool;
 };
 
 #define ARENA_MIN (64u << 20)
@@ -58,6 +65,7 @@ void tape_free(d3_tape *tp) {
     free(tp->blocks);
     free(tp->tensors);
     free(tp->nodes);
+    free(tp->pool);
     free(tp);
 }
 
@@ -160,15 +168,20 @@ d3_tensor *tape_linear(d3_tape *tp, d3_tensor *x, const float *w, const float *b
     return y;
 }
 
-d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
-                          float *dw, float *db, int G) {
+d3_tensor *tape_groupnorm_eps(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                              float *dw, float *db, int G, float eps) {
     d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
     float *mean = arena_get(tp, sizeof(float) * x->n * G, 0);
     float *rstd = arena_get(tp, sizeof(float) * x->n * G, 0);
-    tp->be->groupnorm_forward(y->v, mean, rstd, x->v, w, b, x->n, x->c, x->h * x->w, G);
+    tp->be->groupnorm_forward(y->v, mean, rstd, x->v, w, b, x->n, x->c, x->h * x->w, G, eps);
     node *nd = push(tp, OP_GROUPNORM, x, NULL, y);
-    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; nd->a0 = G; }
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; nd->a0 = G; nd->f0 = eps; }
     return y;
+}
+
+d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                          float *dw, float *db, int G) {
+    return tape_groupnorm_eps(tp, x, w, b, dw, db, G, 1e-5f);
 }
 
 d3_tensor *tape_silu(d3_tape *tp, d3_tensor *x) {
@@ -231,6 +244,15 @@ d3_tensor *tape_embedding(d3_tape *tp, const int *idx, int n, const float *table
     return y;
 }
 
+d3_tensor *tape_timestep_embedding_ex(d3_tape *tp, const float *t, int n, int D, int flip,
+                                      float shift) {
+    float *dt = arena_get(tp, sizeof(float) * n, 0);
+    tp->be->upload(dt, t, sizeof(float) * n);
+    d3_tensor *y = new_tensor(tp, n, D, 1, 1, 0);
+    tp->be->timestep_embedding_ex(y->v, dt, n, D, flip, shift);
+    return y; /* a leaf: no gradient flows to timesteps */
+}
+
 d3_tensor *tape_timestep_embedding(d3_tape *tp, const float *t, int n, int D) {
     float *dt = arena_get(tp, sizeof(float) * n, 0);
     tp->be->upload(dt, t, sizeof(float) * n);
@@ -239,21 +261,146 @@ d3_tensor *tape_timestep_embedding(d3_tape *tp, const float *t, int n, int D) {
     return y; /* a leaf: no gradient flows to timesteps */
 }
 
+/* ------------------------------------------------------ transformer layers */
+
+/* rows of x over its last dim */
+static int rows_of(const d3_tensor *x) { return (int)(x->numel / (size_t)x->w); }
+
+d3_tensor *tape_dense(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                      float *dw, float *db, int OUT) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, OUT, 0);
+    tp->be->linear_forward(y->v, x->v, w, b, rows_of(x), x->w, OUT);
+    node *nd = push(tp, OP_DENSE, x, NULL, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; }
+    return y;
+}
+
+d3_tensor *tape_layernorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                          float *dw, float *db, float eps) {
+    const int R = rows_of(x);
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    float *mean = arena_get(tp, sizeof(float) * R, 0);
+    float *rstd = arena_get(tp, sizeof(float) * R, 0);
+    tp->be->layernorm_forward(y->v, mean, rstd, x->v, w, b, R, x->w, eps);
+    node *nd = push(tp, OP_LAYERNORM, x, NULL, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; }
+    return y;
+}
+
+d3_tensor *tape_gelu(d3_tape *tp, d3_tensor *x) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    tp->be->gelu_forward(y->v, x->v, x->numel);
+    push(tp, OP_GELU, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_quick_gelu(d3_tape *tp, d3_tensor *x) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    tp->be->quick_gelu_forward(y->v, x->v, x->numel);
+    push(tp, OP_QUICK_GELU, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_geglu(d3_tape *tp, d3_tensor *x) {
+    assert(x->w % 2 == 0);
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w / 2, 0);
+    tp->be->geglu_forward(y->v, x->v, rows_of(x), x->w / 2);
+    push(tp, OP_GEGLU, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_scale(d3_tape *tp, d3_tensor *x, float s) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    tp->be->scale_forward(y->v, x->v, s, x->numel);
+    node *nd = push(tp, OP_SCALE, x, NULL, y);
+    if (nd) nd->f0 = s;
+    return y;
+}
+
+d3_tensor *tape_mha(d3_tape *tp, d3_tensor *q, d3_tensor *k, d3_tensor *v, int heads,
+                    int causal) {
+    const int D = q->w, Tq = q->c, Tk = k->c;
+    assert(q->h == 1 && k->h == 1 && v->h == 1 && k->n == q->n && v->n == q->n);
+    assert(k->w == D && v->w == D && v->c == Tk && heads > 0 && D % heads == 0);
+    assert(!causal || Tq == Tk);
+    d3_tensor *y = new_tensor(tp, q->n, Tq, 1, D, 0);
+    float *lse = arena_get(tp, sizeof(float) * (size_t)q->n * heads * Tq, 0);
+    tp->be->mha_forward(y->v, lse, q->v, k->v, v->v, q->n, Tq, Tk, heads, D / heads, causal);
+    node *nd = push(tp, OP_MHA, q, k, y);
+    if (nd) { nd->in2 = v; nd->s0 = lse; nd->a0 = heads; nd->a1 = causal; }
+    return y;
+}
+
+d3_tensor *tape_to_tokens(d3_tape *tp, d3_tensor *x) {
+    const int HW = x->h * x->w;
+    d3_tensor *y = new_tensor(tp, x->n, HW, 1, x->c, 0);
+    tp->be->transpose_forward(y->v, x->v, x->n, x->c, HW);
+    push(tp, OP_TRANSPOSE, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_to_nchw(d3_tape *tp, d3_tensor *x, int H, int W) {
+    assert(x->h == 1 && x->c == H * W);
+    d3_tensor *y = new_tensor(tp, x->n, x->w, H, W, 0);
+    tp->be->transpose_forward(y->v, x->v, x->n, x->c, x->w);
+    push(tp, OP_TRANSPOSE, x, NULL, y);
+    return y;
+}
+
+d3_tensor *tape_reshape(d3_tape *tp, d3_tensor *x, int n, int c, int h, int w) {
+    assert((size_t)n * c * h * w == x->numel);
+    d3_tensor *y = new_tensor(tp, n, c, h, w, 0);
+    tp->be->copy(y->v, x->v, x->numel * sizeof(float));
+    push(tp, OP_COPY, x, NULL, y);
+    return y;
+}
+
 static float *gradof(d3_tensor *t) { return t ? t->g : NULL; }
+
+/* Activation gradients live only from their first consumer's backward to
+ * their producer's: tape_backward takes each from a pool of released
+ * buffers of the same size (zeroed; every backward accumulates) or from
+ * the arena, and releases it once the producer's backward has read it.
+ * The live set is a few tensors wide instead of the whole forward, so the
+ * gradients stay in the caches (and the arena holds ~half as much). */
+static void grad_need(d3_tape *tp, d3_tensor *t) {
+    if (!t || t->g) return;
+    for (int i = 0; i < tp->npool; i++)
+        if (tp->pool[i].n == t->numel) {
+            t->g = tp->pool[i].p;
+            tp->pool[i] = tp->pool[--tp->npool];
+            tp->be->zero(t->g, t->numel * sizeof(float));
+            return;
+        }
+    t->g = arena_get(tp, t->numel * sizeof(float), 1);
+}
+
+static void grad_release(d3_tape *tp, d3_tensor *t) {
+    if (!t->g) return;
+    if (tp->npool == tp->cappool) {
+        tp->cappool = tp->cappool ? 2 * tp->cappool : 64;
+        tp->pool = realloc(tp->pool, tp->cappool * sizeof *tp->pool);
+        if (!tp->pool) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+    }
+    tp->pool[tp->npool++] = (struct gbuf){t->g, t->numel};
+    t->g = NULL;
+}
 
 void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
     const d3_backend *be = tp->be;
     assert(tp->grad_on);
-    /* Gradients for every tensor up to and including out, zeroed. */
-    for (int i = 0; i <= out->id; i++) {
-        d3_tensor *t = tp->tensors[i];
-        t->g = arena_get(tp, t->numel * sizeof(float), 1);
-    }
+    for (int i = 0; i <= out->id; i++) tp->tensors[i]->g = NULL;
+    tp->npool = 0;
+    grad_need(tp, out);
     be->add_backward(out->g, NULL, dout, out->numel); /* out->g = dout */
     for (int k = tp->nnodes - 1; k >= 0; k--) {
         node *nd = &tp->nodes[k];
         if (nd->out->id > out->id) continue; /* recorded after out: not part of it */
         d3_tensor *x = nd->in0, *y = nd->out;
+        if (!y->g) continue; /* no consumer: a zero gradient, nothing to add */
+        grad_need(tp, nd->in0);
+        grad_need(tp, nd->in1);
+        grad_need(tp, nd->in2);
         switch (nd->op) {
         case OP_CONV2D:
             be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
@@ -264,7 +411,7 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
             break;
         case OP_GROUPNORM:
             be->groupnorm_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, nd->s0, nd->s1,
-                                   x->n, x->c, x->h * x->w, nd->a0);
+                                   x->n, x->c, x->h * x->w, nd->a0, nd->f0);
             break;
         case OP_SILU:
             be->silu_backward(x->g, y->g, x->v, x->numel);
@@ -287,6 +434,41 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         case OP_EMBEDDING:
             if (nd->dw) be->embedding_backward(nd->dw, y->g, nd->idx, y->n, nd->a0);
             break;
+        case OP_DENSE:
+            be->linear_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, rows_of(x), x->w, y->w);
+            break;
+        case OP_LAYERNORM:
+            be->layernorm_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, nd->s0, nd->s1,
+                                   rows_of(x), x->w);
+            break;
+        case OP_GELU:
+            be->gelu_backward(x->g, y->g, x->v, x->numel);
+            break;
+        case OP_QUICK_GELU:
+            be->quick_gelu_backward(x->g, y->g, x->v, x->numel);
+            break;
+        case OP_GEGLU:
+            be->geglu_backward(x->g, y->g, x->v, rows_of(x), y->w);
+            break;
+        case OP_SCALE:
+            be->scale_backward(x->g, y->g, nd->f0, x->numel);
+            break;
+        case OP_MHA: {
+            d3_tensor *k = nd->in1, *v = nd->in2;
+            be->mha_backward(x->g, k->g, v->g, y->g, x->v, k->v, v->v, y->v, nd->s0, x->n, x->c,
+                             k->c, nd->a0, x->w / nd->a0, nd->a1);
+            break;
         }
+        case OP_TRANSPOSE: /* x viewed as [n, A = c, B = h*w]: a map [n, C, HW] or
+                              tokens [n, HW, 1, C]; y = its transpose */
+            be->transpose_backward(x->g, y->g, x->n, x->c, x->h * x->w);
+            break;
+        case OP_COPY:
+            be->add_backward(x->g, NULL, y->g, x->numel);
+            break;
+        }
+        grad_release(tp, y);
     }
+    /* only node outputs are released: leaves (the input, timestep
+     * embeddings) keep their gradients for the caller */
 }

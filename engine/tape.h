@@ -9,8 +9,9 @@
  *
  * Memory: every activation, saved buffer and gradient comes from the
  * tape's arena (device memory of the backend), reused after tape_reset().
- * Gradients of activations are zeroed when backward starts and every op
- * backward accumulates (see ops.h), so fan-out (skip connections) is exact.
+ * Gradients of activations are zeroed before their first use and every op
+ * backward accumulates (see ops.h), so fan-out (skip connections) is exact;
+ * a gradient buffer is reused once its tensor's producer has consumed it.
  * Parameter gradients accumulate into the caller's buffers across calls
  * until the caller zeroes them (gradient accumulation over timesteps).
  *
@@ -20,6 +21,13 @@
  *   d3_tensor *y = unet_forward(tp, &layout, params, grads, x, t, cls);
  *   ... dy = tape_alloc(tp, y->numel) filled with dL/dy ...
  *   tape_backward(tp, y, dy);                       grads += dL/dparams
+ *
+ * Layouts. A feature map is [N, C, H, W] (NCHW). A token tensor [N, T, D]
+ * (a sequence of T vectors of D features: text states, attention tokens)
+ * is a d3_tensor with n = N, c = T, h = 1, w = D: "rows" are numel / w and
+ * the last dim is always w. tape_to_tokens / tape_to_nchw convert between
+ * the two; tape_dense, tape_layernorm, tape_geglu work over the last dim
+ * (w) of any tensor.
  */
 #ifndef D3PO_TAPE_H
 #define D3PO_TAPE_H
@@ -30,7 +38,9 @@
 
 typedef struct d3_tensor {
     float *v;      /* values [n,c,h,w] (device) */
-    float *g;      /* gradient, allocated by tape_backward (NULL before) */
+    float *g;      /* gradient, set by tape_backward (NULL before); after it
+                      only leaves (tape_input ...) keep theirs: the buffers
+                      of intermediate tensors are recycled during the pass */
     int n, c, h, w;
     size_t numel;
     int id;        /* index on the tape */
@@ -75,6 +85,39 @@ d3_tensor *tape_embedding(d3_tape *tp, const int *idx, int n, const float *table
                           float *dtable, int D);
 /* t: n host floats; output [n, D, 1, 1] (no gradient flows to t). */
 d3_tensor *tape_timestep_embedding(d3_tape *tp, const float *t, int n, int D);
+
+/* Transformer layers (Stable Diffusion family; ops in ops.h). */
+
+/* dense (linear over the last dim): x [n,c,h,w] viewed as rows = numel/w
+ * of w features; w: [OUT, x->w], b: [OUT] or NULL -> [n, c, h, OUT]. */
+d3_tensor *tape_dense(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                      float *dw, float *db, int OUT);
+/* layer norm over the last dim (w) of x; w, b: [x->w] (NULL: 1, 0). */
+d3_tensor *tape_layernorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                          float *dw, float *db, float eps);
+d3_tensor *tape_gelu(d3_tape *tp, d3_tensor *x);       /* exact (erf) */
+d3_tensor *tape_quick_gelu(d3_tape *tp, d3_tensor *x); /* x * sigmoid(1.702 x) */
+/* geglu over the last dim: [.., 2F] -> [.., F] (value half, then gate half). */
+d3_tensor *tape_geglu(d3_tape *tp, d3_tensor *x);
+d3_tensor *tape_scale(d3_tape *tp, d3_tensor *x, float s); /* s * x */
+/* multi-head attention: q [N,Tq,1,D], k, v [N,Tk,1,D] token tensors,
+ * D = heads * dh -> [N,Tq,1,D]; causal masks key j > query i (Tq == Tk).
+ * Saves only the log-sum-exp [N,heads,Tq] (memory-efficient, see ops.h).
+ * q, k, v may be the same tensor or different ones (cross-attention). */
+d3_tensor *tape_mha(d3_tape *tp, d3_tensor *q, d3_tensor *k, d3_tensor *v, int heads,
+                    int causal);
+/* group norm with an explicit eps (SD's VAE uses 1e-6); tape_groupnorm is
+ * tape_groupnorm_eps(..., 1e-5f). */
+d3_tensor *tape_groupnorm_eps(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
+                              float *dw, float *db, int G, float eps);
+/* [N,C,H,W] -> tokens [N,H*W,1,C], and back (H, W: the map's size). */
+d3_tensor *tape_to_tokens(d3_tape *tp, d3_tensor *x);
+d3_tensor *tape_to_nchw(d3_tape *tp, d3_tensor *x, int H, int W);
+/* The same values under a new shape (n*c*h*w == x->numel). */
+d3_tensor *tape_reshape(d3_tape *tp, d3_tensor *x, int n, int c, int h, int w);
+/* t: n host floats; [n, D, 1, 1] as timestep_embedding_ex (ops.h). */
+d3_tensor *tape_timestep_embedding_ex(d3_tape *tp, const float *t, int n, int D, int flip,
+                                      float shift);
 
 /* Backpropagates dout (device, out->numel floats) from out to every tensor
  * recorded before it and into the parameter gradients. */

@@ -102,27 +102,3 @@ int cli_objective(const char *cmd, const char *s, int *obj) {
     }
     return 0;
 }
-
-long cli_remember_labels(const d3_session *s, d3_engine *e, const d3_config *c, int skip_current,
-                         char *err) {
-    if (!c->train.all_labels) return 0;
-    long n = 0;
-    for (long id = 0; id < s->next_pair && id < s->cap; id++) {
-        if (!s->present[id]) continue;
-        int ch = session_choice_of(s, id);
-        if (ch != SESSION_A && ch != SESSION_B) continue;
-        session_pair sp;
-        if (session_load_pair(s, id, &sp, err)) return -1;
-        if (!skip_current || sp.version != s->version) {
-            d3_pair_sample p = {.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
-                                .S = sp.S, .cfg = sp.cfg, .eta = sp.eta,
-                                .traj = {sp.traj[0], sp.traj[1]}};
-            const d3_pair_sample *pp = &p;
-            float h[1][2] = {{ch == SESSION_A ? 1.0f : -1.0f, ch == SESSION_A ? -1.0f : 1.0f}};
-            engine_remember(e, &pp, (const float(*)[2])h, 1); /* copies the trajectories */
-            n++;
-        }
-        session_pair_free(&sp);
-    }
-    return n;
-}

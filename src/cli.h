@@ -8,8 +8,6 @@
 
 #include "backend.h"
 #include "config.h"
-#include "engine.h"
-#include "session.h"
 
 #define EXIT_USAGE 1
 #define EXIT_FAIL 2
@@ -66,12 +64,4 @@ const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_confi
  * config after loading: if (obj >= 0) cfg.train.objective = obj. */
 int cli_objective(const char *cmd, const char *s, int *obj);
 
-/* train.all_labels on a resumed session: hands the session's earlier A/B
- * labels to the engine's pool (engine_remember), so every round trains
- * over every label so far. skip_current: leave out pairs sampled by the
- * session's current model version (a caller that trains those in its
- * first round itself). Does nothing without all_labels. Returns the pairs
- * handed over, or -1 with err (a pair file that cannot be read). */
-long cli_remember_labels(const d3_session *s, d3_engine *e, const d3_config *c, int skip_current,
-                         char *err);
 #endif

@@ -1,18 +1,18 @@
 /* cmd_auto.c - `d3po auto`: headless D3PO rounds on a session, judged by a
  * built-in oracle (oracle.h) or an external labeler program (labeler.h)
- * instead of a person. It follows the labeling screen's flow (ui/label.c)
- * with the judge in place of the keyboard: the engine thread samples
- * pairs, each pair goes to disk (session_add_pair) before it is judged,
- * each decision is journaled with fsync (session_label) before the next
- * one, and a round of D3PO runs on the engine thread, whose checkpoint
- * hook writes rounds/NNNN.safetensors. After every round (and once before
+ * instead of a person. The round flow is the labeling screen's, the same
+ * code (src/rounds.c) with the judge in place of the keyboard: pairs go to
+ * disk before they are judged, each decision is journaled with fsync
+ * before the next one, a round trains when round_size labels wait, and its
+ * checkpoint goes to rounds/NNNN.safetensors. auto's rounds are on-policy
+ * (the next round's pairs come from the model the round trained). After every round (and once before
  * the first, as the baseline) fixed-seed samples of the new model are
  * scored by the oracle and one JSON line goes to DIR/metrics.jsonl, so a
  * run's learning curve can be plotted and compared. Ctrl-C stops the
  * engine (a round in training is dropped; journaled labels stay) and
  * exits 130; a labeler error exits 2 with its labels so far saved. A
- * resumed session labels its unlabeled pairs first, and trains on the
- * labeled pairs the current model sampled that no round has used yet. */
+ * resumed session labels its unlabeled pairs first, and its first round
+ * trains every label no round has used yet. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -34,19 +34,21 @@
 #include "image.h"
 #include "labeler.h"
 #include "oracle.h"
+#include "rounds.h"
 #include "session.h"
+#include "text.h"
 
 #ifndef D3PO_DATADIR
 #define D3PO_DATADIR "/usr/local/share/d3po"
 #endif
 
-#define AUTO_MAX_ROUND_PAIRS 4096
+#define AUTO_MAX_ROUND_PAIRS ROUNDS_MAX_PAIRS
 #define AUTO_EXIT_INTERRUPTED 130 /* 128 + SIGINT; SIGTERM gives 143 */
 
 static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
-    "                 [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
+    "                 [--prompts FILE] [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
     "                 [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Runs D3PO rounds without a person: the engine samples pairs, a judge picks\n"
@@ -76,6 +78,10 @@ static const char auto_help[] =
     "  --model FILE      model a new session starts from (default\n"
     "                    models/default.safetensors)\n"
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
+    "  --prompts FILE    the session's prompt set from now on: one prompt a line,\n"
+    "                    optionally PROMPT<TAB>WEIGHT (1..100); '#' lines are\n"
+    "                    comments (default: the set the session has, else the\n"
+    "                    config's session.prompts, else every class)\n"
     "  --seed S          which training pairs: their noise seeds and hence the\n"
     "                    labels (default 0); independent runs use different S\n"
     "  --eval-seeds N    evaluation images per score: seeds 0..N-1 over the prompts,\n"
@@ -93,21 +99,11 @@ static const char auto_help[] =
 static volatile sig_atomic_t interrupted;
 static void on_signal(int sig) { interrupted = sig; }
 
-enum { REQ_TRAIN, REQ_EVAL };
-
-typedef struct {
-    int purpose, k; /* REQ_*, round index (0 = baseline) */
-} request;
-
 /* one round's progress; index k = rounds run in this invocation (0: baseline) */
 typedef struct {
-    int round;  /* the session round it trains (base_round + k) */
-    int target; /* pairs to judge */
-    int judged; /* pairs judged so far (any choice) */
-    int nkeep;  /* pairs to train on (A, B, tie) */
-    d3_pair_sample **keep;
-    float (*h)[2];
-    int trained; /* EV_TRAINED seen (k = 0: trivially) */
+    int round;   /* the session round it trains (base_round + k) */
+    int labels;  /* labels it trained on */
+    int trained; /* RV_TRAINED seen (k = 0: trivially) */
     double loss;
     double esum; /* sum of oracle scores of eval images */
     int en;      /* eval images scored */
@@ -119,20 +115,12 @@ typedef struct {
 typedef struct {
     d3_session *s;
     const d3_config *c;
-    d3_engine *e;
+    rounds *d;         /* the round driver: prompts, pairs, journal, rounds */
     d3_oracle *oracle; /* judges (no labeler) and scores; may be NULL with a labeler */
     d3_labeler *lab;
     const char *dir;
-    int rounds, npairs, neval;
+    int rounds, neval;
     int base_round;
-    int nclasses;
-    char **names; /* class names */
-    int *cls;     /* prompt cycle: class ids */
-    int ncls;
-    uint64_t seq; /* training pairs requested, for seeds and prompts */
-    uint64_t seed; /* --seed: which training pairs (0: the default set) */
-    request *req; /* sample requests in engine order (FIFO) */
-    size_t rq_head, rq_n, rq_cap;
     round_state *r;  /* [rounds + 1] */
     int next_metric; /* the round index whose metrics line comes next */
     double start;
@@ -147,53 +135,12 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int save_round(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err) {
-    return session_save_round(ctx, policy, st, round, err);
-}
-
-static int push_req(autorun *a, int purpose, int k) {
-    if (a->rq_n == a->rq_cap) {
-        size_t nc = a->rq_cap ? 2 * a->rq_cap : 64;
-        request *nr = malloc(nc * sizeof *nr);
-        if (!nr) return -1;
-        for (size_t i = 0; i < a->rq_n; i++) nr[i] = a->req[(a->rq_head + i) % a->rq_cap];
-        free(a->req);
-        a->req = nr;
-        a->rq_cap = nc;
-        a->rq_head = 0;
-    }
-    a->req[(a->rq_head + a->rq_n) % a->rq_cap] = (request){purpose, k};
-    a->rq_n++;
-    return 0;
-}
-
-static request pop_req(autorun *a) {
-    request q = {-1, -1};
-    if (!a->rq_n) return q;
-    q = a->req[a->rq_head];
-    a->rq_head = (a->rq_head + 1) % a->rq_cap;
-    a->rq_n--;
-    return q;
-}
-
-static int request_train(autorun *a, int k, int n) {
-    for (int i = 0; i < n; i++) {
-        if (push_req(a, REQ_TRAIN, k)) return -1;
-        uint64_t q = a->seq++;
-        /* seeds far above the evaluation seeds 0..N-1; --seed S moves
-         * the whole sequence (golden-ratio stride: runs do not overlap) */
-        engine_sample(a->e, a->cls[q % (uint64_t)a->ncls],
-                      (1ULL << 32) + a->seed * 0x9E3779B97F4A7C15ULL + q * 1000003ULL + 17);
-    }
-    return 0;
-}
-
-static int request_eval(autorun *a, int k) {
-    for (int i = 0; i < a->neval; i++) {
-        if (push_req(a, REQ_EVAL, k)) return -1;
-        engine_sample_drift(a->e, a->cls[i % a->ncls], (uint64_t)i);
-    }
-    return 0;
+/* Evaluation pairs of round index k: seeds 0..N-1 over the prompts, the
+ * same every round; they come from the model after round k (the driver's
+ * engine runs jobs in order). */
+static void request_eval(autorun *a, int k) {
+    for (int i = 0; i < a->neval; i++)
+        rounds_extra(a->d, i, (uint64_t)i, 1, (uint64_t)k << 32 | (uint64_t)i);
 }
 
 static uint8_t *pair_rgb(const d3_pair_sample *p, int i) {
@@ -210,7 +157,7 @@ static int write_metrics(autorun *a, int k, char *err) {
     session_info(a->s, &st);
     json_t *o = json_object();
     json_object_set_new(o, "round", json_integer(r->round));
-    json_object_set_new(o, "labels", json_integer(k ? r->judged : 0));
+    json_object_set_new(o, "labels", json_integer(k ? r->labels : 0));
     json_object_set_new(o, "loss", k && isfinite(r->loss) ? json_real(r->loss) : json_null());
     json_object_set_new(o, "oracle", a->oracle ? json_string(oracle_name(a->oracle)) : json_null());
     json_object_set_new(o, "score", a->neval && r->en ? json_real(r->esum / r->en) : json_null());
@@ -283,45 +230,25 @@ static int flush_metrics(autorun *a, char *err) {
             if (a->neval && r->en)
                 snprintf(score, sizeof score, ", %s %.4f", oracle_name(a->oracle), r->esum / r->en);
             fprintf(stderr, "d3po auto: round %d done (%d/%d): %d labels, loss %.4f%s, %.1f s\n",
-                    r->round, a->next_metric, a->rounds, r->judged, r->loss, score, dt);
+                    r->round, a->next_metric, a->rounds, r->labels, r->loss, score, dt);
         }
         a->next_metric++;
     }
     return 0;
 }
 
-/* Queues round k's training on the engine, then its evaluation and the
- * next round's pairs (the engine runs them in that order). */
-static int end_round(autorun *a, int k, char *err) {
-    round_state *r = &a->r[k];
-    engine_train(a->e, (const d3_pair_sample *const *)r->keep, (const float(*)[2])r->h, r->nkeep,
-                 r->round);
-    for (int i = 0; i < r->nkeep; i++) engine_pair_free(r->keep[i]); /* the engine copied them */
-    free(r->keep);
-    free(r->h);
-    r->keep = NULL;
-    r->h = NULL;
-    r->nkeep = 0;
-    fprintf(stderr, "d3po auto: round %d: training on %d labels\n", r->round, r->judged);
-    if (request_eval(a, k)) return d3_errf(err, "out of memory");
-    if (k < a->rounds) {
-        if (request_train(a, k + 1, a->r[k + 1].target)) return d3_errf(err, "out of memory");
-    }
-    return 0;
-}
-
-/* Judges one pair already on disk as id and journals the decision; keeps
- * the pair for round k's training unless skipped (p is then owned by the
- * round or freed). 0; -1 with err (labeler or journal error). */
-static int judge_pair(autorun *a, int k, long id, d3_pair_sample *p, char *err) {
-    round_state *r = &a->r[k];
+/* Judges pair id (on disk) and journals the decision through the driver,
+ * which starts a round when one is due. p is freed. 0; -1 with err (labeler
+ * or journal error). */
+static int judge_pair(autorun *a, long id, d3_pair_sample *p, char *err) {
     int choice;
-    const char *prompt = p->cls >= 0 && p->cls < a->nclasses ? a->names[p->cls] : "?";
+    char prompt[256];
+    text_escape(prompt, sizeof prompt, rounds_prompt_of(a->d, p->cls));
     if (a->lab) {
         char pa[4200], pb[4200];
         session_pair_path(a->s, id, "a", pa, sizeof pa);
         session_pair_path(a->s, id, "b", pb, sizeof pb);
-        if (labeler_ask(a->lab, id, prompt, pa, pb, &choice, err)) {
+        if (labeler_ask(a->lab, id, rounds_prompt_of(a->d, p->cls), pa, pb, &choice, err)) {
             engine_pair_free(p);
             return -1;
         }
@@ -333,7 +260,7 @@ static int judge_pair(autorun *a, int k, long id, d3_pair_sample *p, char *err) 
             engine_pair_free(p);
             return d3_errf(err, "out of memory");
         }
-        choice = oracle_set_prompt(a->oracle, prompt, p->S, err)
+        choice = oracle_set_prompt(a->oracle, rounds_prompt_of(a->d, p->cls), p->S, err)
                      ? -1 : oracle_judge(a->oracle, ra, rb, p->S, p->S);
         free(ra);
         free(rb);
@@ -342,48 +269,19 @@ static int judge_pair(autorun *a, int k, long id, d3_pair_sample *p, char *err) 
             return -1;
         }
     }
-    if (session_label(a->s, id, choice, (int)p->version, err)) {
-        engine_pair_free(p);
-        return -1;
-    }
+    rounds_status before, after;
+    rounds_get_status(a->d, &before);
+    int rc = rounds_decide(a->d, id, choice, (int)p->version, err);
+    engine_pair_free(p);
+    if (rc) return -1;
     a->labels_run++;
-    r->judged++;
-    fprintf(stderr, "d3po auto: round %d pair %d/%d (#%ld, %s): %s\n", r->round, r->judged,
-            r->target, id, prompt, session_choice_name(choice));
-    if (choice == SESSION_SKIP || r->nkeep >= AUTO_MAX_ROUND_PAIRS) {
-        engine_pair_free(p);
-        return 0;
-    }
-    r->keep[r->nkeep] = p;
-    r->h[r->nkeep][0] = choice == SESSION_A ? 1 : choice == SESSION_B ? -1 : 0;
-    r->h[r->nkeep][1] = -r->h[r->nkeep][0];
-    r->nkeep++;
-    return 0;
-}
-
-/* A freshly sampled pair of round k: to disk, judged, journaled. */
-static int on_train_pair(autorun *a, int k, d3_pair_sample *p, char *err) {
-    session_pair sp = {.K = p->K,
-                       .S = p->S,
-                       .cls = p->cls,
-                       .version = (int)p->version,
-                       .seed = p->seed,
-                       .cfg = p->cfg,
-                       .eta = p->eta,
-                       .traj = {p->traj[0], p->traj[1]},
-                       .logp = {p->logp[0], p->logp[1]}};
-    uint8_t *ra = pair_rgb(p, 0), *rb = pair_rgb(p, 1);
-    long id;
-    int rc =
-        ra && rb ? session_add_pair(a->s, &sp, ra, rb, &id, err) : d3_errf(err, "out of memory");
-    free(ra);
-    free(rb);
-    if (rc) {
-        engine_pair_free(p);
-        return -1;
-    }
-    if (judge_pair(a, k, id, p, err)) return -1;
-    if (a->r[k].judged == a->r[k].target) return end_round(a, k, err);
+    fprintf(stderr, "d3po auto: round %d pair %d/%d (#%ld, %s): %s\n", before.round,
+            before.pending + (choice != SESSION_SKIP), before.round_size, id, prompt,
+            session_choice_name(choice));
+    rounds_get_status(a->d, &after);
+    if (after.training && !before.training)
+        fprintf(stderr, "d3po auto: round %d: training on %d labels\n", after.train_round,
+                after.train_nlabels);
     return 0;
 }
 
@@ -398,7 +296,7 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     }
     /* both images of the pair: 2N samples of the model for the price of N x_T
      * (the prompts were checked at the start: no error here but NAN) */
-    if (p->cls >= 0 && p->cls < a->nclasses) oracle_set_prompt(a->oracle, a->names[p->cls], p->S, NULL);
+    oracle_set_prompt(a->oracle, rounds_prompt_of(a->d, p->cls), p->S, NULL);
     for (int i = 0; i < 2; i++) {
         uint8_t *rgb = pair_rgb(p, i);
         if (!rgb) return -1;
@@ -412,105 +310,29 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     return 0;
 }
 
-/* Reads a stored pair back as an engine pair sample. */
-static d3_pair_sample *load_sample(autorun *a, long id, char *err) {
-    session_pair sp;
-    if (session_load_pair(a->s, id, &sp, err)) return NULL;
-    d3_pair_sample *p = calloc(1, sizeof *p);
-    size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
-    if (p) {
-        *p = (d3_pair_sample){.cls = sp.cls,
-                              .seed = sp.seed,
-                              .version = sp.version,
-                              .K = sp.K,
-                              .S = sp.S,
-                              .cfg = sp.cfg,
-                              .eta = sp.eta};
-        for (int i = 0; i < 2; i++) {
-            p->traj[i] = malloc(n * sizeof(float));
-            p->logp[i] = malloc(sp.K * sizeof(float));
-            if (p->traj[i]) memcpy(p->traj[i], sp.traj[i], n * sizeof(float));
-            if (p->logp[i]) memcpy(p->logp[i], sp.logp[i], sp.K * sizeof(float));
-        }
-    }
-    session_pair_free(&sp);
-    if (!p || !p->traj[0] || !p->traj[1] || !p->logp[0] || !p->logp[1]) {
-        engine_pair_free(p);
-        d3_errf(err, "out of memory");
-        return NULL;
-    }
-    return p;
-}
-
-/* The model version that sampled pair id, from its file's header (offset
- * 28, see session.h), or -1. */
-static int pair_version(const d3_session *s, long id) {
-    char path[4200];
-    unsigned char h[SESSION_TRAJ_HEADER];
-    session_pair_path(s, id, "traj", path, sizeof path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, h, sizeof h);
-    close(fd);
-    if (n != (ssize_t)sizeof h || memcmp(h, "D3POTRJ1", 8)) return -1;
-    return (int)((uint32_t)h[28] | (uint32_t)h[29] << 8 | (uint32_t)h[30] << 16 |
-                 (uint32_t)h[31] << 24);
-}
-
-/* Resume: labeled pairs the current model sampled (not trained yet) join
- * round 1; unlabeled pairs are judged into it first. Returns how many
- * pairs round 1 got, or -1 with err. */
+/* Resume: the labels no round trained on count toward the first round
+ * (the driver finds them); unlabeled pairs from before are judged into it
+ * first. 0, or -1 with err. */
 static int resume_pairs(autorun *a, char *err) {
-    round_state *r = &a->r[1];
-    int got = 0;
-    for (long id = 0; id < a->s->next_pair && r->nkeep < AUTO_MAX_ROUND_PAIRS; id++) {
-        if (id >= a->s->cap || !a->s->present[id]) continue;
-        int ch = session_choice_of(a->s, id);
-        if (ch != SESSION_A && ch != SESSION_B && ch != SESSION_TIE) continue;
-        if (pair_version(a->s, id) != a->s->version) continue;
-        d3_pair_sample *p = load_sample(a, id, err);
-        if (!p) return -1;
-        r->keep[r->nkeep] = p;
-        r->h[r->nkeep][0] = ch == SESSION_A ? 1 : ch == SESSION_B ? -1 : 0;
-        r->h[r->nkeep][1] = -r->h[r->nkeep][0];
-        r->nkeep++;
-        r->judged++;
-        got++;
-    }
-    if (got) fprintf(stderr, "d3po auto: resuming with %d labeled pairs not trained yet\n", got);
+    session_stats st;
+    session_info(a->s, &st);
+    if (st.untrained)
+        fprintf(stderr, "d3po auto: resuming with %ld labeled pairs not trained yet\n",
+                st.untrained);
     int queued = 0;
-    for (long id = session_next_unlabeled(a->s, 0); id >= 0 && r->nkeep < AUTO_MAX_ROUND_PAIRS;
-         id = session_next_unlabeled(a->s, id + 1)) {
-        if (interrupted) return got;
-        d3_pair_sample *p = load_sample(a, id, err);
-        if (!p) return -1;
-        if (r->target < r->judged + 1) r->target = r->judged + 1;
-        if (judge_pair(a, 1, id, p, err)) return -1;
-        got++;
+    for (long id = session_next_unlabeled(a->s, 0); id >= 0; id = session_next_unlabeled(a->s, id + 1)) {
+        if (interrupted) return 0;
+        char why[D3_ERRLEN];
+        d3_pair_sample *p = rounds_load_pair(a->s, id, why);
+        if (!p) { /* a damaged pair file: left out, the rest goes on */
+            fprintf(stderr, "d3po auto: warning: %s; pair skipped\n", why);
+            continue;
+        }
+        if (judge_pair(a, id, p, err)) return -1;
         queued++;
     }
     if (queued) fprintf(stderr, "d3po auto: judged %d queued pairs from before\n", queued);
-    return got;
-}
-
-/* Prompt cycle: session.prompts mapped to classes, else every class. */
-static int prompt_cycle(autorun *a, const d3_model *m) {
-    a->cls = malloc(sizeof *a->cls * (size_t)(m->nclasses + a->c->session.nprompts + 1));
-    if (!a->cls) return -1;
-    a->ncls = 0;
-    for (int i = 0; i < a->c->session.nprompts; i++) {
-        int id = model_find_class(m, a->c->session.prompts[i]);
-        if (id < 0 || id >= m->nclasses)
-            fprintf(stderr,
-                    "d3po auto: warning: session.prompts: '%s' is not a class of the model; "
-                    "ignored\n",
-                    a->c->session.prompts[i]);
-        else
-            a->cls[a->ncls++] = id;
-    }
-    if (!a->ncls)
-        for (int i = 0; i < m->nclasses; i++) a->cls[a->ncls++] = i;
-    return 0;
+    return rounds_check_due(a->d, err) < 0 ? -1 : 0;
 }
 
 static int fail(const char *err) {
@@ -520,48 +342,51 @@ static int fail(const char *err) {
 
 /* The event loop: until every round's metrics line is written. */
 static int run_loop(autorun *a, char *err) {
+    int nwarn = a->s->nwarn;
     while (a->next_metric <= a->rounds) {
         if (interrupted) return AUTO_EXIT_INTERRUPTED;
-        struct pollfd pf = {engine_fd(a->e), POLLIN, 0};
+        rounds_top_up(a->d, 0);
+        struct pollfd pf = {rounds_fd(a->d), POLLIN, 0};
         int pr = poll(&pf, 1, 250);
         if (pr < 0 && errno != EINTR) {
             d3_errf(err, "poll: %s", strerror(errno));
             return EXIT_FAIL;
         }
-        d3_event ev;
-        while (!interrupted && engine_poll(a->e, &ev)) {
+        rounds_event ev;
+        while (!interrupted && rounds_poll(a->d, &ev)) {
             int rc = 0;
             switch (ev.kind) {
-            case EV_PAIR: {
-                request q = pop_req(a);
-                d3_pair_sample *p = ev.pair;
+            case RV_PAIR:
+                rc = judge_pair(a, ev.id, ev.pair, err);
                 ev.pair = NULL;
-                if (q.purpose == REQ_TRAIN) {
-                    rc = on_train_pair(a, q.k, p, err);
-                } else if (q.purpose == REQ_EVAL) {
-                    if (on_eval_pair(a, q.k, p)) rc = d3_errf(err, "out of memory");
-                    engine_pair_free(p);
-                    if (!rc) rc = flush_metrics(a, err);
-                } else {
-                    engine_pair_free(p); /* not ours: cannot happen */
-                }
+                break;
+            case RV_EXTRA: {
+                int k = (int)(ev.tag >> 32);
+                if (k >= 0 && k <= a->rounds && on_eval_pair(a, k, ev.pair))
+                    rc = d3_errf(err, "out of memory");
+                if (!rc) rc = flush_metrics(a, err);
                 break;
             }
-            case EV_TRAINED:
-                for (int k = 1; k <= a->rounds; k++)
-                    if (a->r[k].round == ev.round) {
-                        a->r[k].trained = 1;
-                        a->r[k].loss = ev.loss;
-                    }
+            case RV_TRAINED: {
+                int k = ev.round - a->base_round;
+                if (k >= 1 && k <= a->rounds) {
+                    a->r[k].trained = 1;
+                    a->r[k].loss = ev.loss;
+                    a->r[k].labels = ev.nlabels;
+                    request_eval(a, k);
+                }
                 rc = flush_metrics(a, err);
                 break;
-            case EV_ERROR:
-                rc = d3_errf(err, "engine: %s", ev.msg);
+            }
+            case RV_ERROR:
+                rc = d3_errf(err, "%s", ev.msg);
                 break;
             default:
                 break;
             }
-            engine_event_free(&ev);
+            rounds_event_free(&ev);
+            for (; nwarn < a->s->nwarn; nwarn++)
+                fprintf(stderr, "d3po auto: warning: %s\n", a->s->warn[nwarn]);
             if (rc) {
                 if (interrupted) return AUTO_EXIT_INTERRUPTED;
                 return EXIT_FAIL;
@@ -581,13 +406,15 @@ int cmd_auto(int argc, char **argv) {
                                          {"config", 1, 0, 'c'},
                                          {"eval-seeds", 1, 0, 'e'},
                                          {"seed", 1, 0, 'S'},
+                                         {"prompts", 1, 0, 'P'},
                                          {"timeout", 1, 0, 't'},
                                          {"objective", 1, 0, 'O'},
                                          {"device", 1, 0, 'D'},
                                          {"tf32", 0, 0, 'F'},
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL;
+    const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL,
+               *prompts_file = NULL;
     long rounds = -1, npairs = 0, neval = 16;
     uint64_t seed = 0;
     double timeout = 30;
@@ -622,6 +449,9 @@ int cmd_auto(int argc, char **argv) {
             break;
         case 'e':
             if (cli_int("auto", "--eval-seeds", optarg, 0, 100000, &neval)) return EXIT_USAGE;
+            break;
+        case 'P':
+            prompts_file = optarg;
             break;
         case 'S':
             if (cli_u64("auto", "--seed", optarg, &seed)) return EXIT_USAGE;
@@ -706,10 +536,16 @@ int cmd_auto(int argc, char **argv) {
         oracle_free(oracle);
         return fail(err);
     }
-    for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po auto: warning: %s\n", s.warn[i]);
     if (s.round + rounds > SESSION_MAX_ROUND) {
         fprintf(stderr, "d3po auto: %s is at round %d; %ld more rounds pass the limit %d\n", dir,
                 s.round, rounds, SESSION_MAX_ROUND);
+        session_close(&s);
+        oracle_free(oracle);
+        return EXIT_USAGE;
+    }
+
+    if (prompts_file && rounds_prompts_file(&s, prompts_file, err)) {
+        fprintf(stderr, "d3po auto: --prompts: %s\n", err);
         session_close(&s);
         oracle_free(oracle);
         return EXIT_USAGE;
@@ -720,73 +556,21 @@ int cmd_auto(int argc, char **argv) {
     a->c = &cfg;
     a->dir = dir;
     a->rounds = (int)rounds;
-    a->npairs = (int)npairs;
     a->neval = (int)neval;
-    a->seed = seed;
     a->oracle = oracle;
     a->base_round = s.round;
     a->device = be->name;
     a->start = a->last_metric = now_s();
     int rc = 0;
-
-    d3_model *policy = malloc(sizeof *policy), *base = NULL;
-    d3_state st;
-    memset(&st, 0, sizeof st);
-    if (!policy || session_load_policy(&s, policy, &st, err)) {
-        free(policy);
-        session_close(&s);
-        oracle_free(oracle);
-        return fail(policy ? err : "out of memory");
-    }
-    /* the base model: the "base" reference, and the drift measure of the
-     * evaluation pairs (the engine computes both) */
-    if (cfg.d3po.reference == D3PO_REF_BASE || a->neval) {
-        char bp[4200];
-        base = malloc(sizeof *base);
-        if (!base || model_load(base, session_base_path(&s, bp, sizeof bp), NULL, err)) {
-            free(base);
-            base = NULL;
-            if (cfg.d3po.reference == D3PO_REF_BASE) {
-                model_free(policy);
-                free(policy);
-                state_free(&st);
-                session_close(&s);
-                oracle_free(oracle);
-                return fail(err);
-            }
-            fprintf(stderr, "d3po auto: no drift measure: %s\n", err);
-        }
-    }
-    a->nclasses = policy->nclasses;
-    a->names = calloc((size_t)policy->nclasses, sizeof *a->names);
     a->r = calloc((size_t)rounds + 1, sizeof *a->r);
-    if (!a->names || !a->r || prompt_cycle(a, policy)) {
+    if (!a->r) {
         fprintf(stderr, "d3po auto: out of memory\n");
         exit(EXIT_FAIL);
     }
-    for (int i = 0; i < policy->nclasses; i++) a->names[i] = strdup(policy->class_names[i]);
-    int img_size = policy->L.arch.size; /* the judged images' side (realism) */
     for (int k = 0; k <= rounds; k++) {
         a->r[k].round = a->base_round + k;
-        a->r[k].target = k ? a->npairs : 0;
         a->r[k].trained = k == 0;
         a->r[k].loss = NAN;
-    }
-    if (rounds >= 1) {
-        a->r[1].keep = malloc(AUTO_MAX_ROUND_PAIRS * sizeof *a->r[1].keep);
-        a->r[1].h = malloc(AUTO_MAX_ROUND_PAIRS * sizeof *a->r[1].h);
-        if (!a->r[1].keep || !a->r[1].h) {
-            fprintf(stderr, "d3po auto: out of memory\n");
-            exit(EXIT_FAIL);
-        }
-    }
-    for (int k = 2; k <= rounds; k++) {
-        a->r[k].keep = malloc((size_t)a->npairs * sizeof *a->r[k].keep);
-        a->r[k].h = malloc((size_t)a->npairs * sizeof *a->r[k].h);
-        if (!a->r[k].keep || !a->r[k].h) {
-            fprintf(stderr, "d3po auto: out of memory\n");
-            exit(EXIT_FAIL);
-        }
     }
     /* the baseline line only when the metrics file has none yet */
     {
@@ -803,17 +587,19 @@ int cmd_auto(int argc, char **argv) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    engine_opts eo = engine_opts_default();
-    eo.sample = config_ddim_opts(&cfg);
-    eo.train = config_train_opts(&cfg);
-    eo.lr = (float)cfg.d3po.lr;
-    eo.weight_decay = (float)cfg.d3po.weight_decay;
-    eo.threads = cfg.engine.threads;
-    eo.be = be;
-    eo.save_round = save_round;
-    eo.save_ctx = &s;
-    a->e = engine_start(policy, base, &st, s.version, &eo, err);
-    if (!a->e) {
+    /* on-policy rounds: each round's pairs come from the model the round
+     * before it trained, so learning curves do not depend on timing */
+    rounds_opts ro = rounds_opts_default(&cfg);
+    ro.round_size = ro.queue_depth = (int)npairs;
+    ro.overlap = 0;
+    ro.on_policy = 1;
+    ro.drift_every = 0;
+    ro.seed = seed;
+    ro.max_rounds = (int)rounds;
+    int nwarn = 0;
+    a->d = rounds_start(&s, &cfg, be, &ro, err);
+    for (; nwarn < s.nwarn; nwarn++) fprintf(stderr, "d3po auto: warning: %s\n", s.warn[nwarn]);
+    if (!a->d) {
         rc = fail(err);
         goto out;
     }
@@ -827,57 +613,38 @@ int cmd_auto(int argc, char **argv) {
         a->oracle = oracle = oracle_new(oname, (uint64_t)s.next_pair, err);
     }
     /* realism judges by each prompt's training images: check every prompt now */
-    for (int i = 0; oracle && i < a->ncls; i++)
-        if (oracle_set_prompt(oracle, a->names[a->cls[i]], img_size, err)) {
+    for (int i = 0; oracle && i < rounds_nprompts(a->d); i++)
+        if (oracle_set_prompt(oracle, rounds_prompt(a->d, i), s.arch.size, err)) {
             rc = fail(err);
             goto out;
         }
-    fprintf(stderr, "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; objective "
-                    "%s%s; device %s\n",
-            dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
-            a->lab ? lcmd : oracle_name(oracle), a->neval ? "" : " (no evaluation scores)",
-            config_objective_name(cfg.train.objective),
-            cfg.train.all_labels ? " over every label so far" : "", device);
+    {
+        char lc[512];
+        fprintf(stderr,
+                "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; %d prompts; "
+                "objective %s%s; device %s\n",
+                dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
+                a->lab ? text_escape(lc, sizeof lc, lcmd) : oracle_name(oracle),
+                a->neval ? "" : " (no evaluation scores)", rounds_nprompts(a->d),
+                config_objective_name(cfg.train.objective),
+                cfg.train.all_labels ? " over every label so far" : "", device);
+    }
 
-    if (a->next_metric == 0 && request_eval(a, 0)) {
-        rc = fail("out of memory");
+    if (a->next_metric == 0) request_eval(a, 0);
+    if (rounds >= 1 && resume_pairs(a, err)) {
+        rc = interrupted ? AUTO_EXIT_INTERRUPTED : fail(err);
         goto out;
     }
-    if (rounds >= 1) {
-        long nr = cli_remember_labels(&s, a->e, &cfg, 1, err);
-        if (nr < 0) {
-            rc = fail(err);
-            goto out;
-        }
-        if (nr) fprintf(stderr, "d3po auto: train.all_labels: %ld earlier labels join every round\n", nr);
-    }
-    if (rounds >= 1) {
-        int got = resume_pairs(a, err);
-        if (got < 0) {
-            rc = interrupted ? AUTO_EXIT_INTERRUPTED : fail(err);
-            goto out;
-        }
-        if (interrupted) {
-            rc = AUTO_EXIT_INTERRUPTED;
-            goto out;
-        }
-        if (a->r[1].judged >= a->r[1].target) {
-            a->r[1].target = a->r[1].judged;
-            if (end_round(a, 1, err)) {
-                rc = fail(err);
-                goto out;
-            }
-        } else if (request_train(a, 1, a->r[1].target - a->r[1].judged)) {
-            rc = fail("out of memory");
-            goto out;
-        }
+    if (interrupted) {
+        rc = AUTO_EXIT_INTERRUPTED;
+        goto out;
     }
     rc = run_loop(a, err);
     if (rc == EXIT_FAIL) fail(err);
 
 out:
     if (interrupted) rc = 128 + interrupted;
-    if (a->e) engine_stop(a->e); /* cancels a round in training; the last checkpoint stays */
+    rounds_stop(a->d); /* cancels a round in training; its labels train in the next run */
     if (a->lab) labeler_stop(a->lab);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
@@ -887,22 +654,12 @@ out:
         if (interrupted)
             fprintf(stderr,
                     "d3po auto: interrupted (%s); the round in training, if any, is "
-                    "dropped\n",
+                    "dropped (its labels train in the next run)\n",
                     interrupted == SIGINT ? "Ctrl-C" : "SIGTERM");
         fprintf(stderr, "d3po auto: %ld labels this run, %ld in %s (round %d, model v%d)\n",
                 a->labels_run, ss.labeled, dir, ss.round, ss.version);
     }
-    for (int k = 0; k <= rounds; k++) {
-        for (int i = 0; i < a->r[k].nkeep; i++) engine_pair_free(a->r[k].keep[i]);
-        free(a->r[k].keep);
-        free(a->r[k].h);
-    }
     free(a->r);
-    for (int i = 0; i < a->nclasses; i++) free(a->names[i]);
-    free(a->names);
-    free(a->cls);
-    free(a->req);
-    state_free(&st);
     oracle_free(oracle);
     session_close(&s);
     return rc;

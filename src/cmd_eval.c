@@ -33,6 +33,7 @@
 #include "oracle.h"
 #include "ops.h"
 #include "plot.h"
+#include "rounds.h"
 #include "session.h"
 #include "stats.h"
 
@@ -66,6 +67,10 @@ static const char eval_help[] =
     "  --plot FILE     write a PNG chart: oracle score per round (DIR/metrics.jsonl)\n"
     "                  and win rate per round with this result and its interval\n"
     "  --config FILE   settings (sampler steps/eta/cfg, session.prompts)\n"
+    "  --prompt P      every pair with prompt P\n"
+    "  --prompts FILE  the prompts of FILE in turn (one a line, PROMPT<TAB>WEIGHT\n"
+    "                  repeats it); default: the prompts the session labeled, else\n"
+    "                  its prompt set, else session.prompts, else every class\n"
     "  --steps N       DDIM steps (default: the config's sampler.steps)\n"
     "  --timeout SEC   seconds a labeler may take per pair (default 300)\n"
     "  --threads N     CPU threads (default: the config's engine.threads)\n"
@@ -195,6 +200,72 @@ static void rmtree_flat(const char *dir, long n) {
     rmdir(dir);
 }
 
+/* The classes eval cycles through (see the caller). */
+static int eval_prompts(const d3_session *s, const d3_model *m, const d3_config *cfg,
+                        const char *one, const char *file, int **out, int *n, char *err) {
+    int cap = m->nclasses * 100 + SESSION_MAX_PROMPTS + D3_CFG_MAX_PROMPTS + 1;
+    int *p = malloc((size_t)cap * sizeof *p), k = 0;
+    if (!p) return d3_errf(err, "out of memory");
+    const char *what = NULL;
+    if (one) {
+        if ((p[k] = model_find_class(m, one)) < 0) {
+            free(p);
+            return d3_errf(err, "--prompt: the session's model has no class '%.200s'", one);
+        }
+        k++;
+    } else if (file) {
+        char **t;
+        int *w, nt;
+        if (rounds_read_prompt_file(file, &t, &w, &nt, err)) { free(p); return -1; }
+        int rc = 0;
+        for (int i = 0; i < nt && !rc; i++) {
+            int c = model_find_class(m, t[i]);
+            if (c < 0) rc = d3_errf(err, "%s: the session's model has no class '%.200s'", file, t[i]);
+            for (int r = 0; r < w[i] && !rc && k < cap; r++) p[k++] = c;
+        }
+        for (int i = 0; i < nt; i++) free(t[i]);
+        free(t);
+        free(w);
+        if (rc) { free(p); return -1; }
+    } else {
+        /* the prompts the session labeled, in class order */
+        unsigned char *seen = calloc((size_t)m->nclasses, 1);
+        for (long id = 0; seen && id < s->next_pair; id++) {
+            int ch = session_choice_of(s, id);
+            if (ch != SESSION_A && ch != SESSION_B && ch != SESSION_TIE) continue;
+            int c = session_pair_class(s, id);
+            if (c >= 0 && c < m->nclasses) seen[c] = 1;
+        }
+        for (int c = 0; seen && c < m->nclasses; c++)
+            if (seen[c]) p[k++] = c;
+        free(seen);
+        what = "labeled";
+        for (int i = 0; !k && i < s->nprompts; i++) {
+            int c = model_find_class(m, s->prompts[i]);
+            if (c >= 0) p[k++] = c;
+            what = "the session's set";
+        }
+        for (int i = 0; !s->nprompts && !k && i < cfg->session.nprompts; i++) {
+            int c = model_find_class(m, cfg->session.prompts[i]);
+            if (c < 0) {
+                free(p);
+                return d3_errf(err, "%s: session.prompts: the session's model has no class '%.200s'",
+                               config_source(cfg), cfg->session.prompts[i]);
+            }
+            p[k++] = c;
+            what = "session.prompts";
+        }
+        if (!k) {
+            for (int c = 0; c < m->nclasses; c++) p[k++] = c;
+            what = "every class";
+        }
+        fprintf(stderr, "d3po eval: %d prompt%s (%s)\n", k, k == 1 ? "" : "s", what);
+    }
+    *out = p;
+    *n = k;
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"oracle", 1, 0, 'o'}, {"labeler", 1, 0, 'l'},
@@ -202,8 +273,9 @@ int cmd_eval(int argc, char **argv) {
         {"json", 0, 0, 'j'},    {"plot", 1, 0, 'p'},   {"config", 1, 0, 'c'},
         {"steps", 1, 0, 'k'},   {"timeout", 1, 0, 'T'}, {"threads", 1, 0, 't'},
         {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *dir = NULL, *oracle_spec = NULL, *labeler_cmd = NULL, *plot = NULL, *conf = NULL;
+        {"prompt", 1, 0, 'P'},  {"prompts", 1, 0, 'Q'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *oracle_spec = NULL, *labeler_cmd = NULL, *plot = NULL, *conf = NULL,
+               *prompt1 = NULL, *prompts_file = NULL;
     int tui = 0, json = 0, dev = -1, tf32 = 0;
     long npairs = 32, steps = 0, timeout = 300, threads = -1;
     uint64_t seed = 0;
@@ -226,6 +298,8 @@ int cmd_eval(int argc, char **argv) {
         case 't': bad = cli_int("eval", "--threads", optarg, 1, 1024, &threads); break;
         case 'D': bad = cli_device("eval", optarg, &dev); break;
         case 'F': tf32 = 1; break;
+        case 'P': prompt1 = optarg; break;
+        case 'Q': prompts_file = optarg; break;
         case 'h': fputs(eval_help, stdout); return 0;
         default: bad = 1; fputs(eval_help, stderr);
         }
@@ -288,23 +362,12 @@ int cmd_eval(int argc, char **argv) {
         d3_errf(err, "%s: the base model and round %d differ in architecture", dir, s.round);
         goto fail;
     }
-    /* prompts: the config's list (names of this model's classes), else all classes */
+    /* prompts: --prompt, --prompts FILE (weights repeat a prompt), else the
+     * prompts the session labeled, else its prompt set, else the config's
+     * session.prompts, else every class; names of this model's classes */
     int nprom = 0;
-    int *prom = malloc(sizeof(int) * (cfg.session.nprompts ? cfg.session.nprompts : tuned.nclasses));
-    if (cfg.session.nprompts) {
-        for (int i = 0; i < cfg.session.nprompts; i++) {
-            int k = model_find_class(&tuned, cfg.session.prompts[i]);
-            if (k < 0) {
-                free(prom);
-                d3_errf(err, "%s: session.prompts: the session's model has no class '%s'",
-                        config_source(&cfg), cfg.session.prompts[i]);
-                goto fail;
-            }
-            prom[nprom++] = k;
-        }
-    } else {
-        for (int i = 0; i < tuned.nclasses; i++) prom[nprom++] = i;
-    }
+    int *prom = NULL;
+    if (eval_prompts(&s, &tuned, &cfg, prompt1, prompts_file, &prom, &nprom, err)) goto fail;
     cls = malloc(npairs * sizeof(int));
     for (long i = 0; i < npairs; i++) cls[i] = prom[(i + seed % nprom) % nprom];
     free(prom);

@@ -25,6 +25,7 @@
 #include "fsutil.h"
 #include "image.h"
 #include "session.h"
+#include "text.h"
 
 static const char export_help[] =
     "usage: d3po export --session DIR --format pickapic|scores --out DIR2\n"
@@ -119,14 +120,20 @@ int cmd_export(int argc, char **argv) {
     snprintf(imgdir, sizeof imgdir, "%s/images", out);
     char *text = NULL;
     size_t len = 0, cap = 0;
-    long npairs = 0, nimages = 0;
+    long npairs = 0, nimages = 0, skipped = 0;
     int rc = 0;
     if (fs_mkdirs(imgdir, err)) rc = -1;
     for (long id = 0; id < s.cap && !rc; id++) {
         int ch = s.present[id] ? session_choice_of(&s, id) : SESSION_NONE;
         if (ch != SESSION_A && ch != SESSION_B && ch != SESSION_TIE) continue;
         session_pair p;
-        if (session_load_pair(&s, id, &p, err)) { rc = -1; break; }
+        if (session_load_pair(&s, id, &p, err)) { /* a damaged pair: left out, the rest goes on */
+            char e2[D3_ERRLEN];
+            fprintf(stderr, "d3po export: warning: %s; pair %ld left out (d3po session check)\n",
+                    text_escape(e2, sizeof e2, err), id);
+            skipped++;
+            continue;
+        }
         const char *caption = p.cls >= 0 && p.cls < s.policy.nclasses && s.policy.class_names
                                   ? s.policy.class_names[p.cls] : "";
         char rel[2][64], abs_[2][4300];
@@ -163,6 +170,7 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "d3po export: %s\n", err);
         return EXIT_FAIL;
     }
-    printf("%s: %ld pairs, %ld images (%s/images)\n", jp, npairs, nimages, out);
+    printf("%s: %ld pairs, %ld images (%s/images)%s\n", jp, npairs, nimages, out,
+           skipped ? "; damaged pairs left out (see the warnings)" : "");
     return 0;
 }

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "fsutil.h"
 #include "label.h"
+#include "rounds.h"
 #include "session.h"
 #include "term.h"
 
@@ -21,7 +22,8 @@
 static const char label_help[] =
     "usage: d3po [label] [--session DIR] [--model FILE] [--config FILE]\n"
     "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
-    "                    [--objective d3po|diffusion-dpo] [--device auto|cpu|cuda] [--tf32]\n"
+    "                    [--prompts FILE] [--objective d3po|diffusion-dpo]\n"
+    "                    [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Opens the labeling screen: two images of one prompt from one starting\n"
     "noise; a key for the better one; D3PO trains between rounds.\n"
@@ -34,6 +36,10 @@ static const char label_help[] =
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
     "  --graphics MODE   auto (detect), sixel or blocks (half-block fallback)\n"
     "  --round-size N    labeled pairs per training round (default from the config: 8)\n"
+    "  --prompts FILE    the session's prompt set from now on: one prompt a line,\n"
+    "                    optionally PROMPT<TAB>WEIGHT (1..100); kept in the session\n"
+    "                    (default: the set it has, else session.prompts, else every\n"
+    "                    class of the model)\n"
     "  --objective OBJ   d3po or diffusion-dpo (default: the config's train.objective)\n"
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
@@ -52,9 +58,9 @@ int cmd_label(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
         {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
-        {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {"objective", 1, 0, 'O'},
-        {0, 0, 0, 0}};
-    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL;
+        {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
+        {"objective", 1, 0, 'O'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL;
     long round_size = 0;
     char err[D3_ERRLEN], dbuf[4096];
     int c, dev = -1, tf32 = 0, objective = -1;
@@ -81,6 +87,7 @@ int cmd_label(int argc, char **argv) {
         case 'O':
             if (cli_objective("label", optarg, &objective)) return EXIT_USAGE;
             break;
+        case 'P': prompts = optarg; break;
         case 'h': fputs(label_help, stdout); return 0;
         default: fputs(label_help, stderr); return EXIT_USAGE;
         }
@@ -128,6 +135,13 @@ int cmd_label(int argc, char **argv) {
         fprintf(stderr, "d3po label: %s\n", err);
         return EXIT_FAIL;
     }
+    if (prompts && rounds_prompts_file(&s, prompts, err)) {
+        fprintf(stderr, "d3po label: --prompts: %s\n", err);
+        session_close(&s);
+        return EXIT_USAGE;
+    }
+    /* start-up warnings go into the session's list, which the screen shows */
+    if (strstr(device, "(cuda:")) session_warn(&s, "device %s", device);
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po: warning: %s\n", s.warn[i]);
     int rc = label_run(&s, &cfg, graphics, (int)round_size, be, device);
     session_close(&s);

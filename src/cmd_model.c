@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cmd_sd.h"
 #include "config.h"
 #include "device.h"
 #include "diffusion.h"
@@ -15,7 +16,10 @@
 #include "image.h"
 #include "model.h"
 #include "ops.h"
+#include "safetensors.h"
+#include "sd/pipeline.h"
 #include "session.h"
+#include "text.h"
 
 /* ---- init ---- */
 
@@ -127,6 +131,9 @@ static const char sample_help[] =
     "                   [--steps N] [--eta X] [--cfg X] [--threads N] [--config FILE]\n"
     "                   [--device auto|cpu|cuda] [--tf32]\n"
     "       d3po sample --grid (--model FILE | --session DIR) --out FILE.png [--classes LIST] ...\n"
+    "       d3po sample --model SD_DIR_OR_FILE --prompt TEXT --out DIR [--negative TEXT]\n"
+    "                   [--size WxH] [--latents FILE] [--tokenizer DIR] [--seed N] [--count N]\n"
+    "                   [--steps N] [--eta X] [--cfg X] [--threads N] [--device ...]\n"
     "\n"
     "Samples COUNT images of class NAME with DDIM and writes\n"
     "DIR/<prompt>-<seed>-<i>.png. The same arguments give byte-identical PNGs.\n"
@@ -152,7 +159,19 @@ static const char sample_help[] =
     "                 error; default: the config's engine.tf32)\n"
     "  --grid         write a labeled grid to --out FILE.png\n"
     "  --classes LIST comma-separated class names or numbers for --grid\n"
-    "                 (default: 16 classes spread over the model's)\n";
+    "                 (default: 16 classes spread over the model's)\n"
+    "\n"
+    "Stable Diffusion-family models (a diffusers pipeline folder, or a single-file\n"
+    "SD 1.x checkpoint): --prompt is free text, sampled with latent DDIM from the\n"
+    "model's scheduler config and decoded by its VAE; --cfg > 1 guides with the\n"
+    "negative prompt (default \"\"), as diffusers does.\n"
+    "  --negative TEXT  the unconditional prompt of guidance (default \"\")\n"
+    "  --size WxH     image size in pixels (default: the model's; multiples of the\n"
+    "                 VAE factor times the UNet's downsampling)\n"
+    "  --latents FILE a safetensors file with one tensor [1,C,h,w] or [C,h,w]: x_T\n"
+    "                 of every image (to compare with diffusers given the same latents)\n"
+    "  --tokenizer DIR  CLIP's vocab.json + merges.txt for a single-file checkpoint\n"
+    "                 (default: a tokenizer/ folder beside the file)\n";
 
 static void safe_name(char *dst, size_t n, const char *s) {
     size_t j = 0;
@@ -183,8 +202,9 @@ static int sample_grid(const d3_model *m, const char *mpath, const char *out, co
         for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
             int c = model_find_class(m, t);
             if (c < 0) {
+                char e1[256], e2[1024];
                 fprintf(stderr, "d3po sample: --classes: %s has no class '%s' (see d3po info %s)\n",
-                        mpath, t, mpath);
+                        text_escape(e2, sizeof e2, mpath), text_escape(e1, sizeof e1, t), e2);
                 return EXIT_USAGE;
             }
             if (n == 256) { fprintf(stderr, "d3po sample: --classes: at most 256\n"); return EXIT_USAGE; }
@@ -230,8 +250,10 @@ int cmd_sample(int argc, char **argv) {
         {"out", 1, 0, 'o'},   {"steps", 1, 0, 'k'},  {"eta", 1, 0, 'e'},  {"cfg", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"grid", 0, 0, 'G'}, {"classes", 1, 0, 'C'},
         {"session", 1, 0, 'S'}, {"config", 1, 0, 'c'}, {"device", 1, 0, 'D'},
-        {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
-    const char *session = NULL, *conf = NULL;
+        {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},   {"negative", 1, 0, 'N'},
+        {"size", 1, 0, 'Z'},    {"latents", 1, 0, 'L'}, {"tokenizer", 1, 0, 'T'}, {0, 0, 0, 0}};
+    const char *session = NULL, *conf = NULL, *negative = NULL, *latents = NULL, *tokenizer = NULL;
+    int width = 0, height = 0;
     const char *model = NULL, *prompt = NULL, *out = NULL, *classes = NULL;
     int grid = 0, count_set = 0, dev = -1, tf32 = 0;
     uint64_t seed = 0;
@@ -257,6 +279,20 @@ int cmd_sample(int argc, char **argv) {
         case 'c': conf = optarg; break;
         case 'D': bad = cli_device("sample", optarg, &dev); break;
         case 'F': tf32 = 1; break;
+        case 'N': negative = optarg; break;
+        case 'L': latents = optarg; break;
+        case 'T': tokenizer = optarg; break;
+        case 'Z': {
+            char *e1, *e2;
+            long W = strtol(optarg, &e1, 10), H = *e1 == 'x' ? strtol(e1 + 1, &e2, 10) : 0;
+            if (*e1 != 'x' || *e2 || W < 8 || H < 8 || W > 8192 || H > 8192) {
+                fprintf(stderr, "d3po sample: --size '%s': expected WxH in pixels, 8..8192\n", st_show(optarg).s);
+                bad = 1;
+            }
+            width = (int)W;
+            height = (int)H;
+            break;
+        }
         case 'h': fputs(sample_help, stdout); return 0;
         default: bad = 1; fputs(sample_help, stderr);
         }
@@ -274,6 +310,15 @@ int cmd_sample(int argc, char **argv) {
                 sample_help);
         return EXIT_USAGE;
     }
+    int sd = model && sd_pipeline_probe(model);
+    if (!sd && (negative || latents || tokenizer || width)) {
+        fprintf(stderr, "d3po sample: --negative, --size, --latents and --tokenizer apply to Stable Diffusion models only\n");
+        return EXIT_USAGE;
+    }
+    if (sd && grid) {
+        fprintf(stderr, "d3po sample: --grid is for the class-conditional models only\n");
+        return EXIT_USAGE;
+    }
     if (grid && !count_set) count = 8;
     if (eta == 0 && steps > 0) { /* eta 0 has sigma 0: fine for sampling, logp unused */ }
     char err[D3_ERRLEN];
@@ -286,6 +331,13 @@ int cmd_sample(int argc, char **argv) {
     if (threads) ops_set_threads((int)threads);
     const d3_backend *be = cli_backend("sample", dev, tf32, &settings, NULL, 0);
     if (!be) return EXIT_FAIL; /* before anything is written */
+    if (sd) {
+        sd_sample_args sa = {.model = model, .prompt = prompt, .negative = negative, .out = out,
+                             .latents = latents, .tokenizer = tokenizer, .width = width,
+                             .height = height, .count = count, .steps = steps, .eta = eta,
+                             .cfg = cfg, .seed = seed};
+        return sd_sample(&sa, be);
+    }
     d3_model m;
     char mpath[4096];
     if (session) {
@@ -317,9 +369,13 @@ int cmd_sample(int argc, char **argv) {
     int rc = 0;
     int cls = model_find_class(&m, prompt);
     if (cls < 0) {
-        fprintf(stderr, "d3po sample: %s has no class '%s'; its %d classes are:\n", model, prompt,
-                m.nclasses);
-        for (int i = 0; i < m.nclasses; i++) fprintf(stderr, "  %3d  %s\n", i, m.class_names[i]);
+        char e1[512], e2[1024];
+        fprintf(stderr, "d3po sample: %s has no class '%s'; its %d classes are:\n",
+                text_escape(e2, sizeof e2, model), text_escape(e1, sizeof e1, prompt), m.nclasses);
+        for (int i = 0; i < m.nclasses; i++) {
+            char n[512];
+            fprintf(stderr, "  %3d  %s\n", i, text_escape(n, sizeof n, m.class_names[i]));
+        }
         model_free(&m);
         return EXIT_USAGE;
     }
@@ -360,7 +416,8 @@ int cmd_sample(int argc, char **argv) {
                 rc = EXIT_FAIL;
                 break;
             }
-            printf("%s\n", path);
+            char shown[8192];
+            printf("%s\n", text_escape(shown, sizeof shown, path));
         }
     }
     tape_free(tp);
@@ -374,11 +431,18 @@ int cmd_sample(int argc, char **argv) {
 
 static const char info_help[] =
     "usage: d3po info FILE\n"
+    "       d3po info SD_DIR_OR_FILE [--tokenizer DIR]\n"
     "       d3po info --devices\n"
     "\n"
     "Prints a model file's architecture, parameter count, noise schedule,\n"
     "classes and metadata, and whether it holds training state.\n"
+    "For a Stable Diffusion-family model (a diffusers pipeline folder or a\n"
+    "single-file SD 1.x checkpoint) prints its family, image and latent\n"
+    "sizes, the parameters and on-disk dtype of each part, the scheduler and\n"
+    "the prediction type, after checking every file it reads.\n"
     "\n"
+    "  --tokenizer DIR  CLIP's vocab.json + merges.txt for a single-file\n"
+    "             checkpoint (default: a tokenizer/ folder beside the file)\n"
     "  --devices  list the compute devices instead: the CPU, each CUDA GPU (or\n"
     "             why there is none), and the one --device auto uses, and why\n";
 
@@ -397,7 +461,7 @@ static int info_devices(void) {
 }
 
 int cmd_info(int argc, char **argv) {
-    const char *file = NULL;
+    const char *file = NULL, *tokenizer = NULL;
     int devices = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -406,6 +470,12 @@ int cmd_info(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--devices")) {
             devices = 1;
+        } else if (!strcmp(argv[i], "--tokenizer")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "d3po info: --tokenizer needs a folder\n%s", info_help);
+                return EXIT_USAGE;
+            }
+            tokenizer = argv[++i];
         } else if (argv[i][0] == '-' || file) {
             fprintf(stderr, "d3po info: unexpected argument '%s'\n%s", argv[i], info_help);
             return EXIT_USAGE;
@@ -418,6 +488,14 @@ int cmd_info(int argc, char **argv) {
         fprintf(stderr, "d3po info: expected one model file (or --devices)\n%s", info_help);
         return EXIT_USAGE;
     }
+    if (tokenizer && !sd_pipeline_probe(file)) {
+        fprintf(stderr, "d3po info: --tokenizer applies to Stable Diffusion models only\n");
+        return EXIT_USAGE;
+    }
+    if (sd_pipeline_probe(file)) {
+        int rc = sd_info(file, tokenizer);
+        return rc || !devices ? rc : info_devices();
+    }
     char err[D3_ERRLEN];
     d3_model m;
     d3_state st;
@@ -427,7 +505,8 @@ int cmd_info(int argc, char **argv) {
     }
     char arch[256];
     unet_arch_format(&m.L.arch, arch, sizeof arch);
-    printf("file:         %s\n", file);
+    char fshown[1024];
+    printf("file:         %s\n", text_escape(fshown, sizeof fshown, file));
     printf("architecture: %s\n", arch);
     printf("parameters:   %zu (%d tensors, %.1f MB as float32)\n", m.L.numel, m.L.nparams,
            m.L.numel * 4.0 / 1e6);
@@ -439,9 +518,16 @@ int cmd_info(int argc, char **argv) {
     if (st.has_rng)
         printf("training:     RNG seed %llu\n", (unsigned long long)st.rng.seed);
     state_free(&st);
-    for (int i = 0; i < m.nmeta; i++) printf("meta %s: %s\n", m.meta_keys[i], m.meta_vals[i]);
+    for (int i = 0; i < m.nmeta; i++) {
+        char k[256], v[1024];
+        printf("meta %s: %s\n", text_escape(k, sizeof k, m.meta_keys[i]),
+               text_escape(v, sizeof v, m.meta_vals[i]));
+    }
     printf("classes:      %d (+1 null class for guidance)\n", m.nclasses);
-    for (int i = 0; i < m.nclasses; i++) printf("  %3d  %s\n", i, m.class_names[i]);
+    for (int i = 0; i < m.nclasses; i++) {
+        char n[512];
+        printf("  %3d  %s\n", i, text_escape(n, sizeof n, m.class_names[i]));
+    }
     model_free(&m);
     return devices ? info_devices() : 0;
 }

@@ -8,12 +8,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "fsutil.h"
+#include "model.h"
 #include "session.h"
+#include "text.h"
 
 static const char session_help[] =
     "usage: d3po session info DIR [--json]\n"
+    "       d3po session check DIR [--repair]\n"
     "       d3po session rollback DIR --to-round N\n"
     "\n"
     "Describes the labeling session in DIR: pairs sampled, labels by choice\n"
@@ -25,34 +30,58 @@ static const char session_help[] =
     "\n"
     "  --json   print one JSON object instead of text\n"
     "\n"
+    "check lists every problem: bad journal lines (FILE:LINE), damaged pair\n"
+    "files, checkpoints that do not load, a bad LATEST, temp files of\n"
+    "interrupted writes. --repair moves bad journal lines into\n"
+    "labels.jsonl.bad beside the journal, damaged pair files to\n"
+    "pairs/NNNNNN.traj.bad and bad checkpoints to rounds/NNNN.safetensors.bad\n"
+    "(nothing is deleted), points LATEST at the checkpoint in use and removes\n"
+    "the temp files. Exit status 0 when the session has no problem (left),\n"
+    "2 when it has.\n"
+    "\n"
     "rollback makes round N's model the session's model again: it is saved as a\n"
     "new round (current + 1) with its weights and optimizer state, so versions\n"
     "keep rising and no checkpoint or label is rewritten; labels and pairs\n"
     "stay as they are.\n";
 
 static void print_text(const d3_session *s, const session_stats *in) {
-    char arch[256];
+    char arch[256], t1[1024];
     unet_arch_format(&s->arch, arch, sizeof arch);
-    printf("session:      %s\n", s->dir);
+    printf("session:      %s\n", text_escape(t1, sizeof t1, s->dir));
     printf("pairs:        %ld sampled, %ld labeled, %ld unlabeled (queued)\n", in->pairs,
            in->labeled, in->unlabeled);
     printf("labels:       A %ld, B %ld, tie %ld, skip %ld, undone %ld (%ld journal records)\n",
            in->by_choice[SESSION_A], in->by_choice[SESSION_B], in->by_choice[SESSION_TIE],
            in->by_choice[SESSION_SKIP], in->undone, in->journal_lines);
+    printf("training:     %ld labels trained, %ld not trained yet (they go into the next "
+           "round)\n", in->trained, in->untrained);
     printf("rounds:       %d trained\n", in->round);
     printf("model:        version %d (rounds/%04d.safetensors)\n", in->version, in->round);
     printf("base model:   %s, %d classes\n", arch, s->nclasses);
+    if (s->nprompts) {
+        printf("prompts:      %d:", s->nprompts);
+        for (int i = 0; i < s->nprompts; i++) {
+            printf("%s %s", i ? "," : "", text_escape(t1, sizeof t1, s->prompts[i]));
+            if (s->prompt_w[i] > 1) printf(" x%d", s->prompt_w[i]);
+        }
+        printf("\n");
+    } else {
+        printf("prompts:      every class of the model\n");
+    }
+    if (s->prompt_fixed) printf("fixed prompt: %s\n", text_escape(t1, sizeof t1, s->prompt_fixed));
     json_t *o = json_loads(s->settings, 0, NULL);
     const char *key;
     json_t *v;
     printf("settings:\n");
     json_object_foreach(o, key, v) {
+        char k2[256];
+        text_escape(k2, sizeof k2, key);
         if (json_is_string(v)) {
-            printf("  %-12s %s\n", key, json_string_value(v));
+            printf("  %-12s %s\n", k2, text_escape(t1, sizeof t1, json_string_value(v)));
         } else {
             char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_ENSURE_ASCII |
                                         JSON_REAL_PRECISION(15));
-            printf("  %-12s %s\n", key, t ? t : "?");
+            printf("  %-12s %s\n", k2, t ? t : "?");
             free(t);
         }
     }
@@ -64,17 +93,24 @@ static int print_json(const d3_session *s, const session_stats *in) {
     unet_arch_format(&s->arch, arch, sizeof arch);
     json_t *warn = json_array();
     for (int i = 0; i < s->nwarn; i++) json_array_append_new(warn, json_string(s->warn[i]));
+    json_t *prompts = json_array();
+    for (int i = 0; i < s->nprompts; i++)
+        json_array_append_new(prompts, json_pack("{s:s,s:i}", "prompt", s->prompts[i], "weight",
+                                                 s->prompt_w[i]));
     json_t *o = json_pack(
-        "{s:s, s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:i, s:i, s:s, s:i, s:o, s:o}",
+        "{s:s, s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:I, s:i, s:i, s:s, s:i, "
+        "s:o, s:o, s:o, s:o}",
         "session", s->dir,
         "pairs", "sampled", (json_int_t)in->pairs, "labeled", (json_int_t)in->labeled,
         "unlabeled", (json_int_t)in->unlabeled,
         "labels", "A", (json_int_t)in->by_choice[SESSION_A], "B",
         (json_int_t)in->by_choice[SESSION_B], "tie", (json_int_t)in->by_choice[SESSION_TIE],
         "skip", (json_int_t)in->by_choice[SESSION_SKIP], "undone", (json_int_t)in->undone,
+        "trained", (json_int_t)in->trained, "untrained", (json_int_t)in->untrained,
         "journal_records", (json_int_t)in->journal_lines,
         "rounds", in->round, "version", in->version, "arch", arch, "classes", s->nclasses,
-        "settings", json_loads(s->settings, 0, NULL), "warnings", warn);
+        "settings", json_loads(s->settings, 0, NULL), "warnings", warn, "prompts", prompts,
+        "fixed_prompt", s->prompt_fixed ? json_string(s->prompt_fixed) : json_null());
     if (!o) {
         fprintf(stderr, "d3po session: cannot encode the JSON output\n");
         return EXIT_FAIL;
@@ -113,6 +149,9 @@ static int session_info_cmd(int argc, char **argv) {
     }
     for (int i = 0; i < s.nwarn; i++)
         fprintf(stderr, "d3po session info: warning: %s\n", s.warn[i]);
+    if (s.nwarn_dropped)
+        fprintf(stderr, "d3po session info: warning: %d more (d3po session check lists them all)\n",
+                s.nwarn_dropped);
     session_stats in;
     session_info(&s, &in);
     int rc = 0;
@@ -120,6 +159,130 @@ static int session_info_cmd(int argc, char **argv) {
     else print_text(&s, &in);
     session_close(&s);
     return rc;
+}
+
+typedef struct {
+    int n;
+} check_ctx;
+
+static void problem(void *ctx, const char *what) {
+    ((check_ctx *)ctx)->n++;
+    printf("problem: %s\n", what);
+}
+
+static int session_check_cmd(int argc, char **argv) {
+    static const struct option opts[] = {{"repair", 0, 0, 'r'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    int repair = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r': repair = 1; break;
+        case 'h': fputs(session_help, stdout); return 0;
+        default: fputs(session_help, stderr); return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1) {
+        fprintf(stderr, "d3po session check: expected one session directory\n%s", session_help);
+        return EXIT_USAGE;
+    }
+    const char *dir = argv[optind];
+    char err[D3_ERRLEN], msg[8800], path[4200], list[4096];
+    check_ctx cx = {0};
+    int fixed = 0;
+    /* temp files first: opening for a repair removes them */
+    int ntmp = session_clean_temp(dir, 0, list, sizeof list);
+    for (char *l = list, *nl; ntmp && *l; l = nl + 1) {
+        if (!(nl = strchr(l, '\n'))) break;
+        *nl = 0;
+        snprintf(msg, sizeof msg, "%s: temp file of an interrupted write (its writer is gone)%s", l,
+                 repair ? "; removed" : "");
+        text_escape_inplace(msg, sizeof msg);
+        problem(&cx, msg);
+    }
+    if (repair) fixed += ntmp;
+    d3_session s;
+    if ((repair ? session_open : session_open_readonly)(dir, &s, err)) {
+        char e2[D3_ERRLEN];
+        fprintf(stderr, "d3po session check: %s\n", text_escape(e2, sizeof e2, err));
+        return EXIT_FAIL;
+    }
+    /* LATEST and the checkpoints */
+    {
+        unsigned char *buf = NULL;
+        size_t len;
+        int r = -1, v = -1, n = 0;
+        snprintf(path, sizeof path, "%s/LATEST", s.dir);
+        if (fs_read_all(path, &buf, &len, err) ||
+            sscanf((char *)buf, "round %d version %d\n%n", &r, &v, &n) != 2 || (size_t)n != len ||
+            r != s.round) {
+            snprintf(msg, sizeof msg, "%s: does not name a checkpoint that loads; the session uses "
+                     "round %d%s", path, s.round, repair ? "; LATEST now points at it" : "");
+            text_escape_inplace(msg, sizeof msg);
+            problem(&cx, msg);
+            if (repair) {
+                char line[64];
+                snprintf(line, sizeof line, "round %d version %d\n", s.round, s.version);
+                const void *parts[1] = {line};
+                size_t lens[1] = {strlen(line)};
+                if (fs_write_atomic(path, parts, lens, 1, err)) fprintf(stderr, "d3po session check: %s\n", err);
+                else fixed++;
+            }
+        }
+        free(buf);
+        for (int round = 0; round <= SESSION_MAX_ROUND; round++) {
+            session_round_path(&s, round, path, sizeof path);
+            if (access(path, F_OK)) continue;
+            d3_model m;
+            d3_state st;
+            if (model_load(&m, path, &st, err) == 0) {
+                model_free(&m);
+                state_free(&st);
+                continue;
+            }
+            snprintf(msg, sizeof msg, "%s%s", err, repair ? "; moved to .bad" : "");
+            text_escape_inplace(msg, sizeof msg);
+            problem(&cx, msg);
+            char bad[4300];
+            snprintf(bad, sizeof bad, "%s.bad", path);
+            if (repair && round != s.round && !rename(path, bad)) fixed++;
+        }
+    }
+    /* pairs */
+    for (long id = 0; id < s.next_pair; id++) {
+        if (id >= s.cap || !s.present[id]) continue;
+        session_pair p;
+        if (session_load_pair(&s, id, &p, err) == 0) {
+            session_pair_free(&p);
+            continue;
+        }
+        snprintf(msg, sizeof msg, "%s%s", err, repair ? "; moved to .traj.bad" : "");
+        text_escape_inplace(msg, sizeof msg);
+        problem(&cx, msg);
+        if (repair) {
+            if (session_set_aside_pair(&s, id, err)) fprintf(stderr, "d3po session check: %s\n", err);
+            else fixed++;
+        }
+    }
+    /* the journal (after the pairs: a label of a pair set aside is bad now) */
+    int nb = session_check_journal(&s, repair, problem, &cx, err);
+    if (nb < 0) fprintf(stderr, "d3po session check: %s\n", err);
+    else if (repair && nb) {
+        fixed += nb;
+        printf("moved %d journal line%s to %s/labels.jsonl.bad\n", nb, nb == 1 ? "" : "s", s.dir);
+    }
+    /* other warnings of the open (round label lists, prompts) */
+    for (int i = 0; i < s.nwarn; i++)
+        if (!strstr(s.warn[i], "labels.jsonl:") && !strstr(s.warn[i], "LATEST") &&
+            !strstr(s.warn[i], "temp file"))
+            problem(&cx, s.warn[i]);
+    session_close(&s);
+    if (!cx.n) {
+        printf("%s: no problems\n", dir);
+        return 0;
+    }
+    printf("%s: %d problem%s%s\n", dir, cx.n, cx.n == 1 ? "" : "s",
+           repair ? (fixed >= cx.n ? ", all repaired" : ", some not repaired") : " (--repair sets them aside)");
+    return repair && fixed >= cx.n ? 0 : EXIT_FAIL;
 }
 
 static int session_rollback_cmd(int argc, char **argv) {
@@ -185,6 +348,7 @@ int cmd_session(int argc, char **argv) {
         return 0;
     }
     if (argc >= 2 && !strcmp(argv[1], "info")) return session_info_cmd(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "check")) return session_check_cmd(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "rollback")) return session_rollback_cmd(argc - 1, argv + 1);
     if (argc < 2) fprintf(stderr, "d3po session: expected a subcommand\n%s", session_help);
     else fprintf(stderr, "d3po session: unknown subcommand '%s'\n%s", argv[1], session_help);

@@ -30,6 +30,7 @@
 #include "d3po.h"
 #include "ops.h"
 #include "session.h"
+#include "text.h"
 
 static const char train_help[] =
     "usage: d3po train --session DIR [--epochs N] [--config FILE]\n"
@@ -234,6 +235,8 @@ int cmd_train(int argc, char **argv) {
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po train: warning: %s\n", s.warn[i]);
     pair_cache cache = {0};
     pair_list L = {0};
+    long *lab_ids = NULL, nlab = 0, lab_cap = 0; /* the labels trained: rounds/NNNN.labels */
+    signed char *lab_ch = NULL;
     scored *sc = NULL;
     long nsc = 0, from_labels = 0, from_scores = 0, ties = 0;
     int have_policy = 0, have_ref = 0, have_st = 0, rc = EXIT_FAIL;
@@ -247,8 +250,20 @@ int cmd_train(int argc, char **argv) {
         int ch = s.present[id] ? session_choice_of(&s, id) : SESSION_NONE;
         if (ch != SESSION_A && ch != SESSION_B && ch != SESSION_TIE) continue;
         session_pair *p = cache_get(&cache, &s, id, err);
-        if (!p) goto fail;
+        if (!p) { /* a damaged pair file: its label is left out, the rest trains */
+            char e2[D3_ERRLEN];
+            fprintf(stderr, "d3po train: warning: %s; pair %ld left out (d3po session check)\n",
+                    text_escape(e2, sizeof e2, err), id);
+            continue;
+        }
         add_pair(&L, p, 0, p, 1, ch == SESSION_A ? 1.0f : ch == SESSION_B ? -1.0f : 0.0f);
+        if (nlab == lab_cap) {
+            lab_cap = lab_cap ? 2 * lab_cap : 64;
+            lab_ids = realloc(lab_ids, (size_t)lab_cap * sizeof *lab_ids);
+            lab_ch = realloc(lab_ch, (size_t)lab_cap);
+        }
+        lab_ids[nlab] = id;
+        lab_ch[nlab++] = (signed char)ch;
         if (ch == SESSION_TIE) ties++;
         else from_labels++;
     }
@@ -355,7 +370,10 @@ int cmd_train(int argc, char **argv) {
     char buf[32];
     snprintf(buf, sizeof buf, "%d", round);
     model_set_meta(&policy, "d3po.model_version", buf);
-    if (session_save_round(&s, &policy, &st, round, err)) goto fail;
+    if (session_write_round_labels(&s, round, lab_ids, lab_ch, (int)nlab, err) ||
+        session_save_round(&s, &policy, &st, round, err))
+        goto fail;
+    session_mark_trained(&s, lab_ids, lab_ch, (int)nlab);
     char rp[4096];
     printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores), mean loss %.5f, "
            "saved %s\n", round, from_labels + from_scores, from_labels, from_scores,
@@ -374,6 +392,8 @@ out:
     free(L.so);
     free(sc);
     cache_free(&cache);
+    free(lab_ids);
+    free(lab_ch);
     session_close(&s);
     return rc;
 }

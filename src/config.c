@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <libconfig.h>
 #include <limits.h>
+#include <ctype.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -526,6 +527,86 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
     return check_key_conflicts(c, keyset, path, err);
 }
 
+/* libconfig 1.5 reads an integer literal beyond 32 bits without an L
+ * suffix by wrapping it (round_size = 4294967297 becomes 1). Before the
+ * file is parsed, every integer literal outside strings and comments is
+ * checked here: one that does not fit 32 bits is an error naming
+ * FILE:LINE and the setting. (Files pulled in with @include are not
+ * scanned.) */
+static int check_int_literals(const char *path, char *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0; /* config_read_file reports it */
+    char key[64] = "", word[64];
+    int line = 1, c, rc = 0;
+    size_t wl = 0;
+    enum { CODE, STR, LINE_C, BLOCK_C } st = CODE;
+    int prev = 0;
+    while (!rc && (c = fgetc(f)) != EOF) {
+        if (c == '\n') line++;
+        if (st == STR) {
+            if (c == '\\') {
+                int d = fgetc(f);
+                if (d == '\n') line++;
+            } else if (c == '"') st = CODE;
+            prev = c;
+            continue;
+        }
+        if (st == LINE_C) {
+            if (c == '\n') st = CODE;
+            prev = c;
+            continue;
+        }
+        if (st == BLOCK_C) {
+            if (prev == '*' && c == '/') { st = CODE; c = 0; }
+            prev = c;
+            continue;
+        }
+        if (c == '"') st = STR;
+        else if (c == '#') st = LINE_C;
+        else if (c == '/' ) {
+            int d = fgetc(f);
+            if (d == '/') st = LINE_C;
+            else if (d == '*') { st = BLOCK_C; c = 0; }
+            else if (d != EOF) ungetc(d, f);
+        } else if (isalpha(c) || c == '_' || c == '*' || (wl && (isalnum(c) || c == '-'))) {
+            if (wl < sizeof word - 1) word[wl++] = (char)c;
+            prev = c;
+            continue;
+        } else if (isdigit(c) && !(isalnum(prev) || prev == '_' || prev == '.')) {
+            char num[64];
+            size_t nl = 0;
+            int d = c, hex = 0;
+            while (d != EOF && (isxdigit(d) || d == 'x' || d == 'X')) {
+                if (d == 'x' || d == 'X') hex = 1;
+                if (nl < sizeof num - 1) num[nl++] = (char)d;
+                d = fgetc(f);
+            }
+            num[nl] = 0;
+            int is_float = d == '.' || (!hex && (d == 'e' || d == 'E')), suffix = d == 'L';
+            if (d != EOF) ungetc(d, f);
+            if (!is_float && !suffix) {
+                errno = 0;
+                unsigned long long v = strtoull(num, NULL, 0);
+                if (errno == ERANGE || v > (hex ? 0xffffffffULL : 2147483648ULL))
+                    rc = d3_errf(err, "%s:%d: %s: integer %s is out of range (a setting's value must "
+                                 "fit 32 bits; see d3po.conf(5) for its range)", path, line,
+                                 key[0] ? key : "value", num);
+            }
+            prev = '0';
+            continue;
+        }
+        if (wl) { /* a word ended: it names the setting when '=' or ':' follows */
+            word[wl] = 0;
+            memcpy(key, word, wl + 1);
+            wl = 0;
+        }
+        prev = c;
+    }
+    fclose(f);
+    return rc;
+}
+
+
 int config_load_file(d3_config *c, const char *path, char *err) {
     struct stat st;
     if (stat(path, &st)) return d3_errf(err, "%s: %s", path, strerror(errno));
@@ -535,6 +616,7 @@ int config_load_file(d3_config *c, const char *path, char *err) {
     if (!probe) return d3_errf(err, "%s: %s", path, strerror(errno));
     fclose(probe);
 
+    if (check_int_literals(path, err)) return -1;
     config_t cf;
     config_init(&cf);
     /* @include "x.conf" is relative to the including file's directory */

@@ -122,10 +122,12 @@ d3_labeler *labeler_start(const char *cmd, int timeout_ms, char *err) {
         signal(SIGPIPE, SIG_DFL);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        setpgid(0, 0); /* its own process group: stopping it stops its children too */
         if (dup2(pin[0], 0) < 0 || dup2(pout[1], 1) < 0) _exit(127);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
+    setpgid(pid, pid); /* also here, so the group exists before any kill (no race) */
     close(pin[0]);
     close(pout[1]);
     l->pid = pid;
@@ -328,12 +330,15 @@ void labeler_stop(d3_labeler *l) {
     if (l->out_fd >= 0) close(l->out_fd);
     l->in_fd = l->out_fd = -1;
     if (!reap(l, LAB_STOP_MS)) {
-        kill(l->pid, SIGTERM);
+        /* the whole process group: a shell script's children (a hung
+         * helper, a sleep) go with it instead of living on as orphans */
+        kill(-l->pid, SIGTERM);
         if (!reap(l, 200)) {
-            kill(l->pid, SIGKILL);
+            kill(-l->pid, SIGKILL);
             while (waitpid(l->pid, &l->status, 0) < 0 && errno == EINTR) {
             }
         }
+        kill(-l->pid, SIGKILL); /* members that outlived the leader */
     }
     free(l);
 }

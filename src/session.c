@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -27,6 +29,7 @@
 
 #include "fsutil.h"
 #include "image.h"
+#include "text.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "session.c writes float32 data in host order; the format is little-endian"
@@ -44,6 +47,19 @@ const char *session_choice_name(int c) {
 }
 
 /* ---- small helpers ---- */
+
+void session_warn(d3_session *s, const char *fmt, ...) {
+    if (s->nwarn >= SESSION_MAX_WARN) {
+        s->nwarn_dropped++;
+        return;
+    }
+    char *w = s->warn[s->nwarn++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w, D3_ERRLEN, fmt, ap);
+    va_end(ap);
+    text_escape_inplace(w, D3_ERRLEN);
+}
 
 /* snprintf into a PATH_LEN buffer; -1 with err when the path is too long. */
 static int pathf(char *out, char *err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -288,8 +304,12 @@ static int ensure_cap(d3_session *s, long n) {
     signed char *ch = realloc(s->choice, (size_t)cap);
     if (!ch) return -1;
     s->choice = ch;
+    signed char *tr = realloc(s->trained, (size_t)cap);
+    if (!tr) return -1;
+    s->trained = tr;
     memset(s->present + s->cap, 0, (size_t)(cap - s->cap));
     memset(s->choice + s->cap, SESSION_NONE, (size_t)(cap - s->cap));
+    memset(s->trained + s->cap, SESSION_NONE, (size_t)(cap - s->cap));
     s->cap = cap;
     return 0;
 }
@@ -410,8 +430,8 @@ static int load_checkpoint(d3_session *s, char *err) {
     qsort(ids, (size_t)n, sizeof *ids, cmp_desc);
     for (long i = 0; i < n; i++) {
         if (ids[i] == tried || load_round(s, (int)ids[i], e2)) continue;
-        d3_errf(s->warn[s->nwarn++], "%s; using rounds/%04ld.safetensors (round %ld)",
-                 why, ids[i], ids[i]);
+        session_warn(s, "%s; using rounds/%04ld.safetensors (round %ld): the rounds after it "
+                     "are not in use, and their labels train again", why, ids[i], ids[i]);
         free(ids);
         return 0;
     }
@@ -463,8 +483,9 @@ static void pop_decision(d3_session *s) {
 }
 
 /* Applies one journal line; -1 with err "PATH:LINE: ...". */
+/* dry: only checks the line (session_check_journal), changes nothing. */
 static int replay_line(d3_session *s, const char *path, long lineno, const char *line, size_t len,
-                       char *err) {
+                       int dry, char *err) {
     json_error_t je;
     json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &je);
     if (!o) return d3_errf(err, "%s:%ld: %s", path, lineno, je.text);
@@ -496,11 +517,13 @@ static int replay_line(d3_session *s, const char *path, long lineno, const char 
             /* undo: cancels the newest decision not yet undone; our writer
              * never writes one with nothing to undo, and if one appears
              * there is nothing to cancel */
-            if (s->nstack) pop_decision(s);
+            if (s->nstack && !dry) pop_decision(s);
             rc = 0;
         } else if (pair >= s->cap || !s->present[pair]) {
             d3_errf(err, "%s:%ld: pair %ld has no pairs/%06ld.traj (journal and pairs/ differ)",
                     path, lineno, pair, pair);
+        } else if (dry) {
+            rc = 0;
         } else if (push_decision(s, pair, choice)) {
             d3_errf(err, "%s:%ld: out of memory", path, lineno);
         } else {
@@ -527,16 +550,24 @@ static int replay_journal(d3_session *s, char *err) {
             const unsigned char *nl = memchr(buf + start, '\n', len - start);
             lineno++;
             if (!nl) { /* torn last line: a write cut short, never acknowledged */
-                d3_errf(s->warn[s->nwarn++],
-                         "%s:%ld: torn last line (%zu bytes, a write cut short by a crash) ignored",
-                         p, lineno, len - start);
+                session_warn(s,
+                             "%s:%ld: torn last line (%zu bytes, a write cut short by a crash) ignored",
+                             p, lineno, len - start);
                 s->journal_torn = 1;
                 break;
             }
             size_t end = (size_t)(nl - buf), l = end - start;
             if (l && buf[start + l - 1] == '\r') l--;
-            if (l) rc = replay_line(s, p, lineno, (const char *)buf + start, l, err);
-            if (l && !rc) s->lines++;
+            if (l) {
+                /* a bad line is skipped, not fatal: the rest of the session
+                 * works, and `d3po session check --repair` moves it aside */
+                char why[D3_ERRLEN];
+                if (replay_line(s, p, lineno, (const char *)buf + start, l, 0, why))
+                    session_warn(s, "%s; line skipped (d3po session check --repair moves it aside)",
+                                 why);
+                else
+                    s->lines++;
+            }
             start = end + 1;
             s->journal_len = start;
         }
@@ -546,6 +577,359 @@ static int replay_journal(d3_session *s, char *err) {
     if (s->readonly) return 0;
     s->journal_fd = open(p, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
     if (s->journal_fd < 0) return d3_errf(err, "%s: open for appending: %s", p, strerror(errno));
+    return 0;
+}
+
+static int check_writable(const d3_session *s, const char *what, char *err);
+
+int session_check_journal(d3_session *s, int repair,
+                          void (*report)(void *ctx, const char *problem), void *ctx, char *err) {
+    char p[PATH_LEN], bp[PATH_LEN], why[D3_ERRLEN];
+    if (pathf(p, err, "%s/labels.jsonl", s->dir) || pathf(bp, err, "%s/labels.jsonl.bad", s->dir))
+        return -1;
+    if (repair && check_writable(s, "repair", err)) return -1;
+    unsigned char *buf;
+    size_t len;
+    if (!is_file(p)) return 0;
+    if (fs_read_all(p, &buf, &len, err)) return -1;
+    char *keep = malloc(len + 1), *bad = malloc(len + 2);
+    size_t nk = 0, nb = 0, start = 0;
+    long lineno = 0;
+    int nbad = 0;
+    if (!keep || !bad) {
+        free(buf); free(keep); free(bad);
+        return d3_errf(err, "%s: out of memory", p);
+    }
+    while (start < len) {
+        const unsigned char *nl = memchr(buf + start, '\n', len - start);
+        size_t end = nl ? (size_t)(nl - buf) : len, l = end - start;
+        lineno++;
+        int ok = 1;
+        if (!nl) {
+            d3_errf(why, "%s:%ld: torn last line (%zu bytes, a write cut short by a crash)", p,
+                    lineno, l);
+            ok = 0;
+        } else {
+            size_t lt = l && buf[start + l - 1] == '\r' ? l - 1 : l;
+            if (lt && replay_line(s, p, lineno, (const char *)buf + start, lt, 1, why)) ok = 0;
+        }
+        if (ok) {
+            memcpy(keep + nk, buf + start, l + 1);
+            nk += l + 1;
+        } else {
+            text_escape_inplace(why, sizeof why);
+            if (report) report(ctx, why);
+            memcpy(bad + nb, buf + start, l);
+            nb += l;
+            bad[nb++] = '\n';
+            nbad++;
+        }
+        start = end + 1;
+    }
+    free(buf);
+    int rc = nbad;
+    if (repair && nbad) {
+        /* first the bad lines into labels.jsonl.bad (appended, fsync'd),
+         * then the journal without them: a crash between the two leaves a
+         * line in both, never in neither */
+        int fd = open(bp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
+        if (fd < 0 || write(fd, bad, nb) != (ssize_t)nb || fsync(fd)) {
+            rc = d3_errf(err, "%s: %s", bp, strerror(errno));
+        } else {
+            const void *parts[1] = {keep};
+            size_t lens[1] = {nk};
+            if (fs_write_atomic(p, parts, lens, nk ? 1 : 0, err)) rc = -1;
+        }
+        if (fd >= 0) close(fd);
+    }
+    free(keep);
+    free(bad);
+    return rc;
+}
+
+int session_set_aside_pair(d3_session *s, long id, char *err) {
+    if (check_writable(s, "set a pair aside", err)) return -1;
+    char p[PATH_LEN], q[PATH_LEN];
+    session_pair_path(s, id, "traj", p, sizeof p);
+    if (pathf(q, err, "%s.bad", p)) return -1;
+    if (rename(p, q)) return d3_errf(err, "%s: rename to %s: %s", p, q, strerror(errno));
+    if (id >= 0 && id < s->cap && s->present[id]) {
+        s->present[id] = 0;
+        s->npairs--;
+    }
+    char d[PATH_LEN];
+    return pathf(d, err, "%s/pairs", s->dir) ? -1 : sync_dir(d, err);
+}
+
+/* ---- trained labels (rounds/NNNN.labels) ---- */
+
+/* The u32 at offset `at` of pair id's header (24: class, 28: version), or
+ * -1 when the file is missing, short, not a pair file, or the value is
+ * above INT32_MAX. */
+static long traj_header_u32(const d3_session *s, long id, int at) {
+    char path[PATH_LEN];
+    unsigned char h[SESSION_TRAJ_HEADER];
+    session_pair_path(s, id, "traj", path, sizeof path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, h, sizeof h);
+    close(fd);
+    if (n != (ssize_t)sizeof h || memcmp(h, TRAJ_MAGIC, 8)) return -1;
+    uint32_t v = get_u32(h + at);
+    return v > INT32_MAX ? -1 : (long)v;
+}
+
+static int traj_version(const d3_session *s, long id) { return (int)traj_header_u32(s, id, 28); }
+
+int session_pair_class(const d3_session *s, long id) {
+    if (id < 0 || id >= s->cap || !s->present[id]) return -1;
+    long c = traj_header_u32(s, id, 24);
+    return c >= s->nclasses ? -1 : (int)c;
+}
+
+static int parse_choice(const char *c) {
+    for (int i = 0; i < SESSION_NCHOICES; i++)
+        if (c && !strcmp(c, choice_names[i])) return i;
+    return -1;
+}
+
+/* Reads rounds/NNNN.labels of rounds 1..s->round into s->trained. A session
+ * from before these files existed (rounds trained, no list) counts a
+ * decided pair as trained when an earlier model version sampled it (the
+ * rule `auto` used then). */
+static int load_trained(d3_session *s, char *err) {
+    int found = 0;
+    for (int r = 1; r <= s->round; r++) {
+        char p[PATH_LEN];
+        unsigned char *buf;
+        size_t len;
+        if (pathf(p, err, "%s/rounds/%04d.labels", s->dir, r)) return -1;
+        if (!is_file(p)) continue;
+        found = 1;
+        char why[D3_ERRLEN];
+        if (fs_read_all(p, &buf, &len, why)) {
+            session_warn(s, "%s; its labels count as not trained", why);
+            continue;
+        }
+        size_t start = 0;
+        long lineno = 0;
+        while (start < len) {
+            const unsigned char *nl = memchr(buf + start, '\n', len - start);
+            size_t end = nl ? (size_t)(nl - buf) : len;
+            lineno++;
+            if (end > start) {
+                json_t *o = json_loadb((const char *)buf + start, end - start, 0, NULL);
+                json_t *jp = json_object_get(o, "pair");
+                int ch = parse_choice(json_string_value(json_object_get(o, "choice")));
+                long id = json_is_integer(jp) ? (long)json_integer_value(jp) : -1;
+                if (id >= 0 && id < s->cap && !s->present[id] && ch >= 0)
+                    ; /* a pair set aside since (session check --repair): nothing to mark */
+                else if (id < 0 || id >= s->cap || ch < 0)
+                    session_warn(s, "%s:%ld: expected {\"pair\":ID,\"choice\":C} of an existing pair; "
+                                 "line skipped", p, lineno);
+                else
+                    s->trained[id] = (signed char)ch;
+                json_decref(o);
+            }
+            start = end + 1;
+        }
+        free(buf);
+    }
+    if (!found && s->round > 0)
+        for (long id = 0; id < s->cap; id++) {
+            int c = s->choice[id];
+            if (s->present[id] && c >= 0 && c != SESSION_SKIP) {
+                int v = traj_version(s, id);
+                if (v >= 0 && v < s->version) s->trained[id] = (signed char)c;
+            }
+        }
+    return 0;
+}
+
+int session_label_trained(const d3_session *s, long id) {
+    if (id < 0 || id >= s->cap || !s->present[id]) return 0;
+    int c = s->choice[id];
+    return c != SESSION_NONE && c != SESSION_SKIP && s->trained[id] == c;
+}
+
+int session_trained_choice(const d3_session *s, long id) {
+    return id >= 0 && id < s->cap ? s->trained[id] : SESSION_NONE;
+}
+
+int session_label_pending(const d3_session *s, long id) {
+    if (id < 0 || id >= s->cap || !s->present[id]) return 0;
+    int c = s->choice[id];
+    return c != SESSION_NONE && c != SESSION_SKIP && s->trained[id] != c;
+}
+
+int session_write_round_labels(d3_session *s, int round, const long *ids, const signed char *ch,
+                               int n, char *err) {
+    if (check_writable(s, "round labels", err)) return -1;
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/rounds/%04d.labels", s->dir, round)) return -1;
+    size_t cap = (size_t)n * 48 + 1, len = 0;
+    char *t = malloc(cap);
+    if (!t) return d3_errf(err, "%s: out of memory", p);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(t + len, cap - len, "{\"pair\":%ld,\"choice\":\"%s\"}\n", ids[i],
+                                session_choice_name(ch[i]));
+    const void *parts[1] = {t};
+    size_t lens[1] = {len};
+    int rc = fs_write_atomic(p, parts, lens, len ? 1 : 0, err);
+    free(t);
+    return rc;
+}
+
+void session_mark_trained(d3_session *s, const long *ids, const signed char *ch, int n) {
+    for (int i = 0; i < n; i++)
+        if (ids[i] >= 0 && ids[i] < s->cap) s->trained[ids[i]] = ch[i];
+}
+
+/* ---- stale temp files ---- */
+
+/* "NAME.tmp.PID" -> PID, else -1. */
+static long temp_pid(const char *name) {
+    const char *t = strstr(name, ".tmp.");
+    if (!t) return -1;
+    t += 5;
+    if (!*t) return -1;
+    long pid = 0;
+    for (; *t; t++) {
+        if (*t < '0' || *t > '9' || pid > 99999999) return -1;
+        pid = pid * 10 + (*t - '0');
+    }
+    return pid > 0 ? pid : -1;
+}
+
+int session_clean_temp(const char *dir, int remove, char *list, size_t n) {
+    static const char *const sub[] = {"", "/pairs", "/rounds"};
+    int count = 0;
+    if (list && n) list[0] = 0;
+    for (int k = 0; k < 3; k++) {
+        char d[PATH_LEN], p[PATH_LEN];
+        if (snprintf(d, sizeof d, "%s%s", dir, sub[k]) >= (int)sizeof d) continue;
+        DIR *dd = opendir(d);
+        if (!dd) continue;
+        struct dirent *e;
+        while ((e = readdir(dd))) {
+            long pid = temp_pid(e->d_name);
+            if (pid < 0 || pid == (long)getpid()) continue;
+            if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* its writer still runs */
+            if (snprintf(p, sizeof p, "%s/%s", d, e->d_name) >= (int)sizeof p) continue;
+            if (remove && unlink(p)) continue;
+            count++;
+            if (list && strlen(list) + strlen(p) + 2 < n) {
+                strcat(list, p);
+                strcat(list, "\n");
+            }
+        }
+        closedir(dd);
+    }
+    return count;
+}
+
+/* ---- prompts.json ---- */
+
+static void free_prompts(d3_session *s) {
+    for (int i = 0; i < s->nprompts; i++) free(s->prompts[i]);
+    free(s->prompts);
+    free(s->prompt_w);
+    free(s->prompt_fixed);
+    s->prompts = NULL;
+    s->prompt_w = NULL;
+    s->prompt_fixed = NULL;
+    s->nprompts = 0;
+}
+
+/* Reads prompts.json; a bad file is a warning (the session then uses every
+ * class) naming the file and what was expected. */
+static void load_prompts(d3_session *s) {
+    char p[PATH_LEN], why[D3_ERRLEN];
+    if (snprintf(p, sizeof p, "%s/prompts.json", s->dir) >= (int)sizeof p || !is_file(p)) return;
+    json_error_t je;
+    json_t *o = json_load_file(p, JSON_REJECT_DUPLICATES, &je), *arr = json_object_get(o, "prompts"),
+           *fx = json_object_get(o, "fixed");
+    why[0] = 0;
+    if (!o) d3_errf(why, "%s:%d: %s", p, je.line, je.text);
+    else if (!json_is_array(arr) || json_array_size(arr) > SESSION_MAX_PROMPTS)
+        d3_errf(why, "%s: \"prompts\": expected an array of at most %d entries", p,
+                 SESSION_MAX_PROMPTS);
+    else if (fx && !json_is_null(fx) && !json_is_string(fx))
+        d3_errf(why, "%s: \"fixed\": expected a string or null", p);
+    int n = why[0] ? 0 : (int)json_array_size(arr);
+    s->prompts = calloc((size_t)n + 1, sizeof *s->prompts);
+    s->prompt_w = calloc((size_t)n + 1, sizeof *s->prompt_w);
+    for (int i = 0; i < n && !why[0]; i++) {
+        json_t *e = json_array_get(arr, (size_t)i), *jt = json_object_get(e, "prompt"),
+               *jw = json_object_get(e, "weight");
+        const char *t = json_string_value(jt);
+        if (!t || !t[0] || strlen(t) >= SESSION_PROMPT_LEN ||
+            (jw && (!json_is_integer(jw) || json_integer_value(jw) < 1 ||
+                    json_integer_value(jw) > 100)))
+            d3_errf(why,
+                     "%s: \"prompts\"[%d]: expected {\"prompt\": a string of 1 to %d bytes, "
+                     "\"weight\": 1..100}", p, i, SESSION_PROMPT_LEN - 1);
+        else {
+            s->prompts[i] = strdup(t);
+            s->prompt_w[i] = jw ? (int)json_integer_value(jw) : 1;
+            s->nprompts = i + 1;
+        }
+    }
+    if (!why[0] && json_is_string(fx)) s->prompt_fixed = strdup(json_string_value(fx));
+    if (why[0]) {
+        free_prompts(s);
+        session_warn(s, "%s; using every class of the model as prompts", why);
+    }
+    json_decref(o);
+}
+
+int session_set_prompts(d3_session *s, const char *const *prompts, const int *weights, int n,
+                        const char *fixed, char *err) {
+    if (check_writable(s, "prompts", err)) return -1;
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/prompts.json", s->dir)) return -1;
+    if (n < 0 || n > SESSION_MAX_PROMPTS)
+        return d3_errf(err, "%s: %d prompts, expected at most %d", p, n, SESSION_MAX_PROMPTS);
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++) {
+        int w = weights ? weights[i] : 1;
+        if (!prompts[i][0] || strlen(prompts[i]) >= SESSION_PROMPT_LEN || w < 1 || w > 100) {
+            json_decref(arr);
+            return d3_errf(err, "%s: prompt %d: expected 1 to %d bytes and a weight 1..100", p,
+                           i + 1, SESSION_PROMPT_LEN - 1);
+        }
+        json_array_append_new(arr, json_pack("{s:s,s:i}", "prompt", prompts[i], "weight", w));
+    }
+    json_t *o = json_pack("{s:o,s:o}", "prompts", arr, "fixed",
+                          fixed ? json_string(fixed) : json_null());
+    char *t = o ? json_dumps(o, JSON_INDENT(1) | JSON_ENSURE_ASCII) : NULL;
+    json_decref(o);
+    if (!t) return d3_errf(err, "%s: cannot encode (prompts must be UTF-8)", p);
+    size_t len = strlen(t);
+    char *t2 = realloc(t, len + 2);
+    if (!t2) { free(t); return d3_errf(err, "%s: out of memory", p); }
+    t2[len] = '\n';
+    t2[len + 1] = 0;
+    int rc = write_small(p, t2, err);
+    free(t2);
+    if (rc) return -1;
+    /* the copy in memory follows the file */
+    char **np = calloc((size_t)n + 1, sizeof *np);
+    int *nw = calloc((size_t)n + 1, sizeof *nw);
+    char *nf = fixed ? strdup(fixed) : NULL;
+    if (!np || !nw || (fixed && !nf)) {
+        free(np); free(nw); free(nf);
+        return d3_errf(err, "%s: out of memory", p);
+    }
+    for (int i = 0; i < n; i++) {
+        np[i] = strdup(prompts[i]);
+        nw[i] = weights ? weights[i] : 1;
+    }
+    free_prompts(s);
+    s->prompts = np;
+    s->prompt_w = nw;
+    s->prompt_fixed = nf;
+    s->nprompts = n;
     return 0;
 }
 
@@ -569,7 +953,19 @@ static int open_session(const char *dir, d3_session *s, int readonly, char *err)
     if ((!readonly && take_lock(s, err)) || read_settings(s, err)) goto fail;
     if (pathf(p, err, "%s/base.safetensors", s->dir)) goto fail;
     if (!is_file(p)) { d3_errf(err, "%s: missing (the session's base model)", p); goto fail; }
-    if (load_checkpoint(s, err) || scan_pairs(s, err) || replay_journal(s, err)) goto fail;
+    if (!readonly) {
+        char list[1024];
+        int n = session_clean_temp(s->dir, 1, list, sizeof list);
+        if (n) {
+            list[strcspn(list, "\n")] = 0;
+            session_warn(s, "%s: removed %d temp file%s of interrupted writes (%s%s)", s->dir, n,
+                         n == 1 ? "" : "s", list, n > 1 ? ", ..." : "");
+        }
+    }
+    if (load_checkpoint(s, err) || scan_pairs(s, err) || replay_journal(s, err) ||
+        load_trained(s, err))
+        goto fail;
+    load_prompts(s);
     return 0;
 fail:
     session_close(s);
@@ -600,7 +996,9 @@ void session_close(d3_session *s) {
     free(s->settings);
     free(s->present);
     free(s->choice);
+    free(s->trained);
     free(s->stack);
+    free_prompts(s);
     memset(s, 0, sizeof *s);
     s->lock_fd = s->journal_fd = -1;
 }
@@ -879,6 +1277,8 @@ void session_info(const d3_session *s, session_stats *in) {
         } else {
             in->labeled++;
             in->by_choice[(int)s->choice[i]]++;
+            if (session_label_trained(s, i)) in->trained++;
+            else if (session_label_pending(s, i)) in->untrained++;
         }
     }
     in->undone = s->undone;

@@ -20,7 +20,21 @@
  *                           the newest not-yet-undone decision; a changed
  *                           choice is a new line for the same pair (the last
  *                           one counts). A torn last line (crash mid-write)
- *                           is ignored on load and reported.
+ *                           is ignored on load and reported; any other bad
+ *                           line is reported as FILE:LINE and skipped (and
+ *                           `d3po session check --repair` moves it aside
+ *                           into labels.jsonl.bad).
+ *   DIR/rounds/NNNN.labels  the labels round N trained on, one JSON object
+ *                           a line: {"pair":12,"choice":"A"}; written
+ *                           atomically before the round's training starts
+ *                           and counted only once LATEST reaches round N,
+ *                           so a label is "trained" when the round that
+ *                           used it is the session's or an earlier one and
+ *                           its choice has not changed since
+ *   DIR/prompts.json        the session's prompt set (optional):
+ *                           {"prompts":[{"prompt":"cat","weight":2},...],
+ *                            "fixed":"cat"|null}; no file, or an empty
+ *                           list: every class of the model
  *   DIR/lock                flock(2)ed while a process has the session open
  *
  * PAIR FILE (little-endian): magic "D3POTRJ1" (8 bytes), u32 header bytes
@@ -59,7 +73,9 @@
 #define SESSION_TRAJ_HEADER 64
 #define SESSION_MAX_PAIRS 10000000L /* pair ids are 0 .. SESSION_MAX_PAIRS-1 */
 #define SESSION_MAX_ROUND 9999
-#define SESSION_MAX_WARN 4
+#define SESSION_MAX_WARN 16 /* more are counted in nwarn_dropped */
+#define SESSION_MAX_PROMPTS 1024
+#define SESSION_PROMPT_LEN 512
 
 /* A decision on a pair; SESSION_NONE: no (remaining) decision. */
 typedef enum {
@@ -110,6 +126,7 @@ typedef struct {
     long cap;
     unsigned char *present;    /* [cap] 1 when pairs/NNNNNN.traj exists */
     signed char *choice;       /* [cap] session_choice */
+    signed char *trained;      /* [cap] the choice a trained round used, SESSION_NONE: none */
     /* journal replay state */
     session_decision *stack;   /* decisions not undone, oldest first */
     long nstack, stack_cap;
@@ -120,10 +137,23 @@ typedef struct {
     int have_policy;
     d3_model policy;
     d3_state state;
-    /* things session_open repaired around, one line each */
-    int nwarn;
+    /* the prompt set (prompts.json): strings, weights 1..100; n = 0: every
+     * class of the model. prompt_fixed: the prompt chosen for new pairs
+     * (NULL: the set in turn) */
+    int nprompts;
+    char **prompts;
+    int *prompt_w;
+    char *prompt_fixed;
+    /* things session_open repaired around or skipped, one line each,
+     * control characters escaped (the screen shows them; commands print
+     * them as warnings) */
+    int nwarn, nwarn_dropped;
     char warn[SESSION_MAX_WARN][D3_ERRLEN];
 } d3_session;
+
+/* Adds a warning line (printf format; escaped) to s->warn, or counts it in
+ * nwarn_dropped when the list is full. */
+void session_warn(d3_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Makes a new session in dir (created, or an empty directory): the layout
  * above, the model at model_path (checked with model_load) copied to
@@ -150,8 +180,10 @@ int session_ensure(const char *dir, const char **model, const char *settings_jso
  * checkpoint named by LATEST (falling back to the newest rounds/ file that
  * loads, with a warning, when LATEST is missing, malformed or points at a
  * file that does not load), replays labels.jsonl (a torn last line is
- * ignored with a warning; any other bad line is an error "FILE:LINE: ...")
- * and scans pairs/. On failure *s is left closed (nothing to free). */
+ * ignored with a warning; any other bad line, and a label of a pair whose
+ * file is missing, is skipped with a warning "FILE:LINE: ..."), removes
+ * stale temp files, reads the trained rounds' label lists and the prompt
+ * set, and scans pairs/. On failure *s is left closed (nothing to free). */
 int session_open(const char *dir, d3_session *s, char *err);
 
 /* The same without the lock, for looking at a session another process may
@@ -159,6 +191,20 @@ int session_open(const char *dir, d3_session *s, char *err);
  * that write refuse with an error. A label being appended at that moment
  * shows as a torn last line. */
 int session_open_readonly(const char *dir, d3_session *s, char *err);
+
+/* Checks every line of labels.jsonl as session_open replays it; each bad
+ * line (and a torn tail) goes to report as "FILE:LINE: why". With repair
+ * (a session opened for writing), the bad lines are appended to
+ * labels.jsonl.bad beside it (fsync'd) and the journal is rewritten
+ * without them atomically; nothing is deleted, and the labels the session
+ * replays do not change. Close and reopen the session after a repair.
+ * Returns the number of bad lines, or -1 with err. */
+int session_check_journal(d3_session *s, int repair,
+                          void (*report)(void *ctx, const char *problem), void *ctx, char *err);
+
+/* Renames pairs/NNNNNN.traj to NNNNNN.traj.bad (a damaged pair set aside,
+ * not deleted); the pair no longer exists for the session. */
+int session_set_aside_pair(d3_session *s, long id, char *err);
 
 /* Releases the lock and everything session_open allocated. */
 void session_close(d3_session *s);
@@ -189,6 +235,8 @@ int session_load_pair(const d3_session *s, long id, session_pair *p, char *err);
  * dims against the file size, finite values. Errors name path. */
 int session_read_traj(const char *path, session_pair *p, char *err);
 void session_pair_free(session_pair *p);
+/* The class (prompt) in pair id's header, -1 when unreadable. */
+int session_pair_class(const d3_session *s, long id);
 
 /* Records a decision on pair id (which must exist) made while the model of
  * `version` was shown: appends one JSON line to labels.jsonl with a single
@@ -214,12 +262,41 @@ long session_next_unlabeled(const d3_session *s, long from);
 int session_save_round(d3_session *s, const d3_model *policy, const d3_state *st, int round,
                        char *err);
 
+/* 1 when pair id's current decision (A, B or tie) is the one a trained
+ * round used; 0 otherwise (undecided, skipped, or decided/changed since the
+ * last round that used it: it goes into the next round). */
+int session_label_trained(const d3_session *s, long id);
+/* The choice the newest trained round used for pair id (SESSION_NONE: no
+ * round used it); differs from session_choice_of after a history edit. */
+int session_trained_choice(const d3_session *s, long id);
+/* 1 when pair id has a decision that trains (A, B, tie) and no trained
+ * round used that decision yet. */
+int session_label_pending(const d3_session *s, long id);
+/* Writes rounds/NNNN.labels (atomically): the n labels round `round` is
+ * about to train on. Call before queueing the round's training. */
+int session_write_round_labels(d3_session *s, int round, const long *ids, const signed char *ch,
+                               int n, char *err);
+/* Marks the n labels as trained (after the round's checkpoint is saved). */
+void session_mark_trained(d3_session *s, const long *ids, const signed char *ch, int n);
+
+/* Replaces the session's prompt set (n strings with weights 1..100; n = 0:
+ * every class) and the fixed prompt (NULL: none), then writes prompts.json
+ * atomically. */
+int session_set_prompts(d3_session *s, const char *const *prompts, const int *weights, int n,
+                        const char *fixed, char *err);
+
+/* Removes PATH.tmp.PID files (temp files of atomic writes) in the session's
+ * folders whose writer PID is no longer running; returns how many.
+ * session_open calls it. list (may be NULL) gets each name, one a line. */
+int session_clean_temp(const char *dir, int remove, char *list, size_t n);
+
 typedef struct {
     long pairs;                     /* sampled (.traj files) */
     long labeled, unlabeled;        /* existing pairs with / without a decision (queued) */
     long by_choice[SESSION_NCHOICES]; /* effective decisions on existing pairs */
     long undone;                    /* undo records that cancelled a decision */
     long journal_lines;             /* records in labels.jsonl */
+    long trained, untrained;        /* labels (A, B, tie) a trained round used / not yet */
     int round, version;             /* rounds trained, model version */
 } session_stats;
 

@@ -5,7 +5,9 @@
  * is read (so ASan reports any span that escapes the input), the parser's
  * invariants are checked (nbytes = numel * dtype size, spans inside the
  * data section, in offset order, tiling it exactly), and the names and
- * metadata are read back through st_find / st_meta. A violated invariant
+ * metadata are read back through st_find / st_meta; F32, F16 and BF16
+ * tensors go through st_to_f32 (seeds f16/bf16.safetensors hold them, with
+ * inf and NaN, which it must refuse). A violated invariant
  * aborts, which libFuzzer reports as a crash. */
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +53,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         REQUIRE(t->data == pos); /* offset order, no holes, no overlaps */
         REQUIRE(t->data >= ds && t->nbytes <= (size_t)(end - t->data));
         for (size_t b = 0; b < t->nbytes; b++) sink ^= t->data[b];
+        if (t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {
+            size_t n = st_numel(t);
+            REQUIRE(n * st_dtype_size(t->dtype) == t->nbytes);
+            float *out = malloc(n ? n * sizeof *out : 1);
+            REQUIRE(out);
+            err[0] = '\0';
+            if (st_to_f32(t, out, "fuzz", err)) REQUIRE(strstr(err, "non-finite"));
+            free(out);
+        }
         pos = t->data + t->nbytes;
         REQUIRE(st_find(&f, t->name) == t);
         sink ^= (uint8_t)strlen(t->name);

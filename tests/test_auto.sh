@@ -108,7 +108,7 @@ assert json.load(open(sys.argv[2]))["objective"] == "diffusion-dpo"
     || { no "metrics and session.json record the objective"; cat "$S/metrics.jsonl"; }
 expect 0 "auto: resume with all_labels" $D3 auto --session "$S" --oracle brightness \
     --rounds 1 --pairs 2 --config "$T/dpo.conf" --eval-seeds 0 --objective diffusion-dpo
-grep_err "the earlier labels join the pool" "all_labels: 4 earlier labels join every round"
+grep_err "the earlier labels join the pool" "all_labels: 4 labels of earlier rounds join every round"
 expect 0 "auto: d3po is the default objective" $D3 auto --session "$T/d3po-obj" --oracle brightness \
     --rounds 0 --model "$M" --config "$C" --eval-seeds 0
 grep_err "d3po announced" "objective d3po;"

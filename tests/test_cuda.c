@@ -16,6 +16,9 @@
  *    Every device buffer has GUARD floats of a sentinel before and after
  *    it, checked after each case (out-of-bounds writes);
  *  - sumsq, scale, adamw, ema;
+ *  - the transformer ops (layer norm, GELU, quick GELU, GEGLU, scale,
+ *    transpose, timestep_embedding_ex, multi-head attention with and
+ *    without the causal mask, cross-attention) at SD and CLIP shapes;
  *  - unet_forward + tape_backward of the whole model: output, input
  *    gradient and every parameter gradient;
  *  - D3PO: d3po_pair_backward (gradients, loss, log-probs), Diffusion-DPO's
@@ -413,18 +416,18 @@ static void test_linear(void) {
 
 /* ------------------------------------------------------------- groupnorm */
 
-static void gn_case(int N, int C, int HW, int G_) {
+static void gn_case_eps(int N, int C, int HW, int G_, float eps) {
     char what[96], w2[160];
-    snprintf(what, sizeof what, "groupnorm N%d C%d HW%d G%d", N, C, HW, G_);
+    snprintf(what, sizeof what, "groupnorm N%d C%d HW%d G%d eps %g", N, C, HW, G_, eps);
     const size_t nx = (size_t)N * C * HW, ns = (size_t)N * G_;
     float *x = hrand(nx, 2), *w = hrand(C, 0.5f), *b = hrand(C, 0.5f);
     for (int i = 0; i < C; i++) w[i] += 1.0f;
     for (size_t i = 0; i < nx; i++) x[i] += 0.3f * (float)((i / HW) % 5); /* nonzero means */
     float *out = halloc(nx), *mean = halloc(ns), *rstd = halloc(ns);
-    R->groupnorm_forward(out, mean, rstd, x, w, b, N, C, HW, G_);
+    R->groupnorm_forward(out, mean, rstd, x, w, b, N, C, HW, G_, eps);
     float *dx = dnew(nx, x), *dw = dnew(C, w), *db = dnew(C, b);
     float *dout = dnan(nx), *dmean = dnan(ns), *drstd = dnan(ns);
-    G->groupnorm_forward(dout, dmean, drstd, dx, dw, db, N, C, HW, G_);
+    G->groupnorm_forward(dout, dmean, drstd, dx, dw, db, N, C, HW, G_, eps);
     snprintf(w2, sizeof w2, "%s fwd (out, mean, rstd)", what);
     double e = nerr(dget(dout, nx), out, nx);
     /* saved statistics: double on both sides, one float rounding */
@@ -436,27 +439,29 @@ static void gn_case(int N, int C, int HW, int G_) {
      * so it is tested on its own */
     float *r = hrand(nx, 1), *dr = dnew(nx, r), *dm = dnew(ns, mean), *ds = dnew(ns, rstd);
     gpair gx = gp(nx), gw = gp(C), gb = gp(C);
-    R->groupnorm_backward(gx.h, gw.h, gb.h, r, x, w, mean, rstd, N, C, HW, G_);
-    G->groupnorm_backward(gx.d, gw.d, gb.d, dr, dx, dw, dm, ds, N, C, HW, G_);
+    R->groupnorm_backward(gx.h, gw.h, gb.h, r, x, w, mean, rstd, N, C, HW, G_, eps);
+    G->groupnorm_backward(gx.d, gw.d, gb.d, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
     snprintf(w2, sizeof w2, "%s bwd (dx,dw,db) +=", what);
     expect(w2, fmax(gcmp(&gx), fmax(gcmp(&gw), gcmp(&gb))), T_GN);
     {
         gpair g = gp(nx);
-        R->groupnorm_backward(g.h, NULL, NULL, r, x, w, mean, rstd, N, C, HW, G_);
-        G->groupnorm_backward(g.d, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_);
+        R->groupnorm_backward(g.h, NULL, NULL, r, x, w, mean, rstd, N, C, HW, G_, eps);
+        G->groupnorm_backward(g.d, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
         snprintf(w2, sizeof w2, "%s bwd dx alone", what);
         expect(w2, gcmp(&g), T_GN);
     }
     {
         gpair g1 = gp(C), g2 = gp(C);
-        R->groupnorm_backward(NULL, g1.h, g2.h, r, x, w, mean, rstd, N, C, HW, G_);
-        G->groupnorm_backward(NULL, g1.d, g2.d, dr, dx, dw, dm, ds, N, C, HW, G_);
+        R->groupnorm_backward(NULL, g1.h, g2.h, r, x, w, mean, rstd, N, C, HW, G_, eps);
+        G->groupnorm_backward(NULL, g1.d, g2.d, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
         snprintf(w2, sizeof w2, "%s bwd dw,db without dx", what);
         expect(w2, fmax(gcmp(&g1), gcmp(&g2)), T_GN);
     }
-    G->groupnorm_backward(NULL, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_);
+    G->groupnorm_backward(NULL, NULL, NULL, dr, dx, dw, dm, ds, N, C, HW, G_, eps);
     case_end();
 }
+
+static void gn_case(int N, int C, int HW, int G_) { gn_case_eps(N, C, HW, G_, 1e-5f); }
 
 static void test_groupnorm(void) {
     rng_seed(3);
@@ -470,6 +475,7 @@ static void test_groupnorm(void) {
     gn_case(2, 6, 35, 3);
     gn_case(1, 20, 16, 20);    /* one channel per group */
     gn_case(2, 12, 7, 1);      /* one group */
+    gn_case_eps(2, 128, 1024, 32, 1e-6f); /* SD's VAE: eps 1e-6 */
 }
 
 /* ---------------------------------------------------------- elementwise */
@@ -1242,14 +1248,14 @@ static void n_lin_b(float *dinp, float *dw, float *db, const float *dout, const 
     nz(dinp, (size_t)N * IN); nz(dw, (size_t)OUT * IN); nz(db, (size_t)OUT);
 }
 static void n_gn_f(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                   const float *b, int N, int C, int HW, int G_) {
-    R->groupnorm_forward(out, mean, rstd, inp, w, b, N, C, HW, G_);
+                   const float *b, int N, int C, int HW, int G_, float eps) {
+    R->groupnorm_forward(out, mean, rstd, inp, w, b, N, C, HW, G_, eps);
     nz(out, (size_t)N * C * HW);
 }
 static void n_gn_b(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                    const float *w, const float *mean, const float *rstd, int N, int C, int HW,
-                   int G_) {
-    R->groupnorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, HW, G_);
+                   int G_, float eps) {
+    R->groupnorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, HW, G_, eps);
     nz(dinp, (size_t)N * C * HW); nz(dw, (size_t)C); nz(db, (size_t)C);
 }
 static void n_silu_f(float *out, const float *inp, size_t n) { R->silu_forward(out, inp, n); nz(out, n); }
@@ -1321,6 +1327,201 @@ static const d3_backend *make_broken(void) {
     return &broken;
 }
 
+/* ---------------------------------------------------- transformer ops
+ * Shapes of Stable Diffusion 1.x/2.x and CLIP (77 tokens, d 768, 12
+ * heads of 64; SD's 8 heads of 40..160 at 32x32..64x64 latents, cross
+ * onto 77 text tokens) at reduced batch, plus odd sizes.
+ * T_LN: as T_GN (statistics in double on both sides).
+ * T_MHA 2e-5: q.k products over dh <= 160 terms, expf on both sides (the
+ *   CPU's fexp is within 2e-7), sums of <= 1024 weighted values in a
+ *   different order (online softmax in blocks of 64x128 on the CPU, 32x32
+ *   on the GPU): ~1e-6 normalised; lse is compared the same way.
+ * T_MHA_BWD 5e-5: as T_ATT_BWD, the backward chains three products and
+ *   the softmax Jacobian. */
+#define T_LN 2e-5
+#define T_MHA 2e-5
+#define T_MHA_BWD 5e-5
+
+static void ln_case(int N, int D, int affine, float eps) {
+    char what[64], w2[128];
+    snprintf(what, sizeof what, "layernorm N%d D%d%s eps %g", N, D, affine ? "" : " (no affine)", eps);
+    const size_t nx = (size_t)N * D;
+    float *x = hrand(nx, 2), *w = affine ? hrand(D, 1) : NULL, *b = affine ? hrand(D, 1) : NULL;
+    float *out = halloc(nx), *mean = halloc(N), *rstd = halloc(N);
+    R->layernorm_forward(out, mean, rstd, x, w, b, N, D, eps);
+    float *dx = dnew(nx, x), *dw = affine ? dnew(D, w) : NULL, *db = affine ? dnew(D, b) : NULL;
+    float *dout = dnan(nx), *dm = dnan(N), *ds = dnan(N);
+    G->layernorm_forward(dout, dm, ds, dx, dw, db, N, D, eps);
+    snprintf(w2, sizeof w2, "%s fwd (out, mean, rstd)", what);
+    expect(w2, fmax(nerr(dget(dout, nx), out, nx),
+                    fmax(nerr(dget(dm, N), mean, N), nerr(dget(ds, N), rstd, N))), T_LN);
+    /* the backward on the reference statistics on both sides */
+    float *r = hrand(nx, 1), *dr = dnew(nx, r), *rm = dnew(N, mean), *rs = dnew(N, rstd);
+    gpair gx = gp(nx), gw = gp(D), gb = gp(D);
+    R->layernorm_backward(gx.h, affine ? gw.h : NULL, affine ? gb.h : NULL, r, x, w, mean, rstd, N, D);
+    G->layernorm_backward(gx.d, affine ? gw.d : NULL, affine ? gb.d : NULL, dr, dx, dw, rm, rs, N, D);
+    snprintf(w2, sizeof w2, "%s bwd (dx, dw, db) +=", what);
+    expect(w2, fmax(gcmp(&gx), fmax(gcmp(&gw), gcmp(&gb))), T_LN);
+    gpair g1 = gp(nx), g2 = gp(D);
+    R->layernorm_backward(g1.h, NULL, NULL, r, x, w, mean, rstd, N, D);
+    G->layernorm_backward(g1.d, NULL, NULL, dr, dx, dw, rm, rs, N, D);
+    R->layernorm_backward(NULL, g2.h, NULL, r, x, w, mean, rstd, N, D);
+    G->layernorm_backward(NULL, g2.d, NULL, dr, dx, dw, rm, rs, N, D);
+    snprintf(w2, sizeof w2, "%s bwd dx alone, dw alone", what);
+    expect(w2, fmax(gcmp(&g1), gcmp(&g2)), T_LN);
+    G->layernorm_backward(NULL, NULL, NULL, dr, dx, dw, rm, rs, N, D);
+    case_end();
+}
+
+static void test_layernorm(void) {
+    rng_seed(21);
+    ln_case(2 * 77, 768, 1, 1e-5f);  /* CLIP ViT-L/14 text states */
+    ln_case(2 * 1024, 320, 1, 1e-5f); /* SD 1.x transformer at 32x32 latents */
+    ln_case(3, 7, 1, 1e-6f);
+    ln_case(5, 33, 0, 1e-5f);
+}
+
+/* one elementwise op: kind 0 gelu, 1 quick_gelu, 2 scale */
+static void tx_ew_case(int kind, size_t n) {
+    static const char *names[] = {"gelu", "quick_gelu", "scale 0.18215"};
+    char w2[96];
+    float *x = hrand(n, 6), *out = halloc(n);
+    if (n > 3) { x[0] = -30.0f; x[1] = 30.0f; x[2] = 0.0f; }
+    float *dx = dnew(n, x), *dout = dnan(n);
+    if (kind == 0) { R->gelu_forward(out, x, n); G->gelu_forward(dout, dx, n); }
+    if (kind == 1) { R->quick_gelu_forward(out, x, n); G->quick_gelu_forward(dout, dx, n); }
+    if (kind == 2) { R->scale_forward(out, x, 0.18215f, n); G->scale_forward(dout, dx, 0.18215f, n); }
+    snprintf(w2, sizeof w2, "%s n%zu fwd", names[kind], n);
+    /* a single multiply rounds identically; erff/expf within 2 ulp */
+    expect(w2, nerr(dget(dout, n), out, n), kind == 2 ? EXACT : T_ELEM);
+    float *r = hrand(n, 1), *dr = dnew(n, r);
+    gpair g = gp(n);
+    if (kind == 0) { R->gelu_backward(g.h, r, x, n); G->gelu_backward(g.d, dr, dx, n); G->gelu_backward(NULL, dr, dx, n); }
+    if (kind == 1) { R->quick_gelu_backward(g.h, r, x, n); G->quick_gelu_backward(g.d, dr, dx, n); G->quick_gelu_backward(NULL, dr, dx, n); }
+    if (kind == 2) { R->scale_backward(g.h, r, 0.18215f, n); G->scale_backward(g.d, dr, 0.18215f, n); G->scale_backward(NULL, dr, 0.18215f, n); }
+    snprintf(w2, sizeof w2, "%s n%zu bwd +=", names[kind], n);
+    /* g += s*d may be contracted into an FMA on one side only */
+    expect(w2, gcmp(&g), T_ELEM);
+    case_end();
+}
+
+static void geglu_case(int N, int F) {
+    char w2[96];
+    const size_t nx = (size_t)N * 2 * F, no = (size_t)N * F;
+    float *x = hrand(nx, 3), *out = halloc(no);
+    R->geglu_forward(out, x, N, F);
+    float *dx = dnew(nx, x), *dout = dnan(no);
+    G->geglu_forward(dout, dx, N, F);
+    snprintf(w2, sizeof w2, "geglu N%d F%d fwd", N, F);
+    expect(w2, nerr(dget(dout, no), out, no), T_ELEM);
+    float *r = hrand(no, 1), *dr = dnew(no, r);
+    gpair g = gp(nx);
+    R->geglu_backward(g.h, r, x, N, F);
+    G->geglu_backward(g.d, dr, dx, N, F);
+    G->geglu_backward(NULL, dr, dx, N, F);
+    snprintf(w2, sizeof w2, "geglu N%d F%d bwd +=", N, F);
+    expect(w2, gcmp(&g), T_ELEM);
+    case_end();
+}
+
+static void transpose_case(int N, int A, int B) {
+    char w2[96];
+    const size_t n = (size_t)N * A * B;
+    float *x = hrand(n, 1), *out = halloc(n);
+    R->transpose_forward(out, x, N, A, B);
+    float *dx = dnew(n, x), *dout = dnan(n);
+    G->transpose_forward(dout, dx, N, A, B);
+    snprintf(w2, sizeof w2, "transpose N%d %dx%d fwd", N, A, B);
+    expect(w2, nerr(dget(dout, n), out, n), EXACT);
+    float *r = hrand(n, 1), *dr = dnew(n, r);
+    gpair g = gp(n);
+    R->transpose_backward(g.h, r, N, A, B);
+    G->transpose_backward(g.d, dr, N, A, B);
+    G->transpose_backward(NULL, dr, N, A, B);
+    snprintf(w2, sizeof w2, "transpose N%d %dx%d bwd +=", N, A, B);
+    expect(w2, gcmp(&g), EXACT);
+    case_end();
+}
+
+static void test_tx_elementwise(void) {
+    rng_seed(22);
+    const size_t sizes[] = {(size_t)2 * 1024 * 1280, 1001, 1};
+    for (int kind = 0; kind < 3; kind++)
+        for (int t = 0; t < 3; t++) tx_ew_case(kind, sizes[t]);
+    geglu_case(2 * 1024, 1280); /* SD 1.x feed-forward at 32x32 latents */
+    geglu_case(3, 5);
+    transpose_case(2, 320, 1024); /* feature map [N,C,HW] -> tokens */
+    transpose_case(2, 1024, 320);
+    transpose_case(3, 33, 70);
+    transpose_case(1, 1, 1);
+}
+
+static void test_timestep_embedding_ex(void) {
+    const float t[6] = {951.0f, 951.0f, 501.0f, 1.0f, 0.0f, 999.0f};
+    const int Ds[4] = {320, 128, 6, 7};
+    for (int k = 0; k < 4; k++)
+        for (int flip = 0; flip < 2; flip++)
+            for (int shift = 0; shift < 2; shift++) {
+                char w2[96];
+                const int D = Ds[k];
+                float *out = halloc((size_t)6 * D);
+                R->timestep_embedding_ex(out, t, 6, D, flip, (float)shift);
+                float *dt = dnew(6, t), *dout = dnan((size_t)6 * D);
+                G->timestep_embedding_ex(dout, dt, 6, D, flip, (float)shift);
+                snprintf(w2, sizeof w2, "timestep_embedding_ex N6 D%d flip %d shift %d", D, flip, shift);
+                expect(w2, nerr(dget(dout, (size_t)6 * D), out, (size_t)6 * D), T_TEMB);
+                case_end();
+            }
+}
+
+static void mha_case(int N, int Tq, int Tk, int H, int dh, int causal) {
+    char what[80], w2[160];
+    snprintf(what, sizeof what, "mha N%d Tq%d Tk%d H%d dh%d%s", N, Tq, Tk, H, dh, causal ? " causal" : "");
+    const int D = H * dh;
+    const size_t nq = (size_t)N * Tq * D, nk = (size_t)N * Tk * D, nl = (size_t)N * H * Tq;
+    float *q = hrand(nq, 1.5f), *k = hrand(nk, 1.5f), *v = hrand(nk, 1), *out = halloc(nq), *lse = halloc(nl);
+    R->mha_forward(out, lse, q, k, v, N, Tq, Tk, H, dh, causal);
+    float *dq_ = dnew(nq, q), *dk_ = dnew(nk, k), *dv_ = dnew(nk, v), *dout = dnan(nq), *dl = dnan(nl);
+    G->mha_forward(dout, dl, dq_, dk_, dv_, N, Tq, Tk, H, dh, causal);
+    snprintf(w2, sizeof w2, "%s fwd (out, lse)", what);
+    expect(w2, fmax(nerr(dget(dout, nq), out, nq), nerr(dget(dl, nl), lse, nl)), T_MHA);
+    /* the backward on the reference out and lse on both sides */
+    float *r = hrand(nq, 1), *dr = dnew(nq, r), *ro = dnew(nq, out), *rl = dnew(nl, lse);
+    gpair gq = gp(nq), gk = gp(nk), gv = gp(nk);
+    R->mha_backward(gq.h, gk.h, gv.h, r, q, k, v, out, lse, N, Tq, Tk, H, dh, causal);
+    G->mha_backward(gq.d, gk.d, gv.d, dr, dq_, dk_, dv_, ro, rl, N, Tq, Tk, H, dh, causal);
+    snprintf(w2, sizeof w2, "%s bwd (dq, dk, dv) +=", what);
+    expect(w2, fmax(gcmp(&gq), fmax(gcmp(&gk), gcmp(&gv))), T_MHA_BWD);
+    gpair g1 = gp(nq), g2 = gp(nk), g3 = gp(nk);
+    R->mha_backward(g1.h, NULL, NULL, r, q, k, v, out, lse, N, Tq, Tk, H, dh, causal);
+    G->mha_backward(g1.d, NULL, NULL, dr, dq_, dk_, dv_, ro, rl, N, Tq, Tk, H, dh, causal);
+    R->mha_backward(NULL, g2.h, NULL, r, q, k, v, out, lse, N, Tq, Tk, H, dh, causal);
+    G->mha_backward(NULL, g2.d, NULL, dr, dq_, dk_, dv_, ro, rl, N, Tq, Tk, H, dh, causal);
+    R->mha_backward(NULL, NULL, g3.h, r, q, k, v, out, lse, N, Tq, Tk, H, dh, causal);
+    G->mha_backward(NULL, NULL, g3.d, dr, dq_, dk_, dv_, ro, rl, N, Tq, Tk, H, dh, causal);
+    snprintf(w2, sizeof w2, "%s bwd dq, dk, dv each alone", what);
+    expect(w2, fmax(gcmp(&g1), fmax(gcmp(&g2), gcmp(&g3))), T_MHA_BWD);
+    G->mha_backward(NULL, NULL, NULL, dr, dq_, dk_, dv_, ro, rl, N, Tq, Tk, H, dh, causal);
+    case_end();
+}
+
+static void test_mha(void) {
+    rng_seed(23);
+    mha_case(2, 77, 77, 12, 64, 1);   /* CLIP ViT-L/14 text encoder */
+    mha_case(2, 256, 256, 8, 40, 0);  /* SD 1.x self-attention, 16x16 latents */
+    mha_case(2, 256, 77, 8, 40, 0);   /* its cross-attention onto the prompt */
+    mha_case(1, 1024, 1024, 5, 64, 0); /* SD 2.x heads of 64, 32x32 latents */
+    mha_case(1, 300, 300, 2, 160, 0); /* SD 1.x's widest heads (8 x 160 at 1280) */
+    mha_case(1, 33, 17, 3, 24, 0);    /* odd */
+    mha_case(2, 45, 45, 2, 33, 1);    /* odd, causal */
+    mha_case(1, 1, 1, 1, 8, 0);       /* one token */
+    /* d_head > 160: the chunked path (SD's VAE: one head of 512), several
+     * query chunks (D3PO_CUDA_MHA_CHUNK_FLOATS is 16384 in this test) */
+    mha_case(1, 256, 256, 1, 512, 0);
+    mha_case(2, 300, 77, 2, 192, 0);
+    mha_case(1, 100, 100, 2, 200, 1);
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(void) {
@@ -1344,6 +1545,8 @@ int main(void) {
                    "0 or tiny)\n");
         }
     } else {
+        /* small attention chunks, so the wide-head cases span several */
+        setenv("D3PO_CUDA_MHA_CHUNK_FLOATS", "16384", 0);
         G = device_backend(D3_DEV_CUDA, 0, NULL, err);
         if (!G) {
             printf("test_cuda: SKIPPED: %s\n", err);
@@ -1367,7 +1570,12 @@ int main(void) {
             ENTRY(concat_backward), ENTRY(upsample2x_forward), ENTRY(upsample2x_backward),
             ENTRY(attention_forward), ENTRY(attention_backward), ENTRY(embedding_forward),
             ENTRY(embedding_backward), ENTRY(timestep_embedding), ENTRY(mse_forward),
-            ENTRY(mse_backward)};
+            ENTRY(mse_backward), ENTRY(timestep_embedding_ex), ENTRY(layernorm_forward),
+            ENTRY(layernorm_backward), ENTRY(gelu_forward), ENTRY(gelu_backward),
+            ENTRY(quick_gelu_forward), ENTRY(quick_gelu_backward), ENTRY(geglu_forward),
+            ENTRY(geglu_backward), ENTRY(mha_forward), ENTRY(mha_backward),
+            ENTRY(transpose_forward), ENTRY(transpose_backward), ENTRY(scale_forward),
+            ENTRY(scale_backward)};
 #undef ENTRY
         int missing = 0;
         for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
@@ -1407,6 +1615,10 @@ int main(void) {
     RUN(test_timestep_embedding);
     RUN(test_mse);
     RUN(test_training_utils);
+    RUN(test_layernorm);
+    RUN(test_tx_elementwise);
+    RUN(test_timestep_embedding_ex);
+    RUN(test_mha);
     double t1 = now();
     RUN(test_model);
     RUN(test_d3po);

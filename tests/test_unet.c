@@ -105,10 +105,14 @@ static void test_whole_model_grad(void) {
     float *gx = malloc(N * D * sizeof(float));
     memcpy(gx, in->g, N * D * sizeof(float));
 
-    /* Tolerance |a - n| <= 2e-3 + 3e-2 |n|: float32 forward through ~40
-     * layers (loss rounding ~1e-5 absolute, / h = 1e-2 -> ~1e-3) plus the
-     * O(h^2) truncation of central differences through GroupNorm/SiLU. */
-    const double h = 1e-2, atol = 2e-3, rtol = 3e-2;
+    /* Tolerance |a - n| <= 4e-3 + 3e-2 |n|: float32 forward through ~40
+     * layers (loss rounding ~1e-5..4e-5 absolute, / 2h = 2e-2 -> up to
+     * ~2e-3; the 16-channel 3x3 convs run as Winograd F(4x4,3x3), whose
+     * transforms round ~3x more than a direct sum: measured 3.5e-3 on
+     * parameters whose gradient is ~0) plus the O(h^2) truncation of
+     * central differences through GroupNorm/SiLU. A wrong gradient
+     * formula gives errors of the size of the gradient itself. */
+    const double h = 1e-2, atol = 4e-3, rtol = 3e-2;
     double worst = 0;
     int checked = 0, bad = 0;
     for (int pi = 0; pi < m.L.nparams; pi++) {

@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #include "blocks.h"
-#include "cli.h"
 #include "engine.h"
+#include "rounds.h"
 #include "image.h"
 #include "sixel.h"
 #include "term.h"
@@ -69,22 +69,16 @@ typedef struct {
 typedef struct {
     d3_session *s;
     const d3_config *c;
-    d3_engine *e;
+    rounds *d;            /* the round driver (src/rounds.c): sampling, journal, rounds */
+    rounds_status rs;     /* its status, refreshed after every event (header, status line) */
     const d3_backend *be; /* where the engine computes (header: "cpu", "cuda") */
     term_caps caps;
     term_mode mode;
     int round_size;
     qpair *queue[QMAX]; /* ready pairs, oldest first */
     int nq;
-    qpair *round[1024]; /* decided pairs of this round (A, B or tie) */
-    int choice[1024];
-    int nround;
     qpair *done[64];    /* recently decided, for undo (newest last) */
     int ndone;
-    int inflight;       /* pairs requested from the engine */
-    int training;
-    long seed_next;
-    int cls_next;
     char status[256], msg[D3_ERRLEN + 64];
     int prog_i, prog_n; /* engine progress for the bar (n = 0: none) */
     int help, zoom;     /* zoom: 0 off, 1 left image, 2 right image */
@@ -93,7 +87,7 @@ typedef struct {
     int hist_n;
     qpair *hist_pair;   /* the selected past pair, loaded from disk */
     int picking, pick_sel; /* prompt chooser: on, selected row (0 = all) */
-    int prompt_fixed;   /* -1: cycle through the prompts */
+    int prompt_fixed;   /* class of the fixed prompt (picker row - 1); -1: the set in turn */
     long last_view;     /* what the last draw showed (see draw) */
     encoder enc;
     int quit;
@@ -136,78 +130,41 @@ static qpair *qpair_from(long id, d3_pair_sample *p) {
     return q;
 }
 
-/* a pair from the engine goes to disk first, then into the queue */
-static void on_pair(ui *u, d3_pair_sample *p) {
-    char err[D3_ERRLEN];
+/* ---- the round flow: everything below the screen is the round driver's
+ * (src/rounds.c, shared with `d3po auto`); these functions only move pairs
+ * between the driver and the screen's queue ---- */
+
+/* a pair the driver saved as id goes into the queue */
+static void on_pair(ui *u, long id, d3_pair_sample *p) {
     double d = engine_pair_drift(p);
     if (!isnan(d)) {
         u->drift = d;
         u->drift_version = p->version;
     }
-    session_pair sp = {.K = p->K, .S = p->S, .cls = p->cls, .version = (int)p->version,
-                       .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
-                       .traj = {p->traj[0], p->traj[1]}, .logp = {p->logp[0], p->logp[1]}};
-    qpair *q = qpair_from(-1, p);
-    long id;
-    if (session_add_pair(u->s, &sp, q->rgb[0], q->rgb[1], &id, err)) {
-        snprintf(u->msg, sizeof u->msg, "cannot save a pair: %s", err);
-        qpair_free(q);
-        return;
-    }
-    q->id = id;
+    qpair *q = qpair_from(id, p);
     if (u->nq < QMAX) u->queue[u->nq++] = q;
     else qpair_free(q);
 }
 
-static int prompt_class(ui *u) {
-    const d3_config *c = u->c;
-    if (u->prompt_fixed >= 0) return u->prompt_fixed;
-    if (c->session.nprompts > 0) {
-        for (int tries = 0; tries < c->session.nprompts; tries++) {
-            const char *name = c->session.prompts[u->cls_next++ % c->session.nprompts];
-            for (int k = 0; k < u->nclasses; k++)
-                if (!strcmp(u->names[k], name)) return k;
-        }
-    }
-    /* every class in turn, starting from a seed-dependent place */
-    return (int)((u->cls_next++ * 7919L + u->seed_next) % u->nclasses);
-}
+static void top_up(ui *u) { rounds_top_up(u->d, u->nq); }
 
-/* Every DRIFT_EVERY-th pair also gets its log-probabilities under the
- * base model (one more pass over its trajectories on the engine thread),
- * for the drift shown in the header. */
-#define DRIFT_EVERY 4
-
-static void top_up(ui *u) {
-    int depth = u->c->session.queue_depth;
-    while (u->nq + u->inflight < depth) {
-        long seed = u->seed_next++;
-        if (seed % DRIFT_EVERY == 0) engine_sample_drift(u->e, prompt_class(u), (uint64_t)seed);
-        else engine_sample(u->e, prompt_class(u), (uint64_t)seed);
-        u->inflight++;
+/* The status line from the driver's status: what the engine really does. */
+static void round_status(ui *u) {
+    rounds_status *r = &u->rs;
+    rounds_get_status(u->d, r);
+    u->prog_n = 0;
+    if (r->training) {
+        char eta[32] = "";
+        if (isfinite(r->train_eta_s)) snprintf(eta, sizeof eta, ", ~%.0f s", r->train_eta_s);
+        u->prog_i = r->train_i;
+        u->prog_n = r->train_n;
+        snprintf(u->status, sizeof u->status,
+                 "training round %d on %d labels: %d%%%s; next pairs from v%ld", r->train_round,
+                 r->train_nlabels, r->train_n ? 100 * r->train_i / r->train_n : 0, eta, r->version);
+    } else if (r->inflight) {
+        snprintf(u->status, sizeof u->status, "sampling %d pair%s from v%ld", r->inflight,
+                 r->inflight == 1 ? "" : "s", r->version);
     }
-}
-
-static void start_round(ui *u) {
-    if (u->training || u->nround == 0) return;
-    const d3_pair_sample *ps[1024];
-    float h[1024][2];
-    int n = 0;
-    for (int i = 0; i < u->nround; i++) {
-        if (u->choice[i] == SESSION_SKIP) continue;
-        ps[n] = u->round[i]->p;
-        h[n][0] = u->choice[i] == SESSION_A ? 1 : u->choice[i] == SESSION_B ? -1 : 0;
-        h[n][1] = -h[n][0];
-        n++;
-    }
-    engine_train(u->e, ps, (const float(*)[2])h, n, u->s->round + 1);
-    u->training = 1;
-    for (int i = 0; i < u->nround; i++) {
-        int kept = 0;
-        for (int k = 0; k < u->ndone; k++) kept |= u->done[k] == u->round[i];
-        if (!kept) qpair_free(u->round[i]);
-    }
-    u->nround = 0;
 }
 
 static void decide(ui *u, int choice) {
@@ -217,94 +174,73 @@ static void decide(ui *u, int choice) {
     }
     char err[D3_ERRLEN];
     qpair *q = u->queue[0];
-    if (session_label(u->s, q->id, choice, (int)q->p->version, err)) {
+    if (rounds_decide(u->d, q->id, choice, (int)q->p->version, err)) {
         snprintf(u->msg, sizeof u->msg, "label NOT saved: %s", err);
         return;
     }
     memmove(u->queue, u->queue + 1, (u->nq - 1) * sizeof *u->queue);
     u->nq--;
     if (u->ndone == 64) {
-        qpair *old = u->done[0];
-        int inround = 0;
-        for (int i = 0; i < u->nround; i++) inround |= u->round[i] == old;
-        if (!inround) qpair_free(old);
+        qpair_free(u->done[0]);
         memmove(u->done, u->done + 1, 63 * sizeof *u->done);
         u->ndone--;
     }
     u->done[u->ndone++] = q;
-    if (choice != SESSION_SKIP && u->nround < 1024) {
-        u->round[u->nround] = q;
-        u->choice[u->nround++] = choice;
-    }
     snprintf(u->msg, sizeof u->msg, "pair %ld: %s saved", q->id, session_choice_name(choice));
-    if (u->nround >= u->round_size) start_round(u);
+    round_status(u);
 }
 
+/* Undo cancels the newest decision in the journal. When that was the pair
+ * last decided on this screen, it comes back on screen; when it was a
+ * history edit, the pair gets its earlier choice back and the screen stays. */
 static void undo(ui *u) {
     char err[D3_ERRLEN];
     long id;
-    if (!u->ndone) { snprintf(u->msg, sizeof u->msg, "nothing to undo on this screen"); return; }
-    if (session_undo(u->s, &id, err)) { snprintf(u->msg, sizeof u->msg, "undo failed: %s", err); return; }
-    qpair *q = u->done[--u->ndone];
-    for (int i = 0; i < u->nround; i++)
-        if (u->round[i] == q) {
-            memmove(u->round + i, u->round + i + 1, (u->nround - i - 1) * sizeof *u->round);
-            memmove(u->choice + i, u->choice + i + 1, (u->nround - i - 1) * sizeof *u->choice);
-            u->nround--;
-            break;
-        }
-    if (u->nq < QMAX) {
+    if (rounds_undo(u->d, &id, err)) { snprintf(u->msg, sizeof u->msg, "undo: %s", err); return; }
+    int back = session_choice_of(u->s, id);
+    if (back == SESSION_NONE && u->ndone && u->done[u->ndone - 1]->id == id && u->nq < QMAX) {
+        qpair *q = u->done[--u->ndone];
         memmove(u->queue + 1, u->queue, u->nq * sizeof *u->queue);
         u->queue[0] = q;
         u->nq++;
+        snprintf(u->msg, sizeof u->msg, "undid the decision on pair %ld (journal keeps an undo record)", id);
+    } else {
+        snprintf(u->msg, sizeof u->msg, "undid the last change of pair %ld: it is %s again", id,
+                 session_choice_name(back));
     }
-    snprintf(u->msg, sizeof u->msg, "undid the decision on pair %ld (journal keeps an undo record)", id);
+    round_status(u);
+}
+
+static void train_now(ui *u) {
+    char err[D3_ERRLEN];
+    int rc = rounds_train_now(u->d, err);
+    if (rc) snprintf(u->msg, sizeof u->msg, "%s", err);
+    round_status(u);
 }
 
 static void engine_events(ui *u) {
-    d3_event ev;
-    while (engine_poll(u->e, &ev)) {
+    rounds_event ev;
+    while (rounds_poll(u->d, &ev)) {
         switch (ev.kind) {
-        case EV_PAIR:
-            u->inflight--;
-            on_pair(u, ev.pair);
+        case RV_PAIR:
+            on_pair(u, ev.id, ev.pair);
             ev.pair = NULL; /* owned by the queue now */
             break;
-        case EV_PROGRESS:
-            u->prog_i = ev.i;
-            u->prog_n = ev.n;
-            if (!strcmp(ev.what, "training")) {
-                char eta[32] = "";
-                if (isfinite(ev.eta_s)) snprintf(eta, sizeof eta, " ETA %.0fs", ev.eta_s);
-                snprintf(u->status, sizeof u->status, "training round %d: step %d/%d loss %.4f%s",
-                         u->s->round + 1, ev.i, ev.n, isfinite(ev.loss) ? ev.loss : 0.0, eta);
-            } else {
-                u->prog_n = 0;
-                snprintf(u->status, sizeof u->status, "sampling: %d pair%s queued ahead",
-                         ev.n, ev.n == 1 ? "" : "s");
-            }
+        case RV_TRAINED:
+            snprintf(u->msg, sizeof u->msg, "round %d trained on %d labels: model v%ld, loss %.4f",
+                     ev.round, ev.nlabels, ev.version, ev.loss);
+            snprintf(u->status, sizeof u->status, "round %d trained: model v%ld", ev.round, ev.version);
             break;
-        case EV_TRAINED:
-            u->training = 0;
-            u->prog_n = 0;
-            snprintf(u->status, sizeof u->status, "round %d trained: model v%ld, loss %.4f", ev.round,
-                     ev.version, ev.loss);
-            break;
-        case EV_ERROR:
-            snprintf(u->msg, sizeof u->msg, "engine: %s", ev.msg);
-            u->training = 0;
+        case RV_ERROR:
+        case RV_WARNING:
+            snprintf(u->msg, sizeof u->msg, "%s", ev.msg);
             break;
         default:
             break;
         }
-        engine_event_free(&ev);
+        rounds_event_free(&ev);
     }
-}
-
-/* the engine's checkpoint hook: runs on the engine thread */
-static int save_round(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err) {
-    d3_session *s = ctx;
-    return session_save_round(s, policy, st, round, err);
+    round_status(u);
 }
 
 /* ---- drawing ---- */
@@ -514,8 +450,8 @@ static void draw(ui *u, int full) {
     if (!isnan(u->drift)) snprintf(drift, sizeof drift, "drift %.3f (v%ld)", u->drift, u->drift_version);
     /* the objective last: a narrow terminal cuts it before the drift */
     mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d  %s  %s", name,
-             st.round + 1, u->nround, u->round_size, u->s->version, u->be->name, u->nq, drift,
-             config_objective_name(u->c->train.objective));
+             u->rs.round, u->rs.pending, u->rs.round_size, u->s->version, u->be->name, u->nq,
+             drift, config_objective_name(u->c->train.objective));
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
@@ -617,22 +553,11 @@ const char *label_key_name(int ch, char *buf) {
 
 static qpair *load_qpair(ui *u, long id) {
     char err[D3_ERRLEN];
-    session_pair sp;
-    if (session_load_pair(u->s, id, &sp, err)) {
+    d3_pair_sample *p = rounds_load_pair(u->s, id, err);
+    if (!p) {
         snprintf(u->msg, sizeof u->msg, "%s", err);
         return NULL;
     }
-    d3_pair_sample *p = calloc(1, sizeof *p);
-    size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
-    *p = (d3_pair_sample){.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
-                          .S = sp.S, .cfg = sp.cfg, .eta = sp.eta};
-    for (int i = 0; i < 2; i++) {
-        p->traj[i] = malloc(n * sizeof(float));
-        memcpy(p->traj[i], sp.traj[i], n * sizeof(float));
-        p->logp[i] = malloc(sp.K * sizeof(float));
-        memcpy(p->logp[i], sp.logp[i], sp.K * sizeof(float));
-    }
-    session_pair_free(&sp);
     return qpair_from(id, p);
 }
 
@@ -661,13 +586,15 @@ static void hist_relabel(ui *u, int choice) {
     char err[D3_ERRLEN];
     long id = u->hist_ids[u->hist_sel];
     int version = u->hist_pair ? (int)u->hist_pair->p->version : u->s->version;
-    if (session_label(u->s, id, choice, version, err)) {
+    int was_trained = session_label_trained(u->s, id);
+    if (rounds_decide(u->d, id, choice, version, err)) {
         snprintf(u->msg, sizeof u->msg, "label NOT saved: %s", err);
         return;
     }
-    for (int i = 0; i < u->nround; i++)
-        if (u->round[i]->id == id) u->choice[i] = choice;
-    snprintf(u->msg, sizeof u->msg, "pair %ld changed to %s", id, session_choice_name(choice));
+    snprintf(u->msg, sizeof u->msg, "pair %ld changed to %s%s", id, session_choice_name(choice),
+             was_trained && !session_label_trained(u->s, id) ? " (trained before: the new answer "
+                                                               "goes into the next round)" : "");
+    round_status(u);
 }
 
 static void on_key_hist(ui *u, int act, int ch) {
@@ -692,8 +619,14 @@ static void on_key_pick(ui *u, int act, int ch) {
     if (ch == KEY_UP || ch == 'k') { if (u->pick_sel > 0) u->pick_sel--; return; }
     if (ch == KEY_DOWN || ch == 'j') { if (u->pick_sel < u->nclasses) u->pick_sel++; return; }
     if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
-        u->prompt_fixed = u->pick_sel - 1;
+        char err[D3_ERRLEN];
+        int f = u->pick_sel - 1;
         u->picking = 0;
+        if (rounds_fix_prompt(u->d, f < 0 ? NULL : u->names[f], err)) {
+            snprintf(u->msg, sizeof u->msg, "prompt not changed: %s", err);
+            return;
+        }
+        u->prompt_fixed = f;
         snprintf(u->msg, sizeof u->msg, "new pairs: %s (queued pairs stay)",
                  u->prompt_fixed < 0 ? "every prompt" : u->names[u->prompt_fixed]);
         return;
@@ -718,9 +651,7 @@ static void on_key(ui *u, int ch) {
     case D3_ACT_SKIP: decide(u, SESSION_SKIP); break;
     case D3_ACT_UNDO: undo(u); break;
     case D3_ACT_TRAIN:
-        if (u->training) snprintf(u->msg, sizeof u->msg, "a round is already training");
-        else if (!u->nround) snprintf(u->msg, sizeof u->msg, "no labels in this round yet");
-        else start_round(u);
+        train_now(u);
         break;
     case D3_ACT_HELP: u->help = 1; break;
     case D3_ACT_QUIT: u->quit = 1; break;
@@ -732,6 +663,30 @@ static void on_key(ui *u, int ch) {
         break;
     default: break;
     }
+}
+
+/* The round driver for the screen: pairs keep coming from the model in
+ * force while a round trains (overlap), the queue is the screen's. Pairs
+ * left undecided on disk come first; labels no round trained yet make the
+ * first round due at once when there are round_size of them. */
+static int label_start_rounds(ui *u, char *err) {
+    rounds_opts o = rounds_opts_default(u->c);
+    o.round_size = u->round_size;
+    if (!(u->d = rounds_start(u->s, u->c, u->be, &o, err))) return -1;
+    u->nclasses = u->s->nclasses;
+    u->names = calloc((size_t)u->nclasses + 1, sizeof *u->names);
+    for (int i = 0; i < u->nclasses; i++) u->names[i] = strdup(rounds_prompt_of(u->d, i));
+    const char *fx = rounds_fixed_prompt(u->d);
+    for (int i = 0; fx && i < u->nclasses; i++)
+        if (!strcmp(u->names[i], fx)) u->prompt_fixed = i;
+    for (long id = session_next_unlabeled(u->s, 0); id >= 0 && u->nq < QMAX;
+         id = session_next_unlabeled(u->s, id + 1)) {
+        qpair *q = load_qpair(u, id);
+        if (q) u->queue[u->nq++] = q;
+    }
+    if (rounds_check_due(u->d, err) < 0) snprintf(u->msg, sizeof u->msg, "%s", err);
+    round_status(u);
+    return 0;
 }
 
 int label_run(d3_session *s, const d3_config *c, const char *graphics, int round_size,
@@ -750,52 +705,10 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     term_detect(STDIN_FILENO, STDOUT_FILENO, TERM_TIMEOUT_MS, &u->caps);
     u->mode = term_choose_mode(&u->caps, gsel);
 
-    d3_model *policy = malloc(sizeof *policy), *base = NULL;
-    d3_state st;
-    if (session_load_policy(s, policy, &st, err)) {
-        fprintf(stderr, "d3po label: %s\n", err);
-        free(policy);
-        return 2;
-    }
-    { /* the base model: the "base" reference, and the drift in the header */
-        char bp[4096];
-        base = malloc(sizeof *base);
-        if (model_load(base, session_base_path(s, bp, sizeof bp), NULL, err)) {
-            fprintf(stderr, "d3po label: %s\n", err);
-            free(base);
-            model_free(policy);
-            free(policy);
-            return 2;
-        }
-    }
-    u->nclasses = policy->nclasses;
-    u->names = calloc(policy->nclasses, sizeof *u->names);
-    for (int i = 0; i < policy->nclasses; i++) u->names[i] = strdup(policy->class_names[i]);
-    engine_opts eo = engine_opts_default();
-    eo.sample = config_ddim_opts(c);
-    eo.train = config_train_opts(c);
-    eo.lr = (float)c->d3po.lr;
-    eo.weight_decay = (float)c->d3po.weight_decay;
-    eo.threads = c->engine.threads;
-    eo.be = be;
-    eo.save_round = save_round;
-    eo.save_ctx = s;
-    u->e = engine_start(policy, base, &st, s->version, &eo, err);
-    if (!u->e) {
+    if (label_start_rounds(u, err)) {
         fprintf(stderr, "d3po label: %s\n", err);
         return 2;
     }
-    if (cli_remember_labels(s, u->e, c, 0, err) < 0) { /* train.all_labels */
-        fprintf(stderr, "d3po label: %s\n", err);
-        return 2;
-    }
-    /* resume: pairs on disk without a decision go first */
-    for (long id = session_next_unlabeled(s, 0); id >= 0 && u->nq < QMAX;
-         id = session_next_unlabeled(s, id + 1)) {
-        qpair *q = load_qpair(u, id);
-        if (q) u->queue[u->nq++] = q;
-    }
-    u->seed_next = s->next_pair * 1000003L + 17;
     snprintf(u->status, sizeof u->status, "graphics: %s%s, device %s", term_mode_name(u->mode),
              u->caps.tmux ? " (in tmux)" : "", device_note ? device_note : be->name);
 
@@ -819,7 +732,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     top_up(u);
     draw(u, 1);
     while (!u->quit) {
-        struct pollfd pf[3] = {{STDIN_FILENO, POLLIN, 0}, {engine_fd(u->e), POLLIN, 0},
+        struct pollfd pf[3] = {{STDIN_FILENO, POLLIN, 0}, {rounds_fd(u->d), POLLIN, 0},
                                {u->enc.wake[0], POLLIN, 0}};
         poll(pf, 3, 250);
         if (pf[2].revents & POLLIN) encoder_results(u);
@@ -857,14 +770,9 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     free_jobs(u->enc.done);
     close(u->enc.wake[0]);
     close(u->enc.wake[1]);
-    engine_stop(u->e); /* cancels a running round; the last good checkpoint stays */
+    rounds_stop(u->d); /* cancels a running round: its labels train in the next one */
     for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
-    for (int i = 0; i < u->ndone; i++) {
-        int inround = 0;
-        for (int k = 0; k < u->nround; k++) inround |= u->round[k] == u->done[i];
-        if (!inround) qpair_free(u->done[i]);
-    }
-    for (int i = 0; i < u->nround; i++) qpair_free(u->round[i]);
+    for (int i = 0; i < u->ndone; i++) qpair_free(u->done[i]);
     qpair_free(u->hist_pair);
     for (int i = 0; i < u->nclasses; i++) free(u->names[i]);
     free(u->names);

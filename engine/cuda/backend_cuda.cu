@@ -36,38 +36,16 @@
 
 extern "C" {
 #include "../backend.h"
+#include "../ops.h"
 #include "../err.h"
 }
-
-/* ------------------------------------------------------------ checking */
-
-static void die(const char *call, const char *what, const char *file, int line) {
-    fprintf(stderr, "d3po: cuda backend: %s failed: %s (%s:%d)\n", call, what, file, line);
-    abort();
-}
-
-#define CK(call)                                                                      \
-    do {                                                                              \
-        cudaError_t e_ = (call);                                                      \
-        if (e_ != cudaSuccess) die(#call, cudaGetErrorString(e_), __FILE__, __LINE__); \
-    } while (0)
-#define CKB(call)                                                                     \
-    do {                                                                              \
-        cublasStatus_t s_ = (call);                                                   \
-        if (s_ != CUBLAS_STATUS_SUCCESS) die(#call, cublasGetStatusString(s_), __FILE__, __LINE__); \
-    } while (0)
-#define CKD(call)                                                                     \
-    do {                                                                              \
-        cudnnStatus_t s_ = (call);                                                    \
-        if (s_ != CUDNN_STATUS_SUCCESS) die(#call, cudnnGetErrorString(s_), __FILE__, __LINE__); \
-    } while (0)
-/* after a kernel launch: launch-configuration errors */
-#define CKL() CK(cudaGetLastError())
+#include "cuda_common.cuh"
+#include "tx.cuh"
 
 /* ------------------------------------------------------------- globals */
 
-static cudaStream_t st;
-static cublasHandle_t cb;
+cudaStream_t d3cu_st __attribute__((visibility("hidden"))); /* the one stream (cuda_common.cuh) */
+cublasHandle_t d3cu_cb __attribute__((visibility("hidden"))); /* the one cuBLAS handle (cuda_common.cuh) */
 static cudnnHandle_t dn;
 static int use_tf32;
 static double *red;          /* device scalar for reductions */
@@ -76,22 +54,6 @@ static size_t ws_size;
 static float *scratch;       /* attention backward: dS [N,T,T] */
 static size_t scratch_size;
 
-static void *grow(void **p, size_t *have, size_t need) {
-    if (need <= *have) return *p;
-    if (*p) CK(cudaFree(*p));
-    *p = NULL;
-    *have = 0;
-    CK(cudaMalloc(p, need));
-    *have = need;
-    return *p;
-}
-
-static inline unsigned blocks_for(size_t n, int threads) {
-    size_t b = (n + threads - 1) / threads;
-    return (unsigned)(b > 65535u * 16 ? 65535u * 16 : b); /* grid-stride loops cover the rest */
-}
-#define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 /* --------------------------------------------------------------- memory */
 
@@ -102,28 +64,28 @@ static void *cu_alloc(size_t bytes) {
         (void)cudaGetLastError(); /* clear: the caller reports out of memory */
         return NULL;
     }
-    CK(cudaMemsetAsync(p, 0, bytes, st));
+    CK(cudaMemsetAsync(p, 0, bytes, d3cu_st));
     return p;
 }
 static void cu_free(void *p) {
     if (!p) return;
-    CK(cudaStreamSynchronize(st));
+    CK(cudaStreamSynchronize(d3cu_st));
     CK(cudaFree(p));
 }
 static void cu_upload(void *dst, const void *src, size_t bytes) {
-    if (bytes) CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, st));
+    if (bytes) CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, d3cu_st));
 }
 static void cu_download(void *dst, const void *src, size_t bytes) {
-    if (bytes) CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st));
-    CK(cudaStreamSynchronize(st));
+    if (bytes) CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, d3cu_st));
+    CK(cudaStreamSynchronize(d3cu_st));
 }
 static void cu_zero(void *p, size_t bytes) {
-    if (bytes) CK(cudaMemsetAsync(p, 0, bytes, st));
+    if (bytes) CK(cudaMemsetAsync(p, 0, bytes, d3cu_st));
 }
 static void cu_copy(void *dst, const void *src, size_t bytes) {
-    if (bytes) CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
+    if (bytes) CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, d3cu_st));
 }
-static void cu_sync(void) { CK(cudaStreamSynchronize(st)); }
+static void cu_sync(void) { CK(cudaStreamSynchronize(d3cu_st)); }
 
 /* ---------------------------------------------------------- convolution */
 
@@ -220,7 +182,7 @@ static void cu_conv2d_forward(float *out, const float *inp, const float *w, cons
     if (b) {
         int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
         size_t n = (size_t)N * OC * OH * OW;
-        k_bias_nchw<<<blocks_for(n, 256), 256, 0, st>>>(out, b, OC, OH * OW, n);
+        k_bias_nchw<<<blocks_for(n, 256), 256, 0, d3cu_st>>>(out, b, OC, OH * OW, n);
         CKL();
     }
 }
@@ -265,10 +227,10 @@ static void cu_linear_forward(float *out, const float *inp, const float *w, cons
     /* column-major view: out^T [OUT x N] = W [OUT x IN] * inp^T [IN x N];
      * w row-major [OUT,IN] is column-major [IN x OUT], hence op T. */
     const float one = 1.0f, zero = 0.0f;
-    CKB(cublasSgemm(cb, CUBLAS_OP_T, CUBLAS_OP_N, OUT, N, IN, &one, w, IN, inp, IN, &zero, out, OUT));
+    CKB(cublasSgemm(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, OUT, N, IN, &one, w, IN, inp, IN, &zero, out, OUT));
     if (b) {
         size_t n = (size_t)N * OUT;
-        k_bias_rows<<<blocks_for(n, 256), 256, 0, st>>>(out, b, OUT, n);
+        k_bias_rows<<<blocks_for(n, 256), 256, 0, d3cu_st>>>(out, b, OUT, n);
         CKL();
     }
 }
@@ -277,39 +239,20 @@ static void cu_linear_backward(float *dinp, float *dw, float *db, const float *d
                                const float *w, int N, int IN, int OUT) {
     const float one = 1.0f;
     /* dinp^T [IN x N] += W^T [IN x OUT] * dout^T [OUT x N] */
-    if (dinp) CKB(cublasSgemm(cb, CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, &one, w, IN, dout, OUT, &one, dinp, IN));
+    if (dinp) CKB(cublasSgemm(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, &one, w, IN, dout, OUT, &one, dinp, IN));
     /* dw^T [IN x OUT] += inp^T [IN x N] * dout [N x OUT] */
-    if (dw) CKB(cublasSgemm(cb, CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, &one, inp, IN, dout, OUT, &one, dw, IN));
+    if (dw) CKB(cublasSgemm(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, &one, inp, IN, dout, OUT, &one, dw, IN));
     if (db) {
-        k_colsum<<<(OUT + 127) / 128, 128, 0, st>>>(db, dout, N, OUT);
+        k_colsum<<<(OUT + 127) / 128, 128, 0, d3cu_st>>>(db, dout, N, OUT);
         CKL();
     }
-}
-
-/* ---------------------------------------------------- block reductions */
-
-template <typename T>
-__device__ T block_sum(T v, T *sh) {
-    /* blockDim.x is a multiple of 32, at most 1024; sh holds 32 values */
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    __syncthreads(); /* sh may still be read from a previous call */
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    int nw = blockDim.x >> 5;
-    v = threadIdx.x < nw ? sh[threadIdx.x] : (T)0;
-    if (wid == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    return sh[0];
 }
 
 /* ------------------------------------------------------------ groupnorm */
 
 /* one block per (n, g): two passes in double like the CPU op */
 __global__ void k_gn_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                             const float *b, int C, int HW, int G) {
+                             const float *b, int C, int HW, int G, double eps) {
     __shared__ double sh[32];
     int ng = blockIdx.x, n = ng / G, g = ng % G, CG = C / G;
     size_t M = (size_t)CG * HW, off = ((size_t)n * C + (size_t)g * CG) * HW;
@@ -322,7 +265,7 @@ __global__ void k_gn_forward(float *out, float *mean, float *rstd, const float *
         double d = x[i] - mu;
         ss += d * d;
     }
-    double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)M + 1e-5);
+    double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)M + eps);
     if (threadIdx.x == 0) { mean[ng] = (float)mu; rstd[ng] = (float)rs; }
     for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
         int c = g * CG + (int)(i / HW);
@@ -382,20 +325,20 @@ __global__ void k_gn_backward_wb(float *dw, float *db, const float *dout, const 
 }
 
 static void cu_groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                 const float *b, int N, int C, int HW, int G) {
-    k_gn_forward<<<N * G, 256, 0, st>>>(out, mean, rstd, inp, w, b, C, HW, G);
+                                 const float *b, int N, int C, int HW, int G, float eps) {
+    k_gn_forward<<<N * G, 256, 0, d3cu_st>>>(out, mean, rstd, inp, w, b, C, HW, G, ops_eps_double(eps));
     CKL();
 }
 
 static void cu_groupnorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                                   const float *w, const float *mean, const float *rstd, int N, int C,
-                                  int HW, int G) {
+                                  int HW, int G, float eps) {
     if (dinp) {
-        k_gn_backward_x<<<N * G, 256, 0, st>>>(dinp, dout, inp, w, mean, rstd, C, HW, G);
+        k_gn_backward_x<<<N * G, 256, 0, d3cu_st>>>(dinp, dout, inp, w, mean, rstd, C, HW, G);
         CKL();
     }
     if (dw || db) {
-        k_gn_backward_wb<<<C, 128, 0, st>>>(dw, db, dout, inp, mean, rstd, N, C, HW, G);
+        k_gn_backward_wb<<<C, 128, 0, d3cu_st>>>(dw, db, dout, inp, mean, rstd, N, C, HW, G);
         CKL();
     }
 }
@@ -477,13 +420,6 @@ __global__ void k_up_b(float *dinp, const float *dout, int H, int W, size_t n) {
     }
 }
 
-#define EW(kernel, n, ...)                                                         \
-    do {                                                                           \
-        if ((n) > 0) {                                                             \
-            kernel<<<blocks_for((n), 256), 256, 0, st>>>(__VA_ARGS__);             \
-            CKL();                                                                 \
-        }                                                                          \
-    } while (0)
 
 static void cu_silu_forward(float *out, const float *inp, size_t n) { EW(k_silu_f, n, out, inp, n); }
 static void cu_silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
@@ -499,7 +435,7 @@ static void cu_addbc_forward(float *out, const float *x, const float *e, int N, 
 }
 static void cu_addbc_backward(float *dx, float *de, const float *dout, int N, int C, int HW) {
     if (!dx && !de) return;
-    k_addbc_b<<<N * C, HW >= 256 ? 256 : (HW >= 128 ? 128 : 64), 0, st>>>(dx, de, dout, HW);
+    k_addbc_b<<<N * C, HW >= 256 ? 256 : (HW >= 128 ? 128 : 64), 0, d3cu_st>>>(dx, de, dout, HW);
     CKL();
 }
 static void cu_concat_forward(float *out, const float *a, const float *b, int N, int C1, int C2, int HW) {
@@ -569,12 +505,12 @@ static void cu_attention_forward(float *out, float *att, const float *qkv, int N
     const float sc = 1.0f / sqrtf((float)C), one = 1.0f, zero = 0.0f;
     long long sq = 3LL * C * T, sa = (long long)T * T, so = (long long)C * T;
     /* att^T (col-major T x T, = att row-major) : S^T(j,i) = sum_c K(j,c) Q(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &sc, qkv + (size_t)C * T, T, sq,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &sc, qkv + (size_t)C * T, T, sq,
                                   qkv, T, sq, &zero, att, T, sa, N));
-    k_softmax_rows<<<N * T, row_threads(T), 0, st>>>(att, T);
+    k_softmax_rows<<<N * T, row_threads(T), 0, d3cu_st>>>(att, T);
     CKL();
     /* O(i,c) = sum_j att[i][j] V(j,c): A = att as col-major (j,i), op T */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, att, T, sa,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, att, T, sa,
                                   qkv + 2 * (size_t)C * T, T, sq, &zero, out, T, so, N));
 }
 
@@ -586,18 +522,18 @@ static void cu_attention_backward(float *dqkv, const float *dout, const float *q
     size_t CT = (size_t)C * T;
     float *ds = (float *)grow((void **)&scratch, &scratch_size, sizeof(float) * (size_t)N * T * T);
     /* dV(j,c) += sum_i att[i][j] dO(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, att, T, sa, dout, T, so, &one,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, att, T, sa, dout, T, so, &one,
                                   dqkv + 2 * CT, T, sq, N));
     /* datt[i][j] (col-major (j,i)) = sum_c V(j,c) dO(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &one, qkv + 2 * CT, T, sq, dout, T,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_T, T, T, C, &one, qkv + 2 * CT, T, sq, dout, T,
                                   so, &zero, ds, T, sa, N));
-    k_softmax_back_rows<<<N * T, row_threads(T), 0, st>>>(ds, att, T, sc);
+    k_softmax_back_rows<<<N * T, row_threads(T), 0, d3cu_st>>>(ds, att, T, sc);
     CKL();
     /* dQ(i,c) += sum_j dS[i][j] K(j,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv + CT, T, sq, &one,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_T, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv + CT, T, sq, &one,
                                   dqkv, T, sq, N));
     /* dK(j,c) += sum_i dS[i][j] Q(i,c) */
-    CKB(cublasSgemmStridedBatched(cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv, T, sq, &one,
+    CKB(cublasSgemmStridedBatched(d3cu_cb, CUBLAS_OP_N, CUBLAS_OP_N, T, C, T, &one, ds, T, sa, qkv, T, sq, &one,
                                   dqkv + CT, T, sq, N));
 }
 
@@ -650,11 +586,11 @@ __global__ void k_sqdiff(double *acc, const float *a, const float *b, size_t n) 
 
 static double sqdiff(const float *a, const float *b, size_t n) {
     double h = 0.0;
-    CK(cudaMemsetAsync(red, 0, sizeof(double), st));
+    CK(cudaMemsetAsync(red, 0, sizeof(double), d3cu_st));
     if (n > 0) {
         unsigned g = blocks_for(n, 256);
         if (g > 1024) g = 1024;
-        k_sqdiff<<<g, 256, 0, st>>>(red, a, b, n);
+        k_sqdiff<<<g, 256, 0, d3cu_st>>>(red, a, b, n);
         CKL();
     }
     cu_download(&h, red, sizeof h);
@@ -742,6 +678,21 @@ static const d3_backend cuda_table = {
     .timestep_embedding = cu_timestep_embedding,
     .mse_forward = cu_mse_forward,
     .mse_backward = cu_mse_backward,
+    .timestep_embedding_ex = cu_timestep_embedding_ex,
+    .layernorm_forward = cu_layernorm_forward,
+    .layernorm_backward = cu_layernorm_backward,
+    .gelu_forward = cu_gelu_forward,
+    .gelu_backward = cu_gelu_backward,
+    .quick_gelu_forward = cu_quick_gelu_forward,
+    .quick_gelu_backward = cu_quick_gelu_backward,
+    .geglu_forward = cu_geglu_forward,
+    .geglu_backward = cu_geglu_backward,
+    .mha_forward = cu_mha_forward,
+    .mha_backward = cu_mha_backward,
+    .transpose_forward = cu_transpose_forward,
+    .transpose_backward = cu_transpose_backward,
+    .scale_forward = cu_scale_forward,
+    .scale_backward = cu_scale_backward,
 };
 
 /* ------------------------------------------------------- entry points */
@@ -793,18 +744,18 @@ extern "C" __attribute__((visibility("default"))) const d3_backend *d3po_cuda_op
     {
         cudaError_t e;
         if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaFree(0)) != cudaSuccess ||
-            (e = cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking)) != cudaSuccess ||
+            (e = cudaStreamCreateWithFlags(&d3cu_st, cudaStreamNonBlocking)) != cudaSuccess ||
             (e = cudaMalloc((void **)&red, sizeof(double))) != cudaSuccess) {
             fail(e2, "initialising device 0 failed: %s%s", cudaGetErrorString(e), "");
             goto bad;
         }
         cublasStatus_t bs;
-        if ((bs = cublasCreate(&cb)) != CUBLAS_STATUS_SUCCESS) {
+        if ((bs = cublasCreate(&d3cu_cb)) != CUBLAS_STATUS_SUCCESS) {
             fail(e2, "cuBLAS: cublasCreate failed: %s%s", cublasGetStatusString(bs), "");
             goto bad;
         }
-        if ((bs = cublasSetStream(cb, st)) != CUBLAS_STATUS_SUCCESS ||
-            (bs = cublasSetMathMode(cb, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
+        if ((bs = cublasSetStream(d3cu_cb, d3cu_st)) != CUBLAS_STATUS_SUCCESS ||
+            (bs = cublasSetMathMode(d3cu_cb, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
                 CUBLAS_STATUS_SUCCESS) {
             fail(e2, "cuBLAS: setting stream/math mode failed: %s%s", cublasGetStatusString(bs), "");
             goto bad;
@@ -814,7 +765,7 @@ extern "C" __attribute__((visibility("default"))) const d3_backend *d3po_cuda_op
             fail(e2, "cuDNN: cudnnCreate failed: %s%s", cudnnGetErrorString(ds), "");
             goto bad;
         }
-        if ((ds = cudnnSetStream(dn, st)) != CUDNN_STATUS_SUCCESS) {
+        if ((ds = cudnnSetStream(dn, d3cu_st)) != CUDNN_STATUS_SUCCESS) {
             fail(e2, "cuDNN: cudnnSetStream failed: %s%s", cudnnGetErrorString(ds), "");
             goto bad;
         }

@@ -1,0 +1,653 @@
+/* rounds.c - the round driver (contract in rounds.h): prompts, sampling
+ * requests, pairs to disk, decisions to the journal, rounds due, trained,
+ * marked. The screen and `auto` differ only in their opts and in who
+ * judges. */
+#include "rounds.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "text.h"
+
+#define TAG_EXTRA (1ULL << 63) /* pairs of rounds_extra; training pairs have tag 0 */
+
+struct rounds {
+    d3_session *s;
+    const d3_config *c;
+    d3_engine *e;
+    const d3_backend *be;
+    rounds_opts o;
+    int base_ok;          /* a base model for drift */
+    /* prompts: the set (strings), their classes, the weighted cycle */
+    int np;
+    char **prompt;
+    int *cls;
+    int *cycle, ncycle;   /* indices into prompt[] */
+    int fixed;            /* index into prompt[], or a class id + np when not in the set; -1 */
+    int nclasses;
+    char **class_name;
+    /* requests */
+    uint64_t seq;         /* training pairs asked for (the pair sequence number) */
+    int inflight;
+    /* the round in training */
+    int training, train_round, ntrain;
+    long *train_ids;
+    signed char *train_ch;
+    int train_i, train_n;
+    double train_eta, train_loss;
+    long version;
+    int started, trained;
+};
+
+rounds_opts rounds_opts_default(const d3_config *c) {
+    rounds_opts o = {0};
+    o.round_size = c->session.round_size;
+    o.queue_depth = c->session.queue_depth;
+    o.overlap = 1;
+    o.drift_every = 4;
+    return o;
+}
+
+static int save_round(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err) {
+    return session_save_round(ctx, policy, st, round, err);
+}
+
+/* ---- prompts ---- */
+
+static int add_prompt(rounds *d, const char *text, int cls) {
+    d->prompt[d->np] = strdup(text);
+    if (!d->prompt[d->np]) return -1;
+    d->cls[d->np++] = cls;
+    return 0;
+}
+
+/* The set: the session's prompts.json, else the config's session.prompts
+ * (then saved into the session, so it survives resume), else every
+ * class. Weights make the cycle: smooth weighted round robin, so a prompt
+ * of weight 3 comes up 3 times per cycle, spread out. */
+static int build_prompts(rounds *d, const d3_model *m, char *err) {
+    d3_session *s = d->s;
+    int n = s->nprompts ? s->nprompts : d->c->session.nprompts;
+    int cap = (n > m->nclasses ? n : m->nclasses) + 1;
+    int *w = calloc((size_t)cap, sizeof *w);
+    d->prompt = calloc((size_t)cap, sizeof *d->prompt);
+    d->cls = calloc((size_t)cap, sizeof *d->cls);
+    d->class_name = calloc((size_t)m->nclasses + 1, sizeof *d->class_name);
+    if (!w || !d->prompt || !d->cls || !d->class_name) {
+        free(w);
+        return d3_errf(err, "out of memory");
+    }
+    d->nclasses = m->nclasses;
+    for (int i = 0; i < m->nclasses; i++)
+        if (!(d->class_name[i] = strdup(m->class_names[i]))) { free(w); return d3_errf(err, "out of memory"); }
+    if (!s->nprompts && d->c->session.nprompts) {
+        const char *p[D3_CFG_MAX_PROMPTS];
+        for (int i = 0; i < d->c->session.nprompts; i++) p[i] = d->c->session.prompts[i];
+        if (!s->readonly && session_set_prompts(s, p, NULL, d->c->session.nprompts, s->prompt_fixed, err)) {
+            free(w);
+            return -1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        const char *t = s->nprompts ? s->prompts[i] : d->c->session.prompts[i];
+        int id = model_find_class(m, t);
+        if (id < 0 || id >= m->nclasses) {
+            session_warn(s, "%s/prompts.json: prompt '%.200s' is not a class of the model; left out",
+                         s->dir, t);
+            continue;
+        }
+        w[d->np] = s->nprompts ? s->prompt_w[i] : 1;
+        if (add_prompt(d, t, id)) { free(w); return d3_errf(err, "out of memory"); }
+    }
+    if (!d->np) {
+        if (n) session_warn(s, "%s: no prompt of the set is a class of the model; every class is used",
+                            s->dir);
+        for (int i = 0; i < m->nclasses; i++) {
+            w[i] = 1;
+            if (add_prompt(d, m->class_names[i], i)) { free(w); return d3_errf(err, "out of memory"); }
+        }
+    }
+    long total = 0;
+    for (int i = 0; i < d->np; i++) total += w[i];
+    d->cycle = malloc((size_t)(total > 0 ? total : 1) * sizeof *d->cycle);
+    long *cur = calloc((size_t)d->np, sizeof *cur);
+    if (!d->cycle || !cur) {
+        free(w);
+        free(cur);
+        return d3_errf(err, "out of memory");
+    }
+    for (long k = 0; k < total; k++) {
+        int best = 0;
+        for (int i = 0; i < d->np; i++) {
+            cur[i] += w[i];
+            if (cur[i] > cur[best]) best = i;
+        }
+        cur[best] -= total;
+        d->cycle[k] = best;
+    }
+    d->ncycle = (int)total;
+    free(cur);
+    free(w);
+    d->fixed = -1;
+    if (s->prompt_fixed && rounds_fix_prompt(d, s->prompt_fixed, err)) {
+        session_warn(s, "%s; new pairs cycle through the prompts", err);
+        d->fixed = -1;
+    }
+    return 0;
+}
+
+int rounds_nprompts(const rounds *d) { return d->np; }
+const char *rounds_prompt(const rounds *d, int i) { return i >= 0 && i < d->np ? d->prompt[i] : "?"; }
+
+const char *rounds_prompt_of(const rounds *d, int cls) {
+    return cls >= 0 && cls < d->nclasses ? d->class_name[cls] : "?";
+}
+
+const char *rounds_fixed_prompt(const rounds *d) {
+    if (d->fixed < 0) return NULL;
+    return d->fixed < d->np ? d->prompt[d->fixed] : d->class_name[d->fixed - d->np];
+}
+
+int rounds_fix_prompt(rounds *d, const char *prompt, char *err) {
+    int f = -1;
+    if (prompt) {
+        for (int i = 0; i < d->np && f < 0; i++)
+            if (!strcmp(d->prompt[i], prompt)) f = i;
+        for (int i = 0; i < d->nclasses && f < 0; i++)
+            if (!strcmp(d->class_name[i], prompt)) f = d->np + i;
+        if (f < 0) return d3_errf(err, "prompt '%.200s' is not a class of the model", prompt);
+    }
+    d->fixed = f;
+    if (d->s->readonly) return 0;
+    const char **p = calloc((size_t)d->s->nprompts + 1, sizeof *p);
+    if (!p) return d3_errf(err, "out of memory");
+    for (int i = 0; i < d->s->nprompts; i++) p[i] = d->s->prompts[i];
+    int *w = d->s->prompt_w;
+    int *wc = malloc(((size_t)d->s->nprompts + 1) * sizeof *wc);
+    if (!wc) { free(p); return d3_errf(err, "out of memory"); }
+    memcpy(wc, w, (size_t)d->s->nprompts * sizeof *wc);
+    int rc = session_set_prompts(d->s, p, wc, d->s->nprompts, prompt, err);
+    free(wc);
+    free(p);
+    return rc;
+}
+
+int rounds_read_prompt_file(const char *path, char ***pp, int **wp, int *np, char *err) {
+    FILE *f = fopen(path, "r");
+    *pp = NULL;
+    *wp = NULL;
+    *np = 0;
+    if (!f) return d3_errf(err, "%s: %s", path, strerror(errno));
+    char line[SESSION_PROMPT_LEN + 16];
+    char **p = calloc(SESSION_MAX_PROMPTS, sizeof *p);
+    int *w = calloc(SESSION_MAX_PROMPTS, sizeof *w), n = 0, rc = 0, lineno = 0;
+    if (!p || !w) rc = d3_errf(err, "%s: out of memory", path);
+    while (!rc && fgets(line, sizeof line, f)) {
+        lineno++;
+        size_t len = strlen(line);
+        if (len && line[len - 1] != '\n' && !feof(f)) {
+            rc = d3_errf(err, "%s:%d: line longer than %d bytes", path, lineno, SESSION_PROMPT_LEN - 1);
+            break;
+        }
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (!len || line[0] == '#') continue;
+        int weight = 1;
+        char *tab = strrchr(line, '\t');
+        if (tab) {
+            char *end;
+            long v = strtol(tab + 1, &end, 10);
+            if (end == tab + 1 || *end || v < 1 || v > 100) {
+                char shown[64];
+                rc = d3_errf(err, "%s:%d: weight '%s': expected an integer 1..100", path, lineno,
+                             text_escape(shown, sizeof shown, tab + 1));
+                break;
+            }
+            weight = (int)v;
+            *tab = 0;
+        }
+        for (unsigned char *c = (unsigned char *)line; *c; c++)
+            if (*c < 0x20 || *c == 0x7f) {
+                rc = d3_errf(err, "%s:%d: control character 0x%02x in the prompt", path, lineno, *c);
+                break;
+            }
+        if (rc) break;
+        if (!line[0]) {
+            rc = d3_errf(err, "%s:%d: empty prompt before the weight", path, lineno);
+            break;
+        }
+        if (n == SESSION_MAX_PROMPTS) {
+            rc = d3_errf(err, "%s:%d: more than %d prompts", path, lineno, SESSION_MAX_PROMPTS);
+            break;
+        }
+        for (int i = 0; i < n && !rc; i++)
+            if (!strcmp(p[i], line)) rc = d3_errf(err, "%s:%d: prompt listed twice", path, lineno);
+        if (rc) break;
+        if (!(p[n] = strdup(line))) rc = d3_errf(err, "%s: out of memory", path);
+        else w[n++] = weight;
+    }
+    if (!rc && ferror(f)) rc = d3_errf(err, "%s: read error", path);
+    fclose(f);
+    if (!rc && !n) rc = d3_errf(err, "%s: no prompt in the file", path);
+    if (rc) {
+        for (int i = 0; i < n; i++) free(p[i]);
+        free(p);
+        free(w);
+        return -1;
+    }
+    *pp = p;
+    *wp = w;
+    *np = n;
+    return 0;
+}
+
+int rounds_prompts_file(d3_session *s, const char *path, char *err) {
+    char **p;
+    int *w, n;
+    if (rounds_read_prompt_file(path, &p, &w, &n, err)) return -1;
+    int rc = session_set_prompts(s, (const char *const *)p, w, n, s->prompt_fixed, err);
+    for (int i = 0; i < n; i++) free(p[i]);
+    free(p);
+    free(w);
+    return rc;
+}
+
+/* the class of the q-th pair */
+static int pair_class(const rounds *d, uint64_t q, const char **text) {
+    int i;
+    if (d->fixed >= d->np) {
+        if (text) *text = d->class_name[d->fixed - d->np];
+        return d->fixed - d->np;
+    }
+    i = d->fixed >= 0 ? d->fixed : d->cycle[q % (uint64_t)d->ncycle];
+    if (text) *text = d->prompt[i];
+    return d->cls[i];
+}
+
+/* ---- start / stop ---- */
+
+/* train.all_labels: the engine trains every round over every label so
+ * far. Labels that earlier rounds trained (before this start) join its
+ * pool; pending ones come with the next round. A pair whose current choice
+ * differs from the one trained (a history edit) is pending: it joins with
+ * its new choice. Returns the pairs handed over, or -1 with err. */
+static long remember_trained(rounds *d, char *err) {
+    const d3_session *s = d->s;
+    if (!d->c->train.all_labels) return 0;
+    long n = 0;
+    for (long id = 0; id < s->next_pair && id < s->cap; id++) {
+        int ch = session_choice_of(s, id);
+        if ((ch != SESSION_A && ch != SESSION_B) || session_label_pending(s, id) ||
+            session_trained_choice(s, id) != ch)
+            continue;
+        d3_pair_sample *p = rounds_load_pair(s, id, err);
+        if (!p) return -1;
+        const d3_pair_sample *pp = p;
+        float h[1][2] = {{ch == SESSION_A ? 1.0f : -1.0f, ch == SESSION_A ? -1.0f : 1.0f}};
+        engine_remember(d->e, &pp, (const float(*)[2])h, 1); /* copies the trajectories */
+        engine_pair_free(p);
+        n++;
+    }
+    return n;
+}
+
+rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, const rounds_opts *o,
+                     char *err) {
+    rounds *d = calloc(1, sizeof *d);
+    d3_model *policy = malloc(sizeof *policy), *base = malloc(sizeof *base);
+    d3_state st;
+    memset(&st, 0, sizeof st);
+    if (!d || !policy || !base) {
+        free(d); free(policy); free(base);
+        d3_errf(err, "out of memory");
+        return NULL;
+    }
+    d->s = s;
+    d->c = c;
+    d->be = be;
+    d->o = *o;
+    if (d->o.round_size < 1) d->o.round_size = 1;
+    if (d->o.queue_depth < 1) d->o.queue_depth = 1;
+    d->train_ids = malloc(ROUNDS_MAX_PAIRS * sizeof *d->train_ids);
+    d->train_ch = malloc(ROUNDS_MAX_PAIRS);
+    if (!d->train_ids || !d->train_ch) {
+        d3_errf(err, "out of memory");
+        goto fail;
+    }
+    if (session_load_policy(s, policy, &st, err)) goto fail;
+    char bp[4200], why[D3_ERRLEN];
+    if (model_load(base, session_base_path(s, bp, sizeof bp), NULL, why)) {
+        if (c->d3po.reference == D3PO_REF_BASE) {
+            d3_errf(err, "%s", why);
+            model_free(policy);
+            state_free(&st);
+            free(base);
+            base = NULL;
+            goto fail;
+        }
+        session_warn(s, "no drift measure: %s", why);
+        free(base);
+        base = NULL;
+    }
+    d->base_ok = base != NULL;
+    if (build_prompts(d, policy, err)) {
+        model_free(policy);
+        state_free(&st);
+        if (base) model_free(base);
+        goto fail;
+    }
+    engine_opts eo = engine_opts_default();
+    eo.sample = config_ddim_opts(c);
+    eo.train = config_train_opts(c);
+    eo.lr = (float)c->d3po.lr;
+    eo.weight_decay = (float)c->d3po.weight_decay;
+    eo.threads = c->engine.threads;
+    eo.be = be;
+    eo.save_round = save_round;
+    eo.save_ctx = s;
+    eo.overlap = d->o.overlap;
+    d->version = s->version;
+    d->seq = (uint64_t)s->next_pair;
+    d->e = engine_start(policy, base, &st, s->version, &eo, err);
+    state_free(&st); /* whatever the engine did not take */
+    if (d->e) {
+        long nr = remember_trained(d, err);
+        if (nr >= 0) {
+            if (nr) session_warn(s, "train.all_labels: %ld labels of earlier rounds join every round", nr);
+            return d;
+        }
+        rounds_stop(d);
+        return NULL;
+    }
+    model_free(policy); /* engine_start failed: the models are still ours */
+    if (base) model_free(base);
+fail:
+    free(policy);
+    free(base);
+    rounds_stop(d);
+    return NULL;
+}
+
+void rounds_stop(rounds *d) {
+    if (!d) return;
+    if (d->e) engine_stop(d->e);
+    for (int i = 0; i < d->np; i++) free(d->prompt[i]);
+    for (int i = 0; i < d->nclasses; i++) free(d->class_name[i]);
+    free(d->prompt);
+    free(d->cls);
+    free(d->class_name);
+    free(d->cycle);
+    free(d->train_ids);
+    free(d->train_ch);
+    free(d);
+}
+
+int rounds_fd(const rounds *d) { return engine_fd(d->e); }
+const char *rounds_device(const rounds *d) { return d->be ? d->be->name : "cpu"; }
+
+/* ---- pending labels and rounds ---- */
+
+static int in_training(const rounds *d, long id, int choice) {
+    if (!d->training) return 0;
+    for (int i = 0; i < d->ntrain; i++)
+        if (d->train_ids[i] == id) return d->train_ch[i] == choice;
+    return 0;
+}
+
+/* Labels that go into the next round: decided (A, B, tie), not trained
+ * with their current choice, not in the round now training. */
+static int count_pending(const rounds *d) {
+    const d3_session *s = d->s;
+    int n = 0;
+    for (long id = 0; id < s->next_pair && id < s->cap; id++)
+        if (session_label_pending(s, id) && !in_training(d, id, session_choice_of(s, id))) n++;
+    return n;
+}
+
+d3_pair_sample *rounds_load_pair(const d3_session *s, long id, char *err) {
+    session_pair sp;
+    if (session_load_pair(s, id, &sp, err)) return NULL;
+    d3_pair_sample *p = calloc(1, sizeof *p);
+    size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
+    if (p) {
+        *p = (d3_pair_sample){.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
+                              .S = sp.S, .cfg = sp.cfg, .eta = sp.eta};
+        for (int i = 0; i < 2; i++) {
+            p->traj[i] = malloc(n * sizeof(float));
+            p->logp[i] = malloc((size_t)sp.K * sizeof(float));
+            if (p->traj[i]) memcpy(p->traj[i], sp.traj[i], n * sizeof(float));
+            if (p->logp[i]) memcpy(p->logp[i], sp.logp[i], (size_t)sp.K * sizeof(float));
+        }
+    }
+    session_pair_free(&sp);
+    if (!p || !p->traj[0] || !p->traj[1] || !p->logp[0] || !p->logp[1]) {
+        engine_pair_free(p);
+        d3_errf(err, "pair %ld: out of memory", id);
+        return NULL;
+    }
+    return p;
+}
+
+/* Collects every pending label, writes the round's label list, queues the
+ * training. A pair whose file does not load is left out with a warning
+ * (session_warn; the caller shows s->warn). 0 started, 1 nothing to train,
+ * -1 error. */
+static int start_round(rounds *d, char *err) {
+    d3_session *s = d->s;
+    if (d->training) return d3_errf(err, "a round is already training"), 1;
+    int n = 0, round = s->round + 1;
+    if (round > SESSION_MAX_ROUND) return d3_errf(err, "%s: round limit %d reached", s->dir, SESSION_MAX_ROUND);
+    d3_pair_sample **ps = malloc(ROUNDS_MAX_PAIRS * sizeof *ps);
+    float(*h)[2] = malloc(ROUNDS_MAX_PAIRS * sizeof *h);
+    if (!ps || !h) {
+        free(ps);
+        free(h);
+        return d3_errf(err, "out of memory");
+    }
+    for (long id = 0; id < s->next_pair && id < s->cap && n < ROUNDS_MAX_PAIRS; id++) {
+        if (!session_label_pending(s, id)) continue;
+        char why[D3_ERRLEN];
+        d3_pair_sample *p = rounds_load_pair(s, id, why);
+        if (!p) {
+            session_warn(s, "%s; its label is left out of round %d", why, round);
+            continue;
+        }
+        int c = session_choice_of(s, id);
+        ps[n] = p;
+        h[n][0] = c == SESSION_A ? 1 : c == SESSION_B ? -1 : 0;
+        h[n][1] = -h[n][0];
+        d->train_ids[n] = id;
+        d->train_ch[n] = (signed char)c;
+        n++;
+    }
+    int rc = 1;
+    if (!n) {
+        d3_errf(err, "no label waits for training");
+    } else if (session_write_round_labels(s, round, d->train_ids, d->train_ch, n, err)) {
+        rc = -1;
+    } else {
+        engine_train(d->e, (const d3_pair_sample *const *)ps, (const float(*)[2])h, n, round);
+        d->training = 1;
+        d->train_round = round;
+        d->ntrain = n;
+        d->train_i = 0;
+        d->train_n = 0;
+        d->train_eta = NAN;
+        d->train_loss = NAN;
+        d->started++;
+        rc = 0;
+    }
+    for (int i = 0; i < n; i++) engine_pair_free(ps[i]); /* the engine copied them */
+    free(ps);
+    free(h);
+    return rc;
+}
+
+int rounds_check_due(rounds *d, char *err) {
+    if (d->training || (d->o.max_rounds && d->started >= d->o.max_rounds)) return 0;
+    if (count_pending(d) < d->o.round_size) return 0;
+    int rc = start_round(d, err);
+    return rc < 0 ? -1 : rc == 0;
+}
+
+int rounds_train_now(rounds *d, char *err) {
+    if (d->training) return d3_errf(err, "round %d is already training", d->train_round), 1;
+    if (d->o.max_rounds && d->started >= d->o.max_rounds)
+        return d3_errf(err, "no more rounds in this run"), 1;
+    return start_round(d, err);
+}
+
+int rounds_decide(rounds *d, long id, int choice, int version, char *err) {
+    if (session_label(d->s, id, choice, version, err)) return -1;
+    char e2[D3_ERRLEN];
+    if (rounds_check_due(d, e2) < 0) session_warn(d->s, "cannot start a round: %s", e2);
+    return 0;
+}
+
+int rounds_undo(rounds *d, long *id, char *err) { return session_undo(d->s, id, err); }
+
+/* ---- sampling ---- */
+
+void rounds_top_up(rounds *d, int held) {
+    int want = d->o.queue_depth - held - d->inflight;
+    if (d->o.on_policy) {
+        if (d->o.max_rounds && d->started >= d->o.max_rounds) return;
+        int need = d->o.round_size - count_pending(d) - held - d->inflight;
+        if (need < want) want = need;
+    }
+    for (; want > 0; want--) {
+        uint64_t q = d->seq++;
+        const char *text;
+        engine_sample_req r = {.cls = pair_class(d, q, &text),
+                               /* seeds far above auto's evaluation seeds 0..N-1; opts.seed
+                                * moves the whole sequence (golden-ratio stride) */
+                               .seed = (1ULL << 32) + d->o.seed * 0x9E3779B97F4A7C15ULL +
+                                       q * 1000003ULL + 17,
+                               .drift = d->o.drift_every > 0 && q % (uint64_t)d->o.drift_every == 0,
+                               .early = d->o.overlap};
+        engine_sample_ex(d->e, &r);
+        d->inflight++;
+    }
+}
+
+void rounds_extra(rounds *d, int i, uint64_t seed, int drift, uint64_t tag) {
+    engine_sample_req r = {.cls = d->cls[i % d->np], .seed = seed, .drift = drift,
+                           .tag = tag | TAG_EXTRA};
+    engine_sample_ex(d->e, &r);
+}
+
+/* ---- events ---- */
+
+static uint8_t *final_rgb(const d3_pair_sample *p, int i) {
+    size_t D = 3 * (size_t)p->S * p->S;
+    uint8_t *rgb = malloc(D);
+    if (rgb) image_to_rgb(rgb, p->traj[i] + (size_t)p->K * D, p->S, p->S);
+    return rgb;
+}
+
+int rounds_poll(rounds *d, rounds_event *ev) {
+    d3_event e;
+    memset(ev, 0, sizeof *ev);
+    ev->id = -1;
+    if (!engine_poll(d->e, &e)) return 0;
+    switch (e.kind) {
+    case EV_PAIR: {
+        d3_pair_sample *p = e.pair;
+        e.pair = NULL;
+        if (p->tag & TAG_EXTRA) {
+            ev->kind = RV_EXTRA;
+            ev->tag = p->tag & ~TAG_EXTRA;
+            ev->pair = p;
+            break;
+        }
+        d->inflight--;
+        session_pair sp = {.K = p->K, .S = p->S, .cls = p->cls, .version = (int)p->version,
+                           .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
+                           .traj = {p->traj[0], p->traj[1]}, .logp = {p->logp[0], p->logp[1]}};
+        uint8_t *ra = final_rgb(p, 0), *rb = final_rgb(p, 1);
+        long id;
+        char err[D3_ERRLEN];
+        if (!ra || !rb || session_add_pair(d->s, &sp, ra, rb, &id, err)) {
+            ev->kind = RV_ERROR;
+            d3_errf(ev->msg, "cannot save a pair: %s", ra && rb ? err : "out of memory");
+            engine_pair_free(p);
+        } else {
+            ev->kind = RV_PAIR;
+            ev->id = id;
+            ev->pair = p;
+        }
+        free(ra);
+        free(rb);
+        break;
+    }
+    case EV_PROGRESS:
+        ev->kind = RV_PROGRESS;
+        if (e.what && !strcmp(e.what, "training")) {
+            d->train_i = e.i;
+            d->train_n = e.n;
+            d->train_eta = e.eta_s;
+            if (isfinite(e.loss)) d->train_loss = e.loss;
+        }
+        break;
+    case EV_TRAINED:
+        session_mark_trained(d->s, d->train_ids, d->train_ch, d->ntrain);
+        ev->kind = RV_TRAINED;
+        ev->round = e.round;
+        ev->version = e.version;
+        ev->loss = e.loss;
+        ev->nlabels = d->ntrain;
+        d->version = e.version;
+        d->training = 0;
+        d->ntrain = 0;
+        d->trained++;
+        {
+            /* labels made while it trained may already make the next round due */
+            char err[D3_ERRLEN];
+            if (rounds_check_due(d, err) < 0) session_warn(d->s, "cannot start a round: %s", err);
+        }
+        break;
+    case EV_ERROR:
+        ev->kind = RV_ERROR;
+        d3_errf(ev->msg, "engine: %s", e.msg);
+        if (d->training) { /* the round failed: its labels stay pending */
+            d->training = 0;
+            d->ntrain = 0;
+        }
+        break;
+    default:
+        ev->kind = RV_PROGRESS;
+        break;
+    }
+    engine_event_free(&e);
+    return 1;
+}
+
+void rounds_event_free(rounds_event *ev) {
+    engine_pair_free(ev->pair);
+    ev->pair = NULL;
+}
+
+void rounds_get_status(rounds *d, rounds_status *st) {
+    memset(st, 0, sizeof *st);
+    st->training = d->training;
+    st->train_round = d->train_round;
+    st->train_nlabels = d->ntrain;
+    st->train_i = d->train_i;
+    st->train_n = d->train_n;
+    st->train_eta_s = d->training ? d->train_eta : NAN;
+    st->train_loss = d->train_loss;
+    st->version = d->version;
+    st->round = d->training ? d->train_round + 1 : d->s->round + 1;
+    st->pending = count_pending(d);
+    st->round_size = d->o.round_size;
+    st->inflight = d->inflight;
+    st->rounds_trained = d->trained;
+    session_stats in;
+    session_info(d->s, &in);
+    st->labels_trained = in.trained;
+    st->labels_untrained = in.untrained;
+    pair_class(d, d->seq, &st->next_prompt);
+}

@@ -1,0 +1,65 @@
+"""ref_unet.py - diffusers' outputs of a tiny pipeline's UNet and VAE
+decoder, for tests/tool_sdunet.c to compare against (tests/test_sd_unet.sh).
+
+  python ref_unet.py [--seed N] [--batch N] PIPE_DIR OUT.safetensors [PIPE_DIR OUT ...]
+
+Writes, all float32 unless said:
+  x        [N, 4, s, s]    latents x_t (s = the UNet's sample_size)
+  t        [N]             timesteps (801 and 1: both ends of the schedule)
+  context  [N, 77, ctx]    encoder hidden states
+  eps      [N, 4, s, s]    unet(x, t, context).sample
+  latents  [N, 4, s, s]    scaled latents (N(0,1) * scaling_factor, as a sampler ends)
+  image    [N, 3, 8s', 8s'] vae.decode(latents / scaling_factor).sample
+  rgb8     [N, H, W, 3] U8 the pipeline's PIL output of that image
+                           (VaeImageProcessor.postprocess(..., "pil"))
+Inputs are drawn from torch's generator seeded with --seed; the models are
+the pipeline's (random tiny weights from make_tiny.py).
+"""
+import argparse
+import sys
+
+import numpy as np
+import torch
+import torch_fix  # noqa: F401  (torch 1.13's baddbmm with beta=0: see torch_fix.py)
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from safetensors.torch import save_file
+
+
+def reference(pipe, out, seed, n):
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(pipe, subfolder="unet").float().eval()
+    vae = AutoencoderKL.from_pretrained(pipe, subfolder="vae").float().eval()
+    s = unet.config.sample_size
+    x = torch.randn(n, unet.config.in_channels, s, s)
+    t = torch.tensor([801.0, 1.0] * n)[:n]
+    ctx = torch.randn(n, 77, unet.config.cross_attention_dim)
+    sf = vae.config.scaling_factor
+    lat = torch.randn(n, vae.config.latent_channels, s, s) * sf
+    with torch.no_grad():
+        eps = unet(x, t, encoder_hidden_states=ctx).sample
+        img = vae.decode(lat / sf).sample
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    proc = VaeImageProcessor(vae_scale_factor=scale)
+    pil = proc.postprocess(img, output_type="pil")
+    rgb8 = torch.from_numpy(np.stack([np.asarray(p, dtype=np.uint8) for p in pil]))
+    save_file({"x": x, "t": t, "context": ctx, "eps": eps.contiguous(), "latents": lat,
+               "image": img.contiguous(), "rgb8": rgb8.contiguous()}, out)
+    print("ref_unet: %s: eps |max| %.4g, image |max| %.4g" % (out, eps.abs().max().item(),
+                                                            img.abs().max().item()))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("pairs", nargs="+", help="PIPE_DIR OUT.safetensors, repeated")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=2)
+    a = ap.parse_args()
+    if len(a.pairs) % 2:
+        sys.exit("ref_unet.py: expected PIPE_DIR OUT pairs")
+    for i in range(0, len(a.pairs), 2):
+        reference(a.pairs[i], a.pairs[i + 1], a.seed, a.batch)
+
+
+if __name__ == "__main__":
+    main()
