@@ -42,7 +42,7 @@ TOOL_BIN = $(TOOL_SRC:%.c=$(B)/%)
 
 # Debian packages: build, then what the tests need.
 DEB_BUILD = gcc make pkg-config fonts-dejavu-core libopenblas-openmp-dev libjansson-dev libpng-dev libjpeg62-turbo-dev libfreetype-dev libharfbuzz-dev libconfig-dev libsixel-dev libncurses-dev
-DEB_TEST = fonts-noto-color-emoji unicode-data bzip2 tmux bsdutils xterm xvfb xdotool imagemagick x11-utils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
+DEB_TEST = fonts-noto-color-emoji unicode-data bzip2 tmux bsdutils xterm mlterm xvfb xdotool imagemagick x11-utils python3 python3-torch python3-venv python3-numpy clang libclang-rt-14-dev groff-base file
 
 # The CUDA backend (engine/cuda/): a shared object loaded with dlopen at run
 # time (engine/device.c), so build/d3po itself needs no CUDA library and

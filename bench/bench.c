@@ -121,6 +121,12 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static int ends_with(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
     return a >= b && !strcmp(s + a - b, suf);
@@ -411,18 +417,25 @@ int main(int argc, char **argv) {
     }
     if (run != run_sample)
         fprintf(stderr, "warm-up: loss %.6g, gradient norm %.6g\n", c.loss, c.gnorm);
+    double cpus[64];
     for (int i = 0; i < reps; i++) {
         be->sync();
-        double t0 = now();
+        double t0 = now(), c0 = cpu_now();
         if (run(&c)) {
             fprintf(stderr, "bench: %s: %s\n", cas, c.err);
             return 1;
         }
         be->sync();
         times[i] = now() - t0;
+        if (i < 64) cpus[i] = cpu_now() - c0;
     }
     fprintf(stderr, "times:");
     for (int i = 0; i < reps; i++) fprintf(stderr, " %.4f", times[i]);
+    fprintf(stderr, "\n");
+    /* process CPU seconds per rep: with 1 thread, the work itself even on
+     * a loaded machine (wall time there counts other processes' turns) */
+    fprintf(stderr, "cpu times:");
+    for (int i = 0; i < reps && i < 64; i++) fprintf(stderr, " %.4f", cpus[i]);
     fprintf(stderr, "\n");
     qsort(times, (size_t)reps, sizeof(double), cmp_double);
     double med = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);

@@ -168,14 +168,17 @@ def main():
     for _ in range(2 if cuda else 1):  # warm-up (on CUDA also cuDNN's autotuning)
         run()
     sync()
-    times = []
+    times, cpus = [], []
     for _ in range(max(1, reps)):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run()
         sync()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     print("times: " + " ".join("%.4f" % t for t in times), file=sys.stderr)
+    # process CPU seconds per rep (see bench.c)
+    print("cpu times: " + " ".join("%.4f" % t for t in cpus), file=sys.stderr)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     if cuda:
         peak = torch.cuda.max_memory_allocated(DEV) / (1024.0 * 1024.0)

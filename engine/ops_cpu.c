@@ -26,6 +26,12 @@
  * Gradient rule (ops.h): every backward ACCUMULATES (+=) into each gradient
  * pointer it receives, parameters and activations alike; NULL = skip.
  */
+/* As in ops_tx.c: without it GCC keeps fexp()'s clamps as branches and
+ * runs SiLU and its backward one float at a time (callgrind: silu_forward
+ * was 13% of a batch-4 UNet forward's instructions). Assuming no FP traps
+ * only lets it if-convert; no reassociation: results are unchanged. */
+#pragma GCC optimize("no-trapping-math")
+
 #include "ops.h"
 #include "ops_internal.h"
 
@@ -66,6 +72,29 @@ static float *scratch(size_t nfloats) {
         pthread_setspecific(scr_key, scr_buf);
     }
     return scr_buf;
+}
+
+/* A second per-thread buffer for what the CALLING thread of an op shares
+ * with its team (transformed weights, partial sums): the team's threads,
+ * the caller included, carve their own scratch() inside the region. */
+static _Thread_local float *scr2_buf;
+static _Thread_local size_t scr2_cap;
+static pthread_key_t scr2_key;
+static pthread_once_t scr2_once = PTHREAD_ONCE_INIT;
+static void scr2_key_make(void) { pthread_key_create(&scr2_key, free); }
+
+static float *scratch_shared(size_t nfloats) {
+    if (nfloats > scr2_cap) {
+        free(scr2_buf);
+        size_t cap = nfloats + nfloats / 4 + 1024;
+        size_t bytes = (cap * sizeof(float) + 63) & ~(size_t)63;
+        scr2_buf = aligned_alloc(64, bytes);
+        if (!scr2_buf) abort(); /* out of memory: nothing sensible to do here */
+        scr2_cap = cap;
+        pthread_once(&scr2_once, scr2_key_make);
+        pthread_setspecific(scr2_key, scr2_buf);
+    }
+    return scr2_buf;
 }
 
 /* OpenBLAS must stay single-threaded: we call it from OpenMP threads. */
@@ -478,12 +507,13 @@ static int conv_wino(const conv_shape *s) {
         (o)[4] = (g0) * (1.0f / 24.0f) - (g1) * (1.0f / 12.0f) + (g2) * (1.0f / 6.0f); \
         (o)[5] = (g2);                                                         \
     } while (0)
-/* G^T (3x6) applied to u0..u5 (double: the weight gradient sums) */
+/* G^T (3x6) applied to u[0..5] */
 #define WG_GT(o, u)                                                                       \
     do {                                                                                  \
-        (o)[0] = (u)[0] * 0.25 - ((u)[1] + (u)[2]) / 6.0 + ((u)[3] + (u)[4]) / 24.0;      \
-        (o)[1] = ((u)[2] - (u)[1]) / 6.0 + ((u)[3] - (u)[4]) / 12.0;                      \
-        (o)[2] = ((u)[3] + (u)[4] - (u)[1] - (u)[2]) / 6.0 + (u)[5];                      \
+        (o)[0] = (u)[0] * 0.25f - ((u)[1] + (u)[2]) * (1.0f / 6.0f) +                     \
+                 ((u)[3] + (u)[4]) * (1.0f / 24.0f);                                      \
+        (o)[1] = ((u)[2] - (u)[1]) * (1.0f / 6.0f) + ((u)[3] - (u)[4]) * (1.0f / 12.0f);  \
+        (o)[2] = ((u)[3] + (u)[4] - (u)[1] - (u)[2]) * (1.0f / 6.0f) + (u)[5];            \
     } while (0)
 
 typedef struct {
@@ -500,31 +530,6 @@ static wg_geom wg_make(int N, int C, int H, int W) {
  * patch rows and the column pass of one tile row, ~64ntx + 40). */
 static size_t wg_rb_floats(const wg_geom *g) {
     return (size_t)80 * g->ntx + 96;
-}
-
-/* U[36][OC][C] = G w[oc][c] G^T; flip: U[36][C][OC] from the kernel
- * rotated by 180 degrees with in/out channels swapped (input gradient). */
-static float *wg_weights(const float *w, int OC, int C, int flip) {
-    float *U = malloc(sizeof(float) * 36 * (size_t)OC * C);
-    if (!U) abort(); /* out of memory: nothing sensible to do here */
-    const size_t plane = (size_t)OC * C;
-    for (int oc = 0; oc < OC; oc++)
-        for (int c = 0; c < C; c++) {
-            const float *g = w + ((size_t)oc * C + c) * 9;
-            float k[9], t[6][3], u[6];
-            for (int i = 0; i < 9; i++) k[i] = flip ? g[8 - i] : g[i];
-            for (int j = 0; j < 3; j++) { /* columns of k: t = G k */
-                float o[6];
-                WG_G(o, k[j], k[3 + j], k[6 + j]);
-                for (int a = 0; a < 6; a++) t[a][j] = o[a];
-            }
-            const size_t at = flip ? (size_t)c * OC + oc : (size_t)oc * C + c;
-            for (int a = 0; a < 6; a++) { /* rows of t: U = t G^T */
-                WG_G(u, t[a][0], t[a][1], t[a][2]);
-                for (int b = 0; b < 6; b++) U[(size_t)(a * 6 + b) * plane + at] = u[b];
-            }
-        }
-    return U;
 }
 
 /* The transforms over n tiles at once: o + k*os (output k) from six (four)
@@ -563,6 +568,87 @@ static inline void wg_att_rows(float *restrict o, size_t os, const float *y0, co
         WG_ATT(v, y0[t], y1[t], y2[t], y3[t]);
         o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
     }
+}
+
+static inline void wg_g_rows(float *restrict o, size_t os, const float *g0, const float *g1,
+                             const float *g2, int n) {
+    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
+    float *restrict o3 = o + 3 * os, *restrict o4 = o + 4 * os, *restrict o5 = o + 5 * os;
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float v[6];
+        WG_G(v, g0[t], g1[t], g2[t]);
+        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
+    }
+}
+static inline void wg_gt_rows(float *restrict o, size_t os, const float *u0, const float *u1,
+                              const float *u2, const float *u3, const float *u4,
+                              const float *u5, int n) {
+    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        const float u[6] = {u0[t], u1[t], u2[t], u3[t], u4[t], u5[t]};
+        float v[3];
+        WG_GT(v, u);
+        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2];
+    }
+}
+
+/* U[36][OC][C] = G w[oc][c] G^T, in the calling thread's shared scratch
+ * (valid until its next scratch_shared). flip: U[36][C][OC] from the
+ * kernel rotated by 180 degrees with in/out channels swapped (input
+ * gradient). Taps are first laid out [9][OC*C], so both passes of the
+ * transform run over contiguous kernels. */
+static float *wg_weights(const float *w, int OC, int C, int flip) {
+    const int K = OC * C;
+    float *U = scratch_shared((size_t)(36 + 9 + 18) * K);
+    float *wt = U + 36 * (size_t)K, *T = wt + 9 * (size_t)K; /* wt[tap][k], T[a][s][k] */
+    for (int oc = 0; oc < OC; oc++)
+        for (int c = 0; c < C; c++) {
+            const float *g = w + ((size_t)oc * C + c) * 9;
+            const size_t k = flip ? (size_t)c * OC + oc : (size_t)oc * C + c;
+            for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = flip ? g[8 - i] : g[i];
+        }
+    for (int s = 0; s < 3; s++) /* T[.][s] = G wt[:, s] */
+        wg_g_rows(T + (size_t)s * K, 3 * (size_t)K, wt + (size_t)s * K, wt + (size_t)(3 + s) * K,
+                  wt + (size_t)(6 + s) * K, K);
+    for (int a = 0; a < 6; a++) { /* U[a][.] = T[a] G^T */
+        const float *t = T + (size_t)a * 3 * K;
+        wg_g_rows(U + (size_t)a * 6 * K, K, t, t + K, t + 2 * K, K);
+    }
+    return U;
+}
+
+/* dw[k][3][3] += G^T dU[.][k] G for kernels k in [k0,k1) of K, dU[36][K]
+ * the sum of the ngr partials parts[gr][36][K]. tmp: 36+18+9 floats per
+ * kernel of the range. */
+static void wg_wgrad(float *dw, const float *parts, int ngr, size_t K, int k0, int k1,
+                     float *tmp) {
+    const int n = k1 - k0;
+    float *u = tmp, *T = u + 36 * (size_t)n, *d = T + 18 * (size_t)n; /* u[xi], T[a][s], d[tap] */
+    for (int xi = 0; xi < 36; xi++) {
+        float *ux = u + (size_t)xi * n;
+        const float *p0 = parts + (size_t)xi * K + k0;
+        memcpy(ux, p0, sizeof(float) * n);
+        for (int gr = 1; gr < ngr; gr++) {
+            const float *p = p0 + (size_t)gr * 36 * K;
+#pragma omp simd
+            for (int i = 0; i < n; i++) ux[i] += p[i];
+        }
+    }
+    for (int a = 0; a < 6; a++) { /* T[a][.] = dU[a][.] G */
+        const float *r = u + (size_t)a * 6 * n;
+        wg_gt_rows(T + (size_t)a * 3 * n, n, r, r + n, r + 2 * n, r + 3 * n, r + 4 * n,
+                   r + 5 * n, n);
+    }
+    for (int s = 0; s < 3; s++) { /* d[.][s] = G^T T[.][s] */
+        const float *t = T + (size_t)s * n;
+        const size_t ts = 3 * (size_t)n;
+        wg_gt_rows(d + (size_t)s * n, 3 * (size_t)n, t, t + ts, t + 2 * ts, t + 3 * ts, t + 4 * ts,
+                   t + 5 * ts, n);
+    }
+    for (int i = 0; i < n; i++)
+        for (int tap = 0; tap < 9; tap++) dw[(size_t)(k0 + i) * 9 + tap] += d[(size_t)tap * n + i];
 }
 
 /* q[m*qs + tx] = src[4*tx + m - lead] for tx < nq, m < 4: a row split by
@@ -699,6 +785,9 @@ static void wg_dout(float *Mh, int ld, int t0, const float *dy, const wg_geom *g
 #ifndef WG_MIN_BLOCKS
 #define WG_MIN_BLOCKS 4
 #endif
+#ifndef WG_KCHUNK
+#define WG_KCHUNK 256 /* kernels per chunk of the weight-gradient transform */
+#endif
 #ifndef WG_GROUPS
 #define WG_GROUPS 4 /* weight-gradient partial sums, at most (see wg_backward) */
 #endif
@@ -750,9 +839,8 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
 
 static void wg_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
                        int H, int W, int OC, int nt) {
-    float *U = wg_weights(w, OC, C, 0);
+    const float *U = wg_weights(w, OC, C, 0);
     wg_conv(out, inp, U, b, 0, N, C, H, W, OC, nt);
-    free(U);
 }
 
 static void wg_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
@@ -773,9 +861,8 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
         }
     }
     if (dinp) { /* dx += dout (*) flipped w^T */
-        float *U = wg_weights(w, OC, C, 1);
+        const float *U = wg_weights(w, OC, C, 1);
         wg_conv(dinp, dout, U, NULL, 1, N, OC, H, W, C, nt);
-        free(U);
     }
     if (!dw) return;
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
@@ -786,12 +873,12 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
      * range of blocks, summed in group order: the same result for any
      * thread count (the Winograd domain magnifies reordering differences). */
     const int ngr = nblk < WG_GROUPS ? nblk : WG_GROUPS;
-    float *parts = malloc(sizeof(float) * usz * ngr);
-    if (!parts) abort(); /* out of memory: nothing sensible to do here */
+    float *parts = scratch_shared(usz * ngr);
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi));
+        const size_t vsz = 36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi);
+        float *V = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
         float *Mh = V + 36 * (size_t)C * tb, *rb = Mh + 36 * (size_t)OC * tb;
 #pragma omp for schedule(static)
         for (int gr = 0; gr < ngr; gr++) {
@@ -812,32 +899,15 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
                                 dU + (size_t)xi * OC * C, C);
             }
         }
-        /* (implicit barrier: every partial is complete) dw += G^T dU G */
-        const size_t plane = (size_t)OC * C;
+        /* (implicit barrier: every partial is complete) dw += G^T dU G,
+         * over chunks of kernels; V's space is free again */
+        const int K = OC * C, nch = (K + WG_KCHUNK - 1) / WG_KCHUNK;
 #pragma omp for schedule(static)
-        for (int k = 0; k < OC * C; k++) {
-            double u[36], t[6][3];
-            for (int xi = 0; xi < 36; xi++) {
-                float s = 0.0f;
-                for (int p = 0; p < ngr; p++)
-                    s += parts[(size_t)p * usz + (size_t)xi * plane + k];
-                u[xi] = s;
-            }
-            for (int a = 0; a < 6; a++) {
-                double o[3];
-                WG_GT(o, u + a * 6);
-                for (int s = 0; s < 3; s++) t[a][s] = o[s];
-            }
-            float *d = dw + (size_t)k * 9;
-            for (int s = 0; s < 3; s++) {
-                double col[6], o[3];
-                for (int a = 0; a < 6; a++) col[a] = t[a][s];
-                WG_GT(o, col);
-                for (int r = 0; r < 3; r++) d[r * 3 + s] += (float)o[r];
-            }
+        for (int ch = 0; ch < nch; ch++) {
+            const int k0 = ch * WG_KCHUNK, k1 = k0 + WG_KCHUNK < K ? k0 + WG_KCHUNK : K;
+            wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, V);
         }
     }
-    free(parts);
 }
 
 /* One image forward. x: [C,H,W], out: [OC,P], col: column block scratch

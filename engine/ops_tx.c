@@ -18,7 +18,9 @@
  * and runs the softmax exponentials one float at a time (they were 40% of
  * the attention's time); assuming no FP traps lets it if-convert and
  * vectorise them. Results are unchanged: no reassociation is allowed. */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
+#endif
 
 #include "ops.h"
 #include "ops_internal.h"

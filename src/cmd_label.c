@@ -107,6 +107,10 @@ int cmd_label(int argc, char **argv) {
                         "output); for headless work see 'd3po --help'\n");
         return EXIT_FAIL;
     }
+    if (label_term_check(err)) { /* before a session is made for nothing */
+        fprintf(stderr, "d3po label: %s\n", err);
+        return EXIT_FAIL;
+    }
     char device[CLI_NOTE_LEN];
     const d3_backend *be = cli_backend("label", dev, tf32, &cfg, device, sizeof device);
     if (!be) return EXIT_FAIL; /* before the session is created */

@@ -75,7 +75,8 @@ static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui"
 
 static const char *const action_names[D3_ACT_COUNT + 1] = {"left",   "right", "tie",     "skip",
                                                            "undo",   "zoom",  "history", "train",
-                                                           "prompt", "help",  "quit",    NULL};
+                                                           "prompt", "help",  "quit",    "stats",
+                                                           "log",    NULL};
 
 static const char *const named_keys[] = {"Left",      "Right", "Up",  "Down",   "Space",
                                          "Backspace", "Enter", "Tab", "Escape", "PageUp",
@@ -94,6 +95,8 @@ static const char *const default_keys[D3_ACT_COUNT][D3_CFG_KEYS_PER_ACTION + 1] 
     [D3_ACT_PROMPT] = {"p", NULL},
     [D3_ACT_HELP] = {"?", NULL},
     [D3_ACT_QUIT] = {"q", NULL},
+    [D3_ACT_STATS] = {"i", NULL},
+    [D3_ACT_LOG] = {"m", NULL},
 };
 
 static int *int_at(d3_config *c, const keydef *k) { return (int *)((char *)c + k->off); }

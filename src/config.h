@@ -53,6 +53,8 @@ typedef enum {
     D3_ACT_PROMPT,  /* choose the prompt (class) */
     D3_ACT_HELP,    /* key help */
     D3_ACT_QUIT,
+    D3_ACT_STATS,   /* session statistics */
+    D3_ACT_LOG,     /* start-up warnings and messages */
     D3_ACT_COUNT
 } d3_action;
 

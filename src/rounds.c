@@ -437,7 +437,10 @@ d3_pair_sample *rounds_load_pair(const d3_session *s, long id, char *err) {
  * -1 error. */
 static int start_round(rounds *d, char *err) {
     d3_session *s = d->s;
-    if (d->training) return d3_errf(err, "a round is already training"), 1;
+    if (d->training) {
+        d3_errf(err, "a round is already training");
+        return 1;
+    }
     int n = 0, round = s->round + 1;
     if (round > SESSION_MAX_ROUND) return d3_errf(err, "%s: round limit %d reached", s->dir, SESSION_MAX_ROUND);
     d3_pair_sample **ps = malloc(ROUNDS_MAX_PAIRS * sizeof *ps);
@@ -494,9 +497,11 @@ int rounds_check_due(rounds *d, char *err) {
 }
 
 int rounds_train_now(rounds *d, char *err) {
-    if (d->training) return d3_errf(err, "round %d is already training", d->train_round), 1;
-    if (d->o.max_rounds && d->started >= d->o.max_rounds)
-        return d3_errf(err, "no more rounds in this run"), 1;
+    if (d->training || (d->o.max_rounds && d->started >= d->o.max_rounds)) {
+        if (d->training) d3_errf(err, "round %d is already training", d->train_round);
+        else d3_errf(err, "no more rounds in this run");
+        return 1;
+    }
     return start_round(d, err);
 }
 

@@ -67,7 +67,6 @@ typedef enum {
     RV_EXTRA,    /* a pair asked with rounds_extra (not on disk); ev.tag */
     RV_PROGRESS, /* the status changed (training progress, a round started) */
     RV_TRAINED,  /* round ev.round is saved; model ev.version; ev.loss; ev.nlabels */
-    RV_WARNING,  /* ev.msg: something was skipped (a damaged pair file...) */
     RV_ERROR     /* ev.msg: the engine or the session failed */
 } rounds_ev_kind;
 
@@ -104,7 +103,9 @@ typedef struct rounds rounds;
 
 /* Loads the session's policy (and base model), builds the prompt cycle,
  * starts the engine on backend be. Warnings (unknown prompts, no drift
- * measure) are added to s->warn. NULL with err on failure. */
+ * measure) are added to s->warn, and so are later ones (a damaged pair
+ * file left out of a round): callers show s->warn. NULL with err on
+ * failure. */
 rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, const rounds_opts *o,
                      char *err);
 /* Readable when engine events wait. */
@@ -139,8 +140,8 @@ int rounds_fix_prompt(rounds *d, const char *prompt, char *err);
 const char *rounds_fixed_prompt(const rounds *d);
 /* The prompt text of a pair's class id (the model's class name; "?"). */
 const char *rounds_prompt_of(const rounds *d, int cls);
-/* Asks for a pair outside the rounds (auto's evaluation samples): the
- * prompt of cycle entry i, seed, with the base log-probs when drift; it
+/* Asks for a pair outside the rounds (auto's evaluation samples): prompt
+ * i of the set (modulo its size), seed, with the base log-probs when drift; it
  * comes back as RV_EXTRA with tag, from the model after the jobs queued
  * before it. */
 void rounds_extra(rounds *d, int i, uint64_t seed, int drift, uint64_t tag);

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,9 +32,9 @@ static int leftover_is(const term_caps *c, const char *want) {
 }
 
 static void test_query(void) {
-    char q[32];
+    char q[TERM_QUERY_MAX];
     size_t n = term_query_build(q);
-    const char *want = "\033[?1;1;0S\033[16t\033[c";
+    const char *want = "\033[?1;1;0S\033[16t\033[?80$p\033[?1070$p\033[>0q\033[c";
     CHECK(n == strlen(want) && !memcmp(q, want, n), "burst '%s'", q + 1);
 }
 
@@ -67,6 +69,98 @@ static void test_full_burst(void) {
     CHECK(c.reply_cell_w == 10 && c.reply_cell_h == 20, "cell %dx%d", c.reply_cell_w,
           c.reply_cell_h);
     CHECK(c.nleftover == 0, "leftover %zu", c.nleftover);
+}
+
+/* xterm 379's answers to the whole burst (sixelScrolling false), a typed
+ * key between them: the DECRQM states, the XTVERSION name and patch. */
+static void test_modes_version(void) {
+    term_caps c;
+    const char *xt = "\033[?80;1$y\033[?1070;1$yk\033P>|XTerm(379)\033\\\033[>19;379;0c"
+                     "\033[?1;0;256S\033[?63;1;2;4;6;9;15;16;22;28c";
+    int done = parse(xt, &c);
+    CHECK(done == 1 && c.sixel, "done %d", done);
+    CHECK(c.decsdm_state == 1 && c.privreg_state == 1, "states %d %d", c.decsdm_state,
+          c.privreg_state);
+    CHECK(!strcmp(c.version, "XTerm(379)") && c.xterm_patch == 379, "version '%s' patch %d",
+          c.version, c.xterm_patch);
+    CHECK(leftover_is(&c, "k"), "leftover %zu", c.nleftover);
+    /* mlterm: mode 1070 unknown (0), no XTVERSION; a hostile name is escaped */
+    done = parse("\033[?80;2$y\033[?1070;0$y\033P>|evil\033]0;x\007\033\\\033[?63;4c", &c);
+    CHECK(done == 1 && c.decsdm_state == 2 && c.privreg_state == 0 && c.xterm_patch == 0,
+          "states %d %d patch %d", c.decsdm_state, c.privreg_state, c.xterm_patch);
+    done = parse("\033P>|x\001y\033\\\033[?63;4c", &c);
+    CHECK(done == 1 && !strcmp(c.version, "x?y"), "escaped '%s'", c.version);
+    CHECK(term_parse_xterm_version("XTerm(368)") == 368 && term_parse_xterm_version("XTerm(") == 0 &&
+              term_parse_xterm_version("foot(1.16)") == 0 && term_parse_xterm_version(NULL) == 0,
+          "xterm versions");
+}
+
+/* The bytes that set the sixel modes and put them back: DECSDM's sense
+ * flips below xterm patch 369; restore writes what was reported; tmux
+ * draws itself (nothing) or wraps for the outer terminal (passthrough). */
+static void test_sixel_modes(void) {
+    term_caps c;
+    char b[TERM_QUERY_MAX];
+    memset(&c, 0, sizeof c);
+    size_t n = term_sixel_modes(&c, 1, b);
+    CHECK(n == strlen(b) && !strcmp(b, "\033[?80l\033[?1070h"), "setup '%s'", b + 1);
+    CHECK(term_sixel_modes(&c, 0, b) == 0, "no reply: nothing to restore");
+    c.xterm_patch = 368;
+    CHECK(term_decsdm_inverted(&c) && term_sixel_modes(&c, 1, b) &&
+              !strcmp(b, "\033[?80h\033[?1070h"), "old xterm setup '%s'", b + 1);
+    c.xterm_patch = TERM_XTERM_DECSDM_FIXED;
+    CHECK(!term_decsdm_inverted(&c), "patch 369 has the manuals' sense");
+    c.decsdm_state = 1, c.privreg_state = 2;
+    n = term_sixel_modes(&c, 0, b);
+    CHECK(n && !strcmp(b, "\033[?80h\033[?1070l"), "restore '%s'", b + 1);
+    c.decsdm_state = 2, c.privreg_state = 0;
+    CHECK(term_sixel_modes(&c, 0, b) && !strcmp(b, "\033[?80l"), "restore '%s'", b + 1);
+    c.decsdm_state = 3; /* permanently set: nothing to write */
+    CHECK(term_sixel_modes(&c, 0, b) == 0, "permanent mode left alone");
+    c.tmux = 1;
+    CHECK(term_sixel_modes(&c, 1, b) == 0, "tmux 3.4+ draws sixel itself");
+    c.tmux_passthrough = 1;
+    n = term_sixel_modes(&c, 1, b);
+    CHECK(n == strlen(b) && !strcmp(b, "\033Ptmux;\033\033[?80l\033\033[?1070h\033\\"),
+          "passthrough '%s'", b + 1);
+}
+
+/* The guard: a child killed by SIGTERM writes the restore bytes (and the
+ * leave bytes, without terminfo padding) and still dies of the signal. */
+static void test_guard(void) {
+    int p[2];
+    if (pipe(p)) { CHECK(0, "pipe"); return; }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        term_guard_install(p[1], p[1], "R1", 2);
+        term_guard_leave("L$<5>2");
+        raise(SIGTERM);
+        _exit(0); /* not reached */
+    }
+    close(p[1]);
+    char got[32] = "";
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof got - 1 && (r = read(p[0], got + n, sizeof got - 1 - n)) > 0) n += (size_t)r;
+    close(p[0]);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(!strcmp(got, "R1L2"), "child wrote '%s'", got);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "child status %d", st);
+    /* release writes the bytes once and puts the old handler back */
+    if (pipe(p)) { CHECK(0, "pipe"); return; }
+    term_guard_install(p[1], p[1], "R", 1);
+    struct sigaction now;
+    sigaction(SIGTERM, NULL, &now);
+    int ours = now.sa_handler != SIG_DFL;
+    term_guard_release();
+    sigaction(SIGTERM, NULL, &now);
+    close(p[1]);
+    n = (size_t)read(p[0], got, sizeof got - 1);
+    got[n] = 0;
+    close(p[0]);
+    CHECK(ours && now.sa_handler == SIG_DFL && !strcmp(got, "R"), "release: '%s'", got);
 }
 
 /* Every cut point: the prefix is never complete and never leaks bytes. */
@@ -149,7 +243,7 @@ static void test_missing_da1(void) {
 typedef struct {
     int fd;
     int answer; /* 0: never answers */
-    char got[64];
+    char got[TERM_QUERY_MAX];
     size_t ngot;
 } fake_term;
 
@@ -160,7 +254,7 @@ static void sleep_ms(int ms) {
 
 static void *fake_term_main(void *arg) {
     fake_term *f = arg;
-    char q[32];
+    char q[TERM_QUERY_MAX];
     size_t want = term_query_build(q);
     while (f->ngot < want) {
         ssize_t r = read(f->fd, f->got + f->ngot, sizeof f->got - f->ngot);
@@ -199,7 +293,7 @@ static void test_detect_answers(void) {
     fake_term f;
     int rc;
     detect_with(1, 5000, &c, &rc, &f);
-    char q[32];
+    char q[TERM_QUERY_MAX];
     size_t qn = term_query_build(q);
     CHECK(f.ngot == qn && !memcmp(f.got, q, qn), "terminal got %zu bytes", f.ngot);
     CHECK(rc == 0 && c.da1_complete && c.sixel && c.da1_class == 64, "rc %d sixel %d", rc,
@@ -518,6 +612,9 @@ int main(void) {
     RUN(test_da1_vt340);
     RUN(test_da1_vt220);
     RUN(test_full_burst);
+    RUN(test_modes_version);
+    RUN(test_sixel_modes);
+    RUN(test_guard);
     RUN(test_split);
     RUN(test_typed_keys);
     RUN(test_garbage);

@@ -33,16 +33,14 @@ PY=$VENV/bin/python
 REF=$HERE/sd/sample_ref.py
 M=$T/m
 mkdir -p "$M"
-if "$PY" "$REF" make "$M" >"$T/make.log" 2>&1; then ok "tiny sd1/sd2 pipelines built"; else no "sample_ref.py make"; tail -n 5 "$T/make.log"; exit 1; fi
 P="a photo of a cat"
+if "$PY" "$REF" make "$M" "$P" 10 7.5 >"$T/make.log" 2>&1; then ok "tiny sd1/sd2 pipelines and diffusers' references built"; else no "sample_ref.py make"; tail -n 5 "$T/make.log"; exit 1; fi
 cmp_ok() { # NAME A B ATOL RTOL NA NB
     name=$1; shift
     if "$PY" "$REF" cmp "$@" >"$T/cmp" 2>&1; then ok "$name"; else no "$name"; fi
     cat "$T/cmp"
 }
 for m in sd1 sd2; do
-    "$PY" "$REF" ref "$M/$m" "$P" "$M/latents.safetensors" 10 7.5 "$M/ref-$m" >"$T/ref.log" 2>&1 ||
-        { no "diffusers reference of $m"; tail -n 5 "$T/ref.log"; continue; }
     expect 0 "d3po sample $m from the latents, eta 0" "$D3" sample --model "$M/$m" --prompt "$P" \
         --latents "$M/latents.safetensors" --steps 10 --eta 0 --cfg 7.5 --out "$M/out-$m"
     cmp_ok "  ...the image within 2/255 of diffusers' ($m)" "$M/out-$m/a_photo_of_a_cat-0-0.png" \
@@ -59,6 +57,25 @@ sys.exit(1 if a.shape != b.shape or (~(d <= 1e-4 + 1e-4 * np.abs(b))).any() else
         ok "  ...log-probs of diffusers' eta-1 trajectory ($m)" || no "  ...log-probs of the eta-1 trajectory ($m)"
     cat "$T/cmp"
 done
+
+# the log-probs recorded while sampling (eta 1) are the teacher-forced ones
+# of the same trajectory (what D3PO caches for the reference): same model,
+# same states, same float32 arithmetic, so within 1e-6
+expect 0 "tool_sdload sample sd2, eta 1" "$TOOL" sample "$M/sd2" "$P" "$M/latents.safetensors" 6 1 3 "$M/e1.st"
+"$TOOL" logp "$M/sd2" "$P" "$M/e1.st" 6 1 3 >"$T/lp" 2>"$T/err" || { no "tool_sdload logp of our trajectory"; cat "$T/err"; }
+"$PY" -c 'import sys, numpy as np
+from safetensors.numpy import load_file
+a = np.loadtxt(sys.argv[1]); b = load_file(sys.argv[2])["logp"].astype(np.float64)
+print("    sampled %s, teacher-forced %s" % (np.array2string(b[:3], precision=6), np.array2string(a[:3], precision=6)))
+sys.exit(1 if a.shape != b.shape or (~(np.abs(a - b) <= 1e-6 + 1e-6 * np.abs(b))).any() else 0)' "$T/lp" "$M/e1.st" >"$T/cmp" 2>&1 &&
+    ok "  ...teacher-forced log-probs equal the sampled ones" || no "  ...teacher-forced log-probs differ from the sampled ones"
+cat "$T/cmp"
+
+cp -r "$M/sd1" "$M/sd1-a1"
+sed -i 's/"set_alpha_to_one": false/"set_alpha_to_one": true/' "$M/sd1-a1/scheduler/scheduler_config.json"
+expect 2 "log-probs with set_alpha_to_one true" "$TOOL" sample "$M/sd1-a1" "$P" "$M/latents.safetensors" 4 1 3 "$M/a1.st"
+grep_err "  ...says the last step has sigma 0" "scheduler_config.json: step 3 (t=1) has sigma 0 (set_alpha_to_one true)"
+expect 0 "  ...sampling without log-probs works" "$D3" sample --model "$M/sd1-a1" --prompt "$P" --steps 4 --out "$M/a1"
 
 # the command line
 expect 0 "eta 1, two images" "$D3" sample --model "$M/sd1" --prompt "$P" --count 2 --steps 4 --seed 3 --out "$M/a"

@@ -4,9 +4,9 @@
 #
 # Builds the reference venv (tests/sd/venv.sh; honours $SD_VENV), makes
 # tiny random SD 1 / SD 2 / BK-SDM pipelines with 8- and 16-group norms
-# (tests/sd/make_tiny.py), writes diffusers' UNet output for given (x_t, t,
-# context) and VAE decode of given latents with its 8-bit pixels
-# (tests/sd/ref_unet.py), and compares tool_sdunet's numbers with them at
+# (tests/sd/make_tiny.py's build, called by ref_unet.py --make-tiny), writes
+# diffusers' UNet output for given (x_t, t, context) and VAE decode of given
+# latents with its 8-bit pixels (tests/sd/ref_unet.py), and compares tool_sdunet's numbers with them at
 # the tolerances it prints (float32 on both sides; the reasons are printed
 # next to them). The gradients are checked by test_sdunet (C, finite
 # differences). Under D3PO_ASAN=1 the Python side is skipped, as in
@@ -29,17 +29,20 @@ PY=$VENV/bin/python
 T=$(mktemp -d "${TMPDIR:-/tmp}/d3po-sdunet.XXXXXX") || fail "mktemp -d failed"
 trap 'rm -rf "$T"' EXIT
 
-pairs=""
-for kg in sd1:8 sd1:16 sd2:8 sd2:16 bksdm:8 bksdm:16; do
-    k=${kg%:*}; g=${kg#*:}
-    "$PY" "$HERE/sd/make_tiny.py" --kind "$k" --groups "$g" --out "$T/$k-g$g" >/dev/null 2>"$T/err" ||
-        { tail -n 3 "$T/err"; fail "make_tiny.py --kind $k --groups $g failed"; }
-    pairs="$pairs $T/$k-g$g $T/$k-g$g.ref.safetensors"
-done
 # run CMD...: prints its output with the temp dir left out; fails with its status
 run() { "$@" >"$T/out" 2>&1; rc=$?; sed "s|$T/||g" "$T/out"; return $rc; }
+pairs=""
+for kg in sd1-g8 sd1-g16 sd2-g8 sd2-g16 bksdm-g8 bksdm-g16; do
+    pairs="$pairs $T/$kg $T/$kg.ref.safetensors"
+done
+# one Python process builds the six pipelines (make_tiny.py's build) and
+# writes their references
 # shellcheck disable=SC2086
-run "$PY" "$HERE/sd/ref_unet.py" $pairs || fail "ref_unet.py failed"
+if ! run "$PY" "$HERE/sd/ref_unet.py" --make-tiny $pairs >"$T/ref.log"; then
+    tail -n 20 "$T/ref.log"
+    fail "ref_unet.py --make-tiny failed"
+fi
+grep '^ref_unet:' "$T/ref.log"   # (the library warnings left out)
 
 for kg in sd1-g8 sd1-g16 sd2-g8 sd2-g16 bksdm-g8 bksdm-g16; do
     run "$TOOL" unet "$T/$kg" "$T/$kg.ref.safetensors" || fail "$kg: UNet differs from diffusers"

@@ -316,6 +316,18 @@ static void fd_unet(const char *cfg, const char *what) {
     float t[2] = {801, 1};
     m.t = t;
     fd_check(&m, what);
+    /* the low-memory forward: the same ops in the same order, the same bits */
+    d3_tape *tp = tape_new(backend_cpu());
+    tape_set_grad(tp, 0);
+    d3_tensor *x;
+    d3_tensor *y = fd_forward(&m, tp, NULL, &x);
+    float *lean = malloc(y->numel * sizeof(float));
+    CHECK(sd_unet_forward_lowmem(backend_cpu(), &m.u, &m.L, m.params, m.x, m.N, m.h, m.w, m.t, m.ctx,
+                                 m.T, lean, err) == 0, "%s", err);
+    CHECK(!memcmp(lean, y->v, y->numel * sizeof(float)),
+          "%s: sd_unet_forward_lowmem differs from sd_unet_forward", what);
+    free(lean);
+    tape_free(tp);
     free(m.params); free(m.x); free(m.ctx);
     sd_layout_free(&m.L);
 }

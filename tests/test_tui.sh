@@ -15,7 +15,7 @@ wait_for "round 1  labels 0/2  model v0" && ok "screen opens on a new session" |
 wait_for "pair 0 " && ok "first pair drawn" || no "first pair drawn"
 # drift: the first pair (seed 0) is measured against the base; at v0 the
 # policy is the base, so the log-ratio is exactly 0
-wait_for "drift 0.000 (v0)" && ok "header shows the drift (0 at v0)" || no "header drift at v0"
+wait_for "drift 0.000 (v0, 1 pair)" && ok "header shows the drift (0 at v0)" || no "header drift at v0"
 wait_for "▀▀▀▀▀▀▀▀" && ok "half-block images drawn" || no "half-block images drawn"
 tm send-keys -t t 1
 wait_for "pair 0: A saved" && ok "key 1 labels left" || no "key 1"
@@ -37,14 +37,17 @@ tm send-keys -t t Right
 wait_for "model v2" && ok "round 2 trained" || no "round 2 trained"
 # pairs keep coming from the model in force while a round trains, so the
 # first pair measured from a trained model (pair 8) comes a few pairs later
-wait_for "drift -*[0-9.]* (v[12])" && ok "header drift measured on a trained model's pair" \
+wait_for "drift -*[0-9.]* (v[12], [0-9] pair" && ok "header drift measured on a trained model's pair" \
     || no "header drift of a trained model"
 # history: change a past choice (a new journal line)
 tm send-keys -t t h
 wait_for "history: 5 decided pairs" && ok "h opens the history" || no "h history"
+wait_for "pair *4  B *trained" && ok "history marks a trained pair" || no "history trained mark"
 tm send-keys -t t Down
 tm send-keys -t t t
 wait_for "changed to tie" && ok "a past choice can be changed" || no "change a past choice"
+wait_for "pair *3  tie *next round" && ok "history: the edited pair waits for the next round" \
+    || no "history next-round mark"
 tm send-keys -t t h
 tm send-keys -t t p
 wait_for "prompt of new pairs" && ok "p opens the prompt chooser" || no "p prompt chooser"

@@ -10,7 +10,8 @@
  *                                  ms per forward and per forward+backward
  *                                  (medians of K after a warm-up), peak
  *                                  resident memory; last line, for
- *                                  bench/run.sh: "d3po sd-unet FWD_S FB_S MB"
+ *                                  bench/run.sh: "d3po sd-unet FWD_S FB_S MB";
+ *                                  --lowmem: sd_unet_forward_lowmem, forward only
  *   tool_sdunet vaebench CONFIG [same options] [--lowmem]
  *                                  random VAE decoder of CONFIG (a vae
  *                                  config.json): ms per decode of S x S
@@ -148,6 +149,17 @@ static int cmd_unet(const char *pipe, const char *refpath) {
      * on outputs of size ~1; 10x margin. */
     int bad = compare("eps", out->v, (const float *)eps->data, out->numel, 5e-5, 1e-3,
                       "float32, summation order through ~40 layers");
+    /* the low-memory forward runs the same ops in the same order */
+    float *lean = malloc(out->numel * sizeof(float));
+    if (!lean || sd_unet_forward_lowmem(backend_cpu(), &c, &L, params, (const float *)x->data, N, h,
+                                        w, (const float *)t->data, (const float *)ctx->data,
+                                        (int)ctx->shape[1], lean, err))
+        die("%s", "sd_unet_forward_lowmem failed");
+    int same = !memcmp(lean, out->v, out->numel * sizeof(float));
+    printf("  sd_unet_forward_lowmem: %s\n", same ? "bit-identical to sd_unet_forward: ok"
+                                                    : "DIFFERS from sd_unet_forward");
+    bad |= !same;
+    free(lean);
     tape_free(tp);
     st_free(&r);
     free(params);
@@ -287,9 +299,19 @@ static int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < N; i++) t[i] = 500.0f + i;
     d3_tape *tp = tape_new(backend_cpu());
     double tf[64], tb[64];
+    size_t arena_fwd = 0;  /* the tape's memory after the first forward alone */
     for (int it = 0; it < iters + 1; it++) {   /* the first round warms up */
-        for (int grad = 0; grad < 2; grad++) {
+        for (int grad = 0; grad < (o.lowmem ? 1 : 2); grad++) {
             double t0 = now();
+            if (o.lowmem) {   /* forward only, in bounded memory */
+                float *y = malloc(sizeof(float) * N * c.out_channels * S * S);
+                if (!y || sd_unet_forward_lowmem(backend_cpu(), &c, &L, params, x, N, S, S, t, ctx, T,
+                                                 y, err))
+                    die("%s", "sd_unet_forward_lowmem failed");
+                free(y);
+                if (it > 0) tf[it - 1] = tb[it - 1] = now() - t0;
+                continue;
+            }
             tape_reset(tp);
             tape_set_grad(tp, grad);
             d3_tensor *xt = tape_input(tp, N, c.in_channels, S, S);
@@ -303,6 +325,7 @@ static int cmd_bench(int argc, char **argv) {
                 tape_backward(tp, out, dy);
             }
             double dt = now() - t0;
+            if (it == 0 && !grad) arena_fwd = tape_arena_bytes(tp);
             if (it > 0 && grad) tb[it - 1] = dt;
             else if (it > 0) tf[it - 1] = dt;
         }
@@ -310,10 +333,11 @@ static int cmd_bench(int argc, char **argv) {
     double fwd = median(tf, iters), fb = median(tb, iters);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    if (o.lowmem) printf("(--lowmem: sd_unet_forward_lowmem, forward only: forward+backward not run)\n");
     printf("d3po unet bench: params %zu, batch %d, latent %dx%d, threads %d: forward %.1f ms, "
-           "forward+backward %.1f ms (medians of %d), peak rss %.0f MiB, tape arena %.0f MiB\n",
-           L.numel, N, S, S, threads, fwd * 1e3, fb * 1e3, iters, ru.ru_maxrss / 1024.0,
-           tape_arena_bytes(tp) / 1048576.0);
+           "forward+backward %.1f ms (medians of %d), peak rss %.0f MiB, tape arena %.0f MiB "
+           "(%.0f MiB after a forward alone)\n", L.numel, N, S, S, threads, fwd * 1e3, fb * 1e3,
+           iters, ru.ru_maxrss / 1024.0, tape_arena_bytes(tp) / 1048576.0, arena_fwd / 1048576.0);
     printf("d3po sd-unet %.6f %.6f %.1f\n", fwd, fb, ru.ru_maxrss / 1024.0);
     tape_free(tp);
     free(params); free(grads); free(x); free(ctx); free(t);

@@ -231,8 +231,16 @@ int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p,
     snprintf(v->msg, sizeof v->msg, "graphics: %s%s; sides hidden until the result",
              term_mode_name(v->mode), v->caps.tmux ? " (in tmux)" : "");
     signal(SIGWINCH, on_winch);
+    char terr[D3_ERRLEN];
+    if (label_term_check(terr)) {
+        fclose(fo);
+        fclose(fi);
+        return d3_errf(err, "--tui: %s", terr);
+    }
+    label_tty_guard(fd, &v->caps, v->mode);
     SCREEN *scr = newterm(NULL, fo, fi);
     if (!scr) {
+        term_guard_release();
         fclose(fo);
         fclose(fi);
         return d3_errf(err, "--tui: curses cannot drive this terminal (TERM=%s)",
@@ -243,6 +251,7 @@ int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p,
     noecho();
     keypad(stdscr, TRUE);
     curs_set(0);
+    label_tty_setup(fd, &v->caps, v->mode);
     for (size_t i = 0; i < v->caps.nleftover; i++) ungetch(v->caps.leftover[v->caps.nleftover - 1 - i]);
     draw(v, 1);
     while (!v->quit) {
@@ -260,6 +269,7 @@ int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p,
         if (ch != ERR || full) draw(v, full);
     }
     endwin();
+    term_guard_release();
     delscreen(scr);
     fclose(fo);
     fclose(fi);

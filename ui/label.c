@@ -11,6 +11,7 @@
 #include "label.h"
 
 #include <curses.h>
+#include <ncursesw/term.h> /* setupterm; plain <term.h> would find ui/term.h */
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
@@ -40,6 +41,10 @@ typedef struct {
 } qpair;
 
 #define QMAX 256
+/* pairs the header's drift is averaged over (of one model version) */
+#define DRIFT_AVG 8
+/* start-up warnings and messages kept for the log view */
+#define LOG_MAX 200
 
 /* The encoder thread: sixel (libsixel) and half-block encoding happen off
  * the UI thread. Jobs carry a copy of the image, results come back through
@@ -80,8 +85,18 @@ typedef struct {
     qpair *done[64];    /* recently decided, for undo (newest last) */
     int ndone;
     char status[256], msg[D3_ERRLEN + 64];
-    int prog_i, prog_n; /* engine progress for the bar (n = 0: none) */
+    /* the engine's newest progress report; the status line is made from
+     * these at each draw (one source for the header and the status) */
     int help, zoom;     /* zoom: 0 off, 1 left image, 2 right image */
+    int stats, logview; /* the stats and message-log overlays */
+    int log_first;      /* first log line shown (scrolling) */
+    char **log;         /* start-up warnings and this sitting's messages */
+    int nlog;
+    char logged[D3_ERRLEN + 64]; /* the message last copied into the log */
+    time_t t_start;     /* when the screen opened (labels per hour) */
+    session_stats st0;  /* the session when the screen opened (this sitting) */
+    int *cls_count;     /* per prompt: labeled pairs (stats view, lazily) */
+    long cls_counted;   /* session labeled count when cls_count was made */
     int hist, hist_sel; /* history browser: on, selected row (0 = newest) */
     long hist_ids[4096];
     int hist_n;
@@ -93,21 +108,60 @@ typedef struct {
     int quit;
     int nclasses;
     char **names;       /* class names (prompts), copied from the policy */
-    double drift;       /* mean per-step log p_policy - log p_base of the
-                           newest measured pair (header); NAN: none yet */
-    long drift_version; /* the model version that pair came from */
+    /* drift: per-step log p_policy - log p_base of the newest measured
+     * pairs (a ring); the header shows the mean over those of the newest
+     * model version, so one odd pair does not make it jump */
+    double drift_d[DRIFT_AVG];
+    long drift_v[DRIFT_AVG];
+    int ndrift;
 } ui;
 
 static volatile sig_atomic_t resized;
 static void on_winch(int sig) { (void)sig; resized = 1; }
 
+/* Text from files, prompts and errors, made safe to show: C0 controls,
+ * DEL and the C1 controls (U+0080..U+009F, 0xC2 0x80..0x9F in UTF-8)
+ * become '?', so nothing reaches the terminal as a control sequence. */
 static void sanitize(char *dst, size_t n, const char *src) {
     size_t j = 0;
     for (; *src && j + 1 < n; src++) {
         unsigned char ch = (unsigned char)*src;
-        dst[j++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+        if (ch == 0xc2 && (unsigned char)src[1] >= 0x80 && (unsigned char)src[1] <= 0x9f) {
+            dst[j++] = '?';
+            src++;
+            continue;
+        }
+        dst[j++] = ch < 0x20 || ch == 0x7f || (ch >= 0x80 && ch <= 0x9f) ? '?' : (char)ch;
     }
     dst[j] = 0;
+}
+
+/* Cuts text to at most width columns on a word boundary (mid-word only
+ * when one word is wider than the line), marking a cut with "...". dst
+ * gets the shown part; returns the offset in src where the rest starts
+ * (strlen(src) when everything fits). Text is treated as one column a
+ * byte, which holds for what d3po writes (ASCII) and errs short for
+ * UTF-8 names. */
+static size_t fit_words(char *dst, size_t n, const char *src, int width) {
+    size_t len = strlen(src);
+    if (width < 4) width = 4;
+    if ((int)len <= width) {
+        snprintf(dst, n, "%s", src);
+        return len;
+    }
+    int room = width - 3; /* "..." */
+    int cut = room;
+    while (cut > 0 && src[cut] != ' ') cut--;
+    if (cut < room / 2) { /* one long word: cut it, not inside a UTF-8 character */
+        cut = room;
+        while (cut > 0 && ((unsigned char)src[cut] & 0xc0) == 0x80) cut--;
+    }
+    int end = cut;
+    while (end > 0 && src[end - 1] == ' ') end--;
+    snprintf(dst, n, "%.*s...", end, src);
+    size_t rest = (size_t)cut;
+    while (src[rest] == ' ') rest++;
+    return rest;
 }
 
 static void qpair_free(qpair *q) {
@@ -130,17 +184,39 @@ static qpair *qpair_from(long id, d3_pair_sample *p) {
     return q;
 }
 
+/* Remembers a measured pair's drift (NAN: the pair was not measured). */
+static void drift_add(ui *u, double d, long version) {
+    if (isnan(d)) return;
+    memmove(u->drift_d + 1, u->drift_d, (DRIFT_AVG - 1) * sizeof *u->drift_d);
+    memmove(u->drift_v + 1, u->drift_v, (DRIFT_AVG - 1) * sizeof *u->drift_v);
+    u->drift_d[0] = d;
+    u->drift_v[0] = version;
+    if (u->ndrift < DRIFT_AVG) u->ndrift++;
+}
+
+/* The header's drift: the mean over the remembered pairs of the newest
+ * model version among them; *n gets how many, *version which. NAN: none. */
+static double drift_mean(const ui *u, int *n, long *version) {
+    *n = 0;
+    *version = -1;
+    if (!u->ndrift) return NAN;
+    long v = u->drift_v[0];
+    for (int i = 1; i < u->ndrift; i++)
+        if (u->drift_v[i] > v) v = u->drift_v[i];
+    double sum = 0;
+    for (int i = 0; i < u->ndrift; i++)
+        if (u->drift_v[i] == v) sum += u->drift_d[i], (*n)++;
+    *version = v;
+    return sum / *n;
+}
+
 /* ---- the round flow: everything below the screen is the round driver's
  * (src/rounds.c, shared with `d3po auto`); these functions only move pairs
  * between the driver and the screen's queue ---- */
 
 /* a pair the driver saved as id goes into the queue */
 static void on_pair(ui *u, long id, d3_pair_sample *p) {
-    double d = engine_pair_drift(p);
-    if (!isnan(d)) {
-        u->drift = d;
-        u->drift_version = p->version;
-    }
+    drift_add(u, engine_pair_drift(p), p->version);
     qpair *q = qpair_from(id, p);
     if (u->nq < QMAX) u->queue[u->nq++] = q;
     else qpair_free(q);
@@ -148,24 +224,9 @@ static void on_pair(ui *u, long id, d3_pair_sample *p) {
 
 static void top_up(ui *u) { rounds_top_up(u->d, u->nq); }
 
-/* The status line from the driver's status: what the engine really does. */
-static void round_status(ui *u) {
-    rounds_status *r = &u->rs;
-    rounds_get_status(u->d, r);
-    u->prog_n = 0;
-    if (r->training) {
-        char eta[32] = "";
-        if (isfinite(r->train_eta_s)) snprintf(eta, sizeof eta, ", ~%.0f s", r->train_eta_s);
-        u->prog_i = r->train_i;
-        u->prog_n = r->train_n;
-        snprintf(u->status, sizeof u->status,
-                 "training round %d on %d labels: %d%%%s; next pairs from v%ld", r->train_round,
-                 r->train_nlabels, r->train_n ? 100 * r->train_i / r->train_n : 0, eta, r->version);
-    } else if (r->inflight) {
-        snprintf(u->status, sizeof u->status, "sampling %d pair%s from v%ld", r->inflight,
-                 r->inflight == 1 ? "" : "s", r->version);
-    }
-}
+/* The driver's status: the one source of the header, the status line and
+ * the stats view (see engine_line). */
+static void round_status(ui *u) { rounds_get_status(u->d, &u->rs); }
 
 static void decide(ui *u, int choice) {
     if (!u->nq) {
@@ -232,7 +293,6 @@ static void engine_events(ui *u) {
             snprintf(u->status, sizeof u->status, "round %d trained: model v%ld", ev.round, ev.version);
             break;
         case RV_ERROR:
-        case RV_WARNING:
             snprintf(u->msg, sizeof u->msg, "%s", ev.msg);
             break;
         default:
@@ -243,16 +303,20 @@ static void engine_events(ui *u) {
     round_status(u);
 }
 
-/* ---- drawing ---- */
-
-static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
-    int rows = LINES, cols = COLS;
-    *top = 3;
-    *h = rows - 6;
-    *w = (cols - 3) / 2;
-    *left0 = 1;
-    *left1 = 2 + *w;
+/* The training mark of a history row: trained with this choice, changed
+ * after training (the new answer goes into the next round), or waiting. */
+static const char *hist_mark(const d3_session *s, long id) {
+    static char buf[48];
+    int tc = session_trained_choice(s, id), c = session_choice_of(s, id);
+    if (session_label_trained(s, id)) return "trained";
+    if (tc != SESSION_NONE && tc != c) {
+        snprintf(buf, sizeof buf, "trained as %s, changed", session_choice_name(tc));
+        return buf;
+    }
+    return session_label_pending(s, id) ? "next round" : "";
 }
+
+/* ---- drawing ---- */
 
 int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int S,
                        int top, int left, int w, int h, unsigned char **out, size_t *outlen) {
@@ -355,6 +419,7 @@ static qpair *ui_find_pair(ui *u, long id) {
 }
 
 static void draw_images(ui *u);
+static void panel_geom(int *top, int *h, int *w, int *left0, int *left1);
 
 /* Results from the encoder: attach them, then draw what is now ready. */
 static void encoder_results(ui *u) {
@@ -394,22 +459,61 @@ static void prefetch(ui *u) {
     }
 }
 
+/* Images go where curses thinks the screen is blank: panel_geom gives the
+ * two panels (rows top .. top+h-1; a gap of a few columns between them,
+ * wider on wide screens, so the images never touch), zoom_geom the one
+ * image of the zoom view, centred on rows 1 .. LINES-5. Rows: 0 header, 2
+ * the prompt above each panel, LINES-4 the pair line, LINES-3 messages,
+ * LINES-2 the keys, LINES-1 the engine's status. */
+static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
+    int rows = LINES, cols = COLS;
+    int gap = 2 + cols / 50;
+    *top = 3;
+    *h = rows - 7;
+    *w = (cols - 2 - gap) / 2;
+    *left0 = 1;
+    *left1 = 1 + *w + gap;
+}
+
+/* Columns an S x S image takes when fitted into w x h cells. */
+static int image_cols(const ui *u, int S, int w, int h) {
+    if (u->mode != TERM_MODE_SIXEL) {
+        int bc, br;
+        blocks_fit(S, S, w, h, &bc, &br);
+        return bc;
+    }
+    int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
+    if (f < 1) f = 1;
+    return (S * f + u->caps.cell_w - 1) / u->caps.cell_w;
+}
+
+/* zoom: every row between the header and the pair line */
+static void zoom_geom(const ui *u, int S, int *top, int *h, int *w, int *left) {
+    *top = 1;
+    *h = LINES - 5;
+    *w = COLS - 2;
+    int used = image_cols(u, S, *w, *h);
+    *left = 1 + (*w - used) / 2;
+}
+
 static void draw_images(ui *u) {
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
-    if (u->help || u->picking) return;
+    if (u->help || u->picking || u->stats || u->logview) return;
     if (u->hist) {
         if (u->hist_pair) {
-            int hw = (w - 1) / 2;
+            int hw = (w - 2) / 2;
             put_image(u, u->hist_pair, 0, top, l1, hw, h);
-            put_image(u, u->hist_pair, 1, top, l1 + hw + 1, hw, h);
+            put_image(u, u->hist_pair, 1, top, l1 + hw + 2, hw, h);
         }
         return;
     }
     if (!u->nq) return;
     qpair *q = u->queue[0];
-    if (u->zoom) { /* one image on every row between the header and the footer */
-        put_image(u, q, u->zoom - 1, 1, 1, COLS - 2, LINES - 4);
+    if (u->zoom) {
+        int zl;
+        zoom_geom(u, q->p->S, &top, &h, &w, &zl);
+        put_image(u, q, u->zoom - 1, top, zl, w, h);
         return;
     }
     put_image(u, q, 0, top, l0, w, h);
@@ -433,96 +537,322 @@ int label_frame_begin(long view, long *last_view, int full) {
     return full;
 }
 
+/* ---- the message log ---- */
+
+static void log_add(ui *u, const char *what, const char *text) {
+    char safe[D3_ERRLEN + 96];
+    sanitize(safe, sizeof safe, text);
+    if (u->nlog == LOG_MAX) {
+        free(u->log[0]);
+        memmove(u->log, u->log + 1, (LOG_MAX - 1) * sizeof *u->log);
+        u->nlog--;
+    }
+    if (!u->log) u->log = calloc(LOG_MAX, sizeof *u->log);
+    if (!u->log) return;
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    char line[D3_ERRLEN + 128];
+    snprintf(line, sizeof line, "%02d:%02d:%02d %s%s", tm.tm_hour, tm.tm_min, tm.tm_sec, what, safe);
+    u->log[u->nlog++] = strdup(line);
+}
+
+/* ---- the status line and the header: one source ---- */
+
+/* What the engine is doing, from the round driver's status (the header
+ * reads the same status: one source). */
+static void engine_line(const ui *u, char *out, size_t n) {
+    const rounds_status *r = &u->rs;
+    if (r->training) {
+        char bar[24] = "", step[48] = "", loss[32] = "", eta[32] = "";
+        int pct = r->train_n > 0 ? (int)(100.0 * r->train_i / r->train_n + 0.5) : 0;
+        int fill = pct / 10;
+        snprintf(bar, sizeof bar, "[%.*s%.*s] ", fill, "##########", 10 - fill, "..........");
+        if (r->train_i > 0 && r->train_n > 0) snprintf(step, sizeof step, ", step %d/%d", r->train_i, r->train_n);
+        if (r->train_i > 0 && isfinite(r->train_loss)) snprintf(loss, sizeof loss, ", loss %.4f", r->train_loss);
+        if (isfinite(r->train_eta_s)) snprintf(eta, sizeof eta, ", ~%.0f s left", r->train_eta_s);
+        snprintf(out, n, "%straining round %d on %d label%s: %d%%%s%s%s; next pairs from v%ld; new "
+                 "labels go to round %d", bar, r->train_round, r->train_nlabels,
+                 r->train_nlabels == 1 ? "" : "s", pct, step, loss, eta, r->version, r->round);
+    } else if (r->inflight > 0 && !u->nq) {
+        snprintf(out, n, "sampling the next pair with model v%ld...", r->version);
+    } else if (r->inflight > 0) {
+        snprintf(out, n, "sampling %d pair%s ahead with model v%ld%s%s", r->inflight,
+                 r->inflight == 1 ? "" : "s", r->version, u->status[0] ? "; " : "", u->status);
+    } else {
+        snprintf(out, n, "%s", u->status[0] ? u->status : "idle");
+    }
+}
+
+/* One line, fitted on word boundaries, never past the right edge. */
+static void put_fitted(int row, int col, const char *text) {
+    char safe[1024], line[1024];
+    sanitize(safe, sizeof safe, text);
+    fit_words(line, sizeof line, safe, COLS - col - 1);
+    mvaddstr(row, col, line);
+}
+
+/* ---- overlays ---- */
+
+static void draw_help(ui *u, int top) {
+    static const char *what[D3_ACT_COUNT] = {
+        "the left image is better", "the right image is better", "tie (no gradient)",
+        "skip (no label)", "undo the last decision", "zoom: left image, right image, both",
+        "history: past pairs; change a choice with the decision keys", "end the round now and train",
+        "choose the prompt of new pairs", "this help", "quit (safe at any moment)",
+        "statistics: labels, rate, balance, prompts, training", "messages: start-up warnings and errors"};
+    put_fitted(top, 2, "keys (remap them in d3po.conf, ui.keys; see d3po.conf(5)); Escape closes "
+                       "any view:");
+    int r = top + 2;
+    for (int a = 0; a < D3_ACT_COUNT && r < LINES - 5; a++, r++) {
+        char keys[64] = "", line[256];
+        for (int k = 0; k < u->c->ui.nkeys[a]; k++)
+            snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", k ? " " : "",
+                     u->c->ui.keys[a][k]);
+        snprintf(line, sizeof line, "%-16s %s", keys, what[a]);
+        put_fitted(r, 4, line);
+    }
+    char obj[160];
+    snprintf(obj, sizeof obj, "training objective: %s%s (train.objective, --objective)",
+             config_objective_name(u->c->train.objective),
+             u->c->train.all_labels ? ", over every label so far" : "");
+    const char *notes[] = {
+        "every decision is in labels.jsonl (fsync'd) before the next pair shows", obj,
+        "drift: the mean per-step log-probability ratio log p(model) - log p(base) of the last "
+        "measured pairs (every 4th pair, up to 8) of the newest model version; 0 at the base "
+        "model, it grows as training moves the model away from it",
+        NULL};
+    r++;
+    for (int i = 0; notes[i] && r < LINES - 5; i++) {
+        const char *p = notes[i];
+        while (*p && r < LINES - 5) { /* wrapped on words */
+            char line[512];
+            size_t used = fit_words(line, sizeof line, p, COLS - 4);
+            if (p[used]) line[strlen(line) - 3] = 0; /* no "..." when wrapping */
+            mvaddstr(r++, 2, line);
+            p += used;
+        }
+    }
+}
+
+/* Per prompt: how many labeled pairs (read from the pair files' headers,
+ * again only when the session's label count changed). */
+static void count_prompts(ui *u, long labeled) {
+    if (u->cls_count && u->cls_counted == labeled) return;
+    free(u->cls_count);
+    u->cls_count = calloc(u->nclasses, sizeof *u->cls_count);
+    if (!u->cls_count) return;
+    for (long id = 0; id < u->s->next_pair; id++) {
+        if (session_choice_of(u->s, id) == SESSION_NONE) continue;
+        int k = session_pair_class(u->s, id);
+        if (k >= 0 && k < u->nclasses) u->cls_count[k]++;
+    }
+    u->cls_counted = labeled;
+}
+
+static void draw_stats(ui *u, int top) {
+    session_stats st;
+    session_info(u->s, &st);
+    char line[512];
+    long dec = 0;
+    for (int i = 0; i < SESSION_NCHOICES; i++) dec += st.by_choice[i];
+    put_fitted(top - 1, 1, "statistics (i or Escape closes)");
+    int r = top;
+#define PCT(x) (dec ? 100.0 * (double)(x) / (double)dec : 0.0)
+    snprintf(line, sizeof line,
+             "labels        %ld decided pair%s: A %ld (%.0f%%), B %ld (%.0f%%), tie %ld (%.0f%%), "
+             "skip %ld (%.0f%%); %ld undone",
+             dec, dec == 1 ? "" : "s", st.by_choice[SESSION_A], PCT(st.by_choice[SESSION_A]), st.by_choice[SESSION_B],
+             PCT(st.by_choice[SESSION_B]), st.by_choice[SESSION_TIE], PCT(st.by_choice[SESSION_TIE]),
+             st.by_choice[SESSION_SKIP], PCT(st.by_choice[SESSION_SKIP]), st.undone);
+#undef PCT
+    put_fitted(r++, 2, line);
+    long sat = st.labeled - u->st0.labeled;
+    double mins = difftime(time(NULL), u->t_start) / 60.0;
+    char rate[48] = "rate shown after a minute";
+    if (mins >= 1) snprintf(rate, sizeof rate, "%.0f per hour", sat / (mins / 60.0));
+    snprintf(line, sizeof line, "this sitting  %ld label%s in %.0f min: %s", sat, sat == 1 ? "" : "s",
+             mins, rate);
+    put_fitted(r++, 2, line);
+    snprintf(line, sizeof line,
+             "training      %d round%s trained (model v%d): %ld label%s trained, %ld pending; "
+             "round %d has %d of %d%s",
+             st.round, st.round == 1 ? "" : "s", st.version, st.trained, st.trained == 1 ? "" : "s",
+             st.untrained, u->rs.round, u->rs.pending, u->rs.round_size,
+             u->rs.training ? "; a round is training now" : "");
+    put_fitted(r++, 2, line);
+    snprintf(line, sizeof line, "pairs         %ld sampled, %ld without a decision", st.pairs,
+             st.unlabeled);
+    put_fitted(r++, 2, line);
+    r++;
+    count_prompts(u, st.labeled);
+    if (!u->cls_count) return;
+    int nused = 0;
+    for (int k = 0; k < u->nclasses; k++) nused += u->cls_count[k] > 0;
+    snprintf(line, sizeof line, "per prompt    labeled pairs, most first (%d of %d prompts labeled):",
+             nused, u->nclasses);
+    put_fitted(r++, 2, line);
+    /* most first: repeated selection, few rows */
+    char *shown = calloc(u->nclasses, 1);
+    int bottom = LINES - 5;
+    int colw = 40, ncol = (COLS - 4) / colw > 0 ? (COLS - 4) / colw : 1;
+    int slots = (bottom - r) * ncol;
+    for (int slot = 0; shown && slot < slots; slot++) {
+        int best = -1;
+        for (int k = 0; k < u->nclasses; k++)
+            if (!shown[k] && u->cls_count[k] > 0 && (best < 0 || u->cls_count[k] > u->cls_count[best]))
+                best = k;
+        if (best < 0) break;
+        shown[best] = 1;
+        char name[128];
+        sanitize(name, sizeof name, u->names[best]);
+        snprintf(line, sizeof line, "%6d  %.*s", u->cls_count[best], colw - 10, name);
+        mvaddstr(r + slot % (bottom - r), 4 + (slot / (bottom - r)) * colw, line);
+    }
+    free(shown);
+}
+
+static void draw_log(ui *u, int top) {
+    char head[160];
+    snprintf(head, sizeof head, "messages: %d (start-up warnings first; Up/Down scroll; %s or Escape closes)",
+             u->nlog, key_label(u->c, D3_ACT_LOG));
+    put_fitted(top - 1, 1, head);
+    if (!u->nlog) {
+        mvaddstr(top + 1, 2, "no warnings or errors so far");
+        return;
+    }
+    if (u->log_first >= u->nlog) u->log_first = u->nlog - 1;
+    if (u->log_first < 0) u->log_first = 0;
+    int r = top;
+    for (int i = u->log_first; i < u->nlog && r < LINES - 4; i++) {
+        const char *p = u->log[i];
+        int first = 1;
+        while (*p && r < LINES - 4) { /* wrapped on words, continuation indented */
+            char line[1024];
+            int indent = first ? 2 : 11;
+            size_t used = fit_words(line, sizeof line, p, COLS - indent - 1);
+            if (p[used]) line[strlen(line) - 3] = 0;
+            mvaddstr(r++, indent, line);
+            p += used;
+            first = 0;
+        }
+    }
+}
+
+/* The decision keys that need the pair on screen. */
+static int decides(int act) {
+    return act == D3_ACT_LEFT || act == D3_ACT_RIGHT || act == D3_ACT_TIE || act == D3_ACT_SKIP ||
+           act == D3_ACT_UNDO || act == D3_ACT_ZOOM;
+}
+
 static void draw(ui *u, int full) {
     /* Images are written around curses, which therefore thinks their cells
      * are blank: whenever what is shown changes, repaint the whole screen
      * (clearok) so no old image or block text survives. */
-    long view = ((((long)u->help * 2 + u->hist) * 2 + u->picking) * 3 + u->zoom) * 100003L +
+    long view = (((((((long)u->help * 2 + u->hist) * 2 + u->picking) * 2 + u->stats) * 2 +
+                  u->logview) * 3 + u->zoom) * 100003L) +
                 (u->hist ? u->hist_sel : u->nq ? u->queue[0]->id + 1 : 0);
-    if ((full = label_frame_begin(view, &u->last_view, full)) < 0) return;
+    if (strcmp(u->msg, u->logged)) { /* every message also goes to the log */
+        memcpy(u->logged, u->msg, sizeof u->logged);
+        if (u->msg[0]) log_add(u, "", u->msg);
+    }
+    if ((full = label_frame_begin(view, &u->last_view, full)) < 0) {
+        if (u->msg[0] && LINES > 2) put_fitted(LINES / 2 + 1, 0, u->msg);
+        refresh();
+        return;
+    }
     session_stats st;
     session_info(u->s, &st);
-    char name[64];
+    char name[512], line[1024];
     sanitize(name, sizeof name, u->s->dir);
     attron(A_REVERSE);
     mvhline(0, 0, ' ', COLS);
-    char drift[48] = "drift -";
-    if (!isnan(u->drift)) snprintf(drift, sizeof drift, "drift %.3f (v%ld)", u->drift, u->drift_version);
+    char drift[64] = "drift -";
+    int nd;
+    long dv;
+    double dm = drift_mean(u, &nd, &dv);
+    if (!isnan(dm)) snprintf(drift, sizeof drift, "drift %.3f (v%ld, %d pair%s)", dm, dv, nd, nd == 1 ? "" : "s");
+    char rest[256];
     /* the objective last: a narrow terminal cuts it before the drift */
-    mvprintw(0, 1, "d3po  %s  round %d  labels %d/%d  model v%d  %s  queued %d  %s  %s", name,
-             u->rs.round, u->rs.pending, u->rs.round_size, u->s->version, u->be->name, u->nq,
-             drift, config_objective_name(u->c->train.objective));
+    snprintf(rest, sizeof rest, "round %d  labels %d/%d  model v%d  %s  ahead %d  %s  %s",
+             u->rs.round, u->rs.pending, u->rs.round_size, u->s->version, u->be->name,
+             u->nq > 0 ? u->nq - 1 : 0, drift, config_objective_name(u->c->train.objective));
+    /* the session's folder gives way first: its end, then nothing */
+    int room = COLS - 2 - 6 - (int)strlen(rest) - 2, nl = (int)strlen(name);
+    if (room < 8) snprintf(line, sizeof line, "d3po  %s", rest);
+    else if (nl <= room) snprintf(line, sizeof line, "d3po  %s  %s", name, rest);
+    else snprintf(line, sizeof line, "d3po  ...%s  %s", name + nl - (room - 3), rest);
+    put_fitted(0, 1, line);
     attroff(A_REVERSE);
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
     if (u->help) {
-        static const char *what[D3_ACT_COUNT] = {
-            "the left image is better", "the right image is better", "tie (no gradient)",
-            "skip (no label)", "undo the last decision", "zoom: left image, right image, both",
-            "history: past pairs; change a choice with the decision keys", "end the round now and train",
-            "choose the prompt of new pairs", "this help", "quit (safe at any moment)"};
-        mvprintw(top, 2, "keys (remap them in d3po.conf, ui.keys; see d3po.conf(5)):");
-        for (int a = 0; a < D3_ACT_COUNT; a++) {
-            char keys[64] = "";
-            for (int k = 0; k < u->c->ui.nkeys[a]; k++)
-                snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", k ? " " : "",
-                         u->c->ui.keys[a][k]);
-            mvprintw(top + 2 + a, 4, "%-16s %s", keys, what[a]);
-        }
-        mvprintw(top + 4 + D3_ACT_COUNT, 2,
-                 "every decision is in labels.jsonl (fsync'd) before the next pair shows");
-        mvprintw(top + 5 + D3_ACT_COUNT, 2, "training objective: %s%s (train.objective, --objective)",
-                 config_objective_name(u->c->train.objective),
-                 u->c->train.all_labels ? ", over every label so far" : "");
+        draw_help(u, top);
+    } else if (u->stats) {
+        draw_stats(u, top);
+    } else if (u->logview) {
+        draw_log(u, top);
     } else if (u->hist) {
-        mvprintw(2, l0, "history: %d decided pairs (Up/Down; decision keys change a choice; %s closes)",
+        snprintf(line, sizeof line, "history: %d decided pairs (Up/Down; decision keys change a choice; %s closes)",
                  u->hist_n, key_label(u->c, D3_ACT_HISTORY));
+        put_fitted(2, l0, line);
         int first = u->hist_sel - h / 2 < 0 ? 0 : u->hist_sel - h / 2;
         for (int r = 0; r < h && first + r < u->hist_n; r++) {
             long id = u->hist_ids[first + r];
             if (first + r == u->hist_sel) attron(A_REVERSE);
-            mvprintw(top + r, l0, " pair %6ld  %-5s", id, session_choice_name(session_choice_of(u->s, id)));
+            mvprintw(top + r, l0, " pair %6ld  %-5s %s", id,
+                     session_choice_name(session_choice_of(u->s, id)), hist_mark(u->s, id));
             if (first + r == u->hist_sel) attroff(A_REVERSE);
         }
         if (u->hist_pair) {
             char prompt[128];
             sanitize(prompt, sizeof prompt,
                      u->hist_pair->p->cls < u->nclasses ? u->names[u->hist_pair->p->cls] : "?");
-            mvprintw(LINES - 3, l1, "A | B  %.*s  (v%ld)", w - 16, prompt, u->hist_pair->p->version);
+            mvprintw(LINES - 4, l1, "A | B  %.*s  (v%ld)", w > 16 ? w - 16 : 0, prompt,
+                     u->hist_pair->p->version);
         }
     } else if (u->picking) {
         mvprintw(2, l0, "prompt of new pairs (Up/Down, Enter):");
         int first = u->pick_sel - h / 2 < 0 ? 0 : u->pick_sel - h / 2;
         for (int r = 0; r < h && first + r <= u->nclasses; r++) {
             int i = first + r;
-            char name[128];
-            sanitize(name, sizeof name, i ? u->names[i - 1] : "(every prompt in turn)");
+            char pname[128];
+            sanitize(pname, sizeof pname, i ? u->names[i - 1] : "(every prompt in turn)");
             if (i == u->pick_sel) attron(A_REVERSE);
-            mvprintw(top + r, l0, " %-*.*s", COLS - 4, COLS - 4, name);
+            mvprintw(top + r, l0, " %-*.*s", COLS - 4, COLS - 4, pname);
             if (i == u->pick_sel) attroff(A_REVERSE);
         }
     } else if (u->nq) {
         qpair *q = u->queue[0];
         char prompt[128];
         sanitize(prompt, sizeof prompt, q->p->cls < u->nclasses ? u->names[q->p->cls] : "?");
-        mvprintw(2, l0, "[%s] %.*s", key_label(u->c, D3_ACT_LEFT), w - 6, prompt);
-        mvprintw(2, l1, "[%s] %.*s", key_label(u->c, D3_ACT_RIGHT), w - 6, prompt);
-        mvprintw(LINES - 3, l0, "pair %ld  seed %llu  sampled by v%ld", q->id,
-                 (unsigned long long)q->p->seed, q->p->version);
+        if (u->zoom) {
+            snprintf(line, sizeof line, "image %d of 2 [%s] %s  pair %ld  (%s: the other image, "
+                     "then both; Escape: both)", u->zoom,
+                     key_label(u->c, u->zoom == 1 ? D3_ACT_LEFT : D3_ACT_RIGHT), prompt, q->id,
+                     key_label(u->c, D3_ACT_ZOOM));
+            put_fitted(LINES - 4, l0, line);
+        } else {
+            mvprintw(2, l0, "[%s] %.*s", key_label(u->c, D3_ACT_LEFT), w > 6 ? w - 6 : 0, prompt);
+            mvprintw(2, l1, "[%s] %.*s", key_label(u->c, D3_ACT_RIGHT), w > 6 ? w - 6 : 0, prompt);
+            snprintf(line, sizeof line, "pair %ld  seed %llu  sampled by v%ld", q->id,
+                     (unsigned long long)q->p->seed, q->p->version);
+            put_fitted(LINES - 4, l0, line);
+        }
     } else {
         mvprintw(top + h / 2, 2, "sampling the next pair...");
     }
-    mvprintw(LINES - 2, 0, " %s/%s left|right better  %s tie  %s skip  %s undo  %s train  %s help  %s quit",
+    if (u->msg[0]) put_fitted(LINES - 3, 1, u->msg);
+    snprintf(line, sizeof line,
+             "%s/%s better  %s tie  %s skip  %s undo  %s zoom  %s train  %s stats  %s log  %s help  "
+             "%s quit",
              key_label(u->c, D3_ACT_LEFT), key_label(u->c, D3_ACT_RIGHT), key_label(u->c, D3_ACT_TIE),
-             key_label(u->c, D3_ACT_SKIP), key_label(u->c, D3_ACT_UNDO), key_label(u->c, D3_ACT_TRAIN),
+             key_label(u->c, D3_ACT_SKIP), key_label(u->c, D3_ACT_UNDO), key_label(u->c, D3_ACT_ZOOM),
+             key_label(u->c, D3_ACT_TRAIN), key_label(u->c, D3_ACT_STATS), key_label(u->c, D3_ACT_LOG),
              key_label(u->c, D3_ACT_HELP), key_label(u->c, D3_ACT_QUIT));
-    char line[1024], bar[24] = "";
-    if (u->prog_n > 0) {
-        int fill = (int)((double)u->prog_i / u->prog_n * 10 + 0.5);
-        snprintf(bar, sizeof bar, "[%.*s%.*s] ", fill, "##########", 10 - fill, "..........");
-    }
-    snprintf(line, sizeof line, " %s%s%s%s", bar, u->status, u->msg[0] ? "  |  " : "", u->msg);
-    mvprintw(LINES - 1, 0, "%.*s", COLS - 1, line);
+    put_fitted(LINES - 2, 1, line);
+    engine_line(u, line, sizeof line);
+    put_fitted(LINES - 1, 1, line);
     wnoutrefresh(stdscr);
     doupdate();
     /* the images' cells are blank in curses and untouched by partial
@@ -634,13 +964,66 @@ static void on_key_pick(ui *u, int act, int ch) {
     if (act == D3_ACT_PROMPT || act == D3_ACT_QUIT || ch == 27) u->picking = 0;
 }
 
+static void close_overlays(ui *u) {
+    u->help = u->stats = u->logview = u->picking = 0;
+    if (u->hist) {
+        u->hist = 0;
+        qpair_free(u->hist_pair);
+        u->hist_pair = NULL;
+    }
+}
+
+static void on_key_log(ui *u, int ch) {
+    if (ch == KEY_UP || ch == 'k') u->log_first--;
+    else if (ch == KEY_DOWN || ch == 'j') u->log_first++;
+    else if (ch == KEY_PPAGE) u->log_first -= LINES / 2;
+    else if (ch == KEY_NPAGE) u->log_first += LINES / 2;
+    else if (ch == KEY_HOME) u->log_first = 0;
+    else if (ch == KEY_END) u->log_first = u->nlog - 1;
+}
+
 static void on_key(ui *u, int ch) {
     char kb[8];
     const char *k = label_key_name(ch, kb);
     if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
     if (!k && ch != KEY_UP && ch != KEY_DOWN && ch != '\n' && ch != KEY_ENTER) return;
     int act = k ? config_key_action(u->c, k) : -1;
-    if (u->help && act != D3_ACT_QUIT) { u->help = 0; return; }
+    if (act == D3_ACT_QUIT && !u->hist && !u->picking) { u->quit = 1; return; }
+    /* Escape closes any view at once (ESCDELAY is short, see label_run) */
+    if (ch == 27 && act < 0) {
+        if (u->help || u->stats || u->logview || u->hist || u->picking || u->zoom) {
+            close_overlays(u);
+            u->zoom = 0;
+            u->msg[0] = 0;
+        }
+        return;
+    }
+    /* a decision needs the pair on screen: not under a view that hides it,
+     * nor in a terminal too small to show it */
+    int hidden_by = u->help ? 'h' : u->stats ? 's' : u->logview ? 'l' : u->picking ? 'p' : 0;
+    if (decides(act) && (LINES < 12 || COLS < 40)) {
+        snprintf(u->msg, sizeof u->msg, "the pair is not shown (terminal %dx%d, needs 40x12): "
+                 "enlarge it; key %s did nothing", COLS, LINES, k);
+        return;
+    }
+    if (decides(act) && hidden_by && act != D3_ACT_ZOOM) {
+        snprintf(u->msg, sizeof u->msg, "the pair is hidden by the %s: key %s did nothing (Escape "
+                 "closes it)", hidden_by == 'h' ? "help" : hidden_by == 's' ? "statistics" :
+                 hidden_by == 'l' ? "message log" : "prompt chooser", k);
+        return;
+    }
+    if (u->help || u->stats) { /* any other key closes them */
+        int was_stats = u->stats;
+        u->help = u->stats = 0;
+        u->msg[0] = 0;
+        if (act == D3_ACT_HELP || (was_stats && act == D3_ACT_STATS)) return;
+        if (act != D3_ACT_LOG && act != D3_ACT_STATS && act != D3_ACT_HELP) return;
+    }
+    if (u->logview) {
+        if (act == D3_ACT_LOG) { u->logview = 0; return; }
+        if (act != D3_ACT_STATS && act != D3_ACT_HELP) { on_key_log(u, ch); return; }
+        u->logview = 0;
+    }
     u->msg[0] = 0;
     if (u->hist) { on_key_hist(u, act, ch); return; }
     if (u->picking) { on_key_pick(u, act, ch); return; }
@@ -654,7 +1037,8 @@ static void on_key(ui *u, int ch) {
         train_now(u);
         break;
     case D3_ACT_HELP: u->help = 1; break;
-    case D3_ACT_QUIT: u->quit = 1; break;
+    case D3_ACT_STATS: u->stats = 1; break;
+    case D3_ACT_LOG: u->logview = 1; u->log_first = 0; break;
     case D3_ACT_ZOOM: u->zoom = (u->zoom + 1) % 3; break;
     case D3_ACT_HISTORY: hist_open(u); break;
     case D3_ACT_PROMPT:
@@ -662,6 +1046,86 @@ static void on_key(ui *u, int ch) {
         u->pick_sel = u->prompt_fixed + 1;
         break;
     default: break;
+    }
+}
+
+int label_term_check(char *err) {
+    const char *t = getenv("TERM");
+    static const char what[] =
+        "set TERM to the type your terminal emulates (for example TERM=xterm-256color; add "
+        "--graphics blocks if images then look wrong), or work without a screen: d3po auto "
+        "--labeler CMD, d3po train, d3po eval (see d3po --help)";
+    if (!t || !*t) return d3_errf(err, "TERM is not set, so the screen cannot be drawn: %s", what);
+    char name[64];
+    sanitize(name, sizeof name, t);
+    int e = 0;
+    if (setupterm((char *)t, STDOUT_FILENO, &e) != OK)
+        return d3_errf(err, "TERM=%s %s: %s", name,
+                       e == -1 ? "cannot be looked up (no terminfo database)"
+                               : "is not in the terminfo database", what);
+    const char *cup = tigetstr("cup");
+    int dumb = !cup || cup == (char *)-1 || tigetflag("hc") > 0;
+    del_curterm(cur_term);
+    if (dumb)
+        return d3_errf(err, "TERM=%s cannot move the cursor (a dumb or hard-copy terminal), "
+                            "which the labeling screen needs: %s", name, what);
+    return 0;
+}
+
+void label_tty_guard(int fd, const term_caps *caps, term_mode mode) {
+    char restore[TERM_QUERY_MAX];
+    size_t n = mode == TERM_MODE_SIXEL ? term_sixel_modes(caps, 0, restore) : 0;
+    term_guard_install(fd, fd, restore, n);
+}
+
+void label_tty_setup(int fd, const term_caps *caps, term_mode mode) {
+    /* Escape alone closes views at once; 25 ms still keeps an arrow key's
+     * bytes together, also over SSH (they travel in one packet) */
+    set_escdelay(25);
+    char leave[512] = "";
+    const char *cap[] = {"cnorm", "rmcup"};
+    for (int i = 0; i < 2; i++) {
+        const char *v = tigetstr((char *)cap[i]);
+        if (v && v != (char *)-1 && strlen(leave) + strlen(v) < sizeof leave) strcat(leave, v);
+    }
+    term_guard_leave(leave);
+    if (mode != TERM_MODE_SIXEL) return;
+    char set[TERM_QUERY_MAX];
+    size_t n = term_sixel_modes(caps, 1, set);
+    fflush(stdout); /* curses' own start-up bytes first */
+    while (n > 0) {
+        ssize_t w = write(fd, set, n);
+        if (w <= 0) break;
+        n -= (size_t)w;
+    }
+}
+
+/* After the screen closed: what this sitting did, and what waits. */
+static void print_summary(ui *u) {
+    session_stats st;
+    session_info(u->s, &st);
+    long sat = st.labeled - u->st0.labeled;
+    double mins = difftime(time(NULL), u->t_start) / 60.0;
+    char dir[256];
+    sanitize(dir, sizeof dir, u->s->dir);
+    printf("d3po: %ld labels saved in %s (round %d, model v%d)\n", st.labeled, dir, st.round,
+           st.version);
+    printf("d3po: this sitting: %ld label%s in %.0f min", sat, sat == 1 ? "" : "s", mins);
+    if (mins >= 1) printf(" (%.0f per hour)", sat / (mins / 60.0));
+    printf("; A %ld, B %ld, tie %ld, skip %ld\n", st.by_choice[SESSION_A] - u->st0.by_choice[SESSION_A],
+           st.by_choice[SESSION_B] - u->st0.by_choice[SESSION_B],
+           st.by_choice[SESSION_TIE] - u->st0.by_choice[SESSION_TIE],
+           st.by_choice[SESSION_SKIP] - u->st0.by_choice[SESSION_SKIP]);
+    if (st.untrained)
+        printf("d3po: %ld label%s not trained yet: they train in the next round when you "
+               "resume\n", st.untrained, st.untrained == 1 ? "" : "s");
+    if (u->s->nwarn)
+        printf("d3po: %d start-up warning%s (shown in the screen's log):\n", u->s->nwarn,
+               u->s->nwarn == 1 ? "" : "s");
+    for (int i = 0; i < u->s->nwarn; i++) {
+        char w[D3_ERRLEN];
+        sanitize(w, sizeof w, u->s->warn[i]);
+        printf("  %s\n", w);
     }
 }
 
@@ -698,7 +1162,10 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     u->be = be;
     u->round_size = round_size > 0 ? round_size : c->session.round_size;
     u->prompt_fixed = -1;
-    u->drift = NAN;
+    if (label_term_check(err)) {
+        fprintf(stderr, "d3po label: %s\n", err);
+        return 2;
+    }
     const char *gsel = graphics ? graphics
                        : c->ui.graphics == D3_GRAPHICS_SIXEL ? "sixel"
                        : c->ui.graphics == D3_GRAPHICS_BLOCKS ? "blocks" : "auto";
@@ -711,6 +1178,17 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     }
     snprintf(u->status, sizeof u->status, "graphics: %s%s, device %s", term_mode_name(u->mode),
              u->caps.tmux ? " (in tmux)" : "", device_note ? device_note : be->name);
+    log_add(u, "", u->status);
+    /* start-up warnings: in the message area now, in the log view later */
+    for (int i = 0; i < s->nwarn; i++) log_add(u, "start-up warning: ", s->warn[i]);
+    if (s->nwarn) {
+        snprintf(u->msg, sizeof u->msg, "start-up warning%s (%s shows %s): %s",
+                 s->nwarn > 1 ? "s" : "", key_label(c, D3_ACT_LOG), s->nwarn > 1 ? "all" : "it",
+                 s->warn[0]);
+        memcpy(u->logged, u->msg, sizeof u->logged); /* already in the log */
+    }
+    u->t_start = time(NULL);
+    session_info(s, &u->st0);
 
     u->enc.mode = u->mode;
     u->enc.caps = u->caps;
@@ -722,12 +1200,14 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     }
     pthread_create(&u->enc.th, NULL, encoder_main, &u->enc);
     signal(SIGWINCH, on_winch);
+    label_tty_guard(STDOUT_FILENO, &u->caps, u->mode);
     initscr();
     cbreak();
     noecho();
     keypad(stdscr, TRUE);
     curs_set(0);
     nodelay(stdscr, TRUE);
+    label_tty_setup(STDOUT_FILENO, &u->caps, u->mode);
     for (size_t i = 0; i < u->caps.nleftover; i++) ungetch(u->caps.leftover[u->caps.nleftover - 1 - i]);
     top_up(u);
     draw(u, 1);
@@ -770,15 +1250,16 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     free_jobs(u->enc.done);
     close(u->enc.wake[0]);
     close(u->enc.wake[1]);
+    term_guard_release(); /* the sixel modes as they were */
     rounds_stop(u->d); /* cancels a running round: its labels train in the next one */
     for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
     for (int i = 0; i < u->ndone; i++) qpair_free(u->done[i]);
     qpair_free(u->hist_pair);
     for (int i = 0; i < u->nclasses; i++) free(u->names[i]);
     free(u->names);
-    session_stats ss;
-    session_info(s, &ss);
-    printf("d3po: %ld labels saved in %s (round %d, model v%d)\n", ss.labeled, s->dir, ss.round,
-           ss.version);
+    print_summary(u);
+    for (int i = 0; i < u->nlog; i++) free(u->log[i]);
+    free(u->log);
+    free(u->cls_count);
     return 0;
 }

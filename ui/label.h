@@ -33,6 +33,17 @@ int label_encode_image(term_mode mode, const term_caps *caps, int colors, const 
  * screen is repainted. Erases the screen. Returns -1 (after asking for a
  * bigger terminal) below 40x12, else whether this frame is a full repaint. */
 int label_frame_begin(long view, long *last_view, int full);
+/* Whether $TERM can carry the screen (set, known to terminfo, able to
+ * move the cursor): 0, or -1 with err a one-line d3po message naming what
+ * to do (another TERM, --graphics blocks, the headless commands) instead
+ * of curses' bare "Error opening terminal". */
+int label_term_check(char *err);
+/* The terminal put back on exit and on signals (term_guard_install), to
+ * call before curses starts; then, once it runs, label_tty_setup sets the
+ * sixel modes the drawing needs (term_sixel_modes) and a short ESCDELAY.
+ * term_guard_release() after endwin() puts the modes back. */
+void label_tty_guard(int fd, const term_caps *caps, term_mode mode);
+void label_tty_setup(int fd, const term_caps *caps, term_mode mode);
 /* The name of a curses key as d3po.conf writes it ("Left", "a", "F2"), or
  * NULL for keys that have none. buf: at least 8 bytes. */
 const char *label_key_name(int ch, char *buf);

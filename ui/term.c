@@ -10,6 +10,7 @@
 #include "term.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,9 +26,13 @@
 #define ESC 0x1b
 
 size_t term_query_build(char *buf) {
-    /* XTSMGRAPHICS read colour registers; cell size in pixels; DA1 last. */
+    /* XTSMGRAPHICS read colour registers; cell size in pixels; DECRQM of
+     * modes 80 and 1070; XTVERSION; DA1 last. */
     static const char q[] = "\033[?1;1;0S"
                             "\033[16t"
+                            "\033[?80$p"
+                            "\033[?1070$p"
+                            "\033[>0q"
                             "\033[c";
     memcpy(buf, q, sizeof q); /* with the NUL, so buf is also a C string */
     return sizeof q - 1;
@@ -78,6 +83,13 @@ static int csi_report(term_caps *c, const char *p, size_t n, char fin, int *da1)
         if (np >= 3 && v[0] == 1 && v[1] == 0 && v[2] > 0) c->color_registers = v[2];
         return 1;
     }
+    if (marker == '?' && fin == 'y') { /* DECRPM: ? mode ; state $ y */
+        if (np >= 2 && v[1] >= 0 && v[1] <= 4) {
+            if (v[0] == 80) c->decsdm_state = v[1];
+            if (v[0] == 1070) c->privreg_state = v[1];
+        }
+        return 1;
+    }
     if (marker == 0 && fin == 't') { /* window reports; 6 ; H ; W is the cell */
         if (np >= 3 && v[0] == 6 && v[1] > 0 && v[2] > 0) {
             c->reply_cell_h = v[1];
@@ -89,6 +101,24 @@ static int csi_report(term_caps *c, const char *p, size_t n, char fin, int *da1)
      * reports too; '<' is SGR mouse input, which belongs to the keys. */
     if (marker == '?' || marker == '>' || marker == '=') return 1;
     return 0;
+}
+
+int term_parse_xterm_version(const char *s) {
+    if (!s || strncmp(s, "XTerm(", 6)) return 0;
+    char *end;
+    long v = strtol(s + 6, &end, 10);
+    return *end == ')' && v > 0 && v < 100000 ? (int)v : 0;
+}
+
+/* The text of an XTVERSION reply (ESC P > | text ESC \). */
+static void xtversion(term_caps *c, const char *p, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 1 < sizeof c->version; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        c->version[k++] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch;
+    }
+    c->version[k] = 0;
+    c->xterm_patch = term_parse_xterm_version(c->version);
 }
 
 int term_parse_replies(const char *b, size_t n, term_caps *c) {
@@ -130,6 +160,8 @@ int term_parse_replies(const char *b, size_t n, term_caps *c) {
             while (j < n && b[j] != '\a' && (unsigned char)b[j] != ESC) j++;
             if (j >= n || (b[j] != '\a' && j + 1 >= n)) goto cut;
             if (b[j] == '\a' || b[j + 1] == '\\') {
+                if (c1 == 'P' && j >= i + 4 && b[i + 2] == '>' && b[i + 3] == '|')
+                    xtversion(c, b + i + 4, j - (i + 4));
                 i = j + (b[j] == '\a' ? 1 : 2);
                 continue;
             }
@@ -274,7 +306,7 @@ int term_detect(int fd_in, int fd_out, int timeout_ms, term_caps *out) {
         if (tcsetattr(fd_in, TCSANOW, &raw) != 0) tty = 0;
     }
 
-    char q[32], buf[4096];
+    char q[TERM_QUERY_MAX], buf[4096];
     size_t len = term_query_build(q), n = 0;
     int rc = -1;
     if (write_all(fd_out, q, len) == 0) {
@@ -305,7 +337,49 @@ int term_detect(int fd_in, int fd_out, int timeout_ms, term_caps *out) {
         out->win_xpix = ws.ws_xpixel, out->win_ypix = ws.ws_ypixel;
     }
     term_resolve_cell(out);
+    /* xterm older than XTVERSION (patch #354) still names itself here */
+    if (!out->xterm_patch) out->xterm_patch = term_parse_xterm_version(getenv("XTERM_VERSION"));
     return rc;
+}
+
+/* ---- sixel modes ------------------------------------------------------- */
+
+int term_decsdm_inverted(const term_caps *c) {
+    return c->xterm_patch > 0 && c->xterm_patch < TERM_XTERM_DECSDM_FIXED;
+}
+
+size_t term_sixel_modes(const term_caps *c, int setup, char *buf) {
+    char m[TERM_QUERY_MAX];
+    size_t n = 0;
+    if (c->tmux && !c->tmux_passthrough) {
+        buf[0] = 0;
+        return 0; /* tmux 3.4+ draws the sixel itself, at its cursor */
+    }
+    if (setup) {
+        /* sixel scrolling on (the image at the cursor), private palettes */
+        n = (size_t)snprintf(m, sizeof m, "\033[?80%c\033[?1070h", term_decsdm_inverted(c) ? 'h' : 'l');
+    } else {
+        /* the states reported at start-up; 3 and 4 are permanent anyway */
+        if (c->decsdm_state == 1 || c->decsdm_state == 2)
+            n += (size_t)snprintf(m + n, sizeof m - n, "\033[?80%c", c->decsdm_state == 1 ? 'h' : 'l');
+        if (c->privreg_state == 1 || c->privreg_state == 2)
+            n += (size_t)snprintf(m + n, sizeof m - n, "\033[?1070%c", c->privreg_state == 1 ? 'h' : 'l');
+    }
+    if (n && c->tmux_passthrough) {
+        /* ESC P tmux ; with every ESC doubled ; ESC \ (see sixel_wrap_tmux) */
+        size_t k = 0;
+        k += (size_t)snprintf(buf, TERM_QUERY_MAX, "\033Ptmux;");
+        for (size_t i = 0; i < n && k + 4 < TERM_QUERY_MAX; i++) {
+            if (m[i] == 0x1b) buf[k++] = 0x1b;
+            buf[k++] = m[i];
+        }
+        buf[k++] = 0x1b, buf[k++] = '\\';
+        buf[k] = 0;
+        return k;
+    }
+    memcpy(buf, m, n);
+    buf[n] = 0;
+    return n;
 }
 
 /* ---- mode choice ------------------------------------------------------- */
@@ -331,4 +405,85 @@ const char *term_mode_name(term_mode m) {
     case TERM_MODE_BLOCKS_256: return "blocks-256";
     }
     return "?";
+}
+
+/* ---- restoring the terminal on signals --------------------------------- */
+
+static const int guard_sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV,
+                                 SIGBUS, SIGFPE,  SIGILL, SIGABRT};
+#define NGUARD (int)(sizeof guard_sigs / sizeof guard_sigs[0])
+static struct {
+    int on, fd, tty_fd, have_tty;
+    char restore[256], leave[256];
+    size_t nrestore, nleave;
+    struct termios tty;
+    struct sigaction old[NGUARD];
+} guard;
+
+static void guard_write(const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(guard.fd, p, n);
+        if (w <= 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        p += w, n -= (size_t)w;
+    }
+}
+
+static void guard_handler(int sig) {
+    int saved = errno;
+    guard_write(guard.restore, guard.nrestore);
+    guard.nrestore = 0; /* once, even when the old handler returns */
+    for (int i = 0; i < NGUARD; i++) {
+        if (guard_sigs[i] != sig) continue;
+        struct sigaction *o = &guard.old[i];
+        if (!(o->sa_flags & SA_SIGINFO) && o->sa_handler != SIG_DFL && o->sa_handler != SIG_IGN) {
+            o->sa_handler(sig); /* the program's own handler decides */
+            errno = saved;
+            return;
+        }
+        if (!(o->sa_flags & SA_SIGINFO) && o->sa_handler == SIG_IGN) {
+            errno = saved;
+            return;
+        }
+    }
+    guard_write(guard.leave, guard.nleave);
+    if (guard.have_tty) tcsetattr(guard.tty_fd, TCSANOW, &guard.tty);
+    signal(sig, SIG_DFL);
+    raise(sig);
+    errno = saved;
+}
+
+void term_guard_install(int fd_out, int fd_tty, const char *restore, size_t nrestore) {
+    if (guard.on) term_guard_release();
+    guard.fd = fd_out;
+    guard.tty_fd = fd_tty;
+    guard.nrestore = nrestore < sizeof guard.restore ? nrestore : 0;
+    if (guard.nrestore) memcpy(guard.restore, restore, guard.nrestore);
+    guard.nleave = 0;
+    guard.have_tty = tcgetattr(fd_tty, &guard.tty) == 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = guard_handler;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < NGUARD; i++) sigaction(guard_sigs[i], &sa, &guard.old[i]);
+    guard.on = 1;
+}
+
+void term_guard_leave(const char *leave) {
+    size_t k = 0;
+    for (const char *p = leave; p && *p && k + 1 < sizeof guard.leave; p++) {
+        if (p[0] == '$' && p[1] == '<') { /* terminfo padding, not bytes to send */
+            const char *e = strchr(p, '>');
+            if (e) { p = e; continue; }
+        }
+        guard.leave[k++] = *p;
+    }
+    guard.nleave = k;
+}
+
+void term_guard_release(void) {
+    if (!guard.on) return;
+    for (int i = 0; i < NGUARD; i++) sigaction(guard_sigs[i], &guard.old[i], NULL);
+    guard_write(guard.restore, guard.nrestore);
+    guard.on = 0;
 }

@@ -26,6 +26,14 @@
 #define TERM_DEFAULT_CELL_H 20
 /* Typed bytes kept from the detection window; more are dropped. */
 #define TERM_LEFTOVER_MAX 64
+/* Room for the query burst (term_query_build) and for the mode strings of
+ * term_sixel_modes. */
+#define TERM_QUERY_MAX 96
+/* xterm's first patch where CSI ? 80 h means what the VT330/VT340 and
+ * VT382 manuals mean (sixel display mode set: scrolling OFF, images at the
+ * screen's top-left corner); patches before it read it the other way round
+ * (xterm.log.html, patch #369: "invert the sense of DECSDM"). */
+#define TERM_XTERM_DECSDM_FIXED 369
 
 typedef enum {
     TERM_MODE_SIXEL,
@@ -40,6 +48,16 @@ typedef struct {
     int sixel;           /* DA1 listed attribute 4 */
     int color_registers; /* XTSMGRAPHICS ESC [ ? 1 ; 0 ; N S */
     int reply_cell_w, reply_cell_h; /* ESC [ 6 ; H ; W t */
+    /* DECRQM replies (ESC [ ? mode ; state $ y): 1 set, 2 reset, 3/4
+     * permanently set/reset; 0: no reply, or the mode is not recognised.
+     * Kept so the modes can be put back as they were (term_sixel_modes). */
+    int decsdm_state;   /* mode 80, sixel display mode (DECSDM) */
+    int privreg_state;  /* mode 1070, a private colour palette per image */
+    /* XTVERSION (ESC P > | name ESC \): the terminal's name and version,
+     * control characters replaced; xterm_patch is N of "XTerm(N)", else 0
+     * (term_detect also reads $XTERM_VERSION when there is no reply). */
+    char version[48];
+    int xterm_patch;
     /* Typed keys that arrived between the replies, in order, to be handed
      * to the key input. Reply bytes never appear here. */
     unsigned char leftover[TERM_LEFTOVER_MAX];
@@ -59,10 +77,12 @@ typedef struct {
     int term_no_sixel_hint;     /* $TERM names one known not to (kitty, ...) */
 } term_caps;
 
-/* Writes the query burst into buf (at least 32 bytes) and returns its length:
- * XTSMGRAPHICS colour registers, cell size in pixels, and DA1 LAST. Every
- * terminal answers DA1 and answers in order, so once its reply is in, no
- * other reply is still on the way. */
+/* Writes the query burst into buf (TERM_QUERY_MAX bytes) and returns its
+ * length: XTSMGRAPHICS colour registers, cell size in pixels, the state of
+ * modes 80 and 1070 (DECRQM), the terminal's version (XTVERSION), and DA1
+ * LAST. Every terminal answers DA1 and answers in order, so once its reply
+ * is in, no other reply is still on the way; a terminal that does not know
+ * a query ignores it. */
 size_t term_query_build(char *buf);
 
 /* Parses everything read so far from the terminal after the burst. bytes is
@@ -118,6 +138,51 @@ int term_override_check(const char *override, char *err);
  * caps->truecolor, else in 256 colours. A DA1 reply without 4 wins over
  * $TERM: a terminal knows itself better than its name does. */
 term_mode term_choose_mode(const term_caps *caps, const char *override);
+
+/* The sixel modes the drawing relies on. ui/label.c places an image by
+ * moving the cursor to a cell and sending the sixel there: that needs
+ * "sixel scrolling" (the image starts at the cursor; DECSDM reset in the
+ * VT340 manual's and today's xterm's sense, set in xterm before patch
+ * #369, TERM_XTERM_DECSDM_FIXED) and a private palette per image (mode
+ * 1070 set: the second image's colours must not repaint the first's).
+ * With `XTerm*sixelScrolling: false` (DECSDM set) a sixel lands at the
+ * top-left corner of the screen whatever the cursor says.
+ *   setup 1: the bytes that set those modes, whatever the terminal's
+ *            defaults; setup 0: the bytes that put back the states the
+ *            DECRQM replies reported (a mode with no reply is left as set).
+ * In tmux with passthrough (caps->tmux_passthrough) the bytes are wrapped
+ * for the outer terminal; in a tmux that draws sixel itself nothing is
+ * needed (tmux places the image at its cursor). Writes at most
+ * TERM_QUERY_MAX bytes into buf and returns the length (0: nothing). */
+size_t term_sixel_modes(const term_caps *caps, int setup, char *buf);
+
+/* 1 when CSI ? 80 h turns sixel scrolling ON in this terminal (xterm
+ * before patch #369), else 0 (the manuals' sense, every other terminal). */
+int term_decsdm_inverted(const term_caps *caps);
+
+/* "XTerm(379)" (an XTVERSION reply or $XTERM_VERSION) -> 379; 0 when s is
+ * NULL or not an xterm version. */
+int term_parse_xterm_version(const char *s);
+
+/* The terminal put back when the process dies. term_guard_install keeps
+ * restore (the term_sixel_modes(caps, 0) bytes) and the tty modes of
+ * fd_tty as they are now, and installs handlers for SIGINT, SIGTERM,
+ * SIGHUP, SIGQUIT and the crash signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+ * SIGABRT). Call it BEFORE curses starts: the tty modes are still the
+ * shell's, and curses, finding handlers in place, installs none of its
+ * own. term_guard_leave then adds the bytes that leave the curses screen
+ * (its rmcup and cnorm, which only exist once curses runs). On a signal
+ * the handler writes restore and leave to fd_out, puts the tty modes back
+ * and dies of the signal as before (a handler that was there before the
+ * guard runs instead of dying; an ignored signal stays ignored).
+ * Everything in it is async-signal-safe (write, tcsetattr, raise).
+ * term_guard_release() writes restore once (normal exit, after endwin)
+ * and puts the old handlers back. Nothing survives kill -9. One guard at
+ * a time; the bytes are copied (at most 255 each; padding "$<..>" is
+ * dropped from leave). */
+void term_guard_install(int fd_out, int fd_tty, const char *restore, size_t nrestore);
+void term_guard_leave(const char *leave);
+void term_guard_release(void);
 
 /* "sixel", "blocks-truecolor", "blocks-256". */
 const char *term_mode_name(term_mode mode);

@@ -104,13 +104,20 @@ static void unet_guided(sd_model *m, d3_tape *tp, int n, const float *x, int h, 
     tape_set_grad(tp, 1);
 }
 
-/* The plan of o for this model, checked. */
-static int plan(const sd_model *m, const ddim_opts *o, int h, int w, int *ts, double *at,
+/* The plan of o for this model, checked; with logp, every step must have
+ * sigma > 0 (set_alpha_to_one makes the last one 0: no density). */
+static int plan(const sd_model *m, const ddim_opts *o, int h, int w, int logp, int *ts, double *at,
                 double *ap, char *err) {
     if (o->steps < 1 || o->steps > D3_MAX_STEPS)
         return d3_errf(err, "steps %d: expected 1..%d", o->steps, D3_MAX_STEPS);
     if (sd_unet_check_size(&m->p.unet, h, w, err)) return -1;
-    return sd_sched_plan(&m->p.sched, o->steps, ts, at, ap, err);
+    if (sd_sched_plan(&m->p.sched, o->steps, ts, at, ap, err)) return -1;
+    if (logp && !(o->eta > 0)) return d3_errf(err, "log-probabilities need eta > 0 (eta %g)", o->eta);
+    for (int k = 0; logp && k < o->steps; k++)
+        if (!(ddim_sigma(at[k], ap[k], o->eta) > 0))
+            return d3_errf(err, "%s: step %d (t=%d) has sigma 0 (set_alpha_to_one true): no log-probability there; "
+                           "D3PO needs set_alpha_to_one false", m->p.sched_path, k, ts[k]);
+    return 0;
 }
 
 int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
@@ -118,8 +125,7 @@ int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const fl
                    float *logp, char *err) {
     int K = o->steps, ts[D3_MAX_STEPS];
     double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan(m, o, h, w, ts, at, ap, err)) return -1;
-    if (logp && !(o->eta > 0)) return d3_errf(err, "log-probabilities need eta > 0 (eta %g)", o->eta);
+    if (plan(m, o, h, w, logp != NULL, ts, at, ap, err)) return -1;
     size_t Dx = (size_t)m->latent_c * h * w;
     float *eps = malloc(n * Dx * sizeof(float)), *mean = malloc(Dx * sizeof(float));
     float *z = malloc(Dx * sizeof(float)), *xp = malloc(Dx * sizeof(float));
@@ -151,8 +157,7 @@ int sd_traj_logp(sd_model *m, d3_tape *tp, const ddim_opts *o, const float *cond
                  const float *uncond, const float *traj, int h, int w, float *logp, char *err) {
     int K = o->steps, ts[D3_MAX_STEPS];
     double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan(m, o, h, w, ts, at, ap, err)) return -1;
-    if (!(o->eta > 0)) return d3_errf(err, "log-probabilities need eta > 0 (eta %g)", o->eta);
+    if (plan(m, o, h, w, 1, ts, at, ap, err)) return -1;
     size_t Dx = (size_t)m->latent_c * h * w;
     float *eps = malloc(Dx * sizeof(float)), *mean = malloc(Dx * sizeof(float));
     float *xp = malloc(Dx * sizeof(float));
@@ -175,22 +180,29 @@ int sd_traj_logp(sd_model *m, d3_tape *tp, const ddim_opts *o, const float *cond
 
 int sd_model_decode(sd_model *m, d3_tape *tp, const float *x, int n, int h, int w, uint8_t *rgb,
                     char *err) {
+    (void)tp; /* the low-memory decode runs on scratch tapes of its own */
     const d3_backend *be = m->be;
     size_t Dx = (size_t)m->latent_c * h * w;
     int H = h * m->factor, W = w * m->factor, C = m->p.vae.out_channels;
     if (C != 3) return d3_errf(err, "%s: the VAE decodes %d channels, expected 3 (RGB)", m->p.config_path[SD_VAE], C);
-    float *img = malloc((size_t)C * H * W * sizeof(float));
-    if (!img) return d3_errf(err, "out of memory for a %dx%d image", W, H);
-    for (int i = 0; i < n; i++) { /* one at a time: the decoder's activations are large */
-        tape_reset(tp);
-        tape_set_grad(tp, 0);
-        d3_tensor *z = tape_input(tp, 1, m->latent_c, h, w);
-        be->upload(z->v, x + i * Dx, Dx * sizeof(float));
-        d3_tensor *y = sd_vae_decode(tp, &m->p.vae, &m->p.L[SD_VAE], m->params[SD_VAE], NULL, z);
-        be->download(img, y->v, (size_t)C * H * W * sizeof(float));
-        sd_vae_to_rgb8(rgb + (size_t)i * H * W * 3, img, C, H, W);
-        tape_set_grad(tp, 1);
+    size_t Di = (size_t)C * H * W;
+    float *img = malloc(Di * sizeof(float));
+    float *zd = be->alloc(Dx * sizeof(float)), *yd = be->alloc(Di * sizeof(float));
+    int rc = 0;
+    if (!img || !zd || !yd) rc = d3_errf(err, "out of memory for a %dx%d image", W, H);
+    /* one image at a time, two decoder stages' activations at a time (SD's
+     * VAE holds ~8 GB at 512x512 on one tape): the same numbers as
+     * sd_vae_decode */
+    for (int i = 0; i < n && !rc; i++) {
+        be->upload(zd, x + i * Dx, Dx * sizeof(float));
+        rc = sd_vae_decode_lowmem(be, &m->p.vae, &m->p.L[SD_VAE], m->params[SD_VAE], zd, 1, h, w, yd, err);
+        if (!rc) {
+            be->download(img, yd, Di * sizeof(float));
+            sd_vae_to_rgb8(rgb + (size_t)i * H * W * 3, img, C, H, W);
+        }
     }
     free(img);
-    return 0;
+    if (zd) be->free(zd);
+    if (yd) be->free(yd);
+    return rc;
 }

@@ -63,7 +63,8 @@ int sd_model_encode(sd_model *m, const char *const *prompts, int n, float *ctx, 
  * [n][T*D] text states of each image's prompt, uncond [T*D] (used when
  * cfg > 1). x [n][C*h*w]: in x_T, out x_0. rngs[n] the step-noise streams
  * (advanced; eta 0 draws nothing). traj [n][K+1][C*h*w] and logp [n][K]
- * may be NULL; logp needs eta > 0 (sigma > 0). 0/-1. */
+ * may be NULL; logp needs sigma > 0 at every step (eta > 0, and
+ * set_alpha_to_one false for the last step). 0/-1. */
 int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
                    const float *uncond, float *x, int h, int w, d3_rng *rngs, float *traj,
                    float *logp, char *err);
@@ -72,7 +73,8 @@ int sd_ddim_sample(sd_model *m, d3_tape *tp, const ddim_opts *o, int n, const fl
 int sd_traj_logp(sd_model *m, d3_tape *tp, const ddim_opts *o, const float *cond,
                  const float *uncond, const float *traj, int h, int w, float *logp, char *err);
 /* Decodes n latents [n][C*h*w] to 8-bit RGB [n][H][W][3], H = h*factor,
- * as diffusers' VaeImageProcessor does. 0/-1. */
+ * as diffusers' VaeImageProcessor does, with the VAE's low-memory decode
+ * (tp unused). 0/-1. */
 int sd_model_decode(sd_model *m, d3_tape *tp, const float *x, int n, int h, int w, uint8_t *rgb,
                     char *err);
 

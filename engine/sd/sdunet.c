@@ -254,13 +254,44 @@ static d3_tensor *transformer(sdb_ctx *f, const sd_unet_config *c, d3_tensor *x,
     return tape_add(tp, h, x);
 }
 
-d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
-                           const float *params, float *grads, d3_tensor *x, const float *t,
-                           d3_tensor *context) {
-    sdb_ctx F = {.tp = tp, .L = L, .P = params, .G = grads}, *f = &F;
-    int N = x->n, B = c->nblocks, C0 = c->block_out[0], E = 4 * C0, G = c->groups;
-    float eps = c->norm_eps;
-    /* time: [N, E, 1, 1] */
+/* The forward is a chain of stages, each a function of the previous one's
+ * output (and, in the up blocks, of one skip): conv_in; every down resnet
+ * with its attention; every downsampler; the mid block; every up resnet
+ * with its attention; every upsampler; the output layers. sd_unet_forward
+ * runs them all on one tape, sd_unet_forward_lowmem each on a fresh one. */
+enum { ST_IN, ST_DOWN, ST_DOWNSAMPLE, ST_MID, ST_UP, ST_UPSAMPLE, ST_OUT };
+typedef struct {
+    int kind, i, j;
+} ustage;
+#define SDU_MAX_STAGES (2 * SDU_MAX_BLOCKS * (SDU_MAX_LAYERS + 2) + 3)
+
+static int unet_stages(const sd_unet_config *c, ustage *s) {
+    int n = 0, B = c->nblocks;
+    s[n++] = (ustage){ST_IN, 0, 0};
+    for (int i = 0; i < B; i++) {
+        for (int j = 0; j < c->layers[i]; j++) s[n++] = (ustage){ST_DOWN, i, j};
+        if (i != B - 1) s[n++] = (ustage){ST_DOWNSAMPLE, i, 0};
+    }
+    if (c->mid) s[n++] = (ustage){ST_MID, 0, 0};
+    for (int i = 0; i < B; i++) {
+        for (int j = 0; j <= c->layers[B - 1 - i]; j++) s[n++] = (ustage){ST_UP, i, j};
+        if (i != B - 1) s[n++] = (ustage){ST_UPSAMPLE, i, 0};
+    }
+    s[n++] = (ustage){ST_OUT, 0, 0};
+    return n;
+}
+
+/* Whether a stage's output is pushed as a skip, and whether it pops one. */
+static int stage_pushes(const ustage *s) {
+    return s->kind == ST_IN || s->kind == ST_DOWN || s->kind == ST_DOWNSAMPLE;
+}
+static int stage_pops(const ustage *s) { return s->kind == ST_UP; }
+
+/* eact = silu(temb(t)): [N, E, 1, 1]. */
+static d3_tensor *time_embedding(sdb_ctx *f, const sd_unet_config *c, const float *t, int N) {
+    d3_tape *tp = f->tp;
+    int C0 = c->block_out[0], E = 4 * C0;
+    sdb_prefix(f, "%s", "");
     d3_tensor *te = tape_timestep_embedding_ex(tp, t, N, C0, c->flip_sin_to_cos, c->freq_shift);
     te = tape_linear(tp, te, sdb_w(f, "time_embedding.linear_1", ".weight"),
                      sdb_w(f, "time_embedding.linear_1", ".bias"),
@@ -271,53 +302,109 @@ d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout
                      sdb_w(f, "time_embedding.linear_2", ".bias"),
                      sdb_g(f, "time_embedding.linear_2", ".weight"),
                      sdb_g(f, "time_embedding.linear_2", ".bias"), E);
-    d3_tensor *eact = tape_silu(tp, te);
+    return tape_silu(tp, te);
+}
 
-    d3_tensor *skips[SDU_MAX_BLOCKS * (SDU_MAX_LAYERS + 1) + 1];
-    int ns = 0;
-    d3_tensor *h = sdb_conv(f, "conv_in", x, C0, 3, 1);
-    skips[ns++] = h;
-    for (int i = 0; i < B; i++) {
-        int oc = c->block_out[i];
-        for (int j = 0; j < c->layers[i]; j++) {
-            sdb_prefix(f, "down_blocks.%d.resnets.%d.", i, j);
-            h = sdb_resnet(f, h, eact, oc, G, eps);
-            if (c->down_cross[i]) {
-                sdb_prefix(f, "down_blocks.%d.attentions.%d.", i, j);
-                h = transformer(f, c, h, c->heads[i], c->tlayers[i], context);
-            }
-            skips[ns++] = h;
+static d3_tensor *unet_stage(sdb_ctx *f, const sd_unet_config *c, const ustage *s, d3_tensor *h,
+                             d3_tensor *skip, d3_tensor *eact, d3_tensor *ctx) {
+    d3_tape *tp = f->tp;
+    int B = c->nblocks, G = c->groups, i = s->i, j = s->j;
+    float eps = c->norm_eps;
+    switch (s->kind) {
+    case ST_IN:
+        sdb_prefix(f, "%s", "");
+        return sdb_conv(f, "conv_in", h, c->block_out[0], 3, 1);
+    case ST_DOWN:
+        sdb_prefix(f, "down_blocks.%d.resnets.%d.", i, j);
+        h = sdb_resnet(f, h, eact, c->block_out[i], G, eps);
+        if (c->down_cross[i]) {
+            sdb_prefix(f, "down_blocks.%d.attentions.%d.", i, j);
+            h = transformer(f, c, h, c->heads[i], c->tlayers[i], ctx);
         }
-        if (i != B - 1) {
-            sdb_prefix(f, "down_blocks.%d.downsamplers.0.", i);
-            h = sdb_conv(f, "conv", h, h->c, 3, 2);
-            skips[ns++] = h;
-        }
-    }
-    if (c->mid) {
+        return h;
+    case ST_DOWNSAMPLE:
+        sdb_prefix(f, "down_blocks.%d.downsamplers.0.", i);
+        return sdb_conv(f, "conv", h, h->c, 3, 2);
+    case ST_MID:
         sdb_prefix(f, "mid_block.resnets.0.");
         h = sdb_resnet(f, h, eact, h->c, G, eps);
         sdb_prefix(f, "mid_block.attentions.0.");
-        h = transformer(f, c, h, c->heads[B - 1], c->tlayers[B - 1], context);
+        h = transformer(f, c, h, c->heads[B - 1], c->tlayers[B - 1], ctx);
         sdb_prefix(f, "mid_block.resnets.1.");
-        h = sdb_resnet(f, h, eact, h->c, G, eps);
-    }
-    for (int i = 0; i < B; i++) {
-        int r = B - 1 - i, oc = c->block_out[r];
-        for (int j = 0; j <= c->layers[r]; j++) {
-            sdb_prefix(f, "up_blocks.%d.resnets.%d.", i, j);
-            h = sdb_resnet(f, tape_concat(tp, h, skips[--ns]), eact, oc, G, eps);
-            if (c->up_cross[i]) {
-                sdb_prefix(f, "up_blocks.%d.attentions.%d.", i, j);
-                h = transformer(f, c, h, c->heads[r], c->tlayers[r], context);
-            }
+        return sdb_resnet(f, h, eact, h->c, G, eps);
+    case ST_UP: {
+        int r = B - 1 - i;
+        sdb_prefix(f, "up_blocks.%d.resnets.%d.", i, j);
+        h = sdb_resnet(f, tape_concat(tp, h, skip), eact, c->block_out[r], G, eps);
+        if (c->up_cross[i]) {
+            sdb_prefix(f, "up_blocks.%d.attentions.%d.", i, j);
+            h = transformer(f, c, h, c->heads[r], c->tlayers[r], ctx);
         }
-        if (i != B - 1) {
-            sdb_prefix(f, "up_blocks.%d.upsamplers.0.", i);
-            h = sdb_conv(f, "conv", tape_upsample2x(tp, h), h->c, 3, 1);
-        }
+        return h;
     }
-    sdb_prefix(f, "%s", "");
-    h = tape_silu(tp, sdb_groupnorm(f, "conv_norm_out", h, G, eps));
-    return sdb_conv(f, "conv_out", h, c->out_channels, 3, 1);
+    case ST_UPSAMPLE:
+        sdb_prefix(f, "up_blocks.%d.upsamplers.0.", i);
+        return sdb_conv(f, "conv", tape_upsample2x(tp, h), h->c, 3, 1);
+    default:
+        sdb_prefix(f, "%s", "");
+        h = tape_silu(tp, sdb_groupnorm(f, "conv_norm_out", h, G, eps));
+        return sdb_conv(f, "conv_out", h, c->out_channels, 3, 1);
+    }
+}
+
+d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
+                           const float *params, float *grads, d3_tensor *x, const float *t,
+                           d3_tensor *context) {
+    sdb_ctx F = {.tp = tp, .L = L, .P = params, .G = grads};
+    ustage st[SDU_MAX_STAGES];
+    int n = unet_stages(c, st), ns = 0;
+    d3_tensor *eact = time_embedding(&F, c, t, x->n), *skips[SDU_MAX_STAGES], *h = x;
+    for (int k = 0; k < n; k++) {
+        h = unet_stage(&F, c, &st[k], h, stage_pops(&st[k]) ? skips[--ns] : NULL, eact, context);
+        if (stage_pushes(&st[k])) skips[ns++] = h;
+    }
+    return h;
+}
+
+/* A copy of src (device, the shape of like) on tape t. */
+static d3_tensor *copy_to(d3_tape *t, const d3_backend *be, const d3_tensor *src) {
+    d3_tensor *y = tape_input(t, src->n, src->c, src->h, src->w);
+    be->copy(y->v, src->v, src->numel * sizeof(float));
+    return y;
+}
+
+int sd_unet_forward_lowmem(const d3_backend *be, const sd_unet_config *c, const sd_layout *L,
+                           const float *params, const float *x, int N, int h, int w,
+                           const float *t, const float *context, int T, float *out, char *err) {
+    /* keep: the time embedding, the context and the skips; tp[2]: stages */
+    d3_tape *keep = tape_new(be), *tp[2] = {tape_new(be), tape_new(be)};
+    if (!keep || !tp[0] || !tp[1]) {
+        tape_free(keep); tape_free(tp[0]); tape_free(tp[1]);
+        return d3_errf(err, "UNet forward: out of memory");
+    }
+    tape_set_grad(keep, 0);
+    sdb_ctx K = {.tp = keep, .L = L, .P = params};
+    d3_tensor *eact = time_embedding(&K, c, t, N);
+    d3_tensor *ctx = tape_input(keep, N, T, 1, c->cross_dim);
+    be->copy(ctx->v, context, ctx->numel * sizeof(float));
+    d3_tensor *prev = tape_input(keep, N, c->in_channels, h, w);
+    be->copy(prev->v, x, prev->numel * sizeof(float));
+    ustage st[SDU_MAX_STAGES];
+    d3_tensor *skips[SDU_MAX_STAGES];
+    int n = unet_stages(c, st), ns = 0;
+    for (int k = 0; k < n; k++) {
+        /* the input comes from the other tape (its stage is done) or from keep */
+        d3_tape *cur = tp[k % 2];
+        tape_reset(cur);
+        tape_set_grad(cur, 0);
+        sdb_ctx F = {.tp = cur, .L = L, .P = params};
+        d3_tensor *in = copy_to(cur, be, prev);
+        d3_tensor *skip = stage_pops(&st[k]) ? copy_to(cur, be, skips[--ns]) : NULL;
+        d3_tensor *y = unet_stage(&F, c, &st[k], in, skip, copy_to(cur, be, eact), copy_to(cur, be, ctx));
+        if (stage_pushes(&st[k])) skips[ns++] = y = copy_to(keep, be, y);
+        prev = y;
+    }
+    be->copy(out, prev->v, prev->numel * sizeof(float));
+    tape_free(keep); tape_free(tp[0]); tape_free(tp[1]);
+    return 0;
 }

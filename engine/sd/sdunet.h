@@ -47,6 +47,7 @@
 
 #include <jansson.h>
 
+#include "backend.h"
 #include "err.h"
 #include "layout.h"
 #include "tape.h"
@@ -96,6 +97,18 @@ int sd_unet_layout(const sd_unet_config *c, sd_layout *L, char *err);
 d3_tensor *sd_unet_forward(d3_tape *tp, const sd_unet_config *c, const sd_layout *L,
                            const float *params, float *grads, d3_tensor *x, const float *t,
                            d3_tensor *context);
+
+/* The same forward for inference only (no gradients), in bounded memory:
+ * the same ops in the same order as sd_unet_forward (so the same numbers),
+ * but each stage (every resnet with its attention, every down/upsampler,
+ * the mid block, the output layers) runs on one of two scratch tapes in
+ * turn; only the skips, the time embedding and the context are kept
+ * throughout. x: device [N, in, h, w]; t: N host floats; context: device
+ * [N, T, cross_dim]; out: device [N, out, h, w], written. Returns 0, or -1
+ * with err when the scratch tapes cannot be made. */
+int sd_unet_forward_lowmem(const d3_backend *be, const sd_unet_config *c, const sd_layout *L,
+                           const float *params, const float *x, int N, int h, int w,
+                           const float *t, const float *context, int T, float *out, char *err);
 
 /* 0 when a latent of h x w fits the model (divisible by 2^(nblocks-1)), else
  * -1 with err saying what is expected. */

@@ -1,7 +1,11 @@
 """ref_unet.py - diffusers' outputs of a tiny pipeline's UNet and VAE
 decoder, for tests/tool_sdunet.c to compare against (tests/test_sd_unet.sh).
 
-  python ref_unet.py [--seed N] [--batch N] PIPE_DIR OUT.safetensors [PIPE_DIR OUT ...]
+  python ref_unet.py [--seed N] [--batch N] [--make-tiny] PIPE_DIR OUT.safetensors [PIPE_DIR OUT ...]
+
+--make-tiny first builds each PIPE_DIR with make_tiny.py's build() in this
+process (one torch import instead of one per pipeline): the folder's name
+says what, KIND-gGROUPS (e.g. sd2-g16: --kind sd2 --groups 16, fp32, seed 0).
 
 Writes, all float32 unless said:
   x        [N, 4, s, s]    latents x_t (s = the UNet's sample_size)
@@ -16,6 +20,7 @@ Inputs are drawn from torch's generator seeded with --seed; the models are
 the pipeline's (random tiny weights from make_tiny.py).
 """
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -54,10 +59,17 @@ def main():
     ap.add_argument("pairs", nargs="+", help="PIPE_DIR OUT.safetensors, repeated")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--make-tiny", action="store_true")
     a = ap.parse_args()
     if len(a.pairs) % 2:
         sys.exit("ref_unet.py: expected PIPE_DIR OUT pairs")
     for i in range(0, len(a.pairs), 2):
+        if a.make_tiny:
+            import make_tiny
+            kind, _, groups = os.path.basename(a.pairs[i].rstrip("/")).rpartition("-g")
+            if not kind or not groups.isdigit():
+                sys.exit("ref_unet.py: --make-tiny: %r is not named KIND-gGROUPS" % a.pairs[i])
+            make_tiny.build(kind, a.pairs[i], 0, "fp32", int(groups))
         reference(a.pairs[i], a.pairs[i + 1], a.seed, a.batch)
 
 

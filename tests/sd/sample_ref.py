@@ -1,8 +1,10 @@
 """sample_ref.py - the diffusers side of tests/test_sd_sample.sh.
 
-  python sample_ref.py make DIR
-      tiny sd1 (epsilon) and sd2 (v-prediction) pipelines, and
-      DIR/latents.safetensors: one tensor "latents" [1,4,8,8] (seed 0)
+  python sample_ref.py make DIR PROMPT K CFG
+      tiny sd1 (epsilon) and sd2 (v-prediction) pipelines,
+      DIR/latents.safetensors: one tensor "latents" [1,4,8,8] (seed 0), and
+      each model's references (below) in DIR/ref-sd1, DIR/ref-sd2: one
+      Python process for all of it
   python sample_ref.py ref MODEL PROMPT LATENTS K CFG OUT
       with diffusers' StableDiffusionPipeline (DDIMScheduler from the
       folder's config, negative prompt ""):
@@ -25,14 +27,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def make(d):
+def make(d, prompt, K, cfg):
     import torch
     import make_tiny
     from safetensors.torch import save_file
-    make_tiny.build("sd1", os.path.join(d, "sd1"), 0, "fp32", 8)
-    make_tiny.build("sd2", os.path.join(d, "sd2"), 0, "fp32", 8)
     g = torch.Generator().manual_seed(0)
-    save_file({"latents": torch.randn(1, 4, 8, 8, generator=g)}, os.path.join(d, "latents.safetensors"))
+    lat = os.path.join(d, "latents.safetensors")
+    save_file({"latents": torch.randn(1, 4, 8, 8, generator=g)}, lat)
+    for m in ("sd1", "sd2"):
+        make_tiny.build(m, os.path.join(d, m), 0, "fp32", 8)
+        ref(os.path.join(d, m), prompt, lat, K, cfg, os.path.join(d, "ref-" + m))
     print(d)
 
 
@@ -132,10 +136,10 @@ def cmp(a, b, atol, rtol, na, nb):
 if __name__ == "__main__":
     c = sys.argv[1]
     if c == "make":
-        make(sys.argv[2])
+        make(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
     elif c == "ref":
         ref(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
     elif c == "cmp":
         sys.exit(cmp(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), sys.argv[6], sys.argv[7]))
     else:
-        sys.exit("usage: sample_ref.py make DIR | ref MODEL PROMPT LATENTS K CFG OUT | cmp A B ATOL RTOL NA NB")
+        sys.exit("usage: sample_ref.py make DIR PROMPT K CFG | ref MODEL PROMPT LATENTS K CFG OUT | cmp A B ATOL RTOL NA NB")
