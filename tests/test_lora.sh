@@ -13,6 +13,11 @@
 #   - a LoRA made by peft and saved by save_lora_weights (lora_A/lora_B
 #     naming) loads in d3po with diffusers' image;
 #   - the adapters matter: the base image is beyond 2/255 of the LoRA one;
+#   - the adapter gradients of sum(eps * r) through the UNet (tool_sdunet
+#     lora) against autograd through diffusers' UNet with peft's layers
+#     (lora_ref.py grad), for our alpha-2 file and peft's: eps within
+#     5e-5 + 1e-3 |ref|, every adapter gradient within 1e-4 + 1e-3 |ref|
+#     (float32 on both sides, other summation orders; measured ~5e-6);
 # and the command line's errors. Under D3PO_ASAN=1 the Python side is
 # skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
@@ -70,6 +75,13 @@ same "diffusers/peft's file in d3po: the same image" op rp.png
 ours ob
 if "$PY" "$HERE/sd/sample_ref.py" cmp "$T/ob/a_photo_of_a_cat-0-0.png" "$T/rk.png" 0.00785 0 png png >"$T/cmp" 2>&1
 then no "the base image equals the LoRA one: the adapters do nothing"; else ok "the adapters change the image (base vs LoRA beyond 2/255)"; fi
+
+for f in a.safetensors peft/pytorch_lora_weights.safetensors; do
+    if "$PY" "$REF" grad "$M" "$T/$f" "$T/g.safetensors" >"$T/ref.log" 2>&1 &&
+        "$B/tests/tool_sdunet" lora "$M" "$T/$f" "$T/g.safetensors" >"$T/cmp" 2>&1
+    then ok "adapter gradients equal diffusers + peft's ($f)"; else no "adapter gradients ($f)"; tail -n 3 "$T/ref.log"; fi
+    cat "$T/cmp"
+done
 
 # errors: one line naming the file
 expect 2 "a LoRA of another model is refused" "$D3" sample --model "$M" --prompt "$P" --out "$T/e" --lora "$T/lat.safetensors"

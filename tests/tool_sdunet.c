@@ -3,6 +3,11 @@
  *
  *   tool_sdunet unet PIPE REF      UNet of PIPE (a diffusers folder, F32)
  *                                  on REF's x, t, context vs REF's eps
+ *   tool_sdunet lora PIPE LORA REF UNet of PIPE with the LoRA file's adapters
+ *                                  on REF's x, t, context: eps vs REF's, and
+ *                                  the adapter gradients of sum(eps * r) vs
+ *                                  REF's grad.<module>.down/.up (written by
+ *                                  tests/sd/lora_ref.py grad: diffusers + peft)
  *   tool_sdunet vae PIPE REF       VAE decode of REF's latents vs REF's image,
  *                                  and the 8-bit pixels vs REF's rgb8
  *   tool_sdunet bench CONFIG [--size S] [--batch N] [--threads T] [--iters K]
@@ -29,6 +34,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "lora.h"
 #include "ops.h"
 #include "safetensors.h"
 #include "sd/sdunet.h"
@@ -162,6 +168,79 @@ static int cmd_unet(const char *pipe, const char *refpath) {
     free(lean);
     tape_free(tp);
     st_free(&r);
+    free(params);
+    sd_layout_free(&L);
+    return bad;
+}
+
+static int cmd_lora(const char *pipe, const char *lorapath, const char *refpath) {
+    char path[4096], err[D3_ERRLEN];
+    snprintf(path, sizeof path, "%s/unet/config.json", pipe);
+    json_t *j = load_json(path);
+    sd_unet_config c;
+    if (sd_unet_config_from_json(&c, j, path, err)) die("%s", err);
+    json_decref(j);
+    sd_layout L = {0};
+    if (sd_unet_layout(&c, &L, err)) die("%s", err);
+    float *params = calloc(L.numel, sizeof(float));
+    if (!params) die("%s", "out of memory");
+    snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", pipe);
+    if (fill_f32(path, &L, params, NULL, err)) die("%s", err);
+    lora_set s;
+    if (lora_load(&s, lorapath, &L, err)) die("%s", err);
+    s.grads = calloc(s.numel, sizeof(float));
+    st_file r;
+    if (!s.grads || st_load(&r, refpath, err)) die("%s", err);
+    const st_tensor *x = ref_tensor(&r, "x", ST_F32), *t = ref_tensor(&r, "t", ST_F32),
+                    *ctx = ref_tensor(&r, "context", ST_F32), *eps = ref_tensor(&r, "eps", ST_F32),
+                    *rr = ref_tensor(&r, "r", ST_F32);
+    int N = (int)x->shape[0], h = (int)x->shape[2], w = (int)x->shape[3];
+    if (sd_unet_check_size(&c, h, w, err)) die("%s", err);
+    d3_tape *tp = tape_new(backend_cpu());
+    d3_tensor *xt = input_from(tp, x, N, c.in_channels, h, w);
+    d3_tensor *ct = input_from(tp, ctx, N, (int)ctx->shape[1], 1, c.cross_dim);
+    d3_tensor *out = sd_unet_forward_lora(tp, &c, &L, params, NULL, xt, (const float *)t->data, ct, &s);
+    if (out->numel * sizeof(float) != eps->nbytes || rr->nbytes != eps->nbytes)
+        die("%s", "output size differs from the reference");
+    printf("tool_sdunet lora: %s with %s: %d adapters\n", pipe, lorapath, s.n);
+    /* the forward: sd-unet's tolerance (float32, other summation orders) */
+    int bad = compare("eps with adapters", out->v, (const float *)eps->data, out->numel, 5e-5, 1e-3,
+                      "float32, summation order through ~40 layers");
+    float *dy = tape_alloc(tp, out->numel);
+    memcpy(dy, rr->data, rr->nbytes);
+    tape_backward(tp, out, dy);
+    /* gradients: a sum over 2 x 64 outputs of products through the whole
+     * UNet's backward; float32 with other summation orders on both sides
+     * (measured ~1e-6 relative); atol covers elements that nearly cancel */
+    double worst = 0;
+    int nbad = 0;
+    for (int i = 0; i < s.n; i++) {
+        for (int k = 0; k < 2; k++) {
+            char name[SD_NAME_MAX + 16];
+            snprintf(name, sizeof name, "grad.%s.%s", s.m[i].name, k ? "up" : "down");
+            const st_tensor *g = ref_tensor(&r, name, ST_F32);
+            size_t n = k ? (size_t)s.m[i].out * s.m[i].rank : (size_t)s.m[i].rank * s.m[i].in;
+            if (g->nbytes != n * sizeof(float)) die("reference tensor '%s' has a bad size", name);
+            const float *a = s.grads + (k ? s.m[i].up : s.m[i].down), *b = (const float *)g->data;
+            for (size_t e = 0; e < n; e++) {
+                double d = fabs((double)a[e] - b[e]);
+                if (!(d <= 1e-4 + 1e-3 * fabs(b[e]))) {
+                    if (nbad++ < 5)
+                        printf("  %s[%zu]: ours %.7g ref %.7g\n", name, e, a[e], b[e]);
+                }
+                if (d > worst) worst = d;
+            }
+        }
+    }
+    printf("  adapter gradients (%d matrices): max |diff| %.3g; tolerance 1e-4 + 1e-3*|ref| "
+           "(float32, summation order through the UNet's backward): %s\n", 2 * s.n, worst,
+           nbad ? "MISMATCH" : "ok");
+    bad |= nbad != 0;
+    tape_free(tp);
+    st_free(&r);
+    free(s.grads);
+    s.grads = NULL;
+    lora_free(&s);
     free(params);
     sd_layout_free(&L);
     return bad;
@@ -401,6 +480,7 @@ static int cmd_vaebench(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 4 && !strcmp(argv[1], "unet")) return cmd_unet(argv[2], argv[3]);
     if (argc >= 4 && !strcmp(argv[1], "vae")) return cmd_vae(argv[2], argv[3]);
+    if (argc >= 5 && !strcmp(argv[1], "lora")) return cmd_lora(argv[2], argv[3], argv[4]);
     if (argc >= 3 && !strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "vaebench")) return cmd_vaebench(argc, argv);
     fprintf(stderr, "usage: tool_sdunet unet|vae PIPE REF.safetensors\n"

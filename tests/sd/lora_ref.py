@@ -9,6 +9,11 @@
       to_v, to_out.0; lora_B drawn N(0, 0.3^2) so it is not zero), saved
       by StableDiffusionPipeline.save_lora_weights as
       OUT_DIR/pytorch_lora_weights.safetensors
+  python lora_ref.py grad MODEL LORA OUT
+      the adapter gradients of loss = sum(eps * r) through diffusers' UNet
+      with LORA loaded (peft layers), by autograd in float32, on random x
+      [2,4,8,8], t (801, 1), context [2,77,D], r: OUT holds x, t, context,
+      r, eps and "grad.<module path>.down" / ".up" of every adapter
 """
 import os
 import sys
@@ -59,11 +64,38 @@ def make(model, out, seed):
                                               safe_serialization=True)
 
 
+def grad(model, lora, out):
+    import torch
+    from safetensors.torch import load_file, save_file
+    pipe = pipeline(model)
+    pipe.load_lora_weights(load_file(lora), low_cpu_mem_usage=False, adapter_name="a")
+    torch.set_grad_enabled(True)
+    unet = pipe.unet
+    g = torch.Generator().manual_seed(11)
+    D = unet.config.cross_attention_dim
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([801.0, 1.0])
+    ctx = torch.randn(2, 77, D, generator=g)
+    r = torch.randn(2, 4, 8, 8, generator=g)
+    for n, p in unet.named_parameters():
+        p.requires_grad_("lora_" in n)
+    eps = unet(x, t, encoder_hidden_states=ctx).sample
+    (eps * r).sum().backward()
+    res = {"x": x, "t": t, "context": ctx, "r": r, "eps": eps.detach()}
+    for n, p in unet.named_parameters():
+        if "lora_A" in n or "lora_B" in n:
+            mod = n.split(".lora_")[0]
+            res["grad.%s.%s" % (mod, "down" if "lora_A" in n else "up")] = p.grad.detach().clone()
+    save_file({k: v.contiguous() for k, v in res.items()}, out)
+
+
 if __name__ == "__main__":
     c = sys.argv[1]
     if c == "image":
         image(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), sys.argv[7],
               sys.argv[8] if len(sys.argv) > 8 else None)
+    elif c == "grad":
+        grad(sys.argv[2], sys.argv[3], sys.argv[4])
     elif c == "make":
         make(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
