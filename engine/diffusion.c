@@ -97,9 +97,7 @@ void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const fl
     }
 }
 
-/* Runs the UNet on batch [x (cls) ; x (null)] or just [x (cls)] when w == 1,
- * and returns the output tensor (rows: cond first). */
-static d3_tensor *forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
+d3_tensor *model_forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
                               int t, const int *cls, float w, int *nb_out) {
     const d3_backend *be = tape_backend(tp);
     int S = m->L.arch.size, D = 3 * S * S, nb = w == 1.0f ? n : 2 * n;
@@ -138,7 +136,7 @@ void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t,
     size_t D = 3 * (size_t)S * S;
     tape_reset(tp);
     tape_set_grad(tp, 0);
-    d3_tensor *out = forward_cfg(m, tp, NULL, n, x, t, cls, w, &nb);
+    d3_tensor *out = model_forward_cfg(m, tp, NULL, n, x, t, cls, w, &nb);
     float *host = malloc(out->numel * sizeof(float));
     tape_backend(tp)->download(host, out->v, out->numel * sizeof(float));
     guide(eps, host, n, nb, D, w);
@@ -268,7 +266,7 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         tape_reset(tp);
         tape_set_grad(tp, 1);
         int nb;
-        d3_tensor *out = forward_cfg(m, tp, grads, 2, x, ts[k], clsv, w, &nb);
+        d3_tensor *out = model_forward_cfg(m, tp, grads, 2, x, ts[k], clsv, w, &nb);
         be->download(host, out->v, out->numel * sizeof(float));
         guide(eps, host, 2, nb, D, w);
         double lp[2], sigma = 0, lr[2], mask[2];

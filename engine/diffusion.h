@@ -69,6 +69,12 @@ void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const fl
 void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t, const int *cls,
                    float w, float *eps);
 
+/* Records the UNet on batch [x (cls) ; x (null)], or [x (cls)] alone when
+ * w == 1, and returns the output tensor [nb][D] (rows: cond first; *nb_out
+ * = nb). grads NULL: inference. The caller resets the tape. */
+d3_tensor *model_forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
+                             int t, const int *cls, float w, int *nb_out);
+
 /* Samples n images with DDIM. x: in x_T [n][D], out x_0. rngs[n]: the
  * per-image step-noise streams (advanced). traj [n][K+1][D] and logp
  * [n][K] may be NULL. A pair or group shares x_T and the class: the caller

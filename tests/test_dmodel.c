@@ -1,0 +1,149 @@
+/* test_dmodel.c - the model interface (engine/dmodel.h) against the code
+ * it fronts, bit for bit: on the pixel family dm_sample_pair /
+ * dm_traj_logp give exactly ddim_sample_pair / ddim_traj_logp_mean's
+ * trajectories, log-probs and means; prompts map to class ids and "" to
+ * the null class; decode is image_to_rgb's mapping. With D3PO_SD_TINY
+ * naming a tiny SD pipeline (tests/test_dmodel_sd.sh builds one), the sd
+ * family gives exactly sd_ddim_sample's and sd_traj_logp's bits from the
+ * same text states and latents, and reports no trainable set. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "dmodel.h"
+#include "sd/sdsample.h"
+#include "t.h"
+
+static void tiny(d3_model *m, const char *spec, uint64_t seed) {
+    char err[D3_ERRLEN];
+    unet_arch a = unet_arch_default();
+    if (unet_arch_parse(&a, spec, err) || model_init(m, &a, NULL, seed, err)) {
+        fprintf(stderr, "%s\n", err);
+        exit(1);
+    }
+}
+
+static void test_pixel_bit_identical(void) {
+    char err[D3_ERRLEN];
+    d3_model m;
+    tiny(&m, "base=8,mult=1.2,res=1,attn=none,size=8,classes=3", 11);
+    d3_tape *tp = tape_new(backend_cpu());
+    d3_dmodel dm;
+    CHECK(dm_open_pixel(&dm, &m, err) == 0, "%s", err);
+    CHECK(dm.D == 3 * 8 * 8 && dm.cond_floats == 1 && dm.train.numel == m.L.numel, "sizes");
+    CHECK(dm_can_train(&dm, err) == 1, "pixel cannot train");
+    ddim_opts o = ddim_opts_default();
+    o.steps = 5;
+    size_t D = dm.D;
+    int K = o.steps;
+    float c[2];
+    CHECK(dm_condition(&dm, "2", c, err) == 0 && c[0] == 2.0f, "class 2: %s", err);
+    CHECK(dm_condition(&dm, "", c + 1, err) == 0 && c[1] == 3.0f, "null class %g", c[1]);
+    CHECK(dm_condition(&dm, "nope", c + 1, err) == -1 && strstr(err, "nope"), "unknown prompt accepted");
+    dm_condition(&dm, "", c + 1, err);
+    float *xa = malloc(2 * D * sizeof(float)), *xb = malloc(2 * D * sizeof(float));
+    float *ta = malloc(2 * (K + 1) * D * sizeof(float)), *tb = malloc(2 * (K + 1) * D * sizeof(float));
+    float la[2 * 20], lb[2 * 20], ra[2 * 20], rb[2 * 20];
+    float *ma = malloc(2 * K * D * sizeof(float)), *mb = malloc(2 * K * D * sizeof(float));
+    for (int cfgi = 0; cfgi < 2; cfgi++) {
+        o.cfg = cfgi ? 1.0f : 5.0f; /* one pass and guided */
+        CHECK(ddim_sample_pair(&m, tp, &o, 2, 77, 1, xa, ta, la, err) == 0, "%s", err);
+        CHECK(dm_sample_pair(&dm, tp, &o, c, c + 1, 77, 1, xb, tb, lb, err) == 0, "%s", err);
+        CHECK(!memcmp(xa, xb, 2 * D * sizeof(float)), "cfg %g: x_0 differ", o.cfg);
+        CHECK(!memcmp(ta, tb, 2 * (K + 1) * D * sizeof(float)), "cfg %g: trajectories differ", o.cfg);
+        CHECK(!memcmp(la, lb, 2 * K * sizeof(float)), "cfg %g: logp differ", o.cfg);
+        int cls[2] = {2, 2};
+        float cc[2] = {c[0], c[0]};
+        CHECK(ddim_traj_logp_mean(&m, tp, &o, 2, cls, ta, ra, ma, err) == 0, "%s", err);
+        CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + 1, ta, rb, mb, err) == 0, "%s", err);
+        CHECK(!memcmp(ra, rb, 2 * K * sizeof(float)), "cfg %g: teacher-forced logp differ", o.cfg);
+        CHECK(!memcmp(ma, mb, 2 * K * D * sizeof(float)), "cfg %g: means differ", o.cfg);
+        /* teacher forcing reproduces the sampled log-probs (same model) */
+        CHECK(!memcmp(la, rb, 2 * K * sizeof(float)), "cfg %g: sampled vs forced logp", o.cfg);
+    }
+    uint8_t rgb[8 * 8 * 3];
+    CHECK(dm_decode(&dm, tp, xa, 1, rgb, err) == 0, "%s", err);
+    int bad = 0;
+    for (int p = 0; p < 64; p++)
+        for (int ch = 0; ch < 3; ch++) {
+            float v = (xa[ch * 64 + p] + 1.0f) * 127.5f + 0.5f;
+            uint8_t e = v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t)v;
+            bad += rgb[p * 3 + ch] != e;
+        }
+    CHECK(bad == 0, "%d decoded bytes differ", bad);
+    o.eta = 0;
+    CHECK(dm_sample_pair(&dm, tp, &o, c, c + 1, 77, 1, xb, tb, lb, err) == -1 && strstr(err, "sigma 0"),
+          "eta 0 with log-probs accepted");
+    free(xa); free(xb); free(ta); free(tb); free(ma); free(mb);
+    dm_close(&dm);
+    tape_free(tp);
+    model_free(&m);
+}
+
+static void test_sd_bit_identical(void) {
+    const char *dir = getenv("D3PO_SD_TINY");
+    if (!dir || !*dir) {
+        printf("  (D3PO_SD_TINY unset: the sd family is tested by test_dmodel_sd.sh)\n");
+        return;
+    }
+    char err[D3_ERRLEN];
+    const d3_backend *be = backend_cpu();
+    d3_tape *tp = tape_new(be);
+    d3_dmodel dm;
+    int h = 8, w = 8;
+    if (dm_open_sd(&dm, dir, NULL, be, h, w, err)) {
+        CHECK(0, "dm_open_sd: %s", err);
+        tape_free(tp);
+        return;
+    }
+    CHECK(strcmp(dm.family, "sd") == 0 && dm.h == h && dm.img_h == h * 8, "sizes %d %d", dm.h, dm.img_h);
+    CHECK(dm_can_train(&dm, err) == 0 && strstr(err, "LoRA"), "sd claims a trainable set");
+    CHECK(dm_open_sd(&(d3_dmodel){0}, dir, NULL, be, 7, 7, err) == -1, "latents 7x7 accepted");
+    sd_model *m = dm.impl;
+    size_t D = dm.D, Dc = dm.cond_floats;
+    float *c = malloc(2 * Dc * sizeof(float)), *c2 = malloc(2 * Dc * sizeof(float));
+    const char *pr[2] = {"a photo of a cat", ""};
+    CHECK(sd_model_encode(m, pr, 2, c, err) == 0, "%s", err);
+    CHECK(dm_condition(&dm, pr[0], c2, err) == 0 && dm_condition(&dm, "", c2 + Dc, err) == 0, "%s", err);
+    CHECK(!memcmp(c, c2, 2 * Dc * sizeof(float)), "text states differ");
+    ddim_opts o = ddim_opts_default();
+    o.steps = 4;
+    o.cfg = 7.5f;
+    int K = o.steps;
+    float *xa = malloc(2 * D * sizeof(float)), *xb = malloc(2 * D * sizeof(float));
+    float *ta = malloc(2 * (K + 1) * D * sizeof(float)), *tb = malloc(2 * (K + 1) * D * sizeof(float));
+    float la[2 * 4], lb[2 * 4], fa[4], fb[4];
+    d3_rng r, ra[2], rb[2];
+    rng_init(&r, 5, 0);
+    rng_normal(&r, xa, D);
+    memcpy(xa + D, xa, D * sizeof(float));
+    memcpy(xb, xa, 2 * D * sizeof(float));
+    for (int i = 0; i < 2; i++) {
+        rng_init(&ra[i], 5, 1 + i);
+        rng_init(&rb[i], 5, 1 + i);
+    }
+    float *cc = malloc(2 * Dc * sizeof(float));
+    memcpy(cc, c, Dc * sizeof(float));
+    memcpy(cc + Dc, c, Dc * sizeof(float));
+    CHECK(sd_ddim_sample(m, tp, &o, 2, cc, c + Dc, xa, h, w, ra, ta, la, err) == 0, "%s", err);
+    CHECK(dm_sample(&dm, tp, &o, 2, cc, c + Dc, xb, rb, tb, lb, err) == 0, "%s", err);
+    CHECK(!memcmp(xa, xb, 2 * D * sizeof(float)), "latents differ");
+    CHECK(!memcmp(ta, tb, 2 * (K + 1) * D * sizeof(float)), "trajectories differ");
+    CHECK(!memcmp(la, lb, 2 * K * sizeof(float)), "logp differ");
+    CHECK(sd_traj_logp(m, tp, &o, c, c + Dc, ta, h, w, fa, err) == 0, "%s", err);
+    CHECK(dm_traj_logp(&dm, tp, &o, 1, c, c + Dc, ta, fb, NULL, err) == 0, "%s", err);
+    CHECK(!memcmp(fa, fb, K * sizeof(float)), "teacher-forced logp differ");
+    size_t HW = (size_t)dm.img_h * dm.img_w;
+    uint8_t *ia = malloc(HW * 3), *ib = malloc(HW * 3);
+    CHECK(sd_model_decode(m, tp, xa, 1, h, w, ia, err) == 0, "%s", err);
+    CHECK(dm_decode(&dm, tp, xb, 1, ib, err) == 0, "%s", err);
+    CHECK(!memcmp(ia, ib, HW * 3), "decoded images differ");
+    free(c); free(c2); free(cc); free(xa); free(xb); free(ta); free(tb); free(ia); free(ib);
+    dm_close(&dm);
+    tape_free(tp);
+}
+
+int main(void) {
+    RUN(test_pixel_bit_identical);
+    RUN(test_sd_bit_identical);
+    return t_done();
+}
