@@ -1,8 +1,12 @@
-/* diffusion.c - DDIM sampling with log-probabilities, D3PO, Diffusion-DPO
- * and pretraining steps (contracts and formulas in diffusion.h and DESIGN.md). The model
+/* diffusion.c - DDIM step math and log-probabilities, the pixel model's
+ * sampling entry points (views of the model interface: the sampler itself
+ * is written once, in dmodel.c), D3PO, Diffusion-DPO and pretraining
+ * steps (contracts and formulas in diffusion.h and DESIGN.md). The model
  * runs through the tape on the backend; the per-image step math runs on the
  * host in double-precision coefficients. */
 #include "diffusion.h"
+
+#include "dmodel.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -144,37 +148,27 @@ void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t,
     tape_set_grad(tp, 1);
 }
 
-int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
-                float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
-    int K = o->steps, S = m->L.arch.size;
-    size_t D = 3 * (size_t)S * S;
-    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
-    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
+/* The pixel model as the model interface sees it (dmodel.h); the view
+ * only reads m. */
+static int pixel_view(d3_dmodel *dm, const d3_model *m, int n, const int *cls, float **cond,
+                      float *uncond, char *err) {
     for (int i = 0; i < n; i++)
         if (cls[i] < 0 || cls[i] >= m->L.arch.classes)
             return d3_errf(err, "class %d out of range 0..%d", cls[i], m->L.arch.classes - 1);
-    float *eps = malloc(n * D * sizeof(float)), *mean = malloc(D * sizeof(float));
-    float *z = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
-    if (!eps || !mean || !z || !xp) {
-        free(eps); free(mean); free(z); free(xp);
-        return d3_errf(err, "out of memory");
-    }
-    if (traj)
-        for (int i = 0; i < n; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
-    for (int k = 0; k < K; k++) {
-        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
-        model_eps_cfg(m, tp, n, x, ts[k], cls, o->cfg, eps);
-        for (int i = 0; i < n; i++) {
-            float *xi = x + i * D;
-            rng_normal(&rngs[i], z, D);
-            double sigma = ddim_step(xp, mean, xi, eps + i * D, z, at, ap, o->eta, D);
-            if (logp) logp[(size_t)i * K + k] = (float)ddim_logprob(xp, mean, sigma, D);
-            memcpy(xi, xp, D * sizeof(float));
-            if (traj) memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xi, D * sizeof(float));
-        }
-    }
-    free(eps); free(mean); free(z); free(xp);
-    return 0;
+    if (!(*cond = malloc(n * sizeof(float)))) return d3_errf(err, "out of memory");
+    for (int i = 0; i < n; i++) (*cond)[i] = (float)cls[i];
+    dm_open_pixel(dm, (d3_model *)m, err);
+    return dm_condition(dm, "", uncond, err);
+}
+
+int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
+    d3_dmodel dm;
+    float *cond = NULL, uncond;
+    int rc = pixel_view(&dm, m, n, cls, &cond, &uncond, err);
+    if (!rc) rc = dm_sample(&dm, tp, o, n, cond, &uncond, x, rngs, traj, logp, err);
+    free(cond);
+    return rc;
 }
 
 int ddim_sample_pair(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls, uint64_t seed,
@@ -197,30 +191,12 @@ int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, co
 
 int ddim_traj_logp_mean(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
                         const float *traj, float *logp, float *means, char *err) {
-    int K = o->steps, S = m->L.arch.size;
-    size_t D = 3 * (size_t)S * S;
-    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
-    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
-    float *x = malloc(n * D * sizeof(float)), *eps = malloc(n * D * sizeof(float));
-    float *mean = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
-    if (!x || !eps || !mean || !xp) {
-        free(x); free(eps); free(mean); free(xp);
-        return d3_errf(err, "out of memory");
-    }
-    for (int k = 0; k < K; k++) {
-        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
-        for (int i = 0; i < n; i++)
-            memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
-        model_eps_cfg(m, tp, n, x, ts[k], cls, o->cfg, eps);
-        for (int i = 0; i < n; i++) {
-            const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
-            double sigma = ddim_step(xp, mean, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
-            logp[(size_t)i * K + k] = (float)ddim_logprob(xn, mean, sigma, D);
-            if (means) memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
-        }
-    }
-    free(x); free(eps); free(mean); free(xp);
-    return 0;
+    d3_dmodel dm;
+    float *cond = NULL, uncond;
+    int rc = pixel_view(&dm, m, n, cls, &cond, &uncond, err);
+    if (!rc) rc = dm_traj_logp(&dm, tp, o, n, cond, &uncond, traj, logp, means, err);
+    free(cond);
+    return rc;
 }
 
 static double log_sigmoid(double s) { return s >= 0 ? -log1p(exp(-s)) : s - log1p(exp(s)); }

@@ -1,7 +1,10 @@
 /* test_dmodel.c - the model interface (engine/dmodel.h) against the code
  * it fronts, bit for bit: on the pixel family dm_sample_pair /
- * dm_traj_logp give exactly ddim_sample_pair / ddim_traj_logp_mean's
- * trajectories, log-probs and means; prompts map to class ids and "" to
+ * dm_traj_logp give exactly the trajectories, log-probs and means of the
+ * pixel sampler as it was before the interface (kept below as the
+ * reference: ref_sample, ref_traj_logp; ddim_sample and
+ * ddim_traj_logp_mean are now views of the interface and are checked
+ * against it too); prompts map to class ids and "" to
  * the null class; decode is image_to_rgb's mapping. With D3PO_SD_TINY
  * naming a tiny SD pipeline (tests/test_dmodel_sd.sh builds one), the sd
  * family gives exactly sd_ddim_sample's and sd_traj_logp's bits from the
@@ -20,6 +23,57 @@ static void tiny(d3_model *m, const char *spec, uint64_t seed) {
         fprintf(stderr, "%s\n", err);
         exit(1);
     }
+}
+
+/* The pixel sampler before the interface (the reference). */
+static void ref_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls, uint64_t seed,
+                       float *x, float *traj, float *logp) {
+    int K = o->steps, ts[D3_MAX_STEPS], prev[D3_MAX_STEPS], c2[2] = {cls, cls};
+    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
+    char err[D3_ERRLEN];
+    ddim_timesteps(m->sched.T, K, ts, prev, err);
+    d3_rng r, rngs[2];
+    rng_init(&r, seed, 0);
+    rng_normal(&r, x, D);
+    memcpy(x + D, x, D * sizeof(float));
+    rng_init(&rngs[0], seed, 1);
+    rng_init(&rngs[1], seed, 2);
+    float *eps = malloc(2 * D * sizeof(float)), *mean = malloc(D * sizeof(float));
+    float *z = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    for (int i = 0; i < 2; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
+    for (int k = 0; k < K; k++) {
+        model_eps_cfg(m, tp, 2, x, ts[k], c2, o->cfg, eps);
+        for (int i = 0; i < 2; i++) {
+            rng_normal(&rngs[i], z, D);
+            double sg = ddim_step(xp, mean, x + i * D, eps + i * D, z, m->sched.abar[ts[k]],
+                                  m->sched.abar[prev[k]], o->eta, D);
+            logp[i * K + k] = (float)ddim_logprob(xp, mean, sg, D);
+            memcpy(x + i * D, xp, D * sizeof(float));
+            memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xp, D * sizeof(float));
+        }
+    }
+    free(eps); free(mean); free(z); free(xp);
+}
+
+static void ref_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls,
+                          const float *traj, float *logp, float *means) {
+    int K = o->steps, ts[D3_MAX_STEPS], prev[D3_MAX_STEPS], c2[2] = {cls, cls};
+    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
+    char err[D3_ERRLEN];
+    ddim_timesteps(m->sched.T, K, ts, prev, err);
+    float *x = malloc(2 * D * sizeof(float)), *eps = malloc(2 * D * sizeof(float));
+    float *mean = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    for (int k = 0; k < K; k++) {
+        for (int i = 0; i < 2; i++) memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
+        model_eps_cfg(m, tp, 2, x, ts[k], c2, o->cfg, eps);
+        for (int i = 0; i < 2; i++) {
+            double sg = ddim_step(xp, mean, x + i * D, eps + i * D, NULL, m->sched.abar[ts[k]],
+                                  m->sched.abar[prev[k]], o->eta, D);
+            logp[i * K + k] = (float)ddim_logprob(traj + ((size_t)i * (K + 1) + k + 1) * D, mean, sg, D);
+            memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
+        }
+    }
+    free(x); free(eps); free(mean); free(xp);
 }
 
 static void test_pixel_bit_identical(void) {
@@ -46,14 +100,20 @@ static void test_pixel_bit_identical(void) {
     float *ma = malloc(2 * K * D * sizeof(float)), *mb = malloc(2 * K * D * sizeof(float));
     for (int cfgi = 0; cfgi < 2; cfgi++) {
         o.cfg = cfgi ? 1.0f : 5.0f; /* one pass and guided */
-        CHECK(ddim_sample_pair(&m, tp, &o, 2, 77, 1, xa, ta, la, err) == 0, "%s", err);
+        ref_sample(&m, tp, &o, 2, 77, xa, ta, la);
+        CHECK(ddim_sample_pair(&m, tp, &o, 2, 77, 1, xb, tb, lb, err) == 0, "%s", err);
+        CHECK(!memcmp(ta, tb, 2 * (K + 1) * D * sizeof(float)) && !memcmp(la, lb, 2 * K * sizeof(float)),
+              "cfg %g: ddim_sample_pair differs from the reference", o.cfg);
         CHECK(dm_sample_pair(&dm, tp, &o, c, c + 1, 77, 1, xb, tb, lb, err) == 0, "%s", err);
         CHECK(!memcmp(xa, xb, 2 * D * sizeof(float)), "cfg %g: x_0 differ", o.cfg);
         CHECK(!memcmp(ta, tb, 2 * (K + 1) * D * sizeof(float)), "cfg %g: trajectories differ", o.cfg);
         CHECK(!memcmp(la, lb, 2 * K * sizeof(float)), "cfg %g: logp differ", o.cfg);
         int cls[2] = {2, 2};
         float cc[2] = {c[0], c[0]};
-        CHECK(ddim_traj_logp_mean(&m, tp, &o, 2, cls, ta, ra, ma, err) == 0, "%s", err);
+        ref_traj_logp(&m, tp, &o, 2, ta, ra, ma);
+        CHECK(ddim_traj_logp_mean(&m, tp, &o, 2, cls, ta, rb, mb, err) == 0, "%s", err);
+        CHECK(!memcmp(ra, rb, 2 * K * sizeof(float)) && !memcmp(ma, mb, 2 * K * D * sizeof(float)),
+              "cfg %g: ddim_traj_logp_mean differs from the reference", o.cfg);
         CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + 1, ta, rb, mb, err) == 0, "%s", err);
         CHECK(!memcmp(ra, rb, 2 * K * sizeof(float)), "cfg %g: teacher-forced logp differ", o.cfg);
         CHECK(!memcmp(ma, mb, 2 * K * D * sizeof(float)), "cfg %g: means differ", o.cfg);
