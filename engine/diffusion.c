@@ -101,6 +101,28 @@ void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const fl
     }
 }
 
+void ddim_logprob_backward_pred(float *dout, double dlogp, const float *x_t, const float *out,
+                                const float *x_prev, const float *mean, double sigma,
+                                double abar_t, double abar_prev, int pred_v, float clip, size_t n) {
+    double s2 = sigma * sigma, ce2 = 1.0 - abar_prev - s2;
+    double ce = sqrt(ce2 > 0 ? ce2 : 0), sp = sqrt(abar_prev);
+    double sa = sqrt(abar_t), s1 = sqrt(1.0 - abar_t);
+    /* mean = sp x0 + ce e; per unit of out: eps: dx0 = -s1/sa, de = 1;
+     * v: dx0 = -s1, de = sa. Clipping re-derives e from x0, which gives
+     * the same derivatives inside the range and zero where x0 is clamped. */
+    double dm = pred_v ? -sp * s1 + ce * sa : -sp * s1 / sa + ce;
+    float fsa = (float)sa, fs1 = (float)s1, rsa = (float)(1.0 / sa);
+    double k = dlogp / (s2 * (double)n);
+    for (size_t i = 0; i < n; i++) {
+        int on = 1;
+        if (clip > 0) {
+            float x0 = pred_v ? fsa * x_t[i] - fs1 * out[i] : (x_t[i] - fs1 * out[i]) * rsa;
+            on = x0 >= -clip && x0 <= clip; /* torch.clamp: inclusive */
+        }
+        dout[i] = on ? (float)(k * ((double)x_prev[i] - mean[i]) * dm) : 0.0f;
+    }
+}
+
 d3_tensor *model_forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
                               int t, const int *cls, float w, int *nb_out) {
     const d3_backend *be = tape_backend(tp);

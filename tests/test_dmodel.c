@@ -204,7 +204,62 @@ static void test_sd_bit_identical(void) {
     tape_free(tp);
 }
 
+/* ddim_logprob_backward_pred against central differences of
+ * ddim_logprob(ddim_step_pred(out)) for eps and v, with and without x0
+ * clipping (elements whose x0 clamp boundary lies inside the difference
+ * step are skipped: there the finite difference means nothing). */
+static void test_pred_backward_fd(void) {
+    enum { n = 64 };
+    float xt[n], o[n], z[n], xp[n], mean[n], d[n], xn[n], mn[n];
+    uint64_t st = 3;
+    struct { double at, ap; } steps[3] = {{0.05, 0.1}, {0.5, 0.6}, {0.99, 0.999}};
+    for (int pv = 0; pv < 2; pv++)
+        for (int cl = 0; cl < 2; cl++)
+            for (int c = 0; c < 3; c++) {
+                double at = steps[c].at, ap = steps[c].ap;
+                float clip = cl ? 1.0f : 0.0f;
+                d3_rng r;
+                rng_init(&r, st++, 0);
+                rng_normal(&r, xt, n);
+                rng_normal(&r, o, n);
+                rng_normal(&r, z, n);
+                double sg = ddim_step_pred(xp, mean, xt, o, z, at, ap, 1.0, pv, clip, n);
+                ddim_logprob_backward_pred(d, 1.0, xt, o, xp, mean, sg, at, ap, pv, clip, n);
+                int bad = 0, checked = 0;
+                for (int i = 0; i < n; i++) {
+                    /* logp is quadratic in out between clamp boundaries:
+                     * a large step has no truncation error */
+                    double h = 0.01, l[2];
+                    int crosses = 0;
+                    for (int k = 0; k < 2; k++) {
+                        float save = o[i];
+                        o[i] = save + (float)(k ? -h : h);
+                        double sg2 = ddim_step_pred(xn, mn, xt, o, NULL, at, ap, 1.0, pv, clip, n);
+                        l[k] = ddim_logprob(xp, mn, sg2, n);
+                        float sa = (float)sqrt(at), s1 = (float)sqrt(1 - at);
+                        for (int e = -1; e <= 1; e += 2) {
+                            float x0 = pv ? sa * xt[i] - s1 * (save + (float)(e * h))
+                                          : (xt[i] - s1 * (save + (float)(e * h))) / sa;
+                            float x0c = pv ? sa * xt[i] - s1 * save : (xt[i] - s1 * save) / sa;
+                            if (clip > 0 && ((fabsf(x0) > clip) != (fabsf(x0c) > clip))) crosses = 1;
+                        }
+                        o[i] = save;
+                    }
+                    if (crosses) continue;
+                    checked++;
+                    double num = (l[0] - l[1]) / (2 * h);
+                    /* float32 means of size ~1: 1e-6 absolute + 1e-3 relative */
+                    if (fabs(num - d[i]) > 1e-6 + 1e-3 * fabs(num) && bad++ < 3)
+                        fprintf(stderr, "  pred_v %d clip %g step %d i=%d analytic %g numeric %g\n", pv,
+                                clip, c, i, d[i], num);
+                }
+                CHECK(bad == 0 && checked > n / 2, "pred_v %d clip %g step %d: %d bad of %d", pv, clip, c,
+                      bad, checked);
+            }
+}
+
 int main(void) {
+    RUN(test_pred_backward_fd);
     RUN(test_pixel_bit_identical);
     RUN(test_sd_bit_identical);
     return t_done();
