@@ -229,48 +229,61 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
                           const float *ref0, const float *ref1, const float *const rmean[2],
                           const float h[2], const int *order, float *loss_k, float *lp0,
                           float *lp1, char *err) {
-    int K = o->steps, S = m->L.arch.size;
+    d3_dmodel dm;
+    float *cond = NULL, uncond;
+    if (pixel_view(&dm, m, 1, &cls, &cond, &uncond, err)) return NAN;
+    double r = dm_d3po_pair_backward(&dm, tp, grads, o, d, traj0, traj1, cond, &uncond, ref0, ref1,
+                                     rmean, h, order, loss_k, lp0, lp1, err);
+    free(cond);
+    return r;
+}
+
+double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddim_opts *o,
+                             const d3po_opts *d, const float *traj0, const float *traj1,
+                             const float *cond, const float *uncond, const float *ref0,
+                             const float *ref1, const float *const rmean[2], const float h[2],
+                             const int *order, float *loss_k, float *lp0, float *lp1, char *err) {
+    int K = o->steps;
     double kl = d->kl;
     if (kl > 0 && (!rmean || !rmean[0] || !rmean[1])) {
         d3_errf(err, "the KL penalty needs the reference means");
         return NAN;
     }
-    size_t D = 3 * (size_t)S * S;
-    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
-    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return NAN;
-    if (cls < 0 || cls >= m->L.arch.classes) {
-        d3_errf(err, "class %d out of range 0..%d", cls, m->L.arch.classes - 1);
-        return NAN;
-    }
+    if (grads && !dm_can_train(dm, err)) return NAN;
+    size_t D = dm->D, Dc = dm->cond_floats;
+    int ts[D3_MAX_STEPS];
+    double ats[D3_MAX_STEPS], aps[D3_MAX_STEPS];
+    if (dm->ops->plan(dm, K, ts, ats, aps, err)) return NAN;
     const d3_backend *be = tape_backend(tp);
     const float *trajs[2] = {traj0, traj1}, *refs[2] = {ref0, ref1};
     float w = o->cfg;
-    int clsv[2] = {cls, cls};
     float *x = malloc(2 * D * sizeof(float)), *eps = malloc(2 * D * sizeof(float));
     float *mean = malloc(2 * D * sizeof(float)), *xp = malloc(D * sizeof(float));
     float *deps = malloc(2 * D * sizeof(float)), *host = malloc(4 * D * sizeof(float));
-    float *dkl = kl > 0 ? malloc(D * sizeof(float)) : NULL;
-    if (!x || !eps || !mean || !xp || !deps || !host || (kl > 0 && !dkl)) {
-        free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
+    float *dkl = kl > 0 ? malloc(D * sizeof(float)) : NULL, *c2 = malloc(2 * Dc * sizeof(float));
+    if (!x || !eps || !mean || !xp || !deps || !host || (kl > 0 && !dkl) || !c2) {
+        free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl); free(c2);
         d3_errf(err, "out of memory");
         return NAN;
     }
+    memcpy(c2, cond, Dc * sizeof(float));
+    memcpy(c2 + Dc, cond, Dc * sizeof(float));
     double total = 0;
     for (int kk = 0; kk < K; kk++) {
         int k = order ? order[kk] : kk;
         if (k < 0) continue; /* a step left out of this call */
-        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
+        double at = ats[k], ap = aps[k];
         for (int i = 0; i < 2; i++) memcpy(x + i * D, trajs[i] + (size_t)k * D, D * sizeof(float));
         tape_reset(tp);
         tape_set_grad(tp, 1);
         int nb;
-        d3_tensor *out = model_forward_cfg(m, tp, grads, 2, x, ts[k], clsv, w, &nb);
+        d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, ts[k], c2, uncond, w, &nb);
         be->download(host, out->v, out->numel * sizeof(float));
-        guide(eps, host, 2, nb, D, w);
+        ddim_guide(eps, host, 2, nb, D, w);
         double lp[2], sigma = 0, lr[2], mask[2];
         for (int i = 0; i < 2; i++) {
             const float *xn = trajs[i] + (size_t)(k + 1) * D;
-            sigma = ddim_step(xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
+            sigma = dm_step(dm, xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, o->eta);
             lp[i] = ddim_logprob(xn, mean + i * D, sigma, D);
             double ratio = exp(lp[i] - refs[i][k]);
             double lo = 1.0 - d->clip_eps, hi = 1.0 + d->clip_eps;
@@ -297,12 +310,12 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         if (dlp[0] == 0 && dlp[1] == 0 && kl == 0) continue;
         for (int i = 0; i < 2; i++) {
             const float *xn = trajs[i] + (size_t)(k + 1) * D;
-            ddim_logprob_backward(deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
-                                  sigma, at, ap, D);
+            dm_logprob_backward(dm, deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
+                                sigma, at, ap);
             if (kl > 0) {
                 /* d(kl KL_i / 2) = d(-kl/2 log N(rmean; mean, sigma)) */
-                ddim_logprob_backward(dkl, -0.5 * kl, x + i * D, eps + i * D, rmean[i] + (size_t)k * D,
-                                      mean + i * D, sigma, at, ap, D);
+                dm_logprob_backward(dm, dkl, -0.5 * kl, x + i * D, eps + i * D, rmean[i] + (size_t)k * D,
+                                    mean + i * D, sigma, at, ap);
                 for (size_t j = 0; j < D; j++) deps[i * D + j] += dkl[j];
             }
         }
@@ -317,7 +330,7 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         be->upload(dout, host, out->numel * sizeof(float));
         tape_backward(tp, out, dout);
     }
-    free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
+    free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl); free(c2);
     return total;
 }
 

@@ -186,6 +186,16 @@ double dm_step(const d3_dmodel *dm, float *x_prev, float *mean, const float *x_t
                           dm->x0_clip, dm->D);
 }
 
+void dm_logprob_backward(const d3_dmodel *dm, float *dout, double dlogp, const float *x_t,
+                         const float *out, const float *x_prev, const float *mean, double sigma,
+                         double abar_t, double abar_prev) {
+    if (dm->x0_clip_keeps_eps)
+        ddim_logprob_backward(dout, dlogp, x_t, out, x_prev, mean, sigma, abar_t, abar_prev, dm->D);
+    else
+        ddim_logprob_backward_pred(dout, dlogp, x_t, out, x_prev, mean, sigma, abar_t, abar_prev,
+                                   dm->pred_v, dm->x0_clip, dm->D);
+}
+
 void dm_eps(d3_dmodel *dm, d3_tape *tp, int n, const float *x, int t, const float *cond,
             const float *uncond, float cfg, float *eps) {
     int nb;

@@ -122,6 +122,11 @@ int dm_can_train(const d3_dmodel *dm, char *err);
  * x_prev = mean + sigma z (z NULL: x_prev = mean). Returns sigma. */
 double dm_step(const d3_dmodel *dm, float *x_prev, float *mean, const float *x_t, const float *out,
                const float *z, double abar_t, double abar_prev, double eta);
+/* dout = dlogp * d logp / d out for dm_step's step (the family's
+ * ddim_logprob_backward or ddim_logprob_backward_pred). */
+void dm_logprob_backward(const d3_dmodel *dm, float *dout, double dlogp, const float *x_t,
+                         const float *out, const float *x_prev, const float *mean, double sigma,
+                         double abar_t, double abar_prev);
 /* The guided output for n states at timestep t, host eps [n][D]. Resets
  * the tape; inference. */
 void dm_eps(d3_dmodel *dm, d3_tape *tp, int n, const float *x, int t, const float *cond,
@@ -143,5 +148,15 @@ int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *
  * be NULL. 0/-1. */
 int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
                  const float *uncond, const float *traj, float *logp, float *means, char *err);
+
+/* D3PO for one pair on any family: d3po_pair_backward (diffusion.h) with
+ * the pair's conditioning cond [cond_floats] and uncond instead of a class;
+ * grads: the trainable set's gradient buffer on the backend (an error when
+ * the family has no trainable set; NULL computes the loss only). */
+double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddim_opts *o,
+                             const d3po_opts *d, const float *traj0, const float *traj1,
+                             const float *cond, const float *uncond, const float *ref0,
+                             const float *ref1, const float *const rmean[2], const float h[2],
+                             const int *order, float *loss_k, float *lp0, float *lp1, char *err);
 
 #endif

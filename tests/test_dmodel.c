@@ -194,6 +194,12 @@ static void test_sd_bit_identical(void) {
     CHECK(sd_traj_logp(m, tp, &o, c, c + Dc, ta, h, w, fa, err) == 0, "%s", err);
     CHECK(dm_traj_logp(&dm, tp, &o, 1, c, c + Dc, ta, fb, NULL, err) == 0, "%s", err);
     CHECK(!memcmp(fa, fb, K * sizeof(float)), "teacher-forced logp differ");
+    /* D3PO on the sd family: no trainable set, so a gradient buffer is refused */
+    float dummy = 0, ref[4] = {0}, hh[2] = {1, -1};
+    d3po_opts dop = d3po_opts_default();
+    double loss = dm_d3po_pair_backward(&dm, tp, &dummy, &o, &dop, ta, ta + (K + 1) * D, c, c + Dc, ref,
+                                        ref, NULL, hh, NULL, NULL, NULL, NULL, err);
+    CHECK(isnan(loss) && strstr(err, "no trainable set"), "D3PO on sd without adapters: %g %s", loss, err);
     size_t HW = (size_t)dm.img_h * dm.img_w;
     uint8_t *ia = malloc(HW * 3), *ib = malloc(HW * 3);
     CHECK(sd_model_decode(m, tp, xa, 1, h, w, ia, err) == 0, "%s", err);
