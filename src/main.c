@@ -26,6 +26,8 @@ static const struct {
     {"train", cmd_train, "run a D3PO round over a session's labels"},
     {"eval", cmd_eval, "blind A/B test of a session's model against its base"},
     {"export", cmd_export, "export a session's labels (Pick-a-Pic JSONL, scores)"},
+    {"classifier", cmd_classifier, "train the emoji classifier that eval-model scores with"},
+    {"eval-model", cmd_eval_model, "sample quality: classifier accuracy and Frechet distance"},
 };
 
 static void usage(FILE *f) {
