@@ -18,6 +18,10 @@ DIR holds (each file optional except model.safetensors):
                      KL penalty's reference means), h [2], loss [K] (per timestep, in
                      timestep order), grad.<param> (gradient of the SUM of the K losses,
                      before clipping); metadata cfg, eta, beta, clip_eps, kl
+  dpo.safetensors    x0a, x0b [1,3,S,S], t I32 [n], eps [n,1,3,S,S], y I32 [1], h [2],
+                     loss [n] (Diffusion-DPO per draw), grad.<param> (gradient of the MEAN
+                     of the n losses); metadata beta; with dpo_ref.safetensors, the
+                     reference model (weights, metadata "d3po.arch")
 
 The reference is the twin in float64.  The twin in float32 is also run and its error
 against float64 is printed as "f32twin": the error an honest float32 implementation
@@ -80,6 +84,15 @@ TOL_D3PO_GRAD = 5e-3
 # clamp bounds 1 +- eps can legitimately have its gradient switched on in one
 # implementation and off in the other: it is reported as a warning.
 CLAMP_MARGIN = 1e-4
+# Diffusion-DPO loss per draw (absolute): softplus of beta*T*s with beta*T = 50 and s a
+# difference of mean squared errors (~1e-2): s has the fwd output's ~1e-6 relative error
+# times the errors' size (~1): the loss is off by ~5e-5 at most (measured 2e-6);
+# a wrong sign or scale gives >0.1.
+TOL_DPO_LOSS = 1e-4
+# Diffusion-DPO gradients: the fwd MSE gradient scaled per image by
+# beta*T*sigmoid(...)*h_i: the same depth and reductions as the fwd gradients, with
+# the two images' terms of opposite sign (some cancellation): 2.5x TOL_GRAD as for D3PO.
+TOL_DPO_GRAD = 5e-3
 
 RESULTS = []
 
@@ -295,6 +308,38 @@ def check_d3po(dirpath, ms):
     print("  (d3po checks %.1f s)" % (time.time() - t0))
 
 
+# --------------------------------------------------------------------------
+# Diffusion-DPO
+# --------------------------------------------------------------------------
+
+def dpo_reference(model, ref_model, d, meta):
+    beta = float(meta.get("beta", "2.5"))
+    h = d["h"].double().tolist()
+    model.zero_grad(set_to_none=True)
+    losses = twin.dpo_pair_loss(model, ref_model, d["x0a"], d["x0b"], d["t"].tolist(), d["eps"],
+                                d["y"].long().reshape(-1), h[0], h[1], beta)
+    grads = {}
+    for n, p in model.named_parameters():
+        grads[n] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+    return losses, grads
+
+
+def check_dpo(dirpath, ms):
+    d, meta = twin.load_safetensors(os.path.join(dirpath, "dpo.safetensors"))
+    rpath = os.path.join(dirpath, "dpo_ref.safetensors")
+    refs = {"f64": twin.load_model(rpath, torch.float64), "f32": twin.load_model(rpath, torch.float32)}
+    t0 = time.time()
+    l64, g64 = dpo_reference(ms["f64"], refs["f64"], d, meta)
+    l32, g32 = dpo_reference(ms["f32"], refs["f32"], d, meta)
+    ab, rel = nrm_err(d["loss"].reshape(-1), l64)
+    report("dpo loss per draw (n=%d)" % l64.numel(), ab, rel, TOL_DPO_LOSS, on="abs",
+           f32=nrm_err(l32, l64)[0],
+           extra="t %s; losses %s" % (d["t"].tolist(), " ".join("%.4f" % v for v in l64.tolist())))
+    cg = {k[5:]: v for k, v in d.items() if k.startswith("grad.")}
+    compare_grads("dpo grads", cg, g64, g32, TOL_DPO_GRAD)
+    print("  (dpo checks %.1f s)" % (time.time() - t0))
+
+
 def run_compare(dirpath):
     RESULTS.clear()
     t0 = time.time()
@@ -305,7 +350,8 @@ def run_compare(dirpath):
         print("model: %s  FAIL" % e)
         return 1
     found = False
-    for fname, fn in (("fwd", check_fwd), ("ddim", check_ddim), ("d3po", check_d3po)):
+    for fname, fn in (("fwd", check_fwd), ("ddim", check_ddim), ("d3po", check_d3po),
+                      ("dpo", check_dpo)):
         if os.path.exists(os.path.join(dirpath, fname + ".safetensors")):
             found = True
             try:

@@ -38,75 +38,7 @@
 #include "oracle.h"
 #include "session.h"
 
-typedef struct {
-    double *sum;  /* sum_p g_p [numel] */
-    float *prev;  /* the previous pair's g [numel] */
-    double sumsq; /* sum_p |g_p|^2 */
-    double prevsq; /* |prev|^2 */
-    double cross; /* sum over consecutive pairs of (g_p . g_{p-1})^2 */
-    int n, ncross;
-} acc;
-
-/* Adds g[lo..hi) of one pair's gradient to a (q, d: its running |g|^2
- * and g . prev); acc_close then ends the pair. */
-static void acc_span(acc *a, const float *g, size_t lo, size_t hi, double *q, double *d) {
-    for (size_t j = lo; j < hi; j++) {
-        a->sum[j] += g[j];
-        *q += (double)g[j] * g[j];
-        *d += (double)g[j] * a->prev[j];
-        a->prev[j] = g[j];
-    }
-}
-
-static void acc_close(acc *a, double q, double d) {
-    if (a->n > 0 && q > 0 && a->prevsq > 0) { /* zero gradients (branch mode) say nothing */
-        a->cross += d * d;
-        a->ncross++;
-    }
-    a->prevsq = q;
-    a->sumsq += q;
-    a->n++;
-}
-
-static void acc_add(acc *a, const float *g, size_t n) {
-    double q = 0, d = 0;
-    acc_span(a, g, 0, n, &q, &d);
-    acc_close(a, q, d);
-}
-
-/* One row: E|g|^2, the estimate of |E g|^2 and its standard error
- * sqrt(2 tr(Sigma^2) / (N (N-1))), with tr(Sigma^2) estimated by the mean
- * of (g_p . g_{p-1})^2 over consecutive (independent) pairs; the signal
- * fraction snr = |E g|^2 / E|g|^2 and its error; the labels for signal =
- * noise in the mean gradient (E|g|^2 / |E g|^2), or a lower bound from
- * snr + 2 se when the estimate is not above two standard errors. */
-static void print_row(const char *name, double msq, double sig, double se, const char *tail) {
-    char lab[32];
-    if (msq == 0) { /* no gradient at all (e.g. behind a zero output layer) */
-        printf("%-10s %11.4e %11s %11s %9s %8s %10s%s\n", name, 0.0, "n/a", "n/a", "n/a", "n/a", "n/a",
-               tail);
-        return;
-    }
-    if (isnan(se)) { /* too few non-zero consecutive pairs for the error */
-        printf("%-10s %11.4e %11.4e %11s %9.5f %8s %10s%s\n", name, msq, sig, "n/a", sig / msq, "n/a",
-               "n/a", tail);
-        return;
-    }
-    double snr = sig / msq, snr_se = se / msq;
-    if (snr > 2 * snr_se) snprintf(lab, sizeof lab, "%.0f", 1.0 / snr);
-    else snprintf(lab, sizeof lab, "> %.0f", 1.0 / (snr > 0 ? snr + 2 * snr_se : 2 * snr_se));
-    printf("%-10s %11.4e %11.4e %11.4e %9.5f %8.5f %10s%s\n", name, msq, sig, se, snr, snr_se, lab,
-           tail);
-}
-
-static void acc_print(const char *name, const acc *a, size_t n, const char *tail) {
-    double s2 = 0;
-    int N = a->n;
-    for (size_t j = 0; j < n; j++) s2 += a->sum[j] * a->sum[j];
-    double msq = a->sumsq / N, sig = (s2 - a->sumsq) / ((double)N * (N - 1));
-    double se = a->ncross < 10 ? NAN : sqrt(2.0 * (a->cross / a->ncross) / ((double)N * (N - 1)));
-    print_row(name, msq, sig, se, tail);
-}
+#include "snr.h"
 
 /* Step weightings. One update sums the K steps' gradients with weight 1
  * each; a weighted sum sum_k w_k g_k has signal w'Mw and mean square w'Qw,
@@ -398,9 +330,7 @@ int main(int argc, char **argv) {
     uint8_t *rgb[2] = {malloc(D), malloc(D)};
     acc *a = calloc(K + 3, sizeof(acc));
     for (int k = 0; k < K + 3; k++) {
-        a[k].sum = calloc(numel, sizeof(double));
-        a[k].prev = calloc(numel, sizeof(float));
-        if (!a[k].sum || !a[k].prev) {
+        if (acc_init(&a[k], numel)) {
             fprintf(stderr, "step_snr: out of memory\n");
             return 2;
         }
@@ -408,8 +338,7 @@ int main(int argc, char **argv) {
     acc ga[NGROUPS];
     size_t gnumel[NGROUPS];
     for (int gi = 0; gi < NGROUPS; gi++) {
-        ga[gi] = (acc){.sum = calloc(numel, sizeof(double)), .prev = calloc(numel, sizeof(float))};
-        if (!ga[gi].sum || !ga[gi].prev) {
+        if (acc_init(&ga[gi], numel)) {
             fprintf(stderr, "step_snr: out of memory\n");
             return 2;
         }
@@ -433,6 +362,10 @@ int main(int argc, char **argv) {
             return 2;
         }
         for (int j = 0; j < 2; j++) image_to_rgb(rgb[j], x + j * D, S, W);
+        if (oracle_set_prompt(orc, m.class_names[c2[0]], S, err)) {
+            fprintf(stderr, "step_snr: %s\n", err);
+            return 2;
+        }
         int v = oracle_judge(orc, rgb[0], rgb[1], W, S);
         if (v != 0 && v != 1) {
             ties++;

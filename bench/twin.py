@@ -11,6 +11,7 @@ Contents
   Schedule, ddim_timesteps, prev_t      linear-beta DDPM schedule, DDIM K-step timesteps
   ddim_step, ddim_logprob, sample       DDIM with CFG and eta, per-step log-probabilities
   d3po_pair_loss                        per-timestep D3PO losses of one labelled pair
+  dpo_pair_loss                         Diffusion-DPO losses of a pair at fixed (t, eps) draws
 """
 
 import json
@@ -543,3 +544,42 @@ def d3po_pair_loss(model, traj0, traj1, t_list, cls, cfg, eta, ref_logp0, ref_lo
 
 def param_count(model):
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# Diffusion-DPO
+# ---------------------------------------------------------------------------
+
+def dpo_pair_loss(model, ref_model, x0a, x0b, t_list, eps, cls, h0, h1, beta, sched=None,
+                  backward=True):
+    """Diffusion-DPO losses of one pair at fixed draws (engine/diffusion.h, dpo_pair_backward).
+    x0a/x0b [1, 3, S, S] the two final images; t_list [n] ints; eps [n, 1, 3, S, S]; for draw j:
+    x_i = sqrt(abar_t) x0_i + sqrt(1 - abar_t) eps_j (the same t, eps for both images),
+    err_i = mean over elements of (eps_j - model(x_i, t, cls))^2 (the conditional prediction,
+    no guidance), rerr_i the same with ref_model, s = h0 (err_0 - rerr_0) + h1 (err_1 - rerr_1),
+    loss_j = -logsigmoid(-beta * T * s) with T = 1000.  With backward=True the MEAN over the
+    draws is backpropagated into model's .grad.  Returns the losses [n] (detached)."""
+    sched = sched or _SCHED
+    dt = next(model.parameters()).dtype
+    cls = cls.reshape(-1)[:1].long()
+    y = torch.cat([cls, cls])
+    n = len(t_list)
+    losses = []
+    for j in range(n):
+        t = int(t_list[j])
+        a = math.sqrt(sched.abar(t))
+        b = math.sqrt(1.0 - sched.abar(t))
+        e = eps[j].to(dt)
+        x = torch.cat([a * x0a.to(dt) + b * e, a * x0b.to(dt) + b * e])
+        tt = torch.full((2,), float(t), dtype=dt)
+        out = model(x, tt, y)
+        with torch.no_grad():
+            rout = ref_model(x, tt, y)
+        err = ((torch.cat([e, e]) - out) ** 2).reshape(2, -1).mean(dim=1)
+        rerr = ((torch.cat([e, e]) - rout) ** 2).reshape(2, -1).mean(dim=1)
+        s = h0 * (err[0] - rerr[0]) + h1 * (err[1] - rerr[1])
+        loss = -F.logsigmoid(-beta * T_TRAIN * s)
+        if backward:
+            (loss / n).backward()
+        losses.append(loss.detach())
+    return torch.stack(losses)

@@ -1,4 +1,5 @@
-/* d3po.c - the D3PO training loop over labeled pairs (see d3po.h). */
+/* d3po.c - the D3PO and Diffusion-DPO training loop over labeled pairs (see
+ * d3po.h). */
 #include "d3po.h"
 
 #include <math.h>
@@ -15,7 +16,11 @@ d3po_train_opts d3po_train_opts_default(void) {
                              .loss = d3po_opts_default(),
                              .ref = D3PO_REF_ROUND,
                              .epochs = 1,
-                             .max_grad_norm = 1.0};
+                             .max_grad_norm = 1.0,
+                             .objective = D3PO_OBJ_D3PO,
+                             .dpo = dpo_opts_default(),
+                             .dpo_draws = 4,
+                             .all_labels = 0};
 }
 
 void d3po_pairs_free_cache(d3po_pair *pairs, int n) {
@@ -136,16 +141,31 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
     int n = 0;
     for (int i = 0; i < npairs; i++)
         if (pairs[i].h[0] != 0 || pairs[i].h[1] != 0) order[n++] = i;
+    int dpo = o->objective == D3PO_OBJ_DPO;
+    size_t D = 3 * (size_t)policy->L.arch.size * policy->L.arch.size;
+    int nd = o->dpo_draws > 0 ? o->dpo_draws : 1, *dt = NULL;
+    float *deps = NULL;
+    if (dpo && (!(dt = malloc(sizeof(int) * nd)) || !(deps = malloc(sizeof(float) * nd * D)))) {
+        free(dt);
+        free(order);
+        d3_errf(err, "out of memory");
+        return NAN;
+    }
     /* reference log-probs first: with D3PO_REF_ROUND the reference is the
-     * policy before this call's first update, so caching must precede it */
-    for (int i = 0; i < n; i++) {
+     * policy before this call's first update, so caching must precede it
+     * (Diffusion-DPO needs none: its reference runs on fresh draws) */
+    for (int i = 0; i < n && !dpo; i++) {
         if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, o->loss.kl > 0, err)) {
             free(order);
+            free(dt);
+            free(deps);
             return NAN;
         }
         if (progress && progress(ctx, 0, n * o->epochs, NAN)) {
             d3_errf(err, "cancelled");
             free(order);
+            free(dt);
+            free(deps);
             return NAN;
         }
     }
@@ -153,6 +173,8 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
     if (bufs_open(&b, be, policy, opt, err)) {
         bufs_close(&b, policy, opt);
         free(order);
+        free(dt);
+        free(deps);
         return NAN;
     }
     double total = 0, result = NAN;
@@ -162,19 +184,28 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
         shuffle(order, n, rng);
         for (int i = 0; i < n; i++) {
             d3po_pair *p = &pairs[order[i]];
-            for (int k = 0; k < K; k++) steps[k] = k;
-            shuffle(steps, K, rng); /* one order for both images of the pair */
             be->zero(b.grads, numel * sizeof(float));
-            double l = d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],
-                                          p->traj[1], p->cls, p->ref[0], p->ref[1],
-                                          (const float *const *)p->rmean, p->h, steps, NULL, NULL,
-                                          NULL, err);
+            double l;
+            if (dpo) {
+                dpo_draw(policy, rng, nd, dt, deps); /* the same draws for both images */
+                l = dpo_pair_backward(policy, ref, tp, b.grads, &o->dpo, p->traj[0] + (size_t)K * D,
+                                      p->traj[1] + (size_t)K * D, p->cls, p->h, nd, dt, deps, NULL,
+                                      err);
+            } else {
+                for (int k = 0; k < K; k++) steps[k] = k;
+                shuffle(steps, K, rng); /* one order for both images of the pair */
+                l = d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],
+                                       p->traj[1], p->cls, p->ref[0], p->ref[1],
+                                       (const float *const *)p->rmean, p->h, steps, NULL, NULL,
+                                       NULL, err);
+            }
             if (isnan(l)) goto out;
             grad_clip_on(be, b.grads, numel, o->max_grad_norm);
             adamw_step_on(be, opt, b.params, b.m, b.v, b.grads);
+            /* d3po: a sum over K steps; dpo: a mean over the draws */
             total += l;
-            count += K;
-            if (progress && progress(ctx, ++done, all, l / K)) {
+            count += dpo ? 1 : K;
+            if (progress && progress(ctx, ++done, all, dpo ? l : l / K)) {
                 d3_errf(err, "cancelled");
                 goto out;
             }
@@ -184,5 +215,7 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
 out:
     bufs_close(&b, policy, opt);
     free(order);
+    free(dt);
+    free(deps);
     return result;
 }

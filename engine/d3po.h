@@ -2,7 +2,9 @@
  * log-prob cache, the reference setting (frozen base model, or the policy
  * as it was when the round started), shuffled pair and timestep order,
  * gradient accumulation over a pair's timesteps, global-norm clipping and
- * AdamW. The per-pair math is d3po_pair_backward() (diffusion.h).
+ * AdamW; or, with the Diffusion-DPO objective, a pair's (t, eps) draws
+ * instead of its timesteps. The per-pair math is d3po_pair_backward() and
+ * dpo_pair_backward() (diffusion.h).
  *
  *   d3po_pair p = {.cls = c, .traj = {t0, t1}, .h = {1, -1}};
  *   d3po_train_opts to = d3po_train_opts_default();
@@ -19,6 +21,9 @@
 #include "optim.h"
 
 typedef enum { D3PO_REF_BASE = 0, D3PO_REF_ROUND = 1 } d3po_ref_mode;
+/* The preference objective: D3PO on the stored trajectories' steps, or
+ * Diffusion-DPO on their final images (dpo_pair_backward). */
+typedef enum { D3PO_OBJ_D3PO = 0, D3PO_OBJ_DPO = 1 } d3po_objective;
 
 typedef struct {
     int cls;
@@ -35,6 +40,11 @@ typedef struct {
     d3po_ref_mode ref;    /* informational for callers; the tag decides caching */
     int epochs;           /* passes over the pairs per call */
     double max_grad_norm; /* 1.0 */
+    d3po_objective objective; /* D3PO_OBJ_D3PO */
+    dpo_opts dpo;         /* Diffusion-DPO's beta */
+    int dpo_draws;        /* Diffusion-DPO: (t, eps) draws per pair per pass: 4 */
+    int all_labels;       /* for callers (the engine): train each round over every
+                             label collected so far, not only the round's: 0 */
 } d3po_train_opts;
 
 d3po_train_opts d3po_train_opts_default(void);
@@ -50,8 +60,13 @@ typedef int (*d3po_progress_fn)(void *ctx, int step, int total, double loss);
 /* Trains policy on the pairs (ties are skipped: they carry no gradient).
  * ref: the reference model; ref_tag identifies it for the cache. The
  * order of pairs and of each pair's timesteps is shuffled from rng.
- * Returns the mean loss per timestep over the non-tie updates (NAN with
- * err set on failure; 0 when there was nothing to train on). */
+ * With o->objective D3PO_OBJ_DPO each pair update is dpo_pair_backward on
+ * the pair's final images (traj[i] + K*D) with o->dpo_draws fresh (t, eps)
+ * draws from rng (no reference cache: the draws are new every pass; the
+ * reference should be the base model, see config_train_opts).
+ * Returns the mean loss per timestep (D3PO) or per draw (Diffusion-DPO)
+ * over the non-tie updates (NAN with err set on failure; 0 when there was
+ * nothing to train on). */
 double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *tp,
                   d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
                   d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err);

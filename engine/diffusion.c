@@ -1,5 +1,5 @@
-/* diffusion.c - DDIM sampling with log-probabilities, D3PO and pretraining
- * steps (contracts and formulas in diffusion.h and DESIGN.md). The model
+/* diffusion.c - DDIM sampling with log-probabilities, D3PO, Diffusion-DPO
+ * and pretraining steps (contracts and formulas in diffusion.h and DESIGN.md). The model
  * runs through the tape on the backend; the per-image step math runs on the
  * host in double-precision coefficients. */
 #include "diffusion.h"
@@ -323,6 +323,89 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
     }
     free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
     return total;
+}
+
+dpo_opts dpo_opts_default(void) { return (dpo_opts){.beta = 2.5f}; }
+
+void dpo_draw(const d3_model *m, d3_rng *rng, int n, int *t, float *eps) {
+    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
+    for (int j = 0; j < n; j++) t[j] = (int)rng_below(rng, (uint32_t)m->sched.T);
+    rng_normal(rng, eps, (size_t)n * D);
+}
+
+/* mean over n elements of (eps - out)^2, in double */
+static double mean_sq_err(const float *eps, const float *out, size_t n) {
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)eps[i] - out[i];
+        ss += d * d;
+    }
+    return ss / (double)n;
+}
+
+double dpo_pair_backward(const d3_model *policy, const d3_model *ref, d3_tape *tp, float *grads,
+                         const dpo_opts *d, const float *x0a, const float *x0b, int cls,
+                         const float h[2], int n, const int *t, const float *eps, float *loss_j,
+                         char *err) {
+    const d3_model *m = policy;
+    int S = m->L.arch.size, T = m->sched.T;
+    size_t D = 3 * (size_t)S * S;
+    if (cls < 0 || cls >= m->L.arch.classes) {
+        d3_errf(err, "class %d out of range 0..%d", cls, m->L.arch.classes - 1);
+        return NAN;
+    }
+    if (ref->L.numel != m->L.numel || ref->L.arch.size != S || ref->sched.T != T) {
+        d3_errf(err, "the reference model's architecture or schedule differs from the policy's");
+        return NAN;
+    }
+    for (int j = 0; j < n; j++)
+        if (t[j] < 0 || t[j] >= T) {
+            d3_errf(err, "draw %d: t=%d out of range 0..%d", j, t[j], T - 1);
+            return NAN;
+        }
+    const d3_backend *be = tape_backend(tp);
+    const float *x0[2] = {x0a, x0b};
+    int clsv[2] = {cls, cls};
+    float *x = malloc(2 * D * sizeof(float)), *rout = malloc(2 * D * sizeof(float));
+    float *host = malloc(2 * D * sizeof(float));
+    if (!x || !rout || !host) {
+        free(x); free(rout); free(host);
+        d3_errf(err, "out of memory");
+        return NAN;
+    }
+    double bT = (double)d->beta * T, total = 0;
+    for (int j = 0; j < n; j++) {
+        const float *ej = eps + (size_t)j * D;
+        float a = (float)sqrt(m->sched.abar[t[j]]), b = (float)sqrt(1.0 - m->sched.abar[t[j]]);
+        for (int i = 0; i < 2; i++)
+            for (size_t q = 0; q < D; q++) x[i * D + q] = a * x0[i][q] + b * ej[q];
+        /* the reference's errors first: model_eps_cfg resets the tape (the
+         * same model as reference gives the same numbers: not run twice) */
+        if (ref != m) model_eps_cfg(ref, tp, 2, x, t[j], clsv, 1.0f, rout);
+        tape_reset(tp);
+        tape_set_grad(tp, 1);
+        int nb;
+        d3_tensor *out = forward_cfg(m, tp, grads, 2, x, t[j], clsv, 1.0f, &nb);
+        be->download(host, out->v, 2 * D * sizeof(float));
+        if (ref == m) memcpy(rout, host, 2 * D * sizeof(float));
+        double s = 0;
+        for (int i = 0; i < 2; i++)
+            s += h[i] * (mean_sq_err(ej, host + i * D, D) - mean_sq_err(ej, rout + i * D, D));
+        double z = -bT * s, loss = -log_sigmoid(z);
+        if (loss_j) loss_j[j] = (float)loss;
+        total += loss;
+        if (h[0] == 0 && h[1] == 0) continue; /* a tie: no gradient */
+        /* d(loss/n)/dout_i = (sigmoid(z) - 1) (-bT h_i) 2 (out_i - eps) / D / n */
+        double g = (sigmoid(z) - 1.0) * -bT * 2.0 / ((double)D * n);
+        for (int i = 0; i < 2; i++)
+            for (size_t q = 0; q < D; q++)
+                host[i * D + q] = (float)(g * h[i] * ((double)host[i * D + q] - ej[q]));
+        float *dout = tape_alloc(tp, out->numel);
+        be->upload(dout, host, out->numel * sizeof(float));
+        tape_backward(tp, out, dout);
+    }
+    free(x); free(rout); free(host);
+    return n ? total / n : 0.0;
 }
 
 #ifndef PRETRAIN_CPU_CHUNK

@@ -1,9 +1,10 @@
 /* diffusion.h - sampling and training math on top of the UNet: the DDIM
  * sampler with classifier-free guidance and per-step log-probabilities,
  * teacher-forced log-probabilities of stored trajectories, the D3PO pair
- * update and the epsilon-MSE pretraining step. The formulas are exactly
- * those of ../shared/DESIGN.md ("Sampling and log-probabilities", "D3PO
- * update"); bench/twin.py implements them again in PyTorch and
+ * update, the Diffusion-DPO pair update (dpo_pair_backward, on the two
+ * final images) and the epsilon-MSE pretraining step. The formulas are
+ * exactly those of ../shared/DESIGN.md ("Sampling and log-probabilities",
+ * "D3PO update", "Preference objectives"); bench/twin.py implements them again in PyTorch and
  * tests/test_parity.sh compares the two.
  *
  * Images are [3,S,S] floats in [-1,1]; D = 3*S*S. A trajectory of one image
@@ -120,6 +121,42 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
                           const float *ref0, const float *ref1, const float *const rmean[2],
                           const float h[2], const int *order, float *loss_k, float *lp0,
                           float *lp1, char *err);
+
+/* Diffusion-DPO (Wallace et al., CVPR 2024): DPO on the denoising errors
+ * of the two FINAL images of a labeled pair (x0[0], x0[1]; the last state
+ * of each stored trajectory) under fresh forward noise. For each draw j of
+ * (t_j, eps_j), the SAME for both images:
+ *   x_i = sqrt(abar_t) x0_i + sqrt(1 - abar_t) eps
+ *   err_i = mean over the D elements of (eps - eps_theta(x_i, t, cls))^2
+ *   rerr_i = the same with the reference model
+ *   s = h0 (err_0 - rerr_0) + h1 (err_1 - rerr_1)
+ *   loss_j = -log sigmoid(-beta T s)            (T: the schedule's steps)
+ * With h = {+1,-1} (image 0 preferred) s is the paper's
+ * (err_w - rerr_w) - (err_l - rerr_l); {0,0} (a tie) gives loss log 2 and
+ * no gradient. eps is the CONDITIONAL prediction (one pass with cls, no
+ * guidance): the null class of classifier-free guidance is not trained
+ * (it is shared by every prompt, and sampling amplifies the conditional
+ * change by the guidance scale). The mean over elements makes beta T the
+ * scale of the paper's beta with the official code's per-element mean
+ * (its beta_dpo 5000 with its factor 1/2 is beta T = 2500).
+ * ACCUMULATES d(mean_j loss_j)/dparams of policy into grads and returns
+ * mean_j loss_j (loss_j [n] each draw's loss, may be NULL); NAN with err
+ * set on bad input. t [n] in 0..T-1, eps [n][D]. ref may be policy itself
+ * (then its errors are the policy's, not computed twice). */
+typedef struct {
+    float beta; /* beta of the loss above (times T): 2.5 */
+} dpo_opts;
+
+dpo_opts dpo_opts_default(void);
+
+double dpo_pair_backward(const d3_model *policy, const d3_model *ref, d3_tape *tp, float *grads,
+                         const dpo_opts *d, const float *x0a, const float *x0b, int cls,
+                         const float h[2], int n, const int *t, const float *eps, float *loss_j,
+                         char *err);
+
+/* n draws of (t, eps) for dpo_pair_backward from rng: t ~ U{0..T-1},
+ * eps [n][D] ~ N(0, I). */
+void dpo_draw(const d3_model *m, d3_rng *rng, int n, int *t, float *eps);
 
 /* Epsilon-MSE denoising loss on a batch x0 [N][D] with classes cls[N]:
  * t ~ U{0..T-1}, noise ~ N(0,1), each class replaced by the null class

@@ -23,6 +23,7 @@ typedef struct job {
     int cls;
     uint64_t seed;
     int drift;        /* JOB_SAMPLE: also the base model's log-probs */
+    int remember;     /* JOB_TRAIN: only add the pairs to the pool, no training */
     int early;        /* JOB_SAMPLE: may run between a round's steps */
     uint64_t tag;     /* JOB_SAMPLE: handed back in the pair */
     d3po_pair *pairs; /* JOB_TRAIN: owned copies */
@@ -53,7 +54,28 @@ struct d3_engine {
     d3_rng rng;
     double job_t0;
     const d3_model *in_force; /* during a round with overlap: the model before it */
+    /* train.all_labels: every labeled pair so far (engine thread only) */
+    d3po_pair *pool;
+    int npool, cappool;
 };
+
+/* Moves job j's pairs into the pool (j keeps none). 0, or -1 when out of
+ * memory (j keeps them). */
+static int pool_take(d3_engine *e, job *j) {
+    if (e->npool + j->npairs > e->cappool) {
+        int nc = 2 * (e->npool + j->npairs) + 16;
+        d3po_pair *np = realloc(e->pool, (size_t)nc * sizeof *np);
+        if (!np) return -1;
+        e->pool = np;
+        e->cappool = nc;
+    }
+    memcpy(e->pool + e->npool, j->pairs, (size_t)j->npairs * sizeof *j->pairs);
+    e->npool += j->npairs;
+    free(j->pairs);
+    j->pairs = NULL;
+    j->npairs = 0;
+    return 0;
+}
 
 engine_opts engine_opts_default(void) {
     engine_opts o = {0};
@@ -215,6 +237,17 @@ static void run_train(d3_engine *e, job *j) {
     char err[D3_ERRLEN];
     d3po_train_opts to = e->o.train;
     to.sample = e->o.sample;
+    int round = j->round;
+    if (j->remember && !to.all_labels) return; /* no pool to remember into */
+    if (to.all_labels) {
+        if (pool_take(e, j)) {
+            emit_error(e, "out of memory for the pool of labeled pairs");
+            return;
+        }
+        if (j->remember) return;
+    }
+    d3po_pair *pairs = to.all_labels ? e->pool : j->pairs;
+    int npairs = to.all_labels ? e->npool : j->npairs;
     const d3_model *ref = e->base;
     d3_model snap, keep;
     long tag = 0;
@@ -222,7 +255,7 @@ static void run_train(d3_engine *e, job *j) {
     if (to.ref == D3PO_REF_ROUND || !e->base) {
         if (model_copy(&snap, e->policy, err)) { emit_error(e, err); return; }
         ref = &snap;
-        tag = j->round + 1;
+        tag = round + 1;
         if (e->o.overlap) e->in_force = &snap; /* the reference is the model in force */
     } else if (e->o.overlap) {
         if (model_copy(&keep, e->policy, err)) { emit_error(e, err); return; }
@@ -232,10 +265,10 @@ static void run_train(d3_engine *e, job *j) {
     e->st.opt.lr = e->o.lr;
     e->st.opt.wd = e->o.weight_decay;
     e->job_t0 = now();
-    d3_event ev = {.kind = EV_PROGRESS, .what = "training", .i = 0, .n = j->npairs * to.epochs,
+    d3_event ev = {.kind = EV_PROGRESS, .what = "training", .i = 0, .n = npairs * to.epochs,
                    .eta_s = NAN, .loss = NAN};
     emit(e, &ev);
-    double loss = d3po_train(e->policy, ref, tag, e->tp, &e->st.opt, j->pairs, j->npairs, &to,
+    double loss = d3po_train(e->policy, ref, tag, e->tp, &e->st.opt, pairs, npairs, &to,
                              &e->rng, train_progress, e, err);
     e->in_force = NULL;
     if (ref == &snap) model_free(&snap);
@@ -250,23 +283,26 @@ static void run_train(d3_engine *e, job *j) {
     char buf[32];
     snprintf(buf, sizeof buf, "%ld", e->version);
     model_set_meta(e->policy, "d3po.model_version", buf);
-    if (e->o.save_round && e->o.save_round(e->o.save_ctx, e->policy, &e->st, j->round, err)) {
+    if (e->o.save_round && e->o.save_round(e->o.save_ctx, e->policy, &e->st, round, err)) {
         emit_error(e, err);
         return;
     }
-    d3_event done = {.kind = EV_TRAINED, .loss = loss, .version = e->version, .round = j->round};
+    d3_event done = {.kind = EV_TRAINED, .loss = loss, .version = e->version, .round = round};
     emit(e, &done);
 }
 
-static void free_job(job *j) {
-    if (j->pairs) {
-        for (int i = 0; i < j->npairs; i++) {
-            free(j->pairs[i].traj[0]);
-            free(j->pairs[i].traj[1]);
-        }
-        d3po_pairs_free_cache(j->pairs, j->npairs);
-        free(j->pairs);
+static void free_pairs(d3po_pair *pairs, int n) {
+    if (!pairs) return;
+    for (int i = 0; i < n; i++) {
+        free(pairs[i].traj[0]);
+        free(pairs[i].traj[1]);
     }
+    d3po_pairs_free_cache(pairs, n);
+    free(pairs);
+}
+
+static void free_job(job *j) {
+    free_pairs(j->pairs, j->npairs);
     free(j);
 }
 
@@ -299,6 +335,9 @@ static void *thread_main(void *arg) {
     e->tp = NULL;
     if (e->policy) { model_free(e->policy); free(e->policy); e->policy = NULL; }
     if (e->base) { model_free(e->base); free(e->base); e->base = NULL; }
+    free_pairs(e->pool, e->npool);
+    e->pool = NULL;
+    e->npool = 0;
     d3_event ev = {.kind = EV_STOPPED};
     emit(e, &ev);
     return NULL;
@@ -379,18 +418,22 @@ void engine_sample_drift(d3_engine *e, int cls, uint64_t seed) {
     engine_sample_ex(e, &(engine_sample_req){.cls = cls, .seed = seed, .drift = 1});
 }
 
-void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,
-                  int round) {
+static void queue_pairs(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2],
+                        int n, int round, int remember) {
     job *j = calloc(1, sizeof *j);
     if (!j) return;
     j->kind = JOB_TRAIN;
     j->round = round;
-    j->npairs = n;
+    j->remember = remember;
     j->pairs = calloc(n ? n : 1, sizeof *j->pairs);
     for (int i = 0; i < n; i++) {
         const d3_pair_sample *p = pairs[i];
+        /* the pool keeps only what this engine's settings can train on */
+        if (remember && (p->K != e->o.sample.steps || p->cfg != e->o.sample.cfg ||
+                         p->eta != e->o.sample.eta || (h[i][0] == 0 && h[i][1] == 0)))
+            continue;
         size_t bytes = (size_t)(p->K + 1) * 3 * p->S * p->S * sizeof(float);
-        d3po_pair *q = &j->pairs[i];
+        d3po_pair *q = &j->pairs[j->npairs++];
         q->cls = p->cls;
         q->h[0] = h[i][0];
         q->h[1] = h[i][1];
@@ -401,6 +444,15 @@ void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float 
         }
     }
     push_job(e, j);
+}
+
+void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,
+                  int round) {
+    queue_pairs(e, pairs, h, n, round, 0);
+}
+
+void engine_remember(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n) {
+    queue_pairs(e, pairs, h, n, -1, 1);
 }
 
 int engine_poll(d3_engine *e, d3_event *ev) {

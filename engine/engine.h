@@ -7,7 +7,9 @@
  * wake-up file descriptor the UI can poll() next to the keyboard. The
  * engine owns the policy model while it runs. Jobs run in order, so pairs
  * requested after a training job come from the updated model; every pair
- * carries the model version that sampled it.
+ * carries the model version that sampled it. A training job runs D3PO or
+ * Diffusion-DPO (train.objective) over the round's labeled pairs, or over
+ * every labeled pair so far (train.all_labels).
  *
  *   engine_opts o = engine_opts_default();
  *   d3_engine *e = engine_start(policy, base, &o, err);   // takes ownership
@@ -113,6 +115,14 @@ double engine_pair_drift(const d3_pair_sample *p);
  * copied too, so the caller may free its own). */
 void engine_train(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n,
                   int round);
+/* With train.all_labels the engine keeps every pair it trained on, and
+ * each engine_train round trains over all of them (the round's pairs
+ * joined to the earlier ones). engine_remember adds labeled pairs from
+ * before this engine started (a resumed session's earlier rounds) to
+ * that pool without training: pairs sampled with other steps, cfg or eta,
+ * and ties, are left out; without train.all_labels it does nothing.
+ * Call it before the first engine_train. */
+void engine_remember(d3_engine *e, const d3_pair_sample *const *pairs, const float (*h)[2], int n);
 /* Takes one event; 1 if there was one, 0 if the queue is empty. */
 int engine_poll(d3_engine *e, d3_event *ev);
 void engine_event_free(d3_event *ev);

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "device.h"
 
@@ -77,4 +78,27 @@ const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_confi
     if (note && why[0]) snprintf(note, n, "%s (%s)", be->name, why);
     else if (note) snprintf(note, n, "%s%s", be->name, !be->host && tf32 ? ", tf32" : "");
     return be;
+}
+
+/* s into out (n bytes) with control bytes as \xNN, cut to fit. */
+static void cli_escape(char *out, size_t n, const char *s) {
+    size_t j = 0;
+    for (; *s && j + 5 < n; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f) j += (size_t)snprintf(out + j, n - j, "\\x%02x", ch);
+        else out[j++] = (char)ch;
+    }
+    out[j] = 0;
+}
+
+int cli_objective(const char *cmd, const char *s, int *obj) {
+    if (!strcmp(s, "d3po")) *obj = D3PO_OBJ_D3PO;
+    else if (!strcmp(s, "diffusion-dpo")) *obj = D3PO_OBJ_DPO;
+    else {
+        char safe[64];
+        cli_escape(safe, sizeof safe, s);
+        fprintf(stderr, "d3po %s: --objective '%s': expected d3po or diffusion-dpo\n", cmd, safe);
+        return -1;
+    }
+    return 0;
 }

@@ -60,4 +60,10 @@ int cli_device(const char *cmd, const char *s, int *dev);
  * auto fell back to the CPU, "cpu (cuda: no GPU)" with the reason. */
 const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_config *c, char *note,
                               size_t n);
+/* --objective d3po|diffusion-dpo (label, auto, train) into *obj (a
+ * d3po_objective); prints "d3po CMD: --objective 'x': expected d3po or
+ * diffusion-dpo" and returns -1 on any other value. Apply it over the
+ * config after loading: if (obj >= 0) cfg.train.objective = obj. */
+int cli_objective(const char *cmd, const char *s, int *obj);
+
 #endif

@@ -48,7 +48,8 @@
 static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
-    "                 [--prompts FILE] [--timeout SEC] [--device auto|cpu|cuda] [--tf32]\n"
+    "                 [--prompts FILE] [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
+    "                 [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Runs D3PO rounds without a person: the engine samples pairs, a judge picks\n"
     "the better image of each, every decision is journaled in the session, and\n"
@@ -65,6 +66,7 @@ static const char auto_help[] =
     "\n"
     "  --session DIR     session directory; created when new, resumed when it exists\n"
     "  --oracle NAME     jpeg-compressibility, jpeg-incompressibility, brightness,\n"
+    "                    realism (the data set folder: $D3PO_DATASET, else ./emoji),\n"
     "                    or noisy:NAME[:T] (NAME answering like an inconsistent\n"
     "                    person, Bradley-Terry temperature T). With --labeler it\n"
     "                    only scores the evaluation samples\n"
@@ -85,6 +87,7 @@ static const char auto_help[] =
     "  --eval-seeds N    evaluation images per score: seeds 0..N-1 over the prompts,\n"
     "                    the same every round (default 16; 0: no scores)\n"
     "  --timeout SEC     how long the labeler may take per answer (default 30)\n"
+    "  --objective OBJ   d3po or diffusion-dpo (default: the config's train.objective)\n"
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
@@ -179,6 +182,12 @@ static int write_metrics(autorun *a, int k, char *err) {
     json_object_set_new(tr, "kl", json_real(a->c->d3po.kl));
     json_object_set_new(tr, "beta", json_real(a->c->d3po.beta));
     json_object_set_new(tr, "clip_eps", json_real(a->c->d3po.clip_eps));
+    json_object_set_new(tr, "objective", json_string(config_objective_name(a->c->train.objective)));
+    json_object_set_new(tr, "all_labels", json_boolean(a->c->train.all_labels));
+    if (a->c->train.objective == D3PO_OBJ_DPO) {
+        json_object_set_new(tr, "dpo_beta", json_real(a->c->train.dpo_beta));
+        json_object_set_new(tr, "dpo_draws", json_integer(a->c->train.dpo_draws));
+    }
     json_object_set_new(o, "train", tr);
     char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(o);
@@ -251,9 +260,14 @@ static int judge_pair(autorun *a, long id, d3_pair_sample *p, char *err) {
             engine_pair_free(p);
             return d3_errf(err, "out of memory");
         }
-        choice = oracle_judge(a->oracle, ra, rb, p->S, p->S);
+        choice = oracle_set_prompt(a->oracle, rounds_prompt_of(a->d, p->cls), p->S, err)
+                     ? -1 : oracle_judge(a->oracle, ra, rb, p->S, p->S);
         free(ra);
         free(rb);
+        if (choice < 0) {
+            engine_pair_free(p);
+            return -1;
+        }
     }
     rounds_status before, after;
     rounds_get_status(a->d, &before);
@@ -280,7 +294,9 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
         a->r[k].dsum += d;
         a->r[k].dn++;
     }
-    /* both images of the pair: 2N samples of the model for the price of N x_T */
+    /* both images of the pair: 2N samples of the model for the price of N x_T
+     * (the prompts were checked at the start: no error here but NAN) */
+    oracle_set_prompt(a->oracle, rounds_prompt_of(a->d, p->cls), p->S, NULL);
     for (int i = 0; i < 2; i++) {
         uint8_t *rgb = pair_rgb(p, i);
         if (!rgb) return -1;
@@ -392,6 +408,7 @@ int cmd_auto(int argc, char **argv) {
                                          {"seed", 1, 0, 'S'},
                                          {"prompts", 1, 0, 'P'},
                                          {"timeout", 1, 0, 't'},
+                                         {"objective", 1, 0, 'O'},
                                          {"device", 1, 0, 'D'},
                                          {"tf32", 0, 0, 'F'},
                                          {"help", 0, 0, 'h'},
@@ -401,7 +418,7 @@ int cmd_auto(int argc, char **argv) {
     long rounds = -1, npairs = 0, neval = 16;
     uint64_t seed = 0;
     double timeout = 30;
-    int dev = -1, tf32 = 0;
+    int dev = -1, tf32 = 0, objective = -1;
     char err[D3_ERRLEN];
     int c;
     optind = 1;
@@ -445,6 +462,9 @@ int cmd_auto(int argc, char **argv) {
         case 'D':
             if (cli_device("auto", optarg, &dev)) return EXIT_USAGE;
             break;
+        case 'O':
+            if (cli_objective("auto", optarg, &objective)) return EXIT_USAGE;
+            break;
         case 'F':
             tf32 = 1;
             break;
@@ -480,6 +500,7 @@ int cmd_auto(int argc, char **argv) {
         return fail(err);
     }
     if (!npairs) npairs = cfg.session.round_size;
+    if (objective >= 0) cfg.train.objective = objective;
     char device[CLI_NOTE_LEN];
     const d3_backend *be = cli_backend("auto", dev, tf32, &cfg, device, sizeof device);
     if (!be) { /* before the session is created or touched */
@@ -491,6 +512,7 @@ int cmd_auto(int argc, char **argv) {
     json_t *set = json_pack("{s:s}", "created_by", "d3po auto");
     if (oname) json_object_set_new(set, "oracle", json_string(oname));
     if (lcmd) json_object_set_new(set, "labeler", json_string(lcmd));
+    json_object_set_new(set, "objective", json_string(config_objective_name(cfg.train.objective)));
     char *sj = json_dumps(set, JSON_COMPACT);
     json_decref(set);
     const char *given = model;
@@ -590,14 +612,22 @@ int cmd_auto(int argc, char **argv) {
         oracle_free(oracle);
         a->oracle = oracle = oracle_new(oname, (uint64_t)s.next_pair, err);
     }
+    /* realism judges by each prompt's training images: check every prompt now */
+    for (int i = 0; oracle && i < rounds_nprompts(a->d); i++)
+        if (oracle_set_prompt(oracle, rounds_prompt(a->d, i), s.arch.size, err)) {
+            rc = fail(err);
+            goto out;
+        }
     {
         char lc[512];
         fprintf(stderr,
                 "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; %d prompts; "
-                "device %s\n",
+                "objective %s%s; device %s\n",
                 dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
                 a->lab ? text_escape(lc, sizeof lc, lcmd) : oracle_name(oracle),
-                a->neval ? "" : " (no evaluation scores)", rounds_nprompts(a->d), device);
+                a->neval ? "" : " (no evaluation scores)", rounds_nprompts(a->d),
+                config_objective_name(cfg.train.objective),
+                cfg.train.all_labels ? " over every label so far" : "", device);
     }
 
     if (a->next_metric == 0) request_eval(a, 0);

@@ -429,6 +429,7 @@ int cmd_eval(int argc, char **argv) {
                 continue;
             }
             if (orc) {
+                if (oracle_set_prompt(orc, tuned.class_names[cls[i]], S, err)) goto fail;
                 sum_b += oracle_score(orc, rb, S, S);
                 sum_t += oracle_score(orc, rt, S, S);
                 choice = oracle_judge(orc, a, b, S, S);

@@ -22,7 +22,8 @@
 static const char label_help[] =
     "usage: d3po [label] [--session DIR] [--model FILE] [--config FILE]\n"
     "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
-    "                    [--prompts FILE] [--device auto|cpu|cuda] [--tf32]\n"
+    "                    [--prompts FILE] [--objective d3po|diffusion-dpo]\n"
+    "                    [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
     "Opens the labeling screen: two images of one prompt from one starting\n"
     "noise; a key for the better one; D3PO trains between rounds.\n"
@@ -39,6 +40,7 @@ static const char label_help[] =
     "                    optionally PROMPT<TAB>WEIGHT (1..100); kept in the session\n"
     "                    (default: the set it has, else session.prompts, else every\n"
     "                    class of the model)\n"
+    "  --objective OBJ   d3po or diffusion-dpo (default: the config's train.objective)\n"
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
@@ -57,11 +59,11 @@ int cmd_label(int argc, char **argv) {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
         {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
         {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
-        {0, 0, 0, 0}};
+        {"objective", 1, 0, 'O'}, {0, 0, 0, 0}};
     const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL;
     long round_size = 0;
     char err[D3_ERRLEN], dbuf[4096];
-    int c, dev = -1, tf32 = 0;
+    int c, dev = -1, tf32 = 0, objective = -1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -82,6 +84,9 @@ int cmd_label(int argc, char **argv) {
             if (cli_device("label", optarg, &dev)) return EXIT_USAGE;
             break;
         case 'F': tf32 = 1; break;
+        case 'O':
+            if (cli_objective("label", optarg, &objective)) return EXIT_USAGE;
+            break;
         case 'P': prompts = optarg; break;
         case 'h': fputs(label_help, stdout); return 0;
         default: fputs(label_help, stderr); return EXIT_USAGE;
@@ -96,6 +101,7 @@ int cmd_label(int argc, char **argv) {
         fprintf(stderr, "d3po label: %s\n", err);
         return EXIT_FAIL;
     }
+    if (objective >= 0) cfg.train.objective = objective;
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
         fprintf(stderr, "d3po label: the labeling screen needs a terminal (standard input and "
                         "output); for headless work see 'd3po --help'\n");
@@ -116,7 +122,10 @@ int cmd_label(int argc, char **argv) {
         dir = dbuf;
     }
     const char *given = model;
-    int made = session_ensure(dir, &model, "{\"created_by\":\"d3po label\"}", err);
+    char sj[96];
+    snprintf(sj, sizeof sj, "{\"created_by\":\"d3po label\",\"objective\":\"%s\"}",
+             config_objective_name(cfg.train.objective));
+    int made = session_ensure(dir, &model, sj, err);
     if (made < 0) {
         fprintf(stderr, "d3po label: %s\n", err);
         return made == -2 ? EXIT_USAGE : EXIT_FAIL;

@@ -35,9 +35,9 @@
 static const char train_help[] =
     "usage: d3po train --session DIR [--epochs N] [--config FILE]\n"
     "                  [--scores FILE.jsonl] [--no-labels] [--threads N]\n"
-    "                  [--device auto|cpu|cuda] [--tf32]\n"
+    "                  [--objective d3po|diffusion-dpo] [--device auto|cpu|cuda] [--tf32]\n"
     "\n"
-    "Runs D3PO over every A/B/tie decision in the session (skips and unlabeled\n"
+    "Runs D3PO (or Diffusion-DPO) over every A/B/tie decision in the session (skips and unlabeled\n"
     "pairs are left out; ties give no gradient), starting from the session's\n"
     "latest checkpoint, and saves the result as the next round. Labels collected\n"
     "by any means count. D3PO settings (lr, beta, clamp, reference, epochs, kl) come\n"
@@ -53,6 +53,9 @@ static const char train_help[] =
     "                     sharing the starting noise; every two scored images of a\n"
     "                     group with different scores become a training pair\n"
     "  --no-labels        train on --scores only, not on the journal's decisions\n"
+    "  --objective OBJ    d3po or diffusion-dpo (default: the config's train.objective;\n"
+    "                     diffusion-dpo uses the final images and the base model as\n"
+    "                     reference)\n"
     "  --threads N        CPU threads (default: the config's engine.threads)\n"
     "  --device DEV       auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                     (default: the config's engine.device)\n"
@@ -178,10 +181,10 @@ int cmd_train(int argc, char **argv) {
         {"session", 1, 0, 's'}, {"epochs", 1, 0, 'e'}, {"config", 1, 0, 'c'},
         {"scores", 1, 0, 'S'},  {"no-labels", 0, 0, 'N'}, {"threads", 1, 0, 't'},
         {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'},      {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"objective", 1, 0, 'O'}, {0, 0, 0, 0}};
     const char *dir = NULL, *conf = NULL, *scores_path = NULL;
     long epochs = 0, threads = -1;
-    int no_labels = 0, dev = -1, tf32 = 0, c;
+    int no_labels = 0, dev = -1, tf32 = 0, objective = -1, c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         int bad = 0;
@@ -193,6 +196,7 @@ int cmd_train(int argc, char **argv) {
         case 'e': bad = cli_int("train", "--epochs", optarg, 1, 100000, &epochs); break;
         case 't': bad = cli_int("train", "--threads", optarg, 1, 1024, &threads); break;
         case 'D': bad = cli_device("train", optarg, &dev); break;
+        case 'O': bad = cli_objective("train", optarg, &objective); break;
         case 'F': tf32 = 1; break;
         case 'h': fputs(train_help, stdout); return 0;
         default: bad = 1; fputs(train_help, stderr);
@@ -214,6 +218,7 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "d3po train: %s\n", err);
         return EXIT_FAIL;
     }
+    if (objective >= 0) cfg.train.objective = objective;
     d3po_train_opts to = config_train_opts(&cfg);
     if (epochs) to.epochs = (int)epochs;
     if (threads < 0) threads = cfg.engine.threads;
@@ -324,8 +329,10 @@ int cmd_train(int argc, char **argv) {
 
     /* 4. one d3po_train call per sampling setting (usually one) */
     fprintf(stderr, "d3po train: %s round %d -> %d: %ld pairs from labels, %ld from scores, "
-                    "%ld ties (no gradient), %d epochs, lr %g, reference %s, kl %g, device %s\n",
-            dir, s.round, s.round + 1, from_labels, from_scores, ties, to.epochs, cfg.d3po.lr,
+                    "%ld ties (no gradient), objective %s, %d epochs, lr %g, reference %s, kl %g, "
+                    "device %s\n",
+            dir, s.round, s.round + 1, from_labels, from_scores, ties,
+            config_objective_name(to.objective), to.epochs, cfg.d3po.lr,
             to.ref == D3PO_REF_BASE ? "base" : "round", cfg.d3po.kl, device);
     unsigned char *done = calloc(L.n, 1);
     d3po_pair *part = malloc(L.n * sizeof *part);

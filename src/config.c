@@ -40,6 +40,8 @@ static const char *const graphics_names[] = {"auto", "sixel", "blocks", NULL};
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
 /* index = d3po_ref_mode: D3PO_REF_BASE 0, D3PO_REF_ROUND 1 */
 static const char *const reference_names[] = {"base", "round", NULL};
+/* index = d3po_objective: D3PO_OBJ_D3PO 0, D3PO_OBJ_DPO 1 */
+static const char *const objective_names[] = {"d3po", "diffusion-dpo", NULL};
 
 #define OFF(f) offsetof(d3_config, f)
 static const keydef keydefs[] = {
@@ -57,6 +59,10 @@ static const keydef keydefs[] = {
     {"d3po", "max_grad_norm", K_FLOAT, OFF(d3po.max_grad_norm), 0, 1000, 0, 0, NULL},
     {"d3po", "reference", K_ENUM, OFF(d3po.reference), 0, 0, 0, 0, reference_names},
     {"d3po", "kl", K_FLOAT, OFF(d3po.kl), 0, 1000, 0, 0, NULL},
+    {"train", "objective", K_ENUM, OFF(train.objective), 0, 0, 0, 0, objective_names},
+    {"train", "dpo_beta", K_FLOAT, OFF(train.dpo_beta), 0, 1000, 1, 0, NULL},
+    {"train", "dpo_draws", K_INT, OFF(train.dpo_draws), 1, 1024, 0, 0, NULL},
+    {"train", "all_labels", K_BOOL, OFF(train.all_labels), 0, 0, 0, 0, NULL},
     {"ui", "graphics", K_ENUM, OFF(ui.graphics), 0, 0, 0, 0, graphics_names},
     {"ui", "colors", K_INT, OFF(ui.colors), 2, 256, 0, 0, NULL},
     {"engine", "device", K_ENUM, OFF(engine.device), 0, 0, 0, 0, device_names},
@@ -65,7 +71,7 @@ static const keydef keydefs[] = {
 };
 #define NKEYDEFS (sizeof keydefs / sizeof keydefs[0])
 
-static const char *const groups[] = {"sampler", "session", "d3po", "ui", "engine", NULL};
+static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui", "engine", NULL};
 
 static const char *const action_names[D3_ACT_COUNT + 1] = {"left",   "right", "tie",     "skip",
                                                            "undo",   "zoom",  "history", "train",
@@ -103,7 +109,8 @@ static double cdbl_at(const d3_config *c, const keydef *k) {
 }
 /* Enums are stored as their C enum type; all of ours are int-sized. */
 _Static_assert(sizeof(d3_preset) == sizeof(int) && sizeof(d3_graphics) == sizeof(int) &&
-                   sizeof(d3_device) == sizeof(int) && sizeof(d3po_ref_mode) == sizeof(int),
+                   sizeof(d3_device) == sizeof(int) && sizeof(d3po_ref_mode) == sizeof(int) &&
+                   sizeof(d3po_objective) == sizeof(int),
                "enum settings are stored through int pointers");
 
 /* ---- defaults and presets ---- */
@@ -144,6 +151,10 @@ void config_defaults(d3_config *c) {
     c->session.queue_depth = 4;
     c->session.nprompts = 0;
     config_apply_preset(c, D3_PRESET_DEFAULT);
+    c->train.objective = D3PO_OBJ_D3PO;
+    c->train.dpo_beta = 2.5;
+    c->train.dpo_draws = 16;
+    c->train.all_labels = 0;
     c->ui.graphics = D3_GRAPHICS_AUTO;
     c->ui.colors = 256;
     for (int a = 0; a < D3_ACT_COUNT; a++) set_keys_default(c, a);
@@ -755,6 +766,10 @@ void config_dump(const d3_config *c, FILE *f) {
 
 /* ---- conversions ---- */
 
+const char *config_objective_name(d3po_objective o) {
+    return o == D3PO_OBJ_DPO ? objective_names[1] : objective_names[0];
+}
+
 ddim_opts config_ddim_opts(const d3_config *c) {
     return (ddim_opts){
         .steps = c->sampler.steps, .eta = (float)c->sampler.eta, .cfg = (float)c->sampler.cfg};
@@ -769,5 +784,11 @@ d3po_train_opts config_train_opts(const d3_config *c) {
     o.ref = c->d3po.reference;
     o.epochs = c->d3po.epochs;
     o.max_grad_norm = c->d3po.max_grad_norm;
+    o.objective = c->train.objective;
+    o.dpo.beta = (float)c->train.dpo_beta;
+    o.dpo_draws = c->train.dpo_draws;
+    o.all_labels = c->train.all_labels;
+    /* Diffusion-DPO's reference is the base model, whatever d3po.reference says */
+    if (o.objective == D3PO_OBJ_DPO) o.ref = D3PO_REF_BASE;
     return o;
 }

@@ -82,6 +82,12 @@ typedef struct {
         double kl;               /* KL penalty weight to the reference: 0.3 (paper 0), [0, 1000] */
     } d3po;
     struct {
+        d3po_objective objective; /* "d3po" (D3PO_OBJ_D3PO) or "diffusion-dpo" */
+        double dpo_beta;          /* Diffusion-DPO beta (times T in the loss): 2.5, (0, 1000] */
+        int dpo_draws;            /* (t, eps) draws per pair per pass: 16, 1..1024 */
+        int all_labels;           /* each round trains on every label so far: false (0) */
+    } train;
+    struct {
         d3_graphics graphics; /* "auto" */
         int colors;           /* sixel palette size: 256, 2..256 */
         int nkeys[D3_ACT_COUNT];
@@ -143,7 +149,12 @@ int config_key_action(const d3_config *c, const char *key);
  * name is not a key. */
 int config_key_canonical(const char *name, char *out);
 
-/* Conversions for the engine. */
+/* "d3po" or "diffusion-dpo". */
+const char *config_objective_name(d3po_objective o);
+
+/* Conversions for the engine. config_train_opts also carries the train
+ * group (objective, Diffusion-DPO beta and draws, all_labels) and sets the
+ * reference to the base model for the Diffusion-DPO objective. */
 ddim_opts config_ddim_opts(const d3_config *c);
 d3po_train_opts config_train_opts(const d3_config *c);
 #endif

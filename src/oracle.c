@@ -1,7 +1,8 @@
 /* oracle.c - the built-in judges of headless rounds (`d3po auto`) and blind
  * evaluation (see oracle.h): two JPEG-size scores (the D3PO paper's
  * compressibility / incompressibility rewards, measured with libjpeg-turbo
- * encoding into memory at quality 95), mean brightness, and a noisy wrapper
+ * encoding into memory at quality 95), mean brightness, realism (closeness
+ * to the class's training images in the data set folder), and a noisy wrapper
  * that answers like an inconsistent person (Bradley-Terry with temperature
  * T) from its own seeded Philox stream, so a run with the same seed gives
  * the same answers. Scores never depend on anything but the image; only
@@ -13,22 +14,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <jpeglib.h>
 
+#include "image.h"
+#include "imgfolder.h"
 #include "rng.h"
 #include "session.h"
 
 #define ORACLE_JPEG_QUALITY 95
 #define ORACLE_RNG_STREAM 0x0AC1E /* the noisy oracle's Philox stream id */
 
-typedef enum { OR_JPEG_SMALL, OR_JPEG_LARGE, OR_BRIGHTNESS } oracle_kind;
+typedef enum { OR_JPEG_SMALL, OR_JPEG_LARGE, OR_BRIGHTNESS, OR_REALISM } oracle_kind;
+
+#define REALISM_NEAREST 5           /* training images averaged over */
+#define REALISM_DEFAULT_DIR "emoji" /* `d3po dataset emoji --out emoji` */
 
 /* The known base oracles and the default Bradley-Terry temperature of
  * their noisy: form, in score units. Brightness scores span 0..255 and
  * samples of one prompt differ by a few units: T = 4 makes a 4-unit gap
  * right 73% of the time. JPEG sizes of 32x32 samples are ~1-2 KB and
- * differ by tens of bytes: T = 40 bytes plays the same role. */
+ * differ by tens of bytes: T = 40 bytes plays the same role. Realism
+ * distances are RMS differences in 0..255 units; two samples of a prompt
+ * are a few units apart: T = 2. */
 static const struct {
     const char *name;
     oracle_kind kind;
@@ -37,6 +46,7 @@ static const struct {
     {"jpeg-compressibility", OR_JPEG_SMALL, 40},
     {"jpeg-incompressibility", OR_JPEG_LARGE, 40},
     {"brightness", OR_BRIGHTNESS, 4},
+    {"realism", OR_REALISM, 2},
 };
 #define NKNOWN (sizeof known / sizeof *known)
 
@@ -46,6 +56,12 @@ struct d3_oracle {
     double T;
     d3_rng rng;
     char name[96];
+    /* realism: the data set folder, loaded at side size (0: not yet), its
+     * images blurred ([n][S*S*3] in 0..255) and the current class */
+    char dir[1024];
+    int size, cls;
+    imgfolder data;
+    float *blurred;
 };
 
 static int known_list(char *buf, size_t n) {
@@ -94,6 +110,19 @@ d3_oracle *oracle_new(const char *spec, uint64_t seed, char *err) {
         o->noisy = noisy;
         o->T = noisy ? (T > 0 ? T : known[i].T) : 0;
         rng_init(&o->rng, seed, ORACLE_RNG_STREAM);
+        o->cls = -1;
+        if (o->kind == OR_REALISM) {
+            const char *env = getenv("D3PO_DATASET");
+            snprintf(o->dir, sizeof o->dir, "%s", env && env[0] ? env : REALISM_DEFAULT_DIR);
+            struct stat st;
+            if (stat(o->dir, &st) || !S_ISDIR(st.st_mode)) {
+                d3_errf(err, "oracle realism: data set folder '%.200s' not found (it is "
+                             "$D3PO_DATASET, else ./%s; make it with `d3po dataset emoji --out "
+                             "DIR`)", o->dir, REALISM_DEFAULT_DIR);
+                free(o);
+                return NULL;
+            }
+        }
         if (noisy)
             snprintf(o->name, sizeof o->name, "noisy:%s:%g", known[i].name, o->T);
         else
@@ -105,7 +134,104 @@ d3_oracle *oracle_new(const char *spec, uint64_t seed, char *err) {
     return NULL;
 }
 
-void oracle_free(d3_oracle *o) { free(o); }
+void oracle_free(d3_oracle *o) {
+    if (!o) return;
+    if (o->size) imgfolder_free(&o->data);
+    free(o->blurred);
+    free(o);
+}
+
+void oracle_blur(float *out, const uint8_t *rgb, int W, int H) {
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int c = 0; c < 3; c++) {
+                double s = 0;
+                for (int dy = -1; dy <= 1; dy++)
+                    for (int dx = -1; dx <= 1; dx++) {
+                        int yy = y + dy < 0 ? 0 : y + dy >= H ? H - 1 : y + dy;
+                        int xx = x + dx < 0 ? 0 : x + dx >= W ? W - 1 : x + dx;
+                        s += (dy ? 1 : 2) * (dx ? 1 : 2) * rgb[((size_t)yy * W + xx) * 3 + c];
+                    }
+                out[((size_t)y * W + x) * 3 + c] = (float)(s / 16.0);
+            }
+}
+
+int oracle_needs_prompt(const d3_oracle *o) { return o->kind == OR_REALISM; }
+
+int oracle_set_prompt(d3_oracle *o, const char *prompt, int S, char *err) {
+    if (o->kind != OR_REALISM) return 0;
+    if (S <= 0) return d3_errf(err, "oracle realism: image side %d", S);
+    if (o->size != S) {
+        if (o->size) imgfolder_free(&o->data);
+        free(o->blurred);
+        o->blurred = NULL;
+        o->size = 0;
+        o->cls = -1;
+        if (imgfolder_load(&o->data, o->dir, S, 0, err)) return -1;
+        o->size = S;
+        size_t D = 3 * (size_t)S * S;
+        uint8_t *rgb = malloc(D);
+        o->blurred = malloc((size_t)o->data.n * D * sizeof(float));
+        if (!rgb || !o->blurred) {
+            free(rgb);
+            return d3_errf(err, "oracle realism: out of memory for %d images", o->data.n);
+        }
+        for (int i = 0; i < o->data.n; i++) {
+            image_to_rgb(rgb, o->data.x + (size_t)i * D, S, S);
+            oracle_blur(o->blurred + (size_t)i * D, rgb, S, S);
+        }
+        free(rgb);
+    }
+    o->cls = -1;
+    for (int c = 0; c < o->data.nclasses && o->cls < 0; c++)
+        if (!strcmp(o->data.class_names[c], prompt) || !strcmp(o->data.class_dirs[c], prompt))
+            o->cls = c;
+    if (o->cls < 0) {
+        char safe[96];
+        size_t j = 0;
+        for (const char *p = prompt; *p && j + 5 < sizeof safe; p++) /* escape control bytes */
+            j += (unsigned char)*p < 0x20 || *p == 0x7f
+                     ? (size_t)snprintf(safe + j, sizeof safe - j, "\\x%02x", (unsigned char)*p)
+                     : (size_t)snprintf(safe + j, sizeof safe - j, "%c", *p);
+        return d3_errf(err, "oracle realism: no class '%s' in the data set %s (classes.tsv prompts "
+                            "or folder names)", safe, o->dir);
+    }
+    return 0;
+}
+
+/* -(mean of the REALISM_NEAREST smallest RMS distances between the blurred
+ * image and the blurred training images of the current class). */
+static double realism_score(const d3_oracle *o, const uint8_t *rgb, int W, int H) {
+    if (o->cls < 0 || W != o->size || H != o->size) return NAN;
+    size_t D = 3 * (size_t)W * H;
+    float *b = malloc(D * sizeof(float));
+    if (!b) return NAN;
+    oracle_blur(b, rgb, W, H);
+    double best[REALISM_NEAREST];
+    int nb = 0;
+    for (int i = 0; i < o->data.n; i++) {
+        if (o->data.cls[i] != o->cls) continue;
+        const float *t = o->blurred + (size_t)i * D;
+        double ss = 0;
+        for (size_t j = 0; j < D; j++) ss += ((double)b[j] - t[j]) * ((double)b[j] - t[j]);
+        double d = sqrt(ss / (double)D);
+        /* insertion into the sorted list of the nearest */
+        int k;
+        if (nb < REALISM_NEAREST) k = nb++;
+        else if (d >= best[REALISM_NEAREST - 1]) continue;
+        else k = REALISM_NEAREST - 1;
+        while (k > 0 && best[k - 1] > d) {
+            best[k] = best[k - 1];
+            k--;
+        }
+        best[k] = d;
+    }
+    free(b);
+    if (!nb) return NAN;
+    double s = 0;
+    for (int k = 0; k < nb; k++) s += best[k];
+    return -s / nb;
+}
 
 const char *oracle_name(const d3_oracle *o) { return o->name; }
 
@@ -171,6 +297,8 @@ double oracle_score(d3_oracle *o, const uint8_t *rgb, int W, int H) {
         for (size_t i = 0; i < n; i++) sum += rgb[i];
         return sum / (double)n;
     }
+    case OR_REALISM:
+        return realism_score(o, rgb, W, H);
     }
     return NAN;
 }

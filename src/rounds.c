@@ -269,6 +269,31 @@ static int pair_class(const rounds *d, uint64_t q, const char **text) {
 
 /* ---- start / stop ---- */
 
+/* train.all_labels: the engine trains every round over every label so
+ * far. Labels that earlier rounds trained (before this start) join its
+ * pool; pending ones come with the next round. A pair whose current choice
+ * differs from the one trained (a history edit) is pending: it joins with
+ * its new choice. Returns the pairs handed over, or -1 with err. */
+static long remember_trained(rounds *d, char *err) {
+    const d3_session *s = d->s;
+    if (!d->c->train.all_labels) return 0;
+    long n = 0;
+    for (long id = 0; id < s->next_pair && id < s->cap; id++) {
+        int ch = session_choice_of(s, id);
+        if ((ch != SESSION_A && ch != SESSION_B) || session_label_pending(s, id) ||
+            session_trained_choice(s, id) != ch)
+            continue;
+        d3_pair_sample *p = rounds_load_pair(s, id, err);
+        if (!p) return -1;
+        const d3_pair_sample *pp = p;
+        float h[1][2] = {{ch == SESSION_A ? 1.0f : -1.0f, ch == SESSION_A ? -1.0f : 1.0f}};
+        engine_remember(d->e, &pp, (const float(*)[2])h, 1); /* copies the trajectories */
+        engine_pair_free(p);
+        n++;
+    }
+    return n;
+}
+
 rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, const rounds_opts *o,
                      char *err) {
     rounds *d = calloc(1, sizeof *d);
@@ -328,7 +353,15 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
     d->seq = (uint64_t)s->next_pair;
     d->e = engine_start(policy, base, &st, s->version, &eo, err);
     state_free(&st); /* whatever the engine did not take */
-    if (d->e) return d;
+    if (d->e) {
+        long nr = remember_trained(d, err);
+        if (nr >= 0) {
+            if (nr) session_warn(s, "train.all_labels: %ld labels of earlier rounds join every round", nr);
+            return d;
+        }
+        rounds_stop(d);
+        return NULL;
+    }
     model_free(policy); /* engine_start failed: the models are still ours */
     if (base) model_free(base);
 fail:

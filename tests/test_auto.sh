@@ -6,8 +6,11 @@
 # its labels; a resumed run adds a round; an external labeler script
 # judges a round; a garbage labeler exits 2 naming what it said, with the
 # labels it gave kept, and a resumed run trains on them; Ctrl-C exits 130
-# with the journal intact; usage errors exit 1; bench/step_snr runs on
-# the tiny model (same gradient norms under two judges, every row).
+# with the journal intact; usage errors exit 1; Diffusion-DPO over every
+# label so far records its settings and takes a resumed session's earlier
+# labels; realism names its missing data set; bench/step_snr and
+# bench/pair_snr run on the tiny model (same gradient norms under two
+# judges, every row).
 . tests/lib.sh
 
 M="$T/tiny.safetensors"
@@ -84,6 +87,44 @@ lines = [json.loads(l) for l in open(sys.argv[1])]
 assert [l["round"] for l in lines] == [0, 1, 2, 3] and lines[3]["labels"] == 2, lines
 ' "$S/metrics.jsonl" && ok "resumed round appended" || { no "resumed round appended"; cat "$S/metrics.jsonl"; }
 info "$S" 'd["rounds"] == 3' 'd["pairs"]["labeled"] == 8' && ok "session at round 3" || no "session at round 3"
+
+# -- Diffusion-DPO over every label so far (train.all_labels), 2 draws
+S="$T/dpo"
+printf 'sampler = { steps = 5; };\nengine = { threads = 1; };\ntrain = { all_labels = true; dpo_draws = 2; };\n' >"$T/dpo.conf"
+expect 0 "auto: --objective diffusion-dpo, all_labels" $D3 auto --session "$S" --oracle brightness \
+    --rounds 2 --pairs 2 --model "$M" --config "$T/dpo.conf" --eval-seeds 2 --objective diffusion-dpo
+grep_err "the objective announced" "objective diffusion-dpo over every label so far"
+python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert [l["round"] for l in lines] == [0, 1, 2], lines
+for l in lines:
+    t = l["train"]
+    assert t["objective"] == "diffusion-dpo" and t["all_labels"] is True, t
+    assert t["dpo_draws"] == 2 and t["dpo_beta"] == 2.5, t
+assert all(isinstance(l["loss"], float) and l["loss"] > 0 for l in lines[1:]), lines
+assert json.load(open(sys.argv[2]))["objective"] == "diffusion-dpo"
+' "$S/metrics.jsonl" "$S/session.json" && ok "metrics and session.json record the objective" \
+    || { no "metrics and session.json record the objective"; cat "$S/metrics.jsonl"; }
+expect 0 "auto: resume with all_labels" $D3 auto --session "$S" --oracle brightness \
+    --rounds 1 --pairs 2 --config "$T/dpo.conf" --eval-seeds 0 --objective diffusion-dpo
+grep_err "the earlier labels join the pool" "all_labels: 4 labels of earlier rounds join every round"
+expect 0 "auto: d3po is the default objective" $D3 auto --session "$T/d3po-obj" --oracle brightness \
+    --rounds 0 --model "$M" --config "$C" --eval-seeds 0
+grep_err "d3po announced" "objective d3po;"
+expect 1 "bad --objective" $D3 auto --session "$T/u" --oracle brightness --rounds 1 --model "$M" \
+    --objective "dpo$(printf '\033')[2J"
+grep_err "bad objective named" "expected d3po or diffusion-dpo"
+grep -q "$(printf '\033')" "$T/err" && no "the escape byte reached stderr raw" || ok "the bad value escaped"
+expect 1 "train: bad --objective" $D3 train --session "$S" --objective nope
+# realism needs its data set folder: a missing one is named
+export D3PO_DATASET="$T/no-such-data"
+expect 1 "realism without a data set" $D3 auto --session "$T/u" --oracle realism --rounds 1 --model "$M"
+unset D3PO_DATASET
+grep_err "the folder named" "data set folder '$T/no-such-data' not found"
+# offline training with the other objective on the same labels
+expect 0 "train --objective diffusion-dpo" $D3 train --session "$S" --objective diffusion-dpo --config "$T/dpo.conf"
+grep_err "train announces the objective" "objective diffusion-dpo"
 
 # -- an external labeler
 S="$T/lab"
@@ -192,5 +233,35 @@ PY
     expect 2 "step_snr unknown class" $SNR "$M" brightness 2 "no such class" 5 1
 else
     no "step_snr not built ($SNR)"
+fi
+# bench/pair_snr: D3PO and Diffusion-DPO (K = 1, 4, 16, 64) on the same
+# pairs; judges only flip signs, so the mean squared norms agree
+PS=$B/bench/pair_snr
+if [ -x "$PS" ]; then
+    expect 0 "pair_snr" $PS "$M" 4 "" "brightness,noisy:brightness:1e9" 1
+    $PS "$M" 4 "" "brightness,noisy:brightness:1e9" 1 >"$T/ps.txt" 2>/dev/null
+    python3 - "$T/ps.txt" <<'PY' && ok "pair_snr: 5 objectives per judge, norms agree across judges" || { no "pair_snr output"; cat "$T/ps.txt"; }
+import math, sys
+tabs, cur = [], None
+for l in open(sys.argv[1]):
+    if l.startswith("# judge"):
+        cur = {}
+        tabs.append(cur)
+    elif cur is not None and l.strip() and not l.startswith(("#", "objective")):
+        f = l.split()
+        cur[f[0]] = f
+assert len(tabs) == 2, tabs
+names = ["d3po", "dpo-K1", "dpo-K4", "dpo-K16", "dpo-K64"]
+for t in tabs:
+    assert list(t) == names, list(t)
+for k in names:
+    x, y = float(tabs[0][k][1]), float(tabs[1][k][1])
+    assert math.isfinite(x) and x > 0 and abs(x - y) <= 1e-6 * x, (k, x, y)
+# the mean of more draws has a smaller norm (independent draws average)
+assert float(tabs[0]["dpo-K64"][1]) < float(tabs[0]["dpo-K1"][1]), tabs[0]
+PY
+    expect 2 "pair_snr unknown class" $PS "$M" 2 "no such class"
+else
+    no "pair_snr not built ($PS)"
 fi
 finish test_auto.sh

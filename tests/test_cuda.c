@@ -21,7 +21,8 @@
  *    without the causal mask, cross-attention) at SD and CLIP shapes;
  *  - unet_forward + tape_backward of the whole model: output, input
  *    gradient and every parameter gradient;
- *  - D3PO: d3po_pair_backward (gradients, loss, log-probs) and d3po_train
+ *  - D3PO: d3po_pair_backward (gradients, loss, log-probs), Diffusion-DPO's
+ *    dpo_pair_backward (gradients, loss) and d3po_train
  *    (updated parameters, AdamW moments, loss) on a CPU and a CUDA copy;
  *  - DDIM sampling, 20 steps, CFG 5, same x_T and step noise.
  *
@@ -1092,6 +1093,39 @@ static void test_d3po(void) {
     snprintf(w2, sizeof w2, "d3po_pair_backward gradients, worst tensor (%.40s)", worst);
     expect(w2, e, T_D3PO_GRAD);
     expect("d3po_pair_backward gradients, all", nerr(ggh, gc, np), T_D3PO_GRAD);
+
+    /* 1b. dpo_pair_backward (Diffusion-DPO) on the pair's final images, the
+     * same 3 draws on both devices, a copy of the model as reference (its
+     * own pass on each device); tolerances as D3PO's (a plain eps-MSE
+     * gradient, no clamp: expected well inside them) */
+    {
+        d3_model dref;
+        CHECK(model_copy(&dref, m, err) == 0, "%s", err);
+        for (size_t i = 0; i < np; i += 7) dref.params[i] *= 1.01f;
+        int dts[3] = {5, 500, 990};
+        float *deps = halloc(3 * D), *gdc = halloc(np);
+        d3_rng dr;
+        rng_init(&dr, 91, 0);
+        rng_normal(&dr, deps, 3 * D);
+        dpo_opts dd = {.beta = 0.05f};
+        const float *x0a = traj + (size_t)K * D, *x0b = traj + TN + (size_t)K * D;
+        double ldc = dpo_pair_backward(m, &dref, tc, gdc, &dd, x0a, x0b, cls_pair[0], h, 3, dts,
+                                       deps, NULL, err);
+        CHECK(isfinite(ldc), "cpu dpo_pair_backward: %s", err);
+        float *gdg = dnew(np, NULL);
+        G->zero(gdg, np * sizeof(float));
+        double ldg = dpo_pair_backward(m, &dref, tg, gdg, &dd, x0a, x0b, cls_pair[0], h, 3, dts,
+                                       deps, NULL, err);
+        CHECK(isfinite(ldg), "%s dpo_pair_backward: %s", G->name, err);
+        float *gdh = dget(gdg, np);
+        expect("dpo_pair_backward loss (relative)", fabs(ldg - ldc) / fmax(fabs(ldc), 1e-30),
+               T_D3PO_LOSS);
+        e = param_err(&m->L, gdh, gdc, &worst);
+        snprintf(w2, sizeof w2, "dpo_pair_backward gradients, worst tensor (%.40s)", worst);
+        expect(w2, e, T_D3PO_GRAD);
+        expect("dpo_pair_backward gradients, all", nerr(gdh, gdc, np), T_D3PO_GRAD);
+        model_free(&dref); /* the buffers go at case_end */
+    }
 
     /* 2. d3po_train: a CPU copy and a device copy, same pairs, same seed;
      * reference = a copy of the policy (the round's start) */

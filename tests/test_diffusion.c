@@ -262,15 +262,25 @@ static void pretrain_flat(d3_model *m, d3_tape *tp) {
     free(g);
 }
 
+/* The learning tests' start: a tiny base pretrained on flat images, a
+ * copy of it as the policy, a CPU tape, and training options sampling 10
+ * steps with guidance 3. */
+static d3_tape *learning_setup(d3_model *base, d3_model *pol, d3po_train_opts *to) {
+    char err[D3_ERRLEN];
+    tiny(base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
+    d3_tape *tp = tape_new(backend_cpu());
+    pretrain_flat(base, tp);
+    model_copy(pol, base, err);
+    *to = d3po_train_opts_default();
+    to->sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    return tp;
+}
+
 static void moves_model(d3po_ref_mode mode) {
     d3_model base, pol, snap;
-    tiny(&base, "base=8,mult=1.2,res=1,attn=4,size=8,classes=2", 11);
     char err[D3_ERRLEN];
-    d3_tape *tp = tape_new(backend_cpu());
-    pretrain_flat(&base, tp);
-    model_copy(&pol, &base, err);
-    d3po_train_opts to = d3po_train_opts_default();
-    to.sample = (ddim_opts){.steps = 10, .eta = 1.0f, .cfg = 3.0f};
+    d3po_train_opts to;
+    d3_tape *tp = learning_setup(&base, &pol, &to);
     to.epochs = getenv("D3PO_TEST_EPOCHS") ? atoi(getenv("D3PO_TEST_EPOCHS")) : 1;
     to.ref = mode;
     d3_adamw opt;
@@ -603,6 +613,231 @@ static void test_checkpoint_state(void) {
     model_free(&m);
 }
 
+/* ---- Diffusion-DPO (dpo_pair_backward) ---- */
+
+typedef struct {
+    d3_model ref, pol;
+    d3_tape *tp;
+    size_t D;
+    float *x0; /* [2][D] the pair's final images */
+    int t[3];
+    float *eps; /* [3][D] */
+} dpofix;
+
+/* A tiny model as reference, a perturbed copy as policy, two random
+ * "final images" and three fixed (t, eps) draws (low, middle, high t). */
+static void dpo_fix(dpofix *f) {
+    char err[D3_ERRLEN];
+    tiny(&f->ref, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 21);
+    /* non-zero everywhere (model_init zeroes the output convolutions) */
+    for (size_t i = 0; i < f->ref.L.numel; i++) f->ref.params[i] += (float)(urand() * 0.2 - 0.1);
+    model_copy(&f->pol, &f->ref, err);
+    for (size_t i = 0; i < f->pol.L.numel; i++) f->pol.params[i] += (float)(urand() * 0.04 - 0.02);
+    f->tp = tape_new(backend_cpu());
+    f->D = 3 * 8 * 8;
+    f->x0 = malloc(2 * f->D * sizeof(float));
+    f->eps = malloc(3 * f->D * sizeof(float));
+    for (size_t i = 0; i < 2 * f->D; i++) f->x0[i] = (float)(urand() * 2 - 1);
+    for (size_t i = 0; i < 3 * f->D; i++) f->eps[i] = (float)(urand() * 3.4 - 1.7);
+    f->t[0] = 3; f->t[1] = 480; f->t[2] = 990;
+}
+
+static void dpo_unfix(dpofix *f) {
+    free(f->x0); free(f->eps);
+    tape_free(f->tp);
+    model_free(&f->pol);
+    model_free(&f->ref);
+}
+
+/* The gradient against central differences in the parameters: the
+ * largest-gradient entry of every tensor (and one random entry), step
+ * h = 0.05 max(|p|, 0.2). The UNet runs in float32 and the loss is a
+ * difference of two errors (~1e-6 rounding), so the numeric derivative
+ * carries ~1e-4 absolute noise at h ~ 0.01 (h = 1e-3 gave 5e-4 and
+ * failed on zero gradients): tolerance 2e-2 relative + 2e-4 * max|g|. */
+static void test_dpo_gradient_fd(void) {
+    dpofix f;
+    dpo_fix(&f);
+    char err[D3_ERRLEN];
+    dpo_opts d = {.beta = 0.05f}; /* beta T = 50: |z| ~ 1, the sigmoid not saturated */
+    float h[2] = {1, -1}, lj[3];
+    size_t n = f.pol.L.numel;
+    float *g = calloc(n, sizeof(float)), *scratch = calloc(n, sizeof(float));
+    double L = dpo_pair_backward(&f.pol, &f.ref, f.tp, g, &d, f.x0, f.x0 + f.D, 1, h, 3, f.t, f.eps,
+                                 lj, err);
+    CHECK(isfinite(L), "%s", err);
+    CHECK(fabs(L - (lj[0] + lj[1] + lj[2]) / 3) < 1e-6, "loss %g is not the mean of the draws", L);
+    printf("    loss per draw %.5f %.5f %.5f (log 2 = %.5f)\n", lj[0], lj[1], lj[2], log(2.0));
+    CHECK(fabs(lj[0] - log(2.0)) > 1e-3 || fabs(lj[1] - log(2.0)) > 1e-3, "the policy equals the reference?");
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[i]));
+    int bad = 0, checked = 0;
+    for (int ti = 0; ti < f.pol.L.nparams; ti++) {
+        const unet_param *p = &f.pol.L.params[ti];
+        size_t best = p->offset;
+        for (size_t k = p->offset; k < p->offset + p->numel; k++)
+            if (fabs(g[k]) > fabs(g[best])) best = k;
+        size_t idx[2] = {best, p->offset + (size_t)(urand() * p->numel)};
+        for (int r = 0; r < 2; r++) {
+            size_t k = idx[r];
+            float keep = f.pol.params[k];
+            double hh = 5e-2 * fmax(fabs(keep), 0.2);
+            f.pol.params[k] = (float)(keep + hh);
+            double lp = dpo_pair_backward(&f.pol, &f.ref, f.tp, scratch, &d, f.x0, f.x0 + f.D, 1, h, 3,
+                                          f.t, f.eps, NULL, err);
+            f.pol.params[k] = (float)(keep - hh);
+            double lm = dpo_pair_backward(&f.pol, &f.ref, f.tp, scratch, &d, f.x0, f.x0 + f.D, 1, h, 3,
+                                          f.t, f.eps, NULL, err);
+            f.pol.params[k] = keep;
+            double num = (lp - lm) / (2 * hh);
+            checked++;
+            if (fabs(num - g[k]) > 2e-2 * fabs(num) + 2e-4 * gmax) {
+                if (bad++ < 5)
+                    fprintf(stderr, "    %s[%zu]: analytic %g numeric %g\n", p->name, k - p->offset,
+                            g[k], num);
+            }
+        }
+    }
+    printf("    %d entries checked, max|g| %.3g\n", checked, gmax);
+    CHECK(bad == 0, "%d of %d entries differ from finite differences", bad, checked);
+    free(g); free(scratch);
+    dpo_unfix(&f);
+}
+
+/* A tie: loss log 2 per draw whatever the models, and no gradient. */
+static void test_dpo_tie(void) {
+    dpofix f;
+    dpo_fix(&f);
+    char err[D3_ERRLEN];
+    dpo_opts d = dpo_opts_default();
+    float tie[2] = {0, 0}, lj[3];
+    float *g = calloc(f.pol.L.numel, sizeof(float));
+    double L = dpo_pair_backward(&f.pol, &f.ref, f.tp, g, &d, f.x0, f.x0 + f.D, 2, tie, 3, f.t,
+                                 f.eps, lj, err);
+    CHECK(fabs(L - log(2.0)) < 1e-12, "tie loss %.15g, expected log 2", L);
+    CHECK(all_zero(g, f.pol.L.numel), "a tie gave a non-zero gradient");
+    /* bad input: a class or a t out of range */
+    CHECK(isnan(dpo_pair_backward(&f.pol, &f.ref, f.tp, g, &d, f.x0, f.x0 + f.D, 3, tie, 3, f.t,
+                                  f.eps, NULL, err)) && strstr(err, "class 3"), "err: %s", err);
+    int badt[1] = {1000};
+    CHECK(isnan(dpo_pair_backward(&f.pol, &f.ref, f.tp, g, &d, f.x0, f.x0 + f.D, 0, tie, 1, badt,
+                                  f.eps, NULL, err)) && strstr(err, "t=1000"), "err: %s", err);
+    free(g);
+    dpo_unfix(&f);
+}
+
+/* Reference = policy: s = 0 exactly, so the loss is log 2, and the
+ * gradient is beta T / 2 * grad(h0 err_0 + h1 err_1) averaged over the
+ * draws, which is computed here independently with the backend's MSE
+ * backward on each image. Tolerance 1e-5 relative to max|g|: the same
+ * float32 forward, a different reduction order in the output gradient. */
+static void test_dpo_reference_is_policy(void) {
+    dpofix f;
+    dpo_fix(&f);
+    char err[D3_ERRLEN];
+    dpo_opts d = {.beta = 2.5f};
+    float h[2] = {-1, 1}, lj[3];
+    size_t n = f.pol.L.numel, D = f.D;
+    float *g = calloc(n, sizeof(float)), *ge = calloc(n, sizeof(float)), *g2 = calloc(n, sizeof(float));
+    d3_model same;
+    CHECK(model_copy(&same, &f.pol, err) == 0, "%s", err);
+    /* a separate reference with the policy's weights: its forward pass
+     * (without the tape's gradient) gives the same floats */
+    double L = dpo_pair_backward(&f.pol, &same, f.tp, g, &d, f.x0, f.x0 + D, 1, h, 3, f.t, f.eps,
+                                 lj, err);
+    CHECK(fabs(L - log(2.0)) < 1e-12, "loss %.15g with reference = policy, expected log 2", L);
+    /* the policy itself as reference: the same, without a second pass */
+    double L2 = dpo_pair_backward(&f.pol, &f.pol, f.tp, g2, &d, f.x0, f.x0 + D, 1, h, 3, f.t,
+                                  f.eps, NULL, err);
+    CHECK(L2 == L && !memcmp(g, g2, n * sizeof(float)), "ref == policy: %.15g vs %.15g", L2, L);
+    model_free(&same);
+    free(g2);
+    const d3_backend *be = backend_cpu();
+    double bT = d.beta * f.pol.sched.T;
+    for (int j = 0; j < 3; j++) {
+        float *ej = f.eps + j * D, x[2 * 192], tv[2] = {(float)f.t[j], (float)f.t[j]};
+        int y[2] = {1, 1};
+        double a = sqrt(f.pol.sched.abar[f.t[j]]), b = sqrt(1 - f.pol.sched.abar[f.t[j]]);
+        for (int i = 0; i < 2; i++)
+            for (size_t q = 0; q < D; q++) x[i * D + q] = (float)(a * f.x0[i * D + q] + b * ej[q]);
+        tape_reset(f.tp);
+        tape_set_grad(f.tp, 1);
+        d3_tensor *in = tape_input(f.tp, 2, 3, 8, 8);
+        memcpy(in->v, x, sizeof x);
+        d3_tensor *out = unet_forward(f.tp, &f.pol.L, f.pol.params, ge, in, tv, y);
+        float *dout = tape_alloc(f.tp, out->numel);
+        for (int i = 0; i < 2; i++)
+            be->mse_backward(dout + i * D, (float)(bT / 2 * h[i] / 3), out->v + i * D, ej, D);
+        tape_backward(f.tp, out, dout);
+    }
+    double gmax = 0, dmax = 0;
+    for (size_t i = 0; i < n; i++) {
+        gmax = fmax(gmax, fabs(ge[i]));
+        dmax = fmax(dmax, fabs(g[i] - ge[i]));
+    }
+    printf("    max|g| %.4g, max|g - expected| %.3g\n", gmax, dmax);
+    CHECK(gmax > 0 && dmax <= 1e-5 * gmax, "gradient differs by %g (max %g)", dmax, gmax);
+    free(g); free(ge);
+    dpo_unfix(&f);
+}
+
+/* d3po_train with the Diffusion-DPO objective, reference = base, on
+ * pairs labeled "brighter is better": the policy's fixed-seed samples get
+ * brighter, no reference log-probs are computed, and a round of ties only
+ * leaves the weights alone. */
+static void test_dpo_train_moves_model(void) {
+    d3_model base, pol;
+    char err[D3_ERRLEN];
+    d3po_train_opts to;
+    d3_tape *tp = learning_setup(&base, &pol, &to);
+    to.objective = D3PO_OBJ_DPO;
+    to.dpo_draws = 4;
+    to.ref = D3PO_REF_BASE;
+    d3_adamw opt;
+    adamw_init(&opt, pol.L.numel);
+    opt.lr = 3e-3f;
+    d3_rng rng;
+    rng_init(&rng, 78, 0);
+    int S = pol.L.arch.size, K = to.sample.steps;
+    size_t D = 3 * S * S;
+    double b0 = mean_brightness(&base, tp, &to.sample, 16, 99);
+    enum { ROUNDS = 5, PAIRS = 12 };
+    for (int round = 0; round < ROUNDS; round++) {
+        pairfix f[PAIRS];
+        d3po_pair pairs[PAIRS];
+        for (int p = 0; p < PAIRS; p++) {
+            f[p] = (pairfix){.m = pol, .tp = tp, .o = to.sample, .cls = p % 2};
+            make_pair(&f[p], 1000 * round + p + 7);
+            double l0 = brightness(f[p].traj[0] + K * D, D), l1 = brightness(f[p].traj[1] + K * D, D);
+            pairs[p] = (d3po_pair){.cls = f[p].cls, .traj = {f[p].traj[0], f[p].traj[1]},
+                                   .h = {l0 > l1 ? 1 : -1, l0 > l1 ? -1 : 1}, .ref_tag = -1};
+        }
+        long before = d3po_ref_computations();
+        double loss = d3po_train(&pol, &base, 0, tp, &opt, pairs, PAIRS, &to, &rng, NULL, NULL, err);
+        CHECK(isfinite(loss), "%s", err);
+        CHECK(d3po_ref_computations() == before, "Diffusion-DPO computed reference log-probs");
+        if (round == ROUNDS - 1) {
+            /* ties: nothing to train on, the weights stay */
+            float *keep = malloc(pol.L.numel * sizeof(float));
+            memcpy(keep, pol.params, pol.L.numel * sizeof(float));
+            for (int p = 0; p < PAIRS; p++) pairs[p].h[0] = pairs[p].h[1] = 0;
+            CHECK(d3po_train(&pol, &base, 0, tp, &opt, pairs, PAIRS, &to, &rng, NULL, NULL, err) == 0,
+                  "ties: %s", err);
+            CHECK(!memcmp(keep, pol.params, pol.L.numel * sizeof(float)), "ties changed the weights");
+            free(keep);
+        }
+        for (int p = 0; p < PAIRS; p++) { free(f[p].traj[0]); free(f[p].traj[1]); }
+        printf("  diffusion-dpo round %d: loss per draw %.4f\n", round, loss);
+    }
+    double b1 = mean_brightness(&pol, tp, &to.sample, 16, 99);
+    printf("  mean brightness of fixed-seed samples: base %.4f, policy %.4f\n", b0, b1);
+    CHECK(b1 > b0 + 0.1, "brightness did not rise: %.4f -> %.4f", b0, b1);
+    adamw_free(&opt);
+    tape_free(tp);
+    model_free(&pol);
+    model_free(&base);
+}
+
 int main(void) {
     RUN(test_timesteps);
     RUN(test_logprob_gaussian);
@@ -613,6 +848,10 @@ int main(void) {
     RUN(test_d3po_first_step_direction);
     RUN(test_d3po_kl_penalty);
     RUN(test_d3po_step_subset);
+    RUN(test_dpo_gradient_fd);
+    RUN(test_dpo_tie);
+    RUN(test_dpo_reference_is_policy);
+    RUN(test_dpo_train_moves_model);
     RUN(test_d3po_moves_model_ref_round);
     RUN(test_d3po_moves_model_ref_base);
     return t_done();

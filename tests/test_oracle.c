@@ -1,14 +1,19 @@
 /* test_oracle.c - the judges of headless rounds: the built-in oracles
  * (JPEG sizes order a flat and a noise image the right way, brightness is
  * the mean byte, the noisy wrapper follows Bradley-Terry and is
- * reproducible from its seed, unknown names list the known ones) and the
+ * reproducible from its seed, unknown names list the known ones, realism
+ * prefers its class's images over noise, blurs, and names an unknown
+ * class) and the
  * external labeler protocol (a round trip with the shell labelers in
  * tests/data/labelers/, and the clear errors for a garbage answer, a
  * labeler that exits, one that hangs past the timeout, one that is not
  * there). Run from the repository root, like every test. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "image.h"
 #include "labeler.h"
 #include "oracle.h"
 #include "rng.h"
@@ -269,11 +274,108 @@ static void test_labeler_hangs(void) {
     labeler_stop(l); /* must not wait for the sleep */
 }
 
+/* realism: a data set folder made here (class "gray": flat 120, 127 and
+ * 134; class "red": a red square on white), written as PNGs like `d3po
+ * dataset` does (no classes.tsv: the folder names are the prompts). */
+static void test_realism(void) {
+    char err[D3_ERRLEN], dir[] = "/tmp/d3po-realism.XXXXXX", path[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    uint8_t img[S * S * 3], rnd[S * S * 3], checker[S * S * 3];
+    snprintf(path, sizeof path, "%s/gray", dir);
+    mkdir(path, 0777);
+    snprintf(path, sizeof path, "%s/red", dir);
+    mkdir(path, 0777);
+    int grays[3] = {120, 127, 134};
+    for (int i = 0; i < 3; i++) {
+        fill(img, grays[i]);
+        snprintf(path, sizeof path, "%s/gray/%d.png", dir, i);
+        CHECK(png_write_rgb(path, img, S, S, err) == 0, "%s", err);
+    }
+    fill(img, 255);
+    for (int y = 8; y < 24; y++)
+        for (int x = 8; x < 24; x++) img[(y * S + x) * 3 + 1] = img[(y * S + x) * 3 + 2] = 0;
+    snprintf(path, sizeof path, "%s/red/0.png", dir);
+    CHECK(png_write_rgb(path, img, S, S, err) == 0, "%s", err);
+
+    /* the folder: $D3PO_DATASET, and a missing one is an error naming it */
+    setenv("D3PO_DATASET", "/nonexistent/d3po-data", 1);
+    CHECK(!oracle_new("realism", 0, err) && strstr(err, "/nonexistent/d3po-data") &&
+              strstr(err, "d3po dataset emoji"), "err: %s", err);
+    setenv("D3PO_DATASET", dir, 1);
+    d3_oracle *o = oracle_new("realism", 0, err);
+    CHECK(o != NULL, "%s", err);
+    if (!o) return;
+    CHECK(oracle_needs_prompt(o), "realism needs a prompt");
+    fill(img, 127);
+    CHECK(isnan(oracle_score(o, img, S, S)), "a score without a class");
+    CHECK(oracle_set_prompt(o, "gray", S, err) == 0, "%s", err);
+    /* distances 7, 0, 7 to the three gray images (only 3 < 5 in the class) */
+    double sg = oracle_score(o, img, S, S);
+    CHECK(fabs(sg + 14.0 / 3) < 1e-4, "flat 127 scores %g, expected -14/3", sg);
+    noise(rnd, 5);
+    CHECK(oracle_judge(o, img, rnd, S, S) == SESSION_A, "an image of the class beats noise (A)");
+    CHECK(oracle_judge(o, rnd, img, S, S) == SESSION_B, "an image of the class beats noise (B)");
+    CHECK(oracle_score(o, rnd, 16, 16) != oracle_score(o, rnd, 16, 16), "a size other than S: NAN");
+    /* the blur: a one-pixel checkerboard of 0 and 255 blurs to 127.5
+     * inside (edges clamped: off by up to a half there), so it scores near
+     * the gray images although every pixel is 127.5 away from them */
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++) memset(checker + (y * S + x) * 3, (x + y) % 2 ? 255 : 0, 3);
+    float bl[S * S * 3];
+    oracle_blur(bl, checker, S, S);
+    CHECK(bl[(5 * S + 7) * 3] == 127.5f && bl[(20 * S + 20) * 3 + 2] == 127.5f, "blurred %g %g",
+          bl[(5 * S + 7) * 3], bl[(20 * S + 20) * 3 + 2]);
+    double sc = oracle_score(o, checker, S, S);
+    CHECK(sc > -40 && sc < sg, "checkerboard scores %g (flat 127: %g)", sc, sg);
+    /* the class decides: the red square is realistic as "red", not as "gray" */
+    snprintf(path, sizeof path, "%s/red/0.png", dir);
+    uint8_t *red;
+    int W, H;
+    CHECK(png_read_rgb(path, &red, &W, &H, err) == 0, "%s", err);
+    CHECK(oracle_set_prompt(o, "red", S, err) == 0, "%s", err);
+    CHECK(oracle_judge(o, red, img, S, S) == SESSION_A, "red square as red");
+    CHECK(oracle_set_prompt(o, "gray", S, err) == 0, "%s", err);
+    CHECK(oracle_judge(o, red, img, S, S) == SESSION_B, "red square as gray");
+    free(red);
+    /* an unknown class is an error naming it (escaped) and the folder */
+    CHECK(oracle_set_prompt(o, "purple\x1b[2J", S, err) == -1 && strstr(err, "'purple\\x1b[2J'") &&
+              strstr(err, dir), "err: %s", err);
+    CHECK(isnan(oracle_score(o, img, S, S)), "a score after an unknown class");
+    /* another size reloads the folder */
+    CHECK(oracle_set_prompt(o, "gray", 16, err) == 0, "%s", err);
+    uint8_t small[16 * 16 * 3];
+    memset(small, 127, sizeof small);
+    CHECK(fabs(oracle_score(o, small, 16, 16) + 14.0 / 3) < 1e-4, "16x16 flat 127");
+    oracle_free(o);
+    d3_oracle *n = oracle_new("noisy:realism", 3, err);
+    CHECK(n && !strcmp(oracle_name(n), "noisy:realism:2"), "noisy:realism: %s", n ? oracle_name(n) : err);
+    if (n) {
+        CHECK(oracle_set_prompt(n, "gray", S, err) == 0, "%s", err);
+        int a = 0;
+        for (int i = 0; i < 50; i++) a += oracle_judge(n, img, rnd, S, S) == SESSION_A;
+        CHECK(a == 50, "noisy realism with a 60-unit gap: %d of 50", a);
+        oracle_free(n);
+    }
+    unsetenv("D3PO_DATASET");
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/gray/%d.png", dir, i);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/red/0.png", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/gray", dir);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/red", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(void) {
     RUN(test_jpeg);
     RUN(test_brightness);
     RUN(test_noisy);
     RUN(test_unknown);
+    RUN(test_realism);
     RUN(test_labeler_roundtrip);
     RUN(test_labeler_fields);
     RUN(test_labeler_garbage);

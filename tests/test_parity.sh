@@ -5,8 +5,9 @@
 # For two architectures (the 2-level tiny one and a 3-level one with two
 # residual blocks per level and attention at the lowest resolution),
 # tests/tool_parity dumps a random model, a forward + MSE + every parameter
-# gradient, a DDIM sample with its noise and log-probs, and a D3PO pair
-# update; bench/parity.py recomputes each in float64 with the twin and
+# gradient, a DDIM sample with its noise and log-probs, a D3PO pair
+# update and a Diffusion-DPO pair update at fixed (t, eps) draws against a
+# perturbed reference model; bench/parity.py recomputes each in float64 with the twin and
 # compares (tolerances and their reasons are in parity.py). Every comparison
 # line is printed; any FAIL fails the test.
 #

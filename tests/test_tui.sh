@@ -61,6 +61,7 @@ python3 -c "import sys; t=open(sys.argv[1], encoding='utf-8').read(); sys.exit(0
     && ok "z zooms one image" || { no "z zooms"; cat "$T/zoom"; }
 tm send-keys -t t z z '?'
 wait_for "keys (remap them" && ok "? shows the keys" || no "? help"
+wait_for "training objective: d3po (train.objective" && ok "? shows the objective" || no "? objective"
 tm send-keys -t t Escape
 # a second d3po on the same session is refused
 script -qec "$D3 label --session $S --graphics blocks" /dev/null </dev/null >"$T/second" 2>&1

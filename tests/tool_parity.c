@@ -23,6 +23,10 @@
  *                      the per-timestep losses
  *                      and the gradient of their sum from d3po_pair_backward
  *                      (timesteps visited in a shuffled order)
+ *   dpo.safetensors    Diffusion-DPO of two random final images at five fixed
+ *                      (t, eps) draws against a perturbed copy of the model
+ *                      (dpo_ref.safetensors): per-draw losses and the
+ *                      gradient of their mean from dpo_pair_backward
  * Exit status 0, or 1 with a message on stderr. */
 #include <errno.h>
 #include <math.h>
@@ -283,6 +287,55 @@ static void dump_d3po(const d3_model *m, d3_tape *tp, const char *dir, uint64_t 
     free(names); free(x); free(traj); free(grads); free(rmean);
 }
 
+/* Diffusion-DPO: the model as policy, a perturbed copy (saved as
+ * dpo_ref.safetensors) as reference, two random final images, five fixed
+ * (t, eps) draws (t 0, 3, 480, 990 and 999 across the schedule), image B
+ * preferred; beta 0.05 (beta T = 50) so that |beta T s| ~ 1 and the
+ * sigmoid is neither flat nor saturated. */
+static void dump_dpo(const d3_model *m, d3_tape *tp, const char *dir, uint64_t seed) {
+    const int S = m->L.arch.size, NC = m->L.arch.classes, n = 5;
+    const size_t D = 3 * (size_t)S * S;
+    d3_model ref;
+    if (model_copy(&ref, m, errbuf)) die(errbuf);
+    d3_rng r;
+    rng_init(&r, seed, 301);
+    float *pert = xmalloc(m->L.numel * sizeof(float));
+    rng_normal(&r, pert, m->L.numel);
+    for (size_t i = 0; i < m->L.numel; i++) ref.params[i] += 0.02f * pert[i];
+    free(pert);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/dpo_ref.safetensors", dir);
+    if (model_save(&ref, path, NULL, errbuf)) die(errbuf);
+    float *x0 = xmalloc(2 * D * sizeof(float)), *eps = xmalloc(n * D * sizeof(float));
+    rng_uniform(&r, x0, 2 * D);
+    for (size_t i = 0; i < 2 * D; i++) x0[i] = 2 * x0[i] - 1;
+    rng_normal(&r, eps, n * D);
+    int t[5] = {0, 3, 480, 990, 999}, cls = 1 % NC;
+    float h[2] = {-1.0f, 1.0f}, loss[5];
+    dpo_opts d = {.beta = 0.05f};
+    float *grads = xmalloc(m->L.numel * sizeof(float));
+    double L = dpo_pair_backward(m, &ref, tp, grads, &d, x0, x0 + D, cls, h, n, t, eps, loss, errbuf);
+    if (isnan(L)) die(errbuf);
+
+    st_writer *w = st_writer_new();
+    int64_t shx[4] = {1, 3, S, S}, she[5] = {n, 1, 3, S, S}, shn[1] = {n}, sh1[1] = {1}, sh2[1] = {2};
+    add(w, "x0a", ST_F32, 4, shx, x0);
+    add(w, "x0b", ST_F32, 4, shx, x0 + D);
+    add(w, "t", ST_I32, 1, shn, t);
+    add(w, "eps", ST_F32, 5, she, eps);
+    add(w, "y", ST_I32, 1, sh1, &cls);
+    add(w, "h", ST_F32, 1, sh2, h);
+    add(w, "loss", ST_F32, 1, shn, loss);
+    char (*names)[192] = xmalloc((size_t)m->L.nparams * 192);
+    add_grads(w, &m->L, grads, names);
+    meta(w, "beta", d.beta);
+    save(w, dir, "dpo.safetensors");
+    printf("tool_parity: diffusion-dpo %d draws, losses %.4f %.4f %.4f %.4f %.4f (mean %.6f)\n", n,
+           loss[0], loss[1], loss[2], loss[3], loss[4], L);
+    free(names); free(x0); free(eps); free(grads);
+    model_free(&ref);
+}
+
 int main(int argc, char **argv) {
     const char *dir = NULL, *spec = TINY_ARCH;
     uint64_t seed = 20240601;
@@ -323,6 +376,7 @@ int main(int argc, char **argv) {
     dump_fwd(&m, tp, dir, &rng);
     dump_ddim(&m, tp, dir, seed);
     dump_d3po(&m, tp, dir, seed);
+    dump_dpo(&m, tp, dir, seed);
     tape_free(tp);
     model_free(&m);
     return 0;

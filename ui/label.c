@@ -612,8 +612,12 @@ static void draw_help(ui *u, int top) {
         snprintf(line, sizeof line, "%-16s %s", keys, what[a]);
         put_fitted(r, 4, line);
     }
-    static const char *notes[] = {
-        "every decision is in labels.jsonl (fsync'd) before the next pair shows",
+    char obj[160];
+    snprintf(obj, sizeof obj, "training objective: %s%s (train.objective, --objective)",
+             config_objective_name(u->c->train.objective),
+             u->c->train.all_labels ? ", over every label so far" : "");
+    const char *notes[] = {
+        "every decision is in labels.jsonl (fsync'd) before the next pair shows", obj,
         "drift: the mean per-step log-probability ratio log p(model) - log p(base) of the last "
         "measured pairs (every 4th pair, up to 8) of the newest model version; 0 at the base "
         "model, it grows as training moves the model away from it",
@@ -769,9 +773,10 @@ static void draw(ui *u, int full) {
     double dm = drift_mean(u, &nd, &dv);
     if (!isnan(dm)) snprintf(drift, sizeof drift, "drift %.3f (v%ld, %d pair%s)", dm, dv, nd, nd == 1 ? "" : "s");
     char rest[256];
-    snprintf(rest, sizeof rest, "round %d  labels %d/%d  model v%d  %s  ahead %d  %s",
+    /* the objective last: a narrow terminal cuts it before the drift */
+    snprintf(rest, sizeof rest, "round %d  labels %d/%d  model v%d  %s  ahead %d  %s  %s",
              u->rs.round, u->rs.pending, u->rs.round_size, u->s->version, u->be->name,
-             u->nq > 0 ? u->nq - 1 : 0, drift);
+             u->nq > 0 ? u->nq - 1 : 0, drift, config_objective_name(u->c->train.objective));
     /* the session's folder gives way first: its end, then nothing */
     int room = COLS - 2 - 6 - (int)strlen(rest) - 2, nl = (int)strlen(name);
     if (room < 8) snprintf(line, sizeof line, "d3po  %s", rest);
