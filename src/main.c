@@ -35,7 +35,7 @@ static void usage(FILE *f) {
                "       d3po <command> [options]\n"
                "       d3po --version | --help\n\ncommands:\n");
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].summary);
+        fprintf(f, "  %-10s %s\n", cmds[i].name, cmds[i].summary);
     fprintf(f, "\n'd3po <command> --help' describes a command's options.\n");
 }
 
