@@ -243,8 +243,15 @@ int cls_load(d3_classifier *c, const char *path, char *err) {
     if (c->mu) {
         c->cov = load_f32(&f, path, "data.cov", K1 * F * F, 1, err);
         c->count = c->cov ? load_f32(&f, path, "data.count", K1, 1, err) : NULL;
-        c->hacc = c->count ? load_f32(&f, path, "holdout.acc", K1, 1, err) : NULL;
-        if (!c->hacc) goto out;
+        /* holdout.acc is NaN for a class without held-out images (fewer
+         * than 5): read it as stored, finite or not */
+        const st_tensor *t = c->count ? st_find(&f, "holdout.acc") : NULL;
+        const float *h = t && t->dtype == ST_F32 && st_numel(t) == K1 ? st_f32_view(t) : NULL;
+        if (c->count && !h) d3_errf(err, "%s: tensor 'holdout.acc': expected %zu F32 values", path, K1);
+        if (!h) goto out;
+        c->hacc = malloc(K1 * sizeof(float));
+        if (!c->hacc) { d3_errf(err, "%s: out of memory", path); goto out; }
+        memcpy(c->hacc, h, K1 * sizeof(float));
     } else if (err[0]) {
         goto out;
     }

@@ -18,7 +18,8 @@
  *                                           all images), in double -> float
  *   data.count [K+1], holdout.acc [K+1]     images, and top-1 accuracy on
  *                                           the held-out images (row K:
- *                                           over all held-out images)
+ *                                           over all held-out images; NaN
+ *                                           for a class with none)
  * Held out: every image whose index within its class (folder order) is
  * 4 mod 5, i.e. 20% of each class with at least 5 images (cls_holdout).
  *

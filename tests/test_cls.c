@@ -159,13 +159,15 @@ static void test_file(void) {
     net.hacc = calloc(K1, sizeof(float));
     net.mu[5] = 1.5f;
     net.hacc[3] = 0.75f;
+    net.hacc[1] = NAN; /* a class without held-out images */
     cls_set_meta(&net, "train", "steps=1");
     CHECK(cls_save(&net, path, err) == 0, "%s", err);
     d3_classifier b;
     CHECK(cls_load(&b, path, err) == 0, "%s", err);
     CHECK(b.nparams == net.nparams && !memcmp(b.params, net.params, net.nparams * 4),
           "weights differ after the round trip");
-    CHECK(b.mu && b.mu[5] == 1.5f && b.hacc[3] == 0.75f, "statistics differ after the round trip");
+    CHECK(b.mu && b.mu[5] == 1.5f && b.hacc[3] == 0.75f && isnan(b.hacc[1]),
+          "statistics differ after the round trip");
     CHECK(!strcmp(b.class_names[2], "c"), "class names");
     CHECK(cls_get_meta(&b, "train") && !strcmp(cls_get_meta(&b, "train"), "steps=1"), "metadata");
     cls_free(&b);
