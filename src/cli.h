@@ -23,6 +23,8 @@ int cmd_auto(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_classifier(int argc, char **argv);
+int cmd_eval_model(int argc, char **argv);
 
 
 /* Strict number parsing for option values; print "d3po CMD: --opt: ..." and
