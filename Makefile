@@ -57,7 +57,7 @@ CUDA_LIB = $(if $(NVCC),$(B)/libd3po_cuda.so)
 .PHONY: all run test check check-asan fuzz bench deps deps-test clean install
 all: $(B)/d3po $(CUDA_LIB)
 
-CUDA_SRC = engine/cuda/backend_cuda.cu engine/cuda/tx.cu
+CUDA_SRC = engine/cuda/backend_cuda.cu engine/cuda/tx.cu engine/cuda/cls.cu
 $(B)/libd3po_cuda.so: $(CUDA_SRC) $(wildcard engine/cuda/*.cuh) engine/backend.h engine/ops.h engine/err.h
 	@mkdir -p $(dir $@)
 	$(NVCC) -std=c++20 -O3 -Xcompiler -fPIC,-Wall,-Wextra,-Wno-unused-parameter -shared $(CUDA_ARCH) \

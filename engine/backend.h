@@ -14,7 +14,7 @@
 
 /* Bumped whenever the table changes: a CUDA backend built from another
  * tree is refused instead of called through a mismatched table. */
-#define D3_BACKEND_ABI 3
+#define D3_BACKEND_ABI 4
 
 typedef struct d3_backend {
     int abi;          /* D3_BACKEND_ABI */
@@ -99,6 +99,14 @@ typedef struct d3_backend {
     void (*transpose_backward)(float *dinp, const float *dout, int N, int A, int B);
     void (*scale_forward)(float *out, const float *inp, float s, size_t n);
     void (*scale_backward)(float *dinp, const float *dout, float s, size_t n);
+
+    /* classifier ops (ABI 4), see ops.h */
+    void (*avgpool_forward)(float *out, const float *inp, int N, int C, int HW);
+    void (*avgpool_backward)(float *dinp, const float *dout, int N, int C, int HW);
+    void (*xent_forward)(float *probs, float *loss, const float *logits, const int *labels,
+                         int N, int K);
+    void (*xent_backward)(float *dlogits, float dloss, const float *probs, const int *labels,
+                          int N, int K);
 } d3_backend;
 
 /* The CPU backend (always available). */

@@ -106,6 +106,10 @@ static const d3_backend cpu = {
     .transpose_backward = transpose_backward,
     .scale_forward = scale_forward,
     .scale_backward = scale_backward,
+    .avgpool_forward = avgpool_forward,
+    .avgpool_backward = avgpool_backward,
+    .xent_forward = xent_forward,
+    .xent_backward = xent_backward,
 };
 
 const d3_backend *backend_cpu(void) { return &cpu; }

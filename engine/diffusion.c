@@ -1,8 +1,12 @@
-/* diffusion.c - DDIM sampling with log-probabilities, D3PO, Diffusion-DPO
- * and pretraining steps (contracts and formulas in diffusion.h and DESIGN.md). The model
+/* diffusion.c - DDIM step math and log-probabilities, the pixel model's
+ * sampling entry points (views of the model interface: the sampler itself
+ * is written once, in dmodel.c), D3PO, Diffusion-DPO and pretraining
+ * steps (contracts and formulas in diffusion.h and DESIGN.md). The model
  * runs through the tape on the backend; the per-image step math runs on the
  * host in double-precision coefficients. */
 #include "diffusion.h"
+
+#include "dmodel.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -97,9 +101,29 @@ void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const fl
     }
 }
 
-/* Runs the UNet on batch [x (cls) ; x (null)] or just [x (cls)] when w == 1,
- * and returns the output tensor (rows: cond first). */
-static d3_tensor *forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
+void ddim_logprob_backward_pred(float *dout, double dlogp, const float *x_t, const float *out,
+                                const float *x_prev, const float *mean, double sigma,
+                                double abar_t, double abar_prev, int pred_v, float clip, size_t n) {
+    double s2 = sigma * sigma, ce2 = 1.0 - abar_prev - s2;
+    double ce = sqrt(ce2 > 0 ? ce2 : 0), sp = sqrt(abar_prev);
+    double sa = sqrt(abar_t), s1 = sqrt(1.0 - abar_t);
+    /* mean = sp x0 + ce e; per unit of out: eps: dx0 = -s1/sa, de = 1;
+     * v: dx0 = -s1, de = sa. Clipping re-derives e from x0, which gives
+     * the same derivatives inside the range and zero where x0 is clamped. */
+    double dm = pred_v ? -sp * s1 + ce * sa : -sp * s1 / sa + ce;
+    float fsa = (float)sa, fs1 = (float)s1, rsa = (float)(1.0 / sa);
+    double k = dlogp / (s2 * (double)n);
+    for (size_t i = 0; i < n; i++) {
+        int on = 1;
+        if (clip > 0) {
+            float x0 = pred_v ? fsa * x_t[i] - fs1 * out[i] : (x_t[i] - fs1 * out[i]) * rsa;
+            on = x0 >= -clip && x0 <= clip; /* torch.clamp: inclusive */
+        }
+        dout[i] = on ? (float)(k * ((double)x_prev[i] - mean[i]) * dm) : 0.0f;
+    }
+}
+
+d3_tensor *model_forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
                               int t, const int *cls, float w, int *nb_out) {
     const d3_backend *be = tape_backend(tp);
     int S = m->L.arch.size, D = 3 * S * S, nb = w == 1.0f ? n : 2 * n;
@@ -138,7 +162,7 @@ void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t,
     size_t D = 3 * (size_t)S * S;
     tape_reset(tp);
     tape_set_grad(tp, 0);
-    d3_tensor *out = forward_cfg(m, tp, NULL, n, x, t, cls, w, &nb);
+    d3_tensor *out = model_forward_cfg(m, tp, NULL, n, x, t, cls, w, &nb);
     float *host = malloc(out->numel * sizeof(float));
     tape_backend(tp)->download(host, out->v, out->numel * sizeof(float));
     guide(eps, host, n, nb, D, w);
@@ -146,37 +170,27 @@ void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t,
     tape_set_grad(tp, 1);
 }
 
-int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
-                float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
-    int K = o->steps, S = m->L.arch.size;
-    size_t D = 3 * (size_t)S * S;
-    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
-    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
+/* The pixel model as the model interface sees it (dmodel.h); the view
+ * only reads m. */
+static int pixel_view(d3_dmodel *dm, const d3_model *m, int n, const int *cls, float **cond,
+                      float *uncond, char *err) {
     for (int i = 0; i < n; i++)
         if (cls[i] < 0 || cls[i] >= m->L.arch.classes)
             return d3_errf(err, "class %d out of range 0..%d", cls[i], m->L.arch.classes - 1);
-    float *eps = malloc(n * D * sizeof(float)), *mean = malloc(D * sizeof(float));
-    float *z = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
-    if (!eps || !mean || !z || !xp) {
-        free(eps); free(mean); free(z); free(xp);
-        return d3_errf(err, "out of memory");
-    }
-    if (traj)
-        for (int i = 0; i < n; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
-    for (int k = 0; k < K; k++) {
-        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
-        model_eps_cfg(m, tp, n, x, ts[k], cls, o->cfg, eps);
-        for (int i = 0; i < n; i++) {
-            float *xi = x + i * D;
-            rng_normal(&rngs[i], z, D);
-            double sigma = ddim_step(xp, mean, xi, eps + i * D, z, at, ap, o->eta, D);
-            if (logp) logp[(size_t)i * K + k] = (float)ddim_logprob(xp, mean, sigma, D);
-            memcpy(xi, xp, D * sizeof(float));
-            if (traj) memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xi, D * sizeof(float));
-        }
-    }
-    free(eps); free(mean); free(z); free(xp);
-    return 0;
+    if (!(*cond = malloc(n * sizeof(float)))) return d3_errf(err, "out of memory");
+    for (int i = 0; i < n; i++) (*cond)[i] = (float)cls[i];
+    dm_open_pixel(dm, (d3_model *)m, err);
+    return dm_condition(dm, "", uncond, err);
+}
+
+int ddim_sample(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
+                float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
+    d3_dmodel dm;
+    float *cond = NULL, uncond;
+    int rc = pixel_view(&dm, m, n, cls, &cond, &uncond, err);
+    if (!rc) rc = dm_sample(&dm, tp, o, n, cond, &uncond, x, rngs, traj, logp, err);
+    free(cond);
+    return rc;
 }
 
 int ddim_sample_pair(const d3_model *m, d3_tape *tp, const ddim_opts *o, int cls, uint64_t seed,
@@ -199,30 +213,12 @@ int ddim_traj_logp(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, co
 
 int ddim_traj_logp_mean(const d3_model *m, d3_tape *tp, const ddim_opts *o, int n, const int *cls,
                         const float *traj, float *logp, float *means, char *err) {
-    int K = o->steps, S = m->L.arch.size;
-    size_t D = 3 * (size_t)S * S;
-    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
-    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
-    float *x = malloc(n * D * sizeof(float)), *eps = malloc(n * D * sizeof(float));
-    float *mean = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
-    if (!x || !eps || !mean || !xp) {
-        free(x); free(eps); free(mean); free(xp);
-        return d3_errf(err, "out of memory");
-    }
-    for (int k = 0; k < K; k++) {
-        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
-        for (int i = 0; i < n; i++)
-            memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
-        model_eps_cfg(m, tp, n, x, ts[k], cls, o->cfg, eps);
-        for (int i = 0; i < n; i++) {
-            const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
-            double sigma = ddim_step(xp, mean, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
-            logp[(size_t)i * K + k] = (float)ddim_logprob(xn, mean, sigma, D);
-            if (means) memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
-        }
-    }
-    free(x); free(eps); free(mean); free(xp);
-    return 0;
+    d3_dmodel dm;
+    float *cond = NULL, uncond;
+    int rc = pixel_view(&dm, m, n, cls, &cond, &uncond, err);
+    if (!rc) rc = dm_traj_logp(&dm, tp, o, n, cond, &uncond, traj, logp, means, err);
+    free(cond);
+    return rc;
 }
 
 static double log_sigmoid(double s) { return s >= 0 ? -log1p(exp(-s)) : s - log1p(exp(s)); }
@@ -233,48 +229,61 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
                           const float *ref0, const float *ref1, const float *const rmean[2],
                           const float h[2], const int *order, float *loss_k, float *lp0,
                           float *lp1, char *err) {
-    int K = o->steps, S = m->L.arch.size;
+    d3_dmodel dm;
+    float *cond = NULL, uncond;
+    if (pixel_view(&dm, m, 1, &cls, &cond, &uncond, err)) return NAN;
+    double r = dm_d3po_pair_backward(&dm, tp, grads, o, d, traj0, traj1, cond, &uncond, ref0, ref1,
+                                     rmean, h, order, loss_k, lp0, lp1, err);
+    free(cond);
+    return r;
+}
+
+double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddim_opts *o,
+                             const d3po_opts *d, const float *traj0, const float *traj1,
+                             const float *cond, const float *uncond, const float *ref0,
+                             const float *ref1, const float *const rmean[2], const float h[2],
+                             const int *order, float *loss_k, float *lp0, float *lp1, char *err) {
+    int K = o->steps;
     double kl = d->kl;
     if (kl > 0 && (!rmean || !rmean[0] || !rmean[1])) {
         d3_errf(err, "the KL penalty needs the reference means");
         return NAN;
     }
-    size_t D = 3 * (size_t)S * S;
-    int ts[D3_MAX_STEPS], prev[D3_MAX_STEPS];
-    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return NAN;
-    if (cls < 0 || cls >= m->L.arch.classes) {
-        d3_errf(err, "class %d out of range 0..%d", cls, m->L.arch.classes - 1);
-        return NAN;
-    }
+    if (grads && !dm_can_train(dm, err)) return NAN;
+    size_t D = dm->D, Dc = dm->cond_floats;
+    int ts[D3_MAX_STEPS];
+    double ats[D3_MAX_STEPS], aps[D3_MAX_STEPS];
+    if (dm->ops->plan(dm, K, ts, ats, aps, err)) return NAN;
     const d3_backend *be = tape_backend(tp);
     const float *trajs[2] = {traj0, traj1}, *refs[2] = {ref0, ref1};
     float w = o->cfg;
-    int clsv[2] = {cls, cls};
     float *x = malloc(2 * D * sizeof(float)), *eps = malloc(2 * D * sizeof(float));
     float *mean = malloc(2 * D * sizeof(float)), *xp = malloc(D * sizeof(float));
     float *deps = malloc(2 * D * sizeof(float)), *host = malloc(4 * D * sizeof(float));
-    float *dkl = kl > 0 ? malloc(D * sizeof(float)) : NULL;
-    if (!x || !eps || !mean || !xp || !deps || !host || (kl > 0 && !dkl)) {
-        free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
+    float *dkl = kl > 0 ? malloc(D * sizeof(float)) : NULL, *c2 = malloc(2 * Dc * sizeof(float));
+    if (!x || !eps || !mean || !xp || !deps || !host || (kl > 0 && !dkl) || !c2) {
+        free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl); free(c2);
         d3_errf(err, "out of memory");
         return NAN;
     }
+    memcpy(c2, cond, Dc * sizeof(float));
+    memcpy(c2 + Dc, cond, Dc * sizeof(float));
     double total = 0;
     for (int kk = 0; kk < K; kk++) {
         int k = order ? order[kk] : kk;
         if (k < 0) continue; /* a step left out of this call */
-        double at = m->sched.abar[ts[k]], ap = m->sched.abar[prev[k]];
+        double at = ats[k], ap = aps[k];
         for (int i = 0; i < 2; i++) memcpy(x + i * D, trajs[i] + (size_t)k * D, D * sizeof(float));
         tape_reset(tp);
         tape_set_grad(tp, 1);
         int nb;
-        d3_tensor *out = forward_cfg(m, tp, grads, 2, x, ts[k], clsv, w, &nb);
+        d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, ts[k], c2, uncond, w, &nb);
         be->download(host, out->v, out->numel * sizeof(float));
-        guide(eps, host, 2, nb, D, w);
+        ddim_guide(eps, host, 2, nb, D, w);
         double lp[2], sigma = 0, lr[2], mask[2];
         for (int i = 0; i < 2; i++) {
             const float *xn = trajs[i] + (size_t)(k + 1) * D;
-            sigma = ddim_step(xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, o->eta, D);
+            sigma = dm_step(dm, xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, o->eta);
             lp[i] = ddim_logprob(xn, mean + i * D, sigma, D);
             double ratio = exp(lp[i] - refs[i][k]);
             double lo = 1.0 - d->clip_eps, hi = 1.0 + d->clip_eps;
@@ -301,12 +310,12 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         if (dlp[0] == 0 && dlp[1] == 0 && kl == 0) continue;
         for (int i = 0; i < 2; i++) {
             const float *xn = trajs[i] + (size_t)(k + 1) * D;
-            ddim_logprob_backward(deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
-                                  sigma, at, ap, D);
+            dm_logprob_backward(dm, deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
+                                sigma, at, ap);
             if (kl > 0) {
                 /* d(kl KL_i / 2) = d(-kl/2 log N(rmean; mean, sigma)) */
-                ddim_logprob_backward(dkl, -0.5 * kl, x + i * D, eps + i * D, rmean[i] + (size_t)k * D,
-                                      mean + i * D, sigma, at, ap, D);
+                dm_logprob_backward(dm, dkl, -0.5 * kl, x + i * D, eps + i * D, rmean[i] + (size_t)k * D,
+                                    mean + i * D, sigma, at, ap);
                 for (size_t j = 0; j < D; j++) deps[i * D + j] += dkl[j];
             }
         }
@@ -321,7 +330,7 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
         be->upload(dout, host, out->numel * sizeof(float));
         tape_backward(tp, out, dout);
     }
-    free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl);
+    free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl); free(c2);
     return total;
 }
 
@@ -385,7 +394,7 @@ double dpo_pair_backward(const d3_model *policy, const d3_model *ref, d3_tape *t
         tape_reset(tp);
         tape_set_grad(tp, 1);
         int nb;
-        d3_tensor *out = forward_cfg(m, tp, grads, 2, x, t[j], clsv, 1.0f, &nb);
+        d3_tensor *out = model_forward_cfg(m, tp, grads, 2, x, t[j], clsv, 1.0f, &nb);
         be->download(host, out->v, 2 * D * sizeof(float));
         if (ref == m) memcpy(rout, host, 2 * D * sizeof(float));
         double s = 0;

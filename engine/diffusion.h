@@ -70,6 +70,18 @@ void ddim_logprob_backward(float *deps, double dlogp, const float *x_t, const fl
 void model_eps_cfg(const d3_model *m, d3_tape *tp, int n, const float *x, int t, const int *cls,
                    float w, float *eps);
 
+/* dout = dlogp * d logp/d out for ddim_step_pred's step (out: eps or v;
+ * through x0's clamp when clip > 0: zero where x0 was clamped). */
+void ddim_logprob_backward_pred(float *dout, double dlogp, const float *x_t, const float *out,
+                                const float *x_prev, const float *mean, double sigma,
+                                double abar_t, double abar_prev, int pred_v, float clip, size_t n);
+
+/* Records the UNet on batch [x (cls) ; x (null)], or [x (cls)] alone when
+ * w == 1, and returns the output tensor [nb][D] (rows: cond first; *nb_out
+ * = nb). grads NULL: inference. The caller resets the tape. */
+d3_tensor *model_forward_cfg(const d3_model *m, d3_tape *tp, float *grads, int n, const float *x,
+                             int t, const int *cls, float w, int *nb_out);
+
 /* Samples n images with DDIM. x: in x_T [n][D], out x_0. rngs[n]: the
  * per-image step-noise streams (advanced). traj [n][K+1][D] and logp
  * [n][K] may be NULL. A pair or group shares x_T and the class: the caller

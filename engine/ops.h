@@ -179,4 +179,19 @@ void scale_backward(float *dinp, const float *dout, float s, size_t n);
 void ops_set_threads(int n);
 int ops_get_threads(void);
 
+/* Classifier ops (ops_cls.c; CUDA: engine/cuda/cls.cu). */
+
+/* global average pool: out[N,C] = mean over HW of inp[N,C,HW] (in double). */
+void avgpool_forward(float *out, const float *inp, int N, int C, int HW);
+void avgpool_backward(float *dinp, const float *dout, int N, int C, int HW);
+/* softmax cross-entropy of logits[N,K] against labels[N] (0 <= label < K,
+ * device ints): probs[N,K] = softmax (saved for the backward) and
+ * loss[N] = logsumexp(z) - z[label] per row; the mean loss is the mean of
+ * loss[]. backward: dlogits += dloss * (probs - onehot) / N, the gradient of
+ * dloss * mean(loss). */
+void xent_forward(float *probs, float *loss, const float *logits, const int *labels, int N,
+                  int K);
+void xent_backward(float *dlogits, float dloss, const float *probs, const int *labels, int N,
+                   int K);
+
 #endif

@@ -440,6 +440,34 @@ float st_bf16_to_f32(uint16_t b) {
     return f;
 }
 
+uint16_t st_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | (a >> 13 & 0x1ff)); /* NaN, quiet */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* 65520 and up, inf: inf */
+    if (a >= 0x38800000u) { /* normal half (2^-14 and up): rebias 127 -> 15, round off 13 bits */
+        uint32_t r = a - 0x38000000u;
+        r += 0xfffu + ((r >> 13) & 1);
+        return (uint16_t)(sign | (r >> 13)); /* a carry into the exponent is still right */
+    }
+    if (a <= 0x33000000u) return sign; /* up to 2^-25 (a tie, to even): +-0 */
+    /* subnormal half: value m * 2^(e-150) in units of 2^-24 is m >> (126-e) */
+    uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, s = 126 - e; /* s in 14..24 */
+    uint32_t h = m >> s, rem = m & ((1u << s) - 1), half = 1u << (s - 1);
+    if (rem > half || (rem == half && (h & 1))) h++; /* 0x400 is the smallest normal: right */
+    return (uint16_t)(sign | h);
+}
+
+uint16_t st_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN, quiet */
+    u += 0x7fffu + ((u >> 16) & 1); /* overflow past the largest finite carries into inf */
+    return (uint16_t)(u >> 16);
+}
+
 size_t st_numel(const st_tensor *t) {
     size_t n = 1;
     for (int d = 0; d < t->ndim; d++) n *= (size_t)t->shape[d]; /* st_parse checked overflow */

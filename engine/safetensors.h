@@ -96,6 +96,18 @@ const char *st_meta(const st_file *f, const char *key); /* NULL if absent */
  * subnormals included, is a float32; inf and NaN stay inf and NaN). */
 float st_f16_to_f32(uint16_t h);
 float st_bf16_to_f32(uint16_t b);
+/* float32 to IEEE half and bfloat16 bit patterns, rounding to nearest,
+ * ties to even (as numpy's astype(float16), PyTorch's .half() and
+ * .bfloat16(), and the GPU's conversions): magnitudes from 65520 up become
+ * inf in half (bfloat16 keeps float32's range; only values rounding past
+ * its largest finite become inf), results below the smallest normal become
+ * subnormals or +-0 with the sign kept; NaN stays a quiet NaN with the sign
+ * kept and the top payload bits. The storage of the frozen base in half
+ * precision (engine.dtype) goes through these (tests/test_half.c checks
+ * them against numpy and PyTorch on every half and bfloat16 value, the
+ * midpoints between them, and random floats). */
+uint16_t st_f32_to_f16(float f);
+uint16_t st_f32_to_bf16(float f);
 
 /* Converts tensor t (F32, F16 or BF16) to float32 into dst[numel]; reads
  * the file bytes with unaligned-safe loads. A non-finite value or another

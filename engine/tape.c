@@ -13,7 +13,9 @@ enum op {
     OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING,
     /* transformer layers (SD family) */
     OP_DENSE, OP_LAYERNORM, OP_GELU, OP_QUICK_GELU, OP_GEGLU, OP_SCALE, OP_MHA,
-    OP_TRANSPOSE, OP_COPY
+    OP_TRANSPOSE, OP_COPY,
+    /* classifier */
+    OP_AVGPOOL
 };
 
 typedef struct {
@@ -317,6 +319,13 @@ d3_tensor *tape_scale(d3_tape *tp, d3_tensor *x, float s) {
     return y;
 }
 
+d3_tensor *tape_avgpool(d3_tape *tp, d3_tensor *x) {
+    d3_tensor *y = new_tensor(tp, x->n, x->c, 1, 1, 0);
+    tp->be->avgpool_forward(y->v, x->v, x->n, x->c, x->h * x->w);
+    push(tp, OP_AVGPOOL, x, NULL, y);
+    return y;
+}
+
 d3_tensor *tape_mha(d3_tape *tp, d3_tensor *q, d3_tensor *k, d3_tensor *v, int heads,
                     int causal) {
     const int D = q->w, Tq = q->c, Tk = k->c;
@@ -465,6 +474,9 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
             break;
         case OP_COPY:
             be->add_backward(x->g, NULL, y->g, x->numel);
+            break;
+        case OP_AVGPOOL:
+            be->avgpool_backward(x->g, y->g, x->n, x->c, x->h * x->w);
             break;
         }
         grad_release(tp, y);

@@ -119,6 +119,9 @@ d3_tensor *tape_reshape(d3_tape *tp, d3_tensor *x, int n, int c, int h, int w);
 d3_tensor *tape_timestep_embedding_ex(d3_tape *tp, const float *t, int n, int D, int flip,
                                       float shift);
 
+/* Global average pool: [n, c, h, w] -> [n, c, 1, 1] (classifier). */
+d3_tensor *tape_avgpool(d3_tape *tp, d3_tensor *x);
+
 /* Backpropagates dout (device, out->numel floats) from out to every tensor
  * recorded before it and into the parameter gradients. */
 void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout);

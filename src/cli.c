@@ -75,10 +75,21 @@ const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_confi
             fprintf(stderr, "d3po %s: %s\n", cmd, err);
         return NULL;
     }
+    d3_dtype dt = c->engine.dtype;
+    if (!be->host && dt != D3_DTYPE_FP32) { /* see cli.h: refused, never ignored */
+        fprintf(stderr, "d3po %s: dtype %s: the CUDA backend holds weights in fp32 only (half precision is not built yet); "
+                        "use fp32 or --device cpu\n", cmd, config_dtype_name(dt));
+        return NULL;
+    }
     if (note && why[0]) snprintf(note, n, "%s (%s)", be->name, why);
     else if (note) snprintf(note, n, "%s%s", be->name, !be->host && tf32 ? ", tf32" : "");
+    if (note && be->host && dt != D3_DTYPE_FP32) {
+        size_t l = strlen(note);
+        snprintf(note + l, n - l, ", fp32 compute (engine.dtype %s is for the GPU)", config_dtype_name(dt));
+    }
     return be;
 }
+
 
 /* s into out (n bytes) with control bytes as \xNN, cut to fit. */
 static void cli_escape(char *out, size_t n, const char *s) {
@@ -89,6 +100,19 @@ static void cli_escape(char *out, size_t n, const char *s) {
         else out[j++] = (char)ch;
     }
     out[j] = 0;
+}
+
+int cli_dtype(const char *cmd, const char *s, int *dt) {
+    static const char *const names[] = {"fp32", "fp16", "bf16"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *dt = i; /* = d3_dtype */
+            return 0;
+        }
+    char safe[64];
+    cli_escape(safe, sizeof safe, s);
+    fprintf(stderr, "d3po %s: --dtype '%s': expected fp32, fp16 or bf16\n", cmd, safe);
+    return -1;
 }
 
 int cli_objective(const char *cmd, const char *s, int *obj) {

@@ -23,6 +23,8 @@ int cmd_auto(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_classifier(int argc, char **argv);
+int cmd_eval_model(int argc, char **argv);
 
 
 /* Strict number parsing for option values; print "d3po CMD: --opt: ..." and
@@ -55,9 +57,22 @@ int cli_device(const char *cmd, const char *s, int *dev);
  * printing "d3po CMD: cuda: ..." when CUDA was asked for and cannot be used
  * (the caller exits with EXIT_FAIL). note (n bytes, may be NULL) receives
  * the choice for a setup line: "cuda", "cuda, tf32", "cpu", or, when
- * auto fell back to the CPU, "cpu (cuda: no GPU)" with the reason. */
+ * auto fell back to the CPU, "cpu (cuda: no GPU)" with the reason; with
+ * engine.dtype fp16 or bf16 on the CPU, "cpu, fp32 compute (engine.dtype
+ * fp16 is for the GPU)". */
 const d3_backend *cli_backend(const char *cmd, int dev, int tf32, const d3_config *c, char *note,
                               size_t n);
+/* --dtype fp32|fp16|bf16 (sample, label, auto, eval, train) into *dt (a
+ * d3_dtype); prints "d3po CMD: --dtype 'x': expected fp32, fp16 or bf16"
+ * and returns -1 on any other value. Apply it over the config before
+ * cli_backend: if (dt >= 0) cfg.engine.dtype = dt. cli_backend then
+ * checks it: the CPU computes in fp32 whatever engine.dtype says (the note
+ * says so); the CUDA backend holds everything in fp32 today, so fp16 or
+ * bf16 with CUDA is refused with a one-line error (issue 16: the
+ * half-precision path awaits a GPU to be tested on) instead of being
+ * silently ignored. */
+int cli_dtype(const char *cmd, const char *s, int *dt);
+
 /* --objective d3po|diffusion-dpo (label, auto, train) into *obj (a
  * d3po_objective); prints "d3po CMD: --objective 'x': expected d3po or
  * diffusion-dpo" and returns -1 on any other value. Apply it over the

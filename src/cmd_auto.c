@@ -50,6 +50,7 @@ static const char auto_help[] =
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
     "                 [--prompts FILE] [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
     "                 [--device auto|cpu|cuda] [--tf32]\n"
+    "                 [--dtype fp32|fp16|bf16]\n"
     "\n"
     "Runs D3PO rounds without a person: the engine samples pairs, a judge picks\n"
     "the better image of each, every decision is journaled in the session, and\n"
@@ -92,6 +93,8 @@ static const char auto_help[] =
     "                    (default: the config's engine.device)\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
     "                    error; default: the config's engine.tf32)\n"
+    "  --dtype T         fp32, fp16 or bf16: the frozen base's precision (default:\n"
+    "                    the config's engine.dtype); the CPU computes in fp32 always\n"
     "\n"
     "Exit status: 0 done, 1 usage error, 2 any other error (a labeler error\n"
     "included: the labels it gave are kept), 130 interrupted (Ctrl-C).\n";
@@ -410,7 +413,7 @@ int cmd_auto(int argc, char **argv) {
                                          {"timeout", 1, 0, 't'},
                                          {"objective", 1, 0, 'O'},
                                          {"device", 1, 0, 'D'},
-                                         {"tf32", 0, 0, 'F'},
+                                         {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL,
@@ -422,6 +425,7 @@ int cmd_auto(int argc, char **argv) {
     char err[D3_ERRLEN];
     int c;
     optind = 1;
+    int dtype = -1; /* -1: no --dtype, the config's engine.dtype */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 's':
@@ -458,6 +462,9 @@ int cmd_auto(int argc, char **argv) {
             break;
         case 't':
             if (cli_float("auto", "--timeout", optarg, 0.001, 86400, &timeout)) return EXIT_USAGE;
+            break;
+        case 'Y':
+            if (cli_dtype("auto", optarg, &dtype)) return EXIT_USAGE;
             break;
         case 'D':
             if (cli_device("auto", optarg, &dev)) return EXIT_USAGE;
@@ -502,6 +509,7 @@ int cmd_auto(int argc, char **argv) {
     if (!npairs) npairs = cfg.session.round_size;
     if (objective >= 0) cfg.train.objective = objective;
     char device[CLI_NOTE_LEN];
+    if (dtype >= 0) cfg.engine.dtype = dtype;
     const d3_backend *be = cli_backend("auto", dev, tf32, &cfg, device, sizeof device);
     if (!be) { /* before the session is created or touched */
         oracle_free(oracle);

@@ -44,6 +44,7 @@ static const char eval_help[] =
     "                 [--pairs N] [--seed S] [--json] [--plot FILE.png]\n"
     "                 [--config FILE] [--steps N] [--timeout SEC] [--threads N]\n"
     "                 [--device auto|cpu|cuda] [--tf32]\n"
+    "                 [--dtype fp32|fp16|bf16]\n"
     "\n"
     "Blind A/B test of the session's latest model against its base model\n"
     "(DIR/base.safetensors): N pairs, each with the same prompt, starting noise\n"
@@ -77,7 +78,9 @@ static const char eval_help[] =
     "  --device DEV    auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                  (default: the config's engine.device)\n"
     "  --tf32          allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
-    "                  error; default: the config's engine.tf32)\n";
+    "                  error; default: the config's engine.tf32)\n"
+    "  --dtype T       fp32, fp16 or bf16: the frozen base's precision (default:\n"
+    "                  the config's engine.dtype); the CPU computes in fp32 always\n";
 
 typedef struct {
     long wins, losses, ties, skips;
@@ -272,7 +275,7 @@ int cmd_eval(int argc, char **argv) {
         {"tui", 0, 0, 'u'},     {"pairs", 1, 0, 'n'},  {"seed", 1, 0, 'S'},
         {"json", 0, 0, 'j'},    {"plot", 1, 0, 'p'},   {"config", 1, 0, 'c'},
         {"steps", 1, 0, 'k'},   {"timeout", 1, 0, 'T'}, {"threads", 1, 0, 't'},
-        {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},
+        {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},    {"help", 0, 0, 'h'},
         {"prompt", 1, 0, 'P'},  {"prompts", 1, 0, 'Q'}, {0, 0, 0, 0}};
     const char *dir = NULL, *oracle_spec = NULL, *labeler_cmd = NULL, *plot = NULL, *conf = NULL,
                *prompt1 = NULL, *prompts_file = NULL;
@@ -281,6 +284,7 @@ int cmd_eval(int argc, char **argv) {
     uint64_t seed = 0;
     int c;
     optind = 1;
+    int dtype = -1; /* -1: no --dtype, the config's engine.dtype */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
@@ -296,6 +300,9 @@ int cmd_eval(int argc, char **argv) {
         case 'k': bad = cli_int("eval", "--steps", optarg, 1, 1000, &steps); break;
         case 'T': bad = cli_int("eval", "--timeout", optarg, 1, 86400, &timeout); break;
         case 't': bad = cli_int("eval", "--threads", optarg, 1, 1024, &threads); break;
+        case 'Y':
+            if (cli_dtype("eval", optarg, &dtype)) return EXIT_USAGE;
+            break;
         case 'D': bad = cli_device("eval", optarg, &dev); break;
         case 'F': tf32 = 1; break;
         case 'P': prompt1 = optarg; break;
@@ -332,6 +339,7 @@ int cmd_eval(int argc, char **argv) {
     if (steps) so.steps = (int)steps;
     if (threads < 0) threads = cfg.engine.threads;
     if (threads > 0) ops_set_threads((int)threads);
+    if (dtype >= 0) cfg.engine.dtype = dtype;
     const d3_backend *be = cli_backend("eval", dev, tf32, &cfg, NULL, 0);
     if (!be) return EXIT_FAIL;
 

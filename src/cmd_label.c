@@ -24,6 +24,7 @@ static const char label_help[] =
     "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
     "                    [--prompts FILE] [--objective d3po|diffusion-dpo]\n"
     "                    [--device auto|cpu|cuda] [--tf32]\n"
+    "                    [--dtype fp32|fp16|bf16]\n"
     "\n"
     "Opens the labeling screen: two images of one prompt from one starting\n"
     "noise; a key for the better one; D3PO trains between rounds.\n"
@@ -44,7 +45,9 @@ static const char label_help[] =
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
-    "                    error; default: the config's engine.tf32)\n";
+    "                    error; default: the config's engine.tf32)\n"
+    "  --dtype T         fp32, fp16 or bf16: the frozen base's precision (default:\n"
+    "                    the config's engine.dtype); the CPU computes in fp32 always\n";
 
 static int default_session(char *buf, size_t n) {
     const char *x = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
@@ -58,13 +61,14 @@ int cmd_label(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
         {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
-        {"tf32", 0, 0, 'F'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
+        {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
         {"objective", 1, 0, 'O'}, {0, 0, 0, 0}};
     const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL;
     long round_size = 0;
     char err[D3_ERRLEN], dbuf[4096];
     int c, dev = -1, tf32 = 0, objective = -1;
     optind = 1;
+    int dtype = -1; /* -1: no --dtype, the config's engine.dtype */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 's': dir = optarg; break;
@@ -79,6 +83,9 @@ int cmd_label(int argc, char **argv) {
             break;
         case 'r':
             if (cli_int("label", "--round-size", optarg, 1, 1000, &round_size)) return EXIT_USAGE;
+            break;
+        case 'Y':
+            if (cli_dtype("label", optarg, &dtype)) return EXIT_USAGE;
             break;
         case 'D':
             if (cli_device("label", optarg, &dev)) return EXIT_USAGE;
@@ -112,6 +119,7 @@ int cmd_label(int argc, char **argv) {
         return EXIT_FAIL;
     }
     char device[CLI_NOTE_LEN];
+    if (dtype >= 0) cfg.engine.dtype = dtype;
     const d3_backend *be = cli_backend("label", dev, tf32, &cfg, device, sizeof device);
     if (!be) return EXIT_FAIL; /* before the session is created */
     if (!dir) {

@@ -130,6 +130,7 @@ static const char sample_help[] =
     "usage: d3po sample (--model FILE | --session DIR) --prompt NAME --seed N --count N --out DIR\n"
     "                   [--steps N] [--eta X] [--cfg X] [--threads N] [--config FILE]\n"
     "                   [--device auto|cpu|cuda] [--tf32]\n"
+    "                   [--dtype fp32|fp16|bf16]\n"
     "       d3po sample --grid (--model FILE | --session DIR) --out FILE.png [--classes LIST] ...\n"
     "       d3po sample --model SD_DIR_OR_FILE --prompt TEXT --out DIR [--negative TEXT]\n"
     "                   [--size WxH] [--latents FILE] [--tokenizer DIR] [--seed N] [--count N]\n"
@@ -157,6 +158,8 @@ static const char sample_help[] =
     "                 (default: the config's engine.device)\n"
     "  --tf32         allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
     "                 error; default: the config's engine.tf32)\n"
+    "  --dtype T      fp32, fp16 or bf16: the frozen base's precision (default:\n"
+    "                 the config's engine.dtype); the CPU computes in fp32 always\n"
     "  --grid         write a labeled grid to --out FILE.png\n"
     "  --classes LIST comma-separated class names or numbers for --grid\n"
     "                 (default: 16 classes spread over the model's)\n"
@@ -252,7 +255,7 @@ int cmd_sample(int argc, char **argv) {
         {"out", 1, 0, 'o'},   {"steps", 1, 0, 'k'},  {"eta", 1, 0, 'e'},  {"cfg", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"grid", 0, 0, 'G'}, {"classes", 1, 0, 'C'},
         {"session", 1, 0, 'S'}, {"config", 1, 0, 'c'}, {"device", 1, 0, 'D'},
-        {"tf32", 0, 0, 'F'},    {"help", 0, 0, 'h'},   {"negative", 1, 0, 'N'},
+        {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},    {"help", 0, 0, 'h'},   {"negative", 1, 0, 'N'},
         {"size", 1, 0, 'Z'},    {"latents", 1, 0, 'L'}, {"tokenizer", 1, 0, 'T'},
         {"lora", 1, 0, 'R'},    {0, 0, 0, 0}};
     const char *loras[SD_MAX_LORAS];
@@ -266,6 +269,7 @@ int cmd_sample(int argc, char **argv) {
     double eta = 1.0, cfg = 5.0;
     int c;
     optind = 1;
+    int dtype = -1; /* -1: no --dtype, the config's engine.dtype */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
@@ -282,6 +286,9 @@ int cmd_sample(int argc, char **argv) {
         case 'e': bad = cli_float("sample", "--eta", optarg, 0, 1, &eta); break;
         case 'g': bad = cli_float("sample", "--cfg", optarg, -100, 100, &cfg); break;
         case 'c': conf = optarg; break;
+        case 'Y':
+            if (cli_dtype("sample", optarg, &dtype)) return EXIT_USAGE;
+            break;
         case 'D': bad = cli_device("sample", optarg, &dev); break;
         case 'F': tf32 = 1; break;
         case 'N': negative = optarg; break;
@@ -342,6 +349,7 @@ int cmd_sample(int argc, char **argv) {
     }
     if (!threads) threads = settings.engine.threads;
     if (threads) ops_set_threads((int)threads);
+    if (dtype >= 0) settings.engine.dtype = dtype;
     const d3_backend *be = cli_backend("sample", dev, tf32, &settings, NULL, 0);
     if (!be) return EXIT_FAIL; /* before anything is written */
     if (sd) {
@@ -458,7 +466,8 @@ static const char info_help[] =
     "  --tokenizer DIR  CLIP's vocab.json + merges.txt for a single-file\n"
     "             checkpoint (default: a tokenizer/ folder beside the file)\n"
     "  --devices  list the compute devices instead: the CPU, each CUDA GPU (or\n"
-    "             why there is none), and the one --device auto uses, and why\n";
+    "             why there is none), the one --device auto uses, and why, and\n"
+    "             the precision they compute in\n";
 
 /* `info --devices`: device_describe()'s lines, then auto's choice. */
 static int info_devices(void) {
@@ -471,6 +480,8 @@ static int info_devices(void) {
     else if (why[0]) printf("auto: %s (%s)\n", be->name, why);
     else printf("auto: %s (the CUDA backend works: --device auto computes on the GPU)\n",
                 be->name);
+    printf("dtype: fp32 (the CPU computes in fp32 whatever --dtype or engine.dtype say; "
+           "the CUDA backend holds weights in fp32 and refuses fp16 and bf16 until its half-precision path is built)\n");
     return 0;
 }
 

@@ -36,6 +36,7 @@ static const char train_help[] =
     "usage: d3po train --session DIR [--epochs N] [--config FILE]\n"
     "                  [--scores FILE.jsonl] [--no-labels] [--threads N]\n"
     "                  [--objective d3po|diffusion-dpo] [--device auto|cpu|cuda] [--tf32]\n"
+    "                  [--dtype fp32|fp16|bf16]\n"
     "\n"
     "Runs D3PO (or Diffusion-DPO) over every A/B/tie decision in the session (skips and unlabeled\n"
     "pairs are left out; ties give no gradient), starting from the session's\n"
@@ -60,7 +61,9 @@ static const char train_help[] =
     "  --device DEV       auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                     (default: the config's engine.device)\n"
     "  --tf32             allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
-    "                     error; default: the config's engine.tf32)\n";
+    "                     error; default: the config's engine.tf32)\n"
+    "  --dtype T          fp32, fp16 or bf16: the frozen base's precision (default:\n"
+    "                     the config's engine.dtype); the CPU computes in fp32 always\n";
 
 typedef struct {
     long pair;
@@ -180,12 +183,13 @@ int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {
         {"session", 1, 0, 's'}, {"epochs", 1, 0, 'e'}, {"config", 1, 0, 'c'},
         {"scores", 1, 0, 'S'},  {"no-labels", 0, 0, 'N'}, {"threads", 1, 0, 't'},
-        {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'},      {"help", 0, 0, 'h'},
+        {"device", 1, 0, 'D'},  {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},      {"help", 0, 0, 'h'},
         {"objective", 1, 0, 'O'}, {0, 0, 0, 0}};
     const char *dir = NULL, *conf = NULL, *scores_path = NULL;
     long epochs = 0, threads = -1;
     int no_labels = 0, dev = -1, tf32 = 0, objective = -1, c;
     optind = 1;
+    int dtype = -1; /* -1: no --dtype, the config's engine.dtype */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
@@ -195,6 +199,9 @@ int cmd_train(int argc, char **argv) {
         case 'N': no_labels = 1; break;
         case 'e': bad = cli_int("train", "--epochs", optarg, 1, 100000, &epochs); break;
         case 't': bad = cli_int("train", "--threads", optarg, 1, 1024, &threads); break;
+        case 'Y':
+            if (cli_dtype("train", optarg, &dtype)) return EXIT_USAGE;
+            break;
         case 'D': bad = cli_device("train", optarg, &dev); break;
         case 'O': bad = cli_objective("train", optarg, &objective); break;
         case 'F': tf32 = 1; break;
@@ -224,6 +231,7 @@ int cmd_train(int argc, char **argv) {
     if (threads < 0) threads = cfg.engine.threads;
     if (threads > 0) ops_set_threads((int)threads);
     char device[CLI_NOTE_LEN];
+    if (dtype >= 0) cfg.engine.dtype = dtype;
     const d3_backend *be = cli_backend("train", dev, tf32, &cfg, device, sizeof device);
     if (!be) return EXIT_FAIL; /* before the session is opened (and locked) */
 

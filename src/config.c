@@ -38,6 +38,8 @@ typedef struct {
 static const char *const preset_names[] = {"default", "paper", NULL};
 static const char *const graphics_names[] = {"auto", "sixel", "blocks", NULL};
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
+/* index = d3_dtype */
+static const char *const dtype_names[] = {"fp32", "fp16", "bf16", NULL};
 /* index = d3po_ref_mode: D3PO_REF_BASE 0, D3PO_REF_ROUND 1 */
 static const char *const reference_names[] = {"base", "round", NULL};
 /* index = d3po_objective: D3PO_OBJ_D3PO 0, D3PO_OBJ_DPO 1 */
@@ -68,6 +70,7 @@ static const keydef keydefs[] = {
     {"engine", "device", K_ENUM, OFF(engine.device), 0, 0, 0, 0, device_names},
     {"engine", "threads", K_INT, OFF(engine.threads), 0, 1024, 0, 0, NULL},
     {"engine", "tf32", K_BOOL, OFF(engine.tf32), 0, 0, 0, 0, NULL},
+    {"engine", "dtype", K_ENUM, OFF(engine.dtype), 0, 0, 0, 0, dtype_names},
 };
 #define NKEYDEFS (sizeof keydefs / sizeof keydefs[0])
 
@@ -161,6 +164,7 @@ void config_defaults(d3_config *c) {
     c->engine.device = D3_DEVICE_AUTO;
     c->engine.threads = 0;
     c->engine.tf32 = 0;
+    c->engine.dtype = D3_DTYPE_FP32;
     strcpy(c->source, "built-in defaults");
 }
 
@@ -768,6 +772,10 @@ void config_dump(const d3_config *c, FILE *f) {
 
 const char *config_objective_name(d3po_objective o) {
     return o == D3PO_OBJ_DPO ? objective_names[1] : objective_names[0];
+}
+
+const char *config_dtype_name(d3_dtype t) {
+    return t >= D3_DTYPE_FP32 && t <= D3_DTYPE_BF16 ? dtype_names[t] : dtype_names[0];
 }
 
 ddim_opts config_ddim_opts(const d3_config *c) {

@@ -39,6 +39,8 @@
 typedef enum { D3_PRESET_DEFAULT = 0, D3_PRESET_PAPER = 1 } d3_preset;
 typedef enum { D3_GRAPHICS_AUTO = 0, D3_GRAPHICS_SIXEL = 1, D3_GRAPHICS_BLOCKS = 2 } d3_graphics;
 typedef enum { D3_DEVICE_AUTO = 0, D3_DEVICE_CPU = 1, D3_DEVICE_CUDA = 2 } d3_device;
+/* engine.dtype, --dtype: the precision the frozen base is held in */
+typedef enum { D3_DTYPE_FP32 = 0, D3_DTYPE_FP16 = 1, D3_DTYPE_BF16 = 2 } d3_dtype;
 
 /* Actions of the labeling screen that keys are bound to (ui.keys). */
 typedef enum {
@@ -97,6 +99,7 @@ typedef struct {
         d3_device device; /* "auto"; same values as d3_device_kind (device.h) */
         int threads;      /* CPU threads: 0 = all cores, 0..1024 */
         int tf32;         /* allow TF32 tensor cores on the GPU: false (0) */
+        d3_dtype dtype;   /* precision of the frozen base: "fp32" (the CPU computes in fp32) */
     } engine;
     char source[D3_CFG_PATH_LEN]; /* the file read, or "built-in defaults" */
 } d3_config;
@@ -151,6 +154,8 @@ int config_key_canonical(const char *name, char *out);
 
 /* "d3po" or "diffusion-dpo". */
 const char *config_objective_name(d3po_objective o);
+/* "fp32", "fp16" or "bf16". */
+const char *config_dtype_name(d3_dtype t);
 
 /* Conversions for the engine. config_train_opts also carries the train
  * group (objective, Diffusion-DPO beta and draws, all_labels) and sets the

@@ -27,6 +27,8 @@ static const struct {
     {"train", cmd_train, "run a D3PO round over a session's labels"},
     {"eval", cmd_eval, "blind A/B test of a session's model against its base"},
     {"export", cmd_export, "export a session's labels (Pick-a-Pic JSONL, scores)"},
+    {"classifier", cmd_classifier, "train the emoji classifier that eval-model scores with"},
+    {"eval-model", cmd_eval_model, "sample quality: classifier accuracy and Frechet distance"},
     {"lora", cmd_lora, "write a LoRA file for an SD model (new adapters, or another naming)"},
 };
 
@@ -35,7 +37,7 @@ static void usage(FILE *f) {
                "       d3po <command> [options]\n"
                "       d3po --version | --help\n\ncommands:\n");
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].summary);
+        fprintf(f, "  %-10s %s\n", cmds[i].name, cmds[i].summary);
     fprintf(f, "\n'd3po <command> --help' describes a command's options.\n");
 }
 

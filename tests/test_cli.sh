@@ -39,6 +39,7 @@ grep_err "unknown prompt lists classes" "flag: France"
 
 # the compute device: info --devices, --device, --tf32, engine.device
 expect 0 "info --devices" $D3 info --devices
+cp "$T/out" "$T/out_devices"
 grep -q "^cpu: " "$T/out" && ok "info --devices: a cpu line" || { no "info --devices: a cpu line"; cat "$T/out"; }
 grep -q "^auto: \(cpu\|cuda\)" "$T/out" && ok "info --devices: auto's choice" \
     || { no "info --devices: auto's choice"; cat "$T/out"; }
@@ -61,6 +62,21 @@ grep_err "bad device names option and value" "d3po sample: --device 'bogus': exp
 for c in label auto train eval; do
     expect 1 "$c --device bogus" $D3 $c --session "$T/s-$c" --device bogus
     grep_err "$c: bad device named" "d3po $c: --device 'bogus'"
+done
+# --dtype / engine.dtype: checked everywhere; the CPU computes in fp32, so
+# the bytes do not change; fp16/bf16 with CUDA is refused (cli.h)
+grep -q "^dtype: fp32 " "$T/out_devices" && ok "info --devices: a dtype line" || { no "info --devices: a dtype line"; cat "$T/out_devices"; }
+expect 0 "sample --device cpu --dtype fp16" $D3 sample $S5 --out "$T/dfp16" --device cpu --dtype fp16
+printf 'engine = { device = "cpu"; dtype = "bf16"; };\n' >"$T/bf16.conf"
+expect 0 "sample, engine.dtype bf16" $D3 sample $S5 --out "$T/dbf16" --config "$T/bf16.conf"
+cmp -s "$T/dcpu/red_apple-5-1.png" "$T/dfp16/red_apple-5-1.png" && cmp -s "$T/dcpu/red_apple-5-1.png" "$T/dbf16/red_apple-5-1.png" \
+    && ok "cpu: --dtype fp16 = engine.dtype bf16 = fp32 (fp32 compute)" || no "cpu: --dtype fp16 = engine.dtype bf16 = fp32 (fp32 compute)"
+printf 'engine = { dtype = "fp8"; };\n' >"$T/fp8.conf"
+expect 2 "engine.dtype fp8" $D3 sample $S5 --out "$T/dfp8" --config "$T/fp8.conf"
+grep -q "dtype" "$T/err" && [ "$(wc -l <"$T/err")" -eq 1 ] && ok "engine.dtype fp8: one line naming the key" || { no "engine.dtype fp8: one line naming the key"; cat "$T/err"; }
+for c in sample label auto train eval; do
+    expect 1 "$c --dtype bogus" $D3 $c --session "$T/s-$c" --dtype "bo$(printf '\033')gus"
+    grep_err "$c: bad dtype named, escaped" "d3po $c: --dtype 'bo.x1bgus': expected fp32, fp16 or bf16"
 done
 if [ $gpu -eq 1 ]; then
     echo "  skip --device cuda without a GPU: info --devices says CUDA works on this machine"

@@ -728,6 +728,55 @@ static void test_mse(void) {
     }
 }
 
+/* ------------------------------------------------------ classifier ops
+ * avgpool: sums in double on both sides, one float rounding: T_ELEM.
+ * xent: row softmax in double, probabilities and losses rounded once:
+ * T_ELEM; the backward is one multiply-add per element: T_ELEM. */
+static void cls_case(int N, int C, int HW, int K) {
+    char w2[96];
+    const size_t nx = (size_t)N * C * HW, no = (size_t)N * C;
+    float *x = hrand(nx, 2), *out = halloc(no);
+    R->avgpool_forward(out, x, N, C, HW);
+    float *dx = dnew(nx, x), *dout = dnan(no);
+    G->avgpool_forward(dout, dx, N, C, HW);
+    snprintf(w2, sizeof w2, "avgpool N%d C%d HW%d fwd", N, C, HW);
+    expect(w2, nerr(dget(dout, no), out, no), T_ELEM);
+    float *r = hrand(no, 1), *dr = dnew(no, r);
+    gpair g = gp(nx);
+    R->avgpool_backward(g.h, r, N, C, HW);
+    G->avgpool_backward(g.d, dr, N, C, HW);
+    snprintf(w2, sizeof w2, "avgpool N%d C%d HW%d bwd +=", N, C, HW);
+    expect(w2, gcmp(&g), T_ELEM);
+    G->avgpool_backward(NULL, dr, N, C, HW);
+
+    const size_t nz = (size_t)N * K;
+    float *z = hrand(nz, 8), *p = halloc(nz), *l = halloc(N);
+    int *lab = malloc(N * sizeof(int));
+    for (int i = 0; i < N; i++) lab[i] = (i * 7 + 3) % K;
+    R->xent_forward(p, l, z, lab, N, K);
+    float *dz = dnew(nz, z), *dp = dnan(nz), *dl = dnan(N), *dlab = dnew(N, lab);
+    G->xent_forward(dp, dl, dz, (const int *)dlab, N, K);
+    snprintf(w2, sizeof w2, "xent N%d K%d fwd probs", N, K);
+    expect(w2, nerr(dget(dp, nz), p, nz), T_ELEM);
+    snprintf(w2, sizeof w2, "xent N%d K%d fwd loss", N, K);
+    expect(w2, nerr(dget(dl, N), l, N), T_ELEM);
+    gpair gz = gp(nz);
+    R->xent_backward(gz.h, 0.7f, p, lab, N, K);
+    G->xent_backward(gz.d, 0.7f, dp, (const int *)dlab, N, K);
+    snprintf(w2, sizeof w2, "xent N%d K%d bwd +=", N, K);
+    expect(w2, gcmp(&gz), T_ELEM);
+    G->xent_backward(NULL, 0.7f, dp, (const int *)dlab, N, K);
+    free(lab);
+    case_end();
+}
+
+static void test_classifier_ops(void) {
+    rng_seed(21);
+    cls_case(64, 32, 16, 99);
+    cls_case(3, 5, 7, 2);
+    cls_case(1, 1, 1, 3);
+}
+
 /* ------------------------------------------- flat-buffer training utilities */
 
 static void test_training_utils(void) {
@@ -1619,6 +1668,7 @@ int main(void) {
     RUN(test_tx_elementwise);
     RUN(test_timestep_embedding_ex);
     RUN(test_mha);
+    RUN(test_classifier_ops);
     double t1 = now();
     RUN(test_model);
     RUN(test_d3po);

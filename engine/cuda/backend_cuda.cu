@@ -41,6 +41,7 @@ extern "C" {
 }
 #include "cuda_common.cuh"
 #include "tx.cuh"
+#include "cls.cuh"
 
 /* ------------------------------------------------------------- globals */
 
@@ -693,6 +694,10 @@ static const d3_backend cuda_table = {
     .transpose_backward = cu_transpose_backward,
     .scale_forward = cu_scale_forward,
     .scale_backward = cu_scale_backward,
+    .avgpool_forward = cu_avgpool_forward,
+    .avgpool_backward = cu_avgpool_backward,
+    .xent_forward = cu_xent_forward,
+    .xent_backward = cu_xent_backward,
 };
 
 /* ------------------------------------------------------- entry points */

@@ -78,14 +78,12 @@ int sd_model_encode(sd_model *m, const char *const *prompts, int n, float *ctx, 
                           m->tok, prompts, n, ctx, err);
 }
 
-/* The guided model output for n latents x [n][Dx] at timestep t. */
-static void unet_guided(sd_model *m, d3_tape *tp, int n, const float *x, int h, int w, int t,
-                        const float *cond, const float *uncond, float cfg, float *out) {
+d3_tensor *sd_unet_forward_cfg(sd_model *m, d3_tape *tp, float *grads, int n, const float *x, int h,
+                               int w, int t, const float *cond, const float *uncond, float cfg,
+                               int *nb_out) {
     const d3_backend *be = m->be;
     size_t Dx = (size_t)m->latent_c * h * w, Dc = sd_model_ctx_floats(m);
     int nb = cfg > 1.0f ? 2 * n : n;
-    tape_reset(tp);
-    tape_set_grad(tp, 0);
     d3_tensor *xin = tape_input(tp, nb, m->latent_c, h, w);
     d3_tensor *ctx = tape_input(tp, nb, m->T, 1, m->D);
     float tb[64], *tv = nb <= 64 ? tb : malloc(nb * sizeof(float));
@@ -94,13 +92,25 @@ static void unet_guided(sd_model *m, d3_tape *tp, int n, const float *x, int h, 
         be->upload(ctx->v + r * Dc, r < n ? cond + (size_t)r * Dc : uncond, Dc * sizeof(float));
         tv[r] = (float)t;
     }
-    d3_tensor *y = sd_unet_forward_lora(tp, &m->p.unet, &m->p.L[SD_UNET], m->params[SD_UNET], NULL,
+    d3_tensor *y = sd_unet_forward_lora(tp, &m->p.unet, &m->p.L[SD_UNET], m->params[SD_UNET], grads,
                                         xin, tv, ctx, m->lora);
+    if (tv != tb) free(tv);
+    *nb_out = nb;
+    return y;
+}
+
+/* The guided model output for n latents x [n][Dx] at timestep t. */
+static void unet_guided(sd_model *m, d3_tape *tp, int n, const float *x, int h, int w, int t,
+                        const float *cond, const float *uncond, float cfg, float *out) {
+    size_t Dx = (size_t)m->latent_c * h * w;
+    int nb;
+    tape_reset(tp);
+    tape_set_grad(tp, 0);
+    d3_tensor *y = sd_unet_forward_cfg(m, tp, NULL, n, x, h, w, t, cond, uncond, cfg, &nb);
     float *host = malloc(y->numel * sizeof(float));
-    be->download(host, y->v, y->numel * sizeof(float));
+    m->be->download(host, y->v, y->numel * sizeof(float));
     ddim_guide(out, host, n, nb, Dx, cfg);
     free(host);
-    if (tv != tb) free(tv);
     tape_set_grad(tp, 1);
 }
 

@@ -60,6 +60,14 @@ size_t sd_model_ctx_floats(const sd_model *m);
 /* n prompts -> their text states, host [n][T][D]. 0/-1. */
 int sd_model_encode(sd_model *m, const char *const *prompts, int n, float *ctx, char *err);
 
+/* Records the UNet on batch [x (cond) ; x (uncond)] (cfg > 1) or [x
+ * (cond)], cond [n][T*D], uncond [T*D] host; grads: the UNet's gradient
+ * buffer (NULL: frozen); m->lora's adapters apply (with gradients into
+ * their grads when set). Returns the raw output [nb][C*h*w], *nb_out = nb.
+ * The caller resets the tape and checks h, w. */
+d3_tensor *sd_unet_forward_cfg(sd_model *m, d3_tape *tp, float *grads, int n, const float *x, int h,
+                               int w, int t, const float *cond, const float *uncond, float cfg,
+                               int *nb_out);
 /* Latent DDIM of n images of h x w latents (o: steps, eta, cfg). cond
  * [n][T*D] text states of each image's prompt, uncond [T*D] (used when
  * cfg > 1). x [n][C*h*w]: in x_T, out x_0. rngs[n] the step-noise streams

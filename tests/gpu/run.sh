@@ -7,20 +7,24 @@
 # Unpacks the bundle into /tmp/d3po-gpu, finds the CUDA libraries (the
 # toolkit's lib64, the nvidia-* pip wheels of the Python that holds torch,
 # a search of / as a last resort), then runs, each step bounded by
-# `timeout` and all within BUDGET seconds (default 285):
+# `timeout` and all within BUDGET seconds (default 560):
 #   1. nvidia-smi, torch's view of the GPU, ldd of the bundle, d3po info --devices
 #   2. test_cuda: every op, the whole model, D3PO and sampling, CUDA vs CPU
 #   3. d3po sample --device cuda --grid on models/default.safetensors, and
 #      the same grid on the CPU, compared pixel by pixel
 #   4. d3po auto --device cuda: one short round (4 pairs, brightness oracle)
 #   5. bench/run.sh on the GPU: sample, d3po, pretrain against PyTorch
+#   6. SD bench: pair sampling of a random SD 1.5-shaped pipeline at 512x512,
+#      d3po against diffusers (fp16, SDPA) on the same GPU, peak memory
+#      (needs build/gpu-wheels from tests/gpu/wheels.sh; SKIP without it)
 # OUTDIR gets at most 7 files: summary.txt (one line per step),
 # test_cuda.log, gpu_samples.png, auto.log, bench.txt, bench_logs.txt and
 # run.log (everything printed). Exit status: 0 when test_cuda passed, 1
 # when it failed, was skipped or could not run (the other steps are
 # reported in summary.txt, not in the status).
 #
-# Environment: PY (default python3: the one with torch), BUDGET, SETUP_ONLY=1
+# Environment: PY (default python3: the one with torch), BUDGET, SETUP_ONLY=1,
+# SD_KIND, SD_SIZE, SD_STEPS (the SD bench: sd15, 512, 20),
 # (unpack and write the wrappers only), D3PO_GPU_DIR
 # (default /tmp/d3po-gpu), DEV (default cuda: the device of the sample and
 # auto steps; DEV=cpu dry-runs this script on a machine without a GPU).
@@ -35,7 +39,7 @@ cd "$(dirname "$0")/../.." || exit 2
 ROOT=$(pwd)
 DIR=${D3PO_GPU_DIR:-/tmp/d3po-gpu}
 PY=${PY:-python3}
-BUDGET=${BUDGET:-285}
+BUDGET=${BUDGET:-560}
 DEV=${DEV:-cuda}
 START=$(date +%s)
 LOG="$OUT/run.log"
@@ -338,6 +342,93 @@ else
         note "FAIL bench: timed out after $t s ($lines cases done)"
     else
         note "FAIL bench: exit $rc ($(grep -m1 -E 'FAILED|skipped' "$OUT/bench.txt" 2>/dev/null | cut -c1-200))"
+    fi
+fi
+
+
+# --------------------------------------------------------------- SD bench
+# A random-weight pipeline with SD 1.5's configs (tests/sd/make_tiny.py
+# --kind sd15, saved in fp16), pair sampling as the issue defines it (one
+# prompt, 2 images, SD_STEPS DDIM steps, CFG 5, VAE decode, SD_SIZE px):
+# diffusers + PyTorch (fp16, eager, SDPA; bench/sd_pipe_torch.py) against
+# `d3po sample --count 2` on $DEV. d3po's pair time is T(--count 4) -
+# T(--count 2), so loading the model is not counted, as it is not for
+# diffusers; d3po's peak is nvidia-smi's largest memory.used during the
+# count-4 run. Needs build/gpu-wheels (tests/gpu/wheels.sh: diffusers for
+# the machine's own torch, CLIP's vocabulary). SD_KIND=sd1 SD_SIZE=64
+# SD_STEPS=4 with DEV=cpu dry-runs it on a CPU machine.
+section "SD bench: pair sampling, d3po --device $DEV vs diffusers"
+WHEELS="$ROOT/build/gpu-wheels"
+SD_KIND=${SD_KIND:-sd15}
+SD_SIZE=${SD_SIZE:-512}
+SD_STEPS=${SD_STEPS:-20}
+SD="$DIR/sd-$SD_KIND"
+t=$(left 330)
+# the Python of the SD steps (a script, for `timeout`): diffusers from $DIR/site
+mkdir -p "$DIR/wrap"
+printf '#!/bin/sh\nPYTHONPATH="%s/site${PYTHONPATH:+:$PYTHONPATH}" D3PO_CLIP_VOCAB="%s" exec "%s" "$@"\n' \
+    "$DIR" "$WHEELS/bpe_simple_vocab_16e6.txt.gz" "$PY" >"$DIR/wrap/sdpy"
+chmod 755 "$DIR/wrap/sdpy"
+sdpy="$DIR/wrap/sdpy"
+# $1 = count, $2 = out dir: wall seconds of d3po sample on stdout
+d3po_pair() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    timeout "$(left 150)" "$D3PO" sample --model "$SD" --prompt "a photo of a cat" --seed 1 --count "$1" \
+        --steps "$SD_STEPS" --cfg 5 --size "${SD_SIZE}x${SD_SIZE}" --device "$DEV" --out "$2" >"$2.log" 2>&1 || return 1
+    t1=$(date +%s.%N)
+    echo "$t0 $t1" | awk '{printf "%.3f", $2 - $1}'
+}
+if [ "$t" -lt 60 ]; then
+    note "SKIP sd bench: no time left"
+elif [ ! -f "$WHEELS/bpe_simple_vocab_16e6.txt.gz" ]; then
+    note "SKIP sd bench: $WHEELS missing (sh tests/gpu/wheels.sh on the build machine; carry build/gpu-wheels)"
+else
+    if ! "$PY" -c 'import diffusers' 2>/dev/null && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$DIR/site" \
+            "$WHEELS"/*.whl || echo "pip install of $WHEELS/*.whl failed"
+    fi
+    tcuda=$("$sdpy" -c 'import torch, diffusers; print(int(torch.cuda.is_available()), diffusers.__version__)' 2>&1 | tail -n 1)
+    echo "torch cuda, diffusers: $tcuda"
+    if ! echo "$tcuda" | grep -q '^[01] [0-9]'; then
+        note "SKIP sd bench: $PY cannot import torch and diffusers ($tcuda)"
+    elif [ "$DEV" = cuda ] && ! echo "$tcuda" | grep -q '^1 '; then
+        note "SKIP sd bench: $PY's torch sees no CUDA GPU: the diffusers yardstick needs a CUDA torch"
+    else
+        rm -rf "$SD" "$DIR/sd-out2" "$DIR/sd-out4"
+        t0=$(date +%s)
+        timeout "$(left 180)" "$sdpy" tests/sd/make_tiny.py --kind "$SD_KIND" --dtype fp16 --out "$SD" >"$DIR/sd_build.log" 2>&1
+        rc=$?
+        echo "built $SD in $(( $(date +%s) - t0 )) s (exit $rc): $(du -sh "$SD" 2>/dev/null | cut -f1)"
+        if [ $rc -ne 0 ]; then
+            tail -n 5 "$DIR/sd_build.log"
+            note "FAIL sd bench: make_tiny.py --kind $SD_KIND failed (exit $rc)"
+        else
+            timeout "$(left 200)" "$sdpy" bench/sd_pipe_torch.py "$SD" --size "$SD_SIZE" --steps "$SD_STEPS" \
+                >"$DIR/sd_torch.log" 2>&1
+            cat "$DIR/sd_torch.log" | tail -n 3
+            tline=$(grep '^torch sd-pair ' "$DIR/sd_torch.log" | tail -n 1)
+            poll=""
+            if [ "$DEV" = cuda ] && command -v nvidia-smi >/dev/null 2>&1; then
+                nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$DIR/sd_mem.txt" 2>/dev/null &
+                poll=$!
+            fi
+            s2=$(d3po_pair 2 "$DIR/sd-out2") && s4=$(d3po_pair 4 "$DIR/sd-out4")
+            rc=$?
+            [ -n "$poll" ] && kill "$poll" 2>/dev/null
+            peak=$(sort -n "$DIR/sd_mem.txt" 2>/dev/null | tail -n 1)
+            cat "$DIR/sd-out2.log" "$DIR/sd-out4.log" 2>/dev/null | tail -n 4
+            if [ $rc -ne 0 ]; then
+                note "FAIL sd bench: d3po sample on $DEV failed ($(tail -n 1 "$DIR/sd-out4.log" "$DIR/sd-out2.log" 2>/dev/null | grep -v '^==' | grep . | tail -n 1 | cut -c1-160))"
+            else
+                line=$(echo "$s2 $s4 ${peak:--} $tline" | awk -v k="$SD_KIND" -v sz="$SD_SIZE" -v st="$SD_STEPS" '{
+                    d = $2 - $1; r = ($7 > 0 && d > 0) ? $7 / d : 0
+                    printf "sd-pair %s %dpx %d steps: d3po %.3f s (load excluded; count 2 %.1f s, 4 %.1f s), peak %s MiB; diffusers %.3f s, peak %s MiB (%s); ratio diffusers/d3po %.2f",
+                        k, sz, st, d, $1, $2, $3, $7, $8, $6, r }')
+                echo "$line" | tee -a "$OUT/bench.txt"
+                note "PASS sd bench: $line"
+            fi
+        fi
     fi
 fi
 

@@ -19,6 +19,11 @@ Kinds (the configs the families use, at toy sizes):
   sd2    linear projections, per-block head counts, gelu CLIP,
          v-prediction, upcast_attention, pad token "!"
   bksdm  no mid block (mid_block_type null), one layer per block
+  sd15   Stable Diffusion 1.5's configs at full size (UNet 860M, VAE 84M,
+         CLIP ViT-L/14 text 123M parameters), random: the GPU bench
+         (tests/gpu/run.sh); a few GB and a minute or two to build
+The vocabulary file is $D3PO_CLIP_VOCAB when set (the GPU machine: from
+build/gpu-wheels), else the venv's.
 Prints the folder on success.
 """
 import argparse
@@ -44,7 +49,8 @@ def bytes_to_unicode():
 
 def write_tokenizer(out, pad_token):
     """vocab.json, merges.txt and the tokenizer config from CLIP's BPE file."""
-    vocab_gz = os.path.join(sys.prefix, "clip-vocab", "bpe_simple_vocab_16e6.txt.gz")
+    vocab_gz = os.environ.get("D3PO_CLIP_VOCAB") or os.path.join(
+        sys.prefix, "clip-vocab", "bpe_simple_vocab_16e6.txt.gz")
     if not os.path.isfile(vocab_gz):
         sys.exit("make_tiny.py: %s missing (run tests/sd/venv.sh)" % vocab_gz)
     lines = gzip.open(vocab_gz).read().decode("utf-8").split("\n")
@@ -101,17 +107,33 @@ def build(kind, out, seed, dtype, groups):
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             mid_block_type=None, cross_attention_dim=ctx, attention_head_dim=8)
         act, pad, pred = "quick_gelu", "<|endoftext|>", "epsilon"
+    elif kind == "sd15":
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=768, attention_head_dim=8, use_linear_projection=False)
+        act, pad, pred = "quick_gelu", "<|endoftext|>", "epsilon"
     else:
         sys.exit("make_tiny.py: unknown --kind %r" % kind)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        layers_per_block=1, norm_num_groups=groups, sample_size=16)
+    if kind == "sd15":
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, norm_num_groups=32, sample_size=512)
+        width, inter, layers, heads = 768, 3072, 12, 12
+    else:
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            layers_per_block=1, norm_num_groups=groups, sample_size=16)
+        width, inter, layers, heads = ctx, 37, 2, 4
     text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=ctx, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, hidden_act=act,
-        layer_norm_eps=1e-5, projection_dim=ctx, bos_token_id=49406, eos_token_id=49407,
+        vocab_size=49408, hidden_size=width, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
+        layer_norm_eps=1e-5, projection_dim=width, bos_token_id=49406, eos_token_id=49407,
         pad_token_id=1))
     # random weights everywhere, not the zero-initialised outputs diffusers uses
     for mod in (unet, vae, text):

@@ -1,0 +1,296 @@
+/* dmodel.c - the model interface (dmodel.h): the pixel family as a view of
+ * a d3_model, the sd family over engine/sd/sdsample.h, and the DDIM
+ * sampler and teacher-forced log-probabilities written once over the
+ * interface. The per-family code here only translates: the UNets, the
+ * step math (diffusion.c) and the VAE stay where they are. */
+#include "dmodel.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd/sdsample.h"
+
+/* ---- pixel family ---- */
+
+static int px_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err) {
+    const d3_model *m = dm->impl;
+    if (!prompt || !*prompt) {
+        cond[0] = (float)m->L.arch.classes; /* the null class */
+        return 0;
+    }
+    int c = model_find_class(m, prompt);
+    if (c < 0) return d3_errf(err, "prompt \"%.60s\": not a class of this model (a class name or 0..%d)", prompt, m->nclasses - 1);
+    cond[0] = (float)c;
+    return 0;
+}
+
+static int px_plan(const d3_dmodel *dm, int K, int *ts, double *at, double *ap, char *err) {
+    const d3_model *m = dm->impl;
+    int prev[D3_MAX_STEPS];
+    if (ddim_timesteps(m->sched.T, K, ts, prev, err)) return -1;
+    for (int k = 0; k < K; k++) {
+        at[k] = m->sched.abar[ts[k]];
+        ap[k] = m->sched.abar[prev[k]];
+    }
+    return 0;
+}
+
+static d3_tensor *px_forward(d3_dmodel *dm, d3_tape *tp, float *grads, int n, const float *x, int t,
+                             const float *cond, const float *uncond, float cfg, int *nb) {
+    (void)uncond; /* the null class, as model_forward_cfg runs it */
+    int cbuf[64] = {0}, *cls = n <= 64 ? cbuf : malloc(n * sizeof(int));
+    for (int i = 0; i < n; i++) cls[i] = (int)cond[i];
+    d3_tensor *out = model_forward_cfg(dm->impl, tp, grads, n, x, t, cls, cfg, nb);
+    if (cls != cbuf) free(cls);
+    return out;
+}
+
+static int px_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err) {
+    (void)tp; (void)err;
+    size_t HW = (size_t)dm->img_h * dm->img_w;
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + i * dm->D;
+        uint8_t *o = rgb + (size_t)i * HW * 3;
+        for (size_t p = 0; p < HW; p++)
+            for (int c = 0; c < 3; c++) {
+                float v = (xi[c * HW + p] + 1.0f) * 127.5f + 0.5f;
+                o[p * 3 + c] = v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t)v;
+            }
+    }
+    return 0;
+}
+
+static float *px_trainable_dev(d3_dmodel *dm, const d3_backend *be) { return model_params_dev(dm->impl, be); }
+static void px_touch(d3_dmodel *dm) { model_touch(dm->impl); }
+static void px_close(d3_dmodel *dm) { (void)dm; }
+
+static const dm_ops px_ops = {px_condition, px_plan, px_forward, px_decode, px_trainable_dev,
+                              px_touch, px_close};
+
+int dm_open_pixel(d3_dmodel *dm, d3_model *m, char *err) {
+    (void)err;
+    memset(dm, 0, sizeof(*dm));
+    int S = m->L.arch.size;
+    dm->ops = &px_ops;
+    dm->family = "pixel";
+    dm->C = 3;
+    dm->h = dm->w = dm->img_h = dm->img_w = S;
+    dm->D = 3 * (size_t)S * S;
+    dm->cond_floats = 1;
+    dm->x0_clip = 1.0f;
+    dm->x0_clip_keeps_eps = 1;
+    dm->train = (dm_trainable){m->params, m->L.numel};
+    dm->impl = m;
+    snprintf(dm->desc, sizeof dm->desc, "pixel UNet %dx%d, %d classes, %zu parameters", S, S,
+             m->nclasses, m->L.numel);
+    return 0;
+}
+
+/* ---- sd family ---- */
+
+static int sd_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err) {
+    const char *p[1] = {prompt ? prompt : ""};
+    return sd_model_encode(dm->impl, p, 1, cond, err);
+}
+
+static int sdf_plan(const d3_dmodel *dm, int K, int *ts, double *at, double *ap, char *err) {
+    const sd_model *m = dm->impl;
+    if (K < 1 || K > D3_MAX_STEPS) return d3_errf(err, "steps %d: expected 1..%d", K, D3_MAX_STEPS);
+    return sd_sched_plan(&m->p.sched, K, ts, at, ap, err);
+}
+
+static d3_tensor *sdf_forward(d3_dmodel *dm, d3_tape *tp, float *grads, int n, const float *x, int t,
+                              const float *cond, const float *uncond, float cfg, int *nb) {
+    /* no trainable set yet: the base UNet is frozen (grads unused) */
+    (void)grads;
+    return sd_unet_forward_cfg(dm->impl, tp, NULL, n, x, dm->h, dm->w, t, cond, uncond, cfg, nb);
+}
+
+static int sdf_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err) {
+    return sd_model_decode(dm->impl, tp, x, n, dm->h, dm->w, rgb, err);
+}
+
+static float *sdf_trainable_dev(d3_dmodel *dm, const d3_backend *be) { (void)dm; (void)be; return NULL; }
+static void sdf_touch(d3_dmodel *dm) { (void)dm; }
+
+static void sdf_close(d3_dmodel *dm) {
+    sd_model_free(dm->impl);
+    free(dm->impl);
+}
+
+static const dm_ops sd_ops = {sd_condition, sdf_plan, sdf_forward, sdf_decode, sdf_trainable_dev,
+                              sdf_touch, sdf_close};
+
+int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_backend *be,
+               int h, int w, char *err) {
+    memset(dm, 0, sizeof(*dm));
+    sd_model *m = calloc(1, sizeof(*m));
+    if (!m) return d3_errf(err, "out of memory");
+    if (sd_model_load(m, path, tokenizer, be, err)) {
+        free(m);
+        return -1;
+    }
+    if (sd_unet_check_size(&m->p.unet, h, w, err)) {
+        sd_model_free(m);
+        free(m);
+        return -1;
+    }
+    const sd_sched *s = &m->p.sched;
+    dm->ops = &sd_ops;
+    dm->family = "sd";
+    dm->C = m->latent_c;
+    dm->h = h;
+    dm->w = w;
+    dm->D = (size_t)m->latent_c * h * w;
+    dm->img_h = h * m->factor;
+    dm->img_w = w * m->factor;
+    dm->cond_floats = sd_model_ctx_floats(m);
+    dm->pred_v = s->prediction == SD_PRED_V;
+    dm->x0_clip = s->clip_sample ? (float)s->clip_sample_range : 0.0f;
+    dm->x0_clip_keeps_eps = 0;
+    dm->impl = m;
+    snprintf(dm->desc, sizeof dm->desc, "%s, latents %dx%dx%d, images %dx%d, %s", m->p.family,
+             dm->C, h, w, dm->img_w, dm->img_h, dm->pred_v ? "v-prediction" : "epsilon");
+    return 0;
+}
+
+/* ---- the interface ---- */
+
+void dm_close(d3_dmodel *dm) {
+    if (dm->ops) dm->ops->close(dm);
+    memset(dm, 0, sizeof(*dm));
+}
+
+int dm_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err) {
+    return dm->ops->condition(dm, prompt, cond, err);
+}
+
+int dm_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err) {
+    return dm->ops->decode(dm, tp, x, n, rgb, err);
+}
+
+int dm_can_train(const d3_dmodel *dm, char *err) {
+    if (dm->train.numel > 0) return 1;
+    d3_errf(err, "%s models have no trainable set yet (LoRA adapters): labels are collected, training is off",
+            dm->family);
+    return 0;
+}
+
+double dm_step(const d3_dmodel *dm, float *x_prev, float *mean, const float *x_t, const float *out,
+               const float *z, double abar_t, double abar_prev, double eta) {
+    if (dm->x0_clip_keeps_eps) /* DESIGN.md's step; ddim_step clips at 1 */
+        return ddim_step(x_prev, mean, x_t, out, z, abar_t, abar_prev, eta, dm->D);
+    return ddim_step_pred(x_prev, mean, x_t, out, z, abar_t, abar_prev, eta, dm->pred_v,
+                          dm->x0_clip, dm->D);
+}
+
+void dm_logprob_backward(const d3_dmodel *dm, float *dout, double dlogp, const float *x_t,
+                         const float *out, const float *x_prev, const float *mean, double sigma,
+                         double abar_t, double abar_prev) {
+    if (dm->x0_clip_keeps_eps)
+        ddim_logprob_backward(dout, dlogp, x_t, out, x_prev, mean, sigma, abar_t, abar_prev, dm->D);
+    else
+        ddim_logprob_backward_pred(dout, dlogp, x_t, out, x_prev, mean, sigma, abar_t, abar_prev,
+                                   dm->pred_v, dm->x0_clip, dm->D);
+}
+
+void dm_eps(d3_dmodel *dm, d3_tape *tp, int n, const float *x, int t, const float *cond,
+            const float *uncond, float cfg, float *eps) {
+    int nb;
+    tape_reset(tp);
+    tape_set_grad(tp, 0);
+    d3_tensor *out = dm->ops->forward(dm, tp, NULL, n, x, t, cond, uncond, cfg, &nb);
+    float *host = malloc(out->numel * sizeof(float));
+    tape_backend(tp)->download(host, out->v, out->numel * sizeof(float));
+    ddim_guide(eps, host, n, nb, dm->D, cfg);
+    free(host);
+    tape_set_grad(tp, 1);
+}
+
+/* The plan of o, checked: with logp every step needs sigma > 0. */
+static int plan_checked(const d3_dmodel *dm, const ddim_opts *o, int logp, int *ts, double *at,
+                        double *ap, char *err) {
+    if (dm->ops->plan(dm, o->steps, ts, at, ap, err)) return -1;
+    for (int k = 0; logp && k < o->steps; k++)
+        if (!(ddim_sigma(at[k], ap[k], o->eta) > 0))
+            return d3_errf(err, "step %d (t=%d) has sigma 0 (eta %g): no log-probability there", k,
+                           ts[k], o->eta);
+    return 0;
+}
+
+int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+              const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
+    int K = o->steps, ts[D3_MAX_STEPS];
+    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
+    if (plan_checked(dm, o, logp != NULL, ts, at, ap, err)) return -1;
+    size_t D = dm->D;
+    float *eps = malloc(n * D * sizeof(float)), *mean = malloc(D * sizeof(float));
+    float *z = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    if (!eps || !mean || !z || !xp) {
+        free(eps); free(mean); free(z); free(xp);
+        return d3_errf(err, "out of memory");
+    }
+    if (traj)
+        for (int i = 0; i < n; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
+    for (int k = 0; k < K; k++) {
+        dm_eps(dm, tp, n, x, ts[k], cond, uncond, o->cfg, eps);
+        for (int i = 0; i < n; i++) {
+            float *xi = x + i * D;
+            if (o->eta > 0) rng_normal(&rngs[i], z, D);
+            double sigma = dm_step(dm, xp, mean, xi, eps + i * D, o->eta > 0 ? z : NULL, at[k], ap[k], o->eta);
+            if (logp) logp[(size_t)i * K + k] = (float)ddim_logprob(xp, mean, sigma, D);
+            memcpy(xi, xp, D * sizeof(float));
+            if (traj) memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xi, D * sizeof(float));
+        }
+    }
+    free(eps); free(mean); free(z); free(xp);
+    return 0;
+}
+
+int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *cond,
+                   const float *uncond, uint64_t seed, uint64_t stream, float *x, float *traj,
+                   float *logp, char *err) {
+    size_t D = dm->D;
+    d3_rng r, rngs[2];
+    rng_init(&r, seed, 0);
+    rng_normal(&r, x, D);
+    memcpy(x + D, x, D * sizeof(float));
+    rng_init(&rngs[0], seed, stream);
+    rng_init(&rngs[1], seed, stream + 1);
+    float *c2 = malloc(2 * dm->cond_floats * sizeof(float));
+    if (!c2) return d3_errf(err, "out of memory");
+    memcpy(c2, cond, dm->cond_floats * sizeof(float));
+    memcpy(c2 + dm->cond_floats, cond, dm->cond_floats * sizeof(float));
+    int rc = dm_sample(dm, tp, o, 2, c2, uncond, x, rngs, traj, logp, err);
+    free(c2);
+    return rc;
+}
+
+int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+                 const float *uncond, const float *traj, float *logp, float *means, char *err) {
+    int K = o->steps, ts[D3_MAX_STEPS];
+    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
+    if (plan_checked(dm, o, 1, ts, at, ap, err)) return -1;
+    size_t D = dm->D;
+    float *x = malloc(n * D * sizeof(float)), *eps = malloc(n * D * sizeof(float));
+    float *mean = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
+    if (!x || !eps || !mean || !xp) {
+        free(x); free(eps); free(mean); free(xp);
+        return d3_errf(err, "out of memory");
+    }
+    for (int k = 0; k < K; k++) {
+        for (int i = 0; i < n; i++)
+            memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
+        dm_eps(dm, tp, n, x, ts[k], cond, uncond, o->cfg, eps);
+        for (int i = 0; i < n; i++) {
+            const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
+            double sigma = dm_step(dm, xp, mean, x + i * D, eps + i * D, NULL, at[k], ap[k], o->eta);
+            logp[(size_t)i * K + k] = (float)ddim_logprob(xn, mean, sigma, D);
+            if (means) memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
+        }
+    }
+    free(x); free(eps); free(mean); free(xp);
+    return 0;
+}

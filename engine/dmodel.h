@@ -1,0 +1,162 @@
+/* dmodel.h - the model interface of DESIGN.md ("Model families"): what the
+ * sampler, D3PO, sessions, `auto`, `eval` and the screen may know of a
+ * diffusion model, whatever its family. A family fills a d3_dmodel (sizes,
+ * DDIM options, trainable set) and a dm_ops table (condition, the guided
+ * denoiser on the tape, decode); the DDIM sampler and the teacher-forced
+ * log-probabilities below are written once, over the interface.
+ *
+ * Families today:
+ *   pixel  d3po's own UNet (engine/model.h): conditioning is a class id
+ *          (the prompt is a class name or a decimal id; "" is the null
+ *          class), x is RGB [3,S,S] in [-1,1], decode is the identity to
+ *          8-bit, DESIGN.md's step (x0 clipped to [-1,1], eps kept:
+ *          ddim_step), linear betas in double; trains all its weights.
+ *   sd     Stable Diffusion 1.x/2.x and BK-SDM (engine/sd/sdsample.h):
+ *          conditioning is CLIP text states [77][d] ("" is the null
+ *          prompt), x is latents [C,h,w], decode is the VAE, diffusers'
+ *          DDIM step (ddim_step_pred: epsilon or v, x0 clipping only when
+ *          the scheduler config says so), the folder's schedule. Its
+ *          trainable set is the LoRA adapters (branch `lora`); until they
+ *          exist it has none, and training on it is an error.
+ *
+ * Conditioning is a flat float buffer of cond_floats floats per prompt
+ * (pixel: 1 float holding the class id, exact below 2^24; sd: T*d text
+ * states). The unconditional pass of classifier-free guidance uses the
+ * conditioning of "" (dm_condition(dm, "", uncond, err)).
+ *
+ * Bit-identity: on the pixel family dm_sample, dm_sample_pair and
+ * dm_traj_logp give exactly the bits of ddim_sample, ddim_sample_pair and
+ * ddim_traj_logp_mean (tests/test_dmodel.c); on the sd family those of
+ * sd_ddim_sample and sd_traj_logp.
+ *
+ *   d3_dmodel dm;
+ *   dm_open_pixel(&dm, &model, err);                // a view: model stays the caller's
+ *   // or dm_open_sd(&dm, "model_dir", NULL, be, 32, 32, err);  (latent h, w)
+ *   float *c = malloc(2 * dm.cond_floats * sizeof(float));
+ *   dm_condition(&dm, "a cat", c, err); dm_condition(&dm, "", c + dm.cond_floats, err);
+ *   dm_sample_pair(&dm, tp, &o, c, c + dm.cond_floats, seed, 1, x, traj, logp, err);
+ *   dm_decode(&dm, tp, x, 2, rgb, err);            // rgb [2][img_h][img_w][3]
+ *   dm_close(&dm);
+ *
+ * THIS HEADER IS THE CONTRACT between the engine's users and the families
+ * (the LoRA adapters fill dm_trainable for the sd family).
+ */
+#ifndef D3PO_DMODEL_H
+#define D3PO_DMODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "diffusion.h"
+#include "model.h"
+#include "rng.h"
+#include "tape.h"
+
+typedef struct d3_dmodel d3_dmodel;
+
+/* The set the optimizer sees: numel floats of host memory, laid out by the
+ * family (pixel: the UNet's flat parameters; sd: the LoRA adapters, base
+ * frozen). numel 0: the family cannot train; dm_eps_forward with grads then
+ * must not be called (callers check dm_can_train first). */
+typedef struct {
+    float *params;   /* host [numel]; after writing it call dm_touch */
+    size_t numel;
+} dm_trainable;
+
+typedef struct {
+    /* prompt -> cond [cond_floats]; "" gives the null conditioning. */
+    int (*condition)(d3_dmodel *dm, const char *prompt, float *cond, char *err);
+    /* The DDIM plan of K steps: timesteps ts[K], abar_t[K], abar_prev[K]. */
+    int (*plan)(const d3_dmodel *dm, int K, int *ts, double *abar_t, double *abar_prev, char *err);
+    /* Records the model on the tape for batch [x (cond) ; x (uncond)] (or
+     * [x (cond)] alone when the family runs one pass for this cfg): x
+     * [n][D] host, cond [n][cond_floats], uncond [cond_floats]; grads: the
+     * trainable set's gradient buffer as the backend sees it (NULL:
+     * inference). Returns the raw output [nb][D] on the tape; *nb = n or 2n.
+     * The caller resets the tape and sets its grad mode. */
+    d3_tensor *(*forward)(d3_dmodel *dm, d3_tape *tp, float *grads, int n, const float *x, int t,
+                          const float *cond, const float *uncond, float cfg, int *nb);
+    /* x0 [n][D] -> 8-bit RGB [n][img_h][img_w][3]. */
+    int (*decode)(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err);
+    /* The trainable parameters as the backend sees them (uploaded when the
+     * host copy changed), or NULL when the family has none. */
+    float *(*trainable_dev)(d3_dmodel *dm, const d3_backend *be);
+    void (*touch)(d3_dmodel *dm);
+    void (*close)(d3_dmodel *dm);
+} dm_ops;
+
+struct d3_dmodel {
+    const dm_ops *ops;
+    const char *family;   /* "pixel" | "sd" */
+    char desc[160];       /* one line for `session info` and the screen */
+    int C, h, w;          /* the space the family denoises in */
+    size_t D;             /* C*h*w: log-probs are means over D elements */
+    int img_h, img_w;     /* decoded RGB size */
+    size_t cond_floats;   /* floats of one conditioning */
+    /* DDIM options of the family */
+    int pred_v;           /* the model predicts v (sd 2.x), else eps */
+    float x0_clip;        /* > 0: x0 clamped to [-x0_clip, x0_clip] */
+    int x0_clip_keeps_eps;/* 1: DESIGN.md's step (ddim_step: clip x0, keep eps);
+                             0: diffusers' (ddim_step_pred: eps re-derived) */
+    dm_trainable train;   /* numel 0: cannot train */
+    void *impl;           /* the family's own state */
+};
+
+/* A view of a pixel model (not copied: m must outlive dm; dm_close frees
+ * only the view). cond_floats 1. 0/-1. */
+int dm_open_pixel(d3_dmodel *dm, d3_model *m, char *err);
+/* Loads an SD-family pipeline (folder or single file; tokenizer as
+ * sd_model_load) for latents of h x w (images 8h x 8w), checked against
+ * the UNet. No trainable set until the LoRA adapters exist. 0/-1. */
+int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_backend *be,
+               int h, int w, char *err);
+void dm_close(d3_dmodel *dm);
+
+int dm_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err);
+int dm_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err);
+/* 1 when the family has a trainable set; else 0 with err saying why. */
+int dm_can_train(const d3_dmodel *dm, char *err);
+
+/* One step of the family's DDIM from the guided output out (eps or v):
+ * x_prev = mean + sigma z (z NULL: x_prev = mean). Returns sigma. */
+double dm_step(const d3_dmodel *dm, float *x_prev, float *mean, const float *x_t, const float *out,
+               const float *z, double abar_t, double abar_prev, double eta);
+/* dout = dlogp * d logp / d out for dm_step's step (the family's
+ * ddim_logprob_backward or ddim_logprob_backward_pred). */
+void dm_logprob_backward(const d3_dmodel *dm, float *dout, double dlogp, const float *x_t,
+                         const float *out, const float *x_prev, const float *mean, double sigma,
+                         double abar_t, double abar_prev);
+/* The guided output for n states at timestep t, host eps [n][D]. Resets
+ * the tape; inference. */
+void dm_eps(d3_dmodel *dm, d3_tape *tp, int n, const float *x, int t, const float *cond,
+            const float *uncond, float cfg, float *eps);
+
+/* DDIM of n states x [n][D] (in x_T, out x_0), as ddim_sample: cond
+ * [n][cond_floats], uncond [cond_floats]; rngs[n] advanced by D normals per
+ * step when eta > 0; traj [n][K+1][D], logp [n][K] may be NULL (logp needs
+ * sigma > 0 at every step). 0/-1. */
+int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+              const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp, char *err);
+/* A pair as the engine samples it: both start from the x_T of stream 0 of
+ * seed, image i steps with stream stream + i. x [2][D]. 0/-1. */
+int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *cond,
+                   const float *uncond, uint64_t seed, uint64_t stream, float *x, float *traj,
+                   float *logp, char *err);
+/* Teacher-forced log-probs of n stored trajectories [n][K+1][D] (all of
+ * conditioning cond [n][cond_floats]): logp [n][K]; means [n][K][D] may
+ * be NULL. 0/-1. */
+int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+                 const float *uncond, const float *traj, float *logp, float *means, char *err);
+
+/* D3PO for one pair on any family: d3po_pair_backward (diffusion.h) with
+ * the pair's conditioning cond [cond_floats] and uncond instead of a class;
+ * grads: the trainable set's gradient buffer on the backend (an error when
+ * the family has no trainable set; NULL computes the loss only). */
+double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddim_opts *o,
+                             const d3po_opts *d, const float *traj0, const float *traj1,
+                             const float *cond, const float *uncond, const float *ref0,
+                             const float *ref1, const float *const rmean[2], const float h[2],
+                             const int *order, float *loss_k, float *lp0, float *lp1, char *err);
+
+#endif
