@@ -90,6 +90,27 @@ int dm_open_pixel(d3_dmodel *dm, d3_model *m, char *err) {
 
 /* ---- sd family ---- */
 
+/* The sd family's state: the model (first, so dm->impl is an sd_model *),
+ * frozen LoRA sets, and the trainable adapters. Chain applied by the UNet:
+ * train (when attached) -> frozen[0] -> ... -> frozen[n-1]. */
+typedef struct {
+    sd_model m;
+    lora_set frozen[DM_MAX_FROZEN];
+    int nfrozen;
+    lora_set train;      /* params on the backend (== host on a host backend) */
+    int has_train;
+    float train_scale;   /* 1; the scale while on */
+    float *host;         /* dm->train.params */
+    unsigned long gen, dev_gen; /* host writes (dm_touch) / the device copy's */
+} sd_fam;
+
+static void sdf_chain(sd_fam *f) {
+    for (int i = 0; i < f->nfrozen; i++) f->frozen[i].next = i + 1 < f->nfrozen ? &f->frozen[i + 1] : NULL;
+    const lora_set *fz = f->nfrozen ? &f->frozen[0] : NULL;
+    f->train.next = fz;
+    f->m.lora = f->has_train ? &f->train : fz;
+}
+
 static int sd_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err) {
     const char *p[1] = {prompt ? prompt : ""};
     return sd_model_encode(dm->impl, p, 1, cond, err);
@@ -101,23 +122,47 @@ static int sdf_plan(const d3_dmodel *dm, int K, int *ts, double *at, double *ap,
     return sd_sched_plan(&m->p.sched, K, ts, at, ap, err);
 }
 
+static float *sdf_trainable_dev(d3_dmodel *dm, const d3_backend *be) {
+    sd_fam *f = dm->impl;
+    if (!f->has_train) return NULL;
+    if (!be->host && f->dev_gen != f->gen) {
+        be->upload(f->train.params, f->host, f->train.numel * sizeof(float));
+        f->dev_gen = f->gen;
+    }
+    return f->train.params;
+}
+
 static d3_tensor *sdf_forward(d3_dmodel *dm, d3_tape *tp, float *grads, int n, const float *x, int t,
                               const float *cond, const float *uncond, float cfg, int *nb) {
-    /* no trainable set yet: the base UNet is frozen (grads unused) */
-    (void)grads;
-    return sd_unet_forward_cfg(dm->impl, tp, NULL, n, x, dm->h, dm->w, t, cond, uncond, cfg, nb);
+    sd_fam *f = dm->impl;
+    /* the base UNet is frozen (its grads NULL); gradients reach only the
+     * trainable adapters, whose buffer grads is (lora_apply reads
+     * train.grads while recording) */
+    if (f->has_train) {
+        sdf_trainable_dev(dm, f->m.be);
+        f->train.grads = grads;
+    }
+    d3_tensor *y = sd_unet_forward_cfg(&f->m, tp, NULL, n, x, dm->h, dm->w, t, cond, uncond, cfg, nb);
+    f->train.grads = NULL;
+    return y;
 }
 
 static int sdf_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err) {
     return sd_model_decode(dm->impl, tp, x, n, dm->h, dm->w, rgb, err);
 }
 
-static float *sdf_trainable_dev(d3_dmodel *dm, const d3_backend *be) { (void)dm; (void)be; return NULL; }
-static void sdf_touch(d3_dmodel *dm) { (void)dm; }
+static void sdf_touch(d3_dmodel *dm) { ((sd_fam *)dm->impl)->gen++; }
 
 static void sdf_close(d3_dmodel *dm) {
-    sd_model_free(dm->impl);
-    free(dm->impl);
+    sd_fam *f = dm->impl;
+    const d3_backend *be = f->m.be;
+    for (int i = 0; i < f->nfrozen; i++) lora_free_on(&f->frozen[i], be);
+    if (f->has_train) {
+        if (!be->host) free(f->host);
+        lora_free_on(&f->train, be);
+    }
+    sd_model_free(&f->m);
+    free(f);
 }
 
 static const dm_ops sd_ops = {sd_condition, sdf_plan, sdf_forward, sdf_decode, sdf_trainable_dev,
@@ -126,15 +171,16 @@ static const dm_ops sd_ops = {sd_condition, sdf_plan, sdf_forward, sdf_decode, s
 int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_backend *be,
                int h, int w, char *err) {
     memset(dm, 0, sizeof(*dm));
-    sd_model *m = calloc(1, sizeof(*m));
-    if (!m) return d3_errf(err, "out of memory");
+    sd_fam *f = calloc(1, sizeof(*f));
+    if (!f) return d3_errf(err, "out of memory");
+    sd_model *m = &f->m;
     if (sd_model_load(m, path, tokenizer, be, err)) {
-        free(m);
+        free(f);
         return -1;
     }
     if (sd_unet_check_size(&m->p.unet, h, w, err)) {
         sd_model_free(m);
-        free(m);
+        free(f);
         return -1;
     }
     const sd_sched *s = &m->p.sched;
@@ -150,10 +196,93 @@ int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_
     dm->pred_v = s->prediction == SD_PRED_V;
     dm->x0_clip = s->clip_sample ? (float)s->clip_sample_range : 0.0f;
     dm->x0_clip_keeps_eps = 0;
-    dm->impl = m;
+    dm->impl = f;
     snprintf(dm->desc, sizeof dm->desc, "%s, latents %dx%dx%d, images %dx%d, %s", m->p.family,
              dm->C, h, w, dm->img_w, dm->img_h, dm->pred_v ? "v-prediction" : "epsilon");
     return 0;
+}
+
+/* ---- LoRA adapters on the sd family ---- */
+
+dm_lora_opts dm_lora_opts_default(void) {
+    return (dm_lora_opts){.rank = 4, .alpha = 4.0f, .targets = NULL, .ntargets = 0, .seed = 0,
+                          .from = NULL};
+}
+
+static sd_fam *sd_of(const d3_dmodel *dm, const char *what, char *err) {
+    if (!dm->ops || dm->ops != &sd_ops) {
+        d3_errf(err, "%s: only Stable Diffusion-family models take LoRA adapters (%s models train "
+                "all their weights)", what, dm->family ? dm->family : "unopened");
+        return NULL;
+    }
+    return dm->impl;
+}
+
+int dm_lora_attach(d3_dmodel *dm, const dm_lora_opts *o, char *err) {
+    sd_fam *f = sd_of(dm, "trainable LoRA", err);
+    if (!f) return -1;
+    if (f->has_train) return d3_errf(err, "trainable LoRA: the model already has a trainable set");
+    const sd_layout *L = &f->m.p.L[SD_UNET];
+    lora_set *s = &f->train;
+    int rc = o->from ? lora_load(s, o->from, L, err)
+                     : lora_init(s, L, o->targets, o->ntargets, o->rank, o->alpha, o->seed, err);
+    if (rc) return -1;
+    const d3_backend *be = f->m.be;
+    f->host = s->params;
+    if (!be->host) {
+        float *dev = be->alloc((s->numel ? s->numel : 1) * sizeof(float));
+        if (!dev) {
+            lora_free(s);
+            return d3_errf(err, "trainable LoRA: out of device memory (%zu floats)", s->numel);
+        }
+        be->upload(dev, f->host, s->numel * sizeof(float));
+        s->params = dev;
+    }
+    f->has_train = 1;
+    f->train_scale = s->scale = 1.0f;
+    f->gen = f->dev_gen = 0;
+    dm->train = (dm_trainable){f->host, s->numel};
+    sdf_chain(f);
+    size_t n = strlen(dm->desc);
+    snprintf(dm->desc + n, sizeof dm->desc - n, ", LoRA %d modules, %zu trainable", s->n, s->numel);
+    return 0;
+}
+
+int dm_lora_frozen(d3_dmodel *dm, const char *file, float scale, char *err) {
+    sd_fam *f = sd_of(dm, file, err);
+    if (!f) return -1;
+    if (f->has_train) return d3_errf(err, "%s: frozen LoRA files go before the trainable adapters", file);
+    if (f->nfrozen == DM_MAX_FROZEN) return d3_errf(err, "%s: more than %d LoRA files", file, DM_MAX_FROZEN);
+    lora_set *s = &f->frozen[f->nfrozen];
+    if (lora_load(s, file, &f->m.p.L[SD_UNET], err)) return -1;
+    s->scale = scale;
+    if (lora_upload(s, f->m.be, err)) {
+        lora_free(s);
+        return -1;
+    }
+    f->nfrozen++;
+    sdf_chain(f);
+    return 0;
+}
+
+void dm_adapters_on(d3_dmodel *dm, int on) {
+    if (dm->ops != &sd_ops) return;
+    sd_fam *f = dm->impl;
+    if (f->has_train) f->train.scale = on ? f->train_scale : 0.0f;
+}
+
+const lora_set *dm_lora(const d3_dmodel *dm) {
+    if (dm->ops != &sd_ops) return NULL;
+    const sd_fam *f = dm->impl;
+    return f->has_train ? &f->train : NULL;
+}
+
+int dm_lora_save(const d3_dmodel *dm, const char *path, lora_naming naming, char *err) {
+    const lora_set *t = dm_lora(dm);
+    if (!t) return d3_errf(err, "%s: the model has no trainable LoRA adapters to save", path);
+    lora_set s = *t; /* the host copy's numbers */
+    s.params = dm->train.params;
+    return lora_save(&s, path, naming, err);
 }
 
 /* ---- the interface ---- */
@@ -173,10 +302,13 @@ int dm_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, c
 
 int dm_can_train(const d3_dmodel *dm, char *err) {
     if (dm->train.numel > 0) return 1;
-    d3_errf(err, "%s models have no trainable set yet (LoRA adapters): labels are collected, training is off",
+    d3_errf(err, "%s model has no trainable set (attach LoRA adapters): labels are collected, training is off",
             dm->family);
     return 0;
 }
+
+float *dm_trainable_dev(d3_dmodel *dm, const d3_backend *be) { return dm->ops->trainable_dev(dm, be); }
+void dm_touch(d3_dmodel *dm) { dm->ops->touch(dm); }
 
 double dm_step(const d3_dmodel *dm, float *x_prev, float *mean, const float *x_t, const float *out,
                const float *z, double abar_t, double abar_prev, double eta) {

@@ -16,8 +16,10 @@
  *          prompt), x is latents [C,h,w], decode is the VAE, diffusers'
  *          DDIM step (ddim_step_pred: epsilon or v, x0 clipping only when
  *          the scheduler config says so), the folder's schedule. Its
- *          trainable set is the LoRA adapters (branch `lora`); until they
- *          exist it has none, and training on it is an error.
+ *          trainable set is LoRA adapters (engine/lora.h) attached with
+ *          dm_lora_attach; until then it has none, and training on it is
+ *          an error. Frozen LoRA files (`--lora FILE[:SCALE]`) may be
+ *          added with dm_lora_frozen: they are part of the base.
  *
  * Conditioning is a flat float buffer of cond_floats floats per prompt
  * (pixel: 1 float holding the class id, exact below 2^24; sd: T*d text
@@ -38,6 +40,30 @@
  *   dm_decode(&dm, tp, x, 2, rgb, err);            // rgb [2][img_h][img_w][3]
  *   dm_close(&dm);
  *
+ * Training the sd family (LoRA D3PO; DESIGN.md "Model families"):
+ *
+ *   dm_open_sd(&dm, dir, NULL, be, 32, 32, err);
+ *   dm_lora_frozen(&dm, "style.safetensors", 0.8f, err);   // optional, always on
+ *   dm_lora_opts lo = dm_lora_opts_default();              // rank 4, q/k/v/out
+ *   lo.from = "start.safetensors";                         // optional: start from a file
+ *   dm_lora_attach(&dm, &lo, err);          // dm.train = the adapters' flat params
+ *   float *g = calloc(dm.train.numel, sizeof(float));     // (device buffer on a GPU)
+ *   dm_adapters_on(&dm, 0);                 // the reference: base (+ frozen sets)
+ *   dm_traj_logp(&dm, tp, &o, 1, c, u, traj0, ref0, NULL, err);   // cache
+ *   dm_adapters_on(&dm, 1);                 // the policy
+ *   dm_d3po_pair_backward(&dm, tp, g, &o, &d, traj0, traj1, c, u, ref0, ref1, ...);
+ *   adamw_step(&opt, dm.train.params, g); dm_touch(&dm);
+ *   dm_lora_save(&dm, "round3.safetensors", LORA_KOHYA, err);
+ *
+ * The base UNet is never written: gradients go only to the grads buffer
+ * given to forward (the adapters' layout); the base weights stay as loaded
+ * (float32: the engine's ops are float32; F16/BF16 files are converted on
+ * load), and switching the adapters off gives the base's exact bits (no
+ * second copy of the UNet). Only the UNet gets adapters: text-encoder
+ * adapters are refused (the prompt's text states are computed once per
+ * prompt and cached; training them would mean a text-encoder backward per
+ * step for a part the paper leaves frozen).
+ *
  * THIS HEADER IS THE CONTRACT between the engine's users and the families
  * (the LoRA adapters fill dm_trainable for the sd family).
  */
@@ -49,6 +75,7 @@
 
 #include "backend.h"
 #include "diffusion.h"
+#include "lora.h"
 #include "model.h"
 #include "rng.h"
 #include "tape.h"
@@ -108,7 +135,8 @@ struct d3_dmodel {
 int dm_open_pixel(d3_dmodel *dm, d3_model *m, char *err);
 /* Loads an SD-family pipeline (folder or single file; tokenizer as
  * sd_model_load) for latents of h x w (images 8h x 8w), checked against
- * the UNet. No trainable set until the LoRA adapters exist. 0/-1. */
+ * the UNet. dm->impl points at an sd_model (engine/sd/sdsample.h). No
+ * trainable set until dm_lora_attach. 0/-1. */
 int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_backend *be,
                int h, int w, char *err);
 void dm_close(d3_dmodel *dm);
@@ -117,6 +145,45 @@ int dm_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err);
 int dm_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err);
 /* 1 when the family has a trainable set; else 0 with err saying why. */
 int dm_can_train(const d3_dmodel *dm, char *err);
+/* The trainable set as the backend sees it (uploaded from dm->train.params
+ * when they were touched since), or NULL when there is none. */
+float *dm_trainable_dev(d3_dmodel *dm, const d3_backend *be);
+/* Call after writing dm->train.params (an optimizer step, a rollback). */
+void dm_touch(d3_dmodel *dm);
+
+/* ---- LoRA adapters: the sd family's trainable set ---- */
+
+typedef struct {
+    int rank;                   /* 4 */
+    float alpha;                /* 4 (= rank: the adapters' factor alpha/rank is 1) */
+    const char *const *targets; /* module name ends; NULL: lora_default_targets */
+    int ntargets;
+    uint64_t seed;              /* draw of the down matrices (up starts at 0) */
+    const char *from;           /* NULL, or a LoRA file (kohya, diffusers or peft
+                                   naming): the set starts as the file's adapters
+                                   (its modules, ranks and alphas; rank, alpha,
+                                   targets and seed above are then unused) */
+} dm_lora_opts;
+
+dm_lora_opts dm_lora_opts_default(void);
+/* Attaches trainable adapters to an sd model: dm->train becomes their flat
+ * parameters (host, lora.h's layout: down then up, module after module in
+ * the UNet's order), the forward's grads buffer their gradients, and they
+ * are on (dm_adapters_on). One set per model: a second call is an error.
+ * Pixel models train all their weights: an error too. 0/-1. */
+int dm_lora_attach(d3_dmodel *dm, const dm_lora_opts *o, char *err);
+/* Adds a frozen LoRA file (either naming) at scale to an sd model: applied
+ * in every forward, policy and reference alike (it is part of the base the
+ * adapters tune). At most DM_MAX_FROZEN; call before dm_lora_attach. 0/-1. */
+#define DM_MAX_FROZEN 8
+int dm_lora_frozen(d3_dmodel *dm, const char *file, float scale, char *err);
+/* The trainable adapters on (1: the policy) or off (0: the reference, the
+ * base with its frozen sets, bit for bit). No effect without adapters. */
+void dm_adapters_on(d3_dmodel *dm, int on);
+/* The trainable adapters (host params), or NULL when none are attached. */
+const lora_set *dm_lora(const d3_dmodel *dm);
+/* Writes the trainable adapters as a LoRA file (lora_save). 0/-1. */
+int dm_lora_save(const d3_dmodel *dm, const char *path, lora_naming naming, char *err);
 
 /* One step of the family's DDIM from the guided output out (eps or v):
  * x_prev = mean + sigma z (z NULL: x_prev = mean). Returns sigma. */

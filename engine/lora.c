@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "rng.h"
 #include "safetensors.h"
 
@@ -109,6 +110,24 @@ void lora_free(lora_set *s) {
     s->params = NULL;
     s->n = 0;
     s->numel = 0;
+}
+
+int lora_upload(lora_set *s, const d3_backend *be, char *err) {
+    if (be->host) return 0;
+    float *dev = be->alloc((s->numel ? s->numel : 1) * sizeof(float));
+    if (!dev) return d3_errf(err, "LoRA: out of device memory (%zu floats)", s->numel);
+    be->upload(dev, s->params, s->numel * sizeof(float));
+    free(s->params);
+    s->params = dev;
+    return 0;
+}
+
+void lora_free_on(lora_set *s, const d3_backend *be) {
+    if (s->params && !be->host) {
+        be->free(s->params);
+        s->params = NULL;
+    }
+    lora_free(s);
 }
 
 const lora_module *lora_find(const lora_set *s, const char *path) {

@@ -85,6 +85,12 @@ extern const int lora_ndefault_targets;
 int lora_init(lora_set *s, const sd_layout *L, const char *const *targets, int ntargets, int rank,
               float alpha, uint64_t seed, char *err);
 void lora_free(lora_set *s);
+/* Device placement for a backend whose memory is not the host's (a GPU):
+ * lora_upload moves s->params there (host copy freed; no-op on a host
+ * backend); lora_free_on frees a set so placed. 0/-1. */
+struct d3_backend;
+int lora_upload(lora_set *s, const struct d3_backend *be, char *err);
+void lora_free_on(lora_set *s, const struct d3_backend *be);
 /* The module of that path, or NULL. */
 const lora_module *lora_find(const lora_set *s, const char *path);
 

@@ -174,14 +174,8 @@ static int load_loras(const sd_sample_args *a, sd_model *m, lora_set *sets, char
             lora_load(&sets[i], file, &m->p.L[SD_UNET], err))
             return -1;
         sets[i].scale = scale;
-        if (m->be->alloc != NULL && strcmp(m->be->name, "cpu")) {
-            /* the adapters where the tape's ops read them */
-            float *dev = m->be->alloc(sets[i].numel * sizeof(float));
-            if (!dev) return d3_errf(err, "%s: out of device memory", file);
-            m->be->upload(dev, sets[i].params, sets[i].numel * sizeof(float));
-            free(sets[i].params);
-            sets[i].params = dev;
-        }
+        /* the adapters where the tape's ops read them */
+        if (lora_upload(&sets[i], m->be, err)) return -1;
         if (i) sets[i - 1].next = &sets[i];
     }
     m->lora = a->nlora ? &sets[0] : NULL;
@@ -189,13 +183,7 @@ static int load_loras(const sd_sample_args *a, sd_model *m, lora_set *sets, char
 }
 
 static void free_loras(const sd_model *m, lora_set *sets, int n) {
-    for (int i = 0; i < n; i++) {
-        if (sets[i].params && strcmp(m->be->name, "cpu")) {
-            m->be->free(sets[i].params);
-            sets[i].params = NULL;
-        }
-        lora_free(&sets[i]);
-    }
+    for (int i = 0; i < n; i++) lora_free_on(&sets[i], m->be);
 }
 
 int sd_sample(const sd_sample_args *a, const d3_backend *be) {

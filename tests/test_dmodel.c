@@ -8,11 +8,16 @@
  * the null class; decode is image_to_rgb's mapping. With D3PO_SD_TINY
  * naming a tiny SD pipeline (tests/test_dmodel_sd.sh builds one), the sd
  * family gives exactly sd_ddim_sample's and sd_traj_logp's bits from the
- * same text states and latents, and reports no trainable set. */
+ * same text states and latents, and reports no trainable set until LoRA
+ * adapters are attached (test_sd_train: D3PO trains them, the base stays
+ * bit-identical, adapters off give the base's bits, files round-trip). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dmodel.h"
+#include "optim.h"
 #include "sd/sdsample.h"
 #include "t.h"
 
@@ -139,22 +144,27 @@ static void test_pixel_bit_identical(void) {
     model_free(&m);
 }
 
-static void test_sd_bit_identical(void) {
-    const char *dir = getenv("D3PO_SD_TINY");
+/* Opens $D3PO_SD_TINY (dir) on the CPU for latents h x w: 1, or 0 when
+ * unset (the sd tests are skipped) or failing (a failed check). */
+static int open_tiny_sd(d3_dmodel *dm, const char *dir, int h, int w) {
+    char err[D3_ERRLEN];
     if (!dir || !*dir) {
         printf("  (D3PO_SD_TINY unset: the sd family is tested by test_dmodel_sd.sh)\n");
-        return;
+        return 0;
     }
+    int rc = dm_open_sd(dm, dir, NULL, backend_cpu(), h, w, err);
+    CHECK(rc == 0, "dm_open_sd: %s", err);
+    return rc == 0;
+}
+
+static void test_sd_bit_identical(void) {
     char err[D3_ERRLEN];
+    const char *dir = getenv("D3PO_SD_TINY");
     const d3_backend *be = backend_cpu();
-    d3_tape *tp = tape_new(be);
     d3_dmodel dm;
     int h = 8, w = 8;
-    if (dm_open_sd(&dm, dir, NULL, be, h, w, err)) {
-        CHECK(0, "dm_open_sd: %s", err);
-        tape_free(tp);
-        return;
-    }
+    if (!open_tiny_sd(&dm, dir, h, w)) return;
+    d3_tape *tp = tape_new(be);
     CHECK(strcmp(dm.family, "sd") == 0 && dm.h == h && dm.img_h == h * ((sd_model *)dm.impl)->factor, "sizes %d %d", dm.h, dm.img_h);
     CHECK(dm_can_train(&dm, err) == 0 && strstr(err, "LoRA"), "sd claims a trainable set");
     CHECK(dm_open_sd(&(d3_dmodel){0}, dir, NULL, be, 7, 7, err) == -1, "latents 7x7 accepted");
@@ -206,6 +216,137 @@ static void test_sd_bit_identical(void) {
     CHECK(dm_decode(&dm, tp, xb, 1, ib, err) == 0, "%s", err);
     CHECK(!memcmp(ia, ib, HW * 3), "decoded images differ");
     free(c); free(c2); free(cc); free(xa); free(xb); free(ta); free(tb); free(ia); free(ib);
+    dm_close(&dm);
+    tape_free(tp);
+}
+
+/* LoRA D3PO on the sd family: the adapters are the trainable set, D3PO
+ * trains them (finite loss, non-zero adapter gradients, the loss falls
+ * under a large learning rate), the base UNet and text encoder stay
+ * bit-identical through AdamW steps, the adapters off give the base's
+ * bits, a saved file starts a new set with the same numbers in both
+ * namings, and a frozen --lora set equals the same adapters trainable. */
+static void test_sd_train(void) {
+    const char *dir = getenv("D3PO_SD_TINY");
+    d3_dmodel dm;
+    int h = 8, w = 8;
+    if (!open_tiny_sd(&dm, dir, h, w)) return;
+    char err[D3_ERRLEN], path[4096];
+    const d3_backend *be = backend_cpu();
+    d3_tape *tp = tape_new(be);
+    sd_model *m = dm.impl;
+    size_t D = dm.D, Dc = dm.cond_floats, nu = m->p.L[SD_UNET].numel, nt = m->p.L[SD_TEXT_ENCODER].numel;
+    CHECK(dm_can_train(&dm, err) == 0 && dm_lora(&dm) == NULL, "a trainable set before attaching");
+    float *c = malloc(2 * Dc * sizeof(float));
+    CHECK(dm_condition(&dm, "a photo of a cat", c, err) == 0 && dm_condition(&dm, "", c + Dc, err) == 0, "%s", err);
+    ddim_opts o = ddim_opts_default();
+    o.steps = 4;
+    o.cfg = 7.5f;
+    int K = o.steps;
+    float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
+    float lp[8], base[8], ref[8], pol[8];
+    CHECK(dm_sample_pair(&dm, tp, &o, c, c + Dc, 9, 1, x, traj, lp, err) == 0, "%s", err);
+    float *cc = malloc(2 * Dc * sizeof(float));
+    memcpy(cc, c, Dc * sizeof(float));
+    memcpy(cc + Dc, c, Dc * sizeof(float));
+    CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + Dc, traj, base, NULL, err) == 0, "%s", err);
+    float *u0 = malloc(nu * sizeof(float)), *t0 = malloc(nt * sizeof(float));
+    memcpy(u0, m->params[SD_UNET], nu * sizeof(float));
+    memcpy(t0, m->params[SD_TEXT_ENCODER], nt * sizeof(float));
+
+    d3_model px;
+    tiny(&px, "base=8,mult=1,res=1,attn=none,size=8,classes=2", 1);
+    d3_dmodel dp;
+    dm_open_pixel(&dp, &px, err);
+    dm_lora_opts lo = dm_lora_opts_default();
+    lo.seed = 3;
+    CHECK(dm_lora_attach(&dp, &lo, err) == -1 && strstr(err, "pixel"), "adapters on a pixel model: %s", err);
+    dm_close(&dp);
+    model_free(&px);
+
+    CHECK(dm_lora_attach(&dm, &lo, err) == 0, "%s", err);
+    const lora_set *ls = dm_lora(&dm);
+    CHECK(ls && ls->n > 0 && dm.train.numel == ls->numel && dm_can_train(&dm, err) == 1, "no trainable set");
+    CHECK(dm_lora_attach(&dm, &lo, err) == -1 && strstr(err, "already"), "a second set attached");
+    CHECK(dm_lora_frozen(&dm, "x.safetensors", 1, err) == -1 && strstr(err, "before"), "frozen after trainable");
+    printf("  %d adapters, %zu trainable floats (base UNet %zu)\n", ls->n, dm.train.numel, nu);
+    /* up = 0: the adapted model starts as the base, bit for bit */
+    CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + Dc, traj, pol, NULL, err) == 0, "%s", err);
+    CHECK(!memcmp(pol, base, sizeof(float) * 2 * K), "zero-initialised adapters change the model");
+    dm_adapters_on(&dm, 0);
+    CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + Dc, traj, ref, NULL, err) == 0, "%s", err);
+    dm_adapters_on(&dm, 1);
+
+    d3_adamw opt;
+    adamw_init(&opt, dm.train.numel);
+    opt.lr = 3e-3f; /* large, so that a few steps move the loss */
+    float *g = calloc(dm.train.numel, sizeof(float));
+    d3po_opts dop = d3po_opts_default();
+    float hh[2] = {1, -1};
+    double first = 0, last = 0;
+    for (int step = 0; step < 4; step++) {
+        memset(g, 0, dm.train.numel * sizeof(float));
+        double loss = dm_d3po_pair_backward(&dm, tp, g, &o, &dop, traj, traj + (K + 1) * D, c, c + Dc, ref,
+                                            ref + K, NULL, hh, NULL, NULL, NULL, NULL, err);
+        CHECK(isfinite(loss), "step %d: loss %g %s", step, loss, err);
+        double gd = 0, gu = 0;
+        for (int i = 0; i < ls->n; i++) {
+            const lora_module *q = &ls->m[i];
+            for (size_t e = 0; e < (size_t)q->rank * q->in; e++) gd += fabs(g[q->down + e]);
+            for (size_t e = 0; e < (size_t)q->out * q->rank; e++) gu += fabs(g[q->up + e]);
+        }
+        /* the first step has up = 0: the down matrices get no gradient yet */
+        CHECK(gu > 0 && (step == 0 ? gd == 0 : gd > 0), "step %d: |g| down %g up %g", step, gd, gu);
+        if (step == 0) first = loss;
+        last = loss;
+        adamw_step(&opt, dm.train.params, g);
+        dm_touch(&dm);
+        CHECK(!memcmp(u0, m->params[SD_UNET], nu * sizeof(float)) &&
+              !memcmp(t0, m->params[SD_TEXT_ENCODER], nt * sizeof(float)),
+              "step %d: base weights changed", step);
+    }
+    printf("  D3PO loss over %d steps: %.6f -> %.6f\n", K, first, last);
+    CHECK(first > 0 && fabs(first - K * log(2.0)) < 1e-6, "loss at theta = ref %g, expected K log 2", first);
+    CHECK(last < first, "the loss did not fall: %g -> %g", first, last);
+    /* adapters off: the base's bits; on: the trained policy */
+    dm_adapters_on(&dm, 0);
+    CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + Dc, traj, pol, NULL, err) == 0, "%s", err);
+    CHECK(!memcmp(pol, base, sizeof(float) * 2 * K), "adapters off differ from the base");
+    dm_adapters_on(&dm, 1);
+    CHECK(dm_traj_logp(&dm, tp, &o, 2, cc, c + Dc, traj, pol, NULL, err) == 0, "%s", err);
+    CHECK(pol[0] - base[0] > pol[K] - base[K] || pol[1] - base[1] > pol[K + 1] - base[K + 1],
+          "the preferred image's log-ratio did not rise over the other's");
+    CHECK(memcmp(pol, base, sizeof(float) * 2 * K), "trained adapters give the base's numbers");
+
+    /* files: both namings start a new set with these numbers; as a frozen
+     * set the same adapters give the same bits */
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    for (int nm = 0; nm < 2; nm++) {
+        snprintf(path, sizeof path, "%s/test_dmodel_lora_%d_%d.safetensors", tmp, (int)getpid(), nm);
+        CHECK(dm_lora_save(&dm, path, nm ? LORA_DIFFUSERS : LORA_KOHYA, err) == 0, "%s", err);
+        d3_dmodel d2;
+        CHECK(dm_open_sd(&d2, dir, NULL, be, h, w, err) == 0, "%s", err);
+        dm_lora_opts lf = dm_lora_opts_default();
+        lf.from = path;
+        CHECK(dm_lora_attach(&d2, &lf, err) == 0, "%s", err);
+        /* alpha = rank: the diffusers naming's folded up is the same */
+        CHECK(d2.train.numel == dm.train.numel &&
+                  !memcmp(d2.train.params, dm.train.params, dm.train.numel * sizeof(float)),
+              "naming %d: the loaded adapters differ", nm);
+        dm_close(&d2);
+        if (nm) continue;
+        CHECK(dm_open_sd(&d2, dir, NULL, be, h, w, err) == 0, "%s", err);
+        CHECK(dm_lora_frozen(&d2, path, 1.0f, err) == 0, "%s", err);
+        lo.seed = 4;
+        CHECK(dm_lora_attach(&d2, &lo, err) == 0, "%s", err);
+        dm_adapters_on(&d2, 0); /* the reference: base + the frozen set */
+        CHECK(dm_traj_logp(&d2, tp, &o, 2, cc, c + Dc, traj, ref, NULL, err) == 0, "%s", err);
+        CHECK(!memcmp(pol, ref, sizeof(float) * 2 * K), "the frozen set differs from the trainable one");
+        dm_close(&d2);
+        unlink(path);
+    }
+    adamw_free(&opt);
+    free(g); free(c); free(cc); free(x); free(traj); free(u0); free(t0);
     dm_close(&dm);
     tape_free(tp);
 }
@@ -268,5 +409,6 @@ int main(void) {
     RUN(test_pred_backward_fd);
     RUN(test_pixel_bit_identical);
     RUN(test_sd_bit_identical);
+    RUN(test_sd_train);
     return t_done();
 }

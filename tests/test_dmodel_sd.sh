@@ -4,7 +4,8 @@
 # pipelines (tests/sd/make_tiny.py, venv of tests/sd/venv.sh) and runs
 # test_dmodel with D3PO_SD_TINY on each: dm_sample / dm_traj_logp /
 # dm_decode give exactly sd_ddim_sample's, sd_traj_logp's and
-# sd_model_decode's bits, and the family reports no trainable set.
+# sd_model_decode's bits, the family reports no trainable set until
+# LoRA adapters are attached, and D3PO then trains them (test_sd_train).
 # Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
