@@ -1,0 +1,68 @@
+#!/bin/sh
+# test_lora_d3po.sh - LoRA D3PO on Stable Diffusion-family models against
+# diffusers 0.31 + peft 0.17 (venv of tests/sd/venv.sh), on tiny random
+# sd1 (epsilon) and sd2 (v-prediction, linear projections) pipelines
+# (tests/sd/make_tiny.py):
+#   - `d3po lora --up-std 0.05` writes random non-zero adapters (kohya
+#     naming; alpha 2 of rank 4 on sd2); tool_sdtrain traj samples a pair
+#     with them as the trainable set (4 steps, eta 1, cfg 7.5);
+#   - tests/sd/d3po_ref.py computes the reference log-probs (peft adapters
+#     disabled), the policy's, the D3PO loss per step (beta 0.1, clamp 0.1,
+#     image 0 preferred) and every adapter gradient by autograd, one
+#     backward per step; tool_sdtrain d3po computes them through the model
+#     interface (dm_d3po_pair_backward with the adapters on, dm_traj_logp
+#     with them off) and compares: log-probs within 5e-5 + 1e-5 |ref|, loss
+#     per step within 1e-5, every adapter gradient within 1e-4 of the
+#     largest + 2e-3 |ref| (float32 on both sides; measured ~7e-6 on
+#     log-probs, ~1e-5 of the largest gradient);
+#   - one backward per timestep: the peak resident memory of one pair's
+#     LoRA D3PO (tool_sdtrain pair, 32x32 latents) with K = 8 steps is
+#     within 8 MB of K = 2's, and the tape's arena (one step's tensors) is
+#     the same (memory, not time: no wall-clock assertion).
+# Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
+. "$(dirname "$0")/lib.sh"
+HERE=$(dirname "$0")
+TOOL=$B/tests/tool_sdtrain
+[ -x "$TOOL" ] || { echo "test_lora_d3po: $TOOL is not built"; exit 1; }
+if [ "${D3PO_ASAN:-0}" = 1 ]; then
+    echo "test_lora_d3po: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
+    finish test_lora_d3po
+    exit $?
+fi
+VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_lora_d3po: FAIL: tests/sd/venv.sh failed"; exit 1; }
+PY=$VENV/bin/python
+
+for kind in sd1 sd2; do
+    M=$T/$kind
+    if "$PY" "$HERE/sd/make_tiny.py" --kind $kind --out "$M" >"$T/make.log" 2>&1; then
+        ok "tiny $kind pipeline built"
+    else
+        no "make_tiny.py --kind $kind"; tail -n 5 "$T/make.log"; continue
+    fi
+    alpha=4; [ $kind = sd2 ] && alpha=2
+    expect 0 "$kind: random adapters (alpha $alpha, rank 4)" "$D3" lora --model "$M" --out "$T/l.safetensors" --up-std 0.05 --seed 3 --alpha $alpha
+    expect 0 "$kind: a pair sampled by the adapted model" "$TOOL" traj "$M" "$T/l.safetensors" 4 "$T/tr.safetensors"
+    if "$PY" "$HERE/sd/d3po_ref.py" "$M" "$T/l.safetensors" "$T/tr.safetensors" "$T/ref.safetensors" >"$T/ref.log" 2>&1; then
+        ok "$kind: diffusers + peft reference"
+    else
+        no "$kind: d3po_ref.py"; tail -n 5 "$T/ref.log"; continue
+    fi
+    if "$TOOL" d3po "$M" "$T/l.safetensors" "$T/tr.safetensors" "$T/ref.safetensors" >"$T/cmp" 2>&1
+    then ok "$kind: D3PO loss, log-probs and adapter gradients equal diffusers + peft's"
+    else no "$kind: D3PO parity"; fi
+    cat "$T/cmp"
+done
+
+# one backward per timestep: memory does not grow with the steps
+peak() { # K -> "ARENA_MB PEAK_MB" of one pair's LoRA D3PO at 32x32 latents
+    "$TOOL" pair "$T/sd1" "$1" --size 32 >"$T/pair$1" 2>&1 || { no "tool_sdtrain pair K=$1"; cat "$T/pair$1"; return; }
+    awk '/^d3po lora-pair/ {print $9, $10}' "$T/pair$1"
+}
+a2=$(peak 2); a8=$(peak 8)
+echo "  K=2: arena, peak RSS MB: $a2; K=8: $a8"
+if [ -n "$a2" ] && [ -n "$a8" ] && echo "$a2 $a8" | awk '{exit !($1 == $3 && $4 <= $2 + 8)}'; then
+    ok "one step's activations at a time: K=8's peak within 8 MB of K=2's, the same arena"
+else
+    no "memory grows with the steps: K=2 $a2, K=8 $a8"
+fi
+finish test_lora_d3po

@@ -1,0 +1,291 @@
+/* tool_sdtrain.c - LoRA D3PO on a Stable Diffusion-family pipeline through
+ * the model interface (engine/dmodel.h), for tests/test_lora_d3po.sh and
+ * the cost measurements in bench/results/.
+ *
+ *   tool_sdtrain traj PIPE LORA K OUT
+ *       a pair sampled by PIPE's UNet with LORA's adapters attached as the
+ *       trainable set (prompt "a photo of a cat", negative "", eta 1, cfg
+ *       7.5, seed 5, latents of the UNet's sample_size): OUT (safetensors)
+ *       holds traj0, traj1 [K+1, C, h, w], cond, uncond [77, D] (the text
+ *       states d3po computed) and the metadata K, cfg, eta
+ *   tool_sdtrain d3po PIPE LORA TRAJ REF
+ *       the reference log-probs (adapters off), the policy's, the D3PO loss
+ *       of h = {+1, -1} (beta 0.1, clamp 0.1) and every adapter gradient,
+ *       through dm_d3po_pair_backward, against REF (tests/sd/d3po_ref.py:
+ *       the same loss on diffusers + peft by autograd); tolerances printed
+ *   tool_sdtrain pair PIPE K [--size S] [--seed N] [--rank R]
+ *       one labeled pair of LoRA D3PO, measured: sampling (K steps, CFG),
+ *       reference log-probs, the D3PO backward of the K steps (one backward
+ *       per timestep, gradients accumulated), clipping and AdamW; process
+ *       CPU seconds and wall seconds of each part, the tape's peak arena
+ *       (one step's tensors), and the peak resident memory. Last line:
+ *       "d3po lora-pair K S SAMPLE_S REF_S TRAIN_S TOTAL_S ARENA_MB PEAK_MB"
+ * Exit status 0 when everything matches, 1 on a mismatch or an error. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "dmodel.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "sd/sdsample.h"
+
+static const char *prompt = "a photo of a cat";
+
+static void fail(const char *what, const char *err) {
+    fprintf(stderr, "tool_sdtrain: %s: %s\n", what, err);
+    exit(1);
+}
+
+/* Opens PIPE at its sample_size (or size > 0) with LORA (NULL: default
+ * adapters of seed) as the trainable set, and encodes the prompts. */
+static void open_model(d3_dmodel *dm, const char *pipe, const char *lora, int size, uint64_t seed,
+                       int rank, float **cond) {
+    char err[D3_ERRLEN];
+    sd_pipeline p;
+    if (sd_pipeline_open(&p, pipe, NULL, err)) fail(pipe, err);
+    int s = size > 0 ? size : p.unet.sample_size;
+    sd_pipeline_close(&p);
+    if (dm_open_sd(dm, pipe, NULL, backend_cpu(), s, s, err)) fail(pipe, err);
+    dm_lora_opts lo = dm_lora_opts_default();
+    lo.from = lora;
+    lo.seed = seed;
+    lo.rank = rank;
+    lo.alpha = (float)rank;
+    if (dm_lora_attach(dm, &lo, err)) fail(lora ? lora : "adapters", err);
+    *cond = malloc(2 * dm->cond_floats * sizeof(float));
+    if (dm_condition(dm, prompt, *cond, err) || dm_condition(dm, "", *cond + dm->cond_floats, err))
+        fail("prompt", err);
+}
+
+static ddim_opts opts(int K) {
+    ddim_opts o = ddim_opts_default();
+    o.steps = K;
+    o.eta = 1.0;
+    o.cfg = 7.5f;
+    return o;
+}
+
+static int cmd_traj(const char *pipe, const char *lora, int K, const char *out) {
+    char err[D3_ERRLEN], kbuf[16];
+    d3_dmodel dm;
+    float *c;
+    open_model(&dm, pipe, lora, 0, 0, 4, &c);
+    d3_tape *tp = tape_new(backend_cpu());
+    ddim_opts o = opts(K);
+    size_t D = dm.D;
+    float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
+    if (dm_sample_pair(&dm, tp, &o, c, c + dm.cond_floats, 5, 1, x, traj, NULL, err)) fail("sample", err);
+    st_writer *w = st_writer_new();
+    int64_t ts[4] = {K + 1, dm.C, dm.h, dm.w}, cs[2] = {77, (int64_t)dm.cond_floats / 77};
+    snprintf(kbuf, sizeof kbuf, "%d", K);
+    if (st_writer_add(w, "traj0", ST_F32, 4, ts, traj, err) ||
+        st_writer_add(w, "traj1", ST_F32, 4, ts, traj + (K + 1) * D, err) ||
+        st_writer_add(w, "cond", ST_F32, 2, cs, c, err) ||
+        st_writer_add(w, "uncond", ST_F32, 2, cs, c + dm.cond_floats, err) ||
+        st_writer_meta(w, "K", kbuf, err) || st_writer_meta(w, "cfg", "7.5", err) ||
+        st_writer_meta(w, "eta", "1.0", err) || st_writer_save(w, out, err))
+        fail(out, err);
+    printf("tool_sdtrain traj: %s, %d steps, latents %dx%dx%d -> %s\n", pipe, K, dm.C, dm.h, dm.w, out);
+    st_writer_free(w);
+    free(x); free(traj); free(c);
+    tape_free(tp);
+    dm_close(&dm);
+    return 0;
+}
+
+static const float *tensor(const st_file *f, const char *name, size_t n) {
+    const st_tensor *t = st_find(f, name);
+    if (!t || t->dtype != ST_F32 || t->nbytes != n * sizeof(float)) fail(name, "missing, not F32 or of another size");
+    return (const float *)t->data;
+}
+
+/* Counts elements of a [n] beyond atol + rtol |b|, printing the worst. */
+static int check(const char *what, const float *a, const float *b, size_t n, double atol, double rtol,
+                 const char *why) {
+    size_t bad = 0, wi = 0;
+    double worst = 0, over = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]), lim = atol + rtol * fabs(b[i]);
+        bad += !(d <= lim);
+        if (d > worst) worst = d;
+        if (!(d - lim <= over)) { over = d - lim; wi = i; }
+    }
+    printf("  %s (%zu): max |diff| %.3g; tolerance %.0e + %.0e |ref| (%s); worst [%zu] %.7g vs %.7g: %s\n",
+           what, n, worst, atol, rtol, why, wi, a[wi], b[wi], bad ? "MISMATCH" : "ok");
+    return bad != 0;
+}
+
+static int cmd_d3po(const char *pipe, const char *lora, const char *trajf, const char *reff) {
+    char err[D3_ERRLEN];
+    d3_dmodel dm;
+    float *c;
+    open_model(&dm, pipe, lora, 0, 0, 4, &c);
+    st_file tf, rf;
+    if (st_load(&tf, trajf, err)) fail(trajf, err);
+    if (st_load(&rf, reff, err)) fail(reff, err);
+    const char *ks = st_meta(&tf, "K");
+    int K = ks ? atoi(ks) : 0;
+    if (K < 1 || K > D3_MAX_STEPS) fail(trajf, "no K in the metadata");
+    size_t D = dm.D, Dc = dm.cond_floats;
+    const float *t0 = tensor(&tf, "traj0", (K + 1) * D), *t1 = tensor(&tf, "traj1", (K + 1) * D);
+    const float *cond = tensor(&tf, "cond", Dc), *unc = tensor(&tf, "uncond", Dc);
+    d3_tape *tp = tape_new(backend_cpu());
+    ddim_opts o = opts(K);
+    float ref[2 * D3_MAX_STEPS], lp[2 * D3_MAX_STEPS], lk[D3_MAX_STEPS];
+    dm_adapters_on(&dm, 0);
+    if (dm_traj_logp(&dm, tp, &o, 1, cond, unc, t0, ref, NULL, err) ||
+        dm_traj_logp(&dm, tp, &o, 1, cond, unc, t1, ref + K, NULL, err))
+        fail("reference log-probs", err);
+    dm_adapters_on(&dm, 1);
+    float *g = calloc(dm.train.numel, sizeof(float));
+    d3po_opts d = d3po_opts_default();
+    float h[2] = {1, -1};
+    double loss = dm_d3po_pair_backward(&dm, tp, g, &o, &d, t0, t1, cond, unc, ref, ref + K, NULL, h,
+                                        NULL, lk, lp, lp + K, err);
+    if (!isfinite(loss)) fail("dm_d3po_pair_backward", err);
+    const lora_set *s = dm_lora(&dm);
+    printf("tool_sdtrain d3po: %s, %d steps, %d adapters, loss %.9g\n", pipe, K, s->n, loss);
+    int clamped = 0;
+    for (int k = 0; k < 2 * K; k++) clamped += fabs(lp[k] - ref[k]) > log(1.1);
+    printf("  log-ratios beyond the clamp: %d of %d\n", clamped, 2 * K);
+    int bad = 0;
+    /* log-probs: means over D of squares scaled by 1/sigma^2 (last step
+     * sigma ~0.1 at K=4); float32 UNets in two summation orders differ by
+     * ~1e-6 relative in eps, which moves a log-prob by ~1e-5 (measured
+     * <= 7e-6 on the tiny sd1 and sd2 pipelines) */
+    bad |= check("reference log-probs", ref, tensor(&rf, "ref", 2 * K), 2 * K, 5e-5, 1e-5,
+                 "float32 UNet, 1/sigma^2 magnification");
+    bad |= check("policy log-probs", lp, tensor(&rf, "logp", 2 * K), 2 * K, 5e-5, 1e-5, "as above");
+    float lr[2 * D3_MAX_STEPS], rlr[2 * D3_MAX_STEPS];
+    const float *rl = tensor(&rf, "logp", 2 * K), *rr = tensor(&rf, "ref", 2 * K);
+    for (int k = 0; k < 2 * K; k++) {
+        lr[k] = lp[k] - ref[k];
+        rlr[k] = rl[k] - rr[k];
+    }
+    /* the log-ratios D3PO sees: the same errors, where they matter */
+    bad |= check("log-ratios", lr, rlr, 2 * K, 5e-5, 1e-3, "the two log-prob errors above");
+    /* the loss is -log sigmoid(beta (lr0 - lr1)) ~ log 2: beta times the
+     * log-ratio errors above */
+    bad |= check("loss per step", lk, tensor(&rf, "loss", K), K, 1e-5, 1e-5, "beta x log-ratio error");
+    /* gradients: dloss/dlogp (~beta/2) x the UNet's backward through
+     * 1/sigma^2-scaled residuals, float32 on both sides: each element
+     * within 1e-4 of the largest reference gradient + 2e-3 of its own
+     * (measured: ~5e-6 of the largest) */
+    double gmax = 0, worst = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < s->n; i++)
+            for (int k = 0; k < 2; k++) {
+                const lora_module *m = &s->m[i];
+                char name[SD_NAME_MAX + 16];
+                snprintf(name, sizeof name, "grad.%s.%s", m->name, k ? "up" : "down");
+                size_t n = k ? (size_t)m->out * m->rank : (size_t)m->rank * m->in;
+                const float *a = g + (k ? m->up : m->down), *b = tensor(&rf, name, n);
+                for (size_t e = 0; e < n; e++) {
+                    double dd = fabs((double)a[e] - b[e]);
+                    if (!pass) {
+                        gmax = fmax(gmax, fabs(b[e]));
+                        continue;
+                    }
+                    worst = fmax(worst, dd);
+                    if (!(dd <= 1e-4 * gmax + 2e-3 * fabs(b[e])) && bad++ < 5)
+                        printf("    %s[%zu]: ours %.7g ref %.7g\n", name, e, a[e], b[e]);
+                }
+            }
+    printf("  adapter gradients (%d matrices): max |ref| %.3g, max |diff| %.3g (%.2g of max |ref|); "
+           "tolerance 1e-4 max|ref| + 2e-3 |ref| (float32 UNet backward): %s\n",
+           2 * s->n, gmax, worst, worst / gmax, bad ? "MISMATCH" : "ok");
+    bad |= !(gmax > 0);
+    st_free(&tf);
+    st_free(&rf);
+    free(g); free(c);
+    tape_free(tp);
+    dm_close(&dm);
+    return bad;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static double cpu(void) { return (double)clock() / CLOCKS_PER_SEC; }
+
+static double peak_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+static int cmd_pair(const char *pipe, int K, int size, uint64_t seed, int rank) {
+    char err[D3_ERRLEN];
+    d3_dmodel dm;
+    float *c;
+    open_model(&dm, pipe, NULL, size, seed, rank, &c);
+    double mb_loaded = peak_mb();
+    d3_tape *tp = tape_new(backend_cpu());
+    ddim_opts o = opts(K);
+    size_t D = dm.D, Dc = dm.cond_floats;
+    float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
+    float ref[2 * D3_MAX_STEPS];
+    double w0 = now(), c0 = cpu();
+    if (dm_sample_pair(&dm, tp, &o, c, c + Dc, seed, 1, x, traj, NULL, err)) fail("sample", err);
+    double w1 = now(), c1 = cpu();
+    float *cc = malloc(2 * Dc * sizeof(float));
+    memcpy(cc, c, Dc * sizeof(float));
+    memcpy(cc + Dc, c, Dc * sizeof(float));
+    dm_adapters_on(&dm, 0);
+    if (dm_traj_logp(&dm, tp, &o, 2, cc, c + Dc, traj, ref, NULL, err)) fail("reference", err);
+    dm_adapters_on(&dm, 1);
+    double w2 = now(), c2 = cpu();
+    size_t arena_inf = tape_arena_bytes(tp);
+    float *g = calloc(dm.train.numel, sizeof(float));
+    d3_adamw opt;
+    adamw_init(&opt, dm.train.numel);
+    d3po_opts d = d3po_opts_default();
+    float h[2] = {1, -1}, *refs[2] = {ref, ref + K};
+    double loss = dm_d3po_pair_backward(&dm, tp, g, &o, &d, traj, traj + (K + 1) * D, c, c + Dc,
+                                        refs[0], refs[1], NULL, h, NULL, NULL, NULL, NULL, err);
+    if (!isfinite(loss)) fail("dm_d3po_pair_backward", err);
+    grad_clip(g, dm.train.numel, 1.0);
+    adamw_step(&opt, dm.train.params, g);
+    dm_touch(&dm);
+    double w3 = now(), c3 = cpu();
+    double arena = tape_arena_bytes(tp) / 1048576.0, peak = peak_mb();
+    printf("tool_sdtrain pair: %s, latents %dx%dx%d, K=%d, %zu trainable floats, loss %.6f\n", pipe,
+           dm.C, dm.h, dm.w, K, dm.train.numel, loss);
+    printf("  sample %.3f s wall (%.3f s CPU), reference log-probs %.3f s (%.3f), D3PO backward + "
+           "AdamW %.3f s (%.3f)\n", w1 - w0, c1 - c0, w2 - w1, c2 - c1, w3 - w2, c3 - c2);
+    printf("  tape arena: %.1f MB inference, %.1f MB training step; peak RSS %.1f MB (%.1f MB after "
+           "loading)\n", arena_inf / 1048576.0, arena, peak, mb_loaded);
+    printf("d3po lora-pair %d %d %.4f %.4f %.4f %.4f %.1f %.1f\n", K, dm.h, w1 - w0, w2 - w1, w3 - w2,
+           w3 - w0, arena, peak);
+    adamw_free(&opt);
+    free(g); free(c); free(cc); free(x); free(traj);
+    tape_free(tp);
+    dm_close(&dm);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 6 && !strcmp(argv[1], "traj")) return cmd_traj(argv[2], argv[3], atoi(argv[4]), argv[5]);
+    if (argc == 6 && !strcmp(argv[1], "d3po")) return cmd_d3po(argv[2], argv[3], argv[4], argv[5]);
+    if (argc >= 4 && !strcmp(argv[1], "pair")) {
+        int size = 0, rank = 4;
+        uint64_t seed = 1;
+        for (int i = 4; i + 1 < argc; i += 2) {
+            if (!strcmp(argv[i], "--size")) size = atoi(argv[i + 1]);
+            else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10);
+            else if (!strcmp(argv[i], "--rank")) rank = atoi(argv[i + 1]);
+            else fail(argv[i], "unknown option");
+        }
+        return cmd_pair(argv[2], atoi(argv[3]), size, seed, rank);
+    }
+    fprintf(stderr, "usage: tool_sdtrain traj PIPE LORA K OUT | d3po PIPE LORA TRAJ REF | "
+                    "pair PIPE K [--size S] [--seed N] [--rank R]\n");
+    return 1;
+}
