@@ -30,6 +30,8 @@ typedef struct {
     int cls;         /* pixel family: the class id, used when cond is NULL */
     float *cond;     /* the pair's conditioning [cond_floats] (dmodel.h), owned
                         by the caller; NULL: the class id cls (pixel family) */
+    char *prompt;    /* the prompt text, owned by the caller; the engine makes
+                        cond from it when cond is NULL and cls < 0 */
     float *traj[2];  /* [K+1][D] each, owned by the caller */
     float h[2];      /* {+1,-1}: image 0 preferred, {-1,+1}: image 1, {0,0}: tie */
     float *ref[2];   /* cached reference log-probs [K] each (allocated by d3po_train) */

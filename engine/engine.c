@@ -295,6 +295,23 @@ static void run_train(d3_engine *e, job *j) {
     d3po_pair *pairs = to.all_labels ? e->pool : j->pairs;
     int npairs = to.all_labels ? e->npool : j->npairs;
     if (!dm_can_train(e->policy, err)) { emit_error(e, err); return; }
+    /* pairs read back from a session carry their prompt, not its
+     * conditioning: made here, once */
+    for (int i = 0; i < npairs; i++) {
+        d3po_pair *q = &pairs[i];
+        if (q->cond || q->cls >= 0) continue;
+        if (!q->prompt) { emit_error(e, "engine: a pair without prompt or class"); return; }
+        if (!(q->cond = malloc(e->policy->cond_floats * sizeof(float)))) {
+            emit_error(e, "engine: out of memory");
+            return;
+        }
+        if (dm_condition(e->policy, q->prompt, q->cond, err)) {
+            free(q->cond);
+            q->cond = NULL;
+            emit_error(e, err);
+            return;
+        }
+    }
     d3_dmodel *ref = e->base, dsnap, dkeep;
     d3_model snap, keep;
     long tag = 0;
@@ -356,6 +373,7 @@ static void free_pairs(d3po_pair *pairs, int n) {
         free(pairs[i].traj[0]);
         free(pairs[i].traj[1]);
         free(pairs[i].cond);
+        free(pairs[i].prompt);
     }
     d3po_pairs_free_cache(pairs, n);
     free(pairs);
@@ -540,6 +558,7 @@ static void queue_pairs(d3_engine *e, const d3_pair_sample *const *pairs, const 
         q->cls = p->cls;
         if (p->cond && p->cond_floats > 0 && (q->cond = malloc(p->cond_floats * sizeof(float))))
             memcpy(q->cond, p->cond, p->cond_floats * sizeof(float));
+        if (!q->cond && p->prompt) q->prompt = strdup(p->prompt);
         q->h[0] = h[i][0];
         q->h[1] = h[i][1];
         q->ref_tag = -1;
