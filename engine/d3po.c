@@ -42,14 +42,21 @@ static void shuffle(int *v, int n, d3_rng *rng) {
     }
 }
 
+/* The pair's conditioning: its cond, or (pixel family) its class id. */
+static const float *pair_cond(const d3po_pair *p, float *cls1) {
+    if (p->cond) return p->cond;
+    *cls1 = (float)p->cls;
+    return cls1;
+}
+
 /* The reference log-probs of a pair, and with want_mean its reference
  * means, computed unless cached for this tag. */
-static int refresh_ref(const d3_model *ref, long tag, d3_tape *tp, d3po_pair *p,
+static int refresh_ref(d3_dmodel *ref, long tag, d3_tape *tp, d3po_pair *p, const float *uncond,
                        const ddim_opts *o, int want_mean, char *err) {
     if (p->ref_tag == tag && p->ref[0] && p->ref[1] && (!want_mean || (p->rmean[0] && p->rmean[1])))
         return 0;
-    int K = o->steps, S = ref->L.arch.size;
-    size_t D = 3 * (size_t)S * S;
+    int K = o->steps;
+    size_t D = ref->D, cf = ref->cond_floats;
     for (int i = 0; i < 2; i++) {
         if (!p->ref[i] && !(p->ref[i] = malloc(sizeof(float) * K))) return d3_errf(err, "out of memory");
         if (want_mean && !p->rmean[i] && !(p->rmean[i] = malloc(sizeof(float) * K * D)))
@@ -57,16 +64,21 @@ static int refresh_ref(const d3_model *ref, long tag, d3_tape *tp, d3po_pair *p,
     }
     float *both = malloc(2 * (K + 1) * D * sizeof(float)), lp[2 * D3_MAX_STEPS];
     float *means = want_mean ? malloc(2 * K * D * sizeof(float)) : NULL;
-    if (!both || (want_mean && !means)) {
+    float *c2 = malloc(2 * cf * sizeof(float)), cls1;
+    if (!both || !c2 || (want_mean && !means)) {
         free(both);
         free(means);
+        free(c2);
         return d3_errf(err, "out of memory");
     }
     memcpy(both, p->traj[0], (K + 1) * D * sizeof(float));
     memcpy(both + (K + 1) * D, p->traj[1], (K + 1) * D * sizeof(float));
-    int cls[2] = {p->cls, p->cls};
-    int rc = ddim_traj_logp_mean(ref, tp, o, 2, cls, both, lp, means, err);
+    const float *c = pair_cond(p, &cls1);
+    memcpy(c2, c, cf * sizeof(float));
+    memcpy(c2 + cf, c, cf * sizeof(float));
+    int rc = dm_traj_logp(ref, tp, o, 2, c2, uncond, both, lp, means, err);
     free(both);
+    free(c2);
     if (rc) {
         free(means);
         return -1;
@@ -90,19 +102,19 @@ typedef struct {
     float *grads, *m, *v, *params;
 } train_bufs;
 
-static int bufs_open(train_bufs *b, const d3_backend *be, d3_model *policy, d3_adamw *opt,
+static int bufs_open(train_bufs *b, const d3_backend *be, d3_dmodel *policy, d3_adamw *opt,
                      char *err) {
-    size_t n = policy->L.numel, bytes = n * sizeof(float);
+    size_t n = policy->train.numel, bytes = n * sizeof(float);
     memset(b, 0, sizeof *b);
     b->be = be;
     if (be->host) {
-        b->params = policy->params;
+        b->params = policy->train.params;
         b->m = opt->m;
         b->v = opt->v;
         if (!(b->grads = malloc(bytes))) return d3_errf(err, "out of memory");
         return 0;
     }
-    b->params = model_params_dev(policy, be);
+    b->params = policy->ops->trainable_dev(policy, be);
     b->grads = be->alloc(bytes);
     b->m = be->alloc(bytes);
     b->v = be->alloc(bytes);
@@ -115,70 +127,82 @@ static int bufs_open(train_bufs *b, const d3_backend *be, d3_model *policy, d3_a
 }
 
 /* Copies the trained state back to the host and frees the buffers. */
-static void bufs_close(train_bufs *b, d3_model *policy, d3_adamw *opt) {
+static void bufs_close(train_bufs *b, d3_dmodel *policy, d3_adamw *opt) {
     const d3_backend *be = b->be;
     if (be->host) {
         free(b->grads);
-        model_touch(policy);
+        policy->ops->touch(policy);
         return;
     }
-    size_t bytes = policy->L.numel * sizeof(float);
+    size_t bytes = policy->train.numel * sizeof(float);
     if (b->m) be->download(opt->m, b->m, bytes);
     if (b->v) be->download(opt->v, b->v, bytes);
-    if (b->params) model_pull(policy);
+    if (b->params) {
+        if (!strcmp(policy->family, "pixel")) {
+            model_pull(policy->impl); /* the device copy stays valid */
+        } else {
+            be->download(policy->train.params, b->params, bytes);
+            policy->ops->touch(policy);
+        }
+    }
     be->free(b->grads); be->free(b->m); be->free(b->v);
 }
 
 double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *tp,
                   d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
                   d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err) {
+    d3_dmodel dp, dr;
+    dm_open_pixel(&dp, policy, err);
+    dm_open_pixel(&dr, (d3_model *)ref, err); /* read only: the reference is not trained */
+    double l = d3po_train_dm(&dp, &dr, ref_tag, tp, opt, pairs, npairs, o, rng, progress, ctx, err);
+    dm_close(&dp);
+    dm_close(&dr);
+    return l;
+}
+
+double d3po_train_dm(d3_dmodel *policy, d3_dmodel *ref, long ref_tag, d3_tape *tp, d3_adamw *opt,
+                     d3po_pair *pairs, int npairs, const d3po_train_opts *o, d3_rng *rng,
+                     d3po_progress_fn progress, void *ctx, char *err) {
     int K = o->sample.steps;
     if (K < 1 || K > D3_MAX_STEPS) { d3_errf(err, "steps=%d out of range", K); return NAN; }
+    int dpo = o->objective == D3PO_OBJ_DPO;
+    int pixel = !strcmp(policy->family, "pixel");
+    if (dpo && !pixel) {
+        d3_errf(err, "train.objective dpo: %s models train with d3po only", policy->family);
+        return NAN;
+    }
+    if (policy->train.numel == 0 && !dm_can_train(policy, err)) return NAN;
     const d3_backend *be = tape_backend(tp);
-    size_t numel = policy->L.numel;
+    size_t numel = policy->train.numel, D = policy->D;
     int *order = malloc(sizeof(int) * (npairs ? npairs : 1)), steps[D3_MAX_STEPS];
-    if (!order) { d3_errf(err, "out of memory"); return NAN; }
+    int nd = o->dpo_draws > 0 ? o->dpo_draws : 1, *dt = NULL;
+    float *deps = NULL, *uncond = malloc(policy->cond_floats * sizeof(float));
+    double total = 0, result = NAN;
+    long count = 0;
+    train_bufs b;
+    int opened = 0;
+    if (!order || !uncond ||
+        (dpo && (!(dt = malloc(sizeof(int) * nd)) || !(deps = malloc(sizeof(float) * nd * D))))) {
+        d3_errf(err, "out of memory");
+        goto out;
+    }
+    if (dm_condition(policy, "", uncond, err)) goto out;
     int n = 0;
     for (int i = 0; i < npairs; i++)
         if (pairs[i].h[0] != 0 || pairs[i].h[1] != 0) order[n++] = i;
-    int dpo = o->objective == D3PO_OBJ_DPO;
-    size_t D = 3 * (size_t)policy->L.arch.size * policy->L.arch.size;
-    int nd = o->dpo_draws > 0 ? o->dpo_draws : 1, *dt = NULL;
-    float *deps = NULL;
-    if (dpo && (!(dt = malloc(sizeof(int) * nd)) || !(deps = malloc(sizeof(float) * nd * D)))) {
-        free(dt);
-        free(order);
-        d3_errf(err, "out of memory");
-        return NAN;
-    }
     /* reference log-probs first: with D3PO_REF_ROUND the reference is the
      * policy before this call's first update, so caching must precede it
      * (Diffusion-DPO needs none: its reference runs on fresh draws) */
     for (int i = 0; i < n && !dpo; i++) {
-        if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], &o->sample, o->loss.kl > 0, err)) {
-            free(order);
-            free(dt);
-            free(deps);
-            return NAN;
-        }
+        if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], uncond, &o->sample, o->loss.kl > 0, err))
+            goto out;
         if (progress && progress(ctx, 0, n * o->epochs, NAN)) {
             d3_errf(err, "cancelled");
-            free(order);
-            free(dt);
-            free(deps);
-            return NAN;
+            goto out;
         }
     }
-    train_bufs b;
-    if (bufs_open(&b, be, policy, opt, err)) {
-        bufs_close(&b, policy, opt);
-        free(order);
-        free(dt);
-        free(deps);
-        return NAN;
-    }
-    double total = 0, result = NAN;
-    long count = 0;
+    opened = 1;
+    if (bufs_open(&b, be, policy, opt, err)) goto out;
     int done = 0, all = n * o->epochs;
     for (int e = 0; e < o->epochs; e++) {
         shuffle(order, n, rng);
@@ -187,17 +211,19 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
             be->zero(b.grads, numel * sizeof(float));
             double l;
             if (dpo) {
-                dpo_draw(policy, rng, nd, dt, deps); /* the same draws for both images */
-                l = dpo_pair_backward(policy, ref, tp, b.grads, &o->dpo, p->traj[0] + (size_t)K * D,
-                                      p->traj[1] + (size_t)K * D, p->cls, p->h, nd, dt, deps, NULL,
+                dpo_draw(policy->impl, rng, nd, dt, deps); /* the same draws for both images */
+                l = dpo_pair_backward(policy->impl, ref->impl, tp, b.grads, &o->dpo,
+                                      p->traj[0] + (size_t)K * D, p->traj[1] + (size_t)K * D,
+                                      p->cond ? (int)p->cond[0] : p->cls, p->h, nd, dt, deps, NULL,
                                       err);
             } else {
+                float cls1;
                 for (int k = 0; k < K; k++) steps[k] = k;
                 shuffle(steps, K, rng); /* one order for both images of the pair */
-                l = d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],
-                                       p->traj[1], p->cls, p->ref[0], p->ref[1],
-                                       (const float *const *)p->rmean, p->h, steps, NULL, NULL,
-                                       NULL, err);
+                l = dm_d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],
+                                          p->traj[1], pair_cond(p, &cls1), uncond, p->ref[0],
+                                          p->ref[1], (const float *const *)p->rmean, p->h, steps,
+                                          NULL, NULL, NULL, err);
             }
             if (isnan(l)) goto out;
             grad_clip_on(be, b.grads, numel, o->max_grad_norm);
@@ -213,9 +239,10 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
     }
     result = count ? total / count : 0.0;
 out:
-    bufs_close(&b, policy, opt);
+    if (opened) bufs_close(&b, policy, opt);
     free(order);
     free(dt);
     free(deps);
+    free(uncond);
     return result;
 }

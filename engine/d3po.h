@@ -18,6 +18,7 @@
 #define D3PO_D3PO_H
 
 #include "diffusion.h"
+#include "dmodel.h"
 #include "optim.h"
 
 typedef enum { D3PO_REF_BASE = 0, D3PO_REF_ROUND = 1 } d3po_ref_mode;
@@ -26,7 +27,11 @@ typedef enum { D3PO_REF_BASE = 0, D3PO_REF_ROUND = 1 } d3po_ref_mode;
 typedef enum { D3PO_OBJ_D3PO = 0, D3PO_OBJ_DPO = 1 } d3po_objective;
 
 typedef struct {
-    int cls;
+    int cls;         /* pixel family: the class id, used when cond is NULL */
+    float *cond;     /* the pair's conditioning [cond_floats] (dmodel.h), owned
+                        by the caller; NULL: the class id cls (pixel family) */
+    char *prompt;    /* the prompt text, owned by the caller; the engine makes
+                        cond from it when cond is NULL and cls < 0 */
     float *traj[2];  /* [K+1][D] each, owned by the caller */
     float h[2];      /* {+1,-1}: image 0 preferred, {-1,+1}: image 1, {0,0}: tie */
     float *ref[2];   /* cached reference log-probs [K] each (allocated by d3po_train) */
@@ -70,6 +75,18 @@ typedef int (*d3po_progress_fn)(void *ctx, int step, int total, double loss);
 double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *tp,
                   d3_adamw *opt, d3po_pair *pairs, int npairs, const d3po_train_opts *o,
                   d3_rng *rng, d3po_progress_fn progress, void *ctx, char *err);
+
+/* The same over the model interface (dmodel.h), for any family: the
+ * policy's trainable set (dm_trainable) is what AdamW updates (opt sized
+ * policy->train.numel); ref is the reference model (for the pixel family
+ * a view of a frozen copy or of the base; for the sd family the same
+ * UNet with its adapters off). Each pair's cond (or, pixel, its class) and
+ * the family's "" as the unconditional input. Diffusion-DPO is the pixel
+ * family's only (an error otherwise). d3po_train is this function on
+ * pixel views: same ops in the same order, the same bits. */
+double d3po_train_dm(d3_dmodel *policy, d3_dmodel *ref, long ref_tag, d3_tape *tp, d3_adamw *opt,
+                     d3po_pair *pairs, int npairs, const d3po_train_opts *o, d3_rng *rng,
+                     d3po_progress_fn progress, void *ctx, char *err);
 
 /* Frees the cached reference log-probs and means of n pairs (not the
  * trajectories). */

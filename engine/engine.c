@@ -21,6 +21,7 @@ typedef enum { JOB_SAMPLE, JOB_TRAIN } job_kind;
 typedef struct job {
     job_kind kind;
     int cls;
+    char *prompt;     /* JOB_SAMPLE: owned; NULL: the class cls */
     uint64_t seed;
     int drift;        /* JOB_SAMPLE: also the base model's log-probs */
     int remember;     /* JOB_TRAIN: only add the pairs to the pool, no training */
@@ -46,14 +47,16 @@ struct d3_engine {
     atomic_int cancel;
     int stopping, running_kind; /* -1: idle */
     int pend_sample, pend_train;
-    d3_model *policy, *base;
+    d3_dmodel *policy, *base;   /* owned (dm_close + free) */
+    d3_model *px_policy, *px_base; /* engine_start: the pixel models under the views */
+    float *uncond;              /* the policy's "" conditioning (engine thread) */
     d3_state st;
     long version;
     engine_opts o;
     d3_tape *tp;
     d3_rng rng;
     double job_t0;
-    const d3_model *in_force; /* during a round with overlap: the model before it */
+    d3_dmodel *in_force; /* during a round with overlap: the model before it */
     /* train.all_labels: every labeled pair so far (engine thread only) */
     d3po_pair *pool;
     int npool, cappool;
@@ -114,8 +117,23 @@ static void emit_error(d3_engine *e, const char *msg) {
 
 void engine_pair_free(d3_pair_sample *p) {
     if (!p) return;
-    for (int i = 0; i < 2; i++) { free(p->traj[i]); free(p->logp[i]); free(p->logp_base[i]); }
+    for (int i = 0; i < 2; i++) {
+        free(p->traj[i]); free(p->logp[i]); free(p->logp_base[i]); free(p->rgb[i]);
+    }
+    free(p->prompt);
+    free(p->cond);
     free(p);
+}
+
+const char *engine_family(const d3_engine *e) { return e->policy->family; }
+
+/* The policy's unconditional input, made once on the engine thread. */
+static const float *engine_uncond(d3_engine *e, char *err) {
+    if (e->uncond) return e->uncond;
+    float *u = malloc(e->policy->cond_floats * sizeof(float));
+    if (!u) { d3_errf(err, "engine: out of memory"); return NULL; }
+    if (dm_condition(e->policy, "", u, err)) { free(u); return NULL; }
+    return e->uncond = u;
 }
 
 void engine_event_free(d3_event *ev) {
@@ -134,10 +152,11 @@ double engine_pair_drift(const d3_pair_sample *p) {
 /* p->logp_base: the pair's trajectories traj [2][K+1][D] scored by the
  * base model. Left NULL when that fails (the drift measure skips the
  * pair; it is a diagnostic, not worth failing the pair for). */
-static void base_logp(d3_engine *e, d3_pair_sample *p, const int *cls, const float *traj) {
+static void base_logp(d3_engine *e, d3_pair_sample *p, const float *c2, const float *traj) {
     char err[D3_ERRLEN];
     float *lb = malloc(2 * p->K * sizeof(float));
-    if (!lb || ddim_traj_logp(e->base, e->tp, &e->o.sample, 2, cls, traj, lb, err)) {
+    const float *u = engine_uncond(e, err);
+    if (!lb || !u || dm_traj_logp(e->base, e->tp, &e->o.sample, 2, c2, u, traj, lb, NULL, err)) {
         free(lb);
         return;
     }
@@ -153,19 +172,29 @@ static void base_logp(d3_engine *e, d3_pair_sample *p, const int *cls, const flo
 
 /* Samples job j's pair from m (the policy, or during a round the model in
  * force before it); EV_PAIR carries the version of m. */
-static void run_sample_from(d3_engine *e, const d3_model *m, const job *j) {
-    int K = e->o.sample.steps, S = m->L.arch.size;
-    size_t D = 3 * (size_t)S * S;
+static void run_sample_from(d3_engine *e, d3_dmodel *m, const job *j) {
+    int K = e->o.sample.steps;
+    size_t D = m->D, cf = m->cond_floats, rgbn = (size_t)m->img_h * m->img_w * 3;
     char err[D3_ERRLEN];
     d3_pair_sample *p = calloc(1, sizeof *p);
     float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
-    float *lp = malloc(2 * K * sizeof(float));
-    if (!p || !x || !traj || !lp) {
-        free(p); free(x); free(traj); free(lp);
-        emit_error(e, "engine: out of memory sampling a pair");
-        return;
+    float *lp = malloc(2 * K * sizeof(float)), *c2 = malloc(2 * cf * sizeof(float));
+    uint8_t *rgb = malloc(2 * rgbn);
+    if (!p || !x || !traj || !lp || !c2 || !rgb) {
+        d3_errf(err, "engine: out of memory sampling a pair");
+        goto fail;
     }
-    int cls[2] = {j->cls, j->cls};
+    const float *uncond = engine_uncond(e, err);
+    if (!uncond) goto fail;
+    if (j->prompt) {
+        if (dm_condition(m, j->prompt, c2, err)) goto fail;
+    } else if (!strcmp(m->family, "pixel")) {
+        c2[0] = (float)j->cls;
+    } else {
+        d3_errf(err, "engine: a %s model needs a prompt, not a class id", m->family);
+        goto fail;
+    }
+    memcpy(c2 + cf, c2, cf * sizeof(float));
     int queued;
     pthread_mutex_lock(&e->mu);
     queued = e->pend_sample;
@@ -174,23 +203,40 @@ static void run_sample_from(d3_engine *e, const d3_model *m, const job *j) {
                    .loss = NAN};
     emit(e, &pe);
     /* the pair shares x_T (stream 0 of its seed); step noise streams 1, 2 */
-    if (ddim_sample_pair(m, e->tp, &e->o.sample, j->cls, j->seed, 1, x, traj, lp, err)) {
-        emit_error(e, err);
-        free(p); free(x); free(traj); free(lp);
-        return;
-    }
-    *p = (d3_pair_sample){.cls = j->cls, .seed = j->seed, .version = e->version, .K = K, .S = S,
-                          .cfg = e->o.sample.cfg, .eta = e->o.sample.eta, .tag = j->tag};
+    if (dm_sample_pair(m, e->tp, &e->o.sample, c2, uncond, j->seed, 1, x, traj, lp, err) ||
+        dm_decode(m, e->tp, x, 2, rgb, err))
+        goto fail;
+    *p = (d3_pair_sample){.cls = strcmp(m->family, "pixel") ? -1 : (int)c2[0], .seed = j->seed,
+                          .version = e->version, .K = K, .S = m->h, .C = m->C, .h = m->h,
+                          .w = m->w, .cfg = e->o.sample.cfg, .eta = e->o.sample.eta, .tag = j->tag,
+                          .cond_floats = (int)cf, .img_h = m->img_h, .img_w = m->img_w};
+    p->cond = malloc(cf * sizeof(float));
+    if (j->prompt) p->prompt = strdup(j->prompt);
+    int oom = !p->cond || (j->prompt && !p->prompt);
+    if (p->cond) memcpy(p->cond, c2, cf * sizeof(float));
     for (int i = 0; i < 2; i++) {
         p->traj[i] = malloc((K + 1) * D * sizeof(float));
         p->logp[i] = malloc(K * sizeof(float));
+        p->rgb[i] = malloc(rgbn);
+        if (!p->traj[i] || !p->logp[i] || !p->rgb[i]) { oom = 1; continue; }
         memcpy(p->traj[i], traj + i * (K + 1) * D, (K + 1) * D * sizeof(float));
         memcpy(p->logp[i], lp + i * K, K * sizeof(float));
+        memcpy(p->rgb[i], rgb + i * rgbn, rgbn);
     }
-    if (j->drift && e->base) base_logp(e, p, cls, traj);
-    free(x); free(traj); free(lp);
+    if (oom) {
+        engine_pair_free(p);
+        p = NULL;
+        d3_errf(err, "engine: out of memory sampling a pair");
+        goto fail;
+    }
+    if (j->drift && e->base) base_logp(e, p, c2, traj);
+    free(x); free(traj); free(lp); free(c2); free(rgb);
     d3_event ev = {.kind = EV_PAIR, .pair = p};
     emit(e, &ev);
+    return;
+fail:
+    emit_error(e, err);
+    free(p); free(x); free(traj); free(lp); free(c2); free(rgb);
 }
 
 static void run_sample(d3_engine *e, const job *j) { run_sample_from(e, e->policy, j); }
@@ -248,19 +294,43 @@ static void run_train(d3_engine *e, job *j) {
     }
     d3po_pair *pairs = to.all_labels ? e->pool : j->pairs;
     int npairs = to.all_labels ? e->npool : j->npairs;
-    const d3_model *ref = e->base;
+    if (!dm_can_train(e->policy, err)) { emit_error(e, err); return; }
+    /* pairs read back from a session carry their prompt, not its
+     * conditioning: made here, once */
+    for (int i = 0; i < npairs; i++) {
+        d3po_pair *q = &pairs[i];
+        if (q->cond || q->cls >= 0) continue;
+        if (!q->prompt) { emit_error(e, "engine: a pair without prompt or class"); return; }
+        if (!(q->cond = malloc(e->policy->cond_floats * sizeof(float)))) {
+            emit_error(e, "engine: out of memory");
+            return;
+        }
+        if (dm_condition(e->policy, q->prompt, q->cond, err)) {
+            free(q->cond);
+            q->cond = NULL;
+            emit_error(e, err);
+            return;
+        }
+    }
+    d3_dmodel *ref = e->base, dsnap, dkeep;
     d3_model snap, keep;
     long tag = 0;
-    int have_keep = 0;
-    if (to.ref == D3PO_REF_ROUND || !e->base) {
-        if (model_copy(&snap, e->policy, err)) { emit_error(e, err); return; }
-        ref = &snap;
+    int have_snap = 0, have_keep = 0;
+    if (e->px_policy && (to.ref == D3PO_REF_ROUND || !e->base)) {
+        if (model_copy(&snap, e->px_policy, err)) { emit_error(e, err); return; }
+        dm_open_pixel(&dsnap, &snap, err);
+        have_snap = 1;
+        ref = &dsnap;
         tag = round + 1;
-        if (e->o.overlap) e->in_force = &snap; /* the reference is the model in force */
-    } else if (e->o.overlap) {
-        if (model_copy(&keep, e->policy, err)) { emit_error(e, err); return; }
+        if (e->o.overlap) e->in_force = &dsnap; /* the reference is the model in force */
+    } else if (!e->base) {
+        emit_error(e, "engine: no reference model to train against (the base)");
+        return;
+    } else if (e->px_policy && e->o.overlap) {
+        if (model_copy(&keep, e->px_policy, err)) { emit_error(e, err); return; }
+        dm_open_pixel(&dkeep, &keep, err);
         have_keep = 1;
-        e->in_force = &keep;
+        e->in_force = &dkeep;
     }
     e->st.opt.lr = e->o.lr;
     e->st.opt.wd = e->o.weight_decay;
@@ -268,11 +338,11 @@ static void run_train(d3_engine *e, job *j) {
     d3_event ev = {.kind = EV_PROGRESS, .what = "training", .i = 0, .n = npairs * to.epochs,
                    .eta_s = NAN, .loss = NAN};
     emit(e, &ev);
-    double loss = d3po_train(e->policy, ref, tag, e->tp, &e->st.opt, pairs, npairs, &to,
-                             &e->rng, train_progress, e, err);
+    double loss = d3po_train_dm(e->policy, ref, tag, e->tp, &e->st.opt, pairs, npairs, &to,
+                                &e->rng, train_progress, e, err);
     e->in_force = NULL;
-    if (ref == &snap) model_free(&snap);
-    if (have_keep) model_free(&keep);
+    if (have_snap) { dm_close(&dsnap); model_free(&snap); }
+    if (have_keep) { dm_close(&dkeep); model_free(&keep); }
     if (isnan(loss)) {
         if (!atomic_load(&e->cancel)) emit_error(e, err);
         return;
@@ -280,10 +350,16 @@ static void run_train(d3_engine *e, job *j) {
     e->version++;
     e->st.rng = e->rng;
     e->st.has_opt = e->st.has_rng = 1;
-    char buf[32];
-    snprintf(buf, sizeof buf, "%ld", e->version);
-    model_set_meta(e->policy, "d3po.model_version", buf);
-    if (e->o.save_round && e->o.save_round(e->o.save_ctx, e->policy, &e->st, round, err)) {
+    int rc = 0;
+    if (e->px_policy) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%ld", e->version);
+        model_set_meta(e->px_policy, "d3po.model_version", buf);
+        if (e->o.save_round) rc = e->o.save_round(e->o.save_ctx, e->px_policy, &e->st, round, err);
+    } else if (e->o.save_round_dm) {
+        rc = e->o.save_round_dm(e->o.save_ctx, e->policy, &e->st, round, err);
+    }
+    if (rc) {
         emit_error(e, err);
         return;
     }
@@ -296,6 +372,8 @@ static void free_pairs(d3po_pair *pairs, int n) {
     for (int i = 0; i < n; i++) {
         free(pairs[i].traj[0]);
         free(pairs[i].traj[1]);
+        free(pairs[i].cond);
+        free(pairs[i].prompt);
     }
     d3po_pairs_free_cache(pairs, n);
     free(pairs);
@@ -303,7 +381,20 @@ static void free_pairs(d3po_pair *pairs, int n) {
 
 static void free_job(job *j) {
     free_pairs(j->pairs, j->npairs);
+    free(j->prompt);
     free(j);
+}
+
+/* Frees the models the engine owns. */
+static void free_models(d3_engine *e) {
+    d3_dmodel **dm[2] = {&e->policy, &e->base};
+    d3_model **px[2] = {&e->px_policy, &e->px_base};
+    for (int i = 0; i < 2; i++) {
+        if (*dm[i]) { dm_close(*dm[i]); free(*dm[i]); *dm[i] = NULL; }
+        if (*px[i]) { model_free(*px[i]); free(*px[i]); *px[i] = NULL; }
+    }
+    free(e->uncond);
+    e->uncond = NULL;
 }
 
 static void *thread_main(void *arg) {
@@ -333,8 +424,7 @@ static void *thread_main(void *arg) {
     /* the device memory goes with the thread that used it */
     tape_free(e->tp);
     e->tp = NULL;
-    if (e->policy) { model_free(e->policy); free(e->policy); e->policy = NULL; }
-    if (e->base) { model_free(e->base); free(e->base); e->base = NULL; }
+    free_models(e);
     free_pairs(e->pool, e->npool);
     e->pool = NULL;
     e->npool = 0;
@@ -343,27 +433,22 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
-d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long version,
-                        const engine_opts *o, char *err) {
-    d3_engine *e = calloc(1, sizeof *e);
-    if (!e) { d3_errf(err, "engine: out of memory"); return NULL; }
+static d3_engine *start(d3_engine *e, d3_state *st, long version, const engine_opts *o,
+                        char *err) {
     if (pipe(e->wake)) {
-        free(e);
         d3_errf(err, "engine: pipe: %m");
         return NULL;
     }
     for (int i = 0; i < 2; i++) fcntl(e->wake[i], F_SETFL, fcntl(e->wake[i], F_GETFL) | O_NONBLOCK);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    e->policy = policy;
-    e->base = base;
     e->version = version;
     e->o = *o;
     e->running_kind = -1;
     if (st && st->has_opt) {
         e->st = *st;
         memset(st, 0, sizeof *st);
-    } else if (adamw_init(&e->st.opt, policy->L.numel)) {
+    } else if (adamw_init(&e->st.opt, e->policy->train.numel)) {
         d3_errf(err, "engine: out of memory");
         goto fail;
     }
@@ -381,6 +466,40 @@ fail:
     tape_free(e->tp);
     close(e->wake[0]);
     close(e->wake[1]);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    return NULL;
+}
+
+d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long version,
+                        const engine_opts *o, char *err) {
+    d3_engine *e = calloc(1, sizeof *e);
+    d3_dmodel *dp = calloc(1, sizeof *dp), *db = base ? calloc(1, sizeof *db) : NULL;
+    if (!e || !dp || (base && !db)) {
+        free(e); free(dp); free(db);
+        d3_errf(err, "engine: out of memory");
+        return NULL;
+    }
+    dm_open_pixel(dp, policy, err);
+    if (base) dm_open_pixel(db, base, err);
+    e->policy = dp;
+    e->base = db;
+    if (start(e, st, version, o, err)) {
+        e->px_policy = policy;
+        e->px_base = base;
+        return e;
+    }
+    free(dp); free(db); free(e); /* the models stay the caller's */
+    return NULL;
+}
+
+d3_engine *engine_start_dm(d3_dmodel *policy, d3_dmodel *base, d3_state *st, long version,
+                           const engine_opts *o, char *err) {
+    d3_engine *e = calloc(1, sizeof *e);
+    if (!e) { d3_errf(err, "engine: out of memory"); return NULL; }
+    e->policy = policy;
+    e->base = base;
+    if (start(e, st, version, o, err)) return e;
     free(e);
     return NULL;
 }
@@ -403,6 +522,7 @@ void engine_sample_ex(d3_engine *e, const engine_sample_req *r) {
     if (!j) return;
     j->kind = JOB_SAMPLE;
     j->cls = r->cls;
+    if (r->prompt && !(j->prompt = strdup(r->prompt))) { free(j); return; }
     j->seed = r->seed;
     j->drift = r->drift;
     j->early = r->early;
@@ -432,9 +552,13 @@ static void queue_pairs(d3_engine *e, const d3_pair_sample *const *pairs, const 
         if (remember && (p->K != e->o.sample.steps || p->cfg != e->o.sample.cfg ||
                          p->eta != e->o.sample.eta || (h[i][0] == 0 && h[i][1] == 0)))
             continue;
-        size_t bytes = (size_t)(p->K + 1) * 3 * p->S * p->S * sizeof(float);
+        size_t D = p->C ? (size_t)p->C * p->h * p->w : 3 * (size_t)p->S * p->S;
+        size_t bytes = (size_t)(p->K + 1) * D * sizeof(float);
         d3po_pair *q = &j->pairs[j->npairs++];
         q->cls = p->cls;
+        if (p->cond && p->cond_floats > 0 && (q->cond = malloc(p->cond_floats * sizeof(float))))
+            memcpy(q->cond, p->cond, p->cond_floats * sizeof(float));
+        if (!q->cond && p->prompt) q->prompt = strdup(p->prompt);
         q->h[0] = h[i][0];
         q->h[1] = h[i][1];
         q->ref_tag = -1;
@@ -504,7 +628,6 @@ void engine_stop(d3_engine *e) {
     pthread_cond_destroy(&e->cv);
     tape_free(e->tp);
     state_free(&e->st);
-    if (e->policy) { model_free(e->policy); free(e->policy); }
-    if (e->base) { model_free(e->base); free(e->base); }
+    free_models(e);
     free(e);
 }

@@ -13,11 +13,21 @@
  *
  *   engine_opts o = engine_opts_default();
  *   d3_engine *e = engine_start(policy, base, &o, err);   // takes ownership
+ *   // any family (dmodel.h): engine_start_dm(&dm_policy, &dm_base, ...)
  *   engine_sample(e, cls, seed);                          // x_T shared by the pair
+ *   engine_sample_ex(e, &(engine_sample_req){.prompt = "a cat", .seed = 7});
  *   struct pollfd p = {engine_fd(e), POLLIN};  poll(&p, 1, -1);
  *   d3_event ev; while (engine_poll(e, &ev)) { ...; engine_event_free(&ev); }
  *   engine_train(e, pairs, n, round);                     // D3PO on labeled pairs
  *   engine_stop(e);                                       // cancels, joins, frees
+ *
+ * Everything runs over the model interface (dmodel.h): trajectories are
+ * [K+1][D] with D = C*h*w of the family, a pair carries its prompt text and
+ * conditioning, and its decoded images (dm_decode, on the engine thread).
+ * The pixel family behaves and computes exactly as before the interface.
+ * On the other families the round reference is the base (train.ref
+ * "round" needs a copy of the policy, which only the pixel family makes),
+ * and sample requests do not overlap a round (they wait for it).
  *
  * The engine computes on the backend of its opts (o.be: the CPU or CUDA
  * backend that device_backend() chose). Only the engine thread calls the
@@ -42,6 +52,10 @@ typedef struct {
      * policy and its training state, to write the checkpoint. Returns 0,
      * or -1 with err set (reported as an EV_ERROR). May be NULL. */
     int (*save_round)(void *ctx, const d3_model *policy, const d3_state *st, int round, char *err);
+    /* The same for an engine started with engine_start_dm on a family
+     * other than pixel (the policy's trainable set is what to save); a
+     * pixel policy uses save_round when it is set. */
+    int (*save_round_dm)(void *ctx, d3_dmodel *policy, const d3_state *st, int round, char *err);
     void *save_ctx;
     /* 1: sample requests marked `early` run while a round trains, between
      * its steps, from a copy of the model in force when the round began
@@ -53,12 +67,19 @@ typedef struct {
 engine_opts engine_opts_default(void);
 
 typedef struct {
-    int cls;
+    int cls;            /* pixel family: the class id; -1 otherwise */
     uint64_t seed;
     long version;       /* model version that sampled it */
-    int K, S;
+    int K, S;           /* S: the side of a square x (pixel: the image side) */
+    int C, h, w;        /* x is [C][h][w]; D = C*h*w (pixel: 3, S, S) */
     float cfg, eta;
-    float *traj[2];     /* [K+1][3][S][S]; traj[i] + K*3*S*S is the image */
+    char *prompt;       /* the prompt text (NULL: the class cls, pixel family) */
+    float *cond;        /* [cond_floats] its conditioning (NULL: the class cls) */
+    int cond_floats;
+    float *traj[2];     /* [K+1][D]; traj[i] + K*D is x_0 */
+    uint8_t *rgb[2];    /* [img_h][img_w][3] the decoded x_0 (NULL: decode it
+                           yourself; pairs the engine samples carry them) */
+    int img_h, img_w;
     float *logp[2];     /* [K] sampling log-probs */
     float *logp_base[2]; /* [K] the same steps' log-probs under the base model
                             (engine_sample_drift with a base model), else NULL */
@@ -90,6 +111,15 @@ typedef struct d3_engine d3_engine;
  * model version. */
 d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long version,
                         const engine_opts *o, char *err);
+/* The same on any family: policy and base are malloc'd, open models
+ * (dm_open_*), owned by the engine from now on (dm_close and free at
+ * engine_stop; base may be NULL). A pixel view's model is not freed: use
+ * engine_start for pixel models the engine should own. The optimizer
+ * state is sized to policy->train.numel. */
+d3_engine *engine_start_dm(d3_dmodel *policy, d3_dmodel *base, d3_state *st, long version,
+                           const engine_opts *o, char *err);
+/* The policy's family ("pixel", "sd"). */
+const char *engine_family(const d3_engine *e);
 /* Readable when events are waiting. */
 int engine_fd(const d3_engine *e);
 /* Queues the sampling of one pair of class cls sharing x_T drawn from seed. */
@@ -98,11 +128,12 @@ void engine_sample(d3_engine *e, int cls, uint64_t seed);
  * its trajectories under the base model (d3po auto's drift measure; NULL
  * when the engine has no base model), computed on the engine thread. */
 void engine_sample_drift(d3_engine *e, int cls, uint64_t seed);
-/* One sample request: class, seed, whether to add the base log-probs
+/* One sample request: prompt (or, pixel family, class), seed, whether to add the base log-probs
  * (drift), a tag the pair carries back, and early: may run while a round
  * trains (engine_opts.overlap), from the model in force before it. */
 typedef struct {
-    int cls;
+    int cls;            /* pixel family: used when prompt is NULL */
+    const char *prompt; /* the prompt text (copied); conditioned on the engine thread */
     uint64_t seed;
     int drift, early;
     uint64_t tag;

@@ -411,10 +411,13 @@ d3_pair_sample *rounds_load_pair(const d3_session *s, long id, char *err) {
     session_pair sp;
     if (session_load_pair(s, id, &sp, err)) return NULL;
     d3_pair_sample *p = calloc(1, sizeof *p);
-    size_t n = (size_t)(sp.K + 1) * 3 * sp.S * sp.S;
+    size_t n = (size_t)(sp.K + 1) * sp.C * sp.h * sp.w;
+    int oom = !p;
     if (p) {
         *p = (d3_pair_sample){.cls = sp.cls, .seed = sp.seed, .version = sp.version, .K = sp.K,
-                              .S = sp.S, .cfg = sp.cfg, .eta = sp.eta};
+                              .S = sp.S, .C = sp.C, .h = sp.h, .w = sp.w, .cfg = sp.cfg,
+                              .eta = sp.eta};
+        if (sp.prompt && !(p->prompt = strdup(sp.prompt))) oom = 1;
         for (int i = 0; i < 2; i++) {
             p->traj[i] = malloc(n * sizeof(float));
             p->logp[i] = malloc((size_t)sp.K * sizeof(float));
@@ -423,7 +426,7 @@ d3_pair_sample *rounds_load_pair(const d3_session *s, long id, char *err) {
         }
     }
     session_pair_free(&sp);
-    if (!p || !p->traj[0] || !p->traj[1] || !p->logp[0] || !p->logp[1]) {
+    if (oom || !p->traj[0] || !p->traj[1] || !p->logp[0] || !p->logp[1]) {
         engine_pair_free(p);
         d3_errf(err, "pair %ld: out of memory", id);
         return NULL;
@@ -546,7 +549,15 @@ void rounds_extra(rounds *d, int i, uint64_t seed, int drift, uint64_t tag) {
 
 /* ---- events ---- */
 
+/* The shown image i of a pair: the engine's decoded one, or (a pixel
+ * pair without it) its x_0 as RGB. Malloc'd. */
 static uint8_t *final_rgb(const d3_pair_sample *p, int i) {
+    if (p->rgb[i]) {
+        size_t n = (size_t)p->img_h * p->img_w * 3;
+        uint8_t *rgb = malloc(n);
+        if (rgb) memcpy(rgb, p->rgb[i], n);
+        return rgb;
+    }
     size_t D = 3 * (size_t)p->S * p->S;
     uint8_t *rgb = malloc(D);
     if (rgb) image_to_rgb(rgb, p->traj[i] + (size_t)p->K * D, p->S, p->S);
@@ -569,8 +580,13 @@ int rounds_poll(rounds *d, rounds_event *ev) {
             break;
         }
         d->inflight--;
-        session_pair sp = {.K = p->K, .S = p->S, .cls = p->cls, .version = (int)p->version,
-                           .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
+        int px = p->cls >= 0;
+        session_pair sp = {.K = p->K, .S = p->S, .C = p->C, .h = p->h, .w = p->w,
+                           .img_h = p->img_h, .img_w = p->img_w,
+                           .family = px ? SESSION_FAMILY_PIXEL : d->s->family, .cls = p->cls,
+                           .version = (int)p->version, .seed = p->seed, .cfg = p->cfg,
+                           .eta = p->eta,
+                           .prompt = p->prompt ? p->prompt : px ? (char *)rounds_prompt_of(d, p->cls) : NULL,
                            .traj = {p->traj[0], p->traj[1]}, .logp = {p->logp[0], p->logp[1]}};
         uint8_t *ra = final_rgb(p, 0), *rb = final_rgb(p, 1);
         long id;

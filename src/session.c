@@ -37,6 +37,7 @@
 
 #define PATH_LEN 4096
 #define TRAJ_MAGIC "D3POTRJ1"
+#define TRAJ_MAGIC2 "D3POTRJ2"
 #define TRAJ_MAX_K 100000
 #define TRAJ_MAX_S 8192
 
@@ -674,7 +675,7 @@ static long traj_header_u32(const d3_session *s, long id, int at) {
     if (fd < 0) return -1;
     ssize_t n = read(fd, h, sizeof h);
     close(fd);
-    if (n != (ssize_t)sizeof h || memcmp(h, TRAJ_MAGIC, 8)) return -1;
+    if (n != (ssize_t)sizeof h || (memcmp(h, TRAJ_MAGIC, 8) && memcmp(h, TRAJ_MAGIC2, 8))) return -1;
     uint32_t v = get_u32(h + at);
     return v > INT32_MAX ? -1 : (long)v;
 }
@@ -1034,6 +1035,66 @@ char *session_pair_path(const d3_session *s, long id, const char *what, char *ou
 
 /* ---- pairs ---- */
 
+const char *session_family_name(int family) {
+    return family == SESSION_FAMILY_PIXEL ? "pixel" : family == SESSION_FAMILY_SD ? "sd" : "?";
+}
+
+int session_family_code(const char *name) {
+    if (name && !strcmp(name, "pixel")) return SESSION_FAMILY_PIXEL;
+    if (name && !strcmp(name, "sd")) return SESSION_FAMILY_SD;
+    return -1;
+}
+
+int session_write_traj(const char *path, const session_traj *t, char *err) {
+    if (t->N < 1 || t->N > SESSION_MAX_N)
+        return d3_errf(err, "%s: %d trajectories, expected 1..%d", path, t->N, SESSION_MAX_N);
+    if (t->K < 1 || t->K > TRAJ_MAX_K)
+        return d3_errf(err, "%s: K = %d steps, expected 1..%d", path, t->K, TRAJ_MAX_K);
+    if (t->C < 1 || t->C > 64 || t->h < 1 || t->h > TRAJ_MAX_S || t->w < 1 || t->w > TRAJ_MAX_S)
+        return d3_errf(err, "%s: trajectory shape %dx%dx%d out of range", path, t->C, t->h, t->w);
+    if (t->family != SESSION_FAMILY_PIXEL && t->family != SESSION_FAMILY_SD)
+        return d3_errf(err, "%s: unknown model family %d", path, t->family);
+    if (t->version < 0) return d3_errf(err, "%s: negative model version", path);
+    size_t P = t->prompt ? strlen(t->prompt) : 0;
+    if (P > SESSION_TRAJ_PROMPT_MAX)
+        return d3_errf(err, "%s: prompt of %zu bytes, at most %d", path, P, SESSION_TRAJ_PROMPT_MAX);
+    size_t hb = (SESSION_TRAJ_HEADER2 + P + 7) & ~(size_t)7;
+    uint8_t *h = calloc(1, hb);
+    if (!h) return d3_errf(err, "%s: out of memory", path);
+    memcpy(h, TRAJ_MAGIC2, 8);
+    put_u32(h + 8, (uint32_t)hb);
+    put_u32(h + 12, 2);
+    put_u32(h + 16, (uint32_t)t->K);
+    put_u32(h + 20, (uint32_t)t->N);
+    put_u32(h + 24, (uint32_t)(t->cls < 0 ? -1 : t->cls));
+    put_u32(h + 28, (uint32_t)t->version);
+    put_u64(h + 32, t->seed);
+    put_u32(h + 40, 0);
+    put_u32(h + 44, f32_bits(t->cfg));
+    put_u32(h + 48, f32_bits(t->eta));
+    put_u32(h + 52, (uint32_t)t->C);
+    put_u32(h + 56, (uint32_t)t->h);
+    put_u32(h + 60, (uint32_t)t->w);
+    put_u32(h + 64, (uint32_t)t->family);
+    put_u32(h + 68, (uint32_t)P);
+    if (P) memcpy(h + SESSION_TRAJ_HEADER2, t->prompt, P);
+    size_t tn = ((size_t)t->K + 1) * t->C * (size_t)t->h * t->w * sizeof(float);
+    size_t ln = (size_t)t->K * sizeof(float);
+    const void *parts[1 + 2 * SESSION_MAX_N];
+    size_t lens[1 + 2 * SESSION_MAX_N];
+    parts[0] = h;
+    lens[0] = hb;
+    for (int i = 0; i < t->N; i++) {
+        parts[1 + i] = t->traj[i];
+        lens[1 + i] = tn;
+        parts[1 + t->N + i] = t->logp[i];
+        lens[1 + t->N + i] = ln;
+    }
+    int rc = fs_write_atomic(path, parts, lens, 1 + 2 * t->N, err);
+    free(h);
+    return rc;
+}
+
 int session_add_pair(d3_session *s, const session_pair *p, const uint8_t *rgb_a,
                      const uint8_t *rgb_b, long *id, char *err) {
     if (check_writable(s, "add pair", err)) return -1;
@@ -1043,38 +1104,38 @@ int session_add_pair(d3_session *s, const session_pair *p, const uint8_t *rgb_a,
         return d3_errf(err, "%s: session is full (%ld pairs)", s->dir, SESSION_MAX_PAIRS);
     if (p->K < 1 || p->K > TRAJ_MAX_K)
         return d3_errf(err, "pair %ld: K = %d steps, expected 1..%d", nid, p->K, TRAJ_MAX_K);
-    if (p->S != s->arch.size)
-        return d3_errf(err, "pair %ld: image side %d, the session's model has %d", nid, p->S,
-                       s->arch.size);
-    if (p->cls < 0 || p->cls >= s->nclasses)
-        return d3_errf(err, "pair %ld: class %d, the session's model has %d", nid, p->cls,
-                       s->nclasses);
+    int C = p->C ? p->C : 3, H = p->h ? p->h : p->S, W = p->w ? p->w : p->S;
+    int ih = p->img_h ? p->img_h : H, iw = p->img_w ? p->img_w : W;
+    if (s->family == SESSION_FAMILY_PIXEL) {
+        if (p->family != SESSION_FAMILY_PIXEL || C != 3 || H != W)
+            return d3_errf(err, "pair %ld: %s %dx%dx%d, the session's model is pixel", nid,
+                           session_family_name(p->family), C, H, W);
+        if (H != s->arch.size)
+            return d3_errf(err, "pair %ld: image side %d, the session's model has %d", nid, H,
+                           s->arch.size);
+        if (p->cls < 0 || p->cls >= s->nclasses)
+            return d3_errf(err, "pair %ld: class %d, the session's model has %d", nid, p->cls,
+                           s->nclasses);
+    } else if (p->family != s->family || C != s->lat_c || H != s->lat_h || W != s->lat_w) {
+        return d3_errf(err, "pair %ld: %s %dx%dx%d, the session's model is %s %dx%dx%d", nid,
+                       session_family_name(p->family), C, H, W, session_family_name(s->family),
+                       s->lat_c, s->lat_h, s->lat_w);
+    }
     if (p->version < 0) return d3_errf(err, "pair %ld: negative model version", nid);
     for (int i = 0; i < 2; i++) {
         const uint8_t *rgb = i ? rgb_b : rgb_a;
         if (!rgb) continue;
         session_pair_path(s, nid, i ? "b" : "a", path, sizeof path);
-        if (png_write_rgb(path, rgb, p->S, p->S, err)) return -1;
+        if (png_write_rgb(path, rgb, iw, ih, err)) return -1;
     }
-    uint8_t h[SESSION_TRAJ_HEADER] = {0};
-    memcpy(h, TRAJ_MAGIC, 8);
-    put_u32(h + 8, SESSION_TRAJ_HEADER);
-    put_u32(h + 12, 1);
-    put_u32(h + 16, (uint32_t)p->K);
-    put_u32(h + 20, (uint32_t)p->S);
-    put_u32(h + 24, (uint32_t)p->cls);
-    put_u32(h + 28, (uint32_t)p->version);
-    put_u64(h + 32, p->seed);
-    put_u32(h + 40, 0);
-    put_u32(h + 44, f32_bits(p->cfg));
-    put_u32(h + 48, f32_bits(p->eta));
-    size_t tn = ((size_t)p->K + 1) * 3 * (size_t)p->S * p->S * sizeof(float);
-    size_t ln = (size_t)p->K * sizeof(float);
-    const void *parts[5] = {h, p->traj[0], p->traj[1], p->logp[0], p->logp[1]};
-    size_t lens[5] = {sizeof h, tn, tn, ln, ln};
+    session_traj t = {.N = 2, .K = p->K, .C = C, .h = H, .w = W, .family = p->family,
+                      .cls = p->family == SESSION_FAMILY_PIXEL ? p->cls : -1,
+                      .version = p->version, .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
+                      .prompt = p->prompt, .traj = {p->traj[0], p->traj[1]},
+                      .logp = {p->logp[0], p->logp[1]}};
     session_pair_path(s, nid, "traj", path, sizeof path);
     if (ensure_cap(s, nid + 1)) return d3_errf(err, "%s: out of memory", path);
-    if (fs_write_atomic(path, parts, lens, 5, err)) return -1;
+    if (session_write_traj(path, &t, err)) return -1;
     s->present[nid] = 1;
     s->choice[nid] = SESSION_NONE;
     s->npairs++;
@@ -1083,69 +1144,139 @@ int session_add_pair(d3_session *s, const session_pair *p, const uint8_t *rgb_a,
     return 0;
 }
 
-int session_read_traj(const char *path, session_pair *p, char *err) {
-    memset(p, 0, sizeof *p);
+/* Checks the data of a read file (n floats after the header: N
+ * trajectories of per floats, then N*K log-probs) for non-finite values. */
+static int traj_finite(const char *path, const float *f, uint64_t nf, uint64_t per, int N, char *err) {
+    uint64_t i = 0;
+    while (i < nf && isfinite(f[i])) i++;
+    if (i == nf) return 0;
+    char where[32];
+    if (i < (uint64_t)N * per) {
+        if (N == 2) snprintf(where, sizeof where, "trajectory %c", i < per ? 'A' : 'B');
+        else snprintf(where, sizeof where, "trajectory %llu", (unsigned long long)(i / per));
+    } else {
+        snprintf(where, sizeof where, "log-probs");
+    }
+    return d3_errf(err, "%s: %s holds a non-finite value (float %llu)", path, where,
+                   (unsigned long long)i);
+}
+
+int session_read_traj_n(const char *path, session_traj *t, char *err) {
+    memset(t, 0, sizeof *t);
     unsigned char *b;
     size_t len;
     if (fs_read_all(path, &b, &len, err)) return -1;
-    int rc = -1;
-    uint32_t K, S, dtype;
-    if (len < 16 || memcmp(b, TRAJ_MAGIC, 8)) {
-        d3_errf(err, "%s: not a d3po pair file (magic \"%s\" missing)", path, TRAJ_MAGIC);
-    } else if (get_u32(b + 8) != SESSION_TRAJ_HEADER) {
-        d3_errf(err, "%s: header size %u, expected %d", path, get_u32(b + 8), SESSION_TRAJ_HEADER);
-    } else if (len < SESSION_TRAJ_HEADER) {
-        d3_errf(err, "%s: truncated header (%zu of %d bytes)", path, len, SESSION_TRAJ_HEADER);
-    } else if (get_u32(b + 12) != 1) {
-        d3_errf(err, "%s: pair format %u, this d3po reads format 1", path, get_u32(b + 12));
+    int rc = -1, v2 = len >= 8 && !memcmp(b, TRAJ_MAGIC2, 8);
+    uint32_t K, N = 2, C = 3, H, W, fam = SESSION_FAMILY_PIXEL, P = 0, dtype, hb;
+    if (len < 16 || (memcmp(b, TRAJ_MAGIC, 8) && !v2)) {
+        d3_errf(err, "%s: not a d3po pair file (magic \"%s\" or \"%s\" missing)", path, TRAJ_MAGIC2,
+                TRAJ_MAGIC);
+    } else if (!v2 && (hb = get_u32(b + 8)) != SESSION_TRAJ_HEADER) {
+        d3_errf(err, "%s: header size %u, expected %d", path, hb, SESSION_TRAJ_HEADER);
+    } else if (v2 && ((hb = get_u32(b + 8)) < SESSION_TRAJ_HEADER2 ||
+                      hb > SESSION_TRAJ_HEADER2 + SESSION_TRAJ_PROMPT_MAX + 8 || hb % 8)) {
+        d3_errf(err, "%s: header size %u, expected %d..%d, a multiple of 8", path, hb,
+                SESSION_TRAJ_HEADER2, SESSION_TRAJ_HEADER2 + SESSION_TRAJ_PROMPT_MAX + 8);
+    } else if (len < hb) {
+        d3_errf(err, "%s: truncated header (%zu of %u bytes)", path, len, hb);
+    } else if (get_u32(b + 12) != (v2 ? 2u : 1u)) {
+        d3_errf(err, "%s: pair format %u under magic %.8s, this d3po reads formats 1 and 2", path,
+                get_u32(b + 12), (const char *)b);
     } else if ((dtype = get_u32(b + 40)) != 0) {
         d3_errf(err, "%s: dtype %u, expected 0 (float32)", path, dtype);
     } else if ((K = get_u32(b + 16)) < 1 || K > TRAJ_MAX_K) {
         d3_errf(err, "%s: K = %u steps, expected 1..%d", path, K, TRAJ_MAX_K);
-    } else if ((S = get_u32(b + 20)) < 1 || S > TRAJ_MAX_S) {
-        d3_errf(err, "%s: image side %u, expected 1..%d", path, S, TRAJ_MAX_S);
+    } else if (v2 && ((N = get_u32(b + 20)) < 1 || N > SESSION_MAX_N)) {
+        d3_errf(err, "%s: %u trajectories, expected 1..%d", path, N, SESSION_MAX_N);
+    } else if (v2 && ((C = get_u32(b + 52)) < 1 || C > 64 || (H = get_u32(b + 56)) < 1 ||
+                      H > TRAJ_MAX_S || (W = get_u32(b + 60)) < 1 || W > TRAJ_MAX_S)) {
+        d3_errf(err, "%s: trajectory shape %ux%ux%u out of range", path, get_u32(b + 52),
+                get_u32(b + 56), get_u32(b + 60));
+    } else if (!v2 && ((H = W = get_u32(b + 20)) < 1 || H > TRAJ_MAX_S)) {
+        d3_errf(err, "%s: image side %u, expected 1..%d", path, H, TRAJ_MAX_S);
+    } else if (v2 && (fam = get_u32(b + 64)) != SESSION_FAMILY_PIXEL && fam != SESSION_FAMILY_SD) {
+        d3_errf(err, "%s: model family %u, expected 0 (pixel) or 1 (sd)", path, fam);
+    } else if (v2 && (P = get_u32(b + 68)) > hb - SESSION_TRAJ_HEADER2) {
+        d3_errf(err, "%s: prompt of %u bytes does not fit the %u-byte header", path, P, hb);
+    } else if (v2 && memchr(b + SESSION_TRAJ_HEADER2, 0, P)) {
+        d3_errf(err, "%s: NUL byte in the prompt", path);
     } else {
-        /* K <= 1e5 and S <= 8192 keep this below 2^46 */
-        uint64_t D = 3ull * S * S, nf = 2 * (K + 1ull) * D + 2ull * K;
-        uint64_t want = SESSION_TRAJ_HEADER + 4 * nf;
+        /* K <= 1e5, N <= 16, C <= 64 and sides <= 8192 keep this below 2^60 */
+        uint64_t D = (uint64_t)C * H * W, per = (K + 1ull) * D, nf = N * per + (uint64_t)N * K;
+        uint64_t want = hb + 4 * nf;
+        uint32_t cls = get_u32(b + 24);
         if (len != want) {
-            d3_errf(err, "%s: %zu bytes, but a pair with K=%u steps of side %u needs %llu%s", path,
-                    len, K, S, (unsigned long long)want, len < want ? " (truncated)" : "");
+            d3_errf(err, "%s: %zu bytes, but %u trajectories of K=%u steps of %ux%ux%u need %llu%s",
+                    path, len, N, K, C, H, W, (unsigned long long)want,
+                    len < want ? " (truncated)" : "");
+        } else if (traj_finite(path, (float *)(b + hb), nf, per, (int)N, err)) {
+        } else if ((cls > INT32_MAX && !(v2 && cls == UINT32_MAX)) || get_u32(b + 28) > INT32_MAX) {
+            d3_errf(err, "%s: class or model version out of range", path);
+        } else if (fam == SESSION_FAMILY_PIXEL && (C != 3 || H != W || cls > INT32_MAX)) {
+            d3_errf(err, "%s: a pixel trajectory needs 3 channels, a square side and a class", path);
         } else {
-            float *f = (float *)(b + SESSION_TRAJ_HEADER); /* malloc'd + 64: aligned */
-            uint64_t i = 0;
-            while (i < nf && isfinite(f[i])) i++;
-            if (i < nf) {
-                uint64_t per = (K + 1ull) * D;
-                const char *where = i < 2 * per ? (i < per ? "trajectory A" : "trajectory B")
-                                                : "log-probs";
-                d3_errf(err, "%s: %s holds a non-finite value (float %llu)", path, where,
-                        (unsigned long long)i);
-            } else {
-                p->K = (int)K;
-                p->S = (int)S;
-                p->cls = (int)get_u32(b + 24);
-                p->version = (int)get_u32(b + 28);
-                p->seed = get_u64(b + 32);
-                p->cfg = bits_f32(get_u32(b + 44));
-                p->eta = bits_f32(get_u32(b + 48));
-                p->traj[0] = f;
-                p->traj[1] = f + (K + 1ull) * D;
-                p->logp[0] = f + 2 * (K + 1ull) * D;
-                p->logp[1] = p->logp[0] + K;
-                p->buf = b;
-                if (get_u32(b + 24) > INT32_MAX || get_u32(b + 28) > INT32_MAX)
-                    d3_errf(err, "%s: class or model version out of range", path);
-                else
-                    rc = 0;
+            float *f = (float *)(b + hb); /* malloc'd + a multiple of 8: aligned */
+            t->N = (int)N;
+            t->K = (int)K;
+            t->C = (int)C;
+            t->h = (int)H;
+            t->w = (int)W;
+            t->family = (int)fam;
+            t->cls = (int)cls;
+            t->version = (int)get_u32(b + 28);
+            t->seed = get_u64(b + 32);
+            t->cfg = bits_f32(get_u32(b + 44));
+            t->eta = bits_f32(get_u32(b + 48));
+            for (uint32_t i = 0; i < N; i++) {
+                t->traj[i] = f + i * per;
+                t->logp[i] = f + N * per + (uint64_t)i * K;
             }
+            /* the prompt, NUL-terminated, in its own block */
+            if (v2 && P) {
+                char *pr = malloc(P + 1);
+                if (!pr) {
+                    d3_errf(err, "%s: out of memory", path);
+                } else {
+                    memcpy(pr, b + SESSION_TRAJ_HEADER2, P);
+                    pr[P] = 0;
+                    t->prompt_buf = pr;
+                    t->prompt = pr;
+                    rc = 0;
+                }
+            } else {
+                rc = 0;
+            }
+            t->buf = b;
         }
     }
     if (rc) {
         free(b);
-        memset(p, 0, sizeof *p);
+        free(t->prompt_buf);
+        memset(t, 0, sizeof *t);
     }
     return rc;
+}
+
+void session_traj_free(session_traj *t) {
+    free(t->buf);
+    free(t->prompt_buf);
+    memset(t, 0, sizeof *t);
+}
+
+int session_read_traj(const char *path, session_pair *p, char *err) {
+    memset(p, 0, sizeof *p);
+    session_traj t;
+    if (session_read_traj_n(path, &t, err)) return -1;
+    if (t.N != 2) {
+        int n = t.N;
+        session_traj_free(&t);
+        return d3_errf(err, "%s: %d trajectories, a pair file holds 2", path, n);
+    }
+    *p = (session_pair){.K = t.K, .S = t.h, .C = t.C, .h = t.h, .w = t.w, .family = t.family,
+                        .cls = t.cls, .version = t.version, .seed = t.seed, .cfg = t.cfg,
+                        .eta = t.eta, .prompt = t.prompt_buf, .traj = {t.traj[0], t.traj[1]},
+                        .logp = {t.logp[0], t.logp[1]}, .buf = t.buf};
+    return 0;
 }
 
 int session_load_pair(const d3_session *s, long id, session_pair *p, char *err) {
@@ -1155,9 +1286,18 @@ int session_load_pair(const d3_session *s, long id, session_pair *p, char *err) 
     if (id < 0 || id >= s->cap || !s->present[id])
         return d3_errf(err, "%s: no such pair in the session", path);
     if (session_read_traj(path, p, err)) return -1;
-    if (p->S != s->arch.size || p->cls >= s->nclasses) {
-        d3_errf(err, "%s: image side %d class %d, the session's model has side %d and %d classes",
-                path, p->S, p->cls, s->arch.size, s->nclasses);
+    if (s->family == SESSION_FAMILY_PIXEL &&
+        (p->family != SESSION_FAMILY_PIXEL || p->S != s->arch.size || p->cls >= s->nclasses)) {
+        d3_errf(err, "%s: %s, side %d, class %d; the session's model is pixel with side %d and %d classes",
+                path, session_family_name(p->family), p->S, p->cls, s->arch.size, s->nclasses);
+        session_pair_free(p);
+        return -1;
+    }
+    if (s->family != SESSION_FAMILY_PIXEL &&
+        (p->family != s->family || p->C != s->lat_c || p->h != s->lat_h || p->w != s->lat_w)) {
+        d3_errf(err, "%s: %s %dx%dx%d; the session's model is %s %dx%dx%d", path,
+                session_family_name(p->family), p->C, p->h, p->w, session_family_name(s->family),
+                s->lat_c, s->lat_h, s->lat_w);
         session_pair_free(p);
         return -1;
     }
@@ -1166,6 +1306,7 @@ int session_load_pair(const d3_session *s, long id, session_pair *p, char *err) 
 
 void session_pair_free(session_pair *p) {
     free(p->buf);
+    free(p->prompt);
     memset(p, 0, sizeof *p);
 }
 

@@ -37,12 +37,43 @@
  *                           list: every class of the model
  *   DIR/lock                flock(2)ed while a process has the session open
  *
- * PAIR FILE (little-endian): magic "D3POTRJ1" (8 bytes), u32 header bytes
- * (64), u32 format 1, u32 K (steps), u32 S (image side), u32 class,
- * u32 model version, u64 seed, u32 dtype (0 = float32), f32 cfg, f32 eta,
- * zero padding to 64 bytes; then traj A [K+1][3][S][S], traj B [K+1][3][S][S],
- * logp A [K], logp B [K] (the sampling policy's log-probs), all float32. A
- * file whose size or header does not match is an error naming the file.
+ * TRAJECTORY FILE, format 2 (little-endian; what d3po writes): N >= 2
+ * trajectories of one prompt sampled from one shared x_T (N = 2: a pair,
+ * pairs/NNNNNN.traj; the groups-of-k screen stores its k images the same
+ * way with N = k):
+ *   off  size
+ *     0     8  magic "D3POTRJ2"
+ *     8     4  u32 header bytes HB = 72 + P rounded up to a multiple of 8
+ *    12     4  u32 format 2
+ *    16     4  u32 K, sampling steps (1..100000)
+ *    20     4  u32 N, trajectories (1..SESSION_MAX_N)
+ *    24     4  i32 class id (pixel family), -1 (0xffffffff) for none
+ *    28     4  u32 model version that sampled them
+ *    32     8  u64 seed (x_T: stream 0 of it; trajectory i: stream 1 + i)
+ *    40     4  u32 dtype (0 = float32; nothing else yet)
+ *    44     4  f32 cfg
+ *    48     4  f32 eta
+ *    52     4  u32 C   one state x is [C][h][w], D = C*h*w
+ *    56     4  u32 h   (pixel: 3 x S x S RGB; sd: the latents)
+ *    60     4  u32 w
+ *    64     4  u32 family: 0 pixel, 1 sd (dmodel.h)
+ *    68     4  u32 P, prompt bytes (at most SESSION_TRAJ_PROMPT_MAX)
+ *    72     P  the prompt, UTF-8, no NUL (pixel: the class name, or empty)
+ *          ..  zero padding to HB
+ *   HB         trajectories [N][K+1][C][h][w] (x_T .. x_0), then log-probs
+ *              [N][K] (the sampling policy's), all float32
+ * The class (24) and dtype (40) sit where format 1 has them.
+ *
+ * Format 1 (pairs of sessions made before format 2; still read, never
+ * written): magic "D3POTRJ1", u32 header bytes (64), u32 format 1, u32 K,
+ * u32 S (image side), u32 class, u32 model version, u64 seed, u32 dtype
+ * (0), f32 cfg, f32 eta, zero padding to 64 bytes; then traj A
+ * [K+1][3][S][S], traj B, logp A [K], logp B [K]: a pixel pair, N = 2,
+ * C = 3, h = w = S, no prompt text (the class id names it).
+ *
+ * Reading checks magic, header size, format, dtype, dims against the file
+ * size, the prompt's bytes and that every float is finite; a file that does
+ * not match is an error naming the file.
  */
 #ifndef D3PO_SESSION_H
 #define D3PO_SESSION_H
@@ -70,7 +101,12 @@
  * (and line, for the journal) and what was expected. */
 
 #define SESSION_FORMAT 1
-#define SESSION_TRAJ_HEADER 64
+#define SESSION_TRAJ_HEADER 64   /* format 1 */
+#define SESSION_TRAJ_HEADER2 72  /* format 2, before the prompt */
+#define SESSION_TRAJ_PROMPT_MAX 4096
+#define SESSION_MAX_N 16         /* trajectories in one file */
+#define SESSION_FAMILY_PIXEL 0
+#define SESSION_FAMILY_SD 1
 #define SESSION_MAX_PAIRS 10000000L /* pair ids are 0 .. SESSION_MAX_PAIRS-1 */
 #define SESSION_MAX_ROUND 9999
 #define SESSION_MAX_WARN 16 /* more are counted in nwarn_dropped */
@@ -95,15 +131,49 @@ const char *session_choice_name(int choice);
  * session_load_pair / session_read_traj (one malloc'd block in buf). */
 typedef struct {
     int K;            /* sampling steps */
-    int S;            /* image side */
-    int cls;          /* class id (prompt) */
+    int S;            /* pixel family: image side (= h = w) */
+    int C, h, w;      /* a state is [C][h][w]; 0: 3, S, S (pixel) */
+    int img_h, img_w; /* session_add_pair: the PNGs' size; 0: h, w */
+    int family;       /* SESSION_FAMILY_* (0: pixel) */
+    int cls;          /* class id (pixel family), -1: none */
     int version;      /* model version that sampled the pair */
     uint64_t seed;
     float cfg, eta;
-    float *traj[2];   /* [K+1][3][S][S] each: x_T .. x_0 of image A, B */
+    char *prompt;     /* prompt text (borrowed for session_add_pair; owned
+                         after a load; NULL: none, e.g. a format-1 file) */
+    float *traj[2];   /* [K+1][C][h][w] each: x_T .. x_0 of image A, B */
     float *logp[2];   /* [K] each */
     void *buf;        /* owner of traj/logp after a load; NULL otherwise */
 } session_pair;
+
+/* The content of one trajectory file with N trajectories (layout above).
+ * For session_write_traj the caller sets every field but buf and
+ * prompt_buf (traj[i], logp[i] borrowed, i < N); session_read_traj_n
+ * fills it, traj/logp pointing into buf, prompt into prompt_buf (NULL
+ * when the file has none). */
+typedef struct {
+    int N, K, C, h, w;
+    int family;         /* SESSION_FAMILY_* */
+    int cls;            /* pixel: class id; -1: none */
+    int version;
+    uint64_t seed;
+    float cfg, eta;
+    const char *prompt; /* UTF-8 */
+    float *traj[SESSION_MAX_N]; /* [K+1][C][h][w] each */
+    float *logp[SESSION_MAX_N]; /* [K] each */
+    void *buf;
+    char *prompt_buf;
+} session_traj;
+
+/* Writes a format-2 file atomically (fs_write_atomic). 0/-1 with err. */
+int session_write_traj(const char *path, const session_traj *t, char *err);
+/* Reads and validates a format-2 or format-1 file (format 1: N = 2, pixel,
+ * no prompt). Errors name path. Free with session_traj_free. */
+int session_read_traj_n(const char *path, session_traj *t, char *err);
+void session_traj_free(session_traj *t);
+/* "pixel", "sd" ("?"), and back (-1: unknown). */
+const char *session_family_name(int family);
+int session_family_code(const char *name);
 
 /* One decision on the undo stack (internal, see session_undo). */
 typedef struct {
@@ -118,8 +188,10 @@ typedef struct {
     int readonly;
     char *settings;            /* session.json as written (JSON object text) */
     int round, version;        /* the checkpoint in use (LATEST or the fallback) */
-    unet_arch arch;            /* of that checkpoint */
+    unet_arch arch;            /* of that checkpoint (pixel family) */
     int nclasses;
+    int family;                /* SESSION_FAMILY_* */
+    int lat_c, lat_h, lat_w;   /* sd family: the latent shape of its pairs */
     /* pairs and their effective labels, indexed by pair id */
     long next_pair;            /* the id session_add_pair gives next */
     long npairs;               /* .traj files present */
@@ -231,8 +303,8 @@ int session_add_pair(d3_session *s, const session_pair *p, const uint8_t *rgb_a,
 /* Reads pair id back, fully validated (and its S and class checked against
  * the session's model). Free with session_pair_free. */
 int session_load_pair(const d3_session *s, long id, session_pair *p, char *err);
-/* Reads and validates one .traj file: magic, header size, format, dtype,
- * dims against the file size, finite values. Errors name path. */
+/* Reads and validates one pair file (session_read_traj_n with N = 2).
+ * Errors name path. */
 int session_read_traj(const char *path, session_pair *p, char *err);
 void session_pair_free(session_pair *p);
 /* The class (prompt) in pair id's header, -1 when unreadable. */

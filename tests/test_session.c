@@ -9,6 +9,7 @@
  * labels, one trained round) for tests/test_session.sh. Models are tiny
  * (base=8, size 8, 3 classes) so the suite stays cheap. */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -226,6 +227,132 @@ static void test_bad_traj(void) {
     CHECK(session_load_pair(&s, 2, &b, err) == -1 && strstr(err, "dtype 1"), "%s", err);
     CHECK(session_load_pair(&s, 0, &b, err) == 0, "intact pair: %s", err);
     session_pair_free(&b);
+    session_close(&s);
+}
+
+/* A pair file of format 1 (sessions from before format 2), written byte by
+ * byte as session.h documents it, still loads with its class and data. */
+static void test_format1(void) {
+    char err[D3_ERRLEN] = "", p[1024];
+    const char *dir = new_dir("format1");
+    d3_session s;
+    if (make_session(dir, 1, &s)) {
+        CHECK(0, "make_session");
+        return;
+    }
+    session_pair a = make_pair(7, 2);
+    uint8_t h[64] = {0};
+    uint32_t u[5] = {64, 1, TK, TS, 2};
+    memcpy(h, "D3POTRJ1", 8);
+    memcpy(h + 8, u, sizeof u);
+    uint32_t ver = 0;
+    float ce[2] = {5.0f, 1.0f};
+    memcpy(h + 28, &ver, 4);
+    memcpy(h + 32, &a.seed, 8);
+    memcpy(h + 44, ce, 8);
+    snprintf(p, sizeof p, "%s/pairs/000000.traj", dir);
+    const void *parts[2] = {h, pair_data};
+    size_t lens[2] = {64, sizeof pair_data};
+    CHECK(fs_write_atomic(p, parts, lens, 2, err) == 0, "%s", err);
+    session_pair b;
+    CHECK(session_load_pair(&s, 0, &b, err) == 0, "format 1 loads: %s", err);
+    if (b.buf) {
+        CHECK(b.cls == 2 && b.K == TK && b.S == TS && b.C == 3 && b.h == TS && b.w == TS &&
+                  b.family == SESSION_FAMILY_PIXEL && !b.prompt && b.seed == a.seed,
+              "format 1 header: cls %d K %d S %d C %d family %d", b.cls, b.K, b.S, b.C, b.family);
+        CHECK(!memcmp(b.traj[0], a.traj[0], sizeof(float) * (TK + 1) * TD) &&
+                  !memcmp(b.traj[1], a.traj[1], sizeof(float) * (TK + 1) * TD) &&
+                  !memcmp(b.logp[1], a.logp[1], sizeof(float) * TK),
+              "format 1 data bit-exact");
+        session_pair_free(&b);
+    }
+    CHECK(session_pair_class(&s, 0) == 2, "session_pair_class on format 1");
+    session_close(&s);
+}
+
+/* session_write_traj / session_read_traj_n with N = 4 latent trajectories
+ * and a UTF-8 prompt round trip bit-exact; pairs are written as format 2
+ * with the class name as the prompt; bad headers are named. */
+static void test_format2_n(void) {
+    char err[D3_ERRLEN] = "", p[1024];
+    enum { N = 4, K = 2, C = 4, H = 3, W = 5, D = C * H * W };
+    static float data[N * (K + 1) * D + N * K];
+    d3_rng r;
+    rng_init(&r, 9, 0);
+    rng_normal(&r, data, sizeof data / sizeof data[0]);
+    const char *prompt = "a caf\xc3\xa9 at night \xf0\x9f\x8c\x99, \"quoted\"";
+    session_traj t = {.N = N, .K = K, .C = C, .h = H, .w = W, .family = SESSION_FAMILY_SD,
+                      .cls = -1, .version = 3, .seed = 0xABCDEF0123456789ull, .cfg = 7.5f,
+                      .eta = 1.0f, .prompt = prompt};
+    for (int i = 0; i < N; i++) {
+        t.traj[i] = data + i * (K + 1) * D;
+        t.logp[i] = data + N * (K + 1) * D + i * K;
+    }
+    snprintf(p, sizeof p, "%s/group.traj", root);
+    CHECK(session_write_traj(p, &t, err) == 0, "%s", err);
+    long sz = file_size(p);
+    long hb = (72 + (long)strlen(prompt) + 7) / 8 * 8;
+    CHECK(sz == hb + (long)sizeof data, "size %ld, expected %ld", sz, hb + (long)sizeof data);
+    session_traj u;
+    CHECK(session_read_traj_n(p, &u, err) == 0, "%s", err);
+    if (u.buf) {
+        CHECK(u.N == N && u.K == K && u.C == C && u.h == H && u.w == W &&
+                  u.family == SESSION_FAMILY_SD && u.cls == -1 && u.version == 3 &&
+                  u.seed == t.seed && u.cfg == 7.5f && u.eta == 1.0f && u.prompt &&
+                  !strcmp(u.prompt, prompt),
+              "header round trip");
+        int same = 1;
+        for (int i = 0; i < N; i++)
+            same &= !memcmp(u.traj[i], t.traj[i], sizeof(float) * (K + 1) * D) &&
+                    !memcmp(u.logp[i], t.logp[i], sizeof(float) * K);
+        CHECK(same, "data bit-exact");
+        session_traj_free(&u);
+    }
+    session_pair sp;
+    CHECK(session_read_traj(p, &sp, err) == -1 && strstr(err, "4 trajectories"), "%s", err);
+    /* damage: family, N, the prompt length, a NaN */
+    int fd = open(p, O_WRONLY);
+    uint32_t bad = 7;
+    CHECK(fd >= 0 && pwrite(fd, &bad, 4, 64) == 4, "write");
+    CHECK(session_read_traj_n(p, &u, err) == -1 && strstr(err, p) && strstr(err, "family 7"), "%s", err);
+    bad = 1;
+    CHECK(pwrite(fd, &bad, 4, 64) == 4 && pwrite(fd, (uint32_t[]){0}, 4, 20) == 4, "write");
+    CHECK(session_read_traj_n(p, &u, err) == -1 && strstr(err, "0 trajectories"), "%s", err);
+    CHECK(pwrite(fd, (uint32_t[]){N}, 4, 20) == 4 && pwrite(fd, (uint32_t[]){4000}, 4, 68) == 4, "write");
+    CHECK(session_read_traj_n(p, &u, err) == -1 && strstr(err, "prompt of 4000 bytes"), "%s", err);
+    uint32_t pl = (uint32_t)strlen(prompt);
+    float nan = NAN;
+    CHECK(pwrite(fd, &pl, 4, 68) == 4 && pwrite(fd, &nan, 4, hb + 4 * ((K + 1) * D + 1)) == 4, "write");
+    CHECK(session_read_traj_n(p, &u, err) == -1 && strstr(err, "trajectory 1 holds a non-finite"),
+          "%s", err);
+    close(fd);
+    t.N = 0;
+    CHECK(session_write_traj(p, &t, err) == -1 && strstr(err, "0 trajectories"), "%s", err);
+    /* a session's pixel pair: format 2, the class name as the prompt */
+    const char *dir = new_dir("format2");
+    d3_session s;
+    if (make_session(dir, 0, &s)) {
+        CHECK(0, "make_session");
+        return;
+    }
+    session_pair a = make_pair(5, 1);
+    a.prompt = "dog";
+    long id;
+    CHECK(session_add_pair(&s, &a, NULL, NULL, &id, err) == 0, "%s", err);
+    session_pair b;
+    CHECK(session_load_pair(&s, id, &b, err) == 0, "%s", err);
+    if (b.buf) {
+        CHECK(b.cls == 1 && b.prompt && !strcmp(b.prompt, "dog") && b.family == SESSION_FAMILY_PIXEL,
+              "pixel pair in format 2");
+        session_pair_free(&b);
+    }
+    session_pair_path(&s, id, "traj", p, sizeof p);
+    FILE *f = fopen(p, "rb");
+    char magic[9] = {0};
+    CHECK(f && fread(magic, 1, 8, f) == 8 && !strcmp(magic, "D3POTRJ2"), "written as format 2");
+    if (f) fclose(f);
+    a.family = SESSION_FAMILY_SD;
+    CHECK(session_add_pair(&s, &a, NULL, NULL, &id, err) == -1 && strstr(err, "sd"), "%s", err);
     session_close(&s);
 }
 
@@ -540,6 +667,8 @@ int main(int argc, char **argv) {
         RUN(test_create_open);
         RUN(test_pair_roundtrip);
         RUN(test_bad_traj);
+        RUN(test_format1);
+        RUN(test_format2_n);
         RUN(test_journal_replay);
         RUN(test_torn_and_malformed);
         RUN(test_lock);
