@@ -80,6 +80,20 @@ TOL_D3PO_LOSS = 1e-5
 # 1/sigma relative to the fwd gradients; hence 2.5x the fwd gradient tolerance
 # (the float32 twin shows ~1e-4 here against ~1e-5 for fwd).
 TOL_D3PO_GRAD = 5e-3
+# ...and their per-tensor floor. The error of a small tensor's D3PO gradient
+# (a GroupNorm bias deep in the up path, summed over positions with cancelling
+# signs) is the 1/sigma^2-amplified mean error of the last steps, and its size
+# depends on the machine's summation order: on the same arch-2 model and seed
+# the worst tensor read 6e-4 at floor 1e-2 on an AMD EPYC (Zen, AVX-512) and
+# 1.3e-2 on an Intel Xeon (Sapphire Rapids, AVX-512/AMX; CI failed on it);
+# the global error on the EPYC is 2e-4. The parameter backward below the model output is the one the
+# fwd grads check already tests at floor 1e-2; what the D3PO check adds is the
+# loss -> output chain (ratios, clamp, beta, signs, step weights), which a bug
+# breaks for every tensor at once (global error ~1). So the D3PO gradient
+# check floors each tensor at 10% of the largest gradient and also bounds the
+# global error |dg|/|g| by the same tolerance. (Diffusion-DPO has no 1/sigma
+# amplification: its check keeps the fwd floor.)
+GRAD_FLOOR_PAIR = 1e-1
 # A timestep whose ratio exp(logp-ref) lies within this (relative) distance of the
 # clamp bounds 1 +- eps can legitimately have its gradient switched on in one
 # implementation and off in the other: it is reported as a warning.
@@ -124,7 +138,7 @@ def report(name, ab, rel, tol, on="rel", f32=None, info=False, extra=""):
     sys.stdout.flush()
 
 
-def compare_grads(label, c_grads, ref_grads, f32_grads, tol):
+def compare_grads(label, c_grads, ref_grads, f32_grads, tol, floor_frac=GRAD_FLOOR, check_global=False):
     """c_grads/ref_grads/f32_grads: dict name -> tensor. One line for the worst tensor."""
     missing = sorted(set(ref_grads) - set(c_grads))
     unexpected = sorted(set(c_grads) - set(ref_grads))
@@ -133,7 +147,7 @@ def compare_grads(label, c_grads, ref_grads, f32_grads, tol):
         RESULTS.append(False)
         return
     gmax = max(g.abs().max().item() for g in ref_grads.values())
-    floor = GRAD_FLOOR * gmax
+    floor = floor_frac * gmax
     worst = None
     worst_f32 = 0.0
     nfail = 0
@@ -148,10 +162,13 @@ def compare_grads(label, c_grads, ref_grads, f32_grads, tol):
     # global: all gradients as one vector
     num = math.sqrt(sum(((c_grads[n].double() - ref_grads[n]) ** 2).sum().item() for n in ref_grads))
     den = math.sqrt(sum((ref_grads[n] ** 2).sum().item() for n in ref_grads))
+    glob = num / max(den, 1e-300)
     report(label + " (%d)" % len(ref_grads), worst[1], worst[2], tol,
            f32=worst_f32 if f32_grads is not None else None,
-           extra="worst %s; %d over tol; global |dg|/|g|=%.1e; max|g|=%.2e"
-           % (worst[0], nfail, num / max(den, 1e-300), gmax))
+           extra="worst %s; %d over tol; floor %.0e*max|g|; global |dg|/|g|=%.1e; max|g|=%.2e"
+           % (worst[0], nfail, floor_frac, glob, gmax))
+    if check_global:
+        report(label + " global |dg|/|g|", num, glob, tol)
 
 
 def models(dirpath):
@@ -304,7 +321,7 @@ def check_d3po(dirpath, ms):
     report("d3po loss per timestep (K=%d)" % len(ts), ab, rel, TOL_D3PO_LOSS, on="abs",
            f32=nrm_err(l32, l64)[0], extra="worst k=%d; sum %.6f" % (wk, l64.sum().item()))
     cg = {k[5:]: v for k, v in d.items() if k.startswith("grad.")}
-    compare_grads("d3po grads", cg, g64, g32, TOL_D3PO_GRAD)
+    compare_grads("d3po grads", cg, g64, g32, TOL_D3PO_GRAD, GRAD_FLOOR_PAIR, check_global=True)
     print("  (d3po checks %.1f s)" % (time.time() - t0))
 
 
