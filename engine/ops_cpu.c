@@ -526,10 +526,12 @@ static wg_geom wg_make(int N, int C, int H, int W) {
     return g;
 }
 
-/* Transform scratch per thread (wg_in: a padded row, the phase-split
- * patch rows and the column pass of one tile row, ~64ntx + 40). */
-static size_t wg_rb_floats(const wg_geom *g) {
-    return (size_t)80 * g->ntx + 96;
+/* Transform scratch per thread for blocks of up to rpb tile rows (wg_in:
+ * D and CK, 36 floats per tile each, and the padded and phase-split rows;
+ * wg_out and wg_dout need less). */
+static size_t wg_rb_floats(const wg_geom *g, int rpb) {
+    const size_t tb = (size_t)rpb * g->ntx, rows = 4 * (size_t)rpb + 2, wr = 4 * (size_t)(g->ntx + 1);
+    return 72 * tb + 2 * rows * wr + 64;
 }
 
 /* The transforms over n tiles at once: o + k*os (output k) from six (four)
@@ -651,129 +653,171 @@ static void wg_wgrad(float *dw, const float *parts, int ngr, size_t K, int k0, i
         for (int tap = 0; tap < 9; tap++) dw[(size_t)(k0 + i) * 9 + tap] += d[(size_t)tap * n + i];
 }
 
-/* q[m*qs + tx] = src[4*tx + m - lead] for tx < nq, m < 4: a row split by
- * column phase (zero outside [0, n) of src). row: 4*nq+4 floats scratch. */
-static inline void wg_phases(float *restrict q, size_t qs, const float *src, int n, int lead,
-                             int nq, float *restrict row) {
-    for (int k = 0; k < lead; k++) row[k] = 0.0f;
-    if (src) memcpy(row + lead, src, sizeof(float) * n);
-    else memset(row + lead, 0, sizeof(float) * n);
-    for (int k = lead + n; k < 4 * nq; k++) row[k] = 0.0f;
+/* d[0..n) = s[0..n): the short copies of the tile gather (n = tiles per
+ * row: fixed sizes compile to single vector moves). */
+static inline void wg_copy(float *restrict d, const float *restrict s, int n) {
+    switch (n) {
+    case 2: memcpy(d, s, 2 * sizeof(float)); return;
+    case 4: memcpy(d, s, 4 * sizeof(float)); return;
+    case 8: memcpy(d, s, 8 * sizeof(float)); return;
+    case 16: memcpy(d, s, 16 * sizeof(float)); return;
+    default:
+        for (int i = 0; i < n; i++) d[i] = s[i];
+    }
+}
+
+/* q[m*qs + tx] = src[4*tx + m] for tx < nq, m < 4: a row split by column
+ * phase (one stride-4 pass, vectorised with permutes). */
+static inline void wg_split(float *restrict q, size_t qs, const float *restrict src, int nq) {
     float *restrict q0 = q, *restrict q1 = q + qs, *restrict q2 = q + 2 * qs,
                     *restrict q3 = q + 3 * qs;
 #pragma omp simd
     for (int tx = 0; tx < nq; tx++) {
-        q0[tx] = row[4 * tx];
-        q1[tx] = row[4 * tx + 1];
-        q2[tx] = row[4 * tx + 2];
-        q3[tx] = row[4 * tx + 3];
+        q0[tx] = src[4 * tx];
+        q1[tx] = src[4 * tx + 1];
+        q2[tx] = src[4 * tx + 2];
+        q3[tx] = src[4 * tx + 3];
     }
 }
 
 /* Input transform of tile rows [ty0,ty1) of one image x[C,H,W] into
- * V[36][C][ld] at columns t0 + (ty-ty0)*ntx + tx: V = Bt d B per 6x6
- * patch d (rows 4ty-1.., columns 4tx-1.., zero outside the image).
- * Rows of the patch are split by column phase (Q[m][i][tx] = d[i][m] of
- * tile tx, d[i][4+m] = Q[m][i][tx+1]); the column pass combines rows,
- * the row pass combines phases. */
+ * V[36][C][ld] at columns t0 + t, t = (ty-ty0)*ntx + tx: V = Bt d B per
+ * 6x6 patch d (rows 4ty-1.., columns 4tx-1.., zero outside the image).
+ * Per channel, over the whole run of T tiles at once (the passes were
+ * per tile row, ntx = 2..8 wide, mostly scalar remainders):
+ *  1. the run's 4*nr+2 input rows are copied into zero-padded rows pl
+ *     (all of them before any is read back: a wide load right after the
+ *     narrower, shifted stores of its copy stalled store forwarding),
+ *  2. each padded row is split by column phase, P[r][m][tx'],
+ *  3. the patches are gathered tile-major, D[i][k][t] = P[4ty+i][k&3]
+ *     [tx + k/4] (36 short contiguous copies per tile row),
+ *  4. column pass CK[a][k] = Bt D[.][k] and row pass V[a][b] = CK[a][.] B,
+ *     each a loop over all T tiles. */
 static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, int ty0, int ty1,
                   float *rb) {
-    const int C = g->C, H = g->H, W = g->W, ntx = g->ntx, nq = ntx + 1;
-    float *row = rb, *Q = row + 4 * nq + 4, *CK = Q + 24 * (size_t)nq; /* CK[k][a][tx] */
-    const size_t vplane = (size_t)C * ld;
+    const int C = g->C, H = g->H, W = g->W, ntx = g->ntx, nq = ntx + 1, Wr = 4 * nq;
+    const int nr = ty1 - ty0, T = nr * ntx, rows = 4 * nr + 2;
+    float *D = rb, *CK = D + 36 * (size_t)T; /* D[i][k][t], CK[a][k][t] */
+    float *pl = CK + 36 * (size_t)T, *P = pl + (size_t)rows * Wr; /* pl[r][Wr], P[r][m][nq] */
+    const size_t vplane = (size_t)C * ld, ts = (size_t)T;
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * H * W;
-        for (int ty = ty0; ty < ty1; ty++) {
+        for (int r = 0; r < rows; r++) {
+            const int yy = 4 * ty0 - 1 + r;
+            float *pr = pl + (size_t)r * Wr;
+            pr[0] = 0.0f;
+            if (yy >= 0 && yy < H) memcpy(pr + 1, xc + (size_t)yy * W, sizeof(float) * W);
+            else memset(pr + 1, 0, sizeof(float) * W);
+            for (int j = W + 1; j < Wr; j++) pr[j] = 0.0f;
+        }
+        for (int r = 0; r < rows; r++)
+            wg_split(P + (size_t)r * 4 * nq, nq, pl + (size_t)r * Wr, nq);
+        for (int ty = 0; ty < nr; ty++)
             for (int i = 0; i < 6; i++) {
-                const int yy = 4 * ty - 1 + i;
-                wg_phases(Q + (size_t)i * nq, 6 * (size_t)nq,
-                          yy >= 0 && yy < H ? xc + (size_t)yy * W : NULL, W, 1, nq, row);
+                const float *pr = P + (size_t)(4 * ty + i) * 4 * nq;
+                float *d = D + (size_t)i * 6 * ts + (size_t)ty * ntx;
+                for (int k = 0; k < 6; k++)
+                    wg_copy(d + (size_t)k * ts, pr + (size_t)(k & 3) * nq + (k >> 2), ntx);
             }
-            for (int k = 0; k < 6; k++) { /* column pass: CK[k] = Bt d[:, k] */
-                const float *q = Q + (size_t)(k & 3) * 6 * nq + (k >> 2);
-                wg_bt_rows(CK + (size_t)k * 6 * ntx, ntx, q, q + nq, q + 2 * nq, q + 3 * nq,
-                           q + 4 * nq, q + 5 * nq, ntx);
-            }
-            float *v = V + c * (size_t)ld + t0 + (size_t)(ty - ty0) * ntx;
-            const size_t ks = 6 * (size_t)ntx;
-            for (int a = 0; a < 6; a++) { /* row pass: V[a][.] = CK[.][a] B */
-                const float *r = CK + (size_t)a * ntx;
-                wg_bt_rows(v + (size_t)a * 6 * vplane, vplane, r, r + ks, r + 2 * ks, r + 3 * ks,
-                           r + 4 * ks, r + 5 * ks, ntx);
-            }
+        for (int k = 0; k < 6; k++) { /* column pass: CK[a][k] = Bt D[.][k] */
+            const float *d = D + (size_t)k * ts;
+            wg_bt_rows(CK + (size_t)k * ts, 6 * ts, d, d + 6 * ts, d + 12 * ts, d + 18 * ts,
+                       d + 24 * ts, d + 30 * ts, T);
+        }
+        float *v = V + c * (size_t)ld + t0;
+        for (int a = 0; a < 6; a++) { /* row pass: V[a][.] = CK[a][.] B */
+            const float *r = CK + (size_t)a * 6 * ts;
+            wg_bt_rows(v + (size_t)a * 6 * vplane, vplane, r, r + ts, r + 2 * ts, r + 3 * ts,
+                       r + 4 * ts, r + 5 * ts, T);
         }
     }
 }
 
 /* Output transform: y[OC,H,W] (=, or += when acc) At M A (+ bias) for
- * tile rows [ty0,ty1), M[36][OC][ld] at columns t0... */
+ * tile rows [ty0,ty1), M[36][OC][ld] at columns t0 + t; both passes over
+ * the run's T tiles at once, then each output row is interleaved from
+ * its four column phases. */
 static void wg_out(float *y, const float *M, int ld, int t0, const float *bias, int acc,
                    const wg_geom *g, int ty0, int ty1, float *rb) {
     const int OC = g->C, H = g->H, W = g->W, ntx = g->ntx;
-    float *row = rb, *S = row + 4 * ntx + 4, *Y = S + 24 * (size_t)ntx; /* S[a][q][tx], Y[p][q][tx] */
-    const size_t mplane = (size_t)OC * ld, qs = (size_t)ntx;
+    const int nr = ty1 - ty0, T = nr * ntx;
+    const size_t mplane = (size_t)OC * ld, ts = (size_t)T;
+    float *S = rb, *Y = S + 24 * ts, *row = Y + 16 * ts; /* S[a][q][t], Y[p][q][t] */
+    const int direct = !acc && W == 4 * ntx; /* interleave straight into y */
     for (int oc = 0; oc < OC; oc++) {
         const float bv = bias ? bias[oc] : 0.0f;
         float *yc = y + (size_t)oc * H * W;
-        for (int ty = ty0; ty < ty1; ty++) {
-            const float *m = M + oc * (size_t)ld + t0 + (size_t)(ty - ty0) * ntx;
-            for (int a = 0; a < 6; a++) { /* S[a] = M[a][.] A */
-                const float *m0 = m + (size_t)(a * 6) * mplane;
-                wg_at_rows(S + (size_t)a * 4 * qs, qs, m0, m0 + mplane, m0 + 2 * mplane,
-                           m0 + 3 * mplane, m0 + 4 * mplane, m0 + 5 * mplane, ntx);
-            }
-            for (int q = 0; q < 4; q++) { /* Y[.][q] = At S[.][q] */
-                const float *s0 = S + (size_t)q * qs;
-                const size_t st = 4 * qs;
-                wg_at_rows(Y + (size_t)q * qs, 4 * qs, s0, s0 + st, s0 + 2 * st, s0 + 3 * st,
-                           s0 + 4 * st, s0 + 5 * st, ntx);
-            }
-            for (int p = 0; p < 4 && 4 * ty + p < H; p++) {
-                const float *yp = Y + (size_t)p * 4 * qs;
-                const float *y0 = yp, *y1 = yp + qs, *y2 = yp + 2 * qs, *y3 = yp + 3 * qs;
+        const float *m = M + oc * (size_t)ld + t0;
+        for (int a = 0; a < 6; a++) { /* S[a] = M[a][.] A */
+            const float *m0 = m + (size_t)(a * 6) * mplane;
+            wg_at_rows(S + (size_t)a * 4 * ts, ts, m0, m0 + mplane, m0 + 2 * mplane,
+                       m0 + 3 * mplane, m0 + 4 * mplane, m0 + 5 * mplane, T);
+        }
+        for (int q = 0; q < 4; q++) { /* Y[.][q] = At S[.][q] */
+            const float *s0 = S + (size_t)q * ts;
+            wg_at_rows(Y + (size_t)q * ts, 4 * ts, s0, s0 + 4 * ts, s0 + 8 * ts, s0 + 12 * ts,
+                       s0 + 16 * ts, s0 + 20 * ts, T);
+        }
+        for (int ty = 0; ty < nr; ty++)
+            for (int p = 0; p < 4 && 4 * (ty0 + ty) + p < H; p++) {
+                const float *yp = Y + (size_t)p * 4 * ts + (size_t)ty * ntx;
+                const float *y0 = yp, *y1 = yp + ts, *y2 = yp + 2 * ts, *y3 = yp + 3 * ts;
+                float *yr = yc + (size_t)(4 * (ty0 + ty) + p) * W;
+                float *restrict dst = direct ? yr : row;
+                const float add = acc ? 0.0f : bv;
 #pragma omp simd
                 for (int tx = 0; tx < ntx; tx++) {
-                    row[4 * tx] = y0[tx];
-                    row[4 * tx + 1] = y1[tx];
-                    row[4 * tx + 2] = y2[tx];
-                    row[4 * tx + 3] = y3[tx];
+                    dst[4 * tx] = y0[tx] + add;
+                    dst[4 * tx + 1] = y1[tx] + add;
+                    dst[4 * tx + 2] = y2[tx] + add;
+                    dst[4 * tx + 3] = y3[tx] + add;
                 }
-                float *yr = yc + (size_t)(4 * ty + p) * W;
+                if (direct) continue;
                 if (acc)
                     for (int i = 0; i < W; i++) yr[i] += row[i];
                 else
-                    for (int i = 0; i < W; i++) yr[i] = row[i] + bv;
+                    memcpy(yr, row, sizeof(float) * W);
             }
-        }
     }
 }
 
 /* Output-gradient transform for the weight gradient: Mh[36][OC][ld] at
- * columns t0... = At^T dY At per 4x4 tile of dy[OC,H,W] (zero outside). */
+ * columns t0 + t = At^T dY At per 4x4 tile of dy[OC,H,W] (zero outside);
+ * the tiles' rows are split by column phase into D[q][p][t], then both
+ * passes run over the run's T tiles at once. */
 static void wg_dout(float *Mh, int ld, int t0, const float *dy, const wg_geom *g, int ty0,
                     int ty1, float *rb) {
     const int OC = g->C, H = g->H, W = g->W, ntx = g->ntx;
-    float *row = rb, *Q = row + 4 * ntx + 4, *R = Q + 16 * (size_t)ntx; /* Q[q][p][tx], R[q][a][tx] */
-    const size_t mplane = (size_t)OC * ld, qs = (size_t)ntx;
+    const int nr = ty1 - ty0, T = nr * ntx;
+    const size_t mplane = (size_t)OC * ld, ts = (size_t)T;
+    float *D = rb, *R = D + 16 * ts, *row = R + 24 * ts; /* D[q][p][t], R[q][a][t] */
     for (int oc = 0; oc < OC; oc++) {
         const float *dc = dy + (size_t)oc * H * W;
-        for (int ty = ty0; ty < ty1; ty++) {
+        for (int ty = 0; ty < nr; ty++)
             for (int p = 0; p < 4; p++) {
-                const int yy = 4 * ty + p;
-                wg_phases(Q + (size_t)p * qs, 4 * qs, yy < H ? dc + (size_t)yy * W : NULL, W, 0,
-                          ntx, row);
+                const int yy = 4 * (ty0 + ty) + p;
+                float *d = D + (size_t)p * ts + (size_t)ty * ntx;
+                if (yy >= H) {
+                    for (int q = 0; q < 4; q++) memset(d + (size_t)q * 4 * ts, 0, sizeof(float) * ntx);
+                    continue;
+                }
+                const float *src = dc + (size_t)yy * W;
+                if (W != 4 * ntx) { /* a partial last tile: pad the row */
+                    memcpy(row, src, sizeof(float) * W);
+                    for (int i = W; i < 4 * ntx; i++) row[i] = 0.0f;
+                    src = row;
+                }
+                wg_split(d, 4 * ts, src, ntx);
             }
-            for (int q = 0; q < 4; q++) { /* R[q] = At^T dY[:, q] */
-                const float *d = Q + (size_t)q * 4 * qs;
-                wg_att_rows(R + (size_t)q * 6 * qs, qs, d, d + qs, d + 2 * qs, d + 3 * qs, ntx);
-            }
-            float *v = Mh + oc * (size_t)ld + t0 + (size_t)(ty - ty0) * ntx;
-            const size_t rs = 6 * qs;
-            for (int a = 0; a < 6; a++) { /* Mh[a][.] = R[.][a] At */
-                const float *r = R + (size_t)a * qs;
-                wg_att_rows(v + (size_t)a * 6 * mplane, mplane, r, r + rs, r + 2 * rs, r + 3 * rs,
-                            ntx);
-            }
+        for (int q = 0; q < 4; q++) { /* R[q] = At^T dY[.][q] */
+            const float *d = D + (size_t)q * 4 * ts;
+            wg_att_rows(R + (size_t)q * 6 * ts, ts, d, d + ts, d + 2 * ts, d + 3 * ts, T);
+        }
+        float *v = Mh + oc * (size_t)ld + t0;
+        for (int a = 0; a < 6; a++) { /* Mh[a][.] = R[.][a] At */
+            const float *r = R + (size_t)a * ts;
+            wg_att_rows(v + (size_t)a * 6 * mplane, mplane, r, r + 6 * ts, r + 12 * ts,
+                        r + 18 * ts, T);
         }
     }
 }
@@ -819,7 +863,7 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi));
+        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi, rpb));
         float *M = V + 36 * (size_t)C * tb, *rb = M + 36 * (size_t)OC * tb;
 #pragma omp for schedule(static)
         for (int bk = 0; bk < nblk; bk++) {
@@ -877,7 +921,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        const size_t vsz = 36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi);
+        const size_t vsz = 36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi, rpb);
         float *V = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
         float *Mh = V + 36 * (size_t)C * tb, *rb = Mh + 36 * (size_t)OC * tb;
 #pragma omp for schedule(static)
