@@ -852,6 +852,78 @@ static int wg_rows_per_block(const wg_geom *g) {
         rr_ += ty1 - ty0;                                                    \
     }
 
+/* The Winograd products M[xi] = U[xi] @ V[xi]: C[M,N] (=, or += when acc)
+ * A[M,K] @ B[K,N], row-major, N = the block's tiles (<= ~64), M and K
+ * channels (16..256). Small, many (36 per block) and with B fresh from
+ * the transform: OpenBLAS spent ~20% of its time packing them, and its
+ * build here runs AVX2 kernels. With AVX-512 (-march=native on a CPU that
+ * has it) a register-blocked kernel does them unpacked: 6 rows x up to 64
+ * columns of C in 24 zmm accumulators, one k at a time (4 loads of B's
+ * row, 6 broadcasts of A, 24 FMAs), B's [K, 64] panel staying in L1
+ * across the row blocks; the last column vector is masked. Each C entry
+ * is summed in k order by FMA: no dependence on the thread count.
+ * Elsewhere the same product goes to cblas_sgemm. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#define WG_MR 6
+
+static inline __attribute__((always_inline)) void
+wg_kern(const int mr, const int nv, __mmask16 last, int K, const float *A, int lda,
+        const float *B, int ldb, int acc, float *C, int ldc) {
+    __m512 c[WG_MR][4];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nv; j++) c[i][j] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb;
+        __m512 bv[4];
+        for (int j = 0; j < nv; j++)
+            bv[j] = j == nv - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
+        for (int i = 0; i < mr; i++) {
+            const __m512 a = _mm512_set1_ps(A[(size_t)i * lda + k]);
+            for (int j = 0; j < nv; j++) c[i][j] = _mm512_fmadd_ps(a, bv[j], c[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nv; j++) {
+            float *p = C + (size_t)i * ldc + 16 * j;
+            const __mmask16 m = j == nv - 1 ? last : (__mmask16)0xffff;
+            __m512 v = c[i][j];
+            if (acc) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), v);
+            _mm512_mask_storeu_ps(p, m, v);
+        }
+}
+
+static void wg_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    int acc, float *C, int ldc) {
+    for (int n0 = 0; n0 < N; n0 += 64) {
+        const int nn = N - n0 < 64 ? N - n0 : 64, nv = (nn + 15) / 16;
+        const __mmask16 last = (__mmask16)((1u << (nn - 16 * (nv - 1))) - 1u);
+        const float *b = B + n0;
+        for (int m0 = 0; m0 < M; m0 += WG_MR) {
+            const int mr = M - m0 < WG_MR ? M - m0 : WG_MR;
+            const float *a = A + (size_t)m0 * lda;
+            float *c = C + (size_t)m0 * ldc + n0;
+            switch (mr * 8 + nv) {
+#define WG_K(r, v) \
+    case (r) * 8 + (v): wg_kern(r, v, last, K, a, lda, b, ldb, acc, c, ldc); break;
+#define WG_KR(r) WG_K(r, 1) WG_K(r, 2) WG_K(r, 3) WG_K(r, 4)
+                WG_KR(1) WG_KR(2) WG_KR(3) WG_KR(4) WG_KR(5) WG_KR(6)
+#undef WG_KR
+#undef WG_K
+            default: assert(0);
+            }
+        }
+    }
+}
+#else
+static void wg_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    int acc, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                acc ? 1.0f : 0.0f, C, ldc);
+}
+#endif
+
 /* y[N,OC,H,W] (=, or += when acc) the "same" 3x3 correlation of x[N,C,H,W]
  * with the transformed kernel U[36][OC][C] (+ bias). */
 static void wg_conv(float *y, const float *x, const float *U, const float *bias, int acc,
@@ -872,9 +944,8 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
             WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
                     wg_in(V, T, t0, x + n * in_sz, &gi, ty0, ty1, rb));
             for (int xi = 0; xi < 36; xi++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, T, C, 1.0f,
-                            U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0.0f,
-                            M + (size_t)xi * OC * T, T);
+                wg_gemm(OC, T, C, U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0,
+                        M + (size_t)xi * OC * T, T);
             WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                     wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
         }
