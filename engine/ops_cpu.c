@@ -916,10 +916,61 @@ static void wg_gemm(int M, int N, int K, const float *A, int lda, const float *B
         }
     }
 }
+/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
+ * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
+ * 128-bit lane shuffles). */
+static inline void wg_tr16(float *dst, int ldd, const float *src, int lds) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);     /* lane L: r_i[4L], r_i+1[4L], [4L+1].. */
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]); /* lane L: [4L+2], [4L+3] */
+    }
+    for (int i = 0; i < 16; i += 4) { /* r[i+j], lane L: rows i..i+3 of column 4L+j */
+        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 2]);
+        const __m512d c = _mm512_castps_pd(t[i + 1]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int j = 0; j < 4; j++) { /* column 4L+j of all rows from r[j], r[4+j], r[8+j], r[12+j] */
+        const __m512 v0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+        _mm512_storeu_ps(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
+        _mm512_storeu_ps(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
+    }
+}
+
+/* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the weight gradient's
+ * product, K = tiles): B is transposed into bt[K,N] (16x16 blocks in
+ * registers, scalar edges) and multiplied by wg_gemm. */
+static void wg_gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                       int acc, float *C, int ldc, float *bt) {
+    const int N16 = N & ~15, K16 = K & ~15;
+    for (int n = 0; n < N16; n += 16)
+        for (int k = 0; k < K16; k += 16)
+            wg_tr16(bt + (size_t)k * N + n, N, B + (size_t)n * ldb + k, ldb);
+    for (int n = 0; n < N; n++) {
+        const int k0 = n < N16 ? K16 : 0;
+        for (int k = k0; k < K; k++) bt[(size_t)k * N + n] = B[(size_t)n * ldb + k];
+    }
+    wg_gemm(M, N, K, A, lda, bt, N, acc, C, ldc);
+}
 #else
 static void wg_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     int acc, float *C, int ldc) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                acc ? 1.0f : 0.0f, C, ldc);
+}
+static void wg_gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                       int acc, float *C, int ldc, float *bt) {
+    (void)bt;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb,
                 acc ? 1.0f : 0.0f, C, ldc);
 }
 #endif
@@ -992,13 +1043,14 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        const size_t vsz = 36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi, rpb);
+        const size_t vsz = 36 * (size_t)(C + OC) * tb + (size_t)tb * C + wg_rb_floats(&gi, rpb);
         float *V = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
-        float *Mh = V + 36 * (size_t)C * tb, *rb = Mh + 36 * (size_t)OC * tb;
+        float *Mh = V + 36 * (size_t)C * tb, *vt = Mh + 36 * (size_t)OC * tb;
+        float *rb = vt + (size_t)tb * C;
 #pragma omp for schedule(static)
         for (int gr = 0; gr < ngr; gr++) {
+            /* the group's first block assigns dU, the others add */
             float *dU = parts + (size_t)gr * usz;
-            memset(dU, 0, sizeof(float) * usz);
             const int b0 = nblk * gr / ngr, b1 = nblk * (gr + 1) / ngr;
             for (int bk = b0; bk < b1; bk++) {
                 const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
@@ -1009,9 +1061,8 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
                         wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
                 /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T */
                 for (int xi = 0; xi < 36; xi++)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, C, T, 1.0f,
-                                Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T, 1.0f,
-                                dU + (size_t)xi * OC * C, C);
+                    wg_gemm_nt(OC, C, T, Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T,
+                               bk > b0, dU + (size_t)xi * OC * C, C, vt);
             }
         }
         /* (implicit barrier: every partial is complete) dw += G^T dU G,
