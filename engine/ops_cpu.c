@@ -123,6 +123,130 @@ static void team_sync(int coop) {
     }
 }
 
+/* C[M,N] (=, or += when acc) A[M,K] @ B[K,N], row-major, unpacked: the
+ * Winograd products M[xi] = U[xi] @ V[xi] (N = a block's tiles, <= ~64;
+ * M, K = channels, 16..256; 36 per block, B fresh from the transform)
+ * and the other non-transposed products of mm(). OpenBLAS spent ~20% of
+ * its time packing these small operands, and its build here runs AVX2
+ * kernels. With AVX-512 (-march=native on a CPU that has it) a
+ * register-blocked kernel does them: 6 rows x up to 64 columns of C in
+ * 24 zmm accumulators, one k at a time (4 loads of B's row, 6 broadcasts
+ * of A, 24 FMAs), B's [K, 64] panel staying in cache across the row
+ * blocks; the last column vector is masked. Each C entry is summed in k
+ * order by FMA: no dependence on the thread count. Without AVX-512 it is
+ * cblas_sgemm. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#define GEMM_MR 6
+
+static inline __attribute__((always_inline)) void
+gemm_kern(const int mr, const int nv, __mmask16 last, int K, const float *A, int lda,
+        const float *B, int ldb, int acc, float *C, int ldc) {
+    __m512 c[GEMM_MR][4];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nv; j++) c[i][j] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb;
+        __m512 bv[4];
+        for (int j = 0; j < nv; j++)
+            bv[j] = j == nv - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
+        for (int i = 0; i < mr; i++) {
+            const __m512 a = _mm512_set1_ps(A[(size_t)i * lda + k]);
+            for (int j = 0; j < nv; j++) c[i][j] = _mm512_fmadd_ps(a, bv[j], c[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nv; j++) {
+            float *p = C + (size_t)i * ldc + 16 * j;
+            const __mmask16 m = j == nv - 1 ? last : (__mmask16)0xffff;
+            __m512 v = c[i][j];
+            if (acc) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), v);
+            _mm512_mask_storeu_ps(p, m, v);
+        }
+}
+
+static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    int acc, float *C, int ldc) {
+    for (int n0 = 0; n0 < N; n0 += 64) {
+        const int nn = N - n0 < 64 ? N - n0 : 64, nv = (nn + 15) / 16;
+        const __mmask16 last = (__mmask16)((1u << (nn - 16 * (nv - 1))) - 1u);
+        const float *b = B + n0;
+        for (int m0 = 0; m0 < M; m0 += GEMM_MR) {
+            const int mr = M - m0 < GEMM_MR ? M - m0 : GEMM_MR;
+            const float *a = A + (size_t)m0 * lda;
+            float *c = C + (size_t)m0 * ldc + n0;
+            switch (mr * 8 + nv) {
+#define GEMM_K(r, v) \
+    case (r) * 8 + (v): gemm_kern(r, v, last, K, a, lda, b, ldb, acc, c, ldc); break;
+#define GEMM_KR(r) GEMM_K(r, 1) GEMM_K(r, 2) GEMM_K(r, 3) GEMM_K(r, 4)
+                GEMM_KR(1) GEMM_KR(2) GEMM_KR(3) GEMM_KR(4) GEMM_KR(5) GEMM_KR(6)
+#undef GEMM_KR
+#undef GEMM_K
+            default: assert(0);
+            }
+        }
+    }
+}
+/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
+ * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
+ * 128-bit lane shuffles). */
+static inline void tr16(float *dst, int ldd, const float *src, int lds) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);     /* lane L: r_i[4L], r_i+1[4L], [4L+1].. */
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]); /* lane L: [4L+2], [4L+3] */
+    }
+    for (int i = 0; i < 16; i += 4) { /* r[i+j], lane L: rows i..i+3 of column 4L+j */
+        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 2]);
+        const __m512d c = _mm512_castps_pd(t[i + 1]), d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    for (int j = 0; j < 4; j++) { /* column 4L+j of all rows from r[j], r[4+j], r[8+j], r[12+j] */
+        const __m512 v0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
+        _mm512_storeu_ps(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
+        _mm512_storeu_ps(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
+    }
+}
+
+/* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the weight gradient's
+ * product, K = tiles): B is transposed into bt[K,N] (16x16 blocks in
+ * registers, scalar edges) and multiplied by gemm_nn. */
+static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                       int acc, float *C, int ldc, float *bt) {
+    const int N16 = N & ~15, K16 = K & ~15;
+    for (int n = 0; n < N16; n += 16)
+        for (int k = 0; k < K16; k += 16)
+            tr16(bt + (size_t)k * N + n, N, B + (size_t)n * ldb + k, ldb);
+    for (int n = 0; n < N; n++) {
+        const int k0 = n < N16 ? K16 : 0;
+        for (int k = k0; k < K; k++) bt[(size_t)k * N + n] = B[(size_t)n * ldb + k];
+    }
+    gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
+}
+#else
+static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                    int acc, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                acc ? 1.0f : 0.0f, C, ldc);
+}
+static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                       int acc, float *C, int ldc, float *bt) {
+    (void)bt;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                acc ? 1.0f : 0.0f, C, ldc);
+}
+#endif
+
 /* Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C.
  * In coop mode each thread of the team computes a block of C (split along
  * the larger of M and N), so the team together computes all of C. */
@@ -149,6 +273,12 @@ static void mm(int coop, int ta, int tb, int M, int N, int K, float alpha,
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
         return;
     }
+#if defined(__AVX512F__)
+    if (!ta && !tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
+        gemm_nn(M, N, K, A, lda, B, ldb, beta == 1.0f, C, ldc);
+        return;
+    }
+#endif
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
                 beta, C, ldc);
@@ -852,129 +982,6 @@ static int wg_rows_per_block(const wg_geom *g) {
         rr_ += ty1 - ty0;                                                    \
     }
 
-/* The Winograd products M[xi] = U[xi] @ V[xi]: C[M,N] (=, or += when acc)
- * A[M,K] @ B[K,N], row-major, N = the block's tiles (<= ~64), M and K
- * channels (16..256). Small, many (36 per block) and with B fresh from
- * the transform: OpenBLAS spent ~20% of its time packing them, and its
- * build here runs AVX2 kernels. With AVX-512 (-march=native on a CPU that
- * has it) a register-blocked kernel does them unpacked: 6 rows x up to 64
- * columns of C in 24 zmm accumulators, one k at a time (4 loads of B's
- * row, 6 broadcasts of A, 24 FMAs), B's [K, 64] panel staying in L1
- * across the row blocks; the last column vector is masked. Each C entry
- * is summed in k order by FMA: no dependence on the thread count.
- * Elsewhere the same product goes to cblas_sgemm. */
-#if defined(__AVX512F__)
-#include <immintrin.h>
-
-#define WG_MR 6
-
-static inline __attribute__((always_inline)) void
-wg_kern(const int mr, const int nv, __mmask16 last, int K, const float *A, int lda,
-        const float *B, int ldb, int acc, float *C, int ldc) {
-    __m512 c[WG_MR][4];
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nv; j++) c[i][j] = _mm512_setzero_ps();
-    for (int k = 0; k < K; k++) {
-        const float *b = B + (size_t)k * ldb;
-        __m512 bv[4];
-        for (int j = 0; j < nv; j++)
-            bv[j] = j == nv - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
-        for (int i = 0; i < mr; i++) {
-            const __m512 a = _mm512_set1_ps(A[(size_t)i * lda + k]);
-            for (int j = 0; j < nv; j++) c[i][j] = _mm512_fmadd_ps(a, bv[j], c[i][j]);
-        }
-    }
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nv; j++) {
-            float *p = C + (size_t)i * ldc + 16 * j;
-            const __mmask16 m = j == nv - 1 ? last : (__mmask16)0xffff;
-            __m512 v = c[i][j];
-            if (acc) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), v);
-            _mm512_mask_storeu_ps(p, m, v);
-        }
-}
-
-static void wg_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                    int acc, float *C, int ldc) {
-    for (int n0 = 0; n0 < N; n0 += 64) {
-        const int nn = N - n0 < 64 ? N - n0 : 64, nv = (nn + 15) / 16;
-        const __mmask16 last = (__mmask16)((1u << (nn - 16 * (nv - 1))) - 1u);
-        const float *b = B + n0;
-        for (int m0 = 0; m0 < M; m0 += WG_MR) {
-            const int mr = M - m0 < WG_MR ? M - m0 : WG_MR;
-            const float *a = A + (size_t)m0 * lda;
-            float *c = C + (size_t)m0 * ldc + n0;
-            switch (mr * 8 + nv) {
-#define WG_K(r, v) \
-    case (r) * 8 + (v): wg_kern(r, v, last, K, a, lda, b, ldb, acc, c, ldc); break;
-#define WG_KR(r) WG_K(r, 1) WG_K(r, 2) WG_K(r, 3) WG_K(r, 4)
-                WG_KR(1) WG_KR(2) WG_KR(3) WG_KR(4) WG_KR(5) WG_KR(6)
-#undef WG_KR
-#undef WG_K
-            default: assert(0);
-            }
-        }
-    }
-}
-/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
- * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
- * 128-bit lane shuffles). */
-static inline void wg_tr16(float *dst, int ldd, const float *src, int lds) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);     /* lane L: r_i[4L], r_i+1[4L], [4L+1].. */
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]); /* lane L: [4L+2], [4L+3] */
-    }
-    for (int i = 0; i < 16; i += 4) { /* r[i+j], lane L: rows i..i+3 of column 4L+j */
-        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 2]);
-        const __m512d c = _mm512_castps_pd(t[i + 1]), d = _mm512_castps_pd(t[i + 3]);
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
-    for (int j = 0; j < 4; j++) { /* column 4L+j of all rows from r[j], r[4+j], r[8+j], r[12+j] */
-        const __m512 v0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-        const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-        _mm512_storeu_ps(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        _mm512_storeu_ps(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
-        _mm512_storeu_ps(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        _mm512_storeu_ps(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
-    }
-}
-
-/* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the weight gradient's
- * product, K = tiles): B is transposed into bt[K,N] (16x16 blocks in
- * registers, scalar edges) and multiplied by wg_gemm. */
-static void wg_gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                       int acc, float *C, int ldc, float *bt) {
-    const int N16 = N & ~15, K16 = K & ~15;
-    for (int n = 0; n < N16; n += 16)
-        for (int k = 0; k < K16; k += 16)
-            wg_tr16(bt + (size_t)k * N + n, N, B + (size_t)n * ldb + k, ldb);
-    for (int n = 0; n < N; n++) {
-        const int k0 = n < N16 ? K16 : 0;
-        for (int k = k0; k < K; k++) bt[(size_t)k * N + n] = B[(size_t)n * ldb + k];
-    }
-    wg_gemm(M, N, K, A, lda, bt, N, acc, C, ldc);
-}
-#else
-static void wg_gemm(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                    int acc, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
-                acc ? 1.0f : 0.0f, C, ldc);
-}
-static void wg_gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                       int acc, float *C, int ldc, float *bt) {
-    (void)bt;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb,
-                acc ? 1.0f : 0.0f, C, ldc);
-}
-#endif
-
 /* y[N,OC,H,W] (=, or += when acc) the "same" 3x3 correlation of x[N,C,H,W]
  * with the transformed kernel U[36][OC][C] (+ bias). */
 static void wg_conv(float *y, const float *x, const float *U, const float *bias, int acc,
@@ -995,7 +1002,7 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
             WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
                     wg_in(V, T, t0, x + n * in_sz, &gi, ty0, ty1, rb));
             for (int xi = 0; xi < 36; xi++)
-                wg_gemm(OC, T, C, U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0,
+                gemm_nn(OC, T, C, U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0,
                         M + (size_t)xi * OC * T, T);
             WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                     wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
@@ -1061,7 +1068,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
                         wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
                 /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T */
                 for (int xi = 0; xi < 36; xi++)
-                    wg_gemm_nt(OC, C, T, Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T,
+                    gemm_nt(OC, C, T, Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T,
                                bk > b0, dU + (size_t)xi * OC * C, C, vt);
             }
         }
