@@ -840,15 +840,41 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
             else memset(pr + 1, 0, sizeof(float) * W);
             for (int j = W + 1; j < Wr; j++) pr[j] = 0.0f;
         }
-        for (int r = 0; r < rows; r++)
-            wg_split(P + (size_t)r * 4 * nq, nq, pl + (size_t)r * Wr, nq);
-        for (int ty = 0; ty < nr; ty++)
-            for (int i = 0; i < 6; i++) {
-                const float *pr = P + (size_t)(4 * ty + i) * 4 * nq;
-                float *d = D + (size_t)i * 6 * ts + (size_t)ty * ntx;
-                for (int k = 0; k < 6; k++)
-                    wg_copy(d + (size_t)k * ts, pr + (size_t)(k & 3) * nq + (k >> 2), ntx);
+#if defined(__AVX512F__)
+        if (ntx <= 8) { /* each D row: one permute of the padded row's 32 floats from k */
+            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0,
+                                                  0, 0);
+            const __mmask16 ms = (__mmask16)((1u << ntx) - 1u);
+            __mmask16 ma[6], mb[6];
+            for (int k = 0; k < 6; k++) {
+                const int na = Wr - k < 16 ? Wr - k : 16, nb = Wr - k - 16 > 0 ? Wr - k - 16 : 0;
+                ma[k] = (__mmask16)((1u << na) - 1u);
+                mb[k] = (__mmask16)((1u << (nb < 16 ? nb : 16)) - 1u);
             }
+            for (int ty = 0; ty < nr; ty++)
+                for (int i = 0; i < 6; i++) {
+                    const float *pr = pl + (size_t)(4 * ty + i) * Wr;
+                    float *d = D + (size_t)i * 6 * ts + (size_t)ty * ntx;
+                    for (int k = 0; k < 6; k++) {
+                        const __m512 a = _mm512_maskz_loadu_ps(ma[k], pr + k);
+                        const __m512 b = _mm512_maskz_loadu_ps(mb[k], pr + k + 16);
+                        _mm512_mask_storeu_ps(d + (size_t)k * ts, ms,
+                                              _mm512_permutex2var_ps(a, idx, b));
+                    }
+                }
+        } else
+#endif
+        {
+            for (int r = 0; r < rows; r++)
+                wg_split(P + (size_t)r * 4 * nq, nq, pl + (size_t)r * Wr, nq);
+            for (int ty = 0; ty < nr; ty++)
+                for (int i = 0; i < 6; i++) {
+                    const float *pr = P + (size_t)(4 * ty + i) * 4 * nq;
+                    float *d = D + (size_t)i * 6 * ts + (size_t)ty * ntx;
+                    for (int k = 0; k < 6; k++)
+                        wg_copy(d + (size_t)k * ts, pr + (size_t)(k & 3) * nq + (k >> 2), ntx);
+                }
+        }
         for (int k = 0; k < 6; k++) { /* column pass: CK[a][k] = Bt D[.][k] */
             const float *d = D + (size_t)k * ts;
             wg_bt_rows(CK + (size_t)k * ts, 6 * ts, d, d + 6 * ts, d + 12 * ts, d + 18 * ts,

@@ -273,6 +273,7 @@ static void test_conv2d(void) {
      * with 20 = 16 + 4 channels for their edges */
     fd_cap = 24;
     conv_case(4, 20, 32, 32, 17, 3, 1, 1, 1);
+    conv_case(1, 16, 6, 41, 16, 3, 1, 1, 1); /* > 8 tiles per row: the portable gather */
     fd_cap = FD_MAX;
     conv_tol = 1e-5;
     printf("    conv2d: max fwd err %.3g, max grad err %.3g\n", conv_fwd_err, conv_grad_err);
