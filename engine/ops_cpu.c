@@ -730,23 +730,31 @@ static inline void wg_gt_rows(float *restrict o, size_t os, const float *u0, con
  * (valid until its next scratch_shared). flip: U[36][C][OC] from the
  * kernel rotated by 180 degrees with in/out channels swapped (input
  * gradient). Taps are first laid out [9][OC*C], so both passes of the
- * transform run over contiguous kernels. */
-static float *wg_weights(const float *w, int OC, int C, int flip) {
-    const int K = OC * C;
+ * transform run over contiguous kernels. Chunks of kernels go to the nt
+ * threads (serial, it kept the team waiting: 6% of a 2-thread
+ * pretraining step). */
+#ifndef WG_WCHUNK
+#define WG_WCHUNK 2048 /* kernels per chunk of the weight transform */
+#endif
+static float *wg_weights(const float *w, int OC, int C, int flip, int nt) {
+    const int K = OC * C, nch = (K + WG_WCHUNK - 1) / WG_WCHUNK;
     float *U = scratch_shared((size_t)(36 + 9 + 18) * K);
     float *wt = U + 36 * (size_t)K, *T = wt + 9 * (size_t)K; /* wt[tap][k], T[a][s][k] */
-    for (int oc = 0; oc < OC; oc++)
-        for (int c = 0; c < C; c++) {
+#pragma omp parallel for schedule(static) num_threads(nch > 1 ? nt : 1)
+    for (int ch = 0; ch < nch; ch++) {
+        const int k0 = ch * WG_WCHUNK, k1 = k0 + WG_WCHUNK < K ? k0 + WG_WCHUNK : K, n = k1 - k0;
+        for (int k = k0; k < k1; k++) { /* k in U's layout: [OC][C], flip [C][OC] */
+            const int oc = flip ? k % OC : k / C, c = flip ? k / OC : k % C;
             const float *g = w + ((size_t)oc * C + c) * 9;
-            const size_t k = flip ? (size_t)c * OC + oc : (size_t)oc * C + c;
             for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = flip ? g[8 - i] : g[i];
         }
-    for (int s = 0; s < 3; s++) /* T[.][s] = G wt[:, s] */
-        wg_g_rows(T + (size_t)s * K, 3 * (size_t)K, wt + (size_t)s * K, wt + (size_t)(3 + s) * K,
-                  wt + (size_t)(6 + s) * K, K);
-    for (int a = 0; a < 6; a++) { /* U[a][.] = T[a] G^T */
-        const float *t = T + (size_t)a * 3 * K;
-        wg_g_rows(U + (size_t)a * 6 * K, K, t, t + K, t + 2 * K, K);
+        for (int s = 0; s < 3; s++) /* T[.][s] = G wt[:, s] */
+            wg_g_rows(T + (size_t)s * K + k0, 3 * (size_t)K, wt + (size_t)s * K + k0,
+                      wt + (size_t)(3 + s) * K + k0, wt + (size_t)(6 + s) * K + k0, n);
+        for (int a = 0; a < 6; a++) { /* U[a][.] = T[a] G^T */
+            const float *t = T + (size_t)a * 3 * K + k0;
+            wg_g_rows(U + (size_t)a * 6 * K + k0, K, t, t + K, t + 2 * K, n);
+        }
     }
     return U;
 }
@@ -1038,7 +1046,7 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
 
 static void wg_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
                        int H, int W, int OC, int nt) {
-    const float *U = wg_weights(w, OC, C, 0);
+    const float *U = wg_weights(w, OC, C, 0, nt);
     wg_conv(out, inp, U, b, 0, N, C, H, W, OC, nt);
 }
 
@@ -1060,7 +1068,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
         }
     }
     if (dinp) { /* dx += dout (*) flipped w^T */
-        const float *U = wg_weights(w, OC, C, 1);
+        const float *U = wg_weights(w, OC, C, 1, nt);
         wg_conv(dinp, dout, U, NULL, 1, N, OC, H, W, C, nt);
     }
     if (!dw) return;
