@@ -830,7 +830,10 @@ static inline void wg_split(float *restrict q, size_t qs, const float *restrict 
  *  3. the patches are gathered tile-major, D[i][k][t] = P[4ty+i][k&3]
  *     [tx + k/4] (36 short contiguous copies per tile row),
  *  4. column pass CK[a][k] = Bt D[.][k] and row pass V[a][b] = CK[a][.] B,
- *     each a loop over all T tiles. */
+ *     each a loop over all T tiles.
+ * With AVX-512 and ntx <= 8, steps 2-3 and the column pass are done in
+ * registers instead: each patch row d[i][k] of a tile row is one permute
+ * of 32 floats of a padded row, and Bt combines six of them. */
 static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, int ty0, int ty1,
                   float *rb) {
     const int C = g->C, H = g->H, W = g->W, ntx = g->ntx, nq = ntx + 1, Wr = 4 * nq;
@@ -859,16 +862,19 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
                 ma[k] = (__mmask16)((1u << na) - 1u);
                 mb[k] = (__mmask16)((1u << (nb < 16 ? nb : 16)) - 1u);
             }
+            /* and the column pass on them in registers: CK[a][k] = Bt d[.][k] */
             for (int ty = 0; ty < nr; ty++)
-                for (int i = 0; i < 6; i++) {
-                    const float *pr = pl + (size_t)(4 * ty + i) * Wr;
-                    float *d = D + (size_t)i * 6 * ts + (size_t)ty * ntx;
-                    for (int k = 0; k < 6; k++) {
-                        const __m512 a = _mm512_maskz_loadu_ps(ma[k], pr + k);
-                        const __m512 b = _mm512_maskz_loadu_ps(mb[k], pr + k + 16);
-                        _mm512_mask_storeu_ps(d + (size_t)k * ts, ms,
-                                              _mm512_permutex2var_ps(a, idx, b));
+                for (int k = 0; k < 6; k++) {
+                    __m512 d[6], o[6];
+                    for (int i = 0; i < 6; i++) {
+                        const float *pr = pl + (size_t)(4 * ty + i) * Wr + k;
+                        d[i] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(ma[k], pr), idx,
+                                                      _mm512_maskz_loadu_ps(mb[k], pr + 16));
                     }
+                    WG_BT(o, d[0], d[1], d[2], d[3], d[4], d[5]);
+                    for (int a = 0; a < 6; a++)
+                        _mm512_mask_storeu_ps(CK + (size_t)(a * 6 + k) * ts + (size_t)ty * ntx, ms,
+                                              o[a]);
                 }
         } else
 #endif
@@ -882,11 +888,11 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
                     for (int k = 0; k < 6; k++)
                         wg_copy(d + (size_t)k * ts, pr + (size_t)(k & 3) * nq + (k >> 2), ntx);
                 }
-        }
-        for (int k = 0; k < 6; k++) { /* column pass: CK[a][k] = Bt D[.][k] */
-            const float *d = D + (size_t)k * ts;
-            wg_bt_rows(CK + (size_t)k * ts, 6 * ts, d, d + 6 * ts, d + 12 * ts, d + 18 * ts,
-                       d + 24 * ts, d + 30 * ts, T);
+            for (int k = 0; k < 6; k++) { /* column pass: CK[a][k] = Bt D[.][k] */
+                const float *d = D + (size_t)k * ts;
+                wg_bt_rows(CK + (size_t)k * ts, 6 * ts, d, d + 6 * ts, d + 12 * ts, d + 18 * ts,
+                           d + 24 * ts, d + 30 * ts, T);
+            }
         }
         float *v = V + c * (size_t)ld + t0;
         for (int a = 0; a < 6; a++) { /* row pass: V[a][.] = CK[a][.] B */
