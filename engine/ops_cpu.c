@@ -50,52 +50,43 @@ int openblas_get_num_threads(void);
 
 /* ---------------------------------------------------------------- helpers */
 
-/* Per-thread growing scratch buffer (64-byte aligned). Contents are not
- * preserved when it grows; callers take it once per op and carve it. */
-static _Thread_local float *scr_buf;
-static _Thread_local size_t scr_cap;
-/* A thread-specific key whose destructor frees the buffer when a thread
- * exits (engine threads and their OpenMP teams come and go). */
-static pthread_key_t scr_key;
+/* Per-thread growing scratch buffers (64-byte aligned). Contents are not
+ * preserved when one grows; callers take it once per op and carve it.
+ *  SCR_OWN    scratch(): each thread's own, inside or outside a region;
+ *  SCR_SHARED scratch_shared(): what the CALLING thread of an op shares
+ *             with its team (transformed weights, partial sums): the
+ *             team's threads, the caller included, carve their own
+ *             scratch() inside the region;
+ *  SCR_TRANS  scratch_trans(): the transposed operand of one product in
+ *             mm() (taken and used inside mm, between a caller's uses of
+ *             the other two).
+ * Thread-specific keys free them when a thread exits (engine threads and
+ * their OpenMP teams come and go). */
+enum { SCR_OWN, SCR_SHARED, SCR_TRANS, SCR_N };
+static _Thread_local float *scr_buf[SCR_N];
+static _Thread_local size_t scr_cap[SCR_N];
+static pthread_key_t scr_key[SCR_N];
 static pthread_once_t scr_once = PTHREAD_ONCE_INIT;
-static void scr_key_make(void) { pthread_key_create(&scr_key, free); }
+static void scr_key_make(void) {
+    for (int i = 0; i < SCR_N; i++) pthread_key_create(&scr_key[i], free);
+}
 
-static float *scratch(size_t nfloats) {
-    if (nfloats > scr_cap) {
-        free(scr_buf);
+static float *scratch_n(int which, size_t nfloats) {
+    if (nfloats > scr_cap[which]) {
+        free(scr_buf[which]);
         size_t cap = nfloats + nfloats / 4 + 1024;
         size_t bytes = (cap * sizeof(float) + 63) & ~(size_t)63;
-        scr_buf = aligned_alloc(64, bytes);
-        if (!scr_buf) abort(); /* out of memory: nothing sensible to do here */
-        scr_cap = cap;
+        scr_buf[which] = aligned_alloc(64, bytes);
+        if (!scr_buf[which]) abort(); /* out of memory: nothing sensible to do here */
+        scr_cap[which] = cap;
         pthread_once(&scr_once, scr_key_make);
-        pthread_setspecific(scr_key, scr_buf);
+        pthread_setspecific(scr_key[which], scr_buf[which]);
     }
-    return scr_buf;
+    return scr_buf[which];
 }
 
-/* A second per-thread buffer for what the CALLING thread of an op shares
- * with its team (transformed weights, partial sums): the team's threads,
- * the caller included, carve their own scratch() inside the region. */
-static _Thread_local float *scr2_buf;
-static _Thread_local size_t scr2_cap;
-static pthread_key_t scr2_key;
-static pthread_once_t scr2_once = PTHREAD_ONCE_INIT;
-static void scr2_key_make(void) { pthread_key_create(&scr2_key, free); }
-
-static float *scratch_shared(size_t nfloats) {
-    if (nfloats > scr2_cap) {
-        free(scr2_buf);
-        size_t cap = nfloats + nfloats / 4 + 1024;
-        size_t bytes = (cap * sizeof(float) + 63) & ~(size_t)63;
-        scr2_buf = aligned_alloc(64, bytes);
-        if (!scr2_buf) abort(); /* out of memory: nothing sensible to do here */
-        scr2_cap = cap;
-        pthread_once(&scr2_once, scr2_key_make);
-        pthread_setspecific(scr2_key, scr2_buf);
-    }
-    return scr2_buf;
-}
+static float *scratch(size_t nfloats) { return scratch_n(SCR_OWN, nfloats); }
+static float *scratch_shared(size_t nfloats) { return scratch_n(SCR_SHARED, nfloats); }
 
 /* OpenBLAS must stay single-threaded: we call it from OpenMP threads. */
 static void blas_single(void) {
@@ -218,19 +209,25 @@ static inline void tr16(float *dst, int ldd, const float *src, int lds) {
     }
 }
 
-/* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the weight gradient's
- * product, K = tiles): B is transposed into bt[K,N] (16x16 blocks in
- * registers, scalar edges) and multiplied by gemm_nn. */
+/* dst[c][r] = src[r][c] for r < R, c < Cn (dst: [Cn, ldd]): 16x16 blocks
+ * in registers, scalar edges. */
+static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    const int R16 = R & ~15, C16 = Cn & ~15;
+    for (int r = 0; r < R16; r += 16)
+        for (int c = 0; c < C16; c += 16)
+            tr16(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds);
+    for (int r = 0; r < R; r++) {
+        const int c0 = r < R16 ? C16 : 0;
+        for (int c = c0; c < Cn; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+    }
+}
+
+/* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the Winograd weight
+ * gradient's product, K = tiles): B is transposed into bt[K,N] and
+ * multiplied by gemm_nn. */
 static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                        int acc, float *C, int ldc, float *bt) {
-    const int N16 = N & ~15, K16 = K & ~15;
-    for (int n = 0; n < N16; n += 16)
-        for (int k = 0; k < K16; k += 16)
-            tr16(bt + (size_t)k * N + n, N, B + (size_t)n * ldb + k, ldb);
-    for (int n = 0; n < N; n++) {
-        const int k0 = n < N16 ? K16 : 0;
-        for (int k = k0; k < K; k++) bt[(size_t)k * N + n] = B[(size_t)n * ldb + k];
-    }
+    transpose(bt, N, B, ldb, N, K);
     gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
 }
 #else
@@ -274,9 +271,26 @@ static void mm(int coop, int ta, int tb, int M, int N, int K, float alpha,
         return;
     }
 #if defined(__AVX512F__)
-    if (!ta && !tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
-        gemm_nn(M, N, K, A, lda, B, ldb, beta == 1.0f, C, ldc);
-        return;
+    /* The kernel wants B's rows contiguous in N: a transposed operand is
+     * transposed first (K*N or M*K floats against M*N*K multiply-adds),
+     * where the other side has >= 32 rows to pay for it and C >= 16
+     * columns to fill the vectors; else OpenBLAS. */
+    if (alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && !(ta && tb)) {
+        const int acc = beta == 1.0f;
+        if (!ta && !tb) {
+            gemm_nn(M, N, K, A, lda, B, ldb, acc, C, ldc);
+            return;
+        }
+        if (tb && M >= 32 && N >= 16) { /* B: [N,K] */
+            gemm_nt(M, N, K, A, lda, B, ldb, acc, C, ldc, scratch_n(SCR_TRANS, (size_t)K * N));
+            return;
+        }
+        if (ta && N >= 32 && M >= 16) { /* A: [K,M] -> at[M,K] */
+            float *at = scratch_n(SCR_TRANS, (size_t)M * K);
+            transpose(at, K, A, lda, K, M);
+            gemm_nn(M, N, K, at, K, B, ldb, acc, C, ldc);
+            return;
+        }
     }
 #endif
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
