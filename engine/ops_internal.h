@@ -21,11 +21,9 @@ void ops_blas_single(void);
 
 /* exp(x) for float, vectorisable (no libm call): 2^n * p(r) with
  * x = n*ln2 + r, |r| <= ln2/2 (about), degree-6 polynomial; relative
- * error ~2e-7.
- * Input clamped to [-87, 88] (results ~1.6e-38 .. 1.6e38). */
-static inline float fexp(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+ * error ~2e-7. fexp_core: no clamping, x must lie in [-87, 88];
+ * fexp: input clamped to [-87, 88] (results ~1.6e-38 .. 1.6e38). */
+static inline float fexp_core(float x) {
     /* round to nearest by the 1.5*2^23 trick (floorf does not vectorise
      * without -fno-trapping-math) */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -40,6 +38,12 @@ static inline float fexp(float x) {
     p = p * r + 1.0f;
     union { int32_t i; float f; } e = {.i = ((int32_t)n + 127) << 23}; /* 2^n */
     return p * e.f;
+}
+
+static inline float fexp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    return fexp_core(x);
 }
 
 #endif

@@ -268,6 +268,13 @@ static void test_conv2d(void) {
     conv_case(1, 17, 7, 10, 18, 3, 1, 1, 1);
     conv_case(3, 20, 9, 5, 16, 3, 1, 1, 0);
     conv_case(5, 16, 8, 8, 24, 3, 1, 1, 1);
+    /* blocks of 64 tiles (8 tile rows of 32x32 images): full 16x16
+     * register transposes and 64-column kernels of the AVX-512 products,
+     * with 20 = 16 + 4 channels for their edges */
+    fd_cap = 24;
+    conv_case(4, 20, 32, 32, 17, 3, 1, 1, 1);
+    conv_case(1, 16, 6, 41, 16, 3, 1, 1, 1); /* > 8 tiles per row: the portable gather */
+    fd_cap = FD_MAX;
     conv_tol = 1e-5;
     printf("    conv2d: max fwd err %.3g, max grad err %.3g\n", conv_fwd_err, conv_grad_err);
     tfree_all();
