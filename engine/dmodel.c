@@ -82,6 +82,8 @@ int dm_open_pixel(d3_dmodel *dm, d3_model *m, char *err) {
     dm->x0_clip = 1.0f;
     dm->x0_clip_keeps_eps = 1;
     dm->train = (dm_trainable){m->params, m->L.numel};
+    dm->T = m->sched.T;
+    dm->abar = m->sched.abar;
     dm->impl = m;
     snprintf(dm->desc, sizeof dm->desc, "pixel UNet %dx%d, %d classes, %zu parameters", S, S,
              m->nclasses, m->L.numel);
@@ -101,6 +103,7 @@ typedef struct {
     int has_train;
     float train_scale;   /* 1; the scale while on */
     float *host;         /* dm->train.params */
+    double *abar;        /* dm->abar [T] */
     unsigned long gen, dev_gen; /* host writes (dm_touch) / the device copy's */
 } sd_fam;
 
@@ -162,6 +165,7 @@ static void sdf_close(d3_dmodel *dm) {
         lora_free_on(&f->train, be);
     }
     sd_model_free(&f->m);
+    free(f->abar);
     free(f);
 }
 
@@ -184,6 +188,21 @@ int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_
         return -1;
     }
     const sd_sched *s = &m->p.sched;
+    int T = s->num_train_timesteps;
+    float *a32 = malloc(T * sizeof(float));
+    f->abar = malloc(T * sizeof(double));
+    if (!a32 || !f->abar) {
+        free(a32);
+        free(f->abar);
+        sd_model_free(m);
+        free(f);
+        return d3_errf(err, "out of memory");
+    }
+    sd_sched_abar(s, a32);
+    for (int i = 0; i < T; i++) f->abar[i] = a32[i];
+    free(a32);
+    dm->T = T;
+    dm->abar = f->abar;
     dm->ops = &sd_ops;
     dm->family = "sd";
     dm->C = m->latent_c;

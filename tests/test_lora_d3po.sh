@@ -15,6 +15,16 @@
 #     per step within 1e-5, every adapter gradient within 1e-4 of the
 #     largest + 2e-3 |ref| (float32 on both sides; measured ~7e-6 on
 #     log-probs, ~1e-5 of the largest gradient);
+#   - Diffusion-DPO on the pair's final latents: tests/sd/d3po_ref.py --dpo
+#     draws 3 (t, eps) (t = 7, 480, 950), computes the loss per draw (beta
+#     T = 500, image 0 preferred, reference = adapters disabled, target eps
+#     on sd1 and v on sd2) and every adapter gradient; tool_sdtrain dpo
+#     (dm_dpo_pair_backward) matches: loss per draw within 5e-4 + 1e-3
+#     |ref| (measured <= 7e-5), gradients within 3e-4 of the largest + 3e-3
+#     |ref| (measured ~6e-5); central differences (h 0.02) of the loss in
+#     4 adapter entries within 3e-2 relative + 1e-3 max|g|; and 4
+#     d3po_train_dm updates with the Diffusion-DPO objective lower the loss
+#     on those draws;
 #   - one backward per timestep: the peak resident memory of one pair's
 #     LoRA D3PO (tool_sdtrain pair, 32x32 latents) with K = 8 steps is
 #     within 8 MB of K = 2's, and the tape's arena (one step's tensors) is
@@ -32,6 +42,21 @@ fi
 VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_lora_d3po: FAIL: tests/sd/venv.sh failed"; exit 1; }
 PY=$VENV/bin/python
 
+# parity KIND REFFLAG TOOLCMD WHAT: d3po_ref.py [REFFLAG] on the pair, then
+# tool_sdtrain TOOLCMD against it (the tiny pipeline $T/KIND, the adapters
+# $T/l.safetensors and the pair $T/tr.safetensors)
+parity() {
+    if "$PY" "$HERE/sd/d3po_ref.py" $2 "$T/$1" "$T/l.safetensors" "$T/tr.safetensors" "$T/ref.safetensors" >"$T/ref.log" 2>&1; then
+        ok "$1: diffusers + peft reference ($3)"
+    else
+        no "$1: d3po_ref.py $2"; tail -n 5 "$T/ref.log"; return 1
+    fi
+    if "$TOOL" $3 "$T/$1" "$T/l.safetensors" "$T/tr.safetensors" "$T/ref.safetensors" >"$T/cmp" 2>&1
+    then ok "$1: $4"
+    else no "$1: $3 parity"; fi
+    cat "$T/cmp"
+}
+
 for kind in sd1 sd2; do
     M=$T/$kind
     if "$PY" "$HERE/sd/make_tiny.py" --kind $kind --out "$M" >"$T/make.log" 2>&1; then
@@ -42,15 +67,8 @@ for kind in sd1 sd2; do
     alpha=4; [ $kind = sd2 ] && alpha=2
     expect 0 "$kind: random adapters (alpha $alpha, rank 4)" "$D3" lora --model "$M" --out "$T/l.safetensors" --up-std 0.05 --seed 3 --alpha $alpha
     expect 0 "$kind: a pair sampled by the adapted model" "$TOOL" traj "$M" "$T/l.safetensors" 4 "$T/tr.safetensors"
-    if "$PY" "$HERE/sd/d3po_ref.py" "$M" "$T/l.safetensors" "$T/tr.safetensors" "$T/ref.safetensors" >"$T/ref.log" 2>&1; then
-        ok "$kind: diffusers + peft reference"
-    else
-        no "$kind: d3po_ref.py"; tail -n 5 "$T/ref.log"; continue
-    fi
-    if "$TOOL" d3po "$M" "$T/l.safetensors" "$T/tr.safetensors" "$T/ref.safetensors" >"$T/cmp" 2>&1
-    then ok "$kind: D3PO loss, log-probs and adapter gradients equal diffusers + peft's"
-    else no "$kind: D3PO parity"; fi
-    cat "$T/cmp"
+    parity "$kind" "" d3po "D3PO loss, log-probs and adapter gradients equal diffusers + peft's" &&
+        parity "$kind" --dpo dpo "Diffusion-DPO loss, adapter gradients, central differences and training"
 done
 
 # one backward per timestep: memory does not grow with the steps
