@@ -259,4 +259,45 @@ double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *g
  * then eps [n][D] ~ N(0, I) (dpo_draw's order). */
 void dm_dpo_draw(const d3_dmodel *dm, d3_rng *rng, int n, int *t, float *eps);
 
+/* ---- measured costs (`d3po info MODEL --train`) ---- */
+
+/* Seconds of the training loop's parts on this model, backend and latent
+ * size, each the median of up to 3 timed runs after one untimed warm-up
+ * (fewer when a run takes over a second): */
+typedef struct {
+    double fwd;        /* the guided forward of a pair (dm_eps, n = 2, cfg):
+                          one sampling step, one reference log-prob step */
+    double fwdbwd;     /* the same recorded on the tape + its backward into
+                          the trainable set: one D3PO step */
+    double fwd1;       /* the conditional forward of a pair (cfg 1): a
+                          Diffusion-DPO reference pass */
+    double fwdbwd1;    /* its forward + backward: a Diffusion-DPO draw */
+    double decode;     /* decoding the pair's two final states to RGB */
+    double opt;        /* clipping + AdamW on the trainable set */
+    size_t arena;      /* the tape's arena after all of it (its peak): the
+                          activations of the largest step */
+    size_t decode_extra; /* bytes the decode allocated on the backend beyond
+                          what was held before it (its scratch tapes and
+                          buffers); 0 unless tp's backend is dm_count_backend's */
+    size_t weights;    /* bytes of the model's weights on the backend */
+} dm_cost;
+
+/* Measures dm_cost for dm (with a trainable set) on tp's backend (a fresh
+ * tape, so its arena is the calibration's alone) with guidance cfg. The
+ * runs use random states at timestep T/2 and random output gradients: the
+ * costs do not depend on the values. 0/-1. */
+int dm_calibrate(d3_dmodel *dm, d3_tape *tp, float cfg, dm_cost *c, char *err);
+
+/* A backend that forwards everything to be and counts the bytes held by
+ * its alloc (until free): open the model and the tape on it to measure
+ * what a run allocates on the device (or, on the CPU, in the backend's
+ * buffers). One counter per process; not thread-safe. NULL when be is
+ * NULL. dm_count_bytes: held now; dm_count_peak: the most held since the
+ * last dm_count_reset_peak (or the start); -1 when more than 16384 buffers
+ * were alive at once (the counts are then unknown). */
+const d3_backend *dm_count_backend(const d3_backend *be);
+long long dm_count_bytes(void);
+long long dm_count_peak(void);
+void dm_count_reset_peak(void);
+
 #endif

@@ -29,6 +29,15 @@
  *       CPU seconds and wall seconds of each part, the tape's peak arena
  *       (one step's tensors), and the peak resident memory. Last line:
  *       "d3po lora-pair K S SAMPLE_S REF_S TRAIN_S TOTAL_S ARENA_MB PEAK_MB"
+ *   tool_sdtrain round PIPE [--size S] [--pairs N] [--steps K] [--objective d3po|diffusion-dpo]
+ *       a labeling round of LoRA D3PO as `d3po auto` runs it, with the
+ *       default config's settings (config_defaults, config_train_opts:
+ *       cfg, eta, epochs, KL, beta, AdamW lr, Diffusion-DPO draws): N
+ *       pairs (8) of S x S latents sampled with one prompt and decoded,
+ *       then d3po_train_dm over them (the reference: the same UNet with
+ *       its adapters off). Last line: "d3po lora-round OBJECTIVE K S N
+ *       SAMPLE_S TRAIN_S PER_PAIR_S PEAK_MB" (wall seconds; peak RSS of
+ *       the process so far)
  * Exit status 0 when everything matches, 1 on a mismatch or an error. */
 #include <math.h>
 #include <stdio.h>
@@ -37,6 +46,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "config.h"
 #include "d3po.h"
 #include "dmodel.h"
 #include "optim.h"
@@ -411,6 +421,57 @@ static int cmd_pair(const char *pipe, int K, int size, uint64_t seed, int rank) 
     return 0;
 }
 
+static int cmd_round(const char *pipe, int size, int npairs, int K, int objective) {
+    char err[D3_ERRLEN];
+    d3_config cfg;
+    config_defaults(&cfg);
+    cfg.train.objective = objective;
+    if (K > 0) cfg.sampler.steps = K;
+    d3po_train_opts to = config_train_opts(&cfg);
+    K = to.sample.steps;
+    d3_dmodel dm;
+    float *c;
+    open_model(&dm, pipe, NULL, size, 1, 4, &c);
+    d3_tape *tp = tape_new(backend_cpu());
+    size_t D = dm.D;
+    float *traj = malloc((size_t)npairs * 2 * (K + 1) * D * sizeof(float)), *x = malloc(2 * D * sizeof(float));
+    uint8_t *rgb = malloc((size_t)2 * dm.img_h * dm.img_w * 3);
+    d3po_pair *pairs = calloc(npairs, sizeof *pairs);
+    double w0 = now();
+    for (int i = 0; i < npairs; i++) {
+        float *tr = traj + (size_t)i * 2 * (K + 1) * D;
+        if (dm_sample_pair(&dm, tp, &to.sample, c, c + dm.cond_floats, 100 + i, 1, x, tr, NULL, err) ||
+            dm_decode(&dm, tp, x, 2, rgb, err))
+            fail("sample", err);
+        pairs[i] = (d3po_pair){.cls = -1, .cond = c, .traj = {tr, tr + (K + 1) * D},
+                               .h = {i % 2 ? -1.0f : 1.0f, i % 2 ? 1.0f : -1.0f}, .ref_tag = -1};
+    }
+    double w1 = now();
+    d3_adamw opt;
+    adamw_init(&opt, dm.train.numel);
+    opt.lr = (float)cfg.d3po.lr;
+    opt.wd = (float)cfg.d3po.weight_decay;
+    d3_rng rng;
+    rng_init(&rng, 3, 0);
+    double loss = d3po_train_dm(&dm, &dm, 0, tp, &opt, pairs, npairs, &to, &rng, NULL, NULL, err);
+    if (!isfinite(loss)) fail("d3po_train_dm", err);
+    double w2 = now(), peak = peak_mb();
+    const char *on = objective == D3PO_OBJ_DPO ? "diffusion-dpo" : "d3po";
+    printf("tool_sdtrain round: %s, %s, latents %dx%dx%d (images %dx%d), K=%d, cfg %g, %d pairs, %d "
+           "epochs, loss %.6f\n", pipe, on, dm.C, dm.h, dm.w, dm.img_w, dm.img_h, K, to.sample.cfg,
+           npairs, to.epochs, loss);
+    printf("  sampling + decoding %.3f s, training %.3f s: %.3f s per pair; tape arena %.1f MB, peak RSS "
+           "%.1f MB\n", w1 - w0, w2 - w1, (w2 - w0) / npairs, tape_arena_bytes(tp) / 1048576.0, peak);
+    printf("d3po lora-round %s %d %d %d %.4f %.4f %.4f %.1f\n", on, K, dm.h, npairs, w1 - w0, w2 - w1,
+           (w2 - w0) / npairs, peak);
+    adamw_free(&opt);
+    d3po_pairs_free_cache(pairs, npairs);
+    free(pairs); free(traj); free(x); free(rgb); free(c);
+    tape_free(tp);
+    dm_close(&dm);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "traj")) return cmd_traj(argv[2], argv[3], atoi(argv[4]), argv[5]);
     if (argc == 6 && !strcmp(argv[1], "d3po")) return cmd_d3po(argv[2], argv[3], argv[4], argv[5]);
@@ -426,7 +487,21 @@ int main(int argc, char **argv) {
         }
         return cmd_pair(argv[2], atoi(argv[3]), size, seed, rank);
     }
+    if (argc >= 3 && !strcmp(argv[1], "round")) {
+        int size = 0, n = 8, K = 0, obj = D3PO_OBJ_D3PO;
+        for (int i = 3; i < argc; i++) {
+            if (i + 1 >= argc) fail(argv[i], "needs a value");
+            if (!strcmp(argv[i], "--size")) size = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--pairs")) n = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--steps")) K = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--objective")) obj = !strcmp(argv[++i], "diffusion-dpo") ? D3PO_OBJ_DPO : D3PO_OBJ_D3PO;
+            else fail(argv[i], "unknown option");
+        }
+        if (n < 1 || n > 1000) fail("--pairs", "expected 1..1000");
+        return cmd_round(argv[2], size, n, K, obj);
+    }
     fprintf(stderr, "usage: tool_sdtrain traj PIPE LORA K OUT | d3po|dpo PIPE LORA TRAJ REF | "
-                    "pair PIPE K [--size S] [--seed N] [--rank R]\n");
+                    "pair PIPE K [--size S] [--seed N] [--rank R] | round PIPE [--size S] [--pairs N] "
+                    "[--steps K] [--objective d3po|diffusion-dpo]\n");
     return 1;
 }
