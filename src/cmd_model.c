@@ -11,6 +11,7 @@
 #include "config.h"
 #include "device.h"
 #include "diffusion.h"
+#include "dmodel.h"
 #include "fsutil.h"
 #include "grid.h"
 #include "image.h"
@@ -461,8 +462,8 @@ static const char info_help[] =
     "usage: d3po info FILE\n"
     "       d3po info SD_DIR_OR_FILE [--tokenizer DIR]\n"
     "       d3po info --devices\n"
-    "       d3po info SD_DIR_OR_FILE --train [--device auto|cpu|cuda] [--size WxH]\n"
-    "                 [--steps N] [--config FILE]\n"
+    "       d3po info MODEL --train [--device auto|cpu|cuda] [--size WxH] [--steps N]\n"
+    "                 [--config FILE]\n"
     "\n"
     "Prints a model file's architecture, parameter count, noise schedule,\n"
     "classes and metadata, and whether it holds training state.\n"
@@ -476,12 +477,13 @@ static const char info_help[] =
     "  --devices  list the compute devices instead: the CPU, each CUDA GPU (or\n"
     "             why there is none), the one --device auto uses, and why, and\n"
     "             the precision they compute in\n"
-    "  --train    the expected peak memory and time per labeled pair of LoRA\n"
-    "             D3PO (and Diffusion-DPO) on this model and device, from a\n"
+    "  --train    the expected peak memory and time per labeled pair of D3PO\n"
+    "             (and Diffusion-DPO; LoRA on SD models) on this model and\n"
+    "             device, from a\n"
     "             short calibration run of the training loop's parts at that\n"
     "             size: sampling steps, forward + backward, decode, AdamW\n"
     "  --device D, --size WxH, --steps N, --config FILE  with --train: the\n"
-    "             device, image size (default the model's), DDIM steps and\n"
+    "             device, image size (SD; default the model's), DDIM steps and\n"
     "             the config whose sampler, d3po.epochs and train settings\n"
     "             apply\n";
 
@@ -518,7 +520,23 @@ static int info_train(const char *file, const char *tokenizer, const char *conf,
                       .steps = steps ? steps : cfg.sampler.steps, .cfg = cfg.sampler.cfg,
                       .epochs = cfg.d3po.epochs, .draws = cfg.train.dpo_draws,
                       .objective = cfg.train.objective, .device = note};
-    return sd_info_train(&a, be);
+    if (sd_pipeline_probe(file)) return sd_info_train(&a, be);
+    /* a pixel model: D3PO trains all its weights against a frozen copy */
+    double base_mb = status_mb("VmRSS");
+    d3_model m;
+    if (model_load(&m, file, NULL, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        return EXIT_FAIL;
+    }
+    d3_dmodel dm;
+    dm_open_pixel(&dm, &m, err);
+    char what[200];
+    snprintf(what, sizeof what, "all %zu weights of the UNet (AdamW on every weight), the reference "
+             "a frozen copy", m.L.numel);
+    int rc = info_train_report(&dm, &a, dm_count_backend(be), base_mb, what);
+    dm_close(&dm);
+    model_free(&m);
+    return rc;
 }
 
 int cmd_info(int argc, char **argv) {
@@ -575,9 +593,9 @@ int cmd_info(int argc, char **argv) {
         fprintf(stderr, "d3po info: --device, --size, --steps and --config go with --train\n");
         return EXIT_USAGE;
     }
-    if (train && !sd_pipeline_probe(file)) {
-        fprintf(stderr, "d3po info: --train: the cost estimate is for Stable Diffusion-family models "
-                        "(LoRA D3PO); %s is not one\n", st_show(file).s);
+    if (train && (width || height) && !sd_pipeline_probe(file)) {
+        fprintf(stderr, "d3po info: --size: %s samples at its own size (--size is for Stable "
+                        "Diffusion-family models)\n", st_show(file).s);
         return EXIT_USAGE;
     }
     if (train) return info_train(file, tokenizer, conf, dev, width, height, (int)steps);

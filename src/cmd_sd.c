@@ -111,9 +111,8 @@ int sd_info(const char *path, const char *tokenizer) {
 
 /* ---- info --train: the cost of LoRA D3PO, measured ---- */
 
-/* This process's resident memory now (VmRSS) or its peak so far (VmHWM),
- * MB, from /proc/self/status; 0 when unreadable. */
-static double status_mb(const char *key) {
+/* /proc/self/status's VmRSS or VmHWM in MB; 0 when unreadable. */
+double status_mb(const char *key) {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
     double kb = 0;
@@ -150,18 +149,33 @@ int sd_info_train(const sd_cost_args *a, const d3_backend *be) {
         fprintf(stderr, "d3po info: %s\n", err);
         return EXIT_FAIL;
     }
-    int rc = EXIT_FAIL;
     dm_lora_opts lo = dm_lora_opts_default();
-    d3_tape *tp = NULL;
+    char what[200];
+    if (dm_lora_attach(&dm, &lo, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        dm_close(&dm);
+        return EXIT_FAIL;
+    }
+    snprintf(what, sizeof what, "LoRA rank %d on every attention's q, k, v, out (%d modules, %zu "
+             "trainable floats), base frozen", lo.rank, dm_lora(&dm)->n, dm.train.numel);
+    int rc = info_train_report(&dm, a, be, base_mb, what);
+    dm_close(&dm);
+    return rc;
+}
+
+int info_train_report(d3_dmodel *dm, const sd_cost_args *a, const d3_backend *be, double base_mb,
+                      const char *what) {
+    char err[D3_ERRLEN] = "";
+    d3_tape *tp = tape_new(be);
     dm_cost c;
-    if (dm_lora_attach(&dm, &lo, err) || !(tp = tape_new(be)) ||
-        dm_calibrate(&dm, tp, (float)a->cfg, &c, err)) {
+    if (!tp || dm_calibrate(dm, tp, (float)a->cfg, &c, err)) {
         fprintf(stderr, "d3po info: %s\n", err[0] ? err : "out of memory");
-        goto out;
+        if (tp) tape_free(tp);
+        return EXIT_FAIL;
     }
     const double MB = 1048576.0;
-    int K = a->steps, E = a->epochs, N = a->draws;
-    size_t numel = dm.train.numel;
+    int K = a->steps, E = a->epochs, N = a->draws, pixel = !strcmp(dm->family, "pixel");
+    size_t numel = dm->train.numel;
     /* a labeled pair: sampled (K guided steps of the pair, then decoded for
      * the screen); D3PO: the reference log-probs (K guided steps, adapters
      * off, once per pair) and, each epoch, K steps recorded + backward and
@@ -176,24 +190,28 @@ int sd_info_train(const sd_cost_args *a, const d3_backend *be) {
      * what decoding a pair allocates beyond that (its scratch tapes), the
      * pair's trajectories and reference means (KL, host), and on the CPU
      * the process itself */
-    double wmb = c.weights / MB, amb = c.arena / MB, smb = 4.0 * numel * sizeof(float) / MB;
-    double dmb = c.decode_extra / MB, tmb = (2.0 * (K + 1) + 2.0 * K) * dm.D * sizeof(float) / MB;
+    /* the trainable set: LoRA adapters with their gradients and AdamW
+     * moments (4 x); the pixel family trains its weights in place (3 x)
+     * and keeps a frozen reference copy of them (the base, or the round's
+     * snapshot: + 1 x the weights) */
+    double wmb = c.weights / MB, amb = c.arena / MB;
+    double smb = (pixel ? 3.0 : 4.0) * numel * sizeof(float) / MB + (pixel ? wmb : 0);
+    double dmb = c.decode_extra / MB, tmb = (2.0 * (K + 1) + 2.0 * K) * dm->D * sizeof(float) / MB;
     double pmb = be->host ? base_mb : 0, parts = pmb + wmb + amb + smb + dmb + tmb;
     /* on the CPU the calibration's own peak resident memory is a
      * measurement of the same loop (loading included), with the op
      * scratch outside the backend's buffers that the parts miss; the
      * arena and decode scratch are allocations, not all resident */
     double hwm = be->host ? status_mb("VmHWM") + tmb : 0, peak = parts > hwm ? parts : hwm;
-    printf("train cost:   LoRA rank %d on every attention's q, k, v, out (%d modules, %zu trainable floats), base frozen\n",
-           lo.rank, dm_lora(&dm)->n, numel);
+    printf("train cost:   %s\n", what);
     printf("model:        ");
     put_safe(a->model);
-    printf(" (%s)\n", dm.desc);
+    printf(" (%s)\n", dm->desc);
     printf("device:       ");
     put_safe(a->device);
     if (be->host) printf(" (%d compute thread%s)", ops_get_threads(), ops_get_threads() == 1 ? "" : "s");
-    printf("\nsettings:     images %dx%d (latents %dx%dx%d), K=%d steps, cfg %g, %d epoch%s, "
-           "diffusion-dpo %d draws; objective %s\n", dm.img_w, dm.img_h, dm.C, dm.h, dm.w, K, a->cfg, E,
+    printf("\nsettings:     images %dx%d (denoised as %dx%dx%d), K=%d steps, cfg %g, %d epoch%s, "
+           "diffusion-dpo %d draws; objective %s\n", dm->img_w, dm->img_h, dm->C, dm->h, dm->w, K, a->cfg, E,
            E == 1 ? "" : "s", N, a->objective == D3PO_OBJ_DPO ? "diffusion-dpo" : "d3po");
     printf("calibration:  guided forward of a pair %.4f s, with backward %.4f s; conditional %.4f s, with "
            "backward %.4f s; decode 2 images %.4f s; clip + AdamW %.4f s (medians of up to 3 runs "
@@ -204,19 +222,17 @@ int sd_info_train(const sd_cost_args *a, const d3_backend *be) {
            "AdamW)\n", dpo, sample, dupd, E, N, c.fwd1, c.fwdbwd1);
     printf("memory:       peak %.1f MB %s", peak, be->host ? "resident, the larger of:\n              " : "on the device = ");
     if (be->host) printf("%.1f = process %.1f + ", parts, pmb);
-    printf("weights %.1f + activations %.1f (the tape's arena, one step) + adapters, gradients, AdamW "
-           "%.1f + decode scratch %.1f + trajectories %.1f (allocated)\n", wmb, amb, smb, dmb, tmb);
+    printf("weights %.1f + activations %.1f (the tape's arena, one step) + %s "
+           "%.1f + decode scratch %.1f + trajectories %.1f (allocated)\n", wmb, amb,
+           pixel ? "gradients, AdamW, reference copy" : "adapters, gradients, AdamW", smb, dmb, tmb);
     if (be->host)
         printf("              %.1f = the calibration's peak resident memory + trajectories\n"
                "              (process: the program and its libraries before loading the model)\n", hwm);
     printf("d3po train-cost %s %d %d %d %.4f %.4f %.4f %.4f %.4f %.1f %.1f %.1f %.1f %.2f %.1f %.2f %.1f\n",
-           be->name, K, dm.img_w, dm.img_h, d3po, sample, ref, upd, dpo, peak, pmb, wmb, amb, smb, dmb,
+           be->name, K, dm->img_w, dm->img_h, d3po, sample, ref, upd, dpo, peak, pmb, wmb, amb, smb, dmb,
            tmb, hwm);
-    rc = 0;
-out:
-    if (tp) tape_free(tp);
-    dm_close(&dm);
-    return rc;
+    tape_free(tp);
+    return 0;
 }
 
 /* ---- sample ---- */

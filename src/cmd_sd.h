@@ -45,6 +45,16 @@ typedef struct {
 } sd_cost_args;
 
 int sd_info_train(const sd_cost_args *a, const d3_backend *be);
+/* The report of `info --train` for an opened model with a trainable set
+ * (sd: LoRA attached; pixel: all its weights), on be (dm_count_backend's,
+ * so the decode scratch is counted): calibrates and prints. base_mb: the
+ * process's resident MB before the model was loaded; what: the first
+ * line's description of what trains. */
+struct d3_dmodel;
+int info_train_report(struct d3_dmodel *dm, const sd_cost_args *a, const d3_backend *be,
+                      double base_mb, const char *what);
+/* This process's resident memory now ("VmRSS") or its peak ("VmHWM"), MB. */
+double status_mb(const char *key);
 
 /* `d3po lora`: writes a LoRA file for an SD model (new adapters, or a
  * LoRA file converted to another naming); argv as main's. */

@@ -32,8 +32,10 @@
 #     the larger of the sum of its parts and the calibration's peak RSS; weights = the parameters `d3po info` counts x 4
 #     bytes; adapter state = 4 x the trainable floats x 4 bytes;
 #     trajectories = (4K + 2) x the latent size x 4 bytes (no wall-clock
-#     assertion: the timings are only checked against each other); bad
-#     sizes, options without --train and non-SD models are one-line errors;
+#     assertion: the timings are only checked against each other); on a
+#     pixel model all weights train: state = 3 x the weights (gradients,
+#     AdamW) + a reference copy; bad sizes, options without --train and
+#     --size on a pixel model are one-line errors;
 #   - one backward per timestep: the peak resident memory of one pair's
 #     LoRA D3PO (tool_sdtrain pair, 32x32 latents) with K = 8 steps is
 #     within 8 MB of K = 2's, and the tape's arena (one step's tensors) is
@@ -138,6 +140,23 @@ expect 1 "info: --steps without --train" "$D3" info "$T/sd1" --steps 4
 grep_err "says --train" "go with --train"
 expect 1 "info --train: --steps 0" "$D3" info "$T/sd1" --train --steps 0
 "$D3" init --out "$T/px.safetensors" --seed 1 --arch "base=8,mult=1.2,res=1,attn=4,size=8,classes=3" >/dev/null 2>&1
-expect 1 "info --train on a pixel model" "$D3" info "$T/px.safetensors" --train
-grep_err "names the family" "Stable Diffusion-family"
+expect 1 "info --train --size on a pixel model" "$D3" info "$T/px.safetensors" --train --size 16x16
+grep_err "says --size is for SD models" "Stable Diffusion-family"
+expect 0 "info --train on a pixel model" "$D3" info "$T/px.safetensors" --train --device cpu --steps 4
+cat "$T/out"
+if awk '
+    function near(a, b, tol) { return (a - b) <= tol && (b - a) <= tol }
+    /^train cost:/ { numel = $4 }
+    /^d3po train-cost/ { for (i = 4; i <= NF; i++) v[i] = $i + 0; seen = 1 }
+    END {
+        if (!seen || !(numel > 0)) exit 1
+        w = numel * 4 / 1048576
+        parts = v[13] + v[14] + v[15] + v[16] + v[17] + v[18]
+        exit !(v[5] == 8 && v[7] > 0 && near(v[7], v[8] + v[9] + v[10], 2e-4) && near(v[14], w, 0.06) &&
+               near(v[16], 4 * w, 0.01) && v[15] > 0 && near(v[12], parts > v[19] ? parts : v[19], 0.4))
+    }' "$T/out"; then
+    ok "pixel model: all weights train; state = gradients + AdamW + the reference copy; sums consistent"
+else
+    no "pixel model's info --train output"
+fi
 finish test_lora_d3po
