@@ -166,12 +166,8 @@ double d3po_train_dm(d3_dmodel *policy, d3_dmodel *ref, long ref_tag, d3_tape *t
     int K = o->sample.steps;
     if (K < 1 || K > D3_MAX_STEPS) { d3_errf(err, "steps=%d out of range", K); return NAN; }
     int dpo = o->objective == D3PO_OBJ_DPO;
-    int pixel = !strcmp(policy->family, "pixel");
-    if (dpo && !pixel) {
-        d3_errf(err, "train.objective dpo: %s models train with d3po only", policy->family);
-        return NAN;
-    }
     if (policy->train.numel == 0 && !dm_can_train(policy, err)) return NAN;
+    int pixel = !strcmp(policy->family, "pixel");
     const d3_backend *be = tape_backend(tp);
     size_t numel = policy->train.numel, D = policy->D;
     int *order = malloc(sizeof(int) * (npairs ? npairs : 1)), steps[D3_MAX_STEPS];
@@ -193,9 +189,12 @@ double d3po_train_dm(d3_dmodel *policy, d3_dmodel *ref, long ref_tag, d3_tape *t
     /* reference log-probs first: with D3PO_REF_ROUND the reference is the
      * policy before this call's first update, so caching must precede it
      * (Diffusion-DPO needs none: its reference runs on fresh draws) */
+    int ref_off = ref->impl == policy->impl && dm_lora(ref); /* the policy's base */
     for (int i = 0; i < n && !dpo; i++) {
-        if (refresh_ref(ref, ref_tag, tp, &pairs[order[i]], uncond, &o->sample, o->loss.kl > 0, err))
-            goto out;
+        if (ref_off) dm_adapters_on(ref, 0);
+        int rc = refresh_ref(ref, ref_tag, tp, &pairs[order[i]], uncond, &o->sample, o->loss.kl > 0, err);
+        if (ref_off) dm_adapters_on(ref, 1);
+        if (rc) goto out;
         if (progress && progress(ctx, 0, n * o->epochs, NAN)) {
             d3_errf(err, "cancelled");
             goto out;
@@ -210,14 +209,21 @@ double d3po_train_dm(d3_dmodel *policy, d3_dmodel *ref, long ref_tag, d3_tape *t
             d3po_pair *p = &pairs[order[i]];
             be->zero(b.grads, numel * sizeof(float));
             double l;
-            if (dpo) {
-                dpo_draw(policy->impl, rng, nd, dt, deps); /* the same draws for both images */
+            float cls1;
+            if (dpo && pixel) {
+                dm_dpo_draw(policy, rng, nd, dt, deps); /* the same draws for both images */
                 l = dpo_pair_backward(policy->impl, ref->impl, tp, b.grads, &o->dpo,
                                       p->traj[0] + (size_t)K * D, p->traj[1] + (size_t)K * D,
                                       p->cond ? (int)p->cond[0] : p->cls, p->h, nd, dt, deps, NULL,
                                       err);
+            } else if (dpo) {
+                /* latent x_0: the trajectories' final states; the reference
+                 * is ref (the policy itself: its adapters off) */
+                dm_dpo_draw(policy, rng, nd, dt, deps);
+                l = dm_dpo_pair_backward(policy, ref, tp, b.grads, &o->dpo,
+                                         p->traj[0] + (size_t)K * D, p->traj[1] + (size_t)K * D,
+                                         pair_cond(p, &cls1), p->h, nd, dt, deps, NULL, err);
             } else {
-                float cls1;
                 for (int k = 0; k < K; k++) steps[k] = k;
                 shuffle(steps, K, rng); /* one order for both images of the pair */
                 l = dm_d3po_pair_backward(policy, tp, b.grads, &o->sample, &o->loss, p->traj[0],

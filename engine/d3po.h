@@ -80,10 +80,14 @@ double d3po_train(d3_model *policy, const d3_model *ref, long ref_tag, d3_tape *
  * policy's trainable set (dm_trainable) is what AdamW updates (opt sized
  * policy->train.numel); ref is the reference model (for the pixel family
  * a view of a frozen copy or of the base; for the sd family the same
- * UNet with its adapters off). Each pair's cond (or, pixel, its class) and
- * the family's "" as the unconditional input. Diffusion-DPO is the pixel
- * family's only (an error otherwise). d3po_train is this function on
- * pixel views: same ops in the same order, the same bits. */
+ * UNet with its adapters off: ref may be policy itself, and the
+ * reference passes then switch its trainable adapters off). Each pair's
+ * cond (or, pixel, its class) and the family's "" as the unconditional
+ * input. Diffusion-DPO runs on every family: dpo_pair_backward on pixel
+ * models (the bits of before), dm_dpo_pair_backward on the others (x_0 =
+ * the trajectories' final latents; the error on the model's target, eps
+ * or v). d3po_train is this function on pixel views: same ops in the same
+ * order, the same bits. */
 double d3po_train_dm(d3_dmodel *policy, d3_dmodel *ref, long ref_tag, d3_tape *tp, d3_adamw *opt,
                      d3po_pair *pairs, int npairs, const d3po_train_opts *o, d3_rng *rng,
                      d3po_progress_fn progress, void *ctx, char *err);

@@ -336,10 +336,15 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
 
 dpo_opts dpo_opts_default(void) { return (dpo_opts){.beta = 2.5f}; }
 
+void dm_dpo_draw(const d3_dmodel *dm, d3_rng *rng, int n, int *t, float *eps) {
+    for (int j = 0; j < n; j++) t[j] = (int)rng_below(rng, (uint32_t)dm->T);
+    rng_normal(rng, eps, (size_t)n * dm->D);
+}
+
 void dpo_draw(const d3_model *m, d3_rng *rng, int n, int *t, float *eps) {
-    size_t D = 3 * (size_t)m->L.arch.size * m->L.arch.size;
-    for (int j = 0; j < n; j++) t[j] = (int)rng_below(rng, (uint32_t)m->sched.T);
-    rng_normal(rng, eps, (size_t)n * D);
+    d3_dmodel dm;
+    dm_open_pixel(&dm, (d3_model *)m, NULL);
+    dm_dpo_draw(&dm, rng, n, t, eps);
 }
 
 /* mean over n elements of (eps - out)^2, in double */
@@ -356,64 +361,95 @@ double dpo_pair_backward(const d3_model *policy, const d3_model *ref, d3_tape *t
                          const dpo_opts *d, const float *x0a, const float *x0b, int cls,
                          const float h[2], int n, const int *t, const float *eps, float *loss_j,
                          char *err) {
-    const d3_model *m = policy;
-    int S = m->L.arch.size, T = m->sched.T;
-    size_t D = 3 * (size_t)S * S;
-    if (cls < 0 || cls >= m->L.arch.classes) {
-        d3_errf(err, "class %d out of range 0..%d", cls, m->L.arch.classes - 1);
-        return NAN;
-    }
-    if (ref->L.numel != m->L.numel || ref->L.arch.size != S || ref->sched.T != T) {
+    d3_dmodel dp, dr;
+    float *cond = NULL, uncond;
+    if (pixel_view(&dp, policy, 1, &cls, &cond, &uncond, err)) return NAN;
+    if (ref->L.numel != policy->L.numel || ref->L.arch.size != policy->L.arch.size ||
+        ref->sched.T != policy->sched.T) {
+        free(cond);
         d3_errf(err, "the reference model's architecture or schedule differs from the policy's");
         return NAN;
     }
+    dm_open_pixel(&dr, (d3_model *)ref, err);
+    double r = dm_dpo_pair_backward(&dp, &dr, tp, grads, d, x0a, x0b, cond, h, n, t, eps, loss_j,
+                                    err);
+    free(cond);
+    return r;
+}
+
+double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *grads,
+                            const dpo_opts *d, const float *x0a, const float *x0b,
+                            const float *cond, const float h[2], int n, const int *t,
+                            const float *eps, float *loss_j, char *err) {
+    int T = dm->T;
+    size_t D = dm->D, Dc = dm->cond_floats;
+    if (ref->D != D || ref->T != T || ref->cond_floats != Dc || ref->pred_v != dm->pred_v) {
+        d3_errf(err, "the reference model's architecture or schedule differs from the policy's");
+        return NAN;
+    }
+    if (grads && !dm_can_train(dm, err)) return NAN;
     for (int j = 0; j < n; j++)
         if (t[j] < 0 || t[j] >= T) {
             d3_errf(err, "draw %d: t=%d out of range 0..%d", j, t[j], T - 1);
             return NAN;
         }
+    /* the same model as reference: with trainable adapters, the reference
+     * pass switches them off (the base); without, the reference is the
+     * policy itself (the same numbers: not run twice) */
+    int same = ref == dm || ref->impl == dm->impl, off = same && dm_lora(dm) != NULL;
+    d3_dmodel *rm = same ? dm : ref;
     const d3_backend *be = tape_backend(tp);
     const float *x0[2] = {x0a, x0b};
-    int clsv[2] = {cls, cls};
     float *x = malloc(2 * D * sizeof(float)), *rout = malloc(2 * D * sizeof(float));
-    float *host = malloc(2 * D * sizeof(float));
-    if (!x || !rout || !host) {
-        free(x); free(rout); free(host);
+    float *host = malloc(2 * D * sizeof(float)), *tgt = malloc(2 * D * sizeof(float));
+    float *c2 = malloc(2 * Dc * sizeof(float));
+    if (!x || !rout || !host || !tgt || !c2) {
+        free(x); free(rout); free(host); free(tgt); free(c2);
         d3_errf(err, "out of memory");
         return NAN;
     }
+    memcpy(c2, cond, Dc * sizeof(float));
+    memcpy(c2 + Dc, cond, Dc * sizeof(float));
     double bT = (double)d->beta * T, total = 0;
     for (int j = 0; j < n; j++) {
         const float *ej = eps + (size_t)j * D;
-        float a = (float)sqrt(m->sched.abar[t[j]]), b = (float)sqrt(1.0 - m->sched.abar[t[j]]);
+        float a = (float)sqrt(dm->abar[t[j]]), b = (float)sqrt(1.0 - dm->abar[t[j]]);
         for (int i = 0; i < 2; i++)
-            for (size_t q = 0; q < D; q++) x[i * D + q] = a * x0[i][q] + b * ej[q];
-        /* the reference's errors first: model_eps_cfg resets the tape (the
-         * same model as reference gives the same numbers: not run twice) */
-        if (ref != m) model_eps_cfg(ref, tp, 2, x, t[j], clsv, 1.0f, rout);
+            for (size_t q = 0; q < D; q++) {
+                x[i * D + q] = a * x0[i][q] + b * ej[q];
+                /* the model's target: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0 */
+                tgt[i * D + q] = dm->pred_v ? a * ej[q] - b * x0[i][q] : ej[q];
+            }
+        /* the reference's outputs first: dm_eps resets the tape */
+        if (!same || off) {
+            if (off) dm_adapters_on(dm, 0);
+            dm_eps(rm, tp, 2, x, t[j], c2, c2, 1.0f, rout);
+            if (off) dm_adapters_on(dm, 1);
+        }
         tape_reset(tp);
         tape_set_grad(tp, 1);
         int nb;
-        d3_tensor *out = model_forward_cfg(m, tp, grads, 2, x, t[j], clsv, 1.0f, &nb);
+        d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, t[j], c2, c2, 1.0f, &nb);
         be->download(host, out->v, 2 * D * sizeof(float));
-        if (ref == m) memcpy(rout, host, 2 * D * sizeof(float));
+        if (same && !off) memcpy(rout, host, 2 * D * sizeof(float));
         double s = 0;
         for (int i = 0; i < 2; i++)
-            s += h[i] * (mean_sq_err(ej, host + i * D, D) - mean_sq_err(ej, rout + i * D, D));
+            s += h[i] * (mean_sq_err(tgt + i * D, host + i * D, D) -
+                         mean_sq_err(tgt + i * D, rout + i * D, D));
         double z = -bT * s, loss = -log_sigmoid(z);
         if (loss_j) loss_j[j] = (float)loss;
         total += loss;
-        if (h[0] == 0 && h[1] == 0) continue; /* a tie: no gradient */
-        /* d(loss/n)/dout_i = (sigmoid(z) - 1) (-bT h_i) 2 (out_i - eps) / D / n */
+        if ((h[0] == 0 && h[1] == 0) || !grads) continue; /* a tie: no gradient */
+        /* d(loss/n)/dout_i = (sigmoid(z) - 1) (-bT h_i) 2 (out_i - target_i) / D / n */
         double g = (sigmoid(z) - 1.0) * -bT * 2.0 / ((double)D * n);
         for (int i = 0; i < 2; i++)
             for (size_t q = 0; q < D; q++)
-                host[i * D + q] = (float)(g * h[i] * ((double)host[i * D + q] - ej[q]));
+                host[i * D + q] = (float)(g * h[i] * ((double)host[i * D + q] - tgt[i * D + q]));
         float *dout = tape_alloc(tp, out->numel);
         be->upload(dout, host, out->numel * sizeof(float));
         tape_backward(tp, out, dout);
     }
-    free(x); free(rout); free(host);
+    free(x); free(rout); free(host); free(tgt); free(c2);
     return n ? total / n : 0.0;
 }
 

@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "optim.h"
 #include "sd/sdsample.h"
 
 /* ---- pixel family ---- */
@@ -82,6 +84,8 @@ int dm_open_pixel(d3_dmodel *dm, d3_model *m, char *err) {
     dm->x0_clip = 1.0f;
     dm->x0_clip_keeps_eps = 1;
     dm->train = (dm_trainable){m->params, m->L.numel};
+    dm->T = m->sched.T;
+    dm->abar = m->sched.abar;
     dm->impl = m;
     snprintf(dm->desc, sizeof dm->desc, "pixel UNet %dx%d, %d classes, %zu parameters", S, S,
              m->nclasses, m->L.numel);
@@ -101,6 +105,7 @@ typedef struct {
     int has_train;
     float train_scale;   /* 1; the scale while on */
     float *host;         /* dm->train.params */
+    double *abar;        /* dm->abar [T] */
     unsigned long gen, dev_gen; /* host writes (dm_touch) / the device copy's */
 } sd_fam;
 
@@ -162,6 +167,7 @@ static void sdf_close(d3_dmodel *dm) {
         lora_free_on(&f->train, be);
     }
     sd_model_free(&f->m);
+    free(f->abar);
     free(f);
 }
 
@@ -184,6 +190,21 @@ int dm_open_sd(d3_dmodel *dm, const char *path, const char *tokenizer, const d3_
         return -1;
     }
     const sd_sched *s = &m->p.sched;
+    int T = s->num_train_timesteps;
+    float *a32 = malloc(T * sizeof(float));
+    f->abar = malloc(T * sizeof(double));
+    if (!a32 || !f->abar) {
+        free(a32);
+        free(f->abar);
+        sd_model_free(m);
+        free(f);
+        return d3_errf(err, "out of memory");
+    }
+    sd_sched_abar(s, a32);
+    for (int i = 0; i < T; i++) f->abar[i] = a32[i];
+    free(a32);
+    dm->T = T;
+    dm->abar = f->abar;
     dm->ops = &sd_ops;
     dm->family = "sd";
     dm->C = m->latent_c;
@@ -425,4 +446,211 @@ int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const fl
     }
     free(x); free(eps); free(mean); free(xp);
     return 0;
+}
+
+/* ---- measured costs ---- */
+
+/* the counting backend: a table of live buffers (pointer -> bytes) */
+#define CNT_SLOTS 16384
+static struct {
+    d3_backend be;
+    void *(*alloc)(size_t);
+    void (*free)(void *);
+    void *ptr[CNT_SLOTS];
+    size_t bytes[CNT_SLOTS];
+    long long now, peak;
+    int overflow;
+} cnt;
+
+static size_t cnt_slot(const void *p) {
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 50) % CNT_SLOTS;
+}
+
+static void *cnt_alloc(size_t bytes) {
+    void *p = cnt.alloc(bytes);
+    if (!p) return NULL;
+    size_t i = cnt_slot(p), n = 0;
+    while (cnt.ptr[i] && n++ < CNT_SLOTS) i = (i + 1) % CNT_SLOTS;
+    if (cnt.ptr[i]) {
+        cnt.overflow = 1;
+        return p;
+    }
+    cnt.ptr[i] = p;
+    cnt.bytes[i] = bytes;
+    cnt.now += (long long)bytes;
+    if (cnt.now > cnt.peak) cnt.peak = cnt.now;
+    return p;
+}
+
+static void cnt_free(void *p) {
+    if (p) {
+        size_t i = cnt_slot(p), n = 0;
+        while (cnt.ptr[i] != p && n++ < CNT_SLOTS) i = (i + 1) % CNT_SLOTS;
+        if (cnt.ptr[i] == p) {
+            cnt.now -= (long long)cnt.bytes[i];
+            cnt.ptr[i] = NULL;
+            /* re-insert the run after i so that probing finds its entries */
+            for (size_t j = (i + 1) % CNT_SLOTS; cnt.ptr[j]; j = (j + 1) % CNT_SLOTS) {
+                void *q = cnt.ptr[j];
+                size_t b = cnt.bytes[j], k = cnt_slot(q);
+                cnt.ptr[j] = NULL;
+                while (cnt.ptr[k]) k = (k + 1) % CNT_SLOTS;
+                cnt.ptr[k] = q;
+                cnt.bytes[k] = b;
+            }
+        }
+    }
+    cnt.free(p);
+}
+
+const d3_backend *dm_count_backend(const d3_backend *be) {
+    if (!be) return NULL;
+    memset(&cnt, 0, sizeof cnt);
+    cnt.be = *be;
+    cnt.alloc = be->alloc;
+    cnt.free = be->free;
+    cnt.be.alloc = cnt_alloc;
+    cnt.be.free = cnt_free;
+    return &cnt.be;
+}
+
+long long dm_count_bytes(void) { return cnt.overflow ? -1 : cnt.now; }
+long long dm_count_peak(void) { return cnt.overflow ? -1 : cnt.peak; }
+void dm_count_reset_peak(void) { cnt.peak = cnt.now; }
+
+static double mono_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef struct {
+    d3_dmodel *dm;
+    d3_tape *tp;
+    const float *x, *c2, *u;
+    float *eps, *dout_host, *grads, *m, *v;
+    uint8_t *rgb;
+    d3_adamw *opt;
+    int t;
+} cal_ctx;
+
+enum { CAL_FWD, CAL_FWDBWD, CAL_DECODE, CAL_OPT };
+
+/* One run of a part; cfg as given. Ends with a download, so a device's
+ * queue has drained when it returns. */
+static int cal_run(cal_ctx *k, int what, float cfg, char *err) {
+    d3_dmodel *dm = k->dm;
+    const d3_backend *be = tape_backend(k->tp);
+    switch (what) {
+    case CAL_FWD:
+        dm_eps(dm, k->tp, 2, k->x, k->t, k->c2, k->u, cfg, k->eps);
+        return 0;
+    case CAL_FWDBWD: {
+        int nb;
+        tape_reset(k->tp);
+        tape_set_grad(k->tp, 1);
+        d3_tensor *out = dm->ops->forward(dm, k->tp, k->grads, 2, k->x, k->t, k->c2, k->u, cfg, &nb);
+        float *dout = tape_alloc(k->tp, out->numel);
+        be->upload(dout, k->dout_host, out->numel * sizeof(float));
+        tape_backward(k->tp, out, dout);
+        float one;
+        be->download(&one, k->grads, sizeof one);
+        return 0;
+    }
+    case CAL_DECODE:
+        return dm_decode(dm, k->tp, k->x, 2, k->rgb, err);
+    default: {
+        float *params = dm_trainable_dev(dm, be), one;
+        grad_clip_on(be, k->grads, dm->train.numel, 1.0);
+        adamw_step_on(be, k->opt, params, k->m, k->v, k->grads);
+        be->download(&one, params, sizeof one);
+        return 0;
+    }
+    }
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of up to 3 timed runs after a warm-up (1 run past 1 s each). */
+static double cal_time(cal_ctx *k, int what, float cfg, char *err) {
+    if (cal_run(k, what, cfg, err)) return NAN;
+    double s[3];
+    int n = 0;
+    while (n < 3) {
+        double t0 = mono_s();
+        if (cal_run(k, what, cfg, err)) return NAN;
+        s[n++] = mono_s() - t0;
+        if (s[n - 1] > 1.0) break;
+    }
+    qsort(s, n, sizeof s[0], cmp_d);
+    return s[n / 2];
+}
+
+int dm_calibrate(d3_dmodel *dm, d3_tape *tp, float cfg, dm_cost *c, char *err) {
+    if (!dm_can_train(dm, err)) return -1;
+    memset(c, 0, sizeof *c);
+    const d3_backend *be = tape_backend(tp);
+    size_t D = dm->D, Dc = dm->cond_floats, numel = dm->train.numel, bytes = numel * sizeof(float);
+    cal_ctx k = {.dm = dm, .tp = tp, .t = dm->T / 2};
+    float *x = malloc(2 * D * sizeof(float)), *c2 = malloc(3 * Dc * sizeof(float));
+    k.eps = malloc(2 * D * sizeof(float));
+    k.dout_host = malloc(4 * D * sizeof(float));
+    k.rgb = malloc((size_t)2 * dm->img_h * dm->img_w * 3);
+    k.grads = be->alloc(bytes);
+    k.m = be->alloc(bytes);
+    k.v = be->alloc(bytes);
+    d3_adamw opt;
+    int rc = -1, have_opt = !adamw_init(&opt, numel);
+    k.opt = &opt;
+    if (!x || !c2 || !k.eps || !k.dout_host || !k.rgb || !k.grads || !k.m || !k.v || !have_opt) {
+        d3_errf(err, "calibration: out of memory");
+        goto out;
+    }
+    d3_rng r;
+    rng_init(&r, 1, 0);
+    rng_normal(&r, x, 2 * D);
+    rng_normal(&r, k.dout_host, 4 * D);
+    for (size_t i = 0; i < 4 * D; i++) k.dout_host[i] *= 1e-3f;
+    be->zero(k.grads, bytes);
+    be->zero(k.m, bytes);
+    be->zero(k.v, bytes);
+    /* the null prompt for every pass: the cost does not depend on it, and
+     * every family has one */
+    if (dm_condition(dm, "", c2, err) || dm_condition(dm, "", c2 + 2 * Dc, err)) goto out;
+    memcpy(c2 + Dc, c2, Dc * sizeof(float));
+    k.x = x;
+    k.c2 = c2;
+    k.u = c2 + 2 * Dc;
+    c->fwd = cal_time(&k, CAL_FWD, cfg, err);
+    c->fwdbwd = cal_time(&k, CAL_FWDBWD, cfg, err);
+    c->fwd1 = cal_time(&k, CAL_FWD, 1.0f, err);
+    c->fwdbwd1 = cal_time(&k, CAL_FWDBWD, 1.0f, err);
+    long long before = dm_count_bytes();
+    dm_count_reset_peak();
+    c->decode = cal_time(&k, CAL_DECODE, cfg, err);
+    if (be == &cnt.be && before >= 0 && dm_count_peak() >= before)
+        c->decode_extra = (size_t)(dm_count_peak() - before);
+    c->opt = cal_time(&k, CAL_OPT, cfg, err);
+    if (isnan(c->fwd) || isnan(c->fwdbwd) || isnan(c->fwd1) || isnan(c->fwdbwd1) ||
+        isnan(c->decode) || isnan(c->opt))
+        goto out;
+    c->arena = tape_arena_bytes(tp);
+    if (!strcmp(dm->family, "sd")) {
+        const sd_model *m = dm->impl;
+        for (int p = 0; p < SD_NPARTS; p++) c->weights += m->p.L[p].numel * sizeof(float);
+    } else {
+        c->weights = numel * sizeof(float);
+    }
+    rc = 0;
+out:
+    free(x); free(c2); free(k.eps); free(k.dout_host); free(k.rgb);
+    if (k.grads) be->free(k.grads);
+    if (k.m) be->free(k.m);
+    if (k.v) be->free(k.v);
+    if (have_opt) adamw_free(&opt);
+    return rc;
 }

@@ -127,6 +127,12 @@ struct d3_dmodel {
     int x0_clip_keeps_eps;/* 1: DESIGN.md's step (ddim_step: clip x0, keep eps);
                              0: diffusers' (ddim_step_pred: eps re-derived) */
     dm_trainable train;   /* numel 0: cannot train */
+    /* the training schedule (Diffusion-DPO's forward noise): T timesteps,
+     * abar[t] = prod_{s<=t} (1 - beta_s) for t in 0..T-1, owned by the
+     * family (pixel: the model's schedule in double; sd: diffusers'
+     * float32 alphas_cumprod of the folder's scheduler, widened) */
+    int T;
+    const double *abar;
     void *impl;           /* the family's own state */
 };
 
@@ -225,5 +231,73 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
                              const float *cond, const float *uncond, const float *ref0,
                              const float *ref1, const float *const rmean[2], const float h[2],
                              const int *order, float *loss_k, float *lp0, float *lp1, char *err);
+
+/* Diffusion-DPO for one pair on any family (dpo_pair_backward in
+ * diffusion.h, whose math this is): for each draw j of (t_j, eps_j), the
+ * same for both final images x0a, x0b [D],
+ *   x_i = sqrt(abar_t) x0_i + sqrt(1 - abar_t) eps
+ *   target_i = eps (epsilon models), or v_i = sqrt(abar_t) eps -
+ *              sqrt(1 - abar_t) x0_i on v-prediction models (dm->pred_v:
+ *              the error is on what the model predicts, as diffusers'
+ *              training and the official Diffusion-DPO code compute it)
+ *   err_i = mean over D of (target_i - out_theta(x_i, t, cond))^2, one
+ *           CONDITIONAL pass (no guidance), rerr_i the reference's
+ *   loss_j = -log sigmoid(-beta T (h0 (err_0 - rerr_0) + h1 (err_1 - rerr_1)))
+ * ACCUMULATES d(mean_j loss_j)/d(trainable set) into grads (the backend's
+ * buffer; NULL: the loss alone) with one forward + backward per draw
+ * (memory flat in n). The reference: ref, or when ref is dm itself (or a
+ * view of the same model): on the sd family the same UNet with its
+ * trainable adapters switched off for the reference pass (the base), on a
+ * family without adapters the policy's own outputs (err = rerr). t [n] in
+ * 0..T-1, eps [n][D]; loss_j [n] may be NULL. Returns mean_j loss_j, or
+ * NAN with err set. */
+double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *grads,
+                            const dpo_opts *d, const float *x0a, const float *x0b,
+                            const float *cond, const float h[2], int n, const int *t,
+                            const float *eps, float *loss_j, char *err);
+/* n draws of (t, eps) for dm_dpo_pair_backward from rng: t ~ U{0..T-1},
+ * then eps [n][D] ~ N(0, I) (dpo_draw's order). */
+void dm_dpo_draw(const d3_dmodel *dm, d3_rng *rng, int n, int *t, float *eps);
+
+/* ---- measured costs (`d3po info MODEL --train`) ---- */
+
+/* Seconds of the training loop's parts on this model, backend and latent
+ * size, each the median of up to 3 timed runs after one untimed warm-up
+ * (fewer when a run takes over a second): */
+typedef struct {
+    double fwd;        /* the guided forward of a pair (dm_eps, n = 2, cfg):
+                          one sampling step, one reference log-prob step */
+    double fwdbwd;     /* the same recorded on the tape + its backward into
+                          the trainable set: one D3PO step */
+    double fwd1;       /* the conditional forward of a pair (cfg 1): a
+                          Diffusion-DPO reference pass */
+    double fwdbwd1;    /* its forward + backward: a Diffusion-DPO draw */
+    double decode;     /* decoding the pair's two final states to RGB */
+    double opt;        /* clipping + AdamW on the trainable set */
+    size_t arena;      /* the tape's arena after all of it (its peak): the
+                          activations of the largest step */
+    size_t decode_extra; /* bytes the decode allocated on the backend beyond
+                          what was held before it (its scratch tapes and
+                          buffers); 0 unless tp's backend is dm_count_backend's */
+    size_t weights;    /* bytes of the model's weights on the backend */
+} dm_cost;
+
+/* Measures dm_cost for dm (with a trainable set) on tp's backend (a fresh
+ * tape, so its arena is the calibration's alone) with guidance cfg. The
+ * runs use random states at timestep T/2 and random output gradients: the
+ * costs do not depend on the values. 0/-1. */
+int dm_calibrate(d3_dmodel *dm, d3_tape *tp, float cfg, dm_cost *c, char *err);
+
+/* A backend that forwards everything to be and counts the bytes held by
+ * its alloc (until free): open the model and the tape on it to measure
+ * what a run allocates on the device (or, on the CPU, in the backend's
+ * buffers). One counter per process; not thread-safe. NULL when be is
+ * NULL. dm_count_bytes: held now; dm_count_peak: the most held since the
+ * last dm_count_reset_peak (or the start); -1 when more than 16384 buffers
+ * were alive at once (the counts are then unknown). */
+const d3_backend *dm_count_backend(const d3_backend *be);
+long long dm_count_bytes(void);
+long long dm_count_peak(void);
+void dm_count_reset_peak(void);
 
 #endif

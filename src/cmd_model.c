@@ -11,6 +11,7 @@
 #include "config.h"
 #include "device.h"
 #include "diffusion.h"
+#include "dmodel.h"
 #include "fsutil.h"
 #include "grid.h"
 #include "image.h"
@@ -249,6 +250,20 @@ static int sample_grid(const d3_model *m, const char *mpath, const char *out, co
     return rc;
 }
 
+/* --size WxH in pixels (8..8192 each) into *w, *h; 0, or -1 after
+ * printing "d3po CMD: --size 'x': ...". */
+static int parse_size(const char *cmd, const char *arg, int *w, int *h) {
+    char *e1, *e2;
+    long W = strtol(arg, &e1, 10), H = *e1 == 'x' ? strtol(e1 + 1, &e2, 10) : 0;
+    if (*e1 != 'x' || *e2 || W < 8 || H < 8 || W > 8192 || H > 8192) {
+        fprintf(stderr, "d3po %s: --size '%s': expected WxH in pixels, 8..8192\n", cmd, st_show(arg).s);
+        return -1;
+    }
+    *w = (int)W;
+    *h = (int)H;
+    return 0;
+}
+
 int cmd_sample(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'}, {"prompt", 1, 0, 'p'}, {"seed", 1, 0, 's'}, {"count", 1, 0, 'n'},
@@ -302,17 +317,9 @@ int cmd_sample(int argc, char **argv) {
                 loras[nlora++] = optarg;
             }
             break;
-        case 'Z': {
-            char *e1, *e2;
-            long W = strtol(optarg, &e1, 10), H = *e1 == 'x' ? strtol(e1 + 1, &e2, 10) : 0;
-            if (*e1 != 'x' || *e2 || W < 8 || H < 8 || W > 8192 || H > 8192) {
-                fprintf(stderr, "d3po sample: --size '%s': expected WxH in pixels, 8..8192\n", st_show(optarg).s);
-                bad = 1;
-            }
-            width = (int)W;
-            height = (int)H;
+        case 'Z':
+            bad |= parse_size("sample", optarg, &width, &height);
             break;
-        }
         case 'h': fputs(sample_help, stdout); return 0;
         default: bad = 1; fputs(sample_help, stderr);
         }
@@ -455,6 +462,8 @@ static const char info_help[] =
     "usage: d3po info FILE\n"
     "       d3po info SD_DIR_OR_FILE [--tokenizer DIR]\n"
     "       d3po info --devices\n"
+    "       d3po info MODEL --train [--device auto|cpu|cuda] [--size WxH] [--steps N]\n"
+    "                 [--config FILE]\n"
     "\n"
     "Prints a model file's architecture, parameter count, noise schedule,\n"
     "classes and metadata, and whether it holds training state.\n"
@@ -467,7 +476,16 @@ static const char info_help[] =
     "             checkpoint (default: a tokenizer/ folder beside the file)\n"
     "  --devices  list the compute devices instead: the CPU, each CUDA GPU (or\n"
     "             why there is none), the one --device auto uses, and why, and\n"
-    "             the precision they compute in\n";
+    "             the precision they compute in\n"
+    "  --train    the expected peak memory and time per labeled pair of D3PO\n"
+    "             (and Diffusion-DPO; LoRA on SD models) on this model and\n"
+    "             device, from a\n"
+    "             short calibration run of the training loop's parts at that\n"
+    "             size: sampling steps, forward + backward, decode, AdamW\n"
+    "  --device D, --size WxH, --steps N, --config FILE  with --train: the\n"
+    "             device, image size (SD; default the model's), DDIM steps and\n"
+    "             the config whose sampler, d3po.epochs and train settings\n"
+    "             apply\n";
 
 /* `info --devices`: device_describe()'s lines, then auto's choice. */
 static int info_devices(void) {
@@ -485,21 +503,75 @@ static int info_devices(void) {
     return 0;
 }
 
+/* `info --train`: the config's sampler and training settings, the
+ * backend, then sd_info_train. */
+static int info_train(const char *file, const char *tokenizer, const char *conf, int dev, int width,
+                      int height, int steps) {
+    char err[D3_ERRLEN], note[CLI_NOTE_LEN];
+    d3_config cfg;
+    if (config_load(&cfg, conf, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        return EXIT_FAIL;
+    }
+    if (cfg.engine.threads) ops_set_threads(cfg.engine.threads);
+    const d3_backend *be = cli_backend("info", dev, 0, &cfg, note, sizeof note);
+    if (!be) return EXIT_FAIL;
+    sd_cost_args a = {.model = file, .tokenizer = tokenizer, .width = width, .height = height,
+                      .steps = steps ? steps : cfg.sampler.steps, .cfg = cfg.sampler.cfg,
+                      .epochs = cfg.d3po.epochs, .draws = cfg.train.dpo_draws,
+                      .objective = cfg.train.objective, .device = note};
+    if (sd_pipeline_probe(file)) return sd_info_train(&a, be);
+    /* a pixel model: D3PO trains all its weights against a frozen copy */
+    double base_mb = status_mb("VmRSS");
+    d3_model m;
+    if (model_load(&m, file, NULL, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        return EXIT_FAIL;
+    }
+    d3_dmodel dm;
+    dm_open_pixel(&dm, &m, err);
+    char what[200];
+    snprintf(what, sizeof what, "all %zu weights of the UNet (AdamW on every weight), the reference "
+             "a frozen copy", m.L.numel);
+    int rc = info_train_report(&dm, &a, dm_count_backend(be), base_mb, what);
+    dm_close(&dm);
+    model_free(&m);
+    return rc;
+}
+
 int cmd_info(int argc, char **argv) {
-    const char *file = NULL, *tokenizer = NULL;
-    int devices = 0;
+    const char *file = NULL, *tokenizer = NULL, *conf = NULL;
+    int devices = 0, train = 0, dev = -1, width = 0, height = 0, trainopt = 0;
+    long steps = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             fputs(info_help, stdout);
             return 0;
         }
+        int val = !strcmp(argv[i], "--tokenizer") || !strcmp(argv[i], "--device") ||
+                  !strcmp(argv[i], "--size") || !strcmp(argv[i], "--steps") ||
+                  !strcmp(argv[i], "--config");
+        if (val && i + 1 >= argc) {
+            fprintf(stderr, "d3po info: %s needs a value\n%s", st_show(argv[i]).s, info_help);
+            return EXIT_USAGE;
+        }
         if (!strcmp(argv[i], "--devices")) {
             devices = 1;
+        } else if (!strcmp(argv[i], "--train")) {
+            train = 1;
+        } else if (!strcmp(argv[i], "--device")) {
+            if (cli_device("info", argv[++i], &dev)) return EXIT_USAGE;
+            trainopt = 1;
+        } else if (!strcmp(argv[i], "--size")) {
+            if (parse_size("info", argv[++i], &width, &height)) return EXIT_USAGE;
+            trainopt = 1;
+        } else if (!strcmp(argv[i], "--steps")) {
+            if (cli_int("info", "--steps", argv[++i], 1, D3_MAX_STEPS, &steps)) return EXIT_USAGE;
+            trainopt = 1;
+        } else if (!strcmp(argv[i], "--config")) {
+            conf = argv[++i];
+            trainopt = 1;
         } else if (!strcmp(argv[i], "--tokenizer")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "d3po info: --tokenizer needs a folder\n%s", info_help);
-                return EXIT_USAGE;
-            }
             tokenizer = argv[++i];
         } else if (argv[i][0] == '-' || file) {
             fprintf(stderr, "d3po info: unexpected argument '%s'\n%s", argv[i], info_help);
@@ -517,6 +589,16 @@ int cmd_info(int argc, char **argv) {
         fprintf(stderr, "d3po info: --tokenizer applies to Stable Diffusion models only\n");
         return EXIT_USAGE;
     }
+    if (trainopt && !train) {
+        fprintf(stderr, "d3po info: --device, --size, --steps and --config go with --train\n");
+        return EXIT_USAGE;
+    }
+    if (train && (width || height) && !sd_pipeline_probe(file)) {
+        fprintf(stderr, "d3po info: --size: %s samples at its own size (--size is for Stable "
+                        "Diffusion-family models)\n", st_show(file).s);
+        return EXIT_USAGE;
+    }
+    if (train) return info_train(file, tokenizer, conf, dev, width, height, (int)steps);
     if (sd_pipeline_probe(file)) {
         int rc = sd_info(file, tokenizer);
         return rc || !devices ? rc : info_devices();

@@ -10,12 +10,16 @@
 #include <string.h>
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "cmd_sd.h"
+#include "d3po.h"
+#include "dmodel.h"
 #include "fsutil.h"
 #include "image.h"
 #include "lora.h"
+#include "ops.h"
 #include "rng.h"
 #include "sd/pipeline.h"
 #include "sd/sdsample.h"
@@ -102,6 +106,132 @@ int sd_info(const char *path, const char *tokenizer) {
     put_safe(p.tokenizer);
     putchar('\n');
     sd_pipeline_close(&p);
+    return 0;
+}
+
+/* ---- info --train: the cost of LoRA D3PO, measured ---- */
+
+/* /proc/self/status's VmRSS or VmHWM in MB; 0 when unreadable. */
+double status_mb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = 0;
+    size_t n = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n) && line[n] == ':') kb = strtod(line + n + 1, NULL);
+    if (f) fclose(f);
+    return kb / 1024.0;
+}
+
+int sd_info_train(const sd_cost_args *a, const d3_backend *be) {
+    char err[D3_ERRLEN];
+    double base_mb = status_mb("VmRSS"); /* the process before the model: code, libraries */
+    sd_pipeline p;
+    if (sd_pipeline_open(&p, a->model, a->tokenizer, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        return EXIT_FAIL;
+    }
+    long nlev = (long)json_array_size(json_object_get(p.config[SD_VAE], "block_out_channels"));
+    int factor = nlev > 0 ? 1 << (nlev - 1) : 1, h = p.unet.sample_size, w = h;
+    sd_pipeline_close(&p);
+    if (a->width || a->height) {
+        if (a->width % factor || a->height % factor) {
+            fprintf(stderr, "d3po info: --size %dx%d: both sides must be multiples of %d (the VAE's factor)\n",
+                    a->width, a->height, factor);
+            return EXIT_USAGE;
+        }
+        w = a->width / factor;
+        h = a->height / factor;
+    }
+    d3_dmodel dm;
+    be = dm_count_backend(be); /* what the parts allocate on the backend, counted */
+    if (dm_open_sd(&dm, a->model, a->tokenizer, be, h, w, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        return EXIT_FAIL;
+    }
+    dm_lora_opts lo = dm_lora_opts_default();
+    char what[200];
+    if (dm_lora_attach(&dm, &lo, err)) {
+        fprintf(stderr, "d3po info: %s\n", err);
+        dm_close(&dm);
+        return EXIT_FAIL;
+    }
+    snprintf(what, sizeof what, "LoRA rank %d on every attention's q, k, v, out (%d modules, %zu "
+             "trainable floats), base frozen", lo.rank, dm_lora(&dm)->n, dm.train.numel);
+    int rc = info_train_report(&dm, a, be, base_mb, what);
+    dm_close(&dm);
+    return rc;
+}
+
+int info_train_report(d3_dmodel *dm, const sd_cost_args *a, const d3_backend *be, double base_mb,
+                      const char *what) {
+    char err[D3_ERRLEN] = "";
+    d3_tape *tp = tape_new(be);
+    dm_cost c;
+    if (!tp || dm_calibrate(dm, tp, (float)a->cfg, &c, err)) {
+        fprintf(stderr, "d3po info: %s\n", err[0] ? err : "out of memory");
+        if (tp) tape_free(tp);
+        return EXIT_FAIL;
+    }
+    const double MB = 1048576.0;
+    int K = a->steps, E = a->epochs, N = a->draws, pixel = !strcmp(dm->family, "pixel");
+    size_t numel = dm->train.numel;
+    /* a labeled pair: sampled (K guided steps of the pair, then decoded for
+     * the screen); D3PO: the reference log-probs (K guided steps, adapters
+     * off, once per pair) and, each epoch, K steps recorded + backward and
+     * one clip + AdamW; Diffusion-DPO: each epoch, N draws of a reference
+     * pass and a recorded pass + backward (conditional), one AdamW */
+    double sample = K * c.fwd + c.decode, ref = K * c.fwd, upd = E * (K * c.fwdbwd + c.opt);
+    double d3po = sample + ref + upd;
+    double dupd = E * (N * (c.fwd1 + c.fwdbwd1) + c.opt), dpo = sample + dupd;
+    /* memory at the peak, all measured: the weights, the tape's arena
+     * (held from the first step on: the largest step's activations and
+     * gradients), the adapters with their gradients and AdamW moments,
+     * what decoding a pair allocates beyond that (its scratch tapes), the
+     * pair's trajectories and reference means (KL, host), and on the CPU
+     * the process itself */
+    /* the trainable set: LoRA adapters with their gradients and AdamW
+     * moments (4 x); the pixel family trains its weights in place (3 x)
+     * and keeps a frozen reference copy of them (the base, or the round's
+     * snapshot: + 1 x the weights) */
+    double wmb = c.weights / MB, amb = c.arena / MB;
+    double smb = (pixel ? 3.0 : 4.0) * numel * sizeof(float) / MB + (pixel ? wmb : 0);
+    double dmb = c.decode_extra / MB, tmb = (2.0 * (K + 1) + 2.0 * K) * dm->D * sizeof(float) / MB;
+    double pmb = be->host ? base_mb : 0, parts = pmb + wmb + amb + smb + dmb + tmb;
+    /* on the CPU the calibration's own peak resident memory is a
+     * measurement of the same loop (loading included), with the op
+     * scratch outside the backend's buffers that the parts miss; the
+     * arena and decode scratch are allocations, not all resident */
+    double hwm = be->host ? status_mb("VmHWM") + tmb : 0, peak = parts > hwm ? parts : hwm;
+    printf("train cost:   %s\n", what);
+    printf("model:        ");
+    put_safe(a->model);
+    printf(" (%s)\n", dm->desc);
+    printf("device:       ");
+    put_safe(a->device);
+    if (be->host) printf(" (%d compute thread%s)", ops_get_threads(), ops_get_threads() == 1 ? "" : "s");
+    printf("\nsettings:     images %dx%d (denoised as %dx%dx%d), K=%d steps, cfg %g, %d epoch%s, "
+           "diffusion-dpo %d draws; objective %s\n", dm->img_w, dm->img_h, dm->C, dm->h, dm->w, K, a->cfg, E,
+           E == 1 ? "" : "s", N, a->objective == D3PO_OBJ_DPO ? "diffusion-dpo" : "d3po");
+    printf("calibration:  guided forward of a pair %.4f s, with backward %.4f s; conditional %.4f s, with "
+           "backward %.4f s; decode 2 images %.4f s; clip + AdamW %.4f s (medians of up to 3 runs "
+           "after a warm-up)\n", c.fwd, c.fwdbwd, c.fwd1, c.fwdbwd1, c.decode, c.opt);
+    printf("time/pair:    d3po %.3f s = sample %.3f (%d x %.4f + decode) + reference %.3f + update %.3f "
+           "(%d x %d x %.4f + AdamW)\n", d3po, sample, K, c.fwd, ref, upd, E, K, c.fwdbwd);
+    printf("time/pair:    diffusion-dpo %.3f s = sample %.3f + update %.3f (%d x %d x (%.4f + %.4f) + "
+           "AdamW)\n", dpo, sample, dupd, E, N, c.fwd1, c.fwdbwd1);
+    printf("memory:       peak %.1f MB %s", peak, be->host ? "resident, the larger of:\n              " : "on the device = ");
+    if (be->host) printf("%.1f = process %.1f + ", parts, pmb);
+    printf("weights %.1f + activations %.1f (the tape's arena, one step) + %s "
+           "%.1f + decode scratch %.1f + trajectories %.1f (allocated)\n", wmb, amb,
+           pixel ? "gradients, AdamW, reference copy" : "adapters, gradients, AdamW", smb, dmb, tmb);
+    if (be->host)
+        printf("              %.1f = the calibration's peak resident memory + trajectories\n"
+               "              (process: the program and its libraries before loading the model)\n", hwm);
+    printf("d3po train-cost %s %d %d %d %.4f %.4f %.4f %.4f %.4f %.1f %.1f %.1f %.1f %.2f %.1f %.2f %.1f\n",
+           be->name, K, dm->img_w, dm->img_h, d3po, sample, ref, upd, dpo, peak, pmb, wmb, amb, smb, dmb,
+           tmb, hwm);
+    tape_free(tp);
     return 0;
 }
 

@@ -13,6 +13,15 @@
  *       of h = {+1, -1} (beta 0.1, clamp 0.1) and every adapter gradient,
  *       through dm_d3po_pair_backward, against REF (tests/sd/d3po_ref.py:
  *       the same loss on diffusers + peft by autograd); tolerances printed
+ *   tool_sdtrain dpo PIPE LORA TRAJ REF
+ *       Diffusion-DPO on the pair's final latents (image 0 preferred) with
+ *       REF's draws (t, eps) and beta (tests/sd/d3po_ref.py --dpo: the
+ *       same loss on diffusers + peft): the loss per draw and every adapter
+ *       gradient through dm_dpo_pair_backward (reference: the same UNet
+ *       with the adapters off) against REF; central differences of the
+ *       loss in a few adapter entries against the gradient; then a few
+ *       d3po_train_dm updates with objective Diffusion-DPO on the pair
+ *       (policy = reference = the model) lower the loss on REF's draws
  *   tool_sdtrain pair PIPE K [--size S] [--seed N] [--rank R]
  *       one labeled pair of LoRA D3PO, measured: sampling (K steps, CFG),
  *       reference log-probs, the D3PO backward of the K steps (one backward
@@ -20,6 +29,15 @@
  *       CPU seconds and wall seconds of each part, the tape's peak arena
  *       (one step's tensors), and the peak resident memory. Last line:
  *       "d3po lora-pair K S SAMPLE_S REF_S TRAIN_S TOTAL_S ARENA_MB PEAK_MB"
+ *   tool_sdtrain round PIPE [--size S] [--pairs N] [--steps K] [--objective d3po|diffusion-dpo]
+ *       a labeling round of LoRA D3PO as `d3po auto` runs it, with the
+ *       default config's settings (config_defaults, config_train_opts:
+ *       cfg, eta, epochs, KL, beta, AdamW lr, Diffusion-DPO draws): N
+ *       pairs (8) of S x S latents sampled with one prompt and decoded,
+ *       then d3po_train_dm over them (the reference: the same UNet with
+ *       its adapters off). Last line: "d3po lora-round OBJECTIVE K S N
+ *       SAMPLE_S TRAIN_S PER_PAIR_S PEAK_MB" (wall seconds; peak RSS of
+ *       the process so far)
  * Exit status 0 when everything matches, 1 on a mismatch or an error. */
 #include <math.h>
 #include <stdio.h>
@@ -28,6 +46,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "config.h"
+#include "d3po.h"
 #include "dmodel.h"
 #include "optim.h"
 #include "safetensors.h"
@@ -119,17 +139,60 @@ static int check(const char *what, const float *a, const float *b, size_t n, dou
     return bad != 0;
 }
 
+/* Every adapter gradient g (lora.h's layout) against REF's grad.<module>.
+ * down / .up: each element within atol of the largest reference gradient
+ * + rtol of its own. Prints the worst; nonzero on a mismatch or when every
+ * reference gradient is 0 (nothing was compared). */
+static int check_grads(const lora_set *s, const float *g, const st_file *rf, double atol, double rtol,
+                       const char *why) {
+    double gmax = 0, worst = 0;
+    int bad = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < s->n; i++)
+            for (int k = 0; k < 2; k++) {
+                const lora_module *m = &s->m[i];
+                char name[SD_NAME_MAX + 16];
+                snprintf(name, sizeof name, "grad.%s.%s", m->name, k ? "up" : "down");
+                size_t n = k ? (size_t)m->out * m->rank : (size_t)m->rank * m->in;
+                const float *a = g + (k ? m->up : m->down), *b = tensor(rf, name, n);
+                for (size_t e = 0; e < n; e++) {
+                    double dd = fabs((double)a[e] - b[e]);
+                    if (!pass) {
+                        gmax = fmax(gmax, fabs(b[e]));
+                        continue;
+                    }
+                    worst = fmax(worst, dd);
+                    if (!(dd <= atol * gmax + rtol * fabs(b[e])) && bad++ < 5)
+                        printf("    %s[%zu]: ours %.7g ref %.7g\n", name, e, a[e], b[e]);
+                }
+            }
+    printf("  adapter gradients (%d matrices): max |ref| %.3g, max |diff| %.3g (%.2g of max |ref|); "
+           "tolerance %.0e max|ref| + %.0e |ref| (%s): %s\n",
+           2 * s->n, gmax, worst, worst / gmax, atol, rtol, why, bad ? "MISMATCH" : "ok");
+    return bad != 0 || !(gmax > 0);
+}
+
+/* The parity commands' inputs: PIPE with LORA's adapters, the prompts'
+ * text states in *c, the pair TRAJ (its step count K) and the reference
+ * REF. */
+static int open_parity(d3_dmodel *dm, float **c, st_file *tf, st_file *rf, const char *pipe,
+                       const char *lora, const char *trajf, const char *reff) {
+    char err[D3_ERRLEN];
+    open_model(dm, pipe, lora, 0, 0, 4, c);
+    if (st_load(tf, trajf, err)) fail(trajf, err);
+    if (st_load(rf, reff, err)) fail(reff, err);
+    const char *ks = st_meta(tf, "K");
+    int K = ks ? atoi(ks) : 0;
+    if (K < 1 || K > D3_MAX_STEPS) fail(trajf, "no K in the metadata");
+    return K;
+}
+
 static int cmd_d3po(const char *pipe, const char *lora, const char *trajf, const char *reff) {
     char err[D3_ERRLEN];
     d3_dmodel dm;
     float *c;
-    open_model(&dm, pipe, lora, 0, 0, 4, &c);
     st_file tf, rf;
-    if (st_load(&tf, trajf, err)) fail(trajf, err);
-    if (st_load(&rf, reff, err)) fail(reff, err);
-    const char *ks = st_meta(&tf, "K");
-    int K = ks ? atoi(ks) : 0;
-    if (K < 1 || K > D3_MAX_STEPS) fail(trajf, "no K in the metadata");
+    int K = open_parity(&dm, &c, &tf, &rf, pipe, lora, trajf, reff);
     size_t D = dm.D, Dc = dm.cond_floats;
     const float *t0 = tensor(&tf, "traj0", (K + 1) * D), *t1 = tensor(&tf, "traj1", (K + 1) * D);
     const float *cond = tensor(&tf, "cond", Dc), *unc = tensor(&tf, "uncond", Dc);
@@ -147,8 +210,7 @@ static int cmd_d3po(const char *pipe, const char *lora, const char *trajf, const
     double loss = dm_d3po_pair_backward(&dm, tp, g, &o, &d, t0, t1, cond, unc, ref, ref + K, NULL, h,
                                         NULL, lk, lp, lp + K, err);
     if (!isfinite(loss)) fail("dm_d3po_pair_backward", err);
-    const lora_set *s = dm_lora(&dm);
-    printf("tool_sdtrain d3po: %s, %d steps, %d adapters, loss %.9g\n", pipe, K, s->n, loss);
+    printf("tool_sdtrain d3po: %s, %d steps, %d adapters, loss %.9g\n", pipe, K, dm_lora(&dm)->n, loss);
     int clamped = 0;
     for (int k = 0; k < 2 * K; k++) clamped += fabs(lp[k] - ref[k]) > log(1.1);
     printf("  log-ratios beyond the clamp: %d of %d\n", clamped, 2 * K);
@@ -175,33 +237,121 @@ static int cmd_d3po(const char *pipe, const char *lora, const char *trajf, const
      * 1/sigma^2-scaled residuals, float32 on both sides: each element
      * within 1e-4 of the largest reference gradient + 2e-3 of its own
      * (measured: ~5e-6 of the largest) */
-    double gmax = 0, worst = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 0; i < s->n; i++)
-            for (int k = 0; k < 2; k++) {
-                const lora_module *m = &s->m[i];
-                char name[SD_NAME_MAX + 16];
-                snprintf(name, sizeof name, "grad.%s.%s", m->name, k ? "up" : "down");
-                size_t n = k ? (size_t)m->out * m->rank : (size_t)m->rank * m->in;
-                const float *a = g + (k ? m->up : m->down), *b = tensor(&rf, name, n);
-                for (size_t e = 0; e < n; e++) {
-                    double dd = fabs((double)a[e] - b[e]);
-                    if (!pass) {
-                        gmax = fmax(gmax, fabs(b[e]));
-                        continue;
-                    }
-                    worst = fmax(worst, dd);
-                    if (!(dd <= 1e-4 * gmax + 2e-3 * fabs(b[e])) && bad++ < 5)
-                        printf("    %s[%zu]: ours %.7g ref %.7g\n", name, e, a[e], b[e]);
-                }
-            }
-    printf("  adapter gradients (%d matrices): max |ref| %.3g, max |diff| %.3g (%.2g of max |ref|); "
-           "tolerance 1e-4 max|ref| + 2e-3 |ref| (float32 UNet backward): %s\n",
-           2 * s->n, gmax, worst, worst / gmax, bad ? "MISMATCH" : "ok");
-    bad |= !(gmax > 0);
+    bad |= check_grads(dm_lora(&dm), g, &rf, 1e-4, 2e-3, "float32 UNet backward");
     st_free(&tf);
     st_free(&rf);
     free(g); free(c);
+    tape_free(tp);
+    dm_close(&dm);
+    return bad;
+}
+
+/* The entries of g with the largest |g| in the first and last adapter's
+ * down and up matrices: where a central difference is well above the
+ * float32 noise of the loss. */
+static int fd_entries(const lora_set *s, const float *g, size_t *idx) {
+    int n = 0;
+    const lora_module *ms[2] = {&s->m[0], &s->m[s->n - 1]};
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 2; k++) {
+            const lora_module *m = ms[i];
+            size_t o = k ? m->up : m->down, c = k ? (size_t)m->out * m->rank : (size_t)m->rank * m->in;
+            size_t best = o;
+            for (size_t e = o; e < o + c; e++)
+                if (fabs(g[e]) > fabs(g[best])) best = e;
+            idx[n++] = best;
+        }
+    return n;
+}
+
+static int cmd_dpo(const char *pipe, const char *lora, const char *trajf, const char *reff) {
+    char err[D3_ERRLEN];
+    d3_dmodel dm;
+    float *c;
+    st_file tf, rf;
+    int K = open_parity(&dm, &c, &tf, &rf, pipe, lora, trajf, reff);
+    const char *bs = st_meta(&rf, "beta");
+    if (!bs) fail(reff, "no beta in the metadata");
+    size_t D = dm.D, Dc = dm.cond_floats;
+    const st_tensor *tt = st_find(&rf, "t");
+    if (!tt || tt->dtype != ST_F32 || tt->nbytes < sizeof(float) || tt->nbytes > 64 * sizeof(float))
+        fail(reff, "t: missing, not F32 or not 1..64 draws");
+    int N = (int)(tt->nbytes / sizeof(float)), t[64];
+    for (int j = 0; j < N; j++) t[j] = (int)((const float *)tt->data)[j];
+    const float *eps = tensor(&rf, "eps", N * D), *rl = tensor(&rf, "loss", N);
+    float *traj = malloc(2 * (K + 1) * D * sizeof(float));
+    memcpy(traj, tensor(&tf, "traj0", (K + 1) * D), (K + 1) * D * sizeof(float));
+    memcpy(traj + (K + 1) * D, tensor(&tf, "traj1", (K + 1) * D), (K + 1) * D * sizeof(float));
+    memcpy(c, tensor(&tf, "cond", Dc), Dc * sizeof(float));
+    const float *x0a = traj + K * D, *x0b = traj + (2 * K + 1) * D;
+    d3_tape *tp = tape_new(backend_cpu());
+    dpo_opts d = {.beta = strtof(bs, NULL)};
+    float h[2] = {1, -1}, lj[64];
+    size_t numel = dm.train.numel;
+    float *g = calloc(numel, sizeof(float));
+    double loss = dm_dpo_pair_backward(&dm, &dm, tp, g, &d, x0a, x0b, c, h, N, t, eps, lj, err);
+    if (!isfinite(loss)) fail("dm_dpo_pair_backward", err);
+    printf("tool_sdtrain dpo: %s, %d draws, beta T %g, %s, loss %.9g\n", pipe, N, d.beta * dm.T,
+           dm.pred_v ? "v target" : "eps target", loss);
+    int bad = 0;
+    /* the loss: -log sigmoid(-beta T s), s a difference of mean squared
+     * errors (~1) of float32 UNets summed in two orders (~1e-7 relative
+     * each): beta T = 500 turns that into ~1e-4 of the loss */
+    bad |= check("loss per draw", lj, rl, N, 5e-4, 1e-3, "beta T x float32 errors of the MSEs");
+    /* measured ~6e-5 of the largest gradient on sd1 and sd2 */
+    bad |= check_grads(dm_lora(&dm), g, &rf, 3e-4, 3e-3, "float32 UNet backward, beta T x MSE rounding");
+    /* central differences of the loss (double sums of float32 UNet
+     * outputs) in the largest-gradient entries of four matrices */
+    size_t idx[4];
+    int nf = fd_entries(dm_lora(&dm), g, idx), fbad = 0;
+    double gmax = 0, worst = 0;
+    for (size_t e = 0; e < numel; e++) gmax = fmax(gmax, fabs(g[e]));
+    for (int f = 0; f < nf; f++) {
+        float keep = dm.train.params[idx[f]];
+        double hh = 2e-2 * fmax(fabs(keep), 1.0), lpm[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            dm.train.params[idx[f]] = (float)(keep + (sgn ? -hh : hh));
+            dm_touch(&dm);
+            lpm[sgn] = dm_dpo_pair_backward(&dm, &dm, tp, NULL, &d, x0a, x0b, c, h, N, t, eps, NULL, err);
+        }
+        dm.train.params[idx[f]] = keep;
+        dm_touch(&dm);
+        double num = (lpm[0] - lpm[1]) / (2 * hh), dd = fabs(num - g[idx[f]]);
+        worst = fmax(worst, dd / fmax(fabs(num), 1e-30));
+        int ok = dd <= 3e-2 * fabs(num) + 1e-3 * gmax;
+        fbad += !ok;
+        printf("    [%zu] analytic %.6g numeric %.6g (h %.3g)%s\n", idx[f], g[idx[f]], num, hh,
+               ok ? "" : " MISMATCH");
+    }
+    printf("  central differences (%d entries): worst relative %.3g; tolerance 3e-2 relative + 1e-3 "
+           "max|g| (float32 UNet in the loss): %s\n", nf, worst, fbad ? "MISMATCH" : "ok");
+    bad |= fbad != 0;
+    /* training: d3po_train_dm with the Diffusion-DPO objective on this
+     * pair, the model its own reference (adapters off) */
+    d3po_pair p = {.cls = -1, .cond = c, .traj = {traj, traj + (K + 1) * D}, .h = {1, -1}, .ref_tag = -1};
+    d3po_train_opts to = d3po_train_opts_default();
+    to.sample = opts(K);
+    to.objective = D3PO_OBJ_DPO;
+    to.dpo = d;
+    to.dpo_draws = 4;
+    to.epochs = 4;
+    d3_adamw opt;
+    adamw_init(&opt, numel);
+    opt.lr = 1e-3f;
+    d3_rng rng;
+    rng_init(&rng, 7, 0);
+    double tl = d3po_train_dm(&dm, &dm, 0, tp, &opt, &p, 1, &to, &rng, NULL, NULL, err);
+    if (!isfinite(tl)) fail("d3po_train_dm (Diffusion-DPO)", err);
+    double after = dm_dpo_pair_backward(&dm, &dm, tp, NULL, &d, x0a, x0b, c, h, N, t, eps, NULL, err);
+    int moved = after < loss - 1e-3;
+    printf("  d3po_train_dm (diffusion-dpo, 4 updates of 4 draws, lr 1e-3): mean loss %.6f; loss on "
+           "REF's draws %.6f -> %.6f: %s\n", tl, loss, after, moved ? "ok" : "DID NOT DROP");
+    bad |= !moved;
+    adamw_free(&opt);
+    d3po_pairs_free_cache(&p, 1);
+    st_free(&tf);
+    st_free(&rf);
+    free(g); free(c); free(traj);
     tape_free(tp);
     dm_close(&dm);
     return bad;
@@ -271,9 +421,61 @@ static int cmd_pair(const char *pipe, int K, int size, uint64_t seed, int rank) 
     return 0;
 }
 
+static int cmd_round(const char *pipe, int size, int npairs, int K, int objective) {
+    char err[D3_ERRLEN];
+    d3_config cfg;
+    config_defaults(&cfg);
+    cfg.train.objective = objective;
+    if (K > 0) cfg.sampler.steps = K;
+    d3po_train_opts to = config_train_opts(&cfg);
+    K = to.sample.steps;
+    d3_dmodel dm;
+    float *c;
+    open_model(&dm, pipe, NULL, size, 1, 4, &c);
+    d3_tape *tp = tape_new(backend_cpu());
+    size_t D = dm.D;
+    float *traj = malloc((size_t)npairs * 2 * (K + 1) * D * sizeof(float)), *x = malloc(2 * D * sizeof(float));
+    uint8_t *rgb = malloc((size_t)2 * dm.img_h * dm.img_w * 3);
+    d3po_pair *pairs = calloc(npairs, sizeof *pairs);
+    double w0 = now();
+    for (int i = 0; i < npairs; i++) {
+        float *tr = traj + (size_t)i * 2 * (K + 1) * D;
+        if (dm_sample_pair(&dm, tp, &to.sample, c, c + dm.cond_floats, 100 + i, 1, x, tr, NULL, err) ||
+            dm_decode(&dm, tp, x, 2, rgb, err))
+            fail("sample", err);
+        pairs[i] = (d3po_pair){.cls = -1, .cond = c, .traj = {tr, tr + (K + 1) * D},
+                               .h = {i % 2 ? -1.0f : 1.0f, i % 2 ? 1.0f : -1.0f}, .ref_tag = -1};
+    }
+    double w1 = now();
+    d3_adamw opt;
+    adamw_init(&opt, dm.train.numel);
+    opt.lr = (float)cfg.d3po.lr;
+    opt.wd = (float)cfg.d3po.weight_decay;
+    d3_rng rng;
+    rng_init(&rng, 3, 0);
+    double loss = d3po_train_dm(&dm, &dm, 0, tp, &opt, pairs, npairs, &to, &rng, NULL, NULL, err);
+    if (!isfinite(loss)) fail("d3po_train_dm", err);
+    double w2 = now(), peak = peak_mb();
+    const char *on = objective == D3PO_OBJ_DPO ? "diffusion-dpo" : "d3po";
+    printf("tool_sdtrain round: %s, %s, latents %dx%dx%d (images %dx%d), K=%d, cfg %g, %d pairs, %d "
+           "epochs, loss %.6f\n", pipe, on, dm.C, dm.h, dm.w, dm.img_w, dm.img_h, K, to.sample.cfg,
+           npairs, to.epochs, loss);
+    printf("  sampling + decoding %.3f s, training %.3f s: %.3f s per pair; tape arena %.1f MB, peak RSS "
+           "%.1f MB\n", w1 - w0, w2 - w1, (w2 - w0) / npairs, tape_arena_bytes(tp) / 1048576.0, peak);
+    printf("d3po lora-round %s %d %d %d %.4f %.4f %.4f %.1f\n", on, K, dm.h, npairs, w1 - w0, w2 - w1,
+           (w2 - w0) / npairs, peak);
+    adamw_free(&opt);
+    d3po_pairs_free_cache(pairs, npairs);
+    free(pairs); free(traj); free(x); free(rgb); free(c);
+    tape_free(tp);
+    dm_close(&dm);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "traj")) return cmd_traj(argv[2], argv[3], atoi(argv[4]), argv[5]);
     if (argc == 6 && !strcmp(argv[1], "d3po")) return cmd_d3po(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 6 && !strcmp(argv[1], "dpo")) return cmd_dpo(argv[2], argv[3], argv[4], argv[5]);
     if (argc >= 4 && !strcmp(argv[1], "pair")) {
         int size = 0, rank = 4;
         uint64_t seed = 1;
@@ -285,7 +487,21 @@ int main(int argc, char **argv) {
         }
         return cmd_pair(argv[2], atoi(argv[3]), size, seed, rank);
     }
-    fprintf(stderr, "usage: tool_sdtrain traj PIPE LORA K OUT | d3po PIPE LORA TRAJ REF | "
-                    "pair PIPE K [--size S] [--seed N] [--rank R]\n");
+    if (argc >= 3 && !strcmp(argv[1], "round")) {
+        int size = 0, n = 8, K = 0, obj = D3PO_OBJ_D3PO;
+        for (int i = 3; i < argc; i++) {
+            if (i + 1 >= argc) fail(argv[i], "needs a value");
+            if (!strcmp(argv[i], "--size")) size = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--pairs")) n = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--steps")) K = atoi(argv[++i]);
+            else if (!strcmp(argv[i], "--objective")) obj = !strcmp(argv[++i], "diffusion-dpo") ? D3PO_OBJ_DPO : D3PO_OBJ_D3PO;
+            else fail(argv[i], "unknown option");
+        }
+        if (n < 1 || n > 1000) fail("--pairs", "expected 1..1000");
+        return cmd_round(argv[2], size, n, K, obj);
+    }
+    fprintf(stderr, "usage: tool_sdtrain traj PIPE LORA K OUT | d3po|dpo PIPE LORA TRAJ REF | "
+                    "pair PIPE K [--size S] [--seed N] [--rank R] | round PIPE [--size S] [--pairs N] "
+                    "[--steps K] [--objective d3po|diffusion-dpo]\n");
     return 1;
 }

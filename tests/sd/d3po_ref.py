@@ -25,6 +25,21 @@ one backward per step, gradients summed over the K steps.
 OUT (safetensors, float32): ref [2K] and logp [2K] (image 0's steps, then
 image 1's), loss [K], and grad.<module path>.down / .up of every adapter
 (peft's lora_A / lora_B gradients).
+
+  python d3po_ref.py --dpo PIPE LORA TRAJ OUT
+
+Diffusion-DPO (Wallace et al. 2024, as its official train script computes
+it on diffusers) on the pair's final latents x0_i = traj_i[K], image 0
+preferred, beta = 0.5 (beta T = 500 at T = 1000), for N = 3 draws (t_j,
+eps_j) made here (t = 7, 480, 950; eps ~ N(0, I) of torch seed 11), the
+same for both images:
+  x_i = scheduler.add_noise(x0_i, eps, t)
+  target_i = eps, or scheduler.get_velocity(x0_i, eps, t) on v-prediction
+  err_i = mean over elements of (target_i - unet(x_i, t, cond))^2,
+          one conditional pass (no guidance); rerr_i with adapters disabled
+  loss_j = -log sigmoid(-beta T ((err_0 - rerr_0) - (err_1 - rerr_1)))
+one backward of loss_j / N per draw. OUT: t [N] (as float), eps [N, C, h,
+w], loss [N], grad.<module>.down / .up of the mean loss; metadata beta.
 """
 import os
 import sys
@@ -36,18 +51,38 @@ import torch_fix  # noqa: E402,F401  (torch 1.13's baddbmm with beta=0)
 import torch.nn.functional as F  # noqa: E402
 
 
-def main(pipe_dir, lora, traj, out):
+DPO_BETA = 0.5
+DPO_T = (7, 480, 950)
+
+
+def load(pipe_dir, lora, traj):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None,
                                                    requires_safety_checker=False)
     pipe.load_lora_weights(load_file(lora), low_cpu_mem_usage=False, adapter_name="a")
     unet = pipe.unet
-    sched = DDIMScheduler.from_config(pipe.scheduler.config)
-    tr = load_file(traj)
+    for n, p in unet.named_parameters():
+        p.requires_grad_("lora_" in n)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers, "no peft layers on the UNet"
     with safe_open(traj, "pt") as f:
         meta = f.metadata()
+    return unet, DDIMScheduler.from_config(pipe.scheduler.config), layers, load_file(traj), meta
+
+
+def adapter_grads(unet, res):
+    for n, p in unet.named_parameters():
+        if "lora_A" in n or "lora_B" in n:
+            mod = n.split(".lora_")[0]
+            res["grad.%s.%s" % (mod, "down" if "lora_A" in n else "up")] = p.grad.detach().clone()
+
+
+def main(pipe_dir, lora, traj, out):
+    from safetensors.torch import save_file
+    unet, sched, layers, tr, meta = load(pipe_dir, lora, traj)
     K, cfg, eta = int(meta["K"]), float(meta["cfg"]), float(meta["eta"])
     sched.set_timesteps(K)
     T = sched.config.num_train_timesteps
@@ -56,11 +91,6 @@ def main(pipe_dir, lora, traj, out):
     vpred = sched.config.prediction_type == "v_prediction"
     trajs = torch.stack([tr["traj0"], tr["traj1"]])          # [2, K+1, C, h, w]
     ctx = torch.stack([tr["cond"], tr["cond"], tr["uncond"], tr["uncond"]])
-    for n, p in unet.named_parameters():
-        p.requires_grad_("lora_" in n)
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
-    assert layers, "no peft layers on the UNet"
 
     def adapters(on):
         for m in layers:
@@ -99,15 +129,52 @@ def main(pipe_dir, lora, traj, out):
         lk.backward()
         ref[:, k], logp[:, k], loss[k] = r.float(), lp.detach().float(), lk.detach().float()
     res = {"ref": ref.reshape(-1), "logp": logp.reshape(-1), "loss": loss}
-    for n, p in unet.named_parameters():
-        if "lora_A" in n or "lora_B" in n:
-            mod = n.split(".lora_")[0]
-            res["grad.%s.%s" % (mod, "down" if "lora_A" in n else "up")] = p.grad.detach().clone()
+    adapter_grads(unet, res)
     save_file({k: v.contiguous() for k, v in res.items()}, out)
     print("d3po_ref: %d steps, loss %.9g" % (K, float(loss.sum())))
 
 
+def main_dpo(pipe_dir, lora, traj, out):
+    from safetensors.torch import save_file
+    unet, sched, layers, tr, meta = load(pipe_dir, lora, traj)
+    K = int(meta["K"])
+    T = sched.config.num_train_timesteps
+    vpred = sched.config.prediction_type == "v_prediction"
+    x0 = torch.stack([tr["traj0"][K], tr["traj1"][K]])       # [2, C, h, w]
+    ctx = torch.stack([tr["cond"], tr["cond"]])
+    n = len(DPO_T)
+    eps = torch.randn((n,) + tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(11))
+    losses = torch.zeros(n)
+    for j, t in enumerate(DPO_T):
+        tt = torch.tensor([t, t])
+        e2 = torch.stack([eps[j], eps[j]])
+        x = sched.add_noise(x0, e2, tt)
+        target = sched.get_velocity(x0, e2, tt) if vpred else e2
+
+        def errs():
+            pred = unet(x, tt, encoder_hidden_states=ctx).sample
+            return ((target.double() - pred.double()) ** 2).mean(dim=(1, 2, 3))
+        with torch.no_grad():
+            for m in layers:
+                m.enable_adapters(False)
+            rerr = errs()
+            for m in layers:
+                m.enable_adapters(True)
+        err = errs()
+        s = (err[0] - rerr[0]) - (err[1] - rerr[1])
+        lj = -F.logsigmoid(-DPO_BETA * T * s)
+        (lj / n).backward()
+        losses[j] = float(lj)
+    res = {"t": torch.tensor(DPO_T, dtype=torch.float32), "eps": eps, "loss": losses}
+    adapter_grads(unet, res)
+    save_file({k: v.contiguous() for k, v in res.items()}, out, metadata={"beta": repr(DPO_BETA)})
+    print("d3po_ref --dpo: %d draws, loss per draw %s" % (n, " ".join("%.6f" % v for v in losses)))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
-        sys.exit("usage: d3po_ref.py PIPE LORA TRAJ OUT")
-    main(*sys.argv[1:])
+    if len(sys.argv) == 6 and sys.argv[1] == "--dpo":
+        main_dpo(*sys.argv[2:])
+    elif len(sys.argv) == 5:
+        main(*sys.argv[1:])
+    else:
+        sys.exit("usage: d3po_ref.py [--dpo] PIPE LORA TRAJ OUT")

@@ -19,6 +19,10 @@ Kinds (the configs the families use, at toy sizes):
   sd2    linear projections, per-block head counts, gelu CLIP,
          v-prediction, upcast_attention, pad token "!"
   bksdm  no mid block (mid_block_type null), one layer per block
+  mid    a mid-size SD 1.x-shaped UNet (channels 64/128/256, 2 layers per
+         block, context 256, 19M parameters) with a 4-layer width-256 CLIP
+         and the tiny VAE (factor 2): what 2 CPU cores can still train, for
+         the cost measurements of `d3po info --train` (bench/results)
   sd15   Stable Diffusion 1.5's configs at full size (UNet 860M, VAE 84M,
          CLIP ViT-L/14 text 123M parameters), random: the GPU bench
          (tests/gpu/run.sh); a few GB and a minute or two to build
@@ -107,6 +111,14 @@ def build(kind, out, seed, dtype, groups):
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             mid_block_type=None, cross_attention_dim=ctx, attention_head_dim=8)
         act, pad, pred = "quick_gelu", "<|endoftext|>", "epsilon"
+    elif kind == "mid":
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(64, 128, 256), norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=256, attention_head_dim=8, use_linear_projection=False)
+        act, pad, pred = "quick_gelu", "<|endoftext|>", "epsilon"
     elif kind == "sd15":
         unet = UNet2DConditionModel(
             sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -130,6 +142,8 @@ def build(kind, out, seed, dtype, groups):
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
             layers_per_block=1, norm_num_groups=groups, sample_size=16)
         width, inter, layers, heads = ctx, 37, 2, 4
+        if kind == "mid":
+            width, inter, layers, heads = 256, 1024, 4, 4
     text = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=width, intermediate_size=inter, num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
