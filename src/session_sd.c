@@ -186,24 +186,48 @@ static int round_on_disk(const d3_session *s, int round) {
     return stat(p, &sb) == 0;
 }
 
-int session_sd_export(const d3_session *s, int round, const char *out, lora_naming naming,
-                      int ignore_hash, char *err) {
+int session_sd_adapters(const d3_session *s, int ignore_hash, lora_set *l, char *err) {
     if (check_hash(s, ignore_hash, err)) return -1;
     sd_pipeline pl;
     if (sd_pipeline_open(&pl, s->model_path, NULL, err)) return -1;
     char list[SESSION_LORA_TARGETS], *tg[64], from[PLEN];
     dm_lora_opts lo = lora_opts(s, list, tg, from);
-    lora_set l;
     const sd_layout *L = &pl.L[SD_UNET];
-    int rc = lo.from ? lora_load(&l, lo.from, L, err)
-                     : lora_init(&l, L, lo.targets, lo.ntargets, lo.rank, lo.alpha, lo.seed, err);
-    if (!rc) {
-        if ((round || round_on_disk(s, 0)) && read_round(s, round, &l, l.params, NULL, err)) rc = -1;
-        if (!rc) rc = lora_save(&l, out, naming, err);
-        lora_free(&l);
-    }
+    int rc = lo.from ? lora_load(l, lo.from, L, err)
+                     : lora_init(l, L, lo.targets, lo.ntargets, lo.rank, lo.alpha, lo.seed, err);
     sd_pipeline_close(&pl);
     return rc;
+}
+
+int session_sd_read_adapters(const d3_session *s, int round, lora_set *l, d3_state *st, char *err) {
+    if (round == 0 && !round_on_disk(s, 0)) return 0; /* the fresh adapters */
+    return read_round(s, round, l, l->params, st, err);
+}
+
+int session_sd_export(const d3_session *s, int round, const char *out, lora_naming naming,
+                      int ignore_hash, char *err) {
+    lora_set l;
+    if (session_sd_adapters(s, ignore_hash, &l, err)) return -1;
+    int rc = session_sd_read_adapters(s, round, &l, NULL, err) || lora_save(&l, out, naming, err);
+    lora_free(&l);
+    return rc ? -1 : 0;
+}
+
+int session_sd_copy_round(d3_session *s, int from, char *err) {
+    char src[PLEN], dst[PLEN];
+    if (!round_on_disk(s, from))
+        return d3_errf(err, "%s: round %d has no adapters file (it was never loaded)", s->dir, from);
+    if (s->round + 1 > SESSION_MAX_ROUND)
+        return d3_errf(err, "%s: round limit %d reached", s->dir, SESSION_MAX_ROUND);
+    session_round_path(s, from, src, sizeof src);
+    session_round_path(s, s->round + 1, dst, sizeof dst);
+    unsigned char *buf;
+    size_t len;
+    if (fs_read_all(src, &buf, &len, err)) return -1;
+    const void *parts[1] = {buf};
+    int rc = fs_write_atomic(dst, parts, &len, 1, err);
+    free(buf);
+    return rc ? -1 : session_set_latest(s, s->round + 1, err);
 }
 
 int session_sd_load(d3_session *s, const d3_backend *be, int ignore_hash, d3_dmodel *dm,

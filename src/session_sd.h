@@ -32,6 +32,16 @@ int session_sd_load(d3_session *s, const d3_backend *be, int ignore_hash, d3_dmo
 /* The same for round `round` into an open dm with adapters attached (the
  * adapters' params and, st not NULL, the state). 0/-1. */
 int session_sd_read_round(const d3_session *s, int round, d3_dmodel *dm, d3_state *st, char *err);
+/* The session's adapters (layout from the model's UNet, read without its
+ * weights; the hash checked) with their initial values. lora_free. 0/-1. */
+int session_sd_adapters(const d3_session *s, int ignore_hash, lora_set *l, char *err);
+/* Round `round`'s values into l (from session_sd_adapters) and, st not
+ * NULL, its training state (state_free). Round 0 without a file leaves the
+ * initial values. Errors name the file. 0/-1. */
+int session_sd_read_adapters(const d3_session *s, int round, lora_set *l, d3_state *st, char *err);
+/* Rollback: round `from`'s file, byte for byte, becomes round s->round + 1
+ * (atomic copy, then LATEST). 0/-1. */
+int session_sd_copy_round(d3_session *s, int from, char *err);
 /* Writes round `round`'s adapters (round 0: those before training) as a
  * LoRA file in the naming chosen (lora_save), without loading the model's
  * weights (its layout only; hash checked as session_sd_load). 0/-1. */
