@@ -127,6 +127,53 @@ void engine_pair_free(d3_pair_sample *p) {
 
 const char *engine_family(const d3_engine *e) { return e->policy->family; }
 
+/* ---- the reference of a LoRA family: the policy with its adapters off ----
+ * A view over the policy (no second copy of the UNet): every forward
+ * switches the trainable adapters off around the policy's own forward, so
+ * the reference is the base (with its frozen LoRA files) bit for bit, as
+ * DESIGN.md's "reference = base" for the sd family. The tape computes
+ * while it records, so the switch is back on before anyone trains. */
+static int refv_condition(d3_dmodel *dm, const char *prompt, float *cond, char *err) {
+    return dm_condition(dm->impl, prompt, cond, err);
+}
+static int refv_plan(const d3_dmodel *dm, int K, int *ts, double *at, double *ap, char *err) {
+    const d3_dmodel *p = dm->impl;
+    return p->ops->plan(p, K, ts, at, ap, err);
+}
+static d3_tensor *refv_forward(d3_dmodel *dm, d3_tape *tp, float *grads, int n, const float *x,
+                               int t, const float *cond, const float *uncond, float cfg, int *nb) {
+    d3_dmodel *p = dm->impl;
+    (void)grads; /* the reference is never trained */
+    dm_adapters_on(p, 0);
+    d3_tensor *y = p->ops->forward(p, tp, NULL, n, x, t, cond, uncond, cfg, nb);
+    dm_adapters_on(p, 1);
+    return y;
+}
+static int refv_decode(d3_dmodel *dm, d3_tape *tp, const float *x, int n, uint8_t *rgb, char *err) {
+    return dm_decode(dm->impl, tp, x, n, rgb, err);
+}
+static float *refv_trainable_dev(d3_dmodel *dm, const d3_backend *be) {
+    (void)dm; (void)be;
+    return NULL;
+}
+static void refv_touch(d3_dmodel *dm) { (void)dm; }
+static void refv_close(d3_dmodel *dm) { (void)dm; } /* the policy is closed on its own */
+static const dm_ops refv_ops = {refv_condition, refv_plan,  refv_forward, refv_decode,
+                                refv_trainable_dev, refv_touch, refv_close};
+
+/* A malloc'd adapters-off view of policy (engine_start_dm without a base on
+ * a LoRA family), or NULL. */
+static d3_dmodel *ref_view(d3_dmodel *policy) {
+    d3_dmodel *v = malloc(sizeof *v);
+    if (!v) return NULL;
+    *v = *policy;
+    v->ops = &refv_ops;
+    v->impl = policy;
+    v->train = (dm_trainable){NULL, 0};
+    snprintf(v->desc, sizeof v->desc, "%.120s (adapters off)", policy->desc);
+    return v;
+}
+
 /* The policy's unconditional input, made once on the engine thread. */
 static const float *engine_uncond(d3_engine *e, char *err) {
     if (e->uncond) return e->uncond;
@@ -445,6 +492,11 @@ static d3_engine *start(d3_engine *e, d3_state *st, long version, const engine_o
     e->version = version;
     e->o = *o;
     e->running_kind = -1;
+    /* the checkpoint's RNG before st is taken over (taking it clears st:
+     * reading st->has_rng after that lost the state, and a resumed run
+     * shuffled differently from an uninterrupted one) */
+    rng_init(&e->rng, 0xD3B0, (uint64_t)version);
+    if (st && st->has_rng) e->rng = st->rng;
     if (st && st->has_opt) {
         e->st = *st;
         memset(st, 0, sizeof *st);
@@ -452,8 +504,6 @@ static d3_engine *start(d3_engine *e, d3_state *st, long version, const engine_o
         d3_errf(err, "engine: out of memory");
         goto fail;
     }
-    rng_init(&e->rng, 0xD3B0, (uint64_t)version);
-    if (st && st->has_rng) e->rng = st->rng;
     e->tp = tape_new(o->be ? o->be : backend_cpu());
     if (!e->tp) { d3_errf(err, "engine: out of memory"); goto fail; }
     if (pthread_create(&e->th, NULL, thread_main, e)) {
@@ -499,7 +549,13 @@ d3_engine *engine_start_dm(d3_dmodel *policy, d3_dmodel *base, d3_state *st, lon
     if (!e) { d3_errf(err, "engine: out of memory"); return NULL; }
     e->policy = policy;
     e->base = base;
+    if (!base && dm_lora(policy) && !(e->base = ref_view(policy))) {
+        free(e);
+        d3_errf(err, "engine: out of memory");
+        return NULL;
+    }
     if (start(e, st, version, o, err)) return e;
+    if (!base) free(e->base); /* the view; the models stay the caller's */
     free(e);
     return NULL;
 }

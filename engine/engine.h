@@ -113,9 +113,13 @@ d3_engine *engine_start(d3_model *policy, d3_model *base, d3_state *st, long ver
                         const engine_opts *o, char *err);
 /* The same on any family: policy and base are malloc'd, open models
  * (dm_open_*), owned by the engine from now on (dm_close and free at
- * engine_stop; base may be NULL). A pixel view's model is not freed: use
- * engine_start for pixel models the engine should own. The optimizer
- * state is sized to policy->train.numel. */
+ * engine_stop; base may be NULL). A policy with trainable LoRA adapters
+ * (dm_lora_attach) and no base gets the reference DESIGN.md asks for: a
+ * view of the policy with its adapters off (no second UNet), used for the
+ * reference log-probs and the drift measure. A pixel view's model is not
+ * freed: use engine_start for pixel models the engine should own. The
+ * optimizer state is sized to policy->train.numel; st's RNG (has_rng)
+ * continues the round shuffles where the checkpoint left them. */
 d3_engine *engine_start_dm(d3_dmodel *policy, d3_dmodel *base, d3_state *st, long version,
                            const engine_opts *o, char *err);
 /* The policy's family ("pixel", "sd"). */

@@ -126,3 +126,17 @@ int cli_objective(const char *cmd, const char *s, int *obj) {
     }
     return 0;
 }
+
+int cli_size(const char *cmd, const char *s, int *width, int *height) {
+    char *e1, *e2 = NULL;
+    long W = strtol(s, &e1, 10), H = *e1 == 'x' ? strtol(e1 + 1, &e2, 10) : 0;
+    if (*e1 != 'x' || !e2 || *e2 || W < 8 || H < 8 || W > 8192 || H > 8192) {
+        char safe[64];
+        cli_escape(safe, sizeof safe, s);
+        fprintf(stderr, "d3po %s: --size '%s': expected WxH in pixels, 8..8192\n", cmd, safe);
+        return -1;
+    }
+    *width = (int)W;
+    *height = (int)H;
+    return 0;
+}

@@ -32,6 +32,8 @@ int cmd_eval_model(int argc, char **argv);
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
 int cli_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
 int cli_float(const char *cmd, const char *opt, const char *s, double lo, double hi, double *out);
+/* --size WxH in pixels, 8..8192 each. */
+int cli_size(const char *cmd, const char *s, int *width, int *height);
 
 /* --device and --tf32, for the commands that compute with a model (label,
  * auto, train, eval, sample):

@@ -36,6 +36,7 @@
 #include "oracle.h"
 #include "rounds.h"
 #include "session.h"
+#include "session_sd.h"
 #include "text.h"
 
 #ifndef D3PO_DATADIR
@@ -49,6 +50,7 @@ static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
     "                 [--prompts FILE] [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
+    "                 [--size WxH] [--steps N] [--lora FILE]\n"
     "                 [--device auto|cpu|cuda] [--tf32]\n"
     "                 [--dtype fp32|fp16|bf16]\n"
     "\n"
@@ -77,7 +79,14 @@ static const char auto_help[] =
     "  --rounds N        training rounds to run now (0: the baseline score only)\n"
     "  --pairs N         pairs per round (default: the config's session.round_size)\n"
     "  --model FILE      model a new session starts from (default\n"
-    "                    models/default.safetensors)\n"
+    "                    models/default.safetensors); a Stable Diffusion-family\n"
+    "                    folder or single file makes an sd session: LoRA adapters\n"
+    "                    (the config's lora group) are trained, the model is\n"
+    "                    referred to by path and content hash, not copied\n"
+    "  --size WxH        sd: image size of a new session (default: the model's)\n"
+    "  --steps N         DDIM steps of the pairs (default: the config's sampler.steps)\n"
+    "  --lora FILE       sd: a new session's adapters start as this LoRA file\n"
+    "                    (kohya, diffusers or peft naming)\n"
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
     "  --prompts FILE    the session's prompt set from now on: one prompt a line,\n"
     "                    optionally PROMPT<TAB>WEIGHT (1..100); '#' lines are\n"
@@ -146,10 +155,21 @@ static void request_eval(autorun *a, int k) {
         rounds_extra(a->d, i, (uint64_t)i, 1, (uint64_t)k << 32 | (uint64_t)i);
 }
 
-static uint8_t *pair_rgb(const d3_pair_sample *p, int i) {
+/* Image i of a pair as shown (malloc'd, [img_h][img_w][3]): the engine's
+ * decoded image, or (a pixel pair without it) its x_0. *W, *H: its size. */
+static uint8_t *pair_rgb(const d3_pair_sample *p, int i, int *W, int *H) {
+    if (p->rgb[i]) {
+        size_t n = (size_t)p->img_h * p->img_w * 3;
+        uint8_t *rgb = malloc(n);
+        if (rgb) memcpy(rgb, p->rgb[i], n);
+        *W = p->img_w;
+        *H = p->img_h;
+        return rgb;
+    }
     size_t D = 3 * (size_t)p->S * p->S;
     uint8_t *rgb = malloc(D);
     if (rgb) image_to_rgb(rgb, p->traj[i] + (size_t)p->K * D, p->S, p->S);
+    *W = *H = p->S;
     return rgb;
 }
 
@@ -246,25 +266,26 @@ static int flush_metrics(autorun *a, char *err) {
 static int judge_pair(autorun *a, long id, d3_pair_sample *p, char *err) {
     int choice;
     char prompt[256];
-    text_escape(prompt, sizeof prompt, rounds_prompt_of(a->d, p->cls));
+    const char *ptext = rounds_pair_prompt(a->d, p);
+    text_escape(prompt, sizeof prompt, ptext);
     if (a->lab) {
         char pa[4200], pb[4200];
         session_pair_path(a->s, id, "a", pa, sizeof pa);
         session_pair_path(a->s, id, "b", pb, sizeof pb);
-        if (labeler_ask(a->lab, id, rounds_prompt_of(a->d, p->cls), pa, pb, &choice, err)) {
+        if (labeler_ask(a->lab, id, ptext, pa, pb, &choice, err)) {
             engine_pair_free(p);
             return -1;
         }
     } else {
-        uint8_t *ra = pair_rgb(p, 0), *rb = pair_rgb(p, 1);
+        int W, H;
+        uint8_t *ra = pair_rgb(p, 0, &W, &H), *rb = pair_rgb(p, 1, &W, &H);
         if (!ra || !rb) {
             free(ra);
             free(rb);
             engine_pair_free(p);
             return d3_errf(err, "out of memory");
         }
-        choice = oracle_set_prompt(a->oracle, rounds_prompt_of(a->d, p->cls), p->S, err)
-                     ? -1 : oracle_judge(a->oracle, ra, rb, p->S, p->S);
+        choice = oracle_set_prompt(a->oracle, ptext, W, err) ? -1 : oracle_judge(a->oracle, ra, rb, W, H);
         free(ra);
         free(rb);
         if (choice < 0) {
@@ -299,11 +320,12 @@ static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     }
     /* both images of the pair: 2N samples of the model for the price of N x_T
      * (the prompts were checked at the start: no error here but NAN) */
-    oracle_set_prompt(a->oracle, rounds_prompt_of(a->d, p->cls), p->S, NULL);
     for (int i = 0; i < 2; i++) {
-        uint8_t *rgb = pair_rgb(p, i);
+        int W, H;
+        uint8_t *rgb = pair_rgb(p, i, &W, &H);
         if (!rgb) return -1;
-        double sc = oracle_score(a->oracle, rgb, p->S, p->S);
+        oracle_set_prompt(a->oracle, rounds_pair_prompt(a->d, p), W, NULL);
+        double sc = oracle_score(a->oracle, rgb, W, H);
         free(rgb);
         if (isfinite(sc)) {
             a->r[k].esum += sc;
@@ -414,11 +436,14 @@ int cmd_auto(int argc, char **argv) {
                                          {"objective", 1, 0, 'O'},
                                          {"device", 1, 0, 'D'},
                                          {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},
+                                         {"size", 1, 0, 'z'}, {"steps", 1, 0, 'k'},
+                                         {"lora", 1, 0, 'L'},
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL,
-               *prompts_file = NULL;
-    long rounds = -1, npairs = 0, neval = 16;
+               *prompts_file = NULL, *lora_from = NULL;
+    long rounds = -1, npairs = 0, neval = 16, steps = 0;
+    int width = 0, height = 0;
     uint64_t seed = 0;
     double timeout = 30;
     int dev = -1, tf32 = 0, objective = -1;
@@ -475,6 +500,15 @@ int cmd_auto(int argc, char **argv) {
         case 'F':
             tf32 = 1;
             break;
+        case 'z':
+            if (cli_size("auto", optarg, &width, &height)) return EXIT_USAGE;
+            break;
+        case 'k':
+            if (cli_int("auto", "--steps", optarg, 1, D3_MAX_STEPS, &steps)) return EXIT_USAGE;
+            break;
+        case 'L':
+            lora_from = optarg;
+            break;
         case 'h':
             fputs(auto_help, stdout);
             return 0;
@@ -507,6 +541,7 @@ int cmd_auto(int argc, char **argv) {
         return fail(err);
     }
     if (!npairs) npairs = cfg.session.round_size;
+    if (steps) cfg.sampler.steps = (int)steps;
     if (objective >= 0) cfg.train.objective = objective;
     char device[CLI_NOTE_LEN];
     if (dtype >= 0) cfg.engine.dtype = dtype;
@@ -524,7 +559,7 @@ int cmd_auto(int argc, char **argv) {
     char *sj = json_dumps(set, JSON_COMPACT);
     json_decref(set);
     const char *given = model;
-    int made = session_ensure(dir, &model, sj, err);
+    int made = session_ensure_model(dir, &model, width, height, lora_from, &cfg, sj, err);
     free(sj);
     if (made < 0) {
         oracle_free(oracle);
@@ -621,7 +656,12 @@ int cmd_auto(int argc, char **argv) {
         a->oracle = oracle = oracle_new(oname, (uint64_t)s.next_pair, err);
     }
     /* realism judges by each prompt's training images: check every prompt now */
-    for (int i = 0; oracle && i < rounds_nprompts(a->d); i++)
+    if (oracle && s.family != SESSION_FAMILY_PIXEL && oracle_needs_prompt(oracle)) {
+        rc = fail("--oracle: realism judges by the emoji data set's classes: not for Stable "
+                  "Diffusion-family sessions");
+        goto out;
+    }
+    for (int i = 0; oracle && s.family == SESSION_FAMILY_PIXEL && i < rounds_nprompts(a->d); i++)
         if (oracle_set_prompt(oracle, rounds_prompt(a->d, i), s.arch.size, err)) {
             rc = fail(err);
             goto out;

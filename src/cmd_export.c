@@ -9,6 +9,12 @@
  *             {"pair": id, "image": "A"|"B", "caption": prompt,
  *              "score": 1|0|0.5, "png": "images/NNNNNN-a.png"}
  *
+ *   lora, lora-diffusers (Stable Diffusion-family sessions): the trained
+ *             LoRA adapters of the session's current round (or --round N)
+ *             as one .safetensors file, kohya naming (AUTOMATIC1111,
+ *             ComfyUI, diffusers' load_lora_weights) or diffusers naming;
+ *             --out is the file (session_sd_export).
+ *
  * Skipped and unlabeled pairs are left out. The PNGs are copied into
  * OUT/images/ (re-rendered from the trajectory's x_0 when the session has
  * no PNG for a pair); the .jsonl is written atomically after all images,
@@ -25,10 +31,13 @@
 #include "fsutil.h"
 #include "image.h"
 #include "session.h"
+#include "session_sd.h"
 #include "text.h"
 
 static const char export_help[] =
     "usage: d3po export --session DIR --format pickapic|scores --out DIR2\n"
+    "       d3po export --session DIR --format lora|lora-diffusers --out FILE.safetensors\n"
+    "                   [--round N]\n"
     "\n"
     "Exports the session's A/B/tie decisions (skips and unlabeled pairs are\n"
     "left out) with the images copied into DIR2/images/:\n"
@@ -37,6 +46,12 @@ static const char export_help[] =
     "  scores    DIR2/scores.jsonl: {\"pair\", \"image\": \"A\"|\"B\", \"caption\",\n"
     "            \"score\": 1|0|0.5, \"png\"} per image\n"
     "Image paths are relative to DIR2. The .jsonl file is written atomically.\n"
+    "On a Stable Diffusion-family session the trained LoRA adapters export as a\n"
+    "file AUTOMATIC1111, ComfyUI and diffusers' load_lora_weights read:\n"
+    "  lora            kohya naming (lora_unet_<module>.lora_down.weight, .lora_up.weight,\n"
+    "                  .alpha)\n"
+    "  lora-diffusers  diffusers naming (unet.<module>.lora.down.weight, .lora.up.weight)\n"
+    "  --round N       the adapters of round N (default: the session's current round)\n"
     "\n"
     "  --session DIR   the session (opened read-only)\n"
     "  --format F      pickapic or scores\n"
@@ -56,6 +71,8 @@ static int export_png(const d3_session *s, long id, int side, const session_pair
         free(buf);
         return rc;
     }
+    if (p->family != SESSION_FAMILY_PIXEL) /* x_0 is latents: only the VAE makes the image */
+        return d3_errf(err, "%s: missing (the image of a latent pair is not re-rendered here)", src);
     uint8_t *rgb = malloc((size_t)p->S * p->S * 3);
     if (!rgb) return d3_errf(err, "%s: out of memory", dst);
     image_to_rgb(rgb, p->traj[side] + (size_t)p->K * 3 * p->S * p->S, p->S, p->S);
@@ -82,11 +99,50 @@ static int append_line(char **out, size_t *len, size_t *cap, json_t *o) {
     return 0;
 }
 
+/* Opens dir read-only and prints its warnings; -1 (printed) on failure. */
+static int open_session(const char *dir, d3_session *s) {
+    char err[D3_ERRLEN];
+    if (session_open_readonly(dir, s, err)) {
+        fprintf(stderr, "d3po export: %s\n", err);
+        return -1;
+    }
+    for (int i = 0; i < s->nwarn; i++) fprintf(stderr, "d3po export: warning: %s\n", s->warn[i]);
+    return 0;
+}
+
+/* --format lora|lora-diffusers: the adapters of a round of an sd session. */
+static int export_lora(const char *dir, const char *fmt, const char *out, int round) {
+    char err[D3_ERRLEN];
+    d3_session s;
+    if (open_session(dir, &s)) return EXIT_FAIL;
+    int rc = EXIT_FAIL;
+    if (s.family != SESSION_FAMILY_SD) {
+        fprintf(stderr, "d3po export: --format %s: %s is a %s session (LoRA adapters are trained on "
+                "Stable Diffusion-family sessions only)\n", fmt, dir, session_family_name(s.family));
+        rc = EXIT_USAGE;
+    } else if (round > s.round) {
+        fprintf(stderr, "d3po export: --round %d: %s is at round %d\n", round, dir, s.round);
+        rc = EXIT_USAGE;
+    } else if (session_sd_export(&s, round < 0 ? s.round : round, out,
+                                 strcmp(fmt, "lora") ? LORA_DIFFUSERS : LORA_KOHYA,
+                                 session_sd_ignore_hash_env(), err)) {
+        fprintf(stderr, "d3po export: %s\n", err);
+    } else {
+        char shown[256];
+        printf("%s: the LoRA adapters of round %d, %s naming\n", text_escape(shown, sizeof shown, out),
+               round < 0 ? s.round : round, strcmp(fmt, "lora") ? "diffusers" : "kohya");
+        rc = 0;
+    }
+    session_close(&s);
+    return rc;
+}
+
 int cmd_export(int argc, char **argv) {
     static const struct option opts[] = {{"session", 1, 0, 's'}, {"format", 1, 0, 'f'},
                                          {"out", 1, 0, 'o'},     {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
+                                         {"round", 1, 0, 'r'},   {0, 0, 0, 0}};
     const char *dir = NULL, *fmt = NULL, *out = NULL;
+    long round = -1;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -94,6 +150,9 @@ int cmd_export(int argc, char **argv) {
         case 's': dir = optarg; break;
         case 'f': fmt = optarg; break;
         case 'o': out = optarg; break;
+        case 'r':
+            if (cli_int("export", "--round", optarg, 0, SESSION_MAX_ROUND, &round)) return EXIT_USAGE;
+            break;
         case 'h': fputs(export_help, stdout); return 0;
         default: fputs(export_help, stderr); return EXIT_USAGE;
         }
@@ -105,17 +164,21 @@ int cmd_export(int argc, char **argv) {
         return EXIT_USAGE;
     }
     int pickapic = !strcmp(fmt, "pickapic");
+    if (!strcmp(fmt, "lora") || !strcmp(fmt, "lora-diffusers"))
+        return export_lora(dir, fmt, out, (int)round);
+    if (round >= 0) {
+        fprintf(stderr, "d3po export: --round applies to --format lora and lora-diffusers\n");
+        return EXIT_USAGE;
+    }
     if (!pickapic && strcmp(fmt, "scores")) {
-        fprintf(stderr, "d3po export: --format '%s': expected pickapic or scores\n", fmt);
+        char shown[64];
+        fprintf(stderr, "d3po export: --format '%s': expected pickapic, scores, lora or lora-diffusers\n",
+                text_escape(shown, sizeof shown, fmt));
         return EXIT_USAGE;
     }
     char err[D3_ERRLEN];
     d3_session s;
-    if (session_open_readonly(dir, &s, err)) {
-        fprintf(stderr, "d3po export: %s\n", err);
-        return EXIT_FAIL;
-    }
-    for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po export: warning: %s\n", s.warn[i]);
+    if (open_session(dir, &s)) return EXIT_FAIL;
     char imgdir[4200];
     snprintf(imgdir, sizeof imgdir, "%s/images", out);
     char *text = NULL;
@@ -134,7 +197,8 @@ int cmd_export(int argc, char **argv) {
             skipped++;
             continue;
         }
-        const char *caption = p.cls >= 0 && p.cls < s.policy.nclasses && s.policy.class_names
+        const char *caption = p.prompt ? p.prompt
+                              : p.cls >= 0 && p.cls < s.policy.nclasses && s.policy.class_names
                                   ? s.policy.class_names[p.cls] : "";
         char rel[2][64], abs_[2][4300];
         for (int k = 0; k < 2 && !rc; k++) {

@@ -13,6 +13,7 @@
 #include "label.h"
 #include "rounds.h"
 #include "session.h"
+#include "session_sd.h"
 #include "term.h"
 
 #ifndef D3PO_DATADIR
@@ -23,6 +24,7 @@ static const char label_help[] =
     "usage: d3po [label] [--session DIR] [--model FILE] [--config FILE]\n"
     "                    [--graphics auto|sixel|blocks] [--round-size N]\n"
     "                    [--prompts FILE] [--objective d3po|diffusion-dpo]\n"
+    "                    [--size WxH] [--steps N] [--lora FILE]\n"
     "                    [--device auto|cpu|cuda] [--tf32]\n"
     "                    [--dtype fp32|fp16|bf16]\n"
     "\n"
@@ -33,7 +35,13 @@ static const char label_help[] =
     "                    i.e. ~/.local/share/d3po/sessions/default); created when new,\n"
     "                    resumed when it exists\n"
     "  --model FILE      model a new session starts from (default: the embedded\n"
-    "                    default model, models/default.safetensors)\n"
+    "                    default model, models/default.safetensors); a Stable\n"
+    "                    Diffusion-family folder or single file makes an sd session\n"
+    "                    that trains LoRA adapters (the config's lora group); the\n"
+    "                    model is referred to by path and content hash, not copied\n"
+    "  --size WxH        sd: image size of a new session (default: the model's)\n"
+    "  --steps N         DDIM steps of the pairs (default: the config's sampler.steps)\n"
+    "  --lora FILE       sd: a new session's adapters start as this LoRA file\n"
     "  --config FILE     settings (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
     "  --graphics MODE   auto (detect), sixel or blocks (half-block fallback)\n"
     "  --round-size N    labeled pairs per training round (default from the config: 8)\n"
@@ -62,9 +70,12 @@ int cmd_label(int argc, char **argv) {
         {"session", 1, 0, 's'}, {"model", 1, 0, 'm'}, {"config", 1, 0, 'c'},
         {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
         {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
-        {"objective", 1, 0, 'O'}, {0, 0, 0, 0}};
-    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL;
-    long round_size = 0;
+        {"objective", 1, 0, 'O'}, {"size", 1, 0, 'z'}, {"steps", 1, 0, 'k'},
+        {"lora", 1, 0, 'L'}, {0, 0, 0, 0}};
+    const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL,
+               *lora_from = NULL;
+    long round_size = 0, steps = 0;
+    int width = 0, height = 0;
     char err[D3_ERRLEN], dbuf[4096];
     int c, dev = -1, tf32 = 0, objective = -1;
     optind = 1;
@@ -95,6 +106,13 @@ int cmd_label(int argc, char **argv) {
             if (cli_objective("label", optarg, &objective)) return EXIT_USAGE;
             break;
         case 'P': prompts = optarg; break;
+        case 'z':
+            if (cli_size("label", optarg, &width, &height)) return EXIT_USAGE;
+            break;
+        case 'k':
+            if (cli_int("label", "--steps", optarg, 1, D3_MAX_STEPS, &steps)) return EXIT_USAGE;
+            break;
+        case 'L': lora_from = optarg; break;
         case 'h': fputs(label_help, stdout); return 0;
         default: fputs(label_help, stderr); return EXIT_USAGE;
         }
@@ -109,6 +127,7 @@ int cmd_label(int argc, char **argv) {
         return EXIT_FAIL;
     }
     if (objective >= 0) cfg.train.objective = objective;
+    if (steps) cfg.sampler.steps = (int)steps;
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
         fprintf(stderr, "d3po label: the labeling screen needs a terminal (standard input and "
                         "output); for headless work see 'd3po --help'\n");
@@ -133,7 +152,7 @@ int cmd_label(int argc, char **argv) {
     char sj[96];
     snprintf(sj, sizeof sj, "{\"created_by\":\"d3po label\",\"objective\":\"%s\"}",
              config_objective_name(cfg.train.objective));
-    int made = session_ensure(dir, &model, sj, err);
+    int made = session_ensure_model(dir, &model, width, height, lora_from, &cfg, sj, err);
     if (made < 0) {
         fprintf(stderr, "d3po label: %s\n", err);
         return made == -2 ? EXIT_USAGE : EXIT_FAIL;

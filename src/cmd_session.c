@@ -14,6 +14,7 @@
 #include "fsutil.h"
 #include "model.h"
 #include "session.h"
+#include "session_sd.h"
 #include "text.h"
 
 static const char session_help[] =
@@ -42,11 +43,35 @@ static const char session_help[] =
     "rollback makes round N's model the session's model again: it is saved as a\n"
     "new round (current + 1) with its weights and optimizer state, so versions\n"
     "keep rising and no checkpoint or label is rewritten; labels and pairs\n"
-    "stay as they are.\n";
+    "stay as they are.\n"
+    "\n"
+    "On a Stable Diffusion-family session the base model is the pipeline the\n"
+    "session refers to (path and content hash in session.json; check reports a\n"
+    "changed hash), and each round holds only the LoRA adapters and their\n"
+    "optimizer state.\n";
+
+/* The base model in one line: the pixel UNet's architecture, or the sd
+ * pipeline, its hash, latents and adapters. */
+static void base_desc(const d3_session *s, char *out, size_t n) {
+    if (s->family == SESSION_FAMILY_PIXEL) {
+        char arch[256];
+        unet_arch_format(&s->arch, arch, sizeof arch);
+        snprintf(out, n, "%s, %d classes", arch, s->nclasses);
+        return;
+    }
+    char path[1024];
+    snprintf(out, n, "%s (Stable Diffusion family, %s), latents %dx%dx%d; LoRA %s", 
+             text_escape(path, sizeof path, s->model_path), s->model_hash, s->lat_c, s->lat_h,
+             s->lat_w, s->lora.start ? "started from " SESSION_LORA_START : "");
+    size_t u = strlen(out);
+    if (!s->lora.start && u < n)
+        snprintf(out + u, n - u, "rank %d, alpha %g on %s", s->lora.rank, s->lora.alpha,
+                 s->lora.targets);
+}
 
 static void print_text(const d3_session *s, const session_stats *in) {
-    char arch[256], t1[1024];
-    unet_arch_format(&s->arch, arch, sizeof arch);
+    char arch[1400], t1[1024];
+    base_desc(s, arch, sizeof arch);
     printf("session:      %s\n", text_escape(t1, sizeof t1, s->dir));
     printf("pairs:        %ld sampled, %ld labeled, %ld unlabeled (queued)\n", in->pairs,
            in->labeled, in->unlabeled);
@@ -57,7 +82,7 @@ static void print_text(const d3_session *s, const session_stats *in) {
            "round)\n", in->trained, in->untrained);
     printf("rounds:       %d trained\n", in->round);
     printf("model:        version %d (rounds/%04d.safetensors)\n", in->version, in->round);
-    printf("base model:   %s, %d classes\n", arch, s->nclasses);
+    printf("base model:   %s\n", arch);
     if (s->nprompts) {
         printf("prompts:      %d:", s->nprompts);
         for (int i = 0; i < s->nprompts; i++) {
@@ -66,7 +91,8 @@ static void print_text(const d3_session *s, const session_stats *in) {
         }
         printf("\n");
     } else {
-        printf("prompts:      every class of the model\n");
+        printf("prompts:      %s\n", s->family == SESSION_FAMILY_PIXEL ? "every class of the model"
+                                                                       : "none yet");
     }
     if (s->prompt_fixed) printf("fixed prompt: %s\n", text_escape(t1, sizeof t1, s->prompt_fixed));
     json_t *o = json_loads(s->settings, 0, NULL);
@@ -89,8 +115,8 @@ static void print_text(const d3_session *s, const session_stats *in) {
 }
 
 static int print_json(const d3_session *s, const session_stats *in) {
-    char arch[256];
-    unet_arch_format(&s->arch, arch, sizeof arch);
+    char arch[1400];
+    base_desc(s, arch, sizeof arch);
     json_t *warn = json_array();
     for (int i = 0; i < s->nwarn; i++) json_array_append_new(warn, json_string(s->warn[i]));
     json_t *prompts = json_array();
@@ -99,7 +125,7 @@ static int print_json(const d3_session *s, const session_stats *in) {
                                                  s->prompt_w[i]));
     json_t *o = json_pack(
         "{s:s, s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:I, s:i, s:i, s:s, s:i, "
-        "s:o, s:o, s:o, s:o}",
+        "s:o, s:o, s:o, s:o, s:s}",
         "session", s->dir,
         "pairs", "sampled", (json_int_t)in->pairs, "labeled", (json_int_t)in->labeled,
         "unlabeled", (json_int_t)in->unlabeled,
@@ -110,7 +136,8 @@ static int print_json(const d3_session *s, const session_stats *in) {
         "journal_records", (json_int_t)in->journal_lines,
         "rounds", in->round, "version", in->version, "arch", arch, "classes", s->nclasses,
         "settings", json_loads(s->settings, 0, NULL), "warnings", warn, "prompts", prompts,
-        "fixed_prompt", s->prompt_fixed ? json_string(s->prompt_fixed) : json_null());
+        "fixed_prompt", s->prompt_fixed ? json_string(s->prompt_fixed) : json_null(),
+        "family", session_family_name(s->family));
     if (!o) {
         fprintf(stderr, "d3po session: cannot encode the JSON output\n");
         return EXIT_FAIL;
@@ -229,13 +256,22 @@ static int session_check_cmd(int argc, char **argv) {
             }
         }
         free(buf);
+        /* sd: the adapters' layout from the model (its hash checked) */
+        lora_set ad = {0};
+        int sd = s.family == SESSION_FAMILY_SD, have_ad = 0;
+        if (sd && !(have_ad = !session_sd_adapters(&s, 0, &ad, err))) {
+            snprintf(msg, sizeof msg, "%s; the rounds' adapters are not checked against it", err);
+            text_escape_inplace(msg, sizeof msg);
+            problem(&cx, msg);
+        }
         for (int round = 0; round <= SESSION_MAX_ROUND; round++) {
             session_round_path(&s, round, path, sizeof path);
-            if (access(path, F_OK)) continue;
+            if (access(path, F_OK) || (sd && !have_ad)) continue;
             d3_model m;
             d3_state st;
-            if (model_load(&m, path, &st, err) == 0) {
-                model_free(&m);
+            if (sd ? session_sd_read_adapters(&s, round, &ad, &st, err) == 0
+                   : model_load(&m, path, &st, err) == 0) {
+                if (!sd) model_free(&m);
                 state_free(&st);
                 continue;
             }
@@ -246,6 +282,7 @@ static int session_check_cmd(int argc, char **argv) {
             snprintf(bad, sizeof bad, "%s.bad", path);
             if (repair && round != s.round && !rename(path, bad)) fixed++;
         }
+        if (have_ad) lora_free(&ad);
     }
     /* pairs */
     for (long id = 0; id < s.next_pair; id++) {
@@ -315,6 +352,15 @@ static int session_rollback_cmd(int argc, char **argv) {
         fprintf(stderr, "d3po session rollback: %s is at round %d; --to-round must be earlier\n",
                 s.dir, s.round);
         rc = EXIT_USAGE;
+    } else if (s.family == SESSION_FAMILY_SD) {
+        int from = s.round;
+        if (session_sd_copy_round(&s, (int)to, err)) {
+            fprintf(stderr, "d3po session rollback: %s\n", err);
+            rc = EXIT_FAIL;
+        } else {
+            printf("%s: round %d is round %ld's adapters (rolled back from round %d)\n", s.dir,
+                   s.round, to, from);
+        }
     } else {
         d3_model m;
         d3_state st;

@@ -10,6 +10,7 @@
  * and of a parse error (config_error_line); every message here starts with
  * "FILE:LINE: " when there is a line to give. */
 #include "config.h"
+#include "text.h"
 
 #include <errno.h>
 #include <libconfig.h>
@@ -24,7 +25,7 @@
 
 /* ---- the table of scalar settings ---- */
 
-enum { K_INT, K_FLOAT, K_ENUM, K_BOOL };
+enum { K_INT, K_FLOAT, K_ENUM, K_BOOL, K_STR }; /* K_STR: lora.targets */
 
 typedef struct {
     const char *group, *name;
@@ -71,10 +72,14 @@ static const keydef keydefs[] = {
     {"engine", "threads", K_INT, OFF(engine.threads), 0, 1024, 0, 0, NULL},
     {"engine", "tf32", K_BOOL, OFF(engine.tf32), 0, 0, 0, 0, NULL},
     {"engine", "dtype", K_ENUM, OFF(engine.dtype), 0, 0, 0, 0, dtype_names},
+    {"lora", "rank", K_INT, OFF(lora.rank), 1, 1024, 0, 0, NULL},
+    {"lora", "alpha", K_FLOAT, OFF(lora.alpha), 0, 1e6, 0, 0, NULL},
+    {"lora", "seed", K_INT, OFF(lora.seed), 0, 2147483647, 0, 0, NULL},
+    {"lora", "targets", K_STR, OFF(lora.targets), 0, 0, 0, 0, NULL},
 };
 #define NKEYDEFS (sizeof keydefs / sizeof keydefs[0])
 
-static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui", "engine", NULL};
+static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui", "engine", "lora", NULL};
 
 static const char *const action_names[D3_ACT_COUNT + 1] = {"left",   "right", "tie",     "skip",
                                                            "undo",   "zoom",  "history", "train",
@@ -165,6 +170,10 @@ void config_defaults(d3_config *c) {
     c->engine.threads = 0;
     c->engine.tf32 = 0;
     c->engine.dtype = D3_DTYPE_FP32;
+    c->lora.rank = 4; /* the official D3PO code's LoRA */
+    c->lora.alpha = 0;
+    c->lora.seed = 0;
+    strcpy(c->lora.targets, "to_q,to_k,to_v,to_out.0");
     strcpy(c->source, "built-in defaults");
 }
 
@@ -244,6 +253,9 @@ static const char *type_name(const config_setting_t *s) {
 static void expected(char *buf, size_t n, const keydef *k) {
     if (k->kind == K_BOOL) {
         snprintf(buf, n, "a boolean (true or false)");
+    } else if (k->kind == K_STR) {
+        snprintf(buf, n, "a string of comma-separated module names (1 to %d bytes)",
+                 D3_CFG_TARGETS_LEN - 1);
     } else if (k->kind == K_INT) {
         snprintf(buf, n, "an integer from %.0f to %.0f", k->lo, k->hi);
     } else if (k->kind == K_FLOAT) {
@@ -310,6 +322,23 @@ static int read_scalar(d3_config *c, const keydef *k, const config_setting_t *s,
                 return 0;
             }
         return d3_errf(err, "%s: %s: expected %s, got \"%s\"", loc, full, exp, v);
+    }
+    if (k->kind == K_STR) {
+        const char *v = t == CONFIG_TYPE_STRING ? config_setting_get_string(s) : NULL;
+        int ok = v && v[0] && strlen(v) < D3_CFG_TARGETS_LEN && v[strlen(v) - 1] != ',' && v[0] != ',' &&
+                 !strstr(v, ",,");
+        for (const char *q = v; ok && *q; q++)
+            ok = (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+                 *q == '_' || *q == '.' || *q == ',';
+        if (!ok) {
+            if (t != CONFIG_TYPE_STRING)
+                return d3_errf(err, "%s: %s: expected %s, got %s", loc, full, exp, type_name(s));
+            char shown[64];
+            return d3_errf(err, "%s: %s: expected %s, got \"%s\"", loc, full, exp,
+                           text_escape(shown, sizeof shown, v));
+        }
+        snprintf((char *)c + k->off, D3_CFG_TARGETS_LEN, "%s", v);
+        return 0;
     }
     if (k->kind == K_BOOL) {
         if (t != CONFIG_TYPE_BOOL)
@@ -487,7 +516,7 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
         for (int j = 0; groups[j]; j++) known |= !strcmp(groups[j], gname);
         if (!known) {
             static const char *const top[] = {"preset", "sampler", "session", "d3po",
-                                              "ui",     "engine",  NULL};
+                                              "ui",     "engine",  "lora", NULL};
             valid_names(names, sizeof names, "top-level keys", gname, top);
             return d3_errf(err, "%s: %s: unknown key; %s", loc, gname, names);
         }
@@ -724,6 +753,8 @@ static void put_value(FILE *f, const d3_config *c, const keydef *k) {
         fprintf(f, "%d", cint_at(c, k));
     else if (k->kind == K_FLOAT)
         put_double(f, cdbl_at(c, k));
+    else if (k->kind == K_STR)
+        put_string(f, (const char *)c + k->off);
     else
         put_string(f, k->enums[cint_at(c, k)]);
 }

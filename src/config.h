@@ -33,6 +33,7 @@
 #define D3_CFG_MAX_PROMPTS 256 /* session.prompts entries */
 #define D3_CFG_PROMPT_LEN 64   /* bytes per prompt, with the NUL */
 #define D3_CFG_KEYS_PER_ACTION 4
+#define D3_CFG_TARGETS_LEN 256 /* lora.targets, with the NUL */
 #define D3_CFG_KEYNAME_LEN 16 /* "Backspace", "PageDown", "F12", "q" ... */
 
 /* preset: which D3PO values the d3po group starts from. */
@@ -101,6 +102,13 @@ typedef struct {
         int tf32;         /* allow TF32 tensor cores on the GPU: false (0) */
         d3_dtype dtype;   /* precision of the frozen base: "fp32" (the CPU computes in fp32) */
     } engine;
+    struct {
+        int rank;      /* LoRA rank of new adapters (sd family): 4, 1..1024 */
+        double alpha;  /* LoRA alpha: 0 = the rank (alpha/rank = 1), [0, 1e6] */
+        int seed;      /* seed of the down matrices: 0, 0..2^31-1 */
+        char targets[D3_CFG_TARGETS_LEN]; /* comma-separated module name ends:
+                                             "to_q,to_k,to_v,to_out.0" */
+    } lora;
     char source[D3_CFG_PATH_LEN]; /* the file read, or "built-in defaults" */
 } d3_config;
 

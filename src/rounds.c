@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "session_sd.h"
 #include "text.h"
 
 #define TAG_EXTRA (1ULL << 63) /* pairs of rounds_extra; training pairs have tag 0 */
@@ -26,6 +27,9 @@ struct rounds {
     int np;
     char **prompt;
     int *cls;
+    int *pw;              /* [np] their weights */
+    int cap;              /* room in prompt[], cls[], pw[] */
+    int text;             /* free-text prompts (a family without classes: sd) */
     int *cycle, ncycle;   /* indices into prompt[] */
     int fixed;            /* index into prompt[], or a class id + np when not in the set; -1 */
     int nclasses;
@@ -56,74 +60,47 @@ static int save_round(void *ctx, const d3_model *policy, const d3_state *st, int
     return session_save_round(ctx, policy, st, round, err);
 }
 
+static int save_round_sd(void *ctx, d3_dmodel *policy, const d3_state *st, int round, char *err) {
+    return session_sd_save_round(ctx, policy, st, round, err);
+}
+
 /* ---- prompts ---- */
 
-static int add_prompt(rounds *d, const char *text, int cls) {
+static int add_prompt(rounds *d, const char *text, int cls, int weight) {
+    if (d->np == d->cap) {
+        int nc = 2 * d->cap + 8;
+        char **np = realloc(d->prompt, (size_t)nc * sizeof *np);
+        if (np) d->prompt = np;
+        int *nc1 = np ? realloc(d->cls, (size_t)nc * sizeof *nc1) : NULL;
+        if (nc1) d->cls = nc1;
+        int *nw = nc1 ? realloc(d->pw, (size_t)nc * sizeof *nw) : NULL;
+        if (!nw) return -1;
+        d->pw = nw;
+        d->cap = nc;
+    }
     d->prompt[d->np] = strdup(text);
     if (!d->prompt[d->np]) return -1;
+    d->pw[d->np] = weight;
     d->cls[d->np++] = cls;
     return 0;
 }
 
-/* The set: the session's prompts.json, else the config's session.prompts
- * (then saved into the session, so it survives resume), else every
- * class. Weights make the cycle: smooth weighted round robin, so a prompt
- * of weight 3 comes up 3 times per cycle, spread out. */
-static int build_prompts(rounds *d, const d3_model *m, char *err) {
-    d3_session *s = d->s;
-    int n = s->nprompts ? s->nprompts : d->c->session.nprompts;
-    int cap = (n > m->nclasses ? n : m->nclasses) + 1;
-    int *w = calloc((size_t)cap, sizeof *w);
-    d->prompt = calloc((size_t)cap, sizeof *d->prompt);
-    d->cls = calloc((size_t)cap, sizeof *d->cls);
-    d->class_name = calloc((size_t)m->nclasses + 1, sizeof *d->class_name);
-    if (!w || !d->prompt || !d->cls || !d->class_name) {
-        free(w);
-        return d3_errf(err, "out of memory");
-    }
-    d->nclasses = m->nclasses;
-    for (int i = 0; i < m->nclasses; i++)
-        if (!(d->class_name[i] = strdup(m->class_names[i]))) { free(w); return d3_errf(err, "out of memory"); }
-    if (!s->nprompts && d->c->session.nprompts) {
-        const char *p[D3_CFG_MAX_PROMPTS];
-        for (int i = 0; i < d->c->session.nprompts; i++) p[i] = d->c->session.prompts[i];
-        if (!s->readonly && session_set_prompts(s, p, NULL, d->c->session.nprompts, s->prompt_fixed, err)) {
-            free(w);
-            return -1;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        const char *t = s->nprompts ? s->prompts[i] : d->c->session.prompts[i];
-        int id = model_find_class(m, t);
-        if (id < 0 || id >= m->nclasses) {
-            session_warn(s, "%s/prompts.json: prompt '%.200s' is not a class of the model; left out",
-                         s->dir, t);
-            continue;
-        }
-        w[d->np] = s->nprompts ? s->prompt_w[i] : 1;
-        if (add_prompt(d, t, id)) { free(w); return d3_errf(err, "out of memory"); }
-    }
-    if (!d->np) {
-        if (n) session_warn(s, "%s: no prompt of the set is a class of the model; every class is used",
-                            s->dir);
-        for (int i = 0; i < m->nclasses; i++) {
-            w[i] = 1;
-            if (add_prompt(d, m->class_names[i], i)) { free(w); return d3_errf(err, "out of memory"); }
-        }
-    }
+/* The weighted cycle over prompt[] by pw[]: smooth weighted round robin,
+ * so a prompt of weight 3 comes up 3 times per cycle, spread out. */
+static int make_cycle(rounds *d, char *err) {
     long total = 0;
-    for (int i = 0; i < d->np; i++) total += w[i];
+    for (int i = 0; i < d->np; i++) total += d->pw[i];
+    free(d->cycle);
     d->cycle = malloc((size_t)(total > 0 ? total : 1) * sizeof *d->cycle);
-    long *cur = calloc((size_t)d->np, sizeof *cur);
+    long *cur = calloc((size_t)d->np + 1, sizeof *cur);
     if (!d->cycle || !cur) {
-        free(w);
         free(cur);
         return d3_errf(err, "out of memory");
     }
     for (long k = 0; k < total; k++) {
         int best = 0;
         for (int i = 0; i < d->np; i++) {
-            cur[i] += w[i];
+            cur[i] += d->pw[i];
             if (cur[i] > cur[best]) best = i;
         }
         cur[best] -= total;
@@ -131,7 +108,49 @@ static int build_prompts(rounds *d, const d3_model *m, char *err) {
     }
     d->ncycle = (int)total;
     free(cur);
-    free(w);
+    return 0;
+}
+
+/* The set: the session's prompts.json, else the config's session.prompts
+ * (then saved into the session, so it survives resume), else every
+ * class. m: the pixel model (prompts are its classes), or NULL: a family
+ * of free-text prompts (every prompt is taken as written; a set is
+ * required). Weights make the cycle (make_cycle). */
+static int build_prompts(rounds *d, const d3_model *m, char *err) {
+    d3_session *s = d->s;
+    int n = s->nprompts ? s->nprompts : d->c->session.nprompts;
+    int ncl = m ? m->nclasses : 0;
+    d->text = !m;
+    d->class_name = calloc((size_t)ncl + 1, sizeof *d->class_name);
+    if (!d->class_name) return d3_errf(err, "out of memory");
+    d->nclasses = ncl;
+    for (int i = 0; i < ncl; i++)
+        if (!(d->class_name[i] = strdup(m->class_names[i]))) return d3_errf(err, "out of memory");
+    if (!s->nprompts && d->c->session.nprompts) {
+        const char *p[D3_CFG_MAX_PROMPTS];
+        for (int i = 0; i < d->c->session.nprompts; i++) p[i] = d->c->session.prompts[i];
+        if (!s->readonly && session_set_prompts(s, p, NULL, d->c->session.nprompts, s->prompt_fixed, err))
+            return -1;
+    }
+    if (!m && !n)
+        return d3_errf(err, "%s: no prompts (give --prompts FILE, one prompt a line)", s->dir);
+    for (int i = 0; i < n; i++) {
+        const char *t = s->nprompts ? s->prompts[i] : d->c->session.prompts[i];
+        int id = m ? model_find_class(m, t) : -1;
+        if (m && (id < 0 || id >= m->nclasses)) {
+            session_warn(s, "%s/prompts.json: prompt '%.200s' is not a class of the model; left out",
+                         s->dir, t);
+            continue;
+        }
+        if (add_prompt(d, t, id, s->nprompts ? s->prompt_w[i] : 1)) return d3_errf(err, "out of memory");
+    }
+    if (!d->np) {
+        if (n) session_warn(s, "%s: no prompt of the set is a class of the model; every class is used",
+                            s->dir);
+        for (int i = 0; i < ncl; i++)
+            if (add_prompt(d, m->class_names[i], i, 1)) return d3_errf(err, "out of memory");
+    }
+    if (make_cycle(d, err)) return -1;
     d->fixed = -1;
     if (s->prompt_fixed && rounds_fix_prompt(d, s->prompt_fixed, err)) {
         session_warn(s, "%s; new pairs cycle through the prompts", err);
@@ -142,6 +161,10 @@ static int build_prompts(rounds *d, const d3_model *m, char *err) {
 
 int rounds_nprompts(const rounds *d) { return d->np; }
 const char *rounds_prompt(const rounds *d, int i) { return i >= 0 && i < d->np ? d->prompt[i] : "?"; }
+
+const char *rounds_pair_prompt(const rounds *d, const d3_pair_sample *p) {
+    return p->prompt ? p->prompt : rounds_prompt_of(d, p->cls);
+}
 
 const char *rounds_prompt_of(const rounds *d, int cls) {
     return cls >= 0 && cls < d->nclasses ? d->class_name[cls] : "?";
@@ -159,20 +182,40 @@ int rounds_fix_prompt(rounds *d, const char *prompt, char *err) {
             if (!strcmp(d->prompt[i], prompt)) f = i;
         for (int i = 0; i < d->nclasses && f < 0; i++)
             if (!strcmp(d->class_name[i], prompt)) f = d->np + i;
-        if (f < 0) return d3_errf(err, "prompt '%.200s' is not a class of the model", prompt);
+        if (f < 0 && !d->text) return d3_errf(err, "prompt '%.200s' is not a class of the model", prompt);
     }
-    d->fixed = f;
-    if (d->s->readonly) return 0;
-    const char **p = calloc((size_t)d->s->nprompts + 1, sizeof *p);
-    if (!p) return d3_errf(err, "out of memory");
-    for (int i = 0; i < d->s->nprompts; i++) p[i] = d->s->prompts[i];
-    int *w = d->s->prompt_w;
-    int *wc = malloc(((size_t)d->s->nprompts + 1) * sizeof *wc);
-    if (!wc) { free(p); return d3_errf(err, "out of memory"); }
-    memcpy(wc, w, (size_t)d->s->nprompts * sizeof *wc);
-    int rc = session_set_prompts(d->s, p, wc, d->s->nprompts, prompt, err);
+    int add = prompt && f < 0; /* a new free-text prompt joins the set */
+    if (add && (!prompt[0] || strlen(prompt) >= SESSION_PROMPT_LEN || d->s->nprompts >= SESSION_MAX_PROMPTS))
+        return d3_errf(err, "prompt: expected 1 to %d bytes, at most %d prompts", SESSION_PROMPT_LEN - 1,
+                       SESSION_MAX_PROMPTS);
+    for (const unsigned char *c = (const unsigned char *)prompt; add && *c; c++)
+        if (*c < 0x20 || *c == 0x7f) return d3_errf(err, "prompt: control character 0x%02x", *c);
+    if (d->s->readonly) {
+        if (add) return d3_errf(err, "prompt: the session is read-only");
+        d->fixed = f;
+        return 0;
+    }
+    int ns = d->s->nprompts;
+    const char **p = calloc((size_t)ns + 2, sizeof *p);
+    int *wc = malloc(((size_t)ns + 2) * sizeof *wc);
+    if (!p || !wc) { free(p); free(wc); return d3_errf(err, "out of memory"); }
+    for (int i = 0; i < ns; i++) p[i] = d->s->prompts[i];
+    memcpy(wc, d->s->prompt_w, (size_t)ns * sizeof *wc);
+    if (add) { /* durable before it is used: prompts.json is written atomically */
+        p[ns] = prompt;
+        wc[ns++] = 1;
+    }
+    char *keep = prompt ? strdup(prompt) : NULL; /* prompt may be the session's own string */
+    int rc = prompt && !keep ? d3_errf(err, "out of memory")
+                             : session_set_prompts(d->s, p, wc, ns, keep, err);
     free(wc);
     free(p);
+    if (!rc && add) {
+        if (add_prompt(d, keep, -1, 1) || make_cycle(d, err)) rc = d3_errf(err, "out of memory");
+        else f = d->np - 1;
+    }
+    free(keep);
+    if (!rc) d->fixed = f;
     return rc;
 }
 
@@ -294,17 +337,76 @@ static long remember_trained(rounds *d, char *err) {
     return n;
 }
 
+/* The engine options of the config and the driver's opts. */
+static engine_opts driver_engine_opts(rounds *d, const d3_config *c, const d3_backend *be) {
+    engine_opts eo = engine_opts_default();
+    eo.sample = config_ddim_opts(c);
+    eo.train = config_train_opts(c);
+    eo.lr = (float)c->d3po.lr;
+    eo.weight_decay = (float)c->d3po.weight_decay;
+    eo.threads = c->engine.threads;
+    eo.be = be;
+    eo.save_ctx = d->s;
+    eo.overlap = d->o.overlap;
+    return eo;
+}
+
+/* rounds_start on a Stable Diffusion-family session: the model the session
+ * refers to (hash checked), its LoRA adapters of the round in use as the
+ * trainable set, the reference = the adapters off (the engine's view). */
+static rounds *start_sd(rounds *d, char *err) {
+    d3_session *s = d->s;
+    const d3_config *c = d->c;
+    /* Diffusion-DPO on the sd family is not in the engine yet: refused here,
+     * the one place to lift when it lands */
+    if (c->train.objective == D3PO_OBJ_DPO) {
+        d3_errf(err, "%s: train.objective %s: Stable Diffusion-family sessions train with d3po "
+                "only for now", s->dir, config_objective_name(c->train.objective));
+        rounds_stop(d);
+        return NULL;
+    }
+    d3_dmodel *dm = calloc(1, sizeof *dm);
+    d3_state st;
+    memset(&st, 0, sizeof st);
+    if (!dm) {
+        d3_errf(err, "out of memory");
+        rounds_stop(d);
+        return NULL;
+    }
+    if (session_sd_load(s, d->be, session_sd_ignore_hash_env(), dm, &st, err) ||
+        build_prompts(d, NULL, err)) {
+        if (dm->ops) dm_close(dm);
+        free(dm);
+        state_free(&st);
+        rounds_stop(d);
+        return NULL;
+    }
+    d->base_ok = 1;
+    engine_opts eo = driver_engine_opts(d, c, d->be);
+    eo.save_round_dm = save_round_sd;
+    d->version = s->version;
+    d->seq = (uint64_t)s->next_pair;
+    d->e = engine_start_dm(dm, NULL, &st, s->version, &eo, err);
+    state_free(&st);
+    if (!d->e) {
+        dm_close(dm);
+        free(dm);
+        rounds_stop(d);
+        return NULL;
+    }
+    long nr = remember_trained(d, err);
+    if (nr < 0) {
+        rounds_stop(d);
+        return NULL;
+    }
+    if (nr) session_warn(s, "train.all_labels: %ld labels of earlier rounds join every round", nr);
+    return d;
+}
+
 rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, const rounds_opts *o,
                      char *err) {
     rounds *d = calloc(1, sizeof *d);
-    d3_model *policy = malloc(sizeof *policy), *base = malloc(sizeof *base);
-    d3_state st;
-    memset(&st, 0, sizeof st);
-    if (!d || !policy || !base) {
-        free(d); free(policy); free(base);
-        d3_errf(err, "out of memory");
-        return NULL;
-    }
+    if (!d) { d3_errf(err, "out of memory"); return NULL; }
     d->s = s;
     d->c = c;
     d->be = be;
@@ -314,6 +416,15 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
     d->train_ids = malloc(ROUNDS_MAX_PAIRS * sizeof *d->train_ids);
     d->train_ch = malloc(ROUNDS_MAX_PAIRS);
     if (!d->train_ids || !d->train_ch) {
+        d3_errf(err, "out of memory");
+        rounds_stop(d);
+        return NULL;
+    }
+    if (s->family == SESSION_FAMILY_SD) return start_sd(d, err);
+    d3_model *policy = malloc(sizeof *policy), *base = malloc(sizeof *base);
+    d3_state st;
+    memset(&st, 0, sizeof st);
+    if (!policy || !base) {
         d3_errf(err, "out of memory");
         goto fail;
     }
@@ -339,16 +450,8 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
         if (base) model_free(base);
         goto fail;
     }
-    engine_opts eo = engine_opts_default();
-    eo.sample = config_ddim_opts(c);
-    eo.train = config_train_opts(c);
-    eo.lr = (float)c->d3po.lr;
-    eo.weight_decay = (float)c->d3po.weight_decay;
-    eo.threads = c->engine.threads;
-    eo.be = be;
+    engine_opts eo = driver_engine_opts(d, c, be);
     eo.save_round = save_round;
-    eo.save_ctx = s;
-    eo.overlap = d->o.overlap;
     d->version = s->version;
     d->seq = (uint64_t)s->next_pair;
     d->e = engine_start(policy, base, &st, s->version, &eo, err);
@@ -375,9 +478,10 @@ void rounds_stop(rounds *d) {
     if (!d) return;
     if (d->e) engine_stop(d->e);
     for (int i = 0; i < d->np; i++) free(d->prompt[i]);
-    for (int i = 0; i < d->nclasses; i++) free(d->class_name[i]);
+    for (int i = 0; d->class_name && i < d->nclasses; i++) free(d->class_name[i]);
     free(d->prompt);
     free(d->cls);
+    free(d->pw);
     free(d->class_name);
     free(d->cycle);
     free(d->train_ids);
@@ -530,6 +634,7 @@ void rounds_top_up(rounds *d, int held) {
         uint64_t q = d->seq++;
         const char *text;
         engine_sample_req r = {.cls = pair_class(d, q, &text),
+                               .prompt = d->text ? text : NULL,
                                /* seeds far above auto's evaluation seeds 0..N-1; opts.seed
                                 * moves the whole sequence (golden-ratio stride) */
                                .seed = (1ULL << 32) + d->o.seed * 0x9E3779B97F4A7C15ULL +
@@ -543,6 +648,7 @@ void rounds_top_up(rounds *d, int held) {
 
 void rounds_extra(rounds *d, int i, uint64_t seed, int drift, uint64_t tag) {
     engine_sample_req r = {.cls = d->cls[i % d->np], .seed = seed, .drift = drift,
+                           .prompt = d->text ? d->prompt[i % d->np] : NULL,
                            .tag = tag | TAG_EXTRA};
     engine_sample_ex(d->e, &r);
 }

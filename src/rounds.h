@@ -135,9 +135,13 @@ void rounds_get_status(rounds *d, rounds_status *st);
 int rounds_nprompts(const rounds *d);            /* distinct prompts in the cycle */
 const char *rounds_prompt(const rounds *d, int i); /* i-th prompt of the set */
 /* The prompt of new pairs: one of the set (or any class name), NULL: the
- * set in turn; saved in the session (prompts.json). */
+ * set in turn; saved in the session (prompts.json). On a family of
+ * free-text prompts (sd) a prompt not in the set joins it first (weight 1,
+ * prompts.json rewritten atomically before any pair uses it). */
 int rounds_fix_prompt(rounds *d, const char *prompt, char *err);
 const char *rounds_fixed_prompt(const rounds *d);
+/* The prompt of a pair: its text (sd family), else its class's name. */
+const char *rounds_pair_prompt(const rounds *d, const d3_pair_sample *p);
 /* The prompt text of a pair's class id (the model's class name; "?"). */
 const char *rounds_prompt_of(const rounds *d, int cls);
 /* Asks for a pair outside the rounds (auto's evaluation samples): prompt

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 
 #include "fsutil.h"
 #include "image.h"
+#include "safetensors.h"
 #include "text.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -221,20 +223,16 @@ static char *settings_text(const char *settings_json, char *err) {
     return t;
 }
 
-int session_create(const char *dir_in, const char *model_path, const char *settings_json,
-                   char *err) {
-    char *dir = clean_dir(dir_in), *settings = NULL;
-    unsigned char *model = NULL;
-    size_t model_len = 0;
+/* Builds the layout in a sibling temp directory and renames it into
+ * place. model (pixel family): the base's bytes, written as
+ * base.safetensors and rounds/0000.safetensors; NULL for the sd family.
+ * extra/extra_len: written as extra_name (NULL: none). settings: the
+ * settings object's text (consumed). */
+static int create_layout(char *dir, char *settings, const unsigned char *model, size_t model_len,
+                         const char *extra_name, const unsigned char *extra, size_t extra_len,
+                         char *err) {
     char tmp[PATH_LEN], p[PATH_LEN];
     int rc = -1, made_tmp = 0;
-    if (!dir) return d3_errf(err, "%s: out of memory", dir_in);
-    if (check_empty_dir(dir, err)) goto out;
-    if (!(settings = settings_text(settings_json, err))) goto out;
-    d3_model m;
-    if (model_load(&m, model_path, NULL, err)) goto out;
-    model_free(&m);
-    if (fs_read_all(model_path, &model, &model_len, err)) goto out;
 
     /* build DIR.new.<pid> beside DIR, then rename it into place */
     if (pathf(tmp, err, "%s.new.%ld", dir, (long)getpid())) goto out;
@@ -257,10 +255,16 @@ int session_create(const char *dir_in, const char *model_path, const char *setti
         if (pathf(p, err, "%s/%s", tmp, subdirs[i])) goto out;
         if (mkdir(p, 0777)) { d3_errf(err, "%s: mkdir: %s", p, strerror(errno)); goto out; }
     }
-    if (pathf(p, err, "%s/base.safetensors", tmp) || fs_write_atomic(p, parts, lens, 1, err))
+    if (model && (pathf(p, err, "%s/base.safetensors", tmp) || fs_write_atomic(p, parts, lens, 1, err)))
         goto out;
-    if (pathf(p, err, "%s/rounds/0000.safetensors", tmp) || fs_write_atomic(p, parts, lens, 1, err))
+    if (model &&
+        (pathf(p, err, "%s/rounds/0000.safetensors", tmp) || fs_write_atomic(p, parts, lens, 1, err)))
         goto out;
+    if (extra_name) {
+        const void *xp[1] = {extra};
+        size_t xl[1] = {extra_len};
+        if (pathf(p, err, "%s/%s", tmp, extra_name) || fs_write_atomic(p, xp, xl, 1, err)) goto out;
+    }
     if (pathf(p, err, "%s/LATEST", tmp) || write_small(p, "round 0 version 0\n", err)) goto out;
     if (pathf(p, err, "%s/labels.jsonl", tmp) || write_small(p, "", err)) goto out;
     if (pathf(p, err, "%s/lock", tmp) || write_small(p, "", err)) goto out;
@@ -287,10 +291,190 @@ int session_create(const char *dir_in, const char *model_path, const char *setti
     }
 out:
     if (made_tmp) remove_tree(tmp, 1);
+    return rc;
+}
+
+int session_create(const char *dir_in, const char *model_path, const char *settings_json,
+                   char *err) {
+    char *dir = clean_dir(dir_in), *settings = NULL;
+    unsigned char *model = NULL;
+    size_t model_len = 0;
+    int rc = -1;
+    if (!dir) return d3_errf(err, "%s: out of memory", dir_in);
+    if (check_empty_dir(dir, err)) goto out;
+    if (!(settings = settings_text(settings_json, err))) goto out;
+    d3_model m;
+    if (model_load(&m, model_path, NULL, err)) goto out;
+    model_free(&m);
+    if (fs_read_all(model_path, &model, &model_len, err)) goto out;
+    rc = create_layout(dir, settings, model, model_len, NULL, NULL, 0, err);
+out:
     free(model);
     free(settings);
     free(dir);
     return rc;
+}
+
+int session_create_sd(const char *dir_in, const char *model_path, int C, int h, int w,
+                      const session_lora *lo, const char *lora_from, const char *settings_json,
+                      char *err) {
+    char *dir = clean_dir(dir_in), *settings = NULL, *text = NULL, abs[PATH_MAX];
+    char hash[SESSION_HASH_LEN];
+    unsigned char *start = NULL;
+    size_t start_len = 0;
+    json_t *o = NULL;
+    int rc = -1;
+    if (!dir) return d3_errf(err, "%s: out of memory", dir_in);
+    if (check_empty_dir(dir, err)) goto out;
+    if (!realpath(model_path, abs)) {
+        d3_errf(err, "%s: %s", model_path, strerror(errno));
+        goto out;
+    }
+    if (session_model_hash(abs, hash, err)) goto out;
+    if (lo->start && (!lora_from || fs_read_all(lora_from, &start, &start_len, err))) {
+        if (!lora_from) d3_errf(err, "%s: adapters to start from: no file given", dir);
+        goto out;
+    }
+    json_error_t je;
+    o = settings_json ? json_loads(settings_json, JSON_REJECT_DUPLICATES, &je) : json_object();
+    if (!o || !json_is_object(o)) {
+        d3_errf(err, "session settings: expected a JSON object");
+        goto out;
+    }
+    json_t *tg = json_array();
+    char list[SESSION_LORA_TARGETS];
+    snprintf(list, sizeof list, "%s", lo->targets);
+    for (char *sv, *t = strtok_r(list, ",", &sv); t; t = strtok_r(NULL, ",", &sv))
+        json_array_append_new(tg, json_string(t));
+    json_object_set_new(o, "family", json_string("sd"));
+    json_object_set_new(o, "model", json_string(abs));
+    json_object_set_new(o, "model_hash", json_string(hash));
+    json_object_set_new(o, "latent", json_pack("[i,i,i]", C, h, w));
+    json_object_set_new(o, "lora", json_pack("{s:i,s:f,s:I,s:o,s:b}", "rank", lo->rank, "alpha",
+                                             (double)lo->alpha, "seed", (json_int_t)lo->seed,
+                                             "targets", tg, "start", lo->start));
+    if (!(text = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9)))) {
+        d3_errf(err, "session settings: cannot encode (the model path must be UTF-8)");
+        goto out;
+    }
+    if (!(settings = settings_text(text, err))) goto out;
+    rc = create_layout(dir, settings, NULL, 0, lo->start ? SESSION_LORA_START : NULL, start,
+                       start_len, err);
+out:
+    json_decref(o);
+    free(text);
+    free(start);
+    free(settings);
+    free(dir);
+    return rc;
+}
+
+/* ---- the model's content hash ---- */
+
+#define HASH_EDGE (128 * 1024)
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static int hashed_name(const char *n) {
+    size_t l = strlen(n);
+    return (l > 5 && !strcmp(n + l - 5, ".json")) || (l > 4 && !strcmp(n + l - 4, ".txt")) ||
+           (l > 12 && !strcmp(n + l - 12, ".safetensors"));
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Relative paths (malloc'd) of the hashed files under root/rel, depth-limited. */
+static int list_hashed(const char *root, const char *rel, int depth, char ***v, int *n, int *cap,
+                       char *err) {
+    char dp[PATH_LEN];
+    if (pathf(dp, err, "%s%s%s", root, rel[0] ? "/" : "", rel)) return -1;
+    DIR *d = opendir(dp);
+    if (!d) return d3_errf(err, "%s: %s", dp, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char r[PATH_LEN], full[PATH_LEN];
+        if (pathf(r, err, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name) ||
+            pathf(full, err, "%s/%s", root, r)) { rc = -1; break; }
+        struct stat st;
+        if (stat(full, &st)) continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth > 0) rc = list_hashed(root, r, depth - 1, v, n, cap, err);
+        } else if (S_ISREG(st.st_mode) && hashed_name(e->d_name)) {
+            if (*n == *cap) {
+                char **nv = realloc(*v, (size_t)(*cap = *cap ? 2 * *cap : 32) * sizeof *nv);
+                if (!nv) { rc = d3_errf(err, "%s: out of memory", dp); break; }
+                *v = nv;
+            }
+            if (!((*v)[*n] = strdup(r))) rc = d3_errf(err, "%s: out of memory", dp);
+            else (*n)++;
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Folds file path (shown as rel) into *h. */
+static int hash_file(uint64_t *h, const char *path, const char *rel, unsigned char *buf, char *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return d3_errf(err, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st)) { close(fd); return d3_errf(err, "%s: %s", path, strerror(errno)); }
+    uint8_t sz[8];
+    put_u64(sz, (uint64_t)st.st_size);
+    *h = fnv1a(*h, rel, strlen(rel) + 1);
+    *h = fnv1a(*h, sz, 8);
+    off_t size = st.st_size, offs[2] = {0, size > HASH_EDGE ? size - HASH_EDGE : 0};
+    for (int k = 0; k < 2; k++) {
+        size_t want = (size_t)(size - offs[k] < HASH_EDGE ? size - offs[k] : HASH_EDGE), got = 0;
+        while (got < want) {
+            ssize_t r = pread(fd, buf + got, want - got, offs[k] + (off_t)got);
+            if (r <= 0) {
+                close(fd);
+                return d3_errf(err, "%s: read: %s", path, r ? strerror(errno) : "file shrank");
+            }
+            got += (size_t)r;
+        }
+        *h = fnv1a(*h, buf, want);
+    }
+    close(fd);
+    return 0;
+}
+
+int session_model_hash(const char *model_path, char *out, char *err) {
+    struct stat st;
+    if (stat(model_path, &st)) return d3_errf(err, "%s: %s", model_path, strerror(errno));
+    unsigned char *buf = malloc(HASH_EDGE);
+    if (!buf) return d3_errf(err, "%s: out of memory", model_path);
+    uint64_t h = 0xcbf29ce484222325ULL;
+    int rc = 0;
+    if (!S_ISDIR(st.st_mode)) {
+        const char *base = strrchr(model_path, '/');
+        rc = hash_file(&h, model_path, base ? base + 1 : model_path, buf, err);
+    } else {
+        char **v = NULL;
+        int n = 0, cap = 0;
+        rc = list_hashed(model_path, "", 2, &v, &n, &cap, err);
+        if (!rc && !n) rc = d3_errf(err, "%s: no .json, .txt or .safetensors file to hash", model_path);
+        if (!rc) qsort(v, (size_t)n, sizeof *v, cmp_str);
+        for (int i = 0; i < n && !rc; i++) {
+            char full[PATH_LEN];
+            rc = pathf(full, err, "%s/%s", model_path, v[i]) || hash_file(&h, full, v[i], buf, err);
+        }
+        for (int i = 0; i < n; i++) free(v[i]);
+        free(v);
+    }
+    free(buf);
+    if (rc) return -1;
+    snprintf(out, SESSION_HASH_LEN, "fnv1a64:%016llx", (unsigned long long)h);
+    return 0;
 }
 
 /* ---- open ---- */
@@ -344,6 +528,54 @@ static int take_lock(d3_session *s, char *err) {
     return 0;
 }
 
+/* The model family and, for sd, the model, its hash, the latent shape and
+ * the adapters' settings (layout in session.h). path: session.json. */
+static int read_family(d3_session *s, json_t *o, const char *path, char *err) {
+    json_t *fam = json_object_get(o, "family");
+    if (!fam) return 0; /* sessions before the sd family: pixel */
+    if (!json_is_string(fam) || session_family_code(json_string_value(fam)) < 0)
+        return d3_errf(err, "%s: \"family\": expected \"pixel\" or \"sd\"", path);
+    s->family = session_family_code(json_string_value(fam));
+    if (s->family == SESSION_FAMILY_PIXEL) return 0;
+    json_t *m = json_object_get(o, "model"), *h = json_object_get(o, "model_hash");
+    json_t *lat = json_object_get(o, "latent"), *lo = json_object_get(o, "lora");
+    if (!json_is_string(m) || !json_string_length(m))
+        return d3_errf(err, "%s: \"model\": expected the model's path", path);
+    if (!json_is_string(h) || json_string_length(h) >= SESSION_HASH_LEN)
+        return d3_errf(err, "%s: \"model_hash\": expected \"fnv1a64:<16 hex>\"", path);
+    json_int_t c = 0, lh = 0, lw = 0;
+    if (json_unpack(lat, "[III]", &c, &lh, &lw) || c < 1 || c > 64 || lh < 1 || lh > 1024 ||
+        lw < 1 || lw > 1024)
+        return d3_errf(err, "%s: \"latent\": expected [C, h, w] (C 1..64, h and w 1..1024)", path);
+    json_int_t rank = 0, seed = 0;
+    double alpha = 0;
+    int start = 0;
+    json_t *tg = NULL;
+    if (json_unpack(lo, "{s:I,s:F,s:I,s:o,s:b}", "rank", &rank, "alpha", &alpha, "seed", &seed,
+                    "targets", &tg, "start", &start) ||
+        rank < 1 || rank > 1024 || !(alpha > 0) || seed < 0 || !json_is_array(tg))
+        return d3_errf(err, "%s: \"lora\": expected {\"rank\":1..1024, \"alpha\":>0, "
+                       "\"seed\":N, \"targets\":[...], \"start\":bool}", path);
+    size_t used = 0;
+    for (size_t i = 0; i < json_array_size(tg); i++) {
+        const char *t = json_string_value(json_array_get(tg, i));
+        if (!t || !t[0] || strchr(t, ',') || used + strlen(t) + 2 > SESSION_LORA_TARGETS)
+            return d3_errf(err, "%s: \"lora\": target %zu: expected a module name", path, i + 1);
+        used += (size_t)snprintf(s->lora.targets + used, SESSION_LORA_TARGETS - used, "%s%s",
+                                 i ? "," : "", t);
+    }
+    s->lora.rank = (int)rank;
+    s->lora.alpha = (float)alpha;
+    s->lora.seed = (uint64_t)seed;
+    s->lora.start = start;
+    s->lat_c = (int)c;
+    s->lat_h = (int)lh;
+    s->lat_w = (int)lw;
+    snprintf(s->model_hash, sizeof s->model_hash, "%s", json_string_value(h));
+    if (!(s->model_path = strdup(json_string_value(m)))) return d3_errf(err, "%s: out of memory", path);
+    return 0;
+}
+
 static int read_settings(d3_session *s, char *err) {
     char p[PATH_LEN];
     unsigned char *buf;
@@ -359,7 +591,7 @@ static int read_settings(d3_session *s, char *err) {
     else if (json_integer_value(json_object_get(o, "format")) != SESSION_FORMAT)
         d3_errf(err, "%s: format %lld, this d3po reads format %d", p,
                 (long long)json_integer_value(json_object_get(o, "format")), SESSION_FORMAT);
-    else {
+    else if (read_family(s, o, p, err) == 0) {
         s->settings = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(15));
         rc = s->settings ? 0 : d3_errf(err, "%s: out of memory", p);
     }
@@ -385,6 +617,26 @@ static int cmp_desc(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* sd family: round r's adapters file is a safetensors file holding
+ * lora.params (checked without the model; session_sd_load checks it
+ * against the model). Round 0 may be missing (written at the first load). */
+static int check_round_sd(d3_session *s, int round, char *err) {
+    char p[PATH_LEN];
+    if (pathf(p, err, "%s/rounds/%04d.safetensors", s->dir, round)) return -1;
+    if (round == 0 && !is_file(p)) return 0;
+    st_file f;
+    if (st_map(&f, p, err)) return -1;
+    int ok = st_find(&f, "lora.params") != NULL;
+    st_free(&f);
+    if (!ok) return d3_errf(err, "%s: no tensor 'lora.params' (not an sd session round)", p);
+    s->round = s->version = round;
+    return 0;
+}
+
+static int load_round_any(d3_session *s, int round, char *err) {
+    return s->family == SESSION_FAMILY_PIXEL ? load_round(s, round, err) : check_round_sd(s, round, err);
+}
+
 /* LATEST, or the newest loading rounds/ file with a warning. */
 static int load_checkpoint(d3_session *s, char *err) {
     char p[PATH_LEN], why[D3_ERRLEN], e2[D3_ERRLEN];
@@ -401,7 +653,7 @@ static int load_checkpoint(d3_session *s, char *err) {
             int shown = (int)strcspn((char *)buf, "\n");
             d3_errf(why, "%s: expected \"round N version V\", got \"%.*s\"", p,
                     shown < 40 ? shown : 40, (char *)buf);
-        } else if (load_round(s, r, e2)) {
+        } else if (load_round_any(s, r, e2)) {
             tried = r;
             d3_errf(why, "%s: round %d does not load: %s", p, r, e2);
         } else {
@@ -430,13 +682,19 @@ static int load_checkpoint(d3_session *s, char *err) {
     closedir(d);
     qsort(ids, (size_t)n, sizeof *ids, cmp_desc);
     for (long i = 0; i < n; i++) {
-        if (ids[i] == tried || load_round(s, (int)ids[i], e2)) continue;
+        if (ids[i] == tried || load_round_any(s, (int)ids[i], e2)) continue;
         session_warn(s, "%s; using rounds/%04ld.safetensors (round %ld): the rounds after it "
                      "are not in use, and their labels train again", why, ids[i], ids[i]);
         free(ids);
         return 0;
     }
     free(ids);
+    if (s->family != SESSION_FAMILY_PIXEL) { /* the adapters before training */
+        session_warn(s, "%s; using round 0 (the adapters before training): the labels train again",
+                     why);
+        s->round = s->version = 0;
+        return 0;
+    }
     return d3_errf(err, "%s; and no other checkpoint in %s loads", why, rd);
 }
 
@@ -953,7 +1211,10 @@ static int open_session(const char *dir, d3_session *s, int readonly, char *err)
     }
     if ((!readonly && take_lock(s, err)) || read_settings(s, err)) goto fail;
     if (pathf(p, err, "%s/base.safetensors", s->dir)) goto fail;
-    if (!is_file(p)) { d3_errf(err, "%s: missing (the session's base model)", p); goto fail; }
+    if (s->family == SESSION_FAMILY_PIXEL && !is_file(p)) {
+        d3_errf(err, "%s: missing (the session's base model)", p);
+        goto fail;
+    }
     if (!readonly) {
         char list[1024];
         int n = session_clean_temp(s->dir, 1, list, sizeof list);
@@ -995,6 +1256,7 @@ void session_close(d3_session *s) {
     if (s->lock_fd >= 0) close(s->lock_fd); /* releases the flock */
     free(s->dir);
     free(s->settings);
+    free(s->model_path);
     free(s->present);
     free(s->choice);
     free(s->trained);
@@ -1005,6 +1267,9 @@ void session_close(d3_session *s) {
 }
 
 int session_load_policy(d3_session *s, d3_model *m, d3_state *st, char *err) {
+    if (s->family != SESSION_FAMILY_PIXEL)
+        return d3_errf(err, "%s: a %s session: its model loads with session_sd_load", s->dir,
+                       session_family_name(s->family));
     if (s->have_policy) {
         *m = s->policy;
         if (st) *st = s->state;
@@ -1391,7 +1656,7 @@ long session_next_unlabeled(const d3_session *s, long from) {
 int session_save_round(d3_session *s, const d3_model *policy, const d3_state *st, int round,
                        char *err) {
     if (check_writable(s, "save round", err)) return -1;
-    char p[PATH_LEN], a[256], b[256], line[64];
+    char p[PATH_LEN], a[256], b[256];
     if (round <= s->round || round > SESSION_MAX_ROUND)
         return d3_errf(err, "%s: round %d: expected %d..%d", s->dir, round, s->round + 1,
                        SESSION_MAX_ROUND);
@@ -1402,6 +1667,12 @@ int session_save_round(d3_session *s, const d3_model *policy, const d3_state *st
                        s->dir, round, a, policy->nclasses, b, s->nclasses);
     session_round_path(s, round, p, sizeof p);
     if (model_save(policy, p, st, err)) return -1;
+    return session_set_latest(s, round, err);
+}
+
+int session_set_latest(d3_session *s, int round, char *err) {
+    char p[PATH_LEN], line[64];
+    if (check_writable(s, "LATEST", err)) return -1;
     snprintf(line, sizeof line, "round %d version %d\n", round, round);
     if (pathf(p, err, "%s/LATEST", s->dir) || write_small(p, line, err)) return -1;
     s->round = s->version = round;

@@ -37,6 +37,32 @@
  *                           list: every class of the model
  *   DIR/lock                flock(2)ed while a process has the session open
  *
+ * STABLE DIFFUSION-FAMILY SESSIONS ("family": "sd" in session.json) keep
+ * the layout above with these differences (the model is gigabytes: it is
+ * referred to, never copied):
+ *   session.json            also "family": "sd", "model": the pipeline's
+ *                           absolute path (folder or single file),
+ *                           "model_hash": "fnv1a64:<16 hex>" (session_model_hash),
+ *                           "latent": [C, h, w] of every pair, and "lora":
+ *                           {"rank":4,"alpha":4,"seed":0,"targets":[...],
+ *                            "start":true|false} (the trainable adapters'
+ *                           layout; start: they began as lora_start.safetensors)
+ *   no base.safetensors     the base is the model at "model" (its hash is
+ *                           checked whenever the model is loaded)
+ *   DIR/lora_start.safetensors  the LoRA file the adapters started from (a
+ *                           copy; only when "start" is true)
+ *   DIR/rounds/NNNN.safetensors ONLY the adapters and their training state
+ *                           (session_sd.h): tensors "lora.params" [numel]
+ *                           (lora.h's flat layout), "adam.m", "adam.v"
+ *                           [numel]; metadata "d3po.lora_layout" ("MODULES
+ *                           NUMEL FNV" of the module names), "d3po.adam",
+ *                           "d3po.rng" as in model checkpoints. Round 0 is
+ *                           the adapters before training (written the first
+ *                           time the model is loaded; no training state)
+ *   pairs/NNNNNN.traj       format 2, family 1, the latents [C][h][w]
+ *   pairs/NNNNNN-a.png, -b.png  the decoded images (the VAE's size)
+ *   prompts.json            the prompts are free text (not classes)
+ *
  * TRAJECTORY FILE, format 2 (little-endian; what d3po writes): N >= 2
  * trajectories of one prompt sampled from one shared x_T (N = 2: a pair,
  * pairs/NNNNNN.traj; the groups-of-k screen stores its k images the same
@@ -175,6 +201,21 @@ void session_traj_free(session_traj *t);
 const char *session_family_name(int family);
 int session_family_code(const char *name);
 
+/* The trainable LoRA adapters of an sd-family session (session.json
+ * "lora"; defaults as the official D3PO code: rank 4, alpha = rank, seed 0,
+ * to_q,to_k,to_v,to_out.0). start: the adapters began as the session's
+ * lora_start.safetensors (rank, alpha, targets then come from that file). */
+#define SESSION_HASH_LEN 32
+#define SESSION_LORA_TARGETS 256
+#define SESSION_LORA_START "lora_start.safetensors"
+typedef struct {
+    int rank;
+    float alpha;
+    uint64_t seed;
+    char targets[SESSION_LORA_TARGETS]; /* comma-separated module name ends */
+    int start;
+} session_lora;
+
 /* One decision on the undo stack (internal, see session_undo). */
 typedef struct {
     long pair;
@@ -216,6 +257,11 @@ typedef struct {
     char **prompts;
     int *prompt_w;
     char *prompt_fixed;
+    /* sd family (session.json): the model referred to, its content hash,
+     * and the trainable adapters' settings */
+    char *model_path;
+    char model_hash[SESSION_HASH_LEN];
+    session_lora lora;
     /* things session_open repaired around or skipped, one line each,
      * control characters escaped (the screen shows them; commands print
      * them as warnings) */
@@ -236,6 +282,26 @@ void session_warn(d3_session *s, const char *fmt, ...) __attribute__((format(pri
  * leaves no half-made session. Refuses a non-empty dir (saying whether it
  * already is a session). Does not open it. */
 int session_create(const char *dir, const char *model_path, const char *settings_json, char *err);
+
+/* Makes a new Stable Diffusion-family session (layout above) for the
+ * pipeline at model_path (a folder or a single file; its content hash is
+ * taken here), pairs of latents [C][h][w], adapters lo (lo->start: the
+ * file lora_from is copied to lora_start.safetensors). settings_json as
+ * for session_create. The model is not loaded: round 0's adapters are
+ * written by the first session_sd_load (session_sd.h). */
+int session_create_sd(const char *dir, const char *model_path, int C, int h, int w,
+                      const session_lora *lo, const char *lora_from, const char *settings_json,
+                      char *err);
+
+/* The content hash of a model for sd sessions, "fnv1a64:<16 hex digits>"
+ * into out[SESSION_HASH_LEN]: FNV-1a 64 over, for each .json, .txt and
+ * .safetensors file (a single file: itself; a folder: those files in it
+ * and its subfolders, by relative path in byte order), the relative path,
+ * the size (8 bytes, little-endian), the first and the last 128 KiB. Not a
+ * copy and not a full read: a model of gigabytes hashes in milliseconds,
+ * and any edit of configs, vocabulary or tensor headers, a size change or
+ * a change near either end of a weights file changes it. 0/-1 with err. */
+int session_model_hash(const char *model_path, char *out, char *err);
 
 /* The embedded default model: models/default.safetensors beside the
  * working directory, else the installed copy; NULL when neither exists. */
@@ -333,6 +399,10 @@ long session_next_unlabeled(const d3_session *s, long from);
  * greater than s->round and at most SESSION_MAX_ROUND. */
 int session_save_round(d3_session *s, const d3_model *policy, const d3_state *st, int round,
                        char *err);
+
+/* Replaces LATEST with "round N version N" atomically (call once round's
+ * checkpoint is on disk); the session's round and version become round. */
+int session_set_latest(d3_session *s, int round, char *err);
 
 /* 1 when pair id's current decision (A, B or tie) is the one a trained
  * round used; 0 otherwise (undecided, skipped, or decided/changed since the

@@ -83,7 +83,7 @@ static void put_images(ev *v) {
     if (key != v->gfx_key) {
         for (int i = 0; i < 2; i++) {
             free(v->gfx[i]);
-            label_encode_image(v->mode, &v->caps, v->c->ui.colors, v->p[v->cur].rgb[i], v->S, top,
+            label_encode_image(v->mode, &v->caps, v->c->ui.colors, v->p[v->cur].rgb[i], v->S, v->S, top,
                                i ? l1 : l0, w, h, &v->gfx[i], &v->len[i]);
         }
         v->gfx_key = key;

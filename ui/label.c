@@ -13,6 +13,7 @@
 #include <curses.h>
 #include <ncursesw/term.h> /* setupterm; plain <term.h> would find ui/term.h */
 #include <fcntl.h>
+#include <locale.h>
 #include <math.h>
 #include <pthread.h>
 #include <poll.h>
@@ -33,7 +34,8 @@
 typedef struct {
     long id;
     d3_pair_sample *p;
-    uint8_t *rgb[2];      /* [S][S][3] final images */
+    int W, H;             /* the images' size */
+    uint8_t *rgb[2];      /* [H][W][3] final images */
     unsigned char *gfx[2]; /* encoded and placed, per image (cache) */
     size_t gfxlen[2];
     int gfx_key[2];       /* the placement each cached image was made for */
@@ -52,7 +54,7 @@ typedef struct {
  * freed meanwhile is simply not found. */
 typedef struct encjob {
     long id;
-    int i, key, S;
+    int i, key, W, H;
     uint8_t *rgb;
     int top, left, w, h;
     unsigned char *out;
@@ -102,6 +104,11 @@ typedef struct {
     int hist_n;
     qpair *hist_pair;   /* the selected past pair, loaded from disk */
     int picking, pick_sel; /* prompt chooser: on, selected row (0 = all) */
+    /* free-text prompts (a family without classes, sd): `p` opens a line
+     * where the person types one (UTF-8 bytes as they come) */
+    int text_prompts, typing;
+    char typed[SESSION_PROMPT_LEN];
+    size_t ntyped;
     int prompt_fixed;   /* class of the fixed prompt (picker row - 1); -1: the set in turn */
     long last_view;     /* what the last draw showed (see draw) */
     encoder enc;
@@ -120,18 +127,34 @@ static volatile sig_atomic_t resized;
 static void on_winch(int sig) { (void)sig; resized = 1; }
 
 /* Text from files, prompts and errors, made safe to show: C0 controls,
- * DEL and the C1 controls (U+0080..U+009F, 0xC2 0x80..0x9F in UTF-8)
- * become '?', so nothing reaches the terminal as a control sequence. */
+ * DEL, the C1 controls (U+0080..U+009F) and bytes that are not well-formed
+ * UTF-8 become '?', so nothing reaches the terminal as a control sequence;
+ * other UTF-8 characters (a prompt's accents, emoji) are kept whole, never
+ * cut inside. */
 static void sanitize(char *dst, size_t n, const char *src) {
     size_t j = 0;
-    for (; *src && j + 1 < n; src++) {
-        unsigned char ch = (unsigned char)*src;
-        if (ch == 0xc2 && (unsigned char)src[1] >= 0x80 && (unsigned char)src[1] <= 0x9f) {
+    const unsigned char *p = (const unsigned char *)src;
+    while (*p && j + 1 < n) {
+        unsigned ch = *p;
+        int len = ch < 0x80 ? 1 : (ch & 0xe0) == 0xc0 ? 2 : (ch & 0xf0) == 0xe0 ? 3 : (ch & 0xf8) == 0xf0 ? 4 : 0;
+        unsigned cp = len == 1 ? ch : len == 2 ? ch & 0x1f : len == 3 ? ch & 0x0f : ch & 0x07;
+        int ok = len > 0;
+        for (int k = 1; ok && k < len; k++) {
+            ok = (p[k] & 0xc0) == 0x80;
+            cp = cp << 6 | (p[k] & 0x3f);
+        }
+        static const unsigned min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+        ok = ok && cp >= min_cp[len] && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff) &&
+             cp >= 0x20 && cp != 0x7f && !(cp >= 0x80 && cp <= 0x9f);
+        if (!ok) {
             dst[j++] = '?';
-            src++;
+            p++; /* one byte at a time: a bad lead byte must not swallow good ones */
             continue;
         }
-        dst[j++] = ch < 0x20 || ch == 0x7f || (ch >= 0x80 && ch <= 0x9f) ? '?' : (char)ch;
+        if (j + (size_t)len + 1 > n) break;
+        memcpy(dst + j, p, (size_t)len);
+        j += (size_t)len;
+        p += len;
     }
     dst[j] = 0;
 }
@@ -171,16 +194,51 @@ static void qpair_free(qpair *q) {
     free(q);
 }
 
-static qpair *qpair_from(long id, d3_pair_sample *p) {
+/* A pair for the queue: its images are the engine's decoded ones, else
+ * (a pair read back from the session) the PNGs as shown when it was
+ * sampled, else (a pixel pair without PNGs) its x_0. NULL with err when a
+ * latent pair's PNGs are missing or memory runs out. */
+static qpair *qpair_from(const d3_session *s, long id, d3_pair_sample *p, char *err) {
     qpair *q = calloc(1, sizeof *q);
+    if (!q) { d3_errf(err, "out of memory"); return NULL; }
     q->id = id;
     q->p = p;
-    size_t D = 3 * (size_t)p->S * p->S;
-    for (int i = 0; i < 2; i++) {
-        q->rgb[i] = malloc((size_t)p->S * p->S * 3);
-        image_to_rgb(q->rgb[i], p->traj[i] + (size_t)p->K * D, p->S, p->S);
-    }
     q->gfx_key[0] = q->gfx_key[1] = q->pending_key[0] = q->pending_key[1] = -1;
+    int fail = 0;
+    for (int i = 0; i < 2 && !fail; i++) {
+        if (p->rgb[i]) {
+            size_t n = (size_t)p->img_w * p->img_h * 3;
+            q->W = p->img_w;
+            q->H = p->img_h;
+            if ((q->rgb[i] = malloc(n))) memcpy(q->rgb[i], p->rgb[i], n);
+            else fail = d3_errf(err, "out of memory") < 0;
+            continue;
+        }
+        char path[4200];
+        session_pair_path(s, id, i ? "b" : "a", path, sizeof path);
+        int W, H;
+        if (p->cls < 0) { /* latents: only the VAE made the image; it is on disk */
+            if (png_read_rgb(path, &q->rgb[i], &W, &H, err)) {
+                fail = 1;
+            } else if (i && (W != q->W || H != q->H)) {
+                d3_errf(err, "%s: %dx%d, image A is %dx%d", path, W, H, q->W, q->H);
+                fail = 1;
+            }
+            q->W = W;
+            q->H = H;
+            continue;
+        }
+        size_t D = 3 * (size_t)p->S * p->S;
+        q->W = q->H = p->S;
+        if ((q->rgb[i] = malloc(D))) image_to_rgb(q->rgb[i], p->traj[i] + (size_t)p->K * D, p->S, p->S);
+        else fail = d3_errf(err, "out of memory") < 0;
+    }
+    if (fail) {
+        q->p = NULL; /* the caller keeps p */
+        for (int i = 0; i < 2; i++) free(q->rgb[i]);
+        free(q);
+        return NULL;
+    }
     return q;
 }
 
@@ -216,8 +274,14 @@ static double drift_mean(const ui *u, int *n, long *version) {
 
 /* a pair the driver saved as id goes into the queue */
 static void on_pair(ui *u, long id, d3_pair_sample *p) {
+    char err[D3_ERRLEN] = "";
     drift_add(u, engine_pair_drift(p), p->version);
-    qpair *q = qpair_from(id, p);
+    qpair *q = qpair_from(u->s, id, p, err);
+    if (!q) {
+        snprintf(u->msg, sizeof u->msg, "pair %ld not shown: %s", id, err);
+        engine_pair_free(p);
+        return;
+    }
     if (u->nq < QMAX) u->queue[u->nq++] = q;
     else qpair_free(q);
 }
@@ -318,20 +382,36 @@ static const char *hist_mark(const d3_session *s, long id) {
 
 /* ---- drawing ---- */
 
-int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int S,
-                       int top, int left, int w, int h, unsigned char **out, size_t *outlen) {
+/* The sixel size of a W x H image in w x h cells: enlarged by the largest
+ * whole factor (returned) when it fits, else shrunk to fit (returns 0). */
+static int sixel_fit(const term_caps *caps, int W, int H, int w, int h, int *ow, int *oh) {
+    double bw = (double)w * caps->cell_w, bh = (double)h * caps->cell_h;
+    int f = (int)fmin(bw / W, bh / H);
+    if (f >= 1) {
+        *ow = W * f;
+        *oh = H * f;
+        return f;
+    }
+    double sc = fmin(bw / W, bh / H);
+    *ow = (int)(W * sc) < 1 ? 1 : (int)(W * sc);
+    *oh = (int)(H * sc) < 1 ? 1 : (int)(H * sc);
+    return 0;
+}
+
+int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int W,
+                       int H, int top, int left, int w, int h, unsigned char **out, size_t *outlen) {
     char err[D3_ERRLEN];
     *out = NULL;
     *outlen = 0;
     if (mode == TERM_MODE_SIXEL) {
-        int f = (int)fmin((double)w * caps->cell_w, (double)h * caps->cell_h) / S;
-        if (f < 1) f = 1;
-        uint8_t *up = malloc((size_t)S * f * S * f * 3);
+        int ow, oh, f = sixel_fit(caps, W, H, w, h, &ow, &oh);
+        uint8_t *up = malloc((size_t)ow * oh * 3);
         if (!up) return -1;
-        sixel_upscale_nearest(up, rgb, S, S, f);
+        if (f) sixel_upscale_nearest(up, rgb, W, H, f); /* whole factor: sharp pixels */
+        else sixel_downscale_area(up, ow, oh, rgb, W, H); /* larger than the panel */
         unsigned char *enc;
         size_t len;
-        if (sixel_encode_rgb(up, S * f, S * f, colors, 0, &enc, &len, err) == 0) {
+        if (sixel_encode_rgb(up, ow, oh, colors, 0, &enc, &len, err) == 0) {
             if (caps->tmux_passthrough) {
                 unsigned char *wr;
                 size_t wl;
@@ -343,18 +423,23 @@ int label_encode_image(term_mode mode, const term_caps *caps, int colors, const 
         free(up);
     } else {
         int bc, br;
-        blocks_fit(S, S, w, h, &bc, &br);
+        blocks_fit(W, H, w, h, &bc, &br);
         blocks_out bo = {0};
-        if (blocks_render(rgb, S, S, mode, bc, br, &bo, err) == 0)
+        uint8_t *small = NULL; /* more pixels than half blocks: average them first */
+        if ((W > bc || H > 2 * br) && (small = malloc((size_t)bc * 2 * br * 3)))
+            sixel_downscale_area(small, bc, 2 * br, rgb, W, H);
+        if (blocks_render(small ? small : rgb, small ? bc : W, small ? 2 * br : H, mode, bc, br, &bo,
+                          err) == 0)
             blocks_place(&bo, top, left, out, outlen, err);
         blocks_free(&bo);
+        free(small);
     }
     return *out ? 0 : -1;
 }
 
 static void encode_job(const encoder *e, encjob *j) {
-    label_encode_image(e->mode, &e->caps, e->colors, j->rgb, j->S, j->top, j->left, j->w, j->h,
-                       &j->out, &j->len);
+    label_encode_image(e->mode, &e->caps, e->colors, j->rgb, j->W, j->H, j->top, j->left, j->w,
+                       j->h, &j->out, &j->len);
 }
 
 static void *encoder_main(void *arg) {
@@ -388,9 +473,9 @@ static int want_image(ui *u, qpair *q, int i, int top, int left, int w, int h) {
     if (q->gfx_key[i] == key && q->gfx[i]) return 1;
     if (q->pending_key[i] == key) return 0;
     encjob *j = calloc(1, sizeof *j);
-    size_t n = (size_t)q->p->S * q->p->S * 3;
-    *j = (encjob){.id = q->id, .i = i, .key = key, .S = q->p->S, .rgb = malloc(n), .top = top,
-                  .left = left, .w = w, .h = h};
+    size_t n = (size_t)q->W * q->H * 3;
+    *j = (encjob){.id = q->id, .i = i, .key = key, .W = q->W, .H = q->H, .rgb = malloc(n),
+                  .top = top, .left = left, .w = w, .h = h};
     memcpy(j->rgb, q->rgb[i], n);
     q->pending_key[i] = key;
     pthread_mutex_lock(&u->enc.mu);
@@ -475,24 +560,24 @@ static void panel_geom(int *top, int *h, int *w, int *left0, int *left1) {
     *left1 = 1 + *w + gap;
 }
 
-/* Columns an S x S image takes when fitted into w x h cells. */
-static int image_cols(const ui *u, int S, int w, int h) {
+/* Columns a W x H image takes when fitted into w x h cells. */
+static int image_cols(const ui *u, int W, int H, int w, int h) {
     if (u->mode != TERM_MODE_SIXEL) {
         int bc, br;
-        blocks_fit(S, S, w, h, &bc, &br);
+        blocks_fit(W, H, w, h, &bc, &br);
         return bc;
     }
-    int f = (int)fmin((double)w * u->caps.cell_w, (double)h * u->caps.cell_h) / S;
-    if (f < 1) f = 1;
-    return (S * f + u->caps.cell_w - 1) / u->caps.cell_w;
+    int ow, oh;
+    sixel_fit(&u->caps, W, H, w, h, &ow, &oh);
+    return (ow + u->caps.cell_w - 1) / u->caps.cell_w;
 }
 
 /* zoom: every row between the header and the pair line */
-static void zoom_geom(const ui *u, int S, int *top, int *h, int *w, int *left) {
+static void zoom_geom(const ui *u, int W, int H, int *top, int *h, int *w, int *left) {
     *top = 1;
     *h = LINES - 5;
     *w = COLS - 2;
-    int used = image_cols(u, S, *w, *h);
+    int used = image_cols(u, W, H, *w, *h);
     *left = 1 + (*w - used) / 2;
 }
 
@@ -512,7 +597,7 @@ static void draw_images(ui *u) {
     qpair *q = u->queue[0];
     if (u->zoom) {
         int zl;
-        zoom_geom(u, q->p->S, &top, &h, &w, &zl);
+        zoom_geom(u, q->W, q->H, &top, &h, &w, &zl);
         put_image(u, q, u->zoom - 1, top, zl, w, h);
         return;
     }
@@ -806,8 +891,7 @@ static void draw(ui *u, int full) {
         }
         if (u->hist_pair) {
             char prompt[128];
-            sanitize(prompt, sizeof prompt,
-                     u->hist_pair->p->cls < u->nclasses ? u->names[u->hist_pair->p->cls] : "?");
+            sanitize(prompt, sizeof prompt, rounds_pair_prompt(u->d, u->hist_pair->p));
             mvprintw(LINES - 4, l1, "A | B  %.*s  (v%ld)", w > 16 ? w - 16 : 0, prompt,
                      u->hist_pair->p->version);
         }
@@ -824,8 +908,8 @@ static void draw(ui *u, int full) {
         }
     } else if (u->nq) {
         qpair *q = u->queue[0];
-        char prompt[128];
-        sanitize(prompt, sizeof prompt, q->p->cls < u->nclasses ? u->names[q->p->cls] : "?");
+        char prompt[SESSION_PROMPT_LEN];
+        sanitize(prompt, sizeof prompt, rounds_pair_prompt(u->d, q->p));
         if (u->zoom) {
             snprintf(line, sizeof line, "image %d of 2 [%s] %s  pair %ld  (%s: the other image, "
                      "then both; Escape: both)", u->zoom,
@@ -842,7 +926,15 @@ static void draw(ui *u, int full) {
     } else {
         mvprintw(top + h / 2, 2, "sampling the next pair...");
     }
-    if (u->msg[0]) put_fitted(LINES - 3, 1, u->msg);
+    if (u->typing) {
+        char shown[SESSION_PROMPT_LEN + 8];
+        sanitize(shown, sizeof shown, u->typed);
+        snprintf(line, sizeof line, "new prompt (Enter: use it for the next pairs, Escape: cancel): %s_",
+                 shown);
+        put_fitted(LINES - 3, 1, line);
+    } else if (u->msg[0]) {
+        put_fitted(LINES - 3, 1, u->msg);
+    }
     snprintf(line, sizeof line,
              "%s/%s better  %s tie  %s skip  %s undo  %s zoom  %s train  %s stats  %s log  %s help  "
              "%s quit",
@@ -882,13 +974,14 @@ const char *label_key_name(int ch, char *buf) {
 }
 
 static qpair *load_qpair(ui *u, long id) {
-    char err[D3_ERRLEN];
+    char err[D3_ERRLEN] = "";
     d3_pair_sample *p = rounds_load_pair(u->s, id, err);
-    if (!p) {
+    qpair *q = p ? qpair_from(u->s, id, p, err) : NULL;
+    if (!q) {
+        engine_pair_free(p);
         snprintf(u->msg, sizeof u->msg, "%s", err);
-        return NULL;
     }
-    return qpair_from(id, p);
+    return q;
 }
 
 /* history: decided pairs, newest first */
@@ -964,6 +1057,47 @@ static void on_key_pick(ui *u, int act, int ch) {
     if (act == D3_ACT_PROMPT || act == D3_ACT_QUIT || ch == 27) u->picking = 0;
 }
 
+/* The prompt line of `p` on a free-text family: bytes append (UTF-8
+ * arrives a byte a key event), Backspace removes the last character, Enter
+ * makes the text the prompt of new pairs (rounds_fix_prompt adds it to the
+ * session's prompts.json, written atomically, before any pair uses it),
+ * Escape cancels. Control keys do nothing. */
+static void on_key_typing(ui *u, int ch) {
+    if (ch == 27 || ch == 3) {
+        u->typing = 0;
+        snprintf(u->msg, sizeof u->msg, "prompt not changed");
+        return;
+    }
+    if (ch == KEY_BACKSPACE || ch == 127 || ch == 8) {
+        while (u->ntyped > 0 && ((unsigned char)u->typed[u->ntyped - 1] & 0xc0) == 0x80) u->ntyped--;
+        if (u->ntyped > 0) u->ntyped--;
+        u->typed[u->ntyped] = 0;
+        return;
+    }
+    if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
+        u->typing = 0;
+        char shown[SESSION_PROMPT_LEN], err[D3_ERRLEN], check[SESSION_PROMPT_LEN];
+        sanitize(check, sizeof check, u->typed);
+        if (!u->ntyped) {
+            snprintf(u->msg, sizeof u->msg, "prompt not changed (nothing typed)");
+        } else if (strcmp(check, u->typed)) {
+            snprintf(u->msg, sizeof u->msg, "prompt not changed: not valid UTF-8 text (%s)", check);
+        } else if (rounds_fix_prompt(u->d, u->typed, err)) {
+            snprintf(u->msg, sizeof u->msg, "prompt not changed: %s", err);
+        } else {
+            sanitize(shown, sizeof shown, u->typed);
+            snprintf(u->msg, sizeof u->msg, "new pairs: %s (saved in the session's prompts; queued "
+                     "pairs stay)", shown);
+        }
+        return;
+    }
+    if (ch < 0x20 || ch == 0x7f || ch > 0xff) return; /* arrows, function keys, controls */
+    if (u->ntyped + 1 < sizeof u->typed) {
+        u->typed[u->ntyped++] = (char)ch;
+        u->typed[u->ntyped] = 0;
+    }
+}
+
 static void close_overlays(ui *u) {
     u->help = u->stats = u->logview = u->picking = 0;
     if (u->hist) {
@@ -985,6 +1119,7 @@ static void on_key_log(ui *u, int ch) {
 static void on_key(ui *u, int ch) {
     char kb[8];
     const char *k = label_key_name(ch, kb);
+    if (u->typing) { on_key_typing(u, ch); return; }
     if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
     if (!k && ch != KEY_UP && ch != KEY_DOWN && ch != '\n' && ch != KEY_ENTER) return;
     int act = k ? config_key_action(u->c, k) : -1;
@@ -1042,6 +1177,12 @@ static void on_key(ui *u, int ch) {
     case D3_ACT_ZOOM: u->zoom = (u->zoom + 1) % 3; break;
     case D3_ACT_HISTORY: hist_open(u); break;
     case D3_ACT_PROMPT:
+        if (u->text_prompts) { /* type one: the prompts are free text */
+            u->typing = 1;
+            u->ntyped = 0;
+            u->typed[0] = 0;
+            break;
+        }
         u->picking = 1;
         u->pick_sel = u->prompt_fixed + 1;
         break;
@@ -1138,6 +1279,7 @@ static int label_start_rounds(ui *u, char *err) {
     o.round_size = u->round_size;
     if (!(u->d = rounds_start(u->s, u->c, u->be, &o, err))) return -1;
     u->nclasses = u->s->nclasses;
+    u->text_prompts = u->s->family != SESSION_FAMILY_PIXEL;
     u->names = calloc((size_t)u->nclasses + 1, sizeof *u->names);
     for (int i = 0; i < u->nclasses; i++) u->names[i] = strdup(rounds_prompt_of(u->d, i));
     const char *fx = rounds_fixed_prompt(u->d);
@@ -1201,6 +1343,9 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     pthread_create(&u->enc.th, NULL, encoder_main, &u->enc);
     signal(SIGWINCH, on_winch);
     label_tty_guard(STDOUT_FILENO, &u->caps, u->mode);
+    /* the terminal's character set (UTF-8 prompts shown as text, not as
+     * M- escapes); numbers keep the C locale */
+    setlocale(LC_CTYPE, "");
     initscr();
     cbreak();
     noecho();

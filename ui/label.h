@@ -23,11 +23,14 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
               const d3_backend *be, const char *device_note);
 
 /* Shared with the other screens (evaltui.c): */
-/* Encodes an S x S RGB image to fill the cell box (top, left, w, h) in the
- * drawing mode (sixel, or half blocks), cursor placement included, ready
- * to write to the tty after curses' doupdate(). 0, or -1 (*out NULL). */
-int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int S,
-                       int top, int left, int w, int h, unsigned char **out, size_t *outlen);
+/* Encodes a W x H RGB image to fit the cell box (top, left, w, h) in the
+ * drawing mode (sixel, or half blocks), aspect kept, cursor placement
+ * included, ready to write to the tty after curses' doupdate(). Sixel: an
+ * image smaller than the box is enlarged by the largest whole factor
+ * (sharp pixels), a larger one shrunk by area averaging to fit. 0, or -1
+ * (*out NULL). */
+int label_encode_image(term_mode mode, const term_caps *caps, int colors, const uint8_t *rgb, int W,
+                       int H, int top, int left, int w, int h, unsigned char **out, size_t *outlen);
 /* Starts a frame: images are written around curses, which thinks their
  * cells blank, so when the view changed (view != *last_view) the whole
  * screen is repainted. Erases the screen. Returns -1 (after asking for a

@@ -88,6 +88,33 @@ void sixel_upscale_nearest(uint8_t *dst, const uint8_t *src, int w, int h, int f
     }
 }
 
+/* The weight of source cell i in [a, b) (fractional overlap). */
+static double overlap(int i, double a, double b) {
+    double lo = i > a ? i : a, hi = i + 1 < b ? i + 1 : b;
+    return hi > lo ? hi - lo : 0;
+}
+
+void sixel_downscale_area(uint8_t *dst, int dw, int dh, const uint8_t *src, int w, int h) {
+    double sx = (double)w / dw, sy = (double)h / dh;
+    for (int y = 0; y < dh; y++) {
+        double y0 = y * sy, y1 = (y + 1) * sy;
+        for (int x = 0; x < dw; x++) {
+            double x0 = x * sx, x1 = (x + 1) * sx, acc[3] = {0, 0, 0}, wsum = 0;
+            for (int j = (int)y0; j < h && j < y1; j++) {
+                double wy = overlap(j, y0, y1);
+                for (int i = (int)x0; i < w && i < x1; i++) {
+                    double wt = wy * overlap(i, x0, x1);
+                    const uint8_t *p = src + ((size_t)j * w + i) * 3;
+                    for (int c = 0; c < 3; c++) acc[c] += wt * p[c];
+                    wsum += wt;
+                }
+            }
+            uint8_t *q = dst + ((size_t)y * dw + x) * 3;
+            for (int c = 0; c < 3; c++) q[c] = (uint8_t)(wsum > 0 ? acc[c] / wsum + 0.5 : 0);
+        }
+    }
+}
+
 int sixel_wrap_tmux(const unsigned char *in, size_t len, unsigned char **out, size_t *outlen,
                     char *err) {
     static const char head[] = "\033Ptmux;", tail[] = "\033\\";
