@@ -71,10 +71,11 @@ static const keydef keydefs[] = {
     {"engine", "threads", K_INT, OFF(engine.threads), 0, 1024, 0, 0, NULL},
     {"engine", "tf32", K_BOOL, OFF(engine.tf32), 0, 0, 0, 0, NULL},
     {"engine", "dtype", K_ENUM, OFF(engine.dtype), 0, 0, 0, 0, dtype_names},
+    {"label", "grid", K_INT, OFF(label.grid), 0, 8, 0, 0, NULL},
 };
 #define NKEYDEFS (sizeof keydefs / sizeof keydefs[0])
 
-static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui", "engine", NULL};
+static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui", "engine", "label", NULL};
 
 static const char *const action_names[D3_ACT_COUNT + 1] = {"left",   "right", "tie",     "skip",
                                                            "undo",   "zoom",  "history", "train",
@@ -487,7 +488,7 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
         for (int j = 0; groups[j]; j++) known |= !strcmp(groups[j], gname);
         if (!known) {
             static const char *const top[] = {"preset", "sampler", "session", "d3po",
-                                              "ui",     "engine",  NULL};
+                                              "ui",     "engine",  "label",   NULL};
             valid_names(names, sizeof names, "top-level keys", gname, top);
             return d3_errf(err, "%s: %s: unknown key; %s", loc, gname, names);
         }
@@ -529,6 +530,11 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
                 return d3_errf(err, "%s: %s: unknown key; %s", loc, full, names);
             }
             if (read_scalar(c, k, s, full, path, err)) return -1;
+            if (k->off == OFF(label.grid) && (c->label.grid == 1 || c->label.grid == 2)) {
+                where(loc, sizeof loc, s, path);
+                return d3_errf(err, "%s: label.grid: expected 0 (pairs) or 3 to 8 images, got %d",
+                               loc, c->label.grid);
+            }
         }
     }
     return check_key_conflicts(c, keyset, path, err);

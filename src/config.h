@@ -101,6 +101,10 @@ typedef struct {
         int tf32;         /* allow TF32 tensor cores on the GPU: false (0) */
         d3_dtype dtype;   /* precision of the frozen base: "fp32" (the CPU computes in fp32) */
     } engine;
+    struct {
+        int grid; /* the labeling screen opens in grid mode with groups of this
+                     many images: 0 (pairs), or 3..8 */
+    } label;
     char source[D3_CFG_PATH_LEN]; /* the file read, or "built-in defaults" */
 } d3_config;
 

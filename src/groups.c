@@ -103,7 +103,7 @@ static int push(d3_groups *g, long id, const char *marks) {
 static long pop(d3_groups *g) {
     groups_decision *d = &g->stack[--g->nstack];
     snprintf(g->marks[d->group], GROUPS_MARKS_LEN, "%s", d->prev);
-    g->undone++;
+    g->nundone++;
     return d->group;
 }
 
@@ -194,7 +194,7 @@ static int replay(d3_groups *g, int apply, void (*report)(void *, const char *),
             report(ctx, msg);
             bad++;
         } else if (apply) {
-            g->lines++;
+            g->nlines++;
         }
         off = (size_t)(nl - (char *)buf) + 1;
         if (apply) g->journal_len = off;
@@ -338,7 +338,7 @@ static int journal_append(d3_groups *g, const char *line, size_t len, char *err)
         return d3_errf(err, "%s: fsync: %s", p, strerror(e));
     }
     g->journal_len += len;
-    g->lines++;
+    g->nlines++;
     return 0;
 }
 
@@ -484,6 +484,6 @@ void groups_info(const d3_groups *g, groups_stats *st) {
         if (groups_pending(g, id)) st->pairs_pending += np;
         else st->pairs_trained += np;
     }
-    st->undone = g->undone;
-    st->journal_lines = g->lines;
+    st->undone = g->nundone;
+    st->journal_lines = g->nlines;
 }

@@ -72,7 +72,7 @@ typedef struct {
     char (*trained)[GROUPS_MARKS_LEN];  /* [cap] marks a trained round used, "" none */
     groups_decision *stack;             /* decisions not undone, oldest first */
     long nstack, stack_cap;
-    long lines, undone;
+    long nlines, nundone; /* journal records read/written; undos applied */
     int nwarn;
     char warn[GROUPS_MAX_WARN][D3_ERRLEN];
 } d3_groups;

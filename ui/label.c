@@ -25,6 +25,7 @@
 
 #include "blocks.h"
 #include "engine.h"
+#include "gridview.h"
 #include "rounds.h"
 #include "image.h"
 #include "sixel.h"
@@ -108,6 +109,8 @@ typedef struct {
     int quit;
     int nclasses;
     char **names;       /* class names (prompts), copied from the policy */
+    gridview *grid;     /* grid mode (ui/gridview.c): groups of k; NULL until first used */
+    int grid_on;        /* showing the grid instead of pairs */
     /* drift: per-step log p_policy - log p_base of the newest measured
      * pairs (a ring); the header shows the mean over those of the newest
      * model version, so one odd pair does not make it jump */
@@ -222,7 +225,10 @@ static void on_pair(ui *u, long id, d3_pair_sample *p) {
     else qpair_free(q);
 }
 
-static void top_up(ui *u) { rounds_top_up(u->d, u->nq); }
+static void top_up(ui *u) {
+    if (u->grid_on) gridview_top_up(u->grid);
+    else rounds_top_up(u->d, u->nq);
+}
 
 /* The driver's status: the one source of the header, the status line and
  * the stats view (see engine_line). */
@@ -279,6 +285,8 @@ static void train_now(ui *u) {
     round_status(u);
 }
 
+static void grid_on_group(ui *u, long id, d3_pair_sample *p);
+
 static void engine_events(ui *u) {
     rounds_event ev;
     while (rounds_poll(u->d, &ev)) {
@@ -286,6 +294,10 @@ static void engine_events(ui *u) {
         case RV_PAIR:
             on_pair(u, ev.id, ev.pair);
             ev.pair = NULL; /* owned by the queue now */
+            break;
+        case RV_GROUP:
+            grid_on_group(u, ev.id, ev.pair);
+            ev.pair = NULL; /* the grid's now */
             break;
         case RV_TRAINED:
             snprintf(u->msg, sizeof u->msg, "round %d trained on %d labels: model v%ld, loss %.4f",
@@ -499,7 +511,7 @@ static void zoom_geom(const ui *u, int S, int *top, int *h, int *w, int *left) {
 static void draw_images(ui *u) {
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
-    if (u->help || u->picking || u->stats || u->logview) return;
+    if (u->help || u->picking || u->stats || u->logview || u->grid_on) return;
     if (u->hist) {
         if (u->hist_pair) {
             int hw = (w - 2) / 2;
@@ -752,6 +764,7 @@ static void draw(ui *u, int full) {
     long view = (((((((long)u->help * 2 + u->hist) * 2 + u->picking) * 2 + u->stats) * 2 +
                   u->logview) * 3 + u->zoom) * 100003L) +
                 (u->hist ? u->hist_sel : u->nq ? u->queue[0]->id + 1 : 0);
+    if (u->grid_on) view = view * 7 + 3 + gridview_view_id(u->grid) * 1000003L;
     if (strcmp(u->msg, u->logged)) { /* every message also goes to the log */
         memcpy(u->logged, u->msg, sizeof u->logged);
         if (u->msg[0]) log_add(u, "", u->msg);
@@ -822,6 +835,8 @@ static void draw(ui *u, int full) {
             mvprintw(top + r, l0, " %-*.*s", COLS - 4, COLS - 4, pname);
             if (i == u->pick_sel) attroff(A_REVERSE);
         }
+    } else if (u->grid_on) {
+        gridview_draw(u->grid, top, l0, COLS - 2, LINES - 4 - top);
     } else if (u->nq) {
         qpair *q = u->queue[0];
         char prompt[128];
@@ -850,6 +865,7 @@ static void draw(ui *u, int full) {
              key_label(u->c, D3_ACT_SKIP), key_label(u->c, D3_ACT_UNDO), key_label(u->c, D3_ACT_ZOOM),
              key_label(u->c, D3_ACT_TRAIN), key_label(u->c, D3_ACT_STATS), key_label(u->c, D3_ACT_LOG),
              key_label(u->c, D3_ACT_HELP), key_label(u->c, D3_ACT_QUIT));
+    if (u->grid_on) gridview_footer(u->grid, line, sizeof line);
     put_fitted(LINES - 2, 1, line);
     engine_line(u, line, sizeof line);
     put_fitted(LINES - 1, 1, line);
@@ -857,7 +873,9 @@ static void draw(ui *u, int full) {
     doupdate();
     /* the images' cells are blank in curses and untouched by partial
      * updates: images go out again only after a full repaint */
-    if (full) draw_images(u);
+    if (full && u->grid_on && !u->help && !u->stats && !u->logview && !u->hist && !u->picking)
+        gridview_draw_images(u->grid);
+    else if (full) draw_images(u);
 }
 
 const char *label_key_name(int ch, char *buf) {
@@ -982,15 +1000,25 @@ static void on_key_log(ui *u, int ch) {
     else if (ch == KEY_END) u->log_first = u->nlog - 1;
 }
 
+static void grid_toggle(ui *u);
+
 static void on_key(ui *u, int ch) {
     char kb[8];
     const char *k = label_key_name(ch, kb);
     if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
     if (!k && ch != KEY_UP && ch != KEY_DOWN && ch != '\n' && ch != KEY_ENTER) return;
     int act = k ? config_key_action(u->c, k) : -1;
-    if (act == D3_ACT_QUIT && !u->hist && !u->picking) { u->quit = 1; return; }
+    if (act == D3_ACT_QUIT && !u->hist && !u->picking && !(u->grid_on && gridview_hist_open(u->grid))) {
+        u->quit = 1;
+        return;
+    }
+    if (ch == 'G' && act < 0 && !u->help && !u->stats && !u->logview && !u->hist && !u->picking) {
+        grid_toggle(u);
+        return;
+    }
     /* Escape closes any view at once (ESCDELAY is short, see label_run) */
     if (ch == 27 && act < 0) {
+        if (u->grid_on) gridview_close_views(u->grid);
         if (u->help || u->stats || u->logview || u->hist || u->picking || u->zoom) {
             close_overlays(u);
             u->zoom = 0;
@@ -1025,6 +1053,10 @@ static void on_key(ui *u, int ch) {
         u->logview = 0;
     }
     u->msg[0] = 0;
+    if (u->grid_on && !u->hist && !u->picking && gridview_key(u->grid, ch, act, u->msg, sizeof u->msg)) {
+        round_status(u);
+        return;
+    }
     if (u->hist) { on_key_hist(u, act, ch); return; }
     if (u->picking) { on_key_pick(u, act, ch); return; }
     switch (act) {
@@ -1209,6 +1241,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     nodelay(stdscr, TRUE);
     label_tty_setup(STDOUT_FILENO, &u->caps, u->mode);
     for (size_t i = 0; i < u->caps.nleftover; i++) ungetch(u->caps.leftover[u->caps.nleftover - 1 - i]);
+    if (c->label.grid >= GROUPS_MIN_K) grid_toggle(u);
     top_up(u);
     draw(u, 1);
     while (!u->quit) {
@@ -1255,6 +1288,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
     for (int i = 0; i < u->ndone; i++) qpair_free(u->done[i]);
     qpair_free(u->hist_pair);
+    gridview_free(u->grid);
     for (int i = 0; i < u->nclasses; i++) free(u->names[i]);
     free(u->names);
     print_summary(u);
@@ -1262,4 +1296,35 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     free(u->log);
     free(u->cls_count);
     return 0;
+}
+
+/* ---- grid mode (ui/gridview.c): groups of k images instead of pairs ---- */
+
+/* The grid view, made the first time it is needed (k: label.grid, else 4). */
+static gridview *grid_view(ui *u) {
+    if (u->grid) return u->grid;
+    gridview_env env = {.d = u->d, .s = u->s, .c = u->c, .mode = u->mode, .caps = u->caps,
+                        .colors = u->c->ui.colors};
+    u->grid = gridview_new(&env, u->c->label.grid >= GROUPS_MIN_K ? u->c->label.grid : 4);
+    if (u->grid) gridview_load_undecided(u->grid);
+    return u->grid;
+}
+
+static void grid_toggle(ui *u) {
+    if (!u->grid_on && !grid_view(u)) {
+        snprintf(u->msg, sizeof u->msg, "grid mode: out of memory");
+        return;
+    }
+    u->grid_on = !u->grid_on;
+    u->zoom = 0;
+    if (u->grid_on)
+        snprintf(u->msg, sizeof u->msg, "grid mode: groups of %d images; mark each good or bad, "
+                 "Enter submits (G: back to pairs)", gridview_k(u->grid));
+    else
+        snprintf(u->msg, sizeof u->msg, "pairs (G: groups of %d)", gridview_k(u->grid));
+}
+
+static void grid_on_group(ui *u, long id, d3_pair_sample *p) {
+    if (grid_view(u)) gridview_on_group(u->grid, id, p);
+    else engine_pair_free(p);
 }
