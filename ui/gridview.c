@@ -42,7 +42,7 @@ struct gridview {
     int ndone;
     int sel;
     /* the last layout (for the images after doupdate) */
-    int top, left, w, h, rows, cols, tw, th;
+    int top, left, w, h, rows, cols, tw, th, x0; /* x0: the first tile's column */
     /* group history */
     int hist, hist_sel, hist_n;
     long *hist_ids;
@@ -245,12 +245,18 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
         g->rows = 0;
         return;
     }
-    g->tw = (w - (g->cols - 1) * GV_GAP) / g->cols;
+    /* tiles as wide as their images (the label needs ~12 columns), the grid
+     * centred in the area */
+    int most = (w - (g->cols - 1) * GV_GAP) / g->cols;
+    int used = sixel ? (side + pw - 1) / pw : side;
+    g->tw = used < 12 ? 12 : used;
+    if (g->tw > most) g->tw = most;
     g->th = h / g->rows - 1;
+    g->x0 = left + (w - (g->cols * g->tw + (g->cols - 1) * GV_GAP)) / 2;
     if (g->sel >= q->k) g->sel = q->k - 1;
     for (int i = 0; i < q->k; i++) {
         int r = i / g->cols, c = i % g->cols;
-        int y = top + r * (g->th + 1), x = left + c * (g->tw + GV_GAP);
+        int y = top + r * (g->th + 1), x = g->x0 + c * (g->tw + GV_GAP);
         snprintf(line, sizeof line, "[%d] %s%s", i + 1, mark_name(q->marks[i]), i == g->sel ? " <" : "");
         if (i == g->sel) attron(A_REVERSE);
         if (q->marks[i] != GROUP_UNMARKED) attron(A_BOLD);
@@ -264,7 +270,7 @@ void gridview_draw_images(gridview *g) {
     grp *q = g->queue[0];
     for (int i = 0; i < q->k; i++) {
         int r = i / g->cols, c = i % g->cols;
-        int y = g->top + r * (g->th + 1) + 1, x = g->left + c * (g->tw + GV_GAP);
+        int y = g->top + r * (g->th + 1) + 1, x = g->x0 + c * (g->tw + GV_GAP);
         long key = (((long)y * 1031 + x) * 1031 + g->tw) * 1031 + g->th;
         if (q->gfx_key[i] != key || !q->gfx[i]) {
             free(q->gfx[i]);

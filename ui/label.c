@@ -630,6 +630,9 @@ static void draw_help(ui *u, int top) {
              u->c->train.all_labels ? ", over every label so far" : "");
     const char *notes[] = {
         "every decision is in labels.jsonl (fsync'd) before the next pair shows", obj,
+        "G: grid mode, groups of k images of one prompt (d3po label --grid K): 1..k cycle a mark, "
+        "arrows with g/b mark, B picks the best, Enter submits; each good image beats each bad "
+        "one in training",
         "drift: the mean per-step log-probability ratio log p(model) - log p(base) of the last "
         "measured pairs (every 4th pair, up to 8) of the newest model version; 0 at the base "
         "model, it grows as training moves the model away from it",
