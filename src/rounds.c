@@ -316,6 +316,32 @@ static int open_groups(rounds *d, char *err) {
     return 0;
 }
 
+/* train.all_labels, for groups: the pairs of groups earlier rounds trained
+ * (with their current marks) join the engine's pool. Returns the pairs. */
+static long remember_groups(rounds *d, char *err) {
+    if (!d->c->train.all_labels) return 0;
+    long n = 0;
+    for (long id = 0; id < d->g.next; id++) {
+        int pr[GROUPS_MAX_PAIRS][2];
+        int np = groups_trained(&d->g, id) ? groups_pairs(groups_marks(&d->g, id), pr) : 0;
+        if (!np) continue;
+        session_traj t;
+        if (groups_load(&d->g, id, &t, err)) return -1;
+        for (int q = 0; q < np; q++) {
+            d3_pair_sample p = {.cls = t.cls, .seed = t.seed, .version = t.version, .K = t.K,
+                                .S = t.h, .C = t.C, .h = t.h, .w = t.w, .cfg = t.cfg, .eta = t.eta,
+                                .prompt = (char *)t.prompt,
+                                .traj = {t.traj[pr[q][0]], t.traj[pr[q][1]]}};
+            const d3_pair_sample *pp = &p;
+            float h[1][2] = {{1.0f, -1.0f}}; /* good beats bad */
+            engine_remember(d->e, &pp, (const float(*)[2])h, 1); /* copies the trajectories */
+        }
+        session_traj_free(&t);
+        n += np;
+    }
+    return n;
+}
+
 rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, const rounds_opts *o,
                      char *err) {
     rounds *d = calloc(1, sizeof *d);
@@ -379,6 +405,8 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
     state_free(&st); /* whatever the engine did not take */
     if (d->e) {
         long nr = remember_trained(d, err);
+        long ng = nr >= 0 ? remember_groups(d, err) : -1;
+        nr = ng < 0 ? -1 : nr + ng;
         if (nr >= 0) {
             if (nr) session_warn(s, "train.all_labels: %ld labels of earlier rounds join every round", nr);
             return d;

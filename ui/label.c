@@ -111,6 +111,7 @@ typedef struct {
     char **names;       /* class names (prompts), copied from the policy */
     gridview *grid;     /* grid mode (ui/gridview.c): groups of k; NULL until first used */
     int grid_on;        /* showing the grid instead of pairs */
+    groups_stats gstats; /* the groups at exit (summary) */
     /* drift: per-step log p_policy - log p_base of the newest measured
      * pairs (a ring); the header shows the mean over those of the newest
      * model version, so one odd pair does not make it jump */
@@ -1136,6 +1137,8 @@ void label_tty_setup(int fd, const term_caps *caps, term_mode mode) {
 }
 
 /* After the screen closed: what this sitting did, and what waits. */
+static void grid_summary(ui *u);
+
 static void print_summary(ui *u) {
     session_stats st;
     session_info(u->s, &st);
@@ -1151,6 +1154,7 @@ static void print_summary(ui *u) {
            st.by_choice[SESSION_B] - u->st0.by_choice[SESSION_B],
            st.by_choice[SESSION_TIE] - u->st0.by_choice[SESSION_TIE],
            st.by_choice[SESSION_SKIP] - u->st0.by_choice[SESSION_SKIP]);
+    if (u->grid) grid_summary(u);
     if (st.untrained)
         printf("d3po: %ld label%s not trained yet: they train in the next round when you "
                "resume\n", st.untrained, st.untrained == 1 ? "" : "s");
@@ -1244,7 +1248,12 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     nodelay(stdscr, TRUE);
     label_tty_setup(STDOUT_FILENO, &u->caps, u->mode);
     for (size_t i = 0; i < u->caps.nleftover; i++) ungetch(u->caps.leftover[u->caps.nleftover - 1 - i]);
-    if (c->label.grid >= GROUPS_MIN_K) grid_toggle(u);
+    if (c->label.grid >= GROUPS_MIN_K) { /* the start-up warning keeps the message line */
+        char keep[sizeof u->msg];
+        memcpy(keep, u->msg, sizeof keep);
+        grid_toggle(u);
+        if (keep[0]) memcpy(u->msg, keep, sizeof keep);
+    }
     top_up(u);
     draw(u, 1);
     while (!u->quit) {
@@ -1287,6 +1296,7 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     close(u->enc.wake[0]);
     close(u->enc.wake[1]);
     term_guard_release(); /* the sixel modes as they were */
+    if (u->grid) groups_info(rounds_groups(u->d), &u->gstats); /* for the summary */
     rounds_stop(u->d); /* cancels a running round: its labels train in the next one */
     for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
     for (int i = 0; i < u->ndone; i++) qpair_free(u->done[i]);
@@ -1330,4 +1340,11 @@ static void grid_toggle(ui *u) {
 static void grid_on_group(ui *u, long id, d3_pair_sample *p) {
     if (grid_view(u)) gridview_on_group(u->grid, id, p);
     else engine_pair_free(p);
+}
+
+/* The exit summary's line on groups. */
+static void grid_summary(ui *u) {
+    const groups_stats g = u->gstats;
+    printf("d3po: groups: %ld marked, %ld skipped, %ld undecided; their pairs: %ld trained, %ld not "
+           "trained yet\n", g.decided, g.skipped, g.undecided, g.pairs_trained, g.pairs_pending);
 }
