@@ -3,8 +3,9 @@
  * decision, skip, undo), the pairs a group's marks make (all good, all bad
  * and nothing marked make none), trained marks from rounds/NNNN.groups, a
  * torn tail ignored and cut off before the next append, a damaged middle
- * line named FILE:LINE in one line, and kill -9 while deciding losing no
- * acknowledged group. No model: the store does not care what the
+ * line named FILE:LINE in one line, kill -9 while deciding losing no
+ * acknowledged group, and the grid layout (ui/gridview.c) choosing the
+ * rows that make the images largest. No model: the store does not care what the
  * trajectories are. */
 #include <signal.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "gridview.h"
 #include "groups.h"
 #include "rng.h"
 #include "t.h"
@@ -244,11 +246,35 @@ static void test_kill9(void) {
     groups_close(&g);
 }
 
+/* The grid layout makes the images as large as the area allows. */
+static void test_layout(void) {
+    int r, c, side;
+    /* 98 x 23 cells of half blocks (1 x 2 px): 1 x 4 tiles of 23 columns
+     * beat 2 x 2 (images 20 px tall) */
+    CHECK(gridview_layout(4, 98, 23, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r == 1 && c == 4 &&
+              side == 23, "blocks 98x23, k=4: %dx%d side %d", r, c, side);
+    /* sixel, 7x16 px cells, 138 x 38: 2 x 2 of 288 px (9 x 32) */
+    CHECK(gridview_layout(4, 138, 38, 7, 16, 32, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 2 &&
+              side == 288, "sixel 138x38, k=4: %dx%d side %d", r, c, side);
+    CHECK(gridview_layout(8, 138, 38, 7, 16, 32, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 4 &&
+              side % 32 == 0, "sixel 138x38, k=8: %dx%d side %d", r, c, side);
+    /* a tall narrow area stacks the images */
+    CHECK(gridview_layout(3, 30, 60, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r == 3 && c == 1,
+          "blocks 30x60, k=3: %dx%d", r, c);
+    /* 5 images: never a row left empty (3 rows of 2 would leave one) */
+    for (int k = GROUPS_MIN_K; k <= GROUPS_MAX_K; k++) {
+        CHECK(gridview_layout(k, 80, 24, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r * c >= k &&
+                  (r - 1) * c < k, "k=%d: %dx%d", k, r, c);
+    }
+    CHECK(gridview_layout(8, 10, 3, 1, 2, 16, 0, 2, &r, &c, &side) < 0, "too small: refused");
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/d3po_test_groups.%d", (int)getpid());
     char err[D3_ERRLEN];
     fs_mkdirs(root, err);
     RUN(test_pairs_from_marks);
+    RUN(test_layout);
     RUN(test_files_round_trip);
     RUN(test_journal_round_trip);
     RUN(test_damaged_journal);
