@@ -41,11 +41,14 @@ struct gridview {
     grp *done[GV_DONE]; /* submitted on this screen, newest last (undo) */
     int ndone;
     int sel;
-    /* the last layout (for the images after doupdate) */
-    int top, left, w, h, rows, cols, tw, th, x0; /* x0: the first tile's column */
+    /* the last layout (for the images after doupdate): the group drawn,
+     * its tiles' grid, size, first row and first tile's column */
+    grp *shown;
+    int rows, cols, tw, th, top, x0;
     /* group history */
     int hist, hist_sel, hist_n;
     long *hist_ids;
+    grp *hist_grp; /* the selected decided group, loaded from disk */
 };
 
 static void grp_free(grp *q) {
@@ -90,13 +93,20 @@ void gridview_free(gridview *g) {
     for (int i = 0; i < g->nq; i++) grp_free(g->queue[i]);
     for (int i = 0; i < g->ndone; i++) grp_free(g->done[i]);
     free(g->hist_ids);
+    grp_free(g->hist_grp);
     free(g);
 }
 
 int gridview_k(const gridview *g) { return g->k; }
 int gridview_held(const gridview *g) { return g->nq; }
 int gridview_hist_open(const gridview *g) { return g->hist; }
-void gridview_close_views(gridview *g) { g->hist = 0; }
+static void hist_close(gridview *g) {
+    g->hist = 0;
+    grp_free(g->hist_grp);
+    g->hist_grp = NULL;
+}
+
+void gridview_close_views(gridview *g) { hist_close(g); }
 
 static void enqueue(gridview *g, grp *q) {
     if (q && g->nq < GV_QMAX) g->queue[g->nq++] = q;
@@ -201,8 +211,7 @@ static const char *mark_name(char m) { return m == GROUP_GOOD ? "good" : m == GR
 static void draw_hist(gridview *g, int top, int left, int w, int h) {
     d3_groups *gs = rounds_groups(g->env.d);
     char line[512];
-    snprintf(line, sizeof line, "group history: %d decided groups, newest first (Up/Down; h or "
-             "Escape closes)", g->hist_n);
+    snprintf(line, sizeof line, "group history: %d decided groups (newest first)", g->hist_n);
     mvaddnstr(top - 1, left, line, w);
     int first = g->hist_sel - h / 2 < 0 ? 0 : g->hist_sel - h / 2;
     for (int r = 0; r < h && first + r < g->hist_n; r++) {
@@ -217,14 +226,55 @@ static void draw_hist(gridview *g, int top, int left, int w, int h) {
     }
 }
 
-void gridview_draw(gridview *g, int top, int left, int w, int h) {
-    g->top = top;
-    g->left = left;
-    g->w = w;
-    g->h = h;
+/* Lays q's images out in the area and draws their labels (sel: the
+ * selected tile, -1 none); g->shown and the layout are what
+ * gridview_draw_images writes. */
+static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, int h) {
+    char line[64];
+    g->shown = NULL;
     g->rows = 0;
+    int sixel = g->env.mode == TERM_MODE_SIXEL;
+    int pw = sixel ? g->env.caps.cell_w : 1, ph = sixel ? g->env.caps.cell_h : 2, side;
+    if (pw < 1 || ph < 1 || gridview_layout(q->k, w, h, pw, ph, q->S, sixel, GV_GAP, &g->rows,
+                                            &g->cols, &side)) {
+        mvaddnstr(top + h / 2, left + 1, "enlarge the terminal to see the group", w - 1);
+        g->rows = 0;
+        return;
+    }
+    /* tiles as wide as their images (the label needs ~12 columns), the grid
+     * centred in the area */
+    int most = (w - (g->cols - 1) * GV_GAP) / g->cols;
+    int used = sixel ? (side + pw - 1) / pw : side;
+    g->tw = used < 12 ? 12 : used;
+    if (g->tw > most) g->tw = most;
+    g->th = h / g->rows - 1;
+    g->top = top;
+    g->x0 = left + (w - (g->cols * g->tw + (g->cols - 1) * GV_GAP)) / 2;
+    for (int i = 0; i < q->k; i++) {
+        int r = i / g->cols, c = i % g->cols;
+        int y = top + r * (g->th + 1), x = g->x0 + c * (g->tw + GV_GAP);
+        snprintf(line, sizeof line, "[%d] %s%s", i + 1, mark_name(q->marks[i]), i == sel ? " <" : "");
+        if (i == sel) attron(A_REVERSE);
+        if (q->marks[i] != GROUP_UNMARKED) attron(A_BOLD);
+        mvaddnstr(y, x, line, g->tw);
+        attroff(A_REVERSE | A_BOLD);
+    }
+    g->shown = q;
+}
+
+void gridview_draw(gridview *g, int top, int left, int w, int h) {
+    g->shown = NULL;
     if (g->hist) {
-        draw_hist(g, top + 1, left, w, h - 1);
+        int lw = w / 3 < 46 ? 46 : w / 3;
+        if (lw > w) lw = w;
+        draw_hist(g, top, left, lw, h);
+        if (g->hist_grp && w - lw > 16) {
+            char line[512];
+            snprintf(line, sizeof line, "\"%s\"  sampled by v%ld", g->hist_grp->prompt,
+                     g->hist_grp->version);
+            mvaddnstr(top - 1, left + lw + 2, line, w - lw - 2);
+            draw_tiles(g, g->hist_grp, -1, top, left + lw + 2, w - lw - 2, h);
+        }
         return;
     }
     if (!g->nq) {
@@ -238,36 +288,13 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
     snprintf(line, sizeof line, "group %ld: %d images of \"%s\"  seed %llu  sampled by v%ld", q->id,
              q->k, q->prompt, (unsigned long long)q->seed, q->version);
     mvaddnstr(top - 1, left, line, w);
-    int sixel = g->env.mode == TERM_MODE_SIXEL;
-    int pw = sixel ? g->env.caps.cell_w : 1, ph = sixel ? g->env.caps.cell_h : 2, side;
-    if (gridview_layout(q->k, w, h, pw, ph, q->S, sixel, GV_GAP, &g->rows, &g->cols, &side)) {
-        mvaddstr(top + h / 2, left + 1, "enlarge the terminal to see the group");
-        g->rows = 0;
-        return;
-    }
-    /* tiles as wide as their images (the label needs ~12 columns), the grid
-     * centred in the area */
-    int most = (w - (g->cols - 1) * GV_GAP) / g->cols;
-    int used = sixel ? (side + pw - 1) / pw : side;
-    g->tw = used < 12 ? 12 : used;
-    if (g->tw > most) g->tw = most;
-    g->th = h / g->rows - 1;
-    g->x0 = left + (w - (g->cols * g->tw + (g->cols - 1) * GV_GAP)) / 2;
     if (g->sel >= q->k) g->sel = q->k - 1;
-    for (int i = 0; i < q->k; i++) {
-        int r = i / g->cols, c = i % g->cols;
-        int y = top + r * (g->th + 1), x = g->x0 + c * (g->tw + GV_GAP);
-        snprintf(line, sizeof line, "[%d] %s%s", i + 1, mark_name(q->marks[i]), i == g->sel ? " <" : "");
-        if (i == g->sel) attron(A_REVERSE);
-        if (q->marks[i] != GROUP_UNMARKED) attron(A_BOLD);
-        mvaddnstr(y, x, line, g->tw);
-        attroff(A_REVERSE | A_BOLD);
-    }
+    draw_tiles(g, q, g->sel, top, left, w, h);
 }
 
 void gridview_draw_images(gridview *g) {
-    if (g->hist || !g->nq || !g->rows) return;
-    grp *q = g->queue[0];
+    grp *q = g->shown;
+    if (!q || !g->rows) return;
     for (int i = 0; i < q->k; i++) {
         int r = i / g->cols, c = i % g->cols;
         int y = g->top + r * (g->th + 1) + 1, x = g->x0 + c * (g->tw + GV_GAP);
@@ -303,6 +330,19 @@ void gridview_footer(const gridview *g, char *out, size_t n) {
 
 /* ---- keys ---- */
 
+/* row i of the history: its group from disk, marked as journaled */
+static void hist_select(gridview *g, int i) {
+    if (i < 0 || i >= g->hist_n) return;
+    g->hist_sel = i;
+    grp_free(g->hist_grp);
+    g->hist_grp = NULL;
+    char err[D3_ERRLEN];
+    long id = g->hist_ids[i];
+    const char *m = groups_marks(rounds_groups(g->env.d), id);
+    if (!(g->hist_grp = load_group(g, id, err))) return;
+    if ((int)strlen(m) == g->hist_grp->k) memcpy(g->hist_grp->marks, m, (size_t)g->hist_grp->k);
+}
+
 static void hist_open(gridview *g) {
     d3_groups *gs = rounds_groups(g->env.d);
     free(g->hist_ids);
@@ -310,8 +350,8 @@ static void hist_open(gridview *g) {
     g->hist_n = 0;
     for (long id = gs->next - 1; g->hist_ids && id >= 0; id--)
         if (groups_marks(gs, id)[0]) g->hist_ids[g->hist_n++] = id;
-    g->hist_sel = 0;
     g->hist = 1;
+    hist_select(g, 0);
 }
 
 static void submit(gridview *g, const char *marks, char *msg, size_t n) {
@@ -358,9 +398,9 @@ static void undo(gridview *g, char *msg, size_t n) {
 
 int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
     if (g->hist) {
-        if (ch == KEY_UP || ch == 'k') { if (g->hist_sel > 0) g->hist_sel--; return 1; }
-        if (ch == KEY_DOWN || ch == 'j') { if (g->hist_sel + 1 < g->hist_n) g->hist_sel++; return 1; }
-        if (act == D3_ACT_HISTORY || act == D3_ACT_QUIT || ch == 27) { g->hist = 0; return 1; }
+        if (ch == KEY_UP || ch == 'k') { hist_select(g, g->hist_sel - 1); return 1; }
+        if (ch == KEY_DOWN || ch == 'j') { hist_select(g, g->hist_sel + 1); return 1; }
+        if (act == D3_ACT_HISTORY || act == D3_ACT_QUIT || ch == 27) { hist_close(g); return 1; }
         return act == D3_ACT_HELP || act == D3_ACT_STATS || act == D3_ACT_LOG ? 0 : 1;
     }
     if (act == D3_ACT_HISTORY) { hist_open(g); return 1; }
