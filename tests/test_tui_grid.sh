@@ -3,8 +3,8 @@
 # `d3po label --grid 4` on a tiny model shows 4 images of one prompt from
 # one x_T; keys mark them (1..4 cycle, arrows + g/b, B best), Enter
 # submits, u undoes, s skips, G switches to pairs and back, h lists the
-# groups; a round trains on the groups' (good, bad) pairs; kill -9 right
-# after a submit loses nothing (the group is in groups.jsonl and in
+# groups (with the selected group's images), i counts them; a round trains
+# on the groups' (good, bad) pairs; kill -9 right after a submit loses nothing (the group is in groups.jsonl and in
 # `session info` after resume); `export --format scores` has the marks.
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
@@ -59,6 +59,10 @@ wait_for "group history: 3 decided groups" && ok "h lists the groups" || no "h h
 wait_for "group  *2  bbgb  *3 pairs  trained" && ok "history marks a trained group" || no "history trained"
 tm send-keys -t t Escape
 wait_for "group 3: 4 images" || no "history closes"
+tm send-keys -t t i
+wait_for "groups  *[0-9]* sampled, 2 marked, 1 skipped; 4 pairs" && ok "i: statistics count the groups" || no "stats groups"
+tm send-keys -t t Escape
+wait_for "group 3: 4 images" || no "stats close"
 tm send-keys -t t g g b
 wait_for "\[1\] good  *\[2\] good  *\[3\] BAD" || no "arrow marks"
 tm send-keys -t t Enter

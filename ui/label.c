@@ -700,6 +700,14 @@ static void draw_stats(ui *u, int top) {
     snprintf(line, sizeof line, "pairs         %ld sampled, %ld without a decision", st.pairs,
              st.unlabeled);
     put_fitted(r++, 2, line);
+    groups_stats gs;
+    groups_info(rounds_groups(u->d), &gs);
+    if (gs.groups) {
+        snprintf(line, sizeof line, "groups        %ld sampled, %ld marked, %ld skipped; %ld pairs "
+                 "(good beats bad): %ld trained, %ld waiting", gs.groups, gs.decided, gs.skipped,
+                 gs.pairs, gs.pairs_trained, gs.pairs_pending);
+        put_fitted(r++, 2, line);
+    }
     r++;
     count_prompts(u, st.labeled);
     if (!u->cls_count) return;
