@@ -5,7 +5,8 @@
  * torn tail ignored and cut off before the next append, a damaged middle
  * line named FILE:LINE in one line, kill -9 while deciding losing no
  * acknowledged group, and the grid layout (ui/gridview.c) choosing the
- * rows that make the images largest. No model: the store does not care what the
+ * rows that make the images largest; a dead writer's temp file in groups/
+ * is cleaned. No model: the store does not care what the
  * trajectories are. */
 #include <signal.h>
 #include <stdlib.h>
@@ -105,6 +106,17 @@ static void test_files_round_trip(void) {
     CHECK(stat(groups_path(&g, 1, 7, png, sizeof png), &st) == 0, "%s written", png);
     CHECK(groups_load(&g, 5, &t, err) < 0 && strstr(err, "no group 5"), "missing group: %s", err);
     groups_close(&g);
+    /* a temp file of a group write whose writer died is cleaned like the pairs' */
+    pid_t dead = fork();
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    char tmp[700];
+    snprintf(tmp, sizeof tmp, "%s/groups/000002.traj.tmp.%d", dir, (int)dead);
+    FILE *f = fopen(tmp, "w");
+    if (f) fclose(f);
+    char list[1024];
+    int n = session_clean_temp(dir, 1, list, sizeof list);
+    CHECK(n == 1 && access(tmp, F_OK) != 0, "stale groups/ temp file removed (%d): %s", n, list);
 }
 
 static void test_journal_round_trip(void) {
