@@ -349,9 +349,8 @@ static int record(d3_groups *g, long id, const char *marks, int version, char *e
     int n = marks ? snprintf(line, sizeof line,
                              "{\"group\":%ld,\"marks\":\"%s\",\"time\":%lld.%03ld,\"version\":%d}\n",
                              id, marks, (long long)ts.tv_sec, ts.tv_nsec / 1000000, version)
-                  : snprintf(line, sizeof line,
-                             "{\"group\":%ld,\"undo\":true,\"time\":%lld.%03ld,\"version\":%d}\n", id,
-                             (long long)ts.tv_sec, ts.tv_nsec / 1000000, version);
+                  : snprintf(line, sizeof line, "{\"group\":%ld,\"undo\":true,\"time\":%lld.%03ld}\n",
+                             id, (long long)ts.tv_sec, ts.tv_nsec / 1000000);
     return journal_append(g, line, (size_t)n, err);
 }
 
@@ -374,7 +373,7 @@ int groups_undo(d3_groups *g, long *id, char *err) {
     if (writable(g, "undo", err)) return -1;
     if (!g->nstack) return d3_errf(err, "%s/groups.jsonl: no group decision to undo", g->dir);
     long gid = g->stack[g->nstack - 1].group;
-    if (record(g, gid, NULL, 0, err)) return -1;
+    if (record(g, gid, NULL, -1, err)) return -1;
     pop(g);
     if (id) *id = gid;
     return 0;

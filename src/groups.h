@@ -16,7 +16,7 @@
  *         the marks of group 3, one character per image: g good, b bad,
  *         - unmarked; a new line for the same group replaces its marks
  *     {"group":3,"marks":"skip","time":...,"version":2}   skipped
- *     {"group":3,"undo":true,"time":...,"version":2}
+ *     {"group":3,"undo":true,"time":...}
  *         cancels the newest decision not yet undone (which was on group 3)
  *                           A torn last line (a crash mid-write) is ignored
  *                           and cut off before the next append; any other
