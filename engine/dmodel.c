@@ -402,23 +402,34 @@ int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float
     return 0;
 }
 
+int dm_sample_group(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+                    const float *uncond, uint64_t seed, uint64_t stream, float *x, float *traj,
+                    float *logp, char *err) {
+    size_t D = dm->D, cf = dm->cond_floats;
+    d3_rng r, *rngs = malloc((size_t)n * sizeof *rngs);
+    float *cn = malloc((size_t)n * cf * sizeof(float));
+    if (!rngs || !cn) {
+        free(rngs);
+        free(cn);
+        return d3_errf(err, "out of memory");
+    }
+    rng_init(&r, seed, 0);
+    rng_normal(&r, x, D);
+    for (int i = 0; i < n; i++) {
+        if (i) memcpy(x + i * D, x, D * sizeof(float));
+        rng_init(&rngs[i], seed, stream + (uint64_t)i);
+        memcpy(cn + i * cf, cond, cf * sizeof(float));
+    }
+    int rc = dm_sample(dm, tp, o, n, cn, uncond, x, rngs, traj, logp, err);
+    free(cn);
+    free(rngs);
+    return rc;
+}
+
 int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *cond,
                    const float *uncond, uint64_t seed, uint64_t stream, float *x, float *traj,
                    float *logp, char *err) {
-    size_t D = dm->D;
-    d3_rng r, rngs[2];
-    rng_init(&r, seed, 0);
-    rng_normal(&r, x, D);
-    memcpy(x + D, x, D * sizeof(float));
-    rng_init(&rngs[0], seed, stream);
-    rng_init(&rngs[1], seed, stream + 1);
-    float *c2 = malloc(2 * dm->cond_floats * sizeof(float));
-    if (!c2) return d3_errf(err, "out of memory");
-    memcpy(c2, cond, dm->cond_floats * sizeof(float));
-    memcpy(c2 + dm->cond_floats, cond, dm->cond_floats * sizeof(float));
-    int rc = dm_sample(dm, tp, o, 2, c2, uncond, x, rngs, traj, logp, err);
-    free(c2);
-    return rc;
+    return dm_sample_group(dm, tp, o, 2, cond, uncond, seed, stream, x, traj, logp, err);
 }
 
 int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,

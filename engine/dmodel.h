@@ -216,6 +216,12 @@ int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float
 int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *cond,
                    const float *uncond, uint64_t seed, uint64_t stream, float *x, float *traj,
                    float *logp, char *err);
+/* The same for n >= 1 trajectories from the one x_T (a group of k images):
+ * image i steps with stream stream + i; x [n][D], traj [n][K+1][D], logp
+ * [n][K]. dm_sample_pair is dm_sample_group with n = 2. 0/-1. */
+int dm_sample_group(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+                    const float *uncond, uint64_t seed, uint64_t stream, float *x, float *traj,
+                    float *logp, char *err);
 /* Teacher-forced log-probs of n stored trajectories [n][K+1][D] (all of
  * conditioning cond [n][cond_floats]): logp [n][K]; means [n][K][D] may
  * be NULL. 0/-1. */

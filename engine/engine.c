@@ -27,6 +27,7 @@ typedef struct job {
     int remember;     /* JOB_TRAIN: only add the pairs to the pool, no training */
     int early;        /* JOB_SAMPLE: may run between a round's steps */
     uint64_t tag;     /* JOB_SAMPLE: handed back in the pair */
+    int n;            /* JOB_SAMPLE: trajectories (2: a pair) */
     d3po_pair *pairs; /* JOB_TRAIN: owned copies */
     int npairs, round;
     struct job *next;
@@ -117,9 +118,10 @@ static void emit_error(d3_engine *e, const char *msg) {
 
 void engine_pair_free(d3_pair_sample *p) {
     if (!p) return;
-    for (int i = 0; i < 2; i++) {
-        free(p->traj[i]); free(p->logp[i]); free(p->logp_base[i]); free(p->rgb[i]);
+    for (int i = 0; i < D3_MAX_GROUP; i++) {
+        free(p->traj[i]); free(p->logp[i]); free(p->rgb[i]);
     }
+    free(p->logp_base[0]); free(p->logp_base[1]);
     free(p->prompt);
     free(p->cond);
     free(p);
@@ -220,13 +222,13 @@ static void base_logp(d3_engine *e, d3_pair_sample *p, const float *c2, const fl
 /* Samples job j's pair from m (the policy, or during a round the model in
  * force before it); EV_PAIR carries the version of m. */
 static void run_sample_from(d3_engine *e, d3_dmodel *m, const job *j) {
-    int K = e->o.sample.steps;
+    int K = e->o.sample.steps, n = j->n;
     size_t D = m->D, cf = m->cond_floats, rgbn = (size_t)m->img_h * m->img_w * 3;
     char err[D3_ERRLEN];
     d3_pair_sample *p = calloc(1, sizeof *p);
-    float *x = malloc(2 * D * sizeof(float)), *traj = malloc(2 * (K + 1) * D * sizeof(float));
-    float *lp = malloc(2 * K * sizeof(float)), *c2 = malloc(2 * cf * sizeof(float));
-    uint8_t *rgb = malloc(2 * rgbn);
+    float *x = malloc(n * D * sizeof(float)), *traj = malloc(n * (K + 1) * D * sizeof(float));
+    float *lp = malloc(n * K * sizeof(float)), *c2 = malloc(2 * cf * sizeof(float));
+    uint8_t *rgb = malloc(n * rgbn);
     if (!p || !x || !traj || !lp || !c2 || !rgb) {
         d3_errf(err, "engine: out of memory sampling a pair");
         goto fail;
@@ -249,19 +251,19 @@ static void run_sample_from(d3_engine *e, d3_dmodel *m, const job *j) {
     d3_event pe = {.kind = EV_PROGRESS, .what = "sampling", .i = 0, .n = queued, .eta_s = NAN,
                    .loss = NAN};
     emit(e, &pe);
-    /* the pair shares x_T (stream 0 of its seed); step noise streams 1, 2 */
-    if (dm_sample_pair(m, e->tp, &e->o.sample, c2, uncond, j->seed, 1, x, traj, lp, err) ||
-        dm_decode(m, e->tp, x, 2, rgb, err))
+    /* the pair (group) shares x_T (stream 0 of its seed); step noise streams 1 .. n */
+    if (dm_sample_group(m, e->tp, &e->o.sample, n, c2, uncond, j->seed, 1, x, traj, lp, err) ||
+        dm_decode(m, e->tp, x, n, rgb, err))
         goto fail;
     *p = (d3_pair_sample){.cls = strcmp(m->family, "pixel") ? -1 : (int)c2[0], .seed = j->seed,
-                          .version = e->version, .K = K, .S = m->h, .C = m->C, .h = m->h,
+                          .version = e->version, .n = n, .K = K, .S = m->h, .C = m->C, .h = m->h,
                           .w = m->w, .cfg = e->o.sample.cfg, .eta = e->o.sample.eta, .tag = j->tag,
                           .cond_floats = (int)cf, .img_h = m->img_h, .img_w = m->img_w};
     p->cond = malloc(cf * sizeof(float));
     if (j->prompt) p->prompt = strdup(j->prompt);
     int oom = !p->cond || (j->prompt && !p->prompt);
     if (p->cond) memcpy(p->cond, c2, cf * sizeof(float));
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < n; i++) {
         p->traj[i] = malloc((K + 1) * D * sizeof(float));
         p->logp[i] = malloc(K * sizeof(float));
         p->rgb[i] = malloc(rgbn);
@@ -583,6 +585,8 @@ void engine_sample_ex(d3_engine *e, const engine_sample_req *r) {
     j->drift = r->drift;
     j->early = r->early;
     j->tag = r->tag;
+    j->n = r->n >= 3 && r->n <= D3_MAX_GROUP ? r->n : 2;
+    if (j->n > 2) j->drift = 0;
     push_job(e, j);
 }
 

@@ -66,8 +66,14 @@ typedef struct {
 
 engine_opts engine_opts_default(void);
 
+/* trajectories one sample request may ask for (a group of k images of one
+ * prompt from one x_T, the labeling screen's grid mode) */
+#define D3_MAX_GROUP 8
+
 typedef struct {
     int cls;            /* pixel family: the class id; -1 otherwise */
+    int n;              /* trajectories: 2 (a pair), or 3..D3_MAX_GROUP (a group;
+                           0 means 2); the arrays below hold n of them */
     uint64_t seed;
     long version;       /* model version that sampled it */
     int K, S;           /* S: the side of a square x (pixel: the image side) */
@@ -76,13 +82,14 @@ typedef struct {
     char *prompt;       /* the prompt text (NULL: the class cls, pixel family) */
     float *cond;        /* [cond_floats] its conditioning (NULL: the class cls) */
     int cond_floats;
-    float *traj[2];     /* [K+1][D]; traj[i] + K*D is x_0 */
-    uint8_t *rgb[2];    /* [img_h][img_w][3] the decoded x_0 (NULL: decode it
-                           yourself; pairs the engine samples carry them) */
+    float *traj[D3_MAX_GROUP]; /* [K+1][D]; traj[i] + K*D is x_0 */
+    uint8_t *rgb[D3_MAX_GROUP]; /* [img_h][img_w][3] the decoded x_0 (NULL: decode
+                           it yourself; pairs the engine samples carry them) */
     int img_h, img_w;
-    float *logp[2];     /* [K] sampling log-probs */
+    float *logp[D3_MAX_GROUP]; /* [K] sampling log-probs */
     float *logp_base[2]; /* [K] the same steps' log-probs under the base model
-                            (engine_sample_drift with a base model), else NULL */
+                            (engine_sample_drift with a base model, pairs only),
+                            else NULL */
     uint64_t tag;       /* the caller's tag from engine_sample_req (0 otherwise) */
 } d3_pair_sample;
 
@@ -141,6 +148,8 @@ typedef struct {
     uint64_t seed;
     int drift, early;
     uint64_t tag;
+    int n;              /* 0 or 2: a pair; 3..D3_MAX_GROUP: a group of n
+                           trajectories from the one x_T (no drift) */
 } engine_sample_req;
 void engine_sample_ex(d3_engine *e, const engine_sample_req *r);
 /* The drift of a pair from engine_sample_drift: the mean over both images

@@ -15,7 +15,14 @@
  *             ComfyUI, diffusers' load_lora_weights) or diffusers naming;
  *             --out is the file (session_sd_export).
  *
- * Skipped and unlabeled pairs are left out. The PNGs are copied into
+ * Groups of k (the screen's grid mode, src/groups.h) that were marked:
+ *   pickapic  one line per (good, bad) pair of the group, the good image
+ *             first: {..., "label_0": 1, "label_1": 0, "group": id}
+ *   scores    one line per image: {"group": id, "image": i, "caption",
+ *             "mark": "good"|"bad"|"unmarked", "score": 1|0|null,
+ *             "png": "images/gNNNNNN-I.png"}
+ *
+ * Skipped and unlabeled pairs (and groups) are left out. The PNGs are copied into
  * OUT/images/ (re-rendered from the trajectory's x_0 when the session has
  * no PNG for a pair); the .jsonl is written atomically after all images,
  * so a reader never sees a line whose image is missing. The session is
@@ -29,6 +36,7 @@
 
 #include "cli.h"
 #include "fsutil.h"
+#include "groups.h"
 #include "image.h"
 #include "session.h"
 #include "session_sd.h"
@@ -45,6 +53,10 @@ static const char export_help[] =
     "            \"label_1\", \"pair\"} per pair; labels 1/0, 0/1, or 0.5/0.5 for a tie\n"
     "  scores    DIR2/scores.jsonl: {\"pair\", \"image\": \"A\"|\"B\", \"caption\",\n"
     "            \"score\": 1|0|0.5, \"png\"} per image\n"
+    "Marked groups of k images (grid mode) are included: pickapic, one line per\n"
+    "(good, bad) pair with \"group\"; scores, one line per image: {\"group\",\n"
+    "\"image\": 0..k-1, \"caption\", \"mark\": good|bad|unmarked, \"score\": 1|0|null,\n"
+    "\"png\"}.\n"
     "Image paths are relative to DIR2. The .jsonl file is written atomically.\n"
     "On a Stable Diffusion-family session the trained LoRA adapters export as a\n"
     "file AUTOMATIC1111, ComfyUI and diffusers' load_lora_weights read:\n"
@@ -137,6 +149,61 @@ static int export_lora(const char *dir, const char *fmt, const char *out, int ro
     return rc;
 }
 
+/* The marked groups of k: their images copied, their lines appended.
+ * *ngroups, *nimages count them; a damaged group is left out with a
+ * warning (*skipped). */
+static int export_groups(const d3_session *s, const char *out, int pickapic, char **text, size_t *len,
+                         size_t *cap, long *ngroups, long *nimages, long *skipped, char *err) {
+    d3_groups g;
+    if (groups_open(s->dir, s->round, 1, &g, err)) return -1;
+    int rc = 0;
+    for (long id = 0; id < g.next && !rc; id++) {
+        const char *m = groups_marks(&g, id);
+        if (!g.present[id] || !m[0] || !strcmp(m, "skip")) continue;
+        session_traj t;
+        if (groups_load(&g, id, &t, err)) {
+            char e2[D3_ERRLEN];
+            fprintf(stderr, "d3po export: warning: %s; group %ld left out (d3po session check)\n",
+                    text_escape(e2, sizeof e2, err), id);
+            (*skipped)++;
+            continue;
+        }
+        char rel[GROUPS_MAX_K][64];
+        for (int i = 0; i < t.N && !rc; i++) {
+            char src[4300], dst[4300];
+            unsigned char *buf;
+            size_t n;
+            snprintf(rel[i], sizeof rel[i], "images/g%06ld-%d.png", id, i);
+            snprintf(dst, sizeof dst, "%s/%s", out, rel[i]);
+            if (fs_read_all(groups_path(&g, id, i, src, sizeof src), &buf, &n, err)) { rc = -1; break; }
+            const void *parts[1] = {buf};
+            rc = fs_write_atomic(dst, parts, &n, 1, err);
+            free(buf);
+        }
+        const char *caption = t.prompt ? t.prompt : "";
+        int pr[GROUPS_MAX_PAIRS][2], np = groups_pairs(m, pr);
+        for (int q = 0; q < np && !rc && pickapic; q++) {
+            json_t *o = json_pack("{s:s, s:s, s:s, s:f, s:f, s:I}", "caption", caption, "image_0",
+                                  rel[pr[q][0]], "image_1", rel[pr[q][1]], "label_0", 1.0,
+                                  "label_1", 0.0, "group", (json_int_t)id);
+            if (append_line(text, len, cap, o)) rc = d3_errf(err, "%s: cannot encode JSON", out);
+        }
+        for (int i = 0; i < t.N && !rc && !pickapic; i++) {
+            const char *mark = m[i] == GROUP_GOOD ? "good" : m[i] == GROUP_BAD ? "bad" : "unmarked";
+            json_t *score = m[i] == GROUP_GOOD ? json_integer(1) : m[i] == GROUP_BAD ? json_integer(0)
+                                                                                 : json_null();
+            json_t *o = json_pack("{s:I, s:i, s:s, s:s, s:o, s:s}", "group", (json_int_t)id, "image", i,
+                                  "caption", caption, "mark", mark, "score", score, "png", rel[i]);
+            if (append_line(text, len, cap, o)) rc = d3_errf(err, "%s: cannot encode JSON", out);
+        }
+        (*ngroups)++;
+        *nimages += t.N;
+        session_traj_free(&t);
+    }
+    groups_close(&g);
+    return rc;
+}
+
 int cmd_export(int argc, char **argv) {
     static const struct option opts[] = {{"session", 1, 0, 's'}, {"format", 1, 0, 'f'},
                                          {"out", 1, 0, 'o'},     {"help", 0, 0, 'h'},
@@ -222,6 +289,9 @@ int cmd_export(int argc, char **argv) {
         npairs++;
         nimages += 2;
     }
+    long ngroups = 0;
+    if (!rc)
+        rc = export_groups(&s, out, pickapic, &text, &len, &cap, &ngroups, &nimages, &skipped, err);
     char jp[4200];
     snprintf(jp, sizeof jp, "%s/%s", out, pickapic ? "data.jsonl" : "scores.jsonl");
     if (!rc) {
@@ -234,7 +304,7 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "d3po export: %s\n", err);
         return EXIT_FAIL;
     }
-    printf("%s: %ld pairs, %ld images (%s/images)%s\n", jp, npairs, nimages, out,
-           skipped ? "; damaged pairs left out (see the warnings)" : "");
+    printf("%s: %ld pairs, %ld groups, %ld images (%s/images)%s\n", jp, npairs, ngroups, nimages,
+           out, skipped ? "; damaged pairs or groups left out (see the warnings)" : "");
     return 0;
 }

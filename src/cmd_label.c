@@ -26,7 +26,7 @@ static const char label_help[] =
     "                    [--prompts FILE] [--objective d3po|diffusion-dpo]\n"
     "                    [--size WxH] [--steps N] [--lora FILE]\n"
     "                    [--device auto|cpu|cuda] [--tf32]\n"
-    "                    [--dtype fp32|fp16|bf16]\n"
+    "                    [--dtype fp32|fp16|bf16] [--grid K]\n"
     "\n"
     "Opens the labeling screen: two images of one prompt from one starting\n"
     "noise; a key for the better one; D3PO trains between rounds.\n"
@@ -55,7 +55,10 @@ static const char label_help[] =
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 relative\n"
     "                    error; default: the config's engine.tf32)\n"
     "  --dtype T         fp32, fp16 or bf16: the frozen base's precision (default:\n"
-    "                    the config's engine.dtype); the CPU computes in fp32 always\n";
+    "                    the config's engine.dtype); the CPU computes in fp32 always\n"
+    "  --grid K          open in grid mode: groups of K images (3..8) of one prompt\n"
+    "                    from one starting noise, each marked good or bad; 0: pairs\n"
+    "                    (default: the config's label.grid; the key G switches)\n";
 
 static int default_session(char *buf, size_t n) {
     const char *x = getenv("XDG_DATA_HOME"), *h = getenv("HOME");
@@ -71,10 +74,10 @@ int cmd_label(int argc, char **argv) {
         {"graphics", 1, 0, 'g'}, {"round-size", 1, 0, 'r'}, {"device", 1, 0, 'D'},
         {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},     {"help", 0, 0, 'h'},       {"prompts", 1, 0, 'P'},
         {"objective", 1, 0, 'O'}, {"size", 1, 0, 'z'}, {"steps", 1, 0, 'k'},
-        {"lora", 1, 0, 'L'}, {0, 0, 0, 0}};
+        {"lora", 1, 0, 'L'}, {"grid", 1, 0, 'G'}, {0, 0, 0, 0}};
     const char *dir = NULL, *model = NULL, *conf = NULL, *graphics = NULL, *prompts = NULL,
                *lora_from = NULL;
-    long round_size = 0, steps = 0;
+    long round_size = 0, steps = 0, grid = -1;
     int width = 0, height = 0;
     char err[D3_ERRLEN], dbuf[4096];
     int c, dev = -1, tf32 = 0, objective = -1;
@@ -113,6 +116,13 @@ int cmd_label(int argc, char **argv) {
             if (cli_int("label", "--steps", optarg, 1, D3_MAX_STEPS, &steps)) return EXIT_USAGE;
             break;
         case 'L': lora_from = optarg; break;
+        case 'G':
+            if (cli_int("label", "--grid", optarg, 0, 8, &grid)) return EXIT_USAGE;
+            if (grid == 1 || grid == 2) {
+                fprintf(stderr, "d3po label: --grid %ld: expected 0 (pairs) or 3 to 8 images\n", grid);
+                return EXIT_USAGE;
+            }
+            break;
         case 'h': fputs(label_help, stdout); return 0;
         default: fputs(label_help, stderr); return EXIT_USAGE;
         }
@@ -128,6 +138,7 @@ int cmd_label(int argc, char **argv) {
     }
     if (objective >= 0) cfg.train.objective = objective;
     if (steps) cfg.sampler.steps = (int)steps;
+    if (grid >= 0) cfg.label.grid = (int)grid;
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
         fprintf(stderr, "d3po label: the labeling screen needs a terminal (standard input and "
                         "output); for headless work see 'd3po --help'\n");

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "fsutil.h"
 #include "model.h"
+#include "groups.h"
 #include "session.h"
 #include "session_sd.h"
 #include "text.h"
@@ -114,6 +115,8 @@ static void print_text(const d3_session *s, const session_stats *in) {
     json_decref(o);
 }
 
+static void info_groups(const d3_session *s, json_t *o);
+
 static int print_json(const d3_session *s, const session_stats *in) {
     char arch[1400];
     base_desc(s, arch, sizeof arch);
@@ -138,6 +141,7 @@ static int print_json(const d3_session *s, const session_stats *in) {
         "settings", json_loads(s->settings, 0, NULL), "warnings", warn, "prompts", prompts,
         "fixed_prompt", s->prompt_fixed ? json_string(s->prompt_fixed) : json_null(),
         "family", session_family_name(s->family));
+    if (o) info_groups(s, o);
     if (!o) {
         fprintf(stderr, "d3po session: cannot encode the JSON output\n");
         return EXIT_FAIL;
@@ -151,6 +155,40 @@ static int print_json(const d3_session *s, const session_stats *in) {
     printf("%s\n", t);
     free(t);
     return 0;
+}
+
+/* The groups of k (src/groups.h): a text block, or "groups" in o. */
+static void info_groups(const d3_session *s, json_t *o) {
+    char err[D3_ERRLEN];
+    d3_groups g;
+    if (groups_open(s->dir, s->round, 1, &g, err)) {
+        fprintf(stderr, "d3po session info: warning: %s\n", err);
+        return;
+    }
+    for (int i = 0; i < g.nwarn && i < GROUPS_MAX_WARN; i++)
+        fprintf(stderr, "d3po session info: warning: %s\n", g.warn[i]);
+    groups_stats st;
+    groups_info(&g, &st);
+    groups_close(&g);
+    if (o) {
+        json_object_set_new(o, "groups", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                                                   "s:I, s:I, s:I}",
+            "sampled", (json_int_t)st.groups, "decided", (json_int_t)st.decided,
+            "skipped", (json_int_t)st.skipped, "undecided", (json_int_t)st.undecided,
+            "good", (json_int_t)st.good, "bad", (json_int_t)st.bad,
+            "unmarked", (json_int_t)st.unmarked, "pairs", (json_int_t)st.pairs,
+            "pairs_trained", (json_int_t)st.pairs_trained,
+            "pairs_pending", (json_int_t)st.pairs_pending, "undone", (json_int_t)st.undone,
+            "journal_records", (json_int_t)st.journal_lines));
+        return;
+    }
+    if (!st.groups && !st.journal_lines) return;
+    printf("groups:       %ld sampled, %ld decided, %ld skipped, %ld undecided; images: %ld good, "
+           "%ld bad, %ld unmarked\n", st.groups, st.decided, st.skipped, st.undecided, st.good,
+           st.bad, st.unmarked);
+    printf("group pairs:  %ld (good beats bad): %ld trained, %ld not trained yet; undone %ld (%ld "
+           "journal records in groups.jsonl)\n", st.pairs, st.pairs_trained, st.pairs_pending,
+           st.undone, st.journal_lines);
 }
 
 static int session_info_cmd(int argc, char **argv) {
@@ -183,7 +221,10 @@ static int session_info_cmd(int argc, char **argv) {
     session_info(&s, &in);
     int rc = 0;
     if (json) rc = print_json(&s, &in);
-    else print_text(&s, &in);
+    else {
+        print_text(&s, &in);
+        info_groups(&s, NULL);
+    }
     session_close(&s);
     return rc;
 }
@@ -195,6 +236,30 @@ typedef struct {
 static void problem(void *ctx, const char *what) {
     ((check_ctx *)ctx)->n++;
     printf("problem: %s\n", what);
+}
+
+/* Groups of k: each group file loads, each journal line replays (reported,
+ * not repaired: a bad line is skipped on every open, and the rest stays). */
+static void check_groups(const d3_session *s, check_ctx *cx) {
+    char err[D3_ERRLEN], msg[D3_ERRLEN + 16];
+    d3_groups g;
+    if (groups_open(s->dir, s->round, 1, &g, err)) {
+        problem(cx, err);
+        return;
+    }
+    for (long id = 0; id < g.next; id++) {
+        session_traj t;
+        if (!g.present[id]) continue;
+        if (groups_load(&g, id, &t, err) == 0) {
+            session_traj_free(&t);
+            continue;
+        }
+        snprintf(msg, sizeof msg, "%s", err);
+        text_escape_inplace(msg, sizeof msg);
+        problem(cx, msg);
+    }
+    groups_close(&g);
+    if (groups_check(s->dir, problem, cx, err) < 0) problem(cx, err);
 }
 
 static int session_check_cmd(int argc, char **argv) {
@@ -307,6 +372,7 @@ static int session_check_cmd(int argc, char **argv) {
         fixed += nb;
         printf("moved %d journal line%s to %s/labels.jsonl.bad\n", nb, nb == 1 ? "" : "s", s.dir);
     }
+    check_groups(&s, &cx);
     /* other warnings of the open (round label lists, prompts) */
     for (int i = 0; i < s.nwarn; i++)
         if (!strstr(s.warn[i], "labels.jsonl:") && !strstr(s.warn[i], "LATEST") &&

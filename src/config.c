@@ -76,10 +76,12 @@ static const keydef keydefs[] = {
     {"lora", "alpha", K_FLOAT, OFF(lora.alpha), 0, 1e6, 0, 0, NULL},
     {"lora", "seed", K_INT, OFF(lora.seed), 0, 2147483647, 0, 0, NULL},
     {"lora", "targets", K_STR, OFF(lora.targets), 0, 0, 0, 0, NULL},
+    {"label", "grid", K_INT, OFF(label.grid), 0, 8, 0, 0, NULL},
 };
 #define NKEYDEFS (sizeof keydefs / sizeof keydefs[0])
 
-static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui", "engine", "lora", NULL};
+static const char *const groups[] = {"sampler", "session", "d3po", "train", "ui",
+                                     "engine",  "lora",    "label", NULL};
 
 static const char *const action_names[D3_ACT_COUNT + 1] = {"left",   "right", "tie",     "skip",
                                                            "undo",   "zoom",  "history", "train",
@@ -516,7 +518,7 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
         for (int j = 0; groups[j]; j++) known |= !strcmp(groups[j], gname);
         if (!known) {
             static const char *const top[] = {"preset", "sampler", "session", "d3po",
-                                              "ui",     "engine",  "lora", NULL};
+                                              "ui",     "engine",  "lora",  "label", NULL};
             valid_names(names, sizeof names, "top-level keys", gname, top);
             return d3_errf(err, "%s: %s: unknown key; %s", loc, gname, names);
         }
@@ -558,6 +560,11 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
                 return d3_errf(err, "%s: %s: unknown key; %s", loc, full, names);
             }
             if (read_scalar(c, k, s, full, path, err)) return -1;
+            if (k->off == OFF(label.grid) && (c->label.grid == 1 || c->label.grid == 2)) {
+                where(loc, sizeof loc, s, path);
+                return d3_errf(err, "%s: label.grid: expected 0 (pairs) or 3 to 8 images, got %d",
+                               loc, c->label.grid);
+            }
         }
     }
     return check_key_conflicts(c, keyset, path, err);

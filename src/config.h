@@ -109,6 +109,10 @@ typedef struct {
         char targets[D3_CFG_TARGETS_LEN]; /* comma-separated module name ends:
                                              "to_q,to_k,to_v,to_out.0" */
     } lora;
+    struct {
+        int grid; /* the labeling screen opens in grid mode with groups of this
+                     many images: 0 (pairs), or 3..8 */
+    } label;
     char source[D3_CFG_PATH_LEN]; /* the file read, or "built-in defaults" */
 } d3_config;
 

@@ -42,9 +42,18 @@ struct rounds {
     long *train_ids;
     signed char *train_ch;
     int train_i, train_n;
+    int train_npairs;     /* pairs it trains on: the labels' and the groups' */
     double train_eta, train_loss;
     long version;
     int started, trained;
+    /* groups of k (grid mode): the store, requests, the round's groups */
+    d3_groups g;
+    int g_open;
+    uint64_t gseq;
+    int ginflight;
+    long *train_gids;
+    char (*train_gmarks)[GROUPS_MARKS_LEN];
+    int ntrain_g;
 };
 
 rounds_opts rounds_opts_default(const d3_config *c) {
@@ -354,6 +363,9 @@ static engine_opts driver_engine_opts(rounds *d, const d3_config *c, const d3_ba
 /* rounds_start on a Stable Diffusion-family session: the model the session
  * refers to (hash checked), its LoRA adapters of the round in use as the
  * trainable set, the reference = the adapters off (the engine's view). */
+static int open_groups(rounds *d, char *err);
+static long remember_groups(rounds *d, char *err);
+
 static rounds *start_sd(rounds *d, char *err) {
     d3_session *s = d->s;
     const d3_config *c = d->c;
@@ -373,7 +385,7 @@ static rounds *start_sd(rounds *d, char *err) {
         rounds_stop(d);
         return NULL;
     }
-    if (session_sd_load(s, d->be, session_sd_ignore_hash_env(), dm, &st, err) ||
+    if (open_groups(d, err) || session_sd_load(s, d->be, session_sd_ignore_hash_env(), dm, &st, err) ||
         build_prompts(d, NULL, err)) {
         if (dm->ops) dm_close(dm);
         free(dm);
@@ -395,12 +407,53 @@ static rounds *start_sd(rounds *d, char *err) {
         return NULL;
     }
     long nr = remember_trained(d, err);
+    long ng = nr >= 0 ? remember_groups(d, err) : -1;
+    nr = ng < 0 ? -1 : nr + ng;
     if (nr < 0) {
         rounds_stop(d);
         return NULL;
     }
     if (nr) session_warn(s, "train.all_labels: %ld labels of earlier rounds join every round", nr);
     return d;
+}
+
+/* The session's groups (groups.h); their warnings join the session's. */
+static int open_groups(rounds *d, char *err) {
+    d3_session *s = d->s;
+    if (groups_open(s->dir, s->round, s->readonly, &d->g, err)) return -1;
+    d->g_open = 1;
+    for (int i = 0; i < d->g.nwarn && i < GROUPS_MAX_WARN; i++) session_warn(s, "%s", d->g.warn[i]);
+    if (d->g.nwarn > GROUPS_MAX_WARN)
+        session_warn(s, "%s/groups.jsonl: %d more problems (d3po session check)", s->dir,
+                     d->g.nwarn - GROUPS_MAX_WARN);
+    d->gseq = (uint64_t)d->g.next;
+    return 0;
+}
+
+/* train.all_labels, for groups: the pairs of groups earlier rounds trained
+ * (with their current marks) join the engine's pool. Returns the pairs. */
+static long remember_groups(rounds *d, char *err) {
+    if (!d->c->train.all_labels) return 0;
+    long n = 0;
+    for (long id = 0; id < d->g.next; id++) {
+        int pr[GROUPS_MAX_PAIRS][2];
+        int np = groups_trained(&d->g, id) ? groups_pairs(groups_marks(&d->g, id), pr) : 0;
+        if (!np) continue;
+        session_traj t;
+        if (groups_load(&d->g, id, &t, err)) return -1;
+        for (int q = 0; q < np; q++) {
+            d3_pair_sample p = {.cls = t.cls, .seed = t.seed, .version = t.version, .K = t.K,
+                                .S = t.h, .C = t.C, .h = t.h, .w = t.w, .cfg = t.cfg, .eta = t.eta,
+                                .prompt = (char *)t.prompt,
+                                .traj = {t.traj[pr[q][0]], t.traj[pr[q][1]]}};
+            const d3_pair_sample *pp = &p;
+            float h[1][2] = {{1.0f, -1.0f}}; /* good beats bad */
+            engine_remember(d->e, &pp, (const float(*)[2])h, 1); /* copies the trajectories */
+        }
+        session_traj_free(&t);
+        n += np;
+    }
+    return n;
 }
 
 rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, const rounds_opts *o,
@@ -415,7 +468,9 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
     if (d->o.queue_depth < 1) d->o.queue_depth = 1;
     d->train_ids = malloc(ROUNDS_MAX_PAIRS * sizeof *d->train_ids);
     d->train_ch = malloc(ROUNDS_MAX_PAIRS);
-    if (!d->train_ids || !d->train_ch) {
+    d->train_gids = malloc(ROUNDS_MAX_PAIRS * sizeof *d->train_gids);
+    d->train_gmarks = malloc(ROUNDS_MAX_PAIRS * sizeof *d->train_gmarks);
+    if (!d->train_ids || !d->train_ch || !d->train_gids || !d->train_gmarks) {
         d3_errf(err, "out of memory");
         rounds_stop(d);
         return NULL;
@@ -428,7 +483,7 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
         d3_errf(err, "out of memory");
         goto fail;
     }
-    if (session_load_policy(s, policy, &st, err)) goto fail;
+    if (open_groups(d, err) || session_load_policy(s, policy, &st, err)) goto fail;
     char bp[4200], why[D3_ERRLEN];
     if (model_load(base, session_base_path(s, bp, sizeof bp), NULL, why)) {
         if (c->d3po.reference == D3PO_REF_BASE) {
@@ -458,6 +513,8 @@ rounds *rounds_start(d3_session *s, const d3_config *c, const d3_backend *be, co
     state_free(&st); /* whatever the engine did not take */
     if (d->e) {
         long nr = remember_trained(d, err);
+        long ng = nr >= 0 ? remember_groups(d, err) : -1;
+        nr = ng < 0 ? -1 : nr + ng;
         if (nr >= 0) {
             if (nr) session_warn(s, "train.all_labels: %ld labels of earlier rounds join every round", nr);
             return d;
@@ -477,6 +534,9 @@ fail:
 void rounds_stop(rounds *d) {
     if (!d) return;
     if (d->e) engine_stop(d->e);
+    if (d->g_open) groups_close(&d->g);
+    free(d->train_gids);
+    free(d->train_gmarks);
     for (int i = 0; i < d->np; i++) free(d->prompt[i]);
     for (int i = 0; d->class_name && i < d->nclasses; i++) free(d->class_name[i]);
     free(d->prompt);
@@ -503,11 +563,26 @@ static int in_training(const rounds *d, long id, int choice) {
 
 /* Labels that go into the next round: decided (A, B, tie), not trained
  * with their current choice, not in the round now training. */
+static int group_in_training(const rounds *d, long id) {
+    if (!d->training) return 0;
+    for (int i = 0; i < d->ntrain_g; i++)
+        if (d->train_gids[i] == id) return !strcmp(d->train_gmarks[i], groups_marks(&d->g, id));
+    return 0;
+}
+
+/* The pairs of a pending group (0 when none or in the round training). */
+static int group_pending_pairs(const rounds *d, long id) {
+    int pr[GROUPS_MAX_PAIRS][2];
+    if (!groups_pending(&d->g, id) || group_in_training(d, id)) return 0;
+    return groups_pairs(groups_marks(&d->g, id), pr);
+}
+
 static int count_pending(const rounds *d) {
     const d3_session *s = d->s;
     int n = 0;
     for (long id = 0; id < s->next_pair && id < s->cap; id++)
         if (session_label_pending(s, id) && !in_training(d, id, session_choice_of(s, id))) n++;
+    for (long id = 0; id < d->g.next; id++) n += group_pending_pairs(d, id);
     return n;
 }
 
@@ -536,6 +611,59 @@ d3_pair_sample *rounds_load_pair(const d3_session *s, long id, char *err) {
         return NULL;
     }
     return p;
+}
+
+/* Adds the pairs of every pending group (good beats bad) after the n
+ * pairs in ps/h: views into the group's trajectories, loaded into gt[],
+ * which the caller frees after engine_train copied them. The groups go
+ * into train_gids/train_gmarks. A group whose file does not load is left
+ * out with a warning. Returns the groups used. */
+static int add_group_pairs(rounds *d, int round, d3_pair_sample **ps, float (*h)[2], int *n,
+                           session_traj *gt) {
+    int ng = 0;
+    for (long id = 0; id < d->g.next && ng < ROUNDS_MAX_PAIRS; id++) {
+        int pr[GROUPS_MAX_PAIRS][2];
+        const char *marks = groups_marks(&d->g, id);
+        int np = groups_pending(&d->g, id) ? groups_pairs(marks, pr) : 0;
+        if (!np || *n + np > ROUNDS_MAX_PAIRS) continue;
+        char why[D3_ERRLEN];
+        session_traj *t = &gt[ng];
+        if (groups_load(&d->g, id, t, why)) {
+            session_warn(d->s, "%s; group %ld is left out of round %d", why, id, round);
+            continue;
+        }
+        if ((int)strlen(marks) != t->N) {
+            session_warn(d->s, "%s/groups.jsonl: group %ld has %d images, its marks '%s' %d; left "
+                         "out of round %d", d->s->dir, id, t->N, marks, (int)strlen(marks), round);
+            session_traj_free(t);
+            continue;
+        }
+        int added = 0;
+        for (int q = 0; q < np; q++) {
+            d3_pair_sample *p = calloc(1, sizeof *p);
+            if (!p) break;
+            *p = (d3_pair_sample){.cls = t->cls, .seed = t->seed, .version = t->version, .K = t->K,
+                                  .S = t->h, .C = t->C, .h = t->h, .w = t->w, .cfg = t->cfg,
+                                  .eta = t->eta, .prompt = (char *)t->prompt};
+            for (int k = 0; k < 2; k++) {
+                p->traj[k] = t->traj[pr[q][k]];
+                p->logp[k] = t->logp[pr[q][k]];
+            }
+            ps[*n] = p;
+            h[*n][0] = 1; /* good */
+            h[*n][1] = -1; /* bad */
+            (*n)++;
+            added++;
+        }
+        if (!added) {
+            session_traj_free(t);
+            continue;
+        }
+        d->train_gids[ng] = id;
+        snprintf(d->train_gmarks[ng], GROUPS_MARKS_LEN, "%s", marks);
+        ng++;
+    }
+    return ng;
 }
 
 /* Collects every pending label, writes the round's label list, queues the
@@ -573,16 +701,24 @@ static int start_round(rounds *d, char *err) {
         d->train_ch[n] = (signed char)c;
         n++;
     }
+    int npl = n; /* pairs of pair labels; the groups' pairs follow */
+    session_traj *gt = calloc(ROUNDS_MAX_PAIRS, sizeof *gt);
+    int ng = gt ? add_group_pairs(d, round, ps, h, &n, gt) : 0;
     int rc = 1;
-    if (!n) {
+    if (!gt) {
+        rc = d3_errf(err, "out of memory");
+    } else if (!n) {
         d3_errf(err, "no label waits for training");
-    } else if (session_write_round_labels(s, round, d->train_ids, d->train_ch, n, err)) {
+    } else if (session_write_round_labels(s, round, d->train_ids, d->train_ch, npl, err) ||
+               (ng && groups_write_round(&d->g, round, d->train_gids, ng, err))) {
         rc = -1;
     } else {
         engine_train(d->e, (const d3_pair_sample *const *)ps, (const float(*)[2])h, n, round);
         d->training = 1;
         d->train_round = round;
-        d->ntrain = n;
+        d->ntrain = npl;
+        d->ntrain_g = ng;
+        d->train_npairs = n;
         d->train_i = 0;
         d->train_n = 0;
         d->train_eta = NAN;
@@ -590,7 +726,10 @@ static int start_round(rounds *d, char *err) {
         d->started++;
         rc = 0;
     }
-    for (int i = 0; i < n; i++) engine_pair_free(ps[i]); /* the engine copied them */
+    for (int i = 0; i < npl; i++) engine_pair_free(ps[i]); /* the engine copied them */
+    for (int i = npl; i < n; i++) free(ps[i]);                /* views into gt */
+    for (int i = 0; gt && i < ng; i++) session_traj_free(&gt[i]);
+    free(gt);
     free(ps);
     free(h);
     return rc;
@@ -670,6 +809,8 @@ static uint8_t *final_rgb(const d3_pair_sample *p, int i) {
     return rgb;
 }
 
+static void save_group(rounds *d, d3_pair_sample *p, rounds_event *ev);
+
 int rounds_poll(rounds *d, rounds_event *ev) {
     d3_event e;
     memset(ev, 0, sizeof *ev);
@@ -683,6 +824,11 @@ int rounds_poll(rounds *d, rounds_event *ev) {
             ev->kind = RV_EXTRA;
             ev->tag = p->tag & ~TAG_EXTRA;
             ev->pair = p;
+            break;
+        }
+        if (p->n > 2) {
+            d->ginflight--;
+            save_group(d, p, ev);
             break;
         }
         d->inflight--;
@@ -721,14 +867,17 @@ int rounds_poll(rounds *d, rounds_event *ev) {
         break;
     case EV_TRAINED:
         session_mark_trained(d->s, d->train_ids, d->train_ch, d->ntrain);
+        groups_mark_trained(&d->g, d->train_gids, (const char(*)[GROUPS_MARKS_LEN])d->train_gmarks,
+                            d->ntrain_g);
         ev->kind = RV_TRAINED;
         ev->round = e.round;
         ev->version = e.version;
         ev->loss = e.loss;
-        ev->nlabels = d->ntrain;
+        ev->nlabels = d->train_npairs;
         d->version = e.version;
         d->training = 0;
         d->ntrain = 0;
+        d->ntrain_g = 0;
         d->trained++;
         {
             /* labels made while it trained may already make the next round due */
@@ -742,6 +891,7 @@ int rounds_poll(rounds *d, rounds_event *ev) {
         if (d->training) { /* the round failed: its labels stay pending */
             d->training = 0;
             d->ntrain = 0;
+            d->ntrain_g = 0;
         }
         break;
     default:
@@ -761,7 +911,7 @@ void rounds_get_status(rounds *d, rounds_status *st) {
     memset(st, 0, sizeof *st);
     st->training = d->training;
     st->train_round = d->train_round;
-    st->train_nlabels = d->ntrain;
+    st->train_nlabels = d->train_npairs;
     st->train_i = d->train_i;
     st->train_n = d->train_n;
     st->train_eta_s = d->training ? d->train_eta : NAN;
@@ -777,4 +927,61 @@ void rounds_get_status(rounds *d, rounds_status *st) {
     st->labels_trained = in.trained;
     st->labels_untrained = in.untrained;
     pair_class(d, d->seq, &st->next_prompt);
+    st->inflight_groups = d->ginflight;
+}
+
+/* ---- groups of k ---- */
+
+d3_groups *rounds_groups(rounds *d) { return &d->g; }
+
+void rounds_top_up_groups(rounds *d, int k, int held) {
+    if (k < GROUPS_MIN_K || k > GROUPS_MAX_K) return;
+    for (int want = 2 - held - d->ginflight; want > 0; want--) {
+        uint64_t q = d->gseq++;
+        engine_sample_req r = {.cls = pair_class(d, q, NULL),
+                               /* far from the pairs' seeds (1 << 32 + ...) */
+                               .seed = (1ULL << 44) + d->o.seed * 0x9E3779B97F4A7C15ULL +
+                                       q * 1000003ULL + 29,
+                               .early = d->o.overlap, .n = k};
+        engine_sample_ex(d->e, &r);
+        d->ginflight++;
+    }
+}
+
+int rounds_decide_group(rounds *d, long id, const char *marks, int k, int version, char *err) {
+    if (groups_decide(&d->g, id, marks, k, version, err)) return -1;
+    char e2[D3_ERRLEN];
+    if (rounds_check_due(d, e2) < 0) session_warn(d->s, "cannot start a round: %s", e2);
+    return 0;
+}
+
+int rounds_undo_group(rounds *d, long *id, char *err) { return groups_undo(&d->g, id, err); }
+
+/* A sampled group (p->n = k) to disk: groups/NNNNNN.traj and its PNGs. */
+static void save_group(rounds *d, d3_pair_sample *p, rounds_event *ev) {
+    int px = p->cls >= 0;
+    session_traj t = {.N = p->n, .K = p->K, .C = p->C, .h = p->h, .w = p->w,
+                      .family = px ? SESSION_FAMILY_PIXEL : d->s->family, .cls = p->cls,
+                      .version = (int)p->version, .seed = p->seed, .cfg = p->cfg, .eta = p->eta,
+                      .prompt = p->prompt ? p->prompt : px ? rounds_prompt_of(d, p->cls) : ""};
+    uint8_t *rgb[D3_MAX_GROUP] = {0};
+    int oom = 0;
+    for (int i = 0; i < p->n; i++) {
+        t.traj[i] = p->traj[i];
+        t.logp[i] = p->logp[i];
+        oom |= !(rgb[i] = final_rgb(p, i));
+    }
+    long id;
+    char err[D3_ERRLEN];
+    int ih = p->rgb[0] ? p->img_h : p->S, iw = p->rgb[0] ? p->img_w : p->S;
+    if (oom || groups_add(&d->g, &t, (const uint8_t *const *)rgb, ih, iw, &id, err)) {
+        ev->kind = RV_ERROR;
+        d3_errf(ev->msg, "cannot save a group: %s", oom ? "out of memory" : err);
+        engine_pair_free(p);
+    } else {
+        ev->kind = RV_GROUP;
+        ev->id = id;
+        ev->pair = p;
+    }
+    for (int i = 0; i < D3_MAX_GROUP; i++) free(rgb[i]);
 }

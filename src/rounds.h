@@ -45,6 +45,7 @@
 #include "backend.h"
 #include "config.h"
 #include "engine.h"
+#include "groups.h"
 #include "session.h"
 
 #define ROUNDS_MAX_PAIRS 4096 /* labels one round trains on; more wait for the next */
@@ -67,7 +68,9 @@ typedef enum {
     RV_EXTRA,    /* a pair asked with rounds_extra (not on disk); ev.tag */
     RV_PROGRESS, /* the status changed (training progress, a round started) */
     RV_TRAINED,  /* round ev.round is saved; model ev.version; ev.loss; ev.nlabels */
-    RV_ERROR     /* ev.msg: the engine or the session failed */
+    RV_ERROR,    /* ev.msg: the engine or the session failed */
+    RV_GROUP     /* a new group of k images is on disk as group ev.id; ev.pair
+                    (n = k trajectories) is the receiver's */
 } rounds_ev_kind;
 
 typedef struct {
@@ -97,6 +100,7 @@ typedef struct {
     int rounds_trained;  /* rounds this driver trained */
     long labels_trained, labels_untrained; /* over the whole session */
     const char *next_prompt; /* the prompt of the next pair asked for */
+    int inflight_groups; /* groups asked of the engine, not yet here */
 } rounds_status;
 
 typedef struct rounds rounds;
@@ -130,6 +134,21 @@ int rounds_train_now(rounds *d, char *err);
 /* Starts a round if one is due; 1 when one started. */
 int rounds_check_due(rounds *d, char *err);
 void rounds_get_status(rounds *d, rounds_status *st);
+
+/* Groups of k (the screen's grid mode; src/groups.h): a group's marks
+ * make every (good, bad) pair, and those pairs count and train like
+ * labeled pairs (a round's "labels" are pairs). The store is opened by
+ * rounds_start on the session's directory. */
+d3_groups *rounds_groups(rounds *d);
+/* Asks the engine for groups of k images (3..8) of the next prompt of
+ * the cycle, from one x_T each: up to 2 ahead counting the held undecided
+ * groups the caller holds. They come back as RV_GROUP, on disk. */
+void rounds_top_up_groups(rounds *d, int k, int held);
+/* Journals a group's marks (groups_decide; "skip" or one of g, b, - per
+ * image), then starts a round when one is due. 0, or -1 with err. */
+int rounds_decide_group(rounds *d, long id, const char *marks, int k, int version, char *err);
+/* Undoes the newest group decision (groups_undo); *id gets its group. */
+int rounds_undo_group(rounds *d, long *id, char *err);
 
 /* Prompts. */
 int rounds_nprompts(const rounds *d);            /* distinct prompts in the cycle */

@@ -1061,10 +1061,10 @@ static long temp_pid(const char *name) {
 }
 
 int session_clean_temp(const char *dir, int remove, char *list, size_t n) {
-    static const char *const sub[] = {"", "/pairs", "/rounds"};
+    static const char *const sub[] = {"", "/pairs", "/rounds", "/groups"}; /* groups: groups.h */
     int count = 0;
     if (list && n) list[0] = 0;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < (int)(sizeof sub / sizeof sub[0]); k++) {
         char d[PATH_LEN], p[PATH_LEN];
         if (snprintf(d, sizeof d, "%s%s", dir, sub[k]) >= (int)sizeof d) continue;
         DIR *dd = opendir(d);

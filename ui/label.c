@@ -26,6 +26,7 @@
 
 #include "blocks.h"
 #include "engine.h"
+#include "gridview.h"
 #include "rounds.h"
 #include "image.h"
 #include "sixel.h"
@@ -115,6 +116,9 @@ typedef struct {
     int quit;
     int nclasses;
     char **names;       /* class names (prompts), copied from the policy */
+    gridview *grid;     /* grid mode (ui/gridview.c): groups of k; NULL until first used */
+    int grid_on;        /* showing the grid instead of pairs */
+    groups_stats gstats; /* the groups at exit (summary) */
     /* drift: per-step log p_policy - log p_base of the newest measured
      * pairs (a ring); the header shows the mean over those of the newest
      * model version, so one odd pair does not make it jump */
@@ -286,7 +290,10 @@ static void on_pair(ui *u, long id, d3_pair_sample *p) {
     else qpair_free(q);
 }
 
-static void top_up(ui *u) { rounds_top_up(u->d, u->nq); }
+static void top_up(ui *u) {
+    if (u->grid_on) gridview_top_up(u->grid);
+    else rounds_top_up(u->d, u->nq);
+}
 
 /* The driver's status: the one source of the header, the status line and
  * the stats view (see engine_line). */
@@ -343,6 +350,8 @@ static void train_now(ui *u) {
     round_status(u);
 }
 
+static void grid_on_group(ui *u, long id, d3_pair_sample *p);
+
 static void engine_events(ui *u) {
     rounds_event ev;
     while (rounds_poll(u->d, &ev)) {
@@ -350,6 +359,10 @@ static void engine_events(ui *u) {
         case RV_PAIR:
             on_pair(u, ev.id, ev.pair);
             ev.pair = NULL; /* owned by the queue now */
+            break;
+        case RV_GROUP:
+            grid_on_group(u, ev.id, ev.pair);
+            ev.pair = NULL; /* the grid's now */
             break;
         case RV_TRAINED:
             snprintf(u->msg, sizeof u->msg, "round %d trained on %d labels: model v%ld, loss %.4f",
@@ -584,7 +597,7 @@ static void zoom_geom(const ui *u, int W, int H, int *top, int *h, int *w, int *
 static void draw_images(ui *u) {
     int top, h, w, l0, l1;
     panel_geom(&top, &h, &w, &l0, &l1);
-    if (u->help || u->picking || u->stats || u->logview) return;
+    if (u->help || u->picking || u->stats || u->logview || u->grid_on) return;
     if (u->hist) {
         if (u->hist_pair) {
             int hw = (w - 2) / 2;
@@ -703,6 +716,9 @@ static void draw_help(ui *u, int top) {
              u->c->train.all_labels ? ", over every label so far" : "");
     const char *notes[] = {
         "every decision is in labels.jsonl (fsync'd) before the next pair shows", obj,
+        "G: grid mode, groups of k images of one prompt (d3po label --grid K): 1..k cycle a mark, "
+        "arrows with g/b mark, B picks the best, Enter submits; each good image beats each bad "
+        "one in training",
         "drift: the mean per-step log-probability ratio log p(model) - log p(base) of the last "
         "measured pairs (every 4th pair, up to 8) of the newest model version; 0 at the base "
         "model, it grows as training moves the model away from it",
@@ -769,6 +785,14 @@ static void draw_stats(ui *u, int top) {
     snprintf(line, sizeof line, "pairs         %ld sampled, %ld without a decision", st.pairs,
              st.unlabeled);
     put_fitted(r++, 2, line);
+    groups_stats gs;
+    groups_info(rounds_groups(u->d), &gs);
+    if (gs.groups) {
+        snprintf(line, sizeof line, "groups        %ld sampled, %ld marked, %ld skipped; %ld pairs "
+                 "(good beats bad): %ld trained, %ld waiting", gs.groups, gs.decided, gs.skipped,
+                 gs.pairs, gs.pairs_trained, gs.pairs_pending);
+        put_fitted(r++, 2, line);
+    }
     r++;
     count_prompts(u, st.labeled);
     if (!u->cls_count) return;
@@ -837,6 +861,7 @@ static void draw(ui *u, int full) {
     long view = (((((((long)u->help * 2 + u->hist) * 2 + u->picking) * 2 + u->stats) * 2 +
                   u->logview) * 3 + u->zoom) * 100003L) +
                 (u->hist ? u->hist_sel : u->nq ? u->queue[0]->id + 1 : 0);
+    if (u->grid_on) view = view * 7 + 3 + gridview_view_id(u->grid) * 1000003L;
     if (strcmp(u->msg, u->logged)) { /* every message also goes to the log */
         memcpy(u->logged, u->msg, sizeof u->logged);
         if (u->msg[0]) log_add(u, "", u->msg);
@@ -906,6 +931,8 @@ static void draw(ui *u, int full) {
             mvprintw(top + r, l0, " %-*.*s", COLS - 4, COLS - 4, pname);
             if (i == u->pick_sel) attroff(A_REVERSE);
         }
+    } else if (u->grid_on) {
+        gridview_draw(u->grid, top, l0, COLS - 2, LINES - 4 - top);
     } else if (u->nq) {
         qpair *q = u->queue[0];
         char prompt[SESSION_PROMPT_LEN];
@@ -942,6 +969,7 @@ static void draw(ui *u, int full) {
              key_label(u->c, D3_ACT_SKIP), key_label(u->c, D3_ACT_UNDO), key_label(u->c, D3_ACT_ZOOM),
              key_label(u->c, D3_ACT_TRAIN), key_label(u->c, D3_ACT_STATS), key_label(u->c, D3_ACT_LOG),
              key_label(u->c, D3_ACT_HELP), key_label(u->c, D3_ACT_QUIT));
+    if (u->grid_on) gridview_footer(u->grid, line, sizeof line);
     put_fitted(LINES - 2, 1, line);
     engine_line(u, line, sizeof line);
     put_fitted(LINES - 1, 1, line);
@@ -949,7 +977,9 @@ static void draw(ui *u, int full) {
     doupdate();
     /* the images' cells are blank in curses and untouched by partial
      * updates: images go out again only after a full repaint */
-    if (full) draw_images(u);
+    if (full && u->grid_on && !u->help && !u->stats && !u->logview && !u->hist && !u->picking)
+        gridview_draw_images(u->grid);
+    else if (full) draw_images(u);
 }
 
 const char *label_key_name(int ch, char *buf) {
@@ -1116,6 +1146,8 @@ static void on_key_log(ui *u, int ch) {
     else if (ch == KEY_END) u->log_first = u->nlog - 1;
 }
 
+static void grid_toggle(ui *u);
+
 static void on_key(ui *u, int ch) {
     char kb[8];
     const char *k = label_key_name(ch, kb);
@@ -1123,9 +1155,17 @@ static void on_key(ui *u, int ch) {
     if (ch == 3) { u->quit = 1; return; } /* Ctrl-C that arrived during detection */
     if (!k && ch != KEY_UP && ch != KEY_DOWN && ch != '\n' && ch != KEY_ENTER) return;
     int act = k ? config_key_action(u->c, k) : -1;
-    if (act == D3_ACT_QUIT && !u->hist && !u->picking) { u->quit = 1; return; }
+    if (act == D3_ACT_QUIT && !u->hist && !u->picking && !(u->grid_on && gridview_hist_open(u->grid))) {
+        u->quit = 1;
+        return;
+    }
+    if (ch == 'G' && act < 0 && !u->help && !u->stats && !u->logview && !u->hist && !u->picking) {
+        grid_toggle(u);
+        return;
+    }
     /* Escape closes any view at once (ESCDELAY is short, see label_run) */
     if (ch == 27 && act < 0) {
+        if (u->grid_on) gridview_close_views(u->grid);
         if (u->help || u->stats || u->logview || u->hist || u->picking || u->zoom) {
             close_overlays(u);
             u->zoom = 0;
@@ -1160,6 +1200,10 @@ static void on_key(ui *u, int ch) {
         u->logview = 0;
     }
     u->msg[0] = 0;
+    if (u->grid_on && !u->hist && !u->picking && gridview_key(u->grid, ch, act, u->msg, sizeof u->msg)) {
+        round_status(u);
+        return;
+    }
     if (u->hist) { on_key_hist(u, act, ch); return; }
     if (u->picking) { on_key_pick(u, act, ch); return; }
     switch (act) {
@@ -1242,6 +1286,8 @@ void label_tty_setup(int fd, const term_caps *caps, term_mode mode) {
 }
 
 /* After the screen closed: what this sitting did, and what waits. */
+static void grid_summary(ui *u);
+
 static void print_summary(ui *u) {
     session_stats st;
     session_info(u->s, &st);
@@ -1257,6 +1303,7 @@ static void print_summary(ui *u) {
            st.by_choice[SESSION_B] - u->st0.by_choice[SESSION_B],
            st.by_choice[SESSION_TIE] - u->st0.by_choice[SESSION_TIE],
            st.by_choice[SESSION_SKIP] - u->st0.by_choice[SESSION_SKIP]);
+    if (u->grid) grid_summary(u);
     if (st.untrained)
         printf("d3po: %ld label%s not trained yet: they train in the next round when you "
                "resume\n", st.untrained, st.untrained == 1 ? "" : "s");
@@ -1354,6 +1401,12 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     nodelay(stdscr, TRUE);
     label_tty_setup(STDOUT_FILENO, &u->caps, u->mode);
     for (size_t i = 0; i < u->caps.nleftover; i++) ungetch(u->caps.leftover[u->caps.nleftover - 1 - i]);
+    if (c->label.grid >= GROUPS_MIN_K) { /* the start-up warning keeps the message line */
+        char keep[sizeof u->msg];
+        memcpy(keep, u->msg, sizeof keep);
+        grid_toggle(u);
+        if (keep[0]) memcpy(u->msg, keep, sizeof keep);
+    }
     top_up(u);
     draw(u, 1);
     while (!u->quit) {
@@ -1396,10 +1449,12 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     close(u->enc.wake[0]);
     close(u->enc.wake[1]);
     term_guard_release(); /* the sixel modes as they were */
+    if (u->grid) groups_info(rounds_groups(u->d), &u->gstats); /* for the summary */
     rounds_stop(u->d); /* cancels a running round: its labels train in the next one */
     for (int i = 0; i < u->nq; i++) qpair_free(u->queue[i]);
     for (int i = 0; i < u->ndone; i++) qpair_free(u->done[i]);
     qpair_free(u->hist_pair);
+    gridview_free(u->grid);
     for (int i = 0; i < u->nclasses; i++) free(u->names[i]);
     free(u->names);
     print_summary(u);
@@ -1407,4 +1462,42 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     free(u->log);
     free(u->cls_count);
     return 0;
+}
+
+/* ---- grid mode (ui/gridview.c): groups of k images instead of pairs ---- */
+
+/* The grid view, made the first time it is needed (k: label.grid, else 4). */
+static gridview *grid_view(ui *u) {
+    if (u->grid) return u->grid;
+    gridview_env env = {.d = u->d, .s = u->s, .c = u->c, .mode = u->mode, .caps = u->caps,
+                        .colors = u->c->ui.colors};
+    u->grid = gridview_new(&env, u->c->label.grid >= GROUPS_MIN_K ? u->c->label.grid : 4);
+    if (u->grid) gridview_load_undecided(u->grid);
+    return u->grid;
+}
+
+static void grid_toggle(ui *u) {
+    if (!u->grid_on && !grid_view(u)) {
+        snprintf(u->msg, sizeof u->msg, "grid mode: out of memory");
+        return;
+    }
+    u->grid_on = !u->grid_on;
+    u->zoom = 0;
+    if (u->grid_on)
+        snprintf(u->msg, sizeof u->msg, "grid mode: groups of %d images; mark each good or bad, "
+                 "Enter submits (G: back to pairs)", gridview_k(u->grid));
+    else
+        snprintf(u->msg, sizeof u->msg, "pairs (G: groups of %d)", gridview_k(u->grid));
+}
+
+static void grid_on_group(ui *u, long id, d3_pair_sample *p) {
+    if (grid_view(u)) gridview_on_group(u->grid, id, p);
+    else engine_pair_free(p);
+}
+
+/* The exit summary's line on groups. */
+static void grid_summary(ui *u) {
+    const groups_stats g = u->gstats;
+    printf("d3po: groups: %ld marked, %ld skipped, %ld undecided; their pairs: %ld trained, %ld not "
+           "trained yet\n", g.decided, g.skipped, g.undecided, g.pairs_trained, g.pairs_pending);
 }
