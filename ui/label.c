@@ -694,7 +694,10 @@ static void draw_help(ui *u, int top) {
         for (int k = 0; k < u->c->ui.nkeys[a]; k++)
             snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", k ? " " : "",
                      u->c->ui.keys[a][k]);
-        snprintf(line, sizeof line, "%-16s %s", keys, what[a]);
+        const char *w = a == D3_ACT_PROMPT && u->text_prompts
+                            ? "type the prompt of new pairs (saved in the session's prompts)"
+                            : what[a];
+        snprintf(line, sizeof line, "%-16s %s", keys, w);
         put_fitted(r, 4, line);
     }
     char obj[160];
