@@ -1063,8 +1063,9 @@ static void on_key_pick(ui *u, int act, int ch) {
 /* The prompt line of `p` on a free-text family: bytes append (UTF-8
  * arrives a byte a key event), Backspace removes the last character, Enter
  * makes the text the prompt of new pairs (rounds_fix_prompt adds it to the
- * session's prompts.json, written atomically, before any pair uses it),
- * Escape cancels. Control keys do nothing. */
+ * session's prompts.json, written atomically, before any pair uses it; an
+ * empty line goes back to the set in turn), Escape cancels. Control keys
+ * do nothing. */
 static void on_key_typing(ui *u, int ch) {
     if (ch == 27 || ch == 3) {
         u->typing = 0;
@@ -1081,8 +1082,11 @@ static void on_key_typing(ui *u, int ch) {
         u->typing = 0;
         char shown[SESSION_PROMPT_LEN], err[D3_ERRLEN], check[SESSION_PROMPT_LEN];
         sanitize(check, sizeof check, u->typed);
-        if (!u->ntyped) {
-            snprintf(u->msg, sizeof u->msg, "prompt not changed (nothing typed)");
+        if (!u->ntyped) { /* an empty line: back to the set in turn */
+            if (rounds_fix_prompt(u->d, NULL, err))
+                snprintf(u->msg, sizeof u->msg, "prompt not changed: %s", err);
+            else
+                snprintf(u->msg, sizeof u->msg, "new pairs: every prompt of the set in turn");
         } else if (strcmp(check, u->typed)) {
             snprintf(u->msg, sizeof u->msg, "prompt not changed: not valid UTF-8 text (%s)", check);
         } else if (rounds_fix_prompt(u->d, u->typed, err)) {
