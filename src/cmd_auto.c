@@ -574,6 +574,9 @@ int cmd_auto(int argc, char **argv) {
         fprintf(stderr,
                 "d3po auto: resuming %s (its own model; --model %s applies to new sessions)\n", dir,
                 given);
+    if (!made && (width || lora_from))
+        fprintf(stderr, "%s: resuming %s: --size and --lora apply to new sessions (it keeps its own)\n",
+                "d3po auto", dir);
     d3_session s;
     if (session_open(dir, &s, err)) {
         oracle_free(oracle);

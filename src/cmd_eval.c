@@ -35,6 +35,7 @@
 #include "plot.h"
 #include "rounds.h"
 #include "session.h"
+#include "session_sd.h"
 #include "stats.h"
 
 #define EVAL_SIDE_STREAM 0x5E1DE5ull /* the stream that shuffles sides (far above 2i+1) */
@@ -193,6 +194,114 @@ static int sample_chunk(const d3_model *m, d3_tape *tp, const ddim_opts *o, uint
     return ddim_sample(m, tp, o, n, cls, x, rngs, NULL, NULL, err);
 }
 
+/* Where eval's pairs come from. Pixel sessions: the base model file and
+ * the latest checkpoint, sampled 8 pairs at a time. Stable Diffusion-
+ * family sessions: the model the session refers to, once, with the
+ * latest round's LoRA adapters off (the base) and on (the tuned model).
+ * Either way pair i of both models starts from x_T = stream 2i of seed
+ * and steps with stream 2i+1, so the images differ only by the weights. */
+enum { CHUNK = 8 };
+typedef struct {
+    int W, H;           /* image size */
+    long npairs;
+    uint64_t seed;
+    ddim_opts so;
+    d3_tape *tp;
+    /* pixel */
+    d3_model *base, *tuned;
+    const int *cls;     /* [npairs] class of pair i */
+    float *xb, *xt;     /* [CHUNK][D] */
+    long chunk0;        /* first pair of the sampled chunk, -1: none */
+    /* sd */
+    d3_dmodel *dm;
+    char **prompt;      /* [npairs] prompt of pair i (not owned) */
+    const char *cond_of; /* the prompt cond holds */
+    float *cond, *uncond, *x;
+} eval_src;
+
+static const char *src_prompt(const eval_src *e, long i) {
+    return e->dm ? e->prompt[i] : e->tuned->class_names[e->cls[i]];
+}
+
+/* The images of pair i from both models: rb (base), rt (tuned), [H][W][3]. */
+static int src_pair(eval_src *e, long i, uint8_t *rb, uint8_t *rt, char *err) {
+    if (!e->dm) {
+        size_t D = 3 * (size_t)e->W * e->H;
+        long c0 = i / CHUNK * CHUNK;
+        if (c0 != e->chunk0) {
+            int n = e->npairs - c0 < CHUNK ? (int)(e->npairs - c0) : CHUNK;
+            if (sample_chunk(e->base, e->tp, &e->so, e->seed, c0, n, e->cls + c0, e->xb, err) ||
+                sample_chunk(e->tuned, e->tp, &e->so, e->seed, c0, n, e->cls + c0, e->xt, err))
+                return -1;
+            e->chunk0 = c0;
+        }
+        image_to_rgb(rb, e->xb + (i - c0) * D, e->W, e->H);
+        image_to_rgb(rt, e->xt + (i - c0) * D, e->W, e->H);
+        return 0;
+    }
+    d3_dmodel *dm = e->dm;
+    if (!e->cond_of || strcmp(e->cond_of, e->prompt[i])) {
+        if (dm_condition(dm, e->prompt[i], e->cond, err)) return -1;
+        e->cond_of = e->prompt[i];
+    }
+    for (int tuned = 0; tuned < 2; tuned++) {
+        d3_rng r;
+        rng_init(&r, e->seed, 2 * (uint64_t)i);
+        rng_normal(&r, e->x, dm->D);
+        rng_init(&r, e->seed, 2 * (uint64_t)i + 1);
+        dm_adapters_on(dm, tuned);
+        int rc = dm_sample(dm, e->tp, &e->so, 1, e->cond, e->uncond, e->x, &r, NULL, NULL, err) ||
+                 dm_decode(dm, e->tp, e->x, 1, tuned ? rt : rb, err);
+        dm_adapters_on(dm, 1);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* sd: the prompt of each pair: --prompt, the prompts of --prompts FILE in
+ * turn (weights repeat), else the session's prompt set in turn. */
+static int sd_prompts(const d3_session *s, const char *one, const char *file, long npairs,
+                      uint64_t seed, char ***out, char ***owned, int *nowned, char *err) {
+    char **t = NULL;
+    int *w = NULL, nt = 0;
+    if (one) {
+        if (!(t = calloc(1, sizeof *t)) || !(t[0] = strdup(one))) { free(t); return d3_errf(err, "out of memory"); }
+        nt = 1;
+    } else if (file) {
+        if (rounds_read_prompt_file(file, &t, &w, &nt, err)) return -1;
+    } else {
+        if (!s->nprompts) return d3_errf(err, "%s: the session has no prompts: give --prompt or --prompts", s->dir);
+        if (!(t = calloc((size_t)s->nprompts, sizeof *t)) || !(w = calloc((size_t)s->nprompts, sizeof *w)))
+            { free(t); return d3_errf(err, "out of memory"); }
+        for (int i = 0; i < s->nprompts; i++) {
+            t[i] = strdup(s->prompts[i]);
+            w[i] = s->prompt_w[i];
+        }
+        nt = s->nprompts;
+    }
+    long ncyc = 0;
+    for (int i = 0; i < nt; i++) ncyc += w ? w[i] : 1;
+    char **cyc = malloc((size_t)ncyc * sizeof *cyc), **p = malloc((size_t)npairs * sizeof *p);
+    if (!cyc || !p) {
+        free(cyc); free(p); free(w);
+        for (int i = 0; i < nt; i++) free(t[i]);
+        free(t);
+        return d3_errf(err, "out of memory");
+    }
+    long k = 0;
+    for (int i = 0; i < nt; i++)
+        for (int r = 0; r < (w ? w[i] : 1); r++) cyc[k++] = t[i];
+    for (long i = 0; i < npairs; i++) p[i] = cyc[(i + seed % (uint64_t)ncyc) % (uint64_t)ncyc];
+    free(cyc);
+    free(w);
+    fprintf(stderr, "d3po eval: %d prompt%s (%s)\n", nt, nt == 1 ? "" : "s",
+            one ? "--prompt" : file ? "--prompts" : "the session's set");
+    *out = p;
+    *owned = t;
+    *nowned = nt;
+    return 0;
+}
+
 static void rmtree_flat(const char *dir, long n) {
     char p[4300];
     for (long i = 0; i < n; i++)
@@ -349,18 +458,37 @@ int cmd_eval(int argc, char **argv) {
         return EXIT_FAIL;
     }
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po eval: warning: %s\n", s.warn[i]);
-    int rc = EXIT_FAIL, have_base = 0, have_tuned = 0;
+    int rc = EXIT_FAIL, have_base = 0, have_tuned = 0, have_dm = 0, nowned = 0;
     d3_model base, tuned;
+    d3_dmodel dm;
+    eval_src src = {.npairs = npairs, .seed = seed, .so = so, .chunk0 = -1};
+    char **owned = NULL;
     d3_oracle *orc = NULL;
     d3_labeler *lab = NULL;
     d3_tape *tp = NULL;
-    float *xb = NULL, *xt = NULL;
     uint8_t *rb = NULL, *rt = NULL;
     uint8_t *tui_rgb = NULL; /* --tui: [npairs][2][D] as shown (A, B) */
     int *tui_side = NULL, *tui_choice = NULL;
     int *cls = NULL;
     char tmp[4200] = "";
     char bp[4096];
+    if (s.family == SESSION_FAMILY_SD) {
+        /* the adapters of the latest round on the session's model; the base
+         * is the same model with them off */
+        if (session_sd_load(&s, be, session_sd_ignore_hash_env(), &dm, NULL, err)) goto fail;
+        have_dm = 1;
+        src.dm = &dm;
+        src.W = dm.img_w;
+        src.H = dm.img_h;
+        src.cond = malloc(dm.cond_floats * sizeof(float));
+        src.uncond = malloc(dm.cond_floats * sizeof(float));
+        src.x = malloc(dm.D * sizeof(float));
+        if (!src.cond || !src.uncond || !src.x) { d3_errf(err, "out of memory"); goto fail; }
+        if (dm_condition(&dm, "", src.uncond, err) ||
+            sd_prompts(&s, prompt1, prompts_file, npairs, seed, &src.prompt, &owned, &nowned, err))
+            goto fail;
+        goto judge;
+    }
     if (model_load(&base, session_base_path(&s, bp, sizeof bp), NULL, err)) goto fail;
     have_base = 1;
     if (session_load_policy(&s, &tuned, NULL, err)) goto fail;
@@ -379,6 +507,14 @@ int cmd_eval(int argc, char **argv) {
     cls = malloc(npairs * sizeof(int));
     for (long i = 0; i < npairs; i++) cls[i] = prom[(i + seed % nprom) % nprom];
     free(prom);
+    src.base = &base;
+    src.tuned = &tuned;
+    src.cls = cls;
+    src.W = src.H = tuned.L.arch.size;
+    src.xb = malloc(CHUNK * 3 * (size_t)src.W * src.H * sizeof(float));
+    src.xt = malloc(CHUNK * 3 * (size_t)src.W * src.H * sizeof(float));
+    if (!src.xb || !src.xt) { d3_errf(err, "out of memory"); goto fail; }
+judge:
 
     if (oracle_spec && !(orc = oracle_new(oracle_spec, seed, err))) {
         fprintf(stderr, "d3po eval: --oracle: %s\n", err);
@@ -396,11 +532,8 @@ int cmd_eval(int argc, char **argv) {
         if (!(lab = labeler_start(labeler_cmd, (int)timeout * 1000, err))) goto fail;
     }
 
-    int S = tuned.L.arch.size;
-    size_t D = 3 * (size_t)S * S;
-    enum { CHUNK = 8 };
-    xb = malloc(CHUNK * D * sizeof(float));
-    xt = malloc(CHUNK * D * sizeof(float));
+    int W = src.W, H = src.H;
+    size_t D = 3 * (size_t)W * H; /* bytes of one image */
     rb = malloc(D);
     rt = malloc(D);
     if (tui) {
@@ -409,7 +542,8 @@ int cmd_eval(int argc, char **argv) {
         tui_choice = malloc(npairs * sizeof(int));
         if (!tui_rgb || !tui_side || !tui_choice) { d3_errf(err, "out of memory"); goto fail; }
     }
-    tp = tape_new(be);
+    src.tp = tp = tape_new(be);
+    if (!tp || !rb || !rt) { d3_errf(err, "out of memory"); goto fail; }
     d3_rng side;
     rng_init(&side, seed, EVAL_SIDE_STREAM);
     eval_result r = {0};
@@ -417,16 +551,13 @@ int cmd_eval(int argc, char **argv) {
     int verbose = isatty(STDERR_FILENO);
     if (tui) fprintf(stderr, "d3po eval: sampling %ld pairs from both models before the screen opens\n",
                      npairs);
-    for (long i0 = 0; i0 < npairs; i0 += CHUNK) {
-        int n = npairs - i0 < CHUNK ? (int)(npairs - i0) : CHUNK;
-        if (verbose) fprintf(stderr, "\rd3po eval: sampling pairs %ld-%ld of %ld ", i0 + 1, i0 + n, npairs);
-        if (sample_chunk(&base, tp, &so, seed, i0, n, cls + i0, xb, err) ||
-            sample_chunk(&tuned, tp, &so, seed, i0, n, cls + i0, xt, err))
-            goto fail;
-        for (int j = 0; j < n; j++) {
-            long i = i0 + j;
-            image_to_rgb(rb, xb + j * D, S, S);
-            image_to_rgb(rt, xt + j * D, S, S);
+    for (long i = 0; i < npairs; i++) {
+        {
+            if (verbose && i % CHUNK == 0)
+                fprintf(stderr, "\rd3po eval: sampling pairs %ld-%ld of %ld ", i + 1,
+                        i + CHUNK < npairs ? i + CHUNK : npairs, npairs);
+            if (src_pair(&src, i, rb, rt, err)) goto fail;
+            const char *prompt = src_prompt(&src, i);
             int tuned_is_a = (int)rng_below(&side, 2);
             const uint8_t *a = tuned_is_a ? rt : rb, *b = tuned_is_a ? rb : rt;
             int choice;
@@ -437,16 +568,16 @@ int cmd_eval(int argc, char **argv) {
                 continue;
             }
             if (orc) {
-                if (oracle_set_prompt(orc, tuned.class_names[cls[i]], S, err)) goto fail;
-                sum_b += oracle_score(orc, rb, S, S);
-                sum_t += oracle_score(orc, rt, S, S);
-                choice = oracle_judge(orc, a, b, S, S);
+                if (oracle_set_prompt(orc, prompt, W, err)) goto fail;
+                sum_b += oracle_score(orc, rb, W, H);
+                sum_t += oracle_score(orc, rt, W, H);
+                choice = oracle_judge(orc, a, b, W, H);
             } else {
                 char pa[4300], pb[4300];
                 snprintf(pa, sizeof pa, "%s/%04ld-A.png", tmp, i);
                 snprintf(pb, sizeof pb, "%s/%04ld-B.png", tmp, i);
-                if (png_write_rgb(pa, a, S, S, err) || png_write_rgb(pb, b, S, S, err) ||
-                    labeler_ask(lab, i, tuned.class_names[cls[i]], pa, pb, &choice, err))
+                if (png_write_rgb(pa, a, W, H, err) || png_write_rgb(pb, b, W, H, err) ||
+                    labeler_ask(lab, i, prompt, pa, pb, &choice, err))
                     goto fail;
             }
             if (choice == SESSION_TIE) r.ties++;
@@ -460,9 +591,9 @@ int cmd_eval(int argc, char **argv) {
         evaltui_pair *tp_ = malloc(npairs * sizeof *tp_);
         if (!tp_) { d3_errf(err, "out of memory"); goto fail; }
         for (long i = 0; i < npairs; i++)
-            tp_[i] = (evaltui_pair){.prompt = tuned.class_names[cls[i]],
+            tp_[i] = (evaltui_pair){.prompt = src_prompt(&src, i),
                                     .rgb = {tui_rgb + (size_t)i * 2 * D, tui_rgb + ((size_t)i * 2 + 1) * D}};
-        int bad = evaltui_run(&cfg, NULL, tp_, (int)npairs, S, tui_side, tui_choice, err);
+        int bad = evaltui_run(&cfg, NULL, tp_, (int)npairs, W, H, tui_side, tui_choice, err);
         free(tp_);
         if (bad) goto fail;
         evaltui_result er;
@@ -540,7 +671,11 @@ out:
     if (tmp[0]) rmtree_flat(tmp, npairs);
     if (orc) oracle_free(orc);
     if (tp) tape_free(tp);
-    free(xb); free(xt); free(rb); free(rt); free(cls);
+    free(src.xb); free(src.xt); free(rb); free(rt); free(cls);
+    free(src.cond); free(src.uncond); free(src.x); free(src.prompt);
+    for (int i = 0; i < nowned; i++) free(owned[i]);
+    free(owned);
+    if (have_dm) dm_close(&dm);
     free(tui_rgb); free(tui_side); free(tui_choice);
     if (have_base) model_free(&base);
     if (have_tuned) model_free(&tuned);

@@ -172,6 +172,9 @@ int cmd_label(int argc, char **argv) {
     else if (given)
         fprintf(stderr, "d3po: resuming %s (its own model; --model %s applies to new sessions)\n",
                 dir, given);
+    if (!made && (width || lora_from))
+        fprintf(stderr, "%s: resuming %s: --size and --lora apply to new sessions (it keeps its own)\n",
+                "d3po", dir);
     d3_session s;
     if (session_open(dir, &s, err)) {
         fprintf(stderr, "d3po label: %s\n", err);

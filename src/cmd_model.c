@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "cmd_sd.h"
@@ -20,6 +21,7 @@
 #include "safetensors.h"
 #include "sd/pipeline.h"
 #include "session.h"
+#include "session_sd.h"
 #include "text.h"
 
 /* ---- init ---- */
@@ -144,7 +146,9 @@ static const char sample_help[] =
     "\n"
     "  --model FILE   model (safetensors written by d3po)\n"
     "  --session DIR  sample from a session's latest checkpoint instead (the\n"
-    "                 round named by DIR/LATEST; the session is opened read-only)\n"
+    "                 round named by DIR/LATEST; the session is opened read-only;\n"
+    "                 a Stable Diffusion-family session: its model with that\n"
+    "                 round's LoRA adapters, at the session's image size)\n"
     "  --prompt NAME  class name, or its number (an unknown one lists the classes)\n"
     "  --seed N       seed of the starting noise and the step noise (default 0)\n"
     "  --count N      number of images (default 1)\n"
@@ -337,6 +341,26 @@ int cmd_sample(int argc, char **argv) {
                 sample_help);
         return EXIT_USAGE;
     }
+    /* an sd session: its model with the latest round's adapters as a LoRA
+     * file (session_sd_sample_prep), then the sd path */
+    char sess_model[4096], sess_lora[4200] = "", perr[D3_ERRLEN];
+    if (session && !grid) {
+        if (nlora >= SD_MAX_LORAS) {
+            fprintf(stderr, "d3po sample: at most %d --lora files with --session\n", SD_MAX_LORAS - 1);
+            return EXIT_USAGE;
+        }
+        int r = session_sd_sample_prep(session, sess_model, sizeof sess_model, sess_lora,
+                                       sizeof sess_lora, &width, &height, perr);
+        if (r < 0) {
+            fprintf(stderr, "d3po sample: %s\n", perr);
+            return EXIT_FAIL;
+        }
+        if (r == 1) {
+            model = sess_model;
+            session = NULL;
+            loras[nlora++] = sess_lora;
+        }
+    }
     int sd = model && sd_pipeline_probe(model);
     if (!sd && (negative || latents || tokenizer || width || nlora)) {
         fprintf(stderr, "d3po sample: --negative, --size, --latents, --tokenizer and --lora apply to Stable Diffusion models only\n");
@@ -365,7 +389,9 @@ int cmd_sample(int argc, char **argv) {
                              .height = height, .count = count, .steps = steps, .eta = eta,
                              .cfg = cfg, .seed = seed, .nlora = nlora};
         for (int i = 0; i < nlora; i++) sa.lora[i] = loras[i];
-        return sd_sample(&sa, be);
+        int rc = sd_sample(&sa, be);
+        if (sess_lora[0]) unlink(sess_lora);
+        return rc;
     }
     d3_model m;
     char mpath[4096];

@@ -1268,8 +1268,9 @@ void session_close(d3_session *s) {
 
 int session_load_policy(d3_session *s, d3_model *m, d3_state *st, char *err) {
     if (s->family != SESSION_FAMILY_PIXEL)
-        return d3_errf(err, "%s: a %s session: its model loads with session_sd_load", s->dir,
-                       session_family_name(s->family));
+        return d3_errf(err, "%s: a Stable Diffusion-family session (LoRA adapters, no model "
+                       "checkpoint): this command handles pixel sessions only; d3po label and d3po "
+                       "auto train it", s->dir);
     if (s->have_policy) {
         *m = s->policy;
         if (st) *st = s->state;

@@ -6,10 +6,12 @@
  * misread), d3po.adam and d3po.rng as model checkpoints write them. */
 #include "session_sd.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "fsutil.h"
 #include "safetensors.h"
@@ -308,4 +310,38 @@ int session_ensure_model(const char *dir, const char **model, int width, int hei
     if (width || height || lora_from)
         return d3_errf(err, "--size and --lora apply to Stable Diffusion-family models only"), -2;
     return session_ensure(dir, model, settings_json, err);
+}
+
+int session_sd_sample_prep(const char *dir, char *model, size_t mn, char *lora, size_t ln, int *W,
+                           int *H, char *err) {
+    d3_session s;
+    if (session_open_readonly(dir, &s, err)) return -1;
+    int rc = 0;
+    if (s.family == SESSION_FAMILY_SD) {
+        const char *td = getenv("TMPDIR");
+        snprintf(lora, ln, "%s/d3po-session-lora.XXXXXX", td && *td ? td : "/tmp");
+        int fd = mkstemp(lora);
+        sd_pipeline pl;
+        if (fd < 0) {
+            rc = d3_errf(err, "%s: %s", lora, strerror(errno));
+            lora[0] = 0;
+        } else {
+            close(fd);
+            rc = session_sd_export(&s, s.round, lora, LORA_KOHYA, session_sd_ignore_hash_env(), err);
+            if (!rc && !*W && !*H && !(rc = sd_pipeline_open(&pl, s.model_path, NULL, err))) {
+                int f = 1 << (pl.vae.nblocks - 1);
+                *W = s.lat_w * f;
+                *H = s.lat_h * f;
+                sd_pipeline_close(&pl);
+            }
+            if (rc) {
+                unlink(lora);
+                lora[0] = 0;
+            }
+        }
+        snprintf(model, mn, "%s", s.model_path);
+        rc = rc ? -1 : 1;
+    }
+    session_close(&s);
+    return rc;
 }

@@ -73,6 +73,15 @@ int session_ensure_model(const char *dir, const char **model, int width, int hei
                          const char *lora_from, const d3_config *c, const char *settings_json,
                          char *err);
 
+/* `d3po sample --session DIR` on an sd session: copies the session's model
+ * path into model[mn], writes the latest round's adapters as a LoRA file
+ * (kohya naming; a new temp file in $TMPDIR or /tmp, its path into
+ * lora[ln]: the caller unlinks it) and, when *W and *H are 0, sets them to
+ * the session's image size. 1 done, 0 not an sd session (nothing done),
+ * -1 with err. */
+int session_sd_sample_prep(const char *dir, char *model, size_t mn, char *lora, size_t ln, int *W,
+                           int *H, char *err);
+
 /* 1 when ignore_hash is wanted: D3PO_IGNORE_MODEL_HASH=1 in the
  * environment (the override of a hash mismatch, for a model a person knows
  * is the same, e.g. re-saved in another dtype). */

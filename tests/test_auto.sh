@@ -8,7 +8,8 @@
 # labels it gave kept, and a resumed run trains on them; Ctrl-C exits 130
 # with the journal intact; usage errors exit 1; Diffusion-DPO over every
 # label so far records its settings and takes a resumed session's earlier
-# labels; realism names its missing data set; bench/step_snr and
+# labels; realism names its missing data set; 1 + 1 rounds give the
+# checkpoint of 2 rounds bit for bit; bench/step_snr and
 # bench/pair_snr run on the tiny model (same gradient norms under two
 # judges, every row).
 . tests/lib.sh
@@ -30,6 +31,18 @@ for e in sys.argv[2:]:
     assert eval(e), (e, d)
 ' "$T/info.json" "$@"
 }
+
+# -- resume is bit-identical: 1 round + 1 round gives the checkpoint of 2
+# rounds in one run (the checkpoint's RNG continues the round shuffles;
+# before the fix the engine restarted it from the model version)
+for r in "2" "1 1"; do
+    for n in $r; do
+        $D3 auto --session "$T/bit$r" --oracle brightness --rounds $n --pairs 3 --model "$M" \
+            --config "$C" --eval-seeds 0 2>"$T/err" || { no "auto --rounds $n"; cat "$T/err"; }
+    done
+done
+cmp -s "$T/bit2/rounds/0002.safetensors" "$T/bit1 1/rounds/0002.safetensors" &&
+    ok "resume after a round is bit-identical (round 2's checkpoint)" || no "resume after a round changes round 2"
 
 # -- two rounds with the brightness oracle
 S="$T/bright"

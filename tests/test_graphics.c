@@ -18,6 +18,7 @@
 #include <sixel/sixel.h>
 
 #include "blocks.h"
+#include "label.h"
 #include "sixel.h"
 #include "t.h"
 #include "term.h"
@@ -505,6 +506,88 @@ static void test_upscale(void) {
     CHECK(!memcmp(dst, want, sizeof want), "upscale x2");
 }
 
+/* Area averaging: whole 2x2 blocks are their mean; a fractional 3 -> 2
+ * shrink of a flat image stays flat; a gradient keeps its order. */
+static void test_downscale(void) {
+    const uint8_t src[4 * 2 * 3] = {0, 0, 0, 4, 4, 4, 10, 20, 30, 10, 20, 30,
+                                    8, 8, 8, 12, 12, 12, 30, 40, 50, 30, 40, 50};
+    uint8_t dst[2 * 1 * 3];
+    sixel_downscale_area(dst, 2, 1, src, 4, 2);
+    const uint8_t want[] = {6, 6, 6, 20, 30, 40};
+    CHECK(!memcmp(dst, want, sizeof want), "2x2 means: %d %d %d, %d %d %d", dst[0], dst[1], dst[2],
+          dst[3], dst[4], dst[5]);
+    uint8_t flat[3 * 3 * 3], out[2 * 2 * 3];
+    memset(flat, 77, sizeof flat);
+    sixel_downscale_area(out, 2, 2, flat, 3, 3);
+    int same = 1;
+    for (size_t i = 0; i < sizeof out; i++) same &= out[i] == 77;
+    CHECK(same, "flat 3x3 -> 2x2 not flat");
+    uint8_t ramp[5 * 1 * 3], r2[2 * 1 * 3];
+    for (int x = 0; x < 5; x++) memset(ramp + 3 * x, 50 * x, 3);
+    sixel_downscale_area(r2, 2, 1, ramp, 5, 1);
+    CHECK(r2[0] < r2[3] && r2[0] == 40 && r2[3] == 160, "ramp 5 -> 2: %d %d (want 40, 160)", r2[0],
+          r2[3]);
+}
+
+/* The sixel size label_encode_image makes of payload out (placement
+ * included): decoded by libsixel. */
+static void sixel_dims(const unsigned char *out, size_t len, int *w, int *h) {
+    *w = *h = 0;
+    const unsigned char *p = memchr(out, 'P', len);
+    if (!p || p == out || p[-1] != 0x1b) return;
+    p--;
+    unsigned char *px = NULL, *pal = NULL;
+    int nc = 0;
+    if (!SIXEL_FAILED(sixel_decode_raw((unsigned char *)p, (int)(len - (size_t)(p - out)), &px, w, h,
+                                       &pal, &nc, NULL))) {
+        free(px);
+        free(pal);
+    }
+}
+
+/* Stable Diffusion images of any size fit the panel: a 512x512 image in a
+ * 40x20-cell panel of 10x20-pixel cells (400x400 pixels) is shrunk to
+ * 400x400, a 64x64 one enlarged by the whole factor 6 (384x384); in half
+ * blocks both fill the panel's height (20 rows, 40 columns). */
+static void test_encode_fit(void) {
+    term_caps caps;
+    memset(&caps, 0, sizeof caps);
+    caps.cell_w = 10;
+    caps.cell_h = 20;
+    static uint8_t big[512 * 512 * 3], small[64 * 64 * 3];
+    make_image(big, 512, 512);
+    make_image(small, 64, 64);
+    struct { const uint8_t *rgb; int S, want; } c[2] = {{big, 512, 400}, {small, 64, 384}};
+    for (int k = 0; k < 2; k++) {
+        unsigned char *out = NULL;
+        size_t len = 0;
+        int rc = label_encode_image(TERM_MODE_SIXEL, &caps, 64, c[k].rgb, c[k].S, c[k].S, 2, 1, 40, 20,
+                                    &out, &len);
+        int w = 0, h = 0;
+        if (!rc) sixel_dims(out, len, &w, &h);
+        CHECK(rc == 0 && w == c[k].want && h == c[k].want, "%dx%d image: sixel %dx%d, want %dx%d",
+              c[k].S, c[k].S, w, h, c[k].want, c[k].want);
+        free(out);
+        rc = label_encode_image(TERM_MODE_BLOCKS_256, &caps, 64, c[k].rgb, c[k].S, c[k].S, 2, 1, 40,
+                                20, &out, &len);
+        int rows = 0, cells = 0;
+        for (size_t i = 0; !rc && i + 2 < len; i++) {
+            if (out[i] == 0xe2 && out[i + 1] == 0x96 && out[i + 2] == 0x80) cells++; /* U+2580 */
+            if (out[i] != 0x1b || out[i + 1] != '[') continue;
+            size_t q = i + 2; /* ESC [ row ; col H: one per row of blocks */
+            while (q < len && out[q] >= '0' && out[q] <= '9') q++;
+            if (q < len && out[q] == ';') {
+                q++;
+                while (q < len && out[q] >= '0' && out[q] <= '9') q++;
+                rows += q < len && out[q] == 'H';
+            }
+        }
+        CHECK(rc == 0 && rows == 20 && cells == 20 * 40, "%dx%d image: half blocks %d rows, %d cells "
+              "(want 20, 800)", c[k].S, c[k].S, rows, cells);
+        free(out);
+    }
+}
+
 static void test_tmux_wrap(void) {
     const unsigned char in[] = "\033Pq#0;2;0;0;0~-\033\\";
     size_t n = sizeof in - 1;
@@ -627,6 +710,8 @@ int main(void) {
     RUN(test_choose_mode);
     RUN(test_sixel_roundtrip);
     RUN(test_upscale);
+    RUN(test_downscale);
+    RUN(test_encode_fit);
     RUN(test_tmux_wrap);
     RUN(test_place);
     RUN(test_blocks_truecolor);

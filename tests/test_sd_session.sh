@@ -15,13 +15,35 @@
 #     diffusers' load_lora_weights(low_cpu_mem_usage=False) gives the eta-0
 #     image `d3po sample --lora` gives from the same latents, within 2/255,
 #     and the trained adapters change that image (lr 0.05 here, so two
-#     rounds move them visibly).
+#     rounds move them visibly);
+#   - sample --session gives sample --model --lora EXPORTED's image; eval
+#     judges the adapters against the base with an oracle and a labeler.
 # Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
 if [ "${D3PO_ASAN:-0}" = 1 ]; then
     echo "test_sd_session: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_sd_session
+    # --lora FILE: the adapters start as an existing LoRA file (copied in)
+expect 0 "d3po lora: random adapters to start from" "$D3" lora --model "$M" --out "$T/start.safetensors" --up-std 0.3 --seed 9
+expect 0 "auto --lora FILE: a session whose adapters start from it" "$D3" auto --session "$T/l" --model "$M" --prompts "$T/prompts" --size 32x32 --steps 4 --oracle brightness --eval-seeds 0 --rounds 0 --lora "$T/start.safetensors"
+cmp -s "$T/l/lora_start.safetensors" "$T/start.safetensors" && ok "  ...copied into the session" || no "  ...lora_start.safetensors"
+expect 0 "  ...round 0 exports" "$D3" export --session "$T/l" --format lora --round 0 --out "$T/l0.safetensors"
+ours s0 --lora "$T/start.safetensors"
+ours s1 --lora "$T/l0.safetensors"
+cmp -s "$T/s0/a_red_cat-0-0.png" "$T/s1/a_red_cat-0-0.png" && ok "  ...as the file it started from (same image)" || no "  ...round 0 differs from the start file"
+expect 2 "an sd session without prompts is refused" "$D3" auto --session "$T/np" --model "$M" --size 32x32 --oracle brightness --eval-seeds 0 --rounds 0
+grep_err "  ...naming --prompts" "no prompts (give --prompts FILE"
+# sample --session: the session's model with its latest adapters
+expect 0 "sample --session on an sd session" "$D3" sample --session "$T/a" --prompt "$P" --steps 4 --seed 5 --out "$T/ss"
+expect 0 "  ...the same as sample --model with the exported LoRA" "$D3" sample --model "$M" --lora "$T/k.safetensors" --size 32x32 --prompt "$P" --steps 4 --seed 5 --out "$T/sm"
+cmp -s "$T/ss/a_red_cat-5-0.png" "$T/sm/a_red_cat-5-0.png" && ok "  ...identical image" || no "  ...images differ"
+# eval: the latest adapters against the base (adapters off), blind
+expect 0 "eval --oracle on an sd session" "$D3" eval --session "$T/a" --oracle jpeg-compressibility --pairs 4 --steps 4 --json
+"$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pairs"] == 4 and d["round"] == 2 and d["wins"] + d["losses"] + d["ties"] + d["skips"] == 4, d' "$T/out" &&
+    ok "  ...4 pairs judged, round 2 against the base" || { no "  ...eval JSON"; cat "$T/out"; }
+expect 0 "eval --labeler on an sd session (the prompt and PNGs reach the labeler)" "$D3" eval --session "$T/a" --labeler "while IFS='	' read i p a b; do [ -s \"\$a\" ] && [ \"\$p\" = 'a red cat' -o \"\$p\" = 'une tête bleue ✓' ] && echo A || echo skip; done" --pairs 2 --steps 4 --json
+grep -q '"skips":0' "$T/out" && ok "  ...every answer given" || { no "  ...labeler answers"; cat "$T/out"; }
+finish test_sd_session
     exit $?
 fi
 VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_sd_session: FAIL: tests/sd/venv.sh failed"; exit 1; }
@@ -30,7 +52,27 @@ M=$T/sd1
 if "$PY" "$HERE/sd/make_tiny.py" --kind sd1 --out "$M" >"$T/make.log" 2>&1; then
     ok "tiny sd1 pipeline built"
 else
-    no "make_tiny.py --kind sd1"; tail -n 5 "$T/make.log"; finish test_sd_session; exit 1
+    no "make_tiny.py --kind sd1"; tail -n 5 "$T/make.log"; # --lora FILE: the adapters start as an existing LoRA file (copied in)
+expect 0 "d3po lora: random adapters to start from" "$D3" lora --model "$M" --out "$T/start.safetensors" --up-std 0.3 --seed 9
+expect 0 "auto --lora FILE: a session whose adapters start from it" "$D3" auto --session "$T/l" --model "$M" --prompts "$T/prompts" --size 32x32 --steps 4 --oracle brightness --eval-seeds 0 --rounds 0 --lora "$T/start.safetensors"
+cmp -s "$T/l/lora_start.safetensors" "$T/start.safetensors" && ok "  ...copied into the session" || no "  ...lora_start.safetensors"
+expect 0 "  ...round 0 exports" "$D3" export --session "$T/l" --format lora --round 0 --out "$T/l0.safetensors"
+ours s0 --lora "$T/start.safetensors"
+ours s1 --lora "$T/l0.safetensors"
+cmp -s "$T/s0/a_red_cat-0-0.png" "$T/s1/a_red_cat-0-0.png" && ok "  ...as the file it started from (same image)" || no "  ...round 0 differs from the start file"
+expect 2 "an sd session without prompts is refused" "$D3" auto --session "$T/np" --model "$M" --size 32x32 --oracle brightness --eval-seeds 0 --rounds 0
+grep_err "  ...naming --prompts" "no prompts (give --prompts FILE"
+# sample --session: the session's model with its latest adapters
+expect 0 "sample --session on an sd session" "$D3" sample --session "$T/a" --prompt "$P" --steps 4 --seed 5 --out "$T/ss"
+expect 0 "  ...the same as sample --model with the exported LoRA" "$D3" sample --model "$M" --lora "$T/k.safetensors" --size 32x32 --prompt "$P" --steps 4 --seed 5 --out "$T/sm"
+cmp -s "$T/ss/a_red_cat-5-0.png" "$T/sm/a_red_cat-5-0.png" && ok "  ...identical image" || no "  ...images differ"
+# eval: the latest adapters against the base (adapters off), blind
+expect 0 "eval --oracle on an sd session" "$D3" eval --session "$T/a" --oracle jpeg-compressibility --pairs 4 --steps 4 --json
+"$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pairs"] == 4 and d["round"] == 2 and d["wins"] + d["losses"] + d["ties"] + d["skips"] == 4, d' "$T/out" &&
+    ok "  ...4 pairs judged, round 2 against the base" || { no "  ...eval JSON"; cat "$T/out"; }
+expect 0 "eval --labeler on an sd session (the prompt and PNGs reach the labeler)" "$D3" eval --session "$T/a" --labeler "while IFS='	' read i p a b; do [ -s \"\$a\" ] && [ \"\$p\" = 'a red cat' -o \"\$p\" = 'une tête bleue ✓' ] && echo A || echo skip; done" --pairs 2 --steps 4 --json
+grep -q '"skips":0' "$T/out" && ok "  ...every answer given" || { no "  ...labeler answers"; cat "$T/out"; }
+finish test_sd_session; exit 1
 fi
 printf 'a red cat\nune tête bleue ✓\n' >"$T/prompts"
 printf 'd3po = { lr = 0.05; };\n' >"$T/conf"
@@ -141,4 +183,24 @@ close "the exported kohya file in diffusers: d3po sample --lora's image" "$T/ok/
 close "the diffusers-naming export gives the same image in d3po" "$T/od/a_red_cat-0-0.png" "$T/ok/a_red_cat-0-0.png"
 if "$PY" "$HERE/sd/sample_ref.py" cmp "$T/ob/a_red_cat-0-0.png" "$T/ok/a_red_cat-0-0.png" 0.00785 0 png png >/dev/null 2>&1
 then no "the trained adapters do not change the image"; else ok "the trained adapters change the image (beyond 2/255 of the base's)"; fi
+# --lora FILE: the adapters start as an existing LoRA file (copied in)
+expect 0 "d3po lora: random adapters to start from" "$D3" lora --model "$M" --out "$T/start.safetensors" --up-std 0.3 --seed 9
+expect 0 "auto --lora FILE: a session whose adapters start from it" "$D3" auto --session "$T/l" --model "$M" --prompts "$T/prompts" --size 32x32 --steps 4 --oracle brightness --eval-seeds 0 --rounds 0 --lora "$T/start.safetensors"
+cmp -s "$T/l/lora_start.safetensors" "$T/start.safetensors" && ok "  ...copied into the session" || no "  ...lora_start.safetensors"
+expect 0 "  ...round 0 exports" "$D3" export --session "$T/l" --format lora --round 0 --out "$T/l0.safetensors"
+ours s0 --lora "$T/start.safetensors"
+ours s1 --lora "$T/l0.safetensors"
+cmp -s "$T/s0/a_red_cat-0-0.png" "$T/s1/a_red_cat-0-0.png" && ok "  ...as the file it started from (same image)" || no "  ...round 0 differs from the start file"
+expect 2 "an sd session without prompts is refused" "$D3" auto --session "$T/np" --model "$M" --size 32x32 --oracle brightness --eval-seeds 0 --rounds 0
+grep_err "  ...naming --prompts" "no prompts (give --prompts FILE"
+# sample --session: the session's model with its latest adapters
+expect 0 "sample --session on an sd session" "$D3" sample --session "$T/a" --prompt "$P" --steps 4 --seed 5 --out "$T/ss"
+expect 0 "  ...the same as sample --model with the exported LoRA" "$D3" sample --model "$M" --lora "$T/k.safetensors" --size 32x32 --prompt "$P" --steps 4 --seed 5 --out "$T/sm"
+cmp -s "$T/ss/a_red_cat-5-0.png" "$T/sm/a_red_cat-5-0.png" && ok "  ...identical image" || no "  ...images differ"
+# eval: the latest adapters against the base (adapters off), blind
+expect 0 "eval --oracle on an sd session" "$D3" eval --session "$T/a" --oracle jpeg-compressibility --pairs 4 --steps 4 --json
+"$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pairs"] == 4 and d["round"] == 2 and d["wins"] + d["losses"] + d["ties"] + d["skips"] == 4, d' "$T/out" &&
+    ok "  ...4 pairs judged, round 2 against the base" || { no "  ...eval JSON"; cat "$T/out"; }
+expect 0 "eval --labeler on an sd session (the prompt and PNGs reach the labeler)" "$D3" eval --session "$T/a" --labeler "while IFS='	' read i p a b; do [ -s \"\$a\" ] && [ \"\$p\" = 'a red cat' -o \"\$p\" = 'une tête bleue ✓' ] && echo A || echo skip; done" --pairs 2 --steps 4 --json
+grep -q '"skips":0' "$T/out" && ok "  ...every answer given" || { no "  ...labeler answers"; cat "$T/out"; }
 finish test_sd_session

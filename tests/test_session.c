@@ -643,6 +643,57 @@ static int make_for_shell(const char *dir) {
     return rc ? 2 : 0;
 }
 
+/* Writes n bytes of value v (a pattern) at off of path (created/extended). */
+static void put_bytes(const char *path, long off, size_t n, int v) {
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    unsigned char buf[4096];
+    memset(buf, v, sizeof buf);
+    for (size_t k = 0; fd >= 0 && k < n; k += sizeof buf)
+        if (pwrite(fd, buf, n - k < sizeof buf ? n - k : sizeof buf, off + (long)k) < 0) break;
+    if (fd >= 0) close(fd);
+}
+
+/* session_model_hash (session.h): a folder's .json/.txt/.safetensors
+ * files by relative path, size, first and last 128 KiB. Changes there
+ * change it; other files, and bytes in the middle of a large file, do not
+ * (the documented trade: milliseconds for gigabytes); a single file hashes
+ * on its own. */
+static void test_model_hash(void) {
+    char err[D3_ERRLEN] = "", h0[SESSION_HASH_LEN], h[SESSION_HASH_LEN], p[1024], q[1024];
+    const char *dir = new_dir("sdmodel");
+    snprintf(p, sizeof p, "%s/unet", dir);
+    CHECK(fs_mkdirs(p, err) == 0, "%s", err);
+    snprintf(p, sizeof p, "%s/unet/config.json", dir);
+    write_text(p, "{\"a\": 1}\n");
+    snprintf(q, sizeof q, "%s/unet/w.safetensors", dir);
+    put_bytes(q, 0, 600 * 1024, 7); /* 600 KiB: a middle beyond both 128 KiB ends */
+    CHECK(session_model_hash(dir, h0, err) == 0, "%s", err);
+    CHECK(!strncmp(h0, "fnv1a64:", 8) && strlen(h0) == 24, "'%s'", h0);
+    CHECK(session_model_hash(dir, h, err) == 0 && !strcmp(h, h0), "not stable: %s %s", h, h0);
+    put_bytes(q, 300 * 1024, 16, 9);
+    CHECK(session_model_hash(dir, h, err) == 0 && !strcmp(h, h0), "middle bytes changed it");
+    snprintf(p, sizeof p, "%s/README.md", dir);
+    write_text(p, "other files do not count\n");
+    CHECK(session_model_hash(dir, h, err) == 0 && !strcmp(h, h0), "a .md file changed it");
+    put_bytes(q, 600 * 1024 - 3, 1, 1); /* the last 128 KiB */
+    CHECK(session_model_hash(dir, h, err) == 0 && strcmp(h, h0), "tail edit not seen");
+    char h1[SESSION_HASH_LEN];
+    strcpy(h1, h);
+    put_bytes(q, 600 * 1024, 1, 1); /* one byte longer */
+    CHECK(session_model_hash(dir, h, err) == 0 && strcmp(h, h1), "size change not seen");
+    strcpy(h1, h);
+    snprintf(p, sizeof p, "%s/unet/config.json", dir);
+    write_text(p, "{\"a\": 2}\n");
+    CHECK(session_model_hash(dir, h, err) == 0 && strcmp(h, h1), "config edit not seen");
+    strcpy(h1, h);
+    snprintf(p, sizeof p, "%s/unet/vocab.txt", dir);
+    write_text(p, "x\n");
+    CHECK(session_model_hash(dir, h, err) == 0 && strcmp(h, h1), "a new .txt not seen");
+    CHECK(session_model_hash(q, h, err) == 0 && strcmp(h, h1), "single file: %s", err);
+    snprintf(p, sizeof p, "%s/none", dir);
+    CHECK(session_model_hash(p, h, err) == -1 && strstr(err, "none"), "missing: '%s'", err);
+}
+
 int main(int argc, char **argv) {
     snprintf(root, sizeof root, "/tmp/d3po-test-session.XXXXXX");
     if (!mkdtemp(root)) {
@@ -674,6 +725,7 @@ int main(int argc, char **argv) {
         RUN(test_lock);
         RUN(test_latest_fallback);
         RUN(test_kill9);
+        RUN(test_model_hash);
         rc = t_done();
     }
     sh("rm -rf '%s'", root);

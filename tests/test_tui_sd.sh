@@ -57,6 +57,11 @@ while [ $k -lt 8 ] && ! grep -q '\[1\] un chat vert ✓' "$T/screen"; do
     tm capture-pane -p -t t >"$T/screen"
 done
 grep -q '\[1\] un chat vert ✓ .*\[2\] un chat vert ✓' "$T/screen" && ok "  ...and the next pairs show it" || { no "  ...new pairs use it"; cat "$T/screen"; }
+tm send-keys -t t p
+wait_for "new prompt (Enter" || no "p once more"
+tm send-keys -t t Enter
+wait_for "new pairs: every prompt of the set in turn" && ok "  ...an empty line goes back to the set in turn" || no "  ...empty line"
+grep -q '"fixed": null' "$S/prompts.json" && ok "  ...saved (no fixed prompt)" || { no "  ...fixed null"; cat "$S/prompts.json"; }
 tm send-keys -t t q
 wait_for "EXITED 0" && ok "q quits cleanly" || no "q"
 tm kill-server 2>/dev/null

@@ -25,7 +25,7 @@
 typedef struct {
     const d3_config *c;
     const evaltui_pair *p;
-    int n, S;
+    int n, W, H;
     const int *tuned_is_a;
     int *choice;
     term_caps caps;
@@ -83,7 +83,7 @@ static void put_images(ev *v) {
     if (key != v->gfx_key) {
         for (int i = 0; i < 2; i++) {
             free(v->gfx[i]);
-            label_encode_image(v->mode, &v->caps, v->c->ui.colors, v->p[v->cur].rgb[i], v->S, v->S, top,
+            label_encode_image(v->mode, &v->caps, v->c->ui.colors, v->p[v->cur].rgb[i], v->W, v->H, top,
                                i ? l1 : l0, w, h, &v->gfx[i], &v->len[i]);
         }
         v->gfx_key = key;
@@ -199,8 +199,8 @@ int evaltui_available(char *err) {
     return 0;
 }
 
-int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p, int n, int S,
-                const int *tuned_is_a, int *choice, char *err) {
+int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p, int n, int W,
+                int H, const int *tuned_is_a, int *choice, char *err) {
     if (n < 1) return d3_errf(err, "no pairs to judge");
     /* the terminal itself, so standard output can take the result */
     int fd = open("/dev/tty", O_RDWR | O_NOCTTY), fd2 = fd >= 0 ? dup(fd) : -1;
@@ -216,7 +216,8 @@ int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p,
     v->c = c;
     v->p = p;
     v->n = n;
-    v->S = S;
+    v->W = W;
+    v->H = H;
     v->tuned_is_a = tuned_is_a;
     v->choice = choice;
     v->gfx_key = -1;

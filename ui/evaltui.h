@@ -5,7 +5,7 @@
  *
  *   evaltui_pair p[n] = {{.prompt = "fruit", .rgb = {a, b}}, ...};
  *   int choice[n];        // out: SESSION_A/B/TIE/SKIP, or -1 (not judged)
- *   evaltui_run(&cfg, NULL, p, n, S, tuned_is_a, choice, err);
+ *   evaltui_run(&cfg, NULL, p, n, W, H, tuned_is_a, choice, err);
  */
 #ifndef D3PO_EVALTUI_H
 #define D3PO_EVALTUI_H
@@ -15,7 +15,7 @@
 
 typedef struct {
     const char *prompt;
-    const uint8_t *rgb[2]; /* images A and B, [S][S][3] */
+    const uint8_t *rgb[2]; /* images A and B, [H][W][3] */
 } evaltui_pair;
 
 /* The result line the screen shows at the end (wins of the tuned model,
@@ -35,6 +35,6 @@ int evaltui_available(char *err);
  * pairs judged so far count). graphics: "auto", "sixel", "blocks" or NULL
  * (the config's). It draws on /dev/tty, so standard output may be a file
  * or a pipe. Returns 0, or -1 with err. */
-int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p, int n, int S,
-                const int *tuned_is_a, int *choice, char *err);
+int evaltui_run(const d3_config *c, const char *graphics, const evaltui_pair *p, int n, int W,
+                int H, const int *tuned_is_a, int *choice, char *err);
 #endif

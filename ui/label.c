@@ -707,7 +707,10 @@ static void draw_help(ui *u, int top) {
         for (int k = 0; k < u->c->ui.nkeys[a]; k++)
             snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s", k ? " " : "",
                      u->c->ui.keys[a][k]);
-        snprintf(line, sizeof line, "%-16s %s", keys, what[a]);
+        const char *w = a == D3_ACT_PROMPT && u->text_prompts
+                            ? "type the prompt of new pairs (saved in the session's prompts)"
+                            : what[a];
+        snprintf(line, sizeof line, "%-16s %s", keys, w);
         put_fitted(r, 4, line);
     }
     char obj[160];
@@ -1090,8 +1093,9 @@ static void on_key_pick(ui *u, int act, int ch) {
 /* The prompt line of `p` on a free-text family: bytes append (UTF-8
  * arrives a byte a key event), Backspace removes the last character, Enter
  * makes the text the prompt of new pairs (rounds_fix_prompt adds it to the
- * session's prompts.json, written atomically, before any pair uses it),
- * Escape cancels. Control keys do nothing. */
+ * session's prompts.json, written atomically, before any pair uses it; an
+ * empty line goes back to the set in turn), Escape cancels. Control keys
+ * do nothing. */
 static void on_key_typing(ui *u, int ch) {
     if (ch == 27 || ch == 3) {
         u->typing = 0;
@@ -1108,8 +1112,11 @@ static void on_key_typing(ui *u, int ch) {
         u->typing = 0;
         char shown[SESSION_PROMPT_LEN], err[D3_ERRLEN], check[SESSION_PROMPT_LEN];
         sanitize(check, sizeof check, u->typed);
-        if (!u->ntyped) {
-            snprintf(u->msg, sizeof u->msg, "prompt not changed (nothing typed)");
+        if (!u->ntyped) { /* an empty line: back to the set in turn */
+            if (rounds_fix_prompt(u->d, NULL, err))
+                snprintf(u->msg, sizeof u->msg, "prompt not changed: %s", err);
+            else
+                snprintf(u->msg, sizeof u->msg, "new pairs: every prompt of the set in turn");
         } else if (strcmp(check, u->typed)) {
             snprintf(u->msg, sizeof u->msg, "prompt not changed: not valid UTF-8 text (%s)", check);
         } else if (rounds_fix_prompt(u->d, u->typed, err)) {
