@@ -369,14 +369,6 @@ static long remember_groups(rounds *d, char *err);
 static rounds *start_sd(rounds *d, char *err) {
     d3_session *s = d->s;
     const d3_config *c = d->c;
-    /* Diffusion-DPO on the sd family is not in the engine yet: refused here,
-     * the one place to lift when it lands */
-    if (c->train.objective == D3PO_OBJ_DPO) {
-        d3_errf(err, "%s: train.objective %s: Stable Diffusion-family sessions train with d3po "
-                "only for now", s->dir, config_objective_name(c->train.objective));
-        rounds_stop(d);
-        return NULL;
-    }
     d3_dmodel *dm = calloc(1, sizeof *dm);
     d3_state st;
     memset(&st, 0, sizeof st);
