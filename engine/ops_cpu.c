@@ -757,10 +757,18 @@ static float *wg_weights(const float *w, int OC, int C, int flip, int nt) {
 #pragma omp parallel for schedule(static) num_threads(nch > 1 ? nt : 1)
     for (int ch = 0; ch < nch; ch++) {
         const int k0 = ch * WG_WCHUNK, k1 = k0 + WG_WCHUNK < K ? k0 + WG_WCHUNK : K, n = k1 - k0;
-        for (int k = k0; k < k1; k++) { /* k in U's layout: [OC][C], flip [C][OC] */
-            const int oc = flip ? k % OC : k / C, c = flip ? k / OC : k % C;
-            const float *g = w + ((size_t)oc * C + c) * 9;
-            for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = flip ? g[8 - i] : g[i];
+        /* k in U's layout, k = o*inner + in: [OC][C], flip [C][OC] */
+        const int inner = flip ? OC : C;
+        for (int k = k0, o = k0 / inner, in = k0 % inner; k < k1; k++) {
+            const float *g = w + (flip ? (size_t)in * C + o : (size_t)o * C + in) * 9;
+            if (flip)
+                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[8 - i];
+            else
+                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[i];
+            if (++in == inner) {
+                in = 0;
+                o++;
+            }
         }
         for (int s = 0; s < 3; s++) /* T[.][s] = G wt[:, s] */
             wg_g_rows(T + (size_t)s * K + k0, 3 * (size_t)K, wt + (size_t)s * K + k0,
