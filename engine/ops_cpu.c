@@ -863,35 +863,39 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
     float *D = rb, *CK = D + 36 * (size_t)T; /* D[i][k][t], CK[a][k][t] */
     float *pl = CK + 36 * (size_t)T, *P = pl + (size_t)rows * Wr; /* pl[r][Wr], P[r][m][nq] */
     const size_t vplane = (size_t)C * ld, ts = (size_t)T;
+#if defined(__AVX512F__)
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __mmask16 ms = (__mmask16)((1u << (ntx < 16 ? ntx : 0)) - 1u);
+    __mmask16 ma[6], mb[6]; /* lanes l with 0 <= k-1+l < W, 0 <= k+15+l < W */
+    for (int k = 0; k < 6; k++) {
+        ma[k] = mb[k] = 0;
+        for (int l = 0; l < 16; l++) {
+            if (k - 1 + l >= 0 && k - 1 + l < W) ma[k] |= (__mmask16)(1u << l);
+            if (k + 15 + l < W) mb[k] |= (__mmask16)(1u << l);
+        }
+    }
+#endif
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * H * W;
-        for (int r = 0; r < rows; r++) {
-            const int yy = 4 * ty0 - 1 + r;
-            float *pr = pl + (size_t)r * Wr;
-            pr[0] = 0.0f;
-            if (yy >= 0 && yy < H) memcpy(pr + 1, xc + (size_t)yy * W, sizeof(float) * W);
-            else memset(pr + 1, 0, sizeof(float) * W);
-            for (int j = W + 1; j < Wr; j++) pr[j] = 0.0f;
-        }
 #if defined(__AVX512F__)
-        if (ntx <= 8) { /* each D row: one permute of the padded row's 32 floats from k */
-            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0,
-                                                  0, 0);
-            const __mmask16 ms = (__mmask16)((1u << ntx) - 1u);
-            __mmask16 ma[6], mb[6];
-            for (int k = 0; k < 6; k++) {
-                const int na = Wr - k < 16 ? Wr - k : 16, nb = Wr - k - 16 > 0 ? Wr - k - 16 : 0;
-                ma[k] = (__mmask16)((1u << na) - 1u);
-                mb[k] = (__mmask16)((1u << (nb < 16 ? nb : 16)) - 1u);
-            }
-            /* and the column pass on them in registers: CK[a][k] = Bt d[.][k] */
+        if (ntx <= 8) {
+            /* Each patch row d[i][k] of a tile row (tile tx: x[yy][4tx-1+k])
+             * is one permute of 32 floats of the image row from column k-1,
+             * read by masked loads (lanes outside [0, W) are zero, and
+             * masked-off lanes do not fault), and Bt combines six of them:
+             * CK[a][k] = Bt d[.][k] in registers, no padded copy. */
             for (int ty = 0; ty < nr; ty++)
                 for (int k = 0; k < 6; k++) {
                     __m512 d[6], o[6];
                     for (int i = 0; i < 6; i++) {
-                        const float *pr = pl + (size_t)(4 * ty + i) * Wr + k;
-                        d[i] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(ma[k], pr), idx,
-                                                      _mm512_maskz_loadu_ps(mb[k], pr + 16));
+                        const int yy = 4 * (ty0 + ty) - 1 + i;
+                        if (yy < 0 || yy >= H) {
+                            d[i] = _mm512_setzero_ps();
+                            continue;
+                        }
+                        const float *xr = xc + (size_t)yy * W + k - 1;
+                        d[i] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(ma[k], xr), idx,
+                                                      _mm512_maskz_loadu_ps(mb[k], xr + 16));
                     }
                     WG_BT(o, d[0], d[1], d[2], d[3], d[4], d[5]);
                     for (int a = 0; a < 6; a++)
@@ -901,6 +905,14 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
         } else
 #endif
         {
+            for (int r = 0; r < rows; r++) {
+                const int yy = 4 * ty0 - 1 + r;
+                float *pr = pl + (size_t)r * Wr;
+                pr[0] = 0.0f;
+                if (yy >= 0 && yy < H) memcpy(pr + 1, xc + (size_t)yy * W, sizeof(float) * W);
+                else memset(pr + 1, 0, sizeof(float) * W);
+                for (int j = W + 1; j < Wr; j++) pr[j] = 0.0f;
+            }
             for (int r = 0; r < rows; r++)
                 wg_split(P + (size_t)r * 4 * nq, nq, pl + (size_t)r * Wr, nq);
             for (int ty = 0; ty < nr; ty++)
