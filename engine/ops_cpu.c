@@ -864,44 +864,52 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
     float *pl = CK + 36 * (size_t)T, *P = pl + (size_t)rows * Wr; /* pl[r][Wr], P[r][m][nq] */
     const size_t vplane = (size_t)C * ld, ts = (size_t)T;
 #if defined(__AVX512F__)
-    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __mmask16 ms = (__mmask16)((1u << (ntx < 16 ? ntx : 0)) - 1u);
-    __mmask16 ma[6], mb[6]; /* lanes l with 0 <= k-1+l < W, 0 <= k+15+l < W */
+    /* d[k] lane tx = x[4tx + k - 1] of a row held as r0 = x[0..16), r1 =
+     * x[16..32): a permute of (r0, r1) by idx[k], lanes outside [0, W) or
+     * tx >= ntx zeroed by zm[k]. */
+    __m512i idx[6];
+    __mmask16 zm[6];
     for (int k = 0; k < 6; k++) {
-        ma[k] = mb[k] = 0;
+        int ix[16];
+        zm[k] = 0;
         for (int l = 0; l < 16; l++) {
-            if (k - 1 + l >= 0 && k - 1 + l < W) ma[k] |= (__mmask16)(1u << l);
-            if (k + 15 + l < W) mb[k] |= (__mmask16)(1u << l);
+            const int j = 4 * l + k - 1;
+            ix[l] = j & 31;
+            if (l < ntx && j >= 0 && j < W) zm[k] |= (__mmask16)(1u << l);
         }
+        idx[k] = _mm512_loadu_si512(ix);
     }
+    const __mmask16 ms = (__mmask16)((1u << (ntx < 16 ? ntx : 0)) - 1u);
+    const __mmask16 m0 = (__mmask16)((1u << (W < 16 ? W : 16)) - 1u);
+    const __mmask16 m1 = (__mmask16)((1u << (W > 16 ? (W < 32 ? W - 16 : 16) : 0)) - 1u);
 #endif
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * H * W;
 #if defined(__AVX512F__)
         if (ntx <= 8) {
             /* Each patch row d[i][k] of a tile row (tile tx: x[yy][4tx-1+k])
-             * is one permute of 32 floats of the image row from column k-1,
-             * read by masked loads (lanes outside [0, W) are zero, and
-             * masked-off lanes do not fault), and Bt combines six of them:
-             * CK[a][k] = Bt d[.][k] in registers, no padded copy. */
-            for (int ty = 0; ty < nr; ty++)
+             * is one permute of the image row's two vectors (read once by
+             * masked loads), and Bt combines six of them: CK[a][k] = Bt
+             * d[.][k] in registers, no padded copy. */
+            for (int ty = 0; ty < nr; ty++) {
+                __m512 r0[6], r1[6];
+                for (int i = 0; i < 6; i++) {
+                    const int yy = 4 * (ty0 + ty) - 1 + i;
+                    const float *xr = xc + (size_t)(yy >= 0 && yy < H ? yy : 0) * W;
+                    const int in = yy >= 0 && yy < H;
+                    r0[i] = _mm512_maskz_loadu_ps(in ? m0 : 0, xr);
+                    r1[i] = _mm512_maskz_loadu_ps(in ? m1 : 0, xr + 16);
+                }
                 for (int k = 0; k < 6; k++) {
                     __m512 d[6], o[6];
-                    for (int i = 0; i < 6; i++) {
-                        const int yy = 4 * (ty0 + ty) - 1 + i;
-                        if (yy < 0 || yy >= H) {
-                            d[i] = _mm512_setzero_ps();
-                            continue;
-                        }
-                        const float *xr = xc + (size_t)yy * W + k - 1;
-                        d[i] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(ma[k], xr), idx,
-                                                      _mm512_maskz_loadu_ps(mb[k], xr + 16));
-                    }
+                    for (int i = 0; i < 6; i++)
+                        d[i] = _mm512_maskz_permutex2var_ps(zm[k], r0[i], idx[k], r1[i]);
                     WG_BT(o, d[0], d[1], d[2], d[3], d[4], d[5]);
                     for (int a = 0; a < 6; a++)
                         _mm512_mask_storeu_ps(CK + (size_t)(a * 6 + k) * ts + (size_t)ty * ntx, ms,
                                               o[a]);
                 }
+            }
         } else
 #endif
         {
