@@ -757,10 +757,18 @@ static float *wg_weights(const float *w, int OC, int C, int flip, int nt) {
 #pragma omp parallel for schedule(static) num_threads(nch > 1 ? nt : 1)
     for (int ch = 0; ch < nch; ch++) {
         const int k0 = ch * WG_WCHUNK, k1 = k0 + WG_WCHUNK < K ? k0 + WG_WCHUNK : K, n = k1 - k0;
-        for (int k = k0; k < k1; k++) { /* k in U's layout: [OC][C], flip [C][OC] */
-            const int oc = flip ? k % OC : k / C, c = flip ? k / OC : k % C;
-            const float *g = w + ((size_t)oc * C + c) * 9;
-            for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = flip ? g[8 - i] : g[i];
+        /* k in U's layout, k = o*inner + in: [OC][C], flip [C][OC] */
+        const int inner = flip ? OC : C;
+        for (int k = k0, o = k0 / inner, in = k0 % inner; k < k1; k++) {
+            const float *g = w + (flip ? (size_t)in * C + o : (size_t)o * C + in) * 9;
+            if (flip)
+                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[8 - i];
+            else
+                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[i];
+            if (++in == inner) {
+                in = 0;
+                o++;
+            }
         }
         for (int s = 0; s < 3; s++) /* T[.][s] = G wt[:, s] */
             wg_g_rows(T + (size_t)s * K + k0, 3 * (size_t)K, wt + (size_t)s * K + k0,
@@ -855,44 +863,64 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
     float *D = rb, *CK = D + 36 * (size_t)T; /* D[i][k][t], CK[a][k][t] */
     float *pl = CK + 36 * (size_t)T, *P = pl + (size_t)rows * Wr; /* pl[r][Wr], P[r][m][nq] */
     const size_t vplane = (size_t)C * ld, ts = (size_t)T;
+#if defined(__AVX512F__)
+    /* d[k] lane tx = x[4tx + k - 1] of a row held as r0 = x[0..16), r1 =
+     * x[16..32): a permute of (r0, r1) by idx[k], lanes outside [0, W) or
+     * tx >= ntx zeroed by zm[k]. */
+    __m512i idx[6];
+    __mmask16 zm[6];
+    for (int k = 0; k < 6; k++) {
+        int ix[16];
+        zm[k] = 0;
+        for (int l = 0; l < 16; l++) {
+            const int j = 4 * l + k - 1;
+            ix[l] = j & 31;
+            if (l < ntx && j >= 0 && j < W) zm[k] |= (__mmask16)(1u << l);
+        }
+        idx[k] = _mm512_loadu_si512(ix);
+    }
+    const __mmask16 ms = (__mmask16)((1u << (ntx < 16 ? ntx : 0)) - 1u);
+    const __mmask16 m0 = (__mmask16)((1u << (W < 16 ? W : 16)) - 1u);
+    const __mmask16 m1 = (__mmask16)((1u << (W > 16 ? (W < 32 ? W - 16 : 16) : 0)) - 1u);
+#endif
     for (int c = 0; c < C; c++) {
         const float *xc = x + (size_t)c * H * W;
-        for (int r = 0; r < rows; r++) {
-            const int yy = 4 * ty0 - 1 + r;
-            float *pr = pl + (size_t)r * Wr;
-            pr[0] = 0.0f;
-            if (yy >= 0 && yy < H) memcpy(pr + 1, xc + (size_t)yy * W, sizeof(float) * W);
-            else memset(pr + 1, 0, sizeof(float) * W);
-            for (int j = W + 1; j < Wr; j++) pr[j] = 0.0f;
-        }
 #if defined(__AVX512F__)
-        if (ntx <= 8) { /* each D row: one permute of the padded row's 32 floats from k */
-            const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0,
-                                                  0, 0);
-            const __mmask16 ms = (__mmask16)((1u << ntx) - 1u);
-            __mmask16 ma[6], mb[6];
-            for (int k = 0; k < 6; k++) {
-                const int na = Wr - k < 16 ? Wr - k : 16, nb = Wr - k - 16 > 0 ? Wr - k - 16 : 0;
-                ma[k] = (__mmask16)((1u << na) - 1u);
-                mb[k] = (__mmask16)((1u << (nb < 16 ? nb : 16)) - 1u);
-            }
-            /* and the column pass on them in registers: CK[a][k] = Bt d[.][k] */
-            for (int ty = 0; ty < nr; ty++)
+        if (ntx <= 8) {
+            /* Each patch row d[i][k] of a tile row (tile tx: x[yy][4tx-1+k])
+             * is one permute of the image row's two vectors (read once by
+             * masked loads), and Bt combines six of them: CK[a][k] = Bt
+             * d[.][k] in registers, no padded copy. */
+            for (int ty = 0; ty < nr; ty++) {
+                __m512 r0[6], r1[6];
+                for (int i = 0; i < 6; i++) {
+                    const int yy = 4 * (ty0 + ty) - 1 + i;
+                    const float *xr = xc + (size_t)(yy >= 0 && yy < H ? yy : 0) * W;
+                    const int in = yy >= 0 && yy < H;
+                    r0[i] = _mm512_maskz_loadu_ps(in ? m0 : 0, xr);
+                    r1[i] = _mm512_maskz_loadu_ps(in ? m1 : 0, xr + 16);
+                }
                 for (int k = 0; k < 6; k++) {
                     __m512 d[6], o[6];
-                    for (int i = 0; i < 6; i++) {
-                        const float *pr = pl + (size_t)(4 * ty + i) * Wr + k;
-                        d[i] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(ma[k], pr), idx,
-                                                      _mm512_maskz_loadu_ps(mb[k], pr + 16));
-                    }
+                    for (int i = 0; i < 6; i++)
+                        d[i] = _mm512_maskz_permutex2var_ps(zm[k], r0[i], idx[k], r1[i]);
                     WG_BT(o, d[0], d[1], d[2], d[3], d[4], d[5]);
                     for (int a = 0; a < 6; a++)
                         _mm512_mask_storeu_ps(CK + (size_t)(a * 6 + k) * ts + (size_t)ty * ntx, ms,
                                               o[a]);
                 }
+            }
         } else
 #endif
         {
+            for (int r = 0; r < rows; r++) {
+                const int yy = 4 * ty0 - 1 + r;
+                float *pr = pl + (size_t)r * Wr;
+                pr[0] = 0.0f;
+                if (yy >= 0 && yy < H) memcpy(pr + 1, xc + (size_t)yy * W, sizeof(float) * W);
+                else memset(pr + 1, 0, sizeof(float) * W);
+                for (int j = W + 1; j < Wr; j++) pr[j] = 0.0f;
+            }
             for (int r = 0; r < rows; r++)
                 wg_split(P + (size_t)r * 4 * nq, nq, pl + (size_t)r * Wr, nq);
             for (int ty = 0; ty < nr; ty++)
