@@ -146,13 +146,14 @@ static void info_groups(const d3_session *s, json_t *o) {
     if (o) {
         json_object_set_new(o, "groups", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
                                                    "s:I, s:I, s:I}",
-            "sampled", (json_int_t)st.groups, "decided", (json_int_t)st.decided,
-            "skipped", (json_int_t)st.skipped, "undecided", (json_int_t)st.undecided,
-            "good", (json_int_t)st.good, "bad", (json_int_t)st.bad,
-            "unmarked", (json_int_t)st.unmarked, "pairs", (json_int_t)st.pairs,
-            "pairs_trained", (json_int_t)st.pairs_trained,
-            "pairs_pending", (json_int_t)st.pairs_pending, "undone", (json_int_t)st.undone,
-            "journal_records", (json_int_t)st.journal_lines));
+            /* names no other key of the output uses, so a grep for one finds one */
+            "count", (json_int_t)st.groups, "marked", (json_int_t)st.decided,
+            "skipped_groups", (json_int_t)st.skipped, "undecided", (json_int_t)st.undecided,
+            "images_good", (json_int_t)st.good, "images_bad", (json_int_t)st.bad,
+            "images_unmarked", (json_int_t)st.unmarked, "group_pairs", (json_int_t)st.pairs,
+            "group_pairs_trained", (json_int_t)st.pairs_trained,
+            "group_pairs_pending", (json_int_t)st.pairs_pending,
+            "group_undos", (json_int_t)st.undone, "group_records", (json_int_t)st.journal_lines));
         return;
     }
     if (!st.groups && !st.journal_lines) return;
