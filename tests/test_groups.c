@@ -275,6 +275,10 @@ static void test_layout(void) {
               side == 288, "sixel 138x38, k=4: %dx%d side %d", r, c, side);
     CHECK(gridview_layout(8, 138, 38, 7, 16, 32, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 4 &&
               side % 32 == 0, "sixel 138x38, k=8: %dx%d side %d", r, c, side);
+    /* a 512 px image (a Stable Diffusion sample) larger than any tile: scaled
+     * down, not refused */
+    CHECK(gridview_layout(4, 138, 38, 7, 16, 512, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 2 &&
+              side == 18 * 16, "sixel 138x38, S=512, k=4: %dx%d side %d", r, c, side);
     /* a tall narrow area stacks the images */
     CHECK(gridview_layout(3, 30, 60, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r == 3 && c == 1,
           "blocks 30x60, k=3: %dx%d", r, c);

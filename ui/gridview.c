@@ -193,7 +193,7 @@ int gridview_layout(int k, int W, int H, int px_w, int px_h, int S, int sixel, i
         int tw = (W - (c - 1) * gap) / c, th = H / r - 1; /* one label row per tile */
         if (tw < 2 || th < 1) continue;
         int sd = tw * px_w < th * px_h ? tw * px_w : th * px_h;
-        if (sixel) sd = sd / S * S;
+        if (sixel && sd >= S) sd = sd / S * S; /* whole factors: sharp pixels; else scaled down */
         if (sd > best) {
             best = sd;
             *rows = r;
