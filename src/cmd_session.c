@@ -212,14 +212,16 @@ static void problem(void *ctx, const char *what) {
     printf("problem: %s\n", what);
 }
 
-/* Groups of k: each group file loads, each journal line replays (reported,
- * not repaired: a bad line is skipped on every open, and the rest stays). */
-static void check_groups(const d3_session *s, check_ctx *cx) {
-    char err[D3_ERRLEN], msg[D3_ERRLEN + 16];
+/* Groups of k: each group file loads, each journal line replays; with
+ * repair, damaged group files go to .traj.bad and bad lines to
+ * groups.jsonl.bad. Returns the problems repaired. */
+static int check_groups(const d3_session *s, check_ctx *cx, int repair) {
+    int fixed = 0;
+    char err[D3_ERRLEN], msg[D3_ERRLEN + 64];
     d3_groups g;
     if (groups_open(s->dir, s->round, 1, &g, err)) {
         problem(cx, err);
-        return;
+        return 0;
     }
     for (long id = 0; id < g.next; id++) {
         session_traj t;
@@ -228,12 +230,21 @@ static void check_groups(const d3_session *s, check_ctx *cx) {
             session_traj_free(&t);
             continue;
         }
-        snprintf(msg, sizeof msg, "%s", err);
+        snprintf(msg, sizeof msg, "%s%s", err, repair ? "; moved to .traj.bad" : "");
         text_escape_inplace(msg, sizeof msg);
         problem(cx, msg);
+        if (repair && groups_set_aside(&g, id, err) == 0) fixed++;
+        else if (repair) fprintf(stderr, "d3po session check: %s\n", err);
     }
     groups_close(&g);
-    if (groups_check(s->dir, problem, cx, err) < 0) problem(cx, err);
+    int nb = groups_check(s->dir, repair, problem, cx, err);
+    if (nb < 0) {
+        problem(cx, err);
+    } else if (repair && nb) {
+        fixed += nb;
+        printf("moved %d line%s to %s/groups.jsonl.bad\n", nb, nb == 1 ? "" : "s", s->dir);
+    }
+    return fixed;
 }
 
 static int session_check_cmd(int argc, char **argv) {
@@ -336,7 +347,7 @@ static int session_check_cmd(int argc, char **argv) {
         fixed += nb;
         printf("moved %d journal line%s to %s/labels.jsonl.bad\n", nb, nb == 1 ? "" : "s", s.dir);
     }
-    check_groups(&s, &cx);
+    fixed += check_groups(&s, &cx, repair);
     /* other warnings of the open (round label lists, prompts) */
     for (int i = 0; i < s.nwarn; i++)
         if (!strstr(s.warn[i], "labels.jsonl:") && !strstr(s.warn[i], "LATEST") &&

@@ -3,7 +3,8 @@
  * decision, skip, undo), the pairs a group's marks make (all good, all bad
  * and nothing marked make none), trained marks from rounds/NNNN.groups, a
  * torn tail ignored and cut off before the next append, a damaged middle
- * line named FILE:LINE in one line, kill -9 while deciding losing no
+ * line named FILE:LINE in one line (a repair moving it to
+ * groups.jsonl.bad with the marks unchanged), kill -9 while deciding losing no
  * acknowledged group, the engine sampling a group of k from one x_T
  * (trajectory i on noise stream 1 + i: the first two are the pair of the
  * same seed), the grid layout (ui/gridview.c) choosing the rows that make
@@ -210,8 +211,24 @@ static void test_damaged_journal(void) {
           "torn tail cut off before the append: %d warnings", g.nwarn);
     groups_close(&g);
     problems cx = {0};
-    int n = groups_check(dir, report, &cx, err);
+    int n = groups_check(dir, 0, report, &cx, err);
     CHECK(n == 1 && strstr(cx.first, "groups.jsonl:2:"), "check: %d problems: %s", n, cx.first);
+    /* repair: the bad line moves to groups.jsonl.bad, the marks stay */
+    problems cr = {0};
+    n = groups_check(dir, 1, report, &cr, err);
+    CHECK(n == 1, "repair: %d (%s)", n, err);
+    CHECK(groups_check(dir, 0, report, &cr, err) == 0, "no problem after the repair");
+    char badp[600];
+    snprintf(badp, sizeof badp, "%s/groups.jsonl.bad", dir);
+    unsigned char *bb;
+    size_t bl;
+    CHECK(fs_read_all(badp, &bb, &bl, err) == 0 && strstr((char *)bb, "\"gxz\""),
+          "the bad line kept in groups.jsonl.bad");
+    if (bl || bb) free(bb);
+    CHECK(groups_open(dir, 0, 0, &g, err) == 0 && g.nwarn == 0 && !strcmp(groups_marks(&g, 1), "bgb") &&
+              !strcmp(groups_marks(&g, 2), "bbg") && !strcmp(groups_marks(&g, 0), "gbb"),
+          "after the repair the same marks replay, no warning (%d)", g.nwarn);
+    groups_close(&g);
     /* the file of a group missing: its label is named and skipped */
     char traj[600];
     snprintf(traj, sizeof traj, "%s/groups/000002.traj", dir);
@@ -219,7 +236,7 @@ static void test_damaged_journal(void) {
     CHECK(groups_open(dir, 0, 0, &g, err) == 0, "open: %s", err);
     int named = 0;
     for (int i = 0; i < g.nwarn && i < GROUPS_MAX_WARN; i++)
-        named |= strstr(g.warn[i], "groups.jsonl:3: group 2 has no file") != NULL;
+        named |= strstr(g.warn[i], "groups.jsonl:2: group 2 has no file") != NULL;
     CHECK(named, "a decision on a missing group is named (%d warnings)", g.nwarn);
     groups_close(&g);
 }

@@ -109,6 +109,17 @@ PY
 echo '{"group":9,"marks":"zz"}' >>"$S/groups.jsonl"
 $D3 session check "$S" >"$T/check2"
 grep -q "groups.jsonl:[0-9]*: \"marks\"" "$T/check2" && ok "check names a bad groups.jsonl line" || { no "check bad line"; cat "$T/check2"; }
+$D3 session check "$S" --repair >"$T/check3" && grep -q "moved 1 line to .*groups.jsonl.bad" "$T/check3" \
+    && ok "check --repair moves it to groups.jsonl.bad" || { no "check --repair"; cat "$T/check3"; }
+$D3 session check "$S" >"$T/check4" && ok "no problem after the repair" || { no "after repair"; cat "$T/check4"; }
+# a damaged group file is named, and set aside by a repair (with its line)
+head -c 100 "$S/groups/000001.traj" >"$T/cut" && cp "$T/cut" "$S/groups/000001.traj"
+$D3 session check "$S" >"$T/check5"; st=$?
+[ $st -ne 0 ] && grep -q "groups/000001.traj" "$T/check5" && ok "check names a damaged group file" \
+    || { no "damaged group file"; cat "$T/check5"; }
+$D3 session check "$S" --repair >"$T/check6" && [ -f "$S/groups/000001.traj.bad" ] \
+    && ok "check --repair sets the damaged group aside" || { no "repair group file"; cat "$T/check6"; }
+$D3 session check "$S" >"$T/check7" && ok "no problem after setting it aside" || { no "after set aside"; cat "$T/check7"; }
 expect 1 "--grid 2 refused" $D3 label --session "$S" --grid 2
 grep_err "--grid 2 named" "expected 0 (pairs) or 3 to 8"
 finish test_tui_grid.sh
