@@ -2,8 +2,9 @@
 # test_tui_grid.sh - grid mode of the labeling screen in tmux (half blocks):
 # `d3po label --grid 4` on a tiny model shows 4 images of one prompt from
 # one x_T; keys mark them (1..4 cycle, arrows + g/b, B best), Enter
-# submits, u undoes, s skips, G switches to pairs and back, h lists the
-# groups (with the selected group's images), i counts them; a round trains
+# submits, u undoes, s skips, z zooms one image, G switches to pairs and
+# back, h lists the groups (with the selected group's images), i counts
+# them; a round trains
 # on the groups' (good, bad) pairs; kill -9 right after a submit loses
 # nothing (the group is in groups.jsonl and in `session info` after
 # resume); `export --format scores` has the marks.
@@ -64,6 +65,19 @@ tm send-keys -t t i
 wait_for "groups  *[0-9]* sampled, 2 marked, 1 skipped; 4 pairs" && ok "i: statistics count the groups" || no "stats groups"
 tm send-keys -t t Escape
 wait_for "group 3: 4 images" || no "stats close"
+tm send-keys -t t z
+sleep 1
+tm capture-pane -p -t t >"$T/zoom"
+python3 - "$T/zoom" <<'PY' && ok "z zooms the selected image (44 columns)" || { no "z zooms"; cat "$T/zoom"; }
+import sys
+t = open(sys.argv[1], encoding='utf-8').read()
+rows = [r for r in t.split('\n') if '▀' in r]
+runs = [len(x) for x in rows[0].split() if set(x) == {'▀'}] if rows else []
+print("   zoomed widths", runs)
+sys.exit(0 if runs == [44] and '[1] - <' in t and '[2] -' not in t else 1)
+PY
+tm send-keys -t t z
+wait_for "\[1\] - <  *\[2\] -  *\[3\] -  *\[4\] -" && ok "z again: the grid" || no "unzoom"
 tm send-keys -t t g g b
 wait_for "\[1\] good  *\[2\] good  *\[3\] BAD" || no "arrow marks"
 tm send-keys -t t Enter

@@ -44,7 +44,9 @@ struct gridview {
     /* the last layout (for the images after doupdate): the group drawn,
      * its tiles' grid, size, first row and first tile's column */
     grp *shown;
+    int first, count; /* the images of shown that are drawn (zoom: one) */
     int rows, cols, tw, th, top, x0;
+    int zoom;         /* the selected image alone, as large as the area allows */
     /* group history */
     int hist, hist_sel, hist_n;
     long *hist_ids;
@@ -106,7 +108,10 @@ static void hist_close(gridview *g) {
     g->hist_grp = NULL;
 }
 
-void gridview_close_views(gridview *g) { hist_close(g); }
+void gridview_close_views(gridview *g) {
+    hist_close(g);
+    g->zoom = 0;
+}
 
 static void enqueue(gridview *g, grp *q) {
     if (q && g->nq < GV_QMAX) g->queue[g->nq++] = q;
@@ -178,6 +183,7 @@ void gridview_top_up(gridview *g) { rounds_top_up_groups(g->env.d, g->k, g->nq);
 
 long gridview_view_id(const gridview *g) {
     if (g->hist) return -2 - g->hist_sel;
+    if (g->zoom && g->nq) return -1000000L - (g->queue[0]->id * 16 + g->sel);
     return g->nq ? g->queue[0]->id * 16 + g->queue[0]->k : -1;
 }
 
@@ -226,16 +232,17 @@ static void draw_hist(gridview *g, int top, int left, int w, int h) {
     }
 }
 
-/* Lays q's images out in the area and draws their labels (sel: the
- * selected tile, -1 none); g->shown and the layout are what
- * gridview_draw_images writes. */
-static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, int h) {
+/* Lays images first .. first+count-1 of q out in the area and draws their
+ * labels (sel: the selected image, -1 none); g->shown and the layout are
+ * what gridview_draw_images writes. */
+static void draw_tiles(gridview *g, grp *q, int first, int count, int sel, int top, int left, int w,
+                       int h) {
     char line[64];
     g->shown = NULL;
     g->rows = 0;
     int sixel = g->env.mode == TERM_MODE_SIXEL;
     int pw = sixel ? g->env.caps.cell_w : 1, ph = sixel ? g->env.caps.cell_h : 2, side;
-    if (pw < 1 || ph < 1 || gridview_layout(q->k, w, h, pw, ph, q->S, sixel, GV_GAP, &g->rows,
+    if (pw < 1 || ph < 1 || gridview_layout(count, w, h, pw, ph, q->S, sixel, GV_GAP, &g->rows,
                                             &g->cols, &side)) {
         mvaddnstr(top + h / 2, left + 1, "enlarge the terminal to see the group", w - 1);
         g->rows = 0;
@@ -250,8 +257,8 @@ static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, i
     g->th = h / g->rows - 1;
     g->top = top;
     g->x0 = left + (w - (g->cols * g->tw + (g->cols - 1) * GV_GAP)) / 2;
-    for (int i = 0; i < q->k; i++) {
-        int r = i / g->cols, c = i % g->cols;
+    for (int i = first; i < first + count; i++) {
+        int r = (i - first) / g->cols, c = (i - first) % g->cols;
         int y = top + r * (g->th + 1), x = g->x0 + c * (g->tw + GV_GAP);
         snprintf(line, sizeof line, "[%d] %s%s", i + 1, mark_name(q->marks[i]), i == sel ? " <" : "");
         if (i == sel) attron(A_REVERSE);
@@ -260,6 +267,8 @@ static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, i
         attroff(A_REVERSE | A_BOLD);
     }
     g->shown = q;
+    g->first = first;
+    g->count = count;
 }
 
 void gridview_draw(gridview *g, int top, int left, int w, int h) {
@@ -273,7 +282,7 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
             snprintf(line, sizeof line, "\"%s\"  sampled by v%ld", g->hist_grp->prompt,
                      g->hist_grp->version);
             mvaddnstr(top - 1, left + lw + 2, line, w - lw - 2);
-            draw_tiles(g, g->hist_grp, -1, top, left + lw + 2, w - lw - 2, h);
+            draw_tiles(g, g->hist_grp, 0, g->hist_grp->k, -1, top, left + lw + 2, w - lw - 2, h);
         }
         return;
     }
@@ -289,14 +298,15 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
              q->k, q->prompt, (unsigned long long)q->seed, q->version);
     mvaddnstr(top - 1, left, line, w);
     if (g->sel >= q->k) g->sel = q->k - 1;
-    draw_tiles(g, q, g->sel, top, left, w, h);
+    if (g->zoom) draw_tiles(g, q, g->sel, 1, g->sel, top, left, w, h);
+    else draw_tiles(g, q, 0, q->k, g->sel, top, left, w, h);
 }
 
 void gridview_draw_images(gridview *g) {
     grp *q = g->shown;
     if (!q || !g->rows) return;
-    for (int i = 0; i < q->k; i++) {
-        int r = i / g->cols, c = i % g->cols;
+    for (int i = g->first; i < g->first + g->count; i++) {
+        int r = (i - g->first) / g->cols, c = (i - g->first) % g->cols;
         int y = g->top + r * (g->th + 1) + 1, x = g->x0 + c * (g->tw + GV_GAP);
         long key = (((long)y * 1031 + x) * 1031 + g->tw) * 1031 + g->th;
         if (q->gfx_key[i] != key || !q->gfx[i]) {
@@ -321,10 +331,10 @@ void gridview_footer(const gridview *g, char *out, size_t n) {
         snprintf(out, n, "Up/Down move  %s or Escape closes the history", KEY(D3_ACT_HISTORY));
         return;
     }
-    snprintf(out, n, "1-%d cycle  arrows+g/b mark  B best  Enter submit  %s skip  %s undo  G pairs  "
-             "%s history  %s train  %s help  %s quit", g->nq ? g->queue[0]->k : g->k,
-             KEY(D3_ACT_SKIP), KEY(D3_ACT_UNDO), KEY(D3_ACT_HISTORY), KEY(D3_ACT_TRAIN),
-             KEY(D3_ACT_HELP), KEY(D3_ACT_QUIT));
+    snprintf(out, n, "1-%d cycle  arrows+g/b mark  B best  Enter submit  %s skip  %s undo  %s zoom  "
+             "G pairs  %s history  %s train  %s help  %s quit", g->nq ? g->queue[0]->k : g->k,
+             KEY(D3_ACT_SKIP), KEY(D3_ACT_UNDO), KEY(D3_ACT_ZOOM), KEY(D3_ACT_HISTORY),
+             KEY(D3_ACT_TRAIN), KEY(D3_ACT_HELP), KEY(D3_ACT_QUIT));
 #undef KEY
 }
 
@@ -374,6 +384,7 @@ static void submit(gridview *g, const char *marks, char *msg, size_t n) {
     }
     g->done[g->ndone++] = q;
     g->sel = 0;
+    g->zoom = 0;
 }
 
 static void undo(gridview *g, char *msg, size_t n) {
@@ -444,9 +455,10 @@ int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
             submit(g, q->marks, msg, n);
     } else if (act == D3_ACT_SKIP) {
         submit(g, "skip", msg, n);
-    } else if (act == D3_ACT_TIE || act == D3_ACT_ZOOM) {
-        snprintf(msg, n, "grid mode: mark images good (g) or bad (b); G goes back to pairs for %s",
-                 act == D3_ACT_TIE ? "ties" : "zoom");
+    } else if (act == D3_ACT_ZOOM) {
+        g->zoom = !g->zoom;
+    } else if (act == D3_ACT_TIE) {
+        snprintf(msg, n, "grid mode: mark images good (g) or bad (b); G goes back to pairs for ties");
     }
     return 1;
 }

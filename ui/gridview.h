@@ -11,6 +11,8 @@
  *   arrows          move the selection
  *   g  b  -         mark the selected image good, bad, unmarked
  *   B               the selected image is the best: it good, the rest bad
+ *   zoom key (z)    the selected image alone, as large as the area allows
+ *                   (arrows move between images; z or Escape: the grid)
  *   Enter           submit the group (journaled, fsync'd, before the next)
  *   skip key (s)    skip the group;  undo key (u): undo the last group
  *   history key (h) the decided groups, newest first
