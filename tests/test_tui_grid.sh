@@ -4,10 +4,11 @@
 # one x_T; keys mark them (1..4 cycle, arrows + g/b, B best), Enter
 # submits, u undoes, s skips, z zooms one image, G switches to pairs and
 # back, h lists the groups (with the selected group's images), i counts
-# them; a round trains
-# on the groups' (good, bad) pairs; kill -9 right after a submit loses
-# nothing (the group is in groups.jsonl and in `session info` after
-# resume); `export --format scores` has the marks.
+# them; a round trains on the groups' (good, bad) pairs; kill -9 right
+# after a submit loses nothing (the group is in groups.jsonl and in
+# `session info` after resume); `export --format scores` has the marks;
+# `session check` names a bad journal line or group file, --repair sets
+# them aside.
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
 printf 'smiling face\nred apple\nflag\n' >"$T/names"
