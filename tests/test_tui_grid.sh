@@ -105,6 +105,15 @@ wait_for "group [4-9]: 4 images" && ok "resume shows an undecided group" || no "
 wait_for "labels 2/4" && ok "resume: group 3's 2 pairs wait for the next round" || no "resume pending"
 tm send-keys -t t T
 wait_for "model v2" && ok "T trains group 3's pairs" || no "round 2"
+# history: change the marks of a trained group (a new journal line)
+tm send-keys -t t h
+wait_for "group history: 4 decided groups" || no "history after resume"
+tm send-keys -t t Down Down Down 3 Enter
+wait_for "group 0 changed to gbg- (trained before: the new marks go into the next round)" \
+    && ok "history: a group's marks changed" || no "history edit"
+wait_for "group  *0  gbg-  *2 pairs  next round" && ok "history: the changed group waits for the next round" \
+    || no "history edit pending"
+tm send-keys -t t Escape
 tm send-keys -t t q
 sleep 1
 tm kill-server 2>/dev/null

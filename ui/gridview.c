@@ -51,6 +51,7 @@ struct gridview {
     int hist, hist_sel, hist_n;
     long *hist_ids;
     grp *hist_grp; /* the selected decided group, loaded from disk */
+    int hist_tile; /* its selected image */
 };
 
 static void grp_free(grp *q) {
@@ -282,7 +283,7 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
             snprintf(line, sizeof line, "\"%s\"  sampled by v%ld", g->hist_grp->prompt,
                      g->hist_grp->version);
             mvaddnstr(top - 1, left + lw + 2, line, w - lw - 2);
-            draw_tiles(g, g->hist_grp, 0, g->hist_grp->k, -1, top, left + lw + 2, w - lw - 2, h);
+            draw_tiles(g, g->hist_grp, 0, g->hist_grp->k, g->hist_tile, top, left + lw + 2, w - lw - 2, h);
         }
         return;
     }
@@ -328,7 +329,8 @@ void gridview_footer(const gridview *g, char *out, size_t n) {
     const d3_config *c = g->env.c;
 #define KEY(a) (c->ui.nkeys[a] ? c->ui.keys[a][0] : "?")
     if (g->hist) {
-        snprintf(out, n, "Up/Down move  %s or Escape closes the history", KEY(D3_ACT_HISTORY));
+        snprintf(out, n, "Up/Down group  Left/Right image  1-%d g b B marks  Enter saves the new marks  "
+                 "%s or Escape closes", g->hist_grp ? g->hist_grp->k : g->k, KEY(D3_ACT_HISTORY));
         return;
     }
     snprintf(out, n, "1-%d cycle  arrows+g/b mark  B best  Enter submit  %s skip  %s undo  %s zoom  "
@@ -344,6 +346,7 @@ void gridview_footer(const gridview *g, char *out, size_t n) {
 static void hist_select(gridview *g, int i) {
     if (i < 0 || i >= g->hist_n) return;
     g->hist_sel = i;
+    g->hist_tile = 0;
     grp_free(g->hist_grp);
     g->hist_grp = NULL;
     char err[D3_ERRLEN];
@@ -407,13 +410,65 @@ static void undo(gridview *g, char *msg, size_t n) {
     }
 }
 
-int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
-    if (g->hist) {
-        if (ch == KEY_UP || ch == 'k') { hist_select(g, g->hist_sel - 1); return 1; }
-        if (ch == KEY_DOWN || ch == 'j') { hist_select(g, g->hist_sel + 1); return 1; }
-        if (act == D3_ACT_HISTORY || act == D3_ACT_QUIT || ch == 27) { hist_close(g); return 1; }
-        return act == D3_ACT_HELP || act == D3_ACT_STATS || act == D3_ACT_LOG ? 0 : 1;
+/* The marking keys on q with selection *sel (cols: tiles per row): 1 when
+ * ch was one of them. */
+static int edit_marks(grp *q, int *sel, int cols, int ch, char *msg, size_t n) {
+    if (ch >= '1' && ch <= '0' + q->k) {
+        int i = ch - '1';
+        char *m = &q->marks[i];
+        *m = *m == GROUP_UNMARKED ? GROUP_GOOD : *m == GROUP_GOOD ? GROUP_BAD : GROUP_UNMARKED;
+        *sel = i;
+    } else if (ch >= '1' && ch <= '8') {
+        snprintf(msg, n, "this group has %d images: keys 1-%d", q->k, q->k);
+    } else if (ch == KEY_LEFT) {
+        if (*sel > 0) (*sel)--;
+    } else if (ch == KEY_RIGHT) {
+        if (*sel + 1 < q->k) (*sel)++;
+    } else if (ch == KEY_UP) {
+        if (*sel - cols >= 0) *sel -= cols;
+    } else if (ch == KEY_DOWN) {
+        if (*sel + cols < q->k) *sel += cols;
+    } else if (ch == 'g' || ch == 'b' || ch == '-') {
+        q->marks[*sel] = (char)ch;
+        if (ch != '-' && *sel + 1 < q->k) (*sel)++;
+    } else if (ch == 'B') {
+        for (int i = 0; i < q->k; i++) q->marks[i] = i == *sel ? GROUP_GOOD : GROUP_BAD;
+        snprintf(msg, n, "image %d is the best: the others are bad (Enter saves)", *sel + 1);
+    } else {
+        return 0;
     }
+    return 1;
+}
+
+/* history: marks of the selected past group changed and saved with Enter
+ * (a new journal line; the newest counts, as for pairs) */
+static int hist_key(gridview *g, int ch, int act, char *msg, size_t n) {
+    if (ch == KEY_UP || ch == 'k') { hist_select(g, g->hist_sel - 1); return 1; }
+    if (ch == KEY_DOWN || ch == 'j') { hist_select(g, g->hist_sel + 1); return 1; }
+    if (act == D3_ACT_HISTORY || act == D3_ACT_QUIT || ch == 27) { hist_close(g); return 1; }
+    if (act == D3_ACT_HELP || act == D3_ACT_STATS || act == D3_ACT_LOG) return 0;
+    grp *q = g->hist_grp;
+    if (!q) return 1;
+    if (edit_marks(q, &g->hist_tile, g->cols > 0 ? g->cols : q->k, ch, msg, n)) return 1;
+    if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
+        char err[D3_ERRLEN];
+        d3_groups *gs = rounds_groups(g->env.d);
+        int was = groups_trained(gs, q->id);
+        if (strspn(q->marks, "-") == (size_t)q->k) {
+            snprintf(msg, n, "nothing marked: mark images with 1-%d or g/b", q->k);
+        } else if (rounds_decide_group(g->env.d, q->id, q->marks, q->k, (int)q->version, err)) {
+            snprintf(msg, n, "group NOT saved: %s", err);
+        } else {
+            snprintf(msg, n, "group %ld changed to %s%s", q->id, q->marks,
+                     was && !groups_trained(gs, q->id) ? " (trained before: the new marks go into "
+                                                         "the next round)" : "");
+        }
+    }
+    return 1;
+}
+
+int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
+    if (g->hist) return hist_key(g, ch, act, msg, n);
     if (act == D3_ACT_HISTORY) { hist_open(g); return 1; }
     if (act == D3_ACT_UNDO) { undo(g, msg, n); return 1; }
     int grid_key = (ch >= '1' && ch <= '8') || ch == KEY_LEFT || ch == KEY_RIGHT || ch == KEY_UP ||
@@ -426,29 +481,8 @@ int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
         return 1;
     }
     grp *q = g->queue[0];
-    int cols = g->cols > 0 ? g->cols : q->k;
-    if (ch >= '1' && ch <= '0' + q->k) {
-        int i = ch - '1';
-        char *m = &q->marks[i];
-        *m = *m == GROUP_UNMARKED ? GROUP_GOOD : *m == GROUP_GOOD ? GROUP_BAD : GROUP_UNMARKED;
-        g->sel = i;
-    } else if (ch >= '1' && ch <= '8') {
-        snprintf(msg, n, "this group has %d images: keys 1-%d", q->k, q->k);
-    } else if (ch == KEY_LEFT) {
-        if (g->sel > 0) g->sel--;
-    } else if (ch == KEY_RIGHT) {
-        if (g->sel + 1 < q->k) g->sel++;
-    } else if (ch == KEY_UP) {
-        if (g->sel - cols >= 0) g->sel -= cols;
-    } else if (ch == KEY_DOWN) {
-        if (g->sel + cols < q->k) g->sel += cols;
-    } else if (ch == 'g' || ch == 'b' || ch == '-') {
-        q->marks[g->sel] = (char)ch;
-        if (ch != '-' && g->sel + 1 < q->k) g->sel++;
-    } else if (ch == 'B') {
-        for (int i = 0; i < q->k; i++) q->marks[i] = i == g->sel ? GROUP_GOOD : GROUP_BAD;
-        snprintf(msg, n, "image %d is the best: the others are bad (Enter submits)", g->sel + 1);
-    } else if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
+    if (edit_marks(q, &g->sel, g->cols > 0 ? g->cols : q->k, ch, msg, n)) return 1;
+    if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
         if (strspn(q->marks, "-") == (size_t)q->k)
             snprintf(msg, n, "nothing marked: mark images with 1-%d or g/b, or skip the group", q->k);
         else

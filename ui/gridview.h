@@ -15,7 +15,8 @@
  *                   (arrows move between images; z or Escape: the grid)
  *   Enter           submit the group (journaled, fsync'd, before the next)
  *   skip key (s)    skip the group;  undo key (u): undo the last group
- *   history key (h) the decided groups, newest first
+ *   history key (h) the decided groups, newest first, with the selected
+ *                   one's images; its marks can be changed (Enter saves)
  *
  * USAGE (from the screen's loop)
  *   gridview *g = gridview_new(&env, 4);
