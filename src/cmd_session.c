@@ -26,7 +26,8 @@ static const char session_help[] =
     "Describes the labeling session in DIR: pairs sampled, labels by choice\n"
     "(A, B, tie, skip, and decisions undone), pairs labeled and still queued,\n"
     "rounds trained, the model version in use, the base model's architecture\n"
-    "and the settings the session was started with. Problems the session\n"
+    "and the settings the session was started with; groups of k (grid mode):\n"
+    "sampled, marked, skipped, their images' marks and pairs. Problems the session\n"
     "recovered from (a torn last journal line, a checkpoint that does not\n"
     "load) are printed as warnings on stderr.\n"
     "\n"
@@ -34,9 +35,10 @@ static const char session_help[] =
     "\n"
     "check lists every problem: bad journal lines (FILE:LINE), damaged pair\n"
     "files, checkpoints that do not load, a bad LATEST, temp files of\n"
-    "interrupted writes. --repair moves bad journal lines into\n"
-    "labels.jsonl.bad beside the journal, damaged pair files to\n"
-    "pairs/NNNNNN.traj.bad and bad checkpoints to rounds/NNNN.safetensors.bad\n"
+    "interrupted writes, damaged group files and bad groups.jsonl lines.\n"
+    "--repair moves bad journal lines into labels.jsonl.bad (groups.jsonl.bad)\n"
+    "beside the journal, damaged pair (group) files to pairs/NNNNNN.traj.bad\n"
+    "(groups/NNNNNN.traj.bad) and bad checkpoints to rounds/NNNN.safetensors.bad\n"
     "(nothing is deleted), points LATEST at the checkpoint in use and removes\n"
     "the temp files. Exit status 0 when the session has no problem (left),\n"
     "2 when it has.\n"
@@ -173,13 +175,14 @@ static void info_groups(const d3_session *s, json_t *o) {
     if (o) {
         json_object_set_new(o, "groups", json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
                                                    "s:I, s:I, s:I}",
-            "sampled", (json_int_t)st.groups, "decided", (json_int_t)st.decided,
-            "skipped", (json_int_t)st.skipped, "undecided", (json_int_t)st.undecided,
-            "good", (json_int_t)st.good, "bad", (json_int_t)st.bad,
-            "unmarked", (json_int_t)st.unmarked, "pairs", (json_int_t)st.pairs,
-            "pairs_trained", (json_int_t)st.pairs_trained,
-            "pairs_pending", (json_int_t)st.pairs_pending, "undone", (json_int_t)st.undone,
-            "journal_records", (json_int_t)st.journal_lines));
+            /* names no other key of the output uses, so a grep for one finds one */
+            "count", (json_int_t)st.groups, "marked", (json_int_t)st.decided,
+            "skipped_groups", (json_int_t)st.skipped, "undecided", (json_int_t)st.undecided,
+            "images_good", (json_int_t)st.good, "images_bad", (json_int_t)st.bad,
+            "images_unmarked", (json_int_t)st.unmarked, "group_pairs", (json_int_t)st.pairs,
+            "group_pairs_trained", (json_int_t)st.pairs_trained,
+            "group_pairs_pending", (json_int_t)st.pairs_pending,
+            "group_undos", (json_int_t)st.undone, "group_records", (json_int_t)st.journal_lines));
         return;
     }
     if (!st.groups && !st.journal_lines) return;
@@ -238,14 +241,16 @@ static void problem(void *ctx, const char *what) {
     printf("problem: %s\n", what);
 }
 
-/* Groups of k: each group file loads, each journal line replays (reported,
- * not repaired: a bad line is skipped on every open, and the rest stays). */
-static void check_groups(const d3_session *s, check_ctx *cx) {
-    char err[D3_ERRLEN], msg[D3_ERRLEN + 16];
+/* Groups of k: each group file loads, each journal line replays; with
+ * repair, damaged group files go to .traj.bad and bad lines to
+ * groups.jsonl.bad. Returns the problems repaired. */
+static int check_groups(const d3_session *s, check_ctx *cx, int repair) {
+    int fixed = 0;
+    char err[D3_ERRLEN], msg[D3_ERRLEN + 64];
     d3_groups g;
     if (groups_open(s->dir, s->round, 1, &g, err)) {
         problem(cx, err);
-        return;
+        return 0;
     }
     for (long id = 0; id < g.next; id++) {
         session_traj t;
@@ -254,12 +259,21 @@ static void check_groups(const d3_session *s, check_ctx *cx) {
             session_traj_free(&t);
             continue;
         }
-        snprintf(msg, sizeof msg, "%s", err);
+        snprintf(msg, sizeof msg, "%s%s", err, repair ? "; moved to .traj.bad" : "");
         text_escape_inplace(msg, sizeof msg);
         problem(cx, msg);
+        if (repair && groups_set_aside(&g, id, err) == 0) fixed++;
+        else if (repair) fprintf(stderr, "d3po session check: %s\n", err);
     }
     groups_close(&g);
-    if (groups_check(s->dir, problem, cx, err) < 0) problem(cx, err);
+    int nb = groups_check(s->dir, repair, problem, cx, err);
+    if (nb < 0) {
+        problem(cx, err);
+    } else if (repair && nb) {
+        fixed += nb;
+        printf("moved %d line%s to %s/groups.jsonl.bad\n", nb, nb == 1 ? "" : "s", s->dir);
+    }
+    return fixed;
 }
 
 static int session_check_cmd(int argc, char **argv) {
@@ -372,7 +386,7 @@ static int session_check_cmd(int argc, char **argv) {
         fixed += nb;
         printf("moved %d journal line%s to %s/labels.jsonl.bad\n", nb, nb == 1 ? "" : "s", s.dir);
     }
-    check_groups(&s, &cx);
+    fixed += check_groups(&s, &cx, repair);
     /* other warnings of the open (round label lists, prompts) */
     for (int i = 0; i < s.nwarn; i++)
         if (!strstr(s.warn[i], "labels.jsonl:") && !strstr(s.warn[i], "LATEST") &&

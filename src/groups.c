@@ -165,9 +165,31 @@ out:
     return rc;
 }
 
-/* Replays (or only checks) groups.jsonl; each problem goes to report. */
+/* The journal's lines sorted for a repair: those that replay, and the rest. */
+typedef struct {
+    char *text[2]; /* 0: good, 1: bad */
+    size_t len[2], cap[2];
+    int oom;
+} sorted_lines;
+
+static void sort_line(sorted_lines *sl, int bad, const unsigned char *line, size_t n) {
+    if (!sl || sl->oom) return;
+    if (sl->len[bad] + n + 2 > sl->cap[bad]) {
+        size_t nc = (sl->len[bad] + n + 2) * 2;
+        char *t = realloc(sl->text[bad], nc);
+        if (!t) { sl->oom = 1; return; }
+        sl->text[bad] = t;
+        sl->cap[bad] = nc;
+    }
+    memcpy(sl->text[bad] + sl->len[bad], line, n);
+    sl->len[bad] += n;
+    sl->text[bad][sl->len[bad]++] = '\n';
+}
+
+/* Replays (or only checks) groups.jsonl; each problem goes to report;
+ * sl (may be NULL) gets the lines sorted for a repair. */
 static int replay(d3_groups *g, int apply, void (*report)(void *, const char *), void *ctx,
-                  char *err) {
+                  sorted_lines *sl, char *err) {
     char path[PATH_LEN];
     snprintf(path, sizeof path, "%s/groups.jsonl", g->dir);
     unsigned char *buf;
@@ -185,6 +207,7 @@ static int replay(d3_groups *g, int apply, void (*report)(void *, const char *),
             d3_errf(msg, "%s:%ld: torn last line (a crash while writing it); ignored", path, lineno);
             report(ctx, msg);
             if (apply) g->journal_torn = 1;
+            sort_line(sl, 1, buf + off, len - off);
             bad++;
             break;
         }
@@ -192,9 +215,11 @@ static int replay(d3_groups *g, int apply, void (*report)(void *, const char *),
         if (replay_line(g, (char *)buf + off, apply, why)) {
             d3_errf(msg, "%s:%ld: %s; line skipped", path, lineno, why);
             report(ctx, msg);
+            sort_line(sl, 1, buf + off, (size_t)(nl - (char *)buf) - off);
             bad++;
-        } else if (apply) {
-            g->nlines++;
+        } else {
+            if (apply) g->nlines++;
+            sort_line(sl, 0, buf + off, (size_t)(nl - (char *)buf) - off);
         }
         off = (size_t)(nl - (char *)buf) + 1;
         if (apply) g->journal_len = off;
@@ -268,7 +293,7 @@ int groups_open(const char *dir, int round, int readonly, d3_groups *g, char *er
         return -1;
     }
     g->readonly = readonly;
-    if (replay(g, 1, warn_report, g, err) < 0) {
+    if (replay(g, 1, warn_report, g, NULL, err) < 0) {
         groups_close(g);
         return -1;
     }
@@ -287,17 +312,44 @@ void groups_close(d3_groups *g) {
     g->fd = -1;
 }
 
-int groups_check(const char *dir, void (*report)(void *ctx, const char *problem), void *ctx,
-                 char *err) {
+int groups_check(const char *dir, int repair, void (*report)(void *ctx, const char *problem),
+                 void *ctx, char *err) {
     d3_groups g;
     if (open_common(dir, &g, err)) {
         groups_close(&g);
         return -1;
     }
+    sorted_lines sl = {0};
     /* replayed for real (undo records need the stack), reported once */
-    int n = replay(&g, 1, report, ctx, err);
+    int n = replay(&g, 1, report, ctx, repair ? &sl : NULL, err);
     groups_close(&g);
+    if (n > 0 && repair) {
+        char p[PATH_LEN], pb[PATH_LEN + 8];
+        snprintf(p, sizeof p, "%s/groups.jsonl", dir);
+        snprintf(pb, sizeof pb, "%s.bad", p);
+        /* the bad lines first, kept (appended, fsync'd); then the journal
+         * without them, atomically */
+        int fd = sl.oom ? -1 : open(pb, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (sl.oom) n = d3_errf(err, "%s: out of memory", p);
+        else if (fd < 0 || write(fd, sl.text[1], sl.len[1]) != (ssize_t)sl.len[1] || fsync(fd))
+            n = d3_errf(err, "%s: %s", pb, strerror(errno));
+        else {
+            const void *parts[1] = {sl.text[0] ? sl.text[0] : ""};
+            if (fs_write_atomic(p, parts, &sl.len[0], 1, err)) n = -1;
+        }
+        if (fd >= 0) close(fd);
+    }
+    free(sl.text[0]);
+    free(sl.text[1]);
     return n;
+}
+
+int groups_set_aside(const d3_groups *g, long id, char *err) {
+    char p[PATH_LEN], bad[PATH_LEN + 8];
+    groups_path(g, id, -1, p, sizeof p);
+    snprintf(bad, sizeof bad, "%s.bad", p);
+    if (rename(p, bad)) return d3_errf(err, "%s: rename to .bad: %s", p, strerror(errno));
+    return 0;
 }
 
 /* ---- writing ---- */

@@ -87,9 +87,17 @@ int groups_open(const char *dir, int round, int readonly, d3_groups *g, char *er
 void groups_close(d3_groups *g);
 
 /* Checks every journal line as groups_open replays it; each bad line (and
- * a torn tail) goes to report as "FILE:LINE: why". Returns how many. */
-int groups_check(const char *dir, void (*report)(void *ctx, const char *problem), void *ctx,
-                 char *err);
+ * a torn tail) goes to report as "FILE:LINE: why". With repair (the
+ * session's lock held), the bad lines are appended to groups.jsonl.bad
+ * (fsync'd) and the journal is rewritten without them atomically: nothing
+ * is deleted and the marks the session replays do not change. Returns how
+ * many bad lines, or -1 with err. */
+int groups_check(const char *dir, int repair, void (*report)(void *ctx, const char *problem),
+                 void *ctx, char *err);
+/* Renames groups/NNNNNN.traj to .traj.bad (a damaged group set aside, not
+ * deleted); its journal lines then no longer replay (a repair moves them
+ * to groups.jsonl.bad). */
+int groups_set_aside(const d3_groups *g, long id, char *err);
 
 /* Writes group t (t->N = k images, 3..8) with its images rgb[i]
  * [img_h][img_w][3]: the PNGs, then the trajectory file atomically. *id

@@ -3,17 +3,23 @@
  * decision, skip, undo), the pairs a group's marks make (all good, all bad
  * and nothing marked make none), trained marks from rounds/NNNN.groups, a
  * torn tail ignored and cut off before the next append, a damaged middle
- * line named FILE:LINE in one line, kill -9 while deciding losing no
- * acknowledged group, and the grid layout (ui/gridview.c) choosing the
- * rows that make the images largest; a dead writer's temp file in groups/
- * is cleaned. No model: the store does not care what the
- * trajectories are. */
+ * line named FILE:LINE in one line (a repair moving it to
+ * groups.jsonl.bad with the marks unchanged), kill -9 while deciding losing no
+ * acknowledged group, the engine sampling a group of k from one x_T
+ * (trajectory i on noise stream 1 + i: the first two are the pair of the
+ * same seed), the grid layout (ui/gridview.c) choosing the rows that make
+ * the images largest, and a dead writer's temp file in groups/ cleaned.
+ * The store tests use made-up trajectories: it does not care what they
+ * are. */
+#include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "fsutil.h"
 #include "gridview.h"
 #include "groups.h"
@@ -205,8 +211,24 @@ static void test_damaged_journal(void) {
           "torn tail cut off before the append: %d warnings", g.nwarn);
     groups_close(&g);
     problems cx = {0};
-    int n = groups_check(dir, report, &cx, err);
+    int n = groups_check(dir, 0, report, &cx, err);
     CHECK(n == 1 && strstr(cx.first, "groups.jsonl:2:"), "check: %d problems: %s", n, cx.first);
+    /* repair: the bad line moves to groups.jsonl.bad, the marks stay */
+    problems cr = {0};
+    n = groups_check(dir, 1, report, &cr, err);
+    CHECK(n == 1, "repair: %d (%s)", n, err);
+    CHECK(groups_check(dir, 0, report, &cr, err) == 0, "no problem after the repair");
+    char badp[600];
+    snprintf(badp, sizeof badp, "%s/groups.jsonl.bad", dir);
+    unsigned char *bb;
+    size_t bl;
+    CHECK(fs_read_all(badp, &bb, &bl, err) == 0 && strstr((char *)bb, "\"gxz\""),
+          "the bad line kept in groups.jsonl.bad");
+    if (bl || bb) free(bb);
+    CHECK(groups_open(dir, 0, 0, &g, err) == 0 && g.nwarn == 0 && !strcmp(groups_marks(&g, 1), "bgb") &&
+              !strcmp(groups_marks(&g, 2), "bbg") && !strcmp(groups_marks(&g, 0), "gbb"),
+          "after the repair the same marks replay, no warning (%d)", g.nwarn);
+    groups_close(&g);
     /* the file of a group missing: its label is named and skipped */
     char traj[600];
     snprintf(traj, sizeof traj, "%s/groups/000002.traj", dir);
@@ -214,7 +236,7 @@ static void test_damaged_journal(void) {
     CHECK(groups_open(dir, 0, 0, &g, err) == 0, "open: %s", err);
     int named = 0;
     for (int i = 0; i < g.nwarn && i < GROUPS_MAX_WARN; i++)
-        named |= strstr(g.warn[i], "groups.jsonl:3: group 2 has no file") != NULL;
+        named |= strstr(g.warn[i], "groups.jsonl:2: group 2 has no file") != NULL;
     CHECK(named, "a decision on a missing group is named (%d warnings)", g.nwarn);
     groups_close(&g);
 }
@@ -270,6 +292,10 @@ static void test_layout(void) {
               side == 288, "sixel 138x38, k=4: %dx%d side %d", r, c, side);
     CHECK(gridview_layout(8, 138, 38, 7, 16, 32, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 4 &&
               side % 32 == 0, "sixel 138x38, k=8: %dx%d side %d", r, c, side);
+    /* a 512 px image (a Stable Diffusion sample) larger than any tile: scaled
+     * down, not refused */
+    CHECK(gridview_layout(4, 138, 38, 7, 16, 512, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 2 &&
+              side == 18 * 16, "sixel 138x38, S=512, k=4: %dx%d side %d", r, c, side);
     /* a tall narrow area stacks the images */
     CHECK(gridview_layout(3, 30, 60, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r == 3 && c == 1,
           "blocks 30x60, k=3: %dx%d", r, c);
@@ -281,12 +307,75 @@ static void test_layout(void) {
     CHECK(gridview_layout(8, 10, 3, 1, 2, 16, 0, 2, &r, &c, &side) < 0, "too small: refused");
 }
 
+/* the next EV_PAIR of the engine, up to ~60 s; NULL on timeout */
+static d3_pair_sample *next_sample(d3_engine *e) {
+    for (int spins = 0; spins < 600; spins++) {
+        struct pollfd p = {engine_fd(e), POLLIN, 0};
+        poll(&p, 1, 100);
+        d3_event ev;
+        while (engine_poll(e, &ev)) {
+            if (ev.kind == EV_PAIR) return ev.pair;
+            if (ev.kind == EV_ERROR) fprintf(stderr, "  engine error: %s\n", ev.msg);
+            engine_event_free(&ev);
+        }
+    }
+    return NULL;
+}
+
+/* The engine samples a group of k from one x_T: every trajectory starts
+ * at the same x_T, steps with its own noise (stream 1 + i, so the first
+ * two are the pair of the same seed), and carries its decoded image. */
+static void test_engine_group(void) {
+    char err[D3_ERRLEN];
+    d3_model *m = malloc(sizeof *m);
+    unet_arch a = unet_arch_default();
+    if (!m || unet_arch_parse(&a, "base=8,mult=1.2,res=1,attn=none,size=8,classes=3", err) ||
+        model_init(m, &a, NULL, 5, err)) {
+        CHECK(0, "tiny model: %s", err);
+        free(m);
+        return;
+    }
+    engine_opts o = engine_opts_default();
+    o.sample = (ddim_opts){.steps = 4, .eta = 1.0f, .cfg = 3.0f};
+    d3_engine *e = engine_start(m, NULL, NULL, 0, &o, err);
+    CHECK(e != NULL, "%s", err);
+    if (!e) return;
+    engine_sample_ex(e, &(engine_sample_req){.cls = 1, .seed = 99, .n = 5});
+    engine_sample_ex(e, &(engine_sample_req){.cls = 1, .seed = 99}); /* the pair of that seed */
+    d3_pair_sample *g = next_sample(e), *p = next_sample(e);
+    CHECK(g && p, "no samples");
+    if (g && p) {
+        size_t D = 3 * 8 * 8, K = 4;
+        CHECK(g->n == 5 && p->n == 2, "n: group %d, pair %d", g->n, p->n);
+        int shared = 1, differ = 0, imgs = 1, finite = 1;
+        for (int i = 0; i < g->n; i++) {
+            shared &= !memcmp(g->traj[i], g->traj[0], D * sizeof(float));
+            if (i) differ += memcmp(g->traj[i] + K * D, g->traj[0] + K * D, D * sizeof(float)) != 0;
+            imgs &= g->rgb[i] != NULL;
+            for (size_t t = 0; t < K; t++) finite &= isfinite(g->logp[i][t]);
+        }
+        CHECK(shared, "every trajectory of the group starts at the one x_T");
+        CHECK(differ == 4, "the images differ (%d of 4 differ from the first)", differ);
+        CHECK(imgs && g->img_h == 8 && g->img_w == 8, "decoded images carried");
+        CHECK(finite, "log-probs finite");
+        /* batch 5 vs batch 2 may round differently in GEMM: within 1e-4 */
+        double dmax = 0;
+        for (int i = 0; i < 2; i++)
+            for (size_t j = 0; j < (K + 1) * D; j++) dmax = fmax(dmax, fabs(g->traj[i][j] - p->traj[i][j]));
+        CHECK(dmax < 1e-4, "the group's first two trajectories are the pair's (max diff %g)", dmax);
+    }
+    engine_pair_free(g);
+    engine_pair_free(p);
+    engine_stop(e);
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/d3po_test_groups.%d", (int)getpid());
     char err[D3_ERRLEN];
     fs_mkdirs(root, err);
     RUN(test_pairs_from_marks);
     RUN(test_layout);
+    RUN(test_engine_group);
     RUN(test_files_round_trip);
     RUN(test_journal_round_trip);
     RUN(test_damaged_journal);

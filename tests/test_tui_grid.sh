@@ -2,11 +2,13 @@
 # test_tui_grid.sh - grid mode of the labeling screen in tmux (half blocks):
 # `d3po label --grid 4` on a tiny model shows 4 images of one prompt from
 # one x_T; keys mark them (1..4 cycle, arrows + g/b, B best), Enter
-# submits, u undoes, s skips, G switches to pairs and back, h lists the
-# groups (with the selected group's images), i counts them; a round trains
-# on the groups' (good, bad) pairs; kill -9 right after a submit loses
-# nothing (the group is in groups.jsonl and in `session info` after
-# resume); `export --format scores` has the marks.
+# submits, u undoes, s skips, z zooms one image, G switches to pairs and
+# back, h lists the groups (with the selected group's images), i counts
+# them; a round trains on the groups' (good, bad) pairs; kill -9 right
+# after a submit loses nothing (the group is in groups.jsonl and in
+# `session info` after resume); `export --format scores` has the marks;
+# `session check` names a bad journal line or group file, --repair sets
+# them aside.
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
 printf 'smiling face\nred apple\nflag\n' >"$T/names"
@@ -64,6 +66,19 @@ tm send-keys -t t i
 wait_for "groups  *[0-9]* sampled, 2 marked, 1 skipped; 4 pairs" && ok "i: statistics count the groups" || no "stats groups"
 tm send-keys -t t Escape
 wait_for "group 3: 4 images" || no "stats close"
+tm send-keys -t t z
+sleep 1
+tm capture-pane -p -t t >"$T/zoom"
+python3 - "$T/zoom" <<'PY' && ok "z zooms the selected image (44 columns)" || { no "z zooms"; cat "$T/zoom"; }
+import sys
+t = open(sys.argv[1], encoding='utf-8').read()
+rows = [r for r in t.split('\n') if '▀' in r]
+runs = [len(x) for x in rows[0].split() if set(x) == {'▀'}] if rows else []
+print("   zoomed widths", runs)
+sys.exit(0 if runs == [44] and '[1] - <' in t and '[2] -' not in t else 1)
+PY
+tm send-keys -t t z
+wait_for "\[1\] - <  *\[2\] -  *\[3\] -  *\[4\] -" && ok "z again: the grid" || no "unzoom"
 tm send-keys -t t g g b
 wait_for "\[1\] good  *\[2\] good  *\[3\] BAD" || no "arrow marks"
 tm send-keys -t t Enter
@@ -74,12 +89,13 @@ tm kill-server 2>/dev/null
 grep -q '"group":3,"marks":"ggb-"' "$S/groups.jsonl" && ok "kill -9 after the submit: group 3 is journaled" \
     || { no "group 3 journaled"; cat "$S/groups.jsonl"; }
 $D3 session info "$S" --json >"$T/info.json" 2>"$T/info.err" || cat "$T/info.err"
-python3 - "$T/info.json" <<'PY' && ok "session info: 4 decided groups, 6 pairs, 4 trained" || no "session info groups"
+python3 - "$T/info.json" <<'PY' && ok "session info: 3 marked groups, 1 skipped, 6 pairs, 4 trained" || no "session info groups"
 import json, sys
 g = json.load(open(sys.argv[1]))["groups"]
 print("  ", g)
-sys.exit(0 if g["decided"] == 3 and g["skipped"] == 1 and g["pairs"] == 6 and g["pairs_trained"] == 4
-         and g["pairs_pending"] == 2 and g["undone"] == 1 else 1)
+sys.exit(0 if g["count"] >= 4 and g["marked"] == 3 and g["skipped_groups"] == 1 and g["group_pairs"] == 6
+         and g["group_pairs_trained"] == 4 and g["group_pairs_pending"] == 2 and g["group_undos"] == 1
+         else 1)
 PY
 $D3 session info "$S" | grep -q "^groups: .* 3 decided, 1 skipped" && ok "session info text shows groups" || no "info text"
 $D3 session check "$S" >"$T/check" && ok "session check: no problems" || { no "session check"; cat "$T/check"; }
@@ -89,6 +105,15 @@ wait_for "group [4-9]: 4 images" && ok "resume shows an undecided group" || no "
 wait_for "labels 2/4" && ok "resume: group 3's 2 pairs wait for the next round" || no "resume pending"
 tm send-keys -t t T
 wait_for "model v2" && ok "T trains group 3's pairs" || no "round 2"
+# history: change the marks of a trained group (a new journal line)
+tm send-keys -t t h
+wait_for "group history: 4 decided groups" || no "history after resume"
+tm send-keys -t t Down Down Down 3 Enter
+wait_for "group 0 changed to gbg- (trained before: the new marks go into the next round)" \
+    && ok "history: a group's marks changed" || no "history edit"
+wait_for "group  *0  gbg-  *2 pairs  next round" && ok "history: the changed group waits for the next round" \
+    || no "history edit pending"
+tm send-keys -t t Escape
 tm send-keys -t t q
 sleep 1
 tm kill-server 2>/dev/null
@@ -108,6 +133,17 @@ PY
 echo '{"group":9,"marks":"zz"}' >>"$S/groups.jsonl"
 $D3 session check "$S" >"$T/check2"
 grep -q "groups.jsonl:[0-9]*: \"marks\"" "$T/check2" && ok "check names a bad groups.jsonl line" || { no "check bad line"; cat "$T/check2"; }
+$D3 session check "$S" --repair >"$T/check3" && grep -q "moved 1 line to .*groups.jsonl.bad" "$T/check3" \
+    && ok "check --repair moves it to groups.jsonl.bad" || { no "check --repair"; cat "$T/check3"; }
+$D3 session check "$S" >"$T/check4" && ok "no problem after the repair" || { no "after repair"; cat "$T/check4"; }
+# a damaged group file is named, and set aside by a repair (with its line)
+head -c 100 "$S/groups/000001.traj" >"$T/cut" && cp "$T/cut" "$S/groups/000001.traj"
+$D3 session check "$S" >"$T/check5"; st=$?
+[ $st -ne 0 ] && grep -q "groups/000001.traj" "$T/check5" && ok "check names a damaged group file" \
+    || { no "damaged group file"; cat "$T/check5"; }
+$D3 session check "$S" --repair >"$T/check6" && [ -f "$S/groups/000001.traj.bad" ] \
+    && ok "check --repair sets the damaged group aside" || { no "repair group file"; cat "$T/check6"; }
+$D3 session check "$S" >"$T/check7" && ok "no problem after setting it aside" || { no "after set aside"; cat "$T/check7"; }
 expect 1 "--grid 2 refused" $D3 label --session "$S" --grid 2
 grep_err "--grid 2 named" "expected 0 (pairs) or 3 to 8"
 finish test_tui_grid.sh

@@ -44,11 +44,14 @@ struct gridview {
     /* the last layout (for the images after doupdate): the group drawn,
      * its tiles' grid, size, first row and first tile's column */
     grp *shown;
+    int first, count; /* the images of shown that are drawn (zoom: one) */
     int rows, cols, tw, th, top, x0;
+    int zoom;         /* the selected image alone, as large as the area allows */
     /* group history */
     int hist, hist_sel, hist_n;
     long *hist_ids;
     grp *hist_grp; /* the selected decided group, loaded from disk */
+    int hist_tile; /* its selected image */
 };
 
 static void grp_free(grp *q) {
@@ -106,7 +109,10 @@ static void hist_close(gridview *g) {
     g->hist_grp = NULL;
 }
 
-void gridview_close_views(gridview *g) { hist_close(g); }
+void gridview_close_views(gridview *g) {
+    hist_close(g);
+    g->zoom = 0;
+}
 
 static void enqueue(gridview *g, grp *q) {
     if (q && g->nq < GV_QMAX) g->queue[g->nq++] = q;
@@ -178,6 +184,7 @@ void gridview_top_up(gridview *g) { rounds_top_up_groups(g->env.d, g->k, g->nq);
 
 long gridview_view_id(const gridview *g) {
     if (g->hist) return -2 - g->hist_sel;
+    if (g->zoom && g->nq) return -1000000L - (g->queue[0]->id * 16 + g->sel);
     return g->nq ? g->queue[0]->id * 16 + g->queue[0]->k : -1;
 }
 
@@ -193,7 +200,7 @@ int gridview_layout(int k, int W, int H, int px_w, int px_h, int S, int sixel, i
         int tw = (W - (c - 1) * gap) / c, th = H / r - 1; /* one label row per tile */
         if (tw < 2 || th < 1) continue;
         int sd = tw * px_w < th * px_h ? tw * px_w : th * px_h;
-        if (sixel) sd = sd / S * S;
+        if (sixel && sd >= S) sd = sd / S * S; /* whole factors: sharp pixels; else scaled down */
         if (sd > best) {
             best = sd;
             *rows = r;
@@ -226,16 +233,17 @@ static void draw_hist(gridview *g, int top, int left, int w, int h) {
     }
 }
 
-/* Lays q's images out in the area and draws their labels (sel: the
- * selected tile, -1 none); g->shown and the layout are what
- * gridview_draw_images writes. */
-static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, int h) {
+/* Lays images first .. first+count-1 of q out in the area and draws their
+ * labels (sel: the selected image, -1 none); g->shown and the layout are
+ * what gridview_draw_images writes. */
+static void draw_tiles(gridview *g, grp *q, int first, int count, int sel, int top, int left, int w,
+                       int h) {
     char line[64];
     g->shown = NULL;
     g->rows = 0;
     int sixel = g->env.mode == TERM_MODE_SIXEL;
     int pw = sixel ? g->env.caps.cell_w : 1, ph = sixel ? g->env.caps.cell_h : 2, side;
-    if (pw < 1 || ph < 1 || gridview_layout(q->k, w, h, pw, ph, q->S, sixel, GV_GAP, &g->rows,
+    if (pw < 1 || ph < 1 || gridview_layout(count, w, h, pw, ph, q->S, sixel, GV_GAP, &g->rows,
                                             &g->cols, &side)) {
         mvaddnstr(top + h / 2, left + 1, "enlarge the terminal to see the group", w - 1);
         g->rows = 0;
@@ -250,8 +258,8 @@ static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, i
     g->th = h / g->rows - 1;
     g->top = top;
     g->x0 = left + (w - (g->cols * g->tw + (g->cols - 1) * GV_GAP)) / 2;
-    for (int i = 0; i < q->k; i++) {
-        int r = i / g->cols, c = i % g->cols;
+    for (int i = first; i < first + count; i++) {
+        int r = (i - first) / g->cols, c = (i - first) % g->cols;
         int y = top + r * (g->th + 1), x = g->x0 + c * (g->tw + GV_GAP);
         snprintf(line, sizeof line, "[%d] %s%s", i + 1, mark_name(q->marks[i]), i == sel ? " <" : "");
         if (i == sel) attron(A_REVERSE);
@@ -260,6 +268,8 @@ static void draw_tiles(gridview *g, grp *q, int sel, int top, int left, int w, i
         attroff(A_REVERSE | A_BOLD);
     }
     g->shown = q;
+    g->first = first;
+    g->count = count;
 }
 
 void gridview_draw(gridview *g, int top, int left, int w, int h) {
@@ -273,7 +283,7 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
             snprintf(line, sizeof line, "\"%s\"  sampled by v%ld", g->hist_grp->prompt,
                      g->hist_grp->version);
             mvaddnstr(top - 1, left + lw + 2, line, w - lw - 2);
-            draw_tiles(g, g->hist_grp, -1, top, left + lw + 2, w - lw - 2, h);
+            draw_tiles(g, g->hist_grp, 0, g->hist_grp->k, g->hist_tile, top, left + lw + 2, w - lw - 2, h);
         }
         return;
     }
@@ -289,14 +299,15 @@ void gridview_draw(gridview *g, int top, int left, int w, int h) {
              q->k, q->prompt, (unsigned long long)q->seed, q->version);
     mvaddnstr(top - 1, left, line, w);
     if (g->sel >= q->k) g->sel = q->k - 1;
-    draw_tiles(g, q, g->sel, top, left, w, h);
+    if (g->zoom) draw_tiles(g, q, g->sel, 1, g->sel, top, left, w, h);
+    else draw_tiles(g, q, 0, q->k, g->sel, top, left, w, h);
 }
 
 void gridview_draw_images(gridview *g) {
     grp *q = g->shown;
     if (!q || !g->rows) return;
-    for (int i = 0; i < q->k; i++) {
-        int r = i / g->cols, c = i % g->cols;
+    for (int i = g->first; i < g->first + g->count; i++) {
+        int r = (i - g->first) / g->cols, c = (i - g->first) % g->cols;
         int y = g->top + r * (g->th + 1) + 1, x = g->x0 + c * (g->tw + GV_GAP);
         long key = (((long)y * 1031 + x) * 1031 + g->tw) * 1031 + g->th;
         if (q->gfx_key[i] != key || !q->gfx[i]) {
@@ -318,13 +329,14 @@ void gridview_footer(const gridview *g, char *out, size_t n) {
     const d3_config *c = g->env.c;
 #define KEY(a) (c->ui.nkeys[a] ? c->ui.keys[a][0] : "?")
     if (g->hist) {
-        snprintf(out, n, "Up/Down move  %s or Escape closes the history", KEY(D3_ACT_HISTORY));
+        snprintf(out, n, "Up/Down group  Left/Right image  1-%d g b B marks  Enter saves the new marks  "
+                 "%s or Escape closes", g->hist_grp ? g->hist_grp->k : g->k, KEY(D3_ACT_HISTORY));
         return;
     }
-    snprintf(out, n, "1-%d cycle  arrows+g/b mark  B best  Enter submit  %s skip  %s undo  G pairs  "
-             "%s history  %s train  %s help  %s quit", g->nq ? g->queue[0]->k : g->k,
-             KEY(D3_ACT_SKIP), KEY(D3_ACT_UNDO), KEY(D3_ACT_HISTORY), KEY(D3_ACT_TRAIN),
-             KEY(D3_ACT_HELP), KEY(D3_ACT_QUIT));
+    snprintf(out, n, "1-%d cycle  arrows+g/b mark  B best  Enter submit  %s skip  %s undo  %s zoom  "
+             "G pairs  %s history  %s train  %s help  %s quit", g->nq ? g->queue[0]->k : g->k,
+             KEY(D3_ACT_SKIP), KEY(D3_ACT_UNDO), KEY(D3_ACT_ZOOM), KEY(D3_ACT_HISTORY),
+             KEY(D3_ACT_TRAIN), KEY(D3_ACT_HELP), KEY(D3_ACT_QUIT));
 #undef KEY
 }
 
@@ -334,6 +346,7 @@ void gridview_footer(const gridview *g, char *out, size_t n) {
 static void hist_select(gridview *g, int i) {
     if (i < 0 || i >= g->hist_n) return;
     g->hist_sel = i;
+    g->hist_tile = 0;
     grp_free(g->hist_grp);
     g->hist_grp = NULL;
     char err[D3_ERRLEN];
@@ -374,6 +387,7 @@ static void submit(gridview *g, const char *marks, char *msg, size_t n) {
     }
     g->done[g->ndone++] = q;
     g->sel = 0;
+    g->zoom = 0;
 }
 
 static void undo(gridview *g, char *msg, size_t n) {
@@ -396,13 +410,65 @@ static void undo(gridview *g, char *msg, size_t n) {
     }
 }
 
-int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
-    if (g->hist) {
-        if (ch == KEY_UP || ch == 'k') { hist_select(g, g->hist_sel - 1); return 1; }
-        if (ch == KEY_DOWN || ch == 'j') { hist_select(g, g->hist_sel + 1); return 1; }
-        if (act == D3_ACT_HISTORY || act == D3_ACT_QUIT || ch == 27) { hist_close(g); return 1; }
-        return act == D3_ACT_HELP || act == D3_ACT_STATS || act == D3_ACT_LOG ? 0 : 1;
+/* The marking keys on q with selection *sel (cols: tiles per row): 1 when
+ * ch was one of them. */
+static int edit_marks(grp *q, int *sel, int cols, int ch, char *msg, size_t n) {
+    if (ch >= '1' && ch <= '0' + q->k) {
+        int i = ch - '1';
+        char *m = &q->marks[i];
+        *m = *m == GROUP_UNMARKED ? GROUP_GOOD : *m == GROUP_GOOD ? GROUP_BAD : GROUP_UNMARKED;
+        *sel = i;
+    } else if (ch >= '1' && ch <= '8') {
+        snprintf(msg, n, "this group has %d images: keys 1-%d", q->k, q->k);
+    } else if (ch == KEY_LEFT) {
+        if (*sel > 0) (*sel)--;
+    } else if (ch == KEY_RIGHT) {
+        if (*sel + 1 < q->k) (*sel)++;
+    } else if (ch == KEY_UP) {
+        if (*sel - cols >= 0) *sel -= cols;
+    } else if (ch == KEY_DOWN) {
+        if (*sel + cols < q->k) *sel += cols;
+    } else if (ch == 'g' || ch == 'b' || ch == '-') {
+        q->marks[*sel] = (char)ch;
+        if (ch != '-' && *sel + 1 < q->k) (*sel)++;
+    } else if (ch == 'B') {
+        for (int i = 0; i < q->k; i++) q->marks[i] = i == *sel ? GROUP_GOOD : GROUP_BAD;
+        snprintf(msg, n, "image %d is the best: the others are bad (Enter saves)", *sel + 1);
+    } else {
+        return 0;
     }
+    return 1;
+}
+
+/* history: marks of the selected past group changed and saved with Enter
+ * (a new journal line; the newest counts, as for pairs) */
+static int hist_key(gridview *g, int ch, int act, char *msg, size_t n) {
+    if (ch == KEY_UP || ch == 'k') { hist_select(g, g->hist_sel - 1); return 1; }
+    if (ch == KEY_DOWN || ch == 'j') { hist_select(g, g->hist_sel + 1); return 1; }
+    if (act == D3_ACT_HISTORY || act == D3_ACT_QUIT || ch == 27) { hist_close(g); return 1; }
+    if (act == D3_ACT_HELP || act == D3_ACT_STATS || act == D3_ACT_LOG) return 0;
+    grp *q = g->hist_grp;
+    if (!q) return 1;
+    if (edit_marks(q, &g->hist_tile, g->cols > 0 ? g->cols : q->k, ch, msg, n)) return 1;
+    if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
+        char err[D3_ERRLEN];
+        d3_groups *gs = rounds_groups(g->env.d);
+        int was = groups_trained(gs, q->id);
+        if (strspn(q->marks, "-") == (size_t)q->k) {
+            snprintf(msg, n, "nothing marked: mark images with 1-%d or g/b", q->k);
+        } else if (rounds_decide_group(g->env.d, q->id, q->marks, q->k, (int)q->version, err)) {
+            snprintf(msg, n, "group NOT saved: %s", err);
+        } else {
+            snprintf(msg, n, "group %ld changed to %s%s", q->id, q->marks,
+                     was && !groups_trained(gs, q->id) ? " (trained before: the new marks go into "
+                                                         "the next round)" : "");
+        }
+    }
+    return 1;
+}
+
+int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
+    if (g->hist) return hist_key(g, ch, act, msg, n);
     if (act == D3_ACT_HISTORY) { hist_open(g); return 1; }
     if (act == D3_ACT_UNDO) { undo(g, msg, n); return 1; }
     int grid_key = (ch >= '1' && ch <= '8') || ch == KEY_LEFT || ch == KEY_RIGHT || ch == KEY_UP ||
@@ -415,38 +481,18 @@ int gridview_key(gridview *g, int ch, int act, char *msg, size_t n) {
         return 1;
     }
     grp *q = g->queue[0];
-    int cols = g->cols > 0 ? g->cols : q->k;
-    if (ch >= '1' && ch <= '0' + q->k) {
-        int i = ch - '1';
-        char *m = &q->marks[i];
-        *m = *m == GROUP_UNMARKED ? GROUP_GOOD : *m == GROUP_GOOD ? GROUP_BAD : GROUP_UNMARKED;
-        g->sel = i;
-    } else if (ch >= '1' && ch <= '8') {
-        snprintf(msg, n, "this group has %d images: keys 1-%d", q->k, q->k);
-    } else if (ch == KEY_LEFT) {
-        if (g->sel > 0) g->sel--;
-    } else if (ch == KEY_RIGHT) {
-        if (g->sel + 1 < q->k) g->sel++;
-    } else if (ch == KEY_UP) {
-        if (g->sel - cols >= 0) g->sel -= cols;
-    } else if (ch == KEY_DOWN) {
-        if (g->sel + cols < q->k) g->sel += cols;
-    } else if (ch == 'g' || ch == 'b' || ch == '-') {
-        q->marks[g->sel] = (char)ch;
-        if (ch != '-' && g->sel + 1 < q->k) g->sel++;
-    } else if (ch == 'B') {
-        for (int i = 0; i < q->k; i++) q->marks[i] = i == g->sel ? GROUP_GOOD : GROUP_BAD;
-        snprintf(msg, n, "image %d is the best: the others are bad (Enter submits)", g->sel + 1);
-    } else if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
+    if (edit_marks(q, &g->sel, g->cols > 0 ? g->cols : q->k, ch, msg, n)) return 1;
+    if (ch == '\n' || ch == '\r' || ch == KEY_ENTER) {
         if (strspn(q->marks, "-") == (size_t)q->k)
             snprintf(msg, n, "nothing marked: mark images with 1-%d or g/b, or skip the group", q->k);
         else
             submit(g, q->marks, msg, n);
     } else if (act == D3_ACT_SKIP) {
         submit(g, "skip", msg, n);
-    } else if (act == D3_ACT_TIE || act == D3_ACT_ZOOM) {
-        snprintf(msg, n, "grid mode: mark images good (g) or bad (b); G goes back to pairs for %s",
-                 act == D3_ACT_TIE ? "ties" : "zoom");
+    } else if (act == D3_ACT_ZOOM) {
+        g->zoom = !g->zoom;
+    } else if (act == D3_ACT_TIE) {
+        snprintf(msg, n, "grid mode: mark images good (g) or bad (b); G goes back to pairs for ties");
     }
     return 1;
 }

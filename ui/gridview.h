@@ -11,9 +11,12 @@
  *   arrows          move the selection
  *   g  b  -         mark the selected image good, bad, unmarked
  *   B               the selected image is the best: it good, the rest bad
+ *   zoom key (z)    the selected image alone, as large as the area allows
+ *                   (arrows move between images; z or Escape: the grid)
  *   Enter           submit the group (journaled, fsync'd, before the next)
  *   skip key (s)    skip the group;  undo key (u): undo the last group
- *   history key (h) the decided groups, newest first
+ *   history key (h) the decided groups, newest first, with the selected
+ *                   one's images; its marks can be changed (Enter saves)
  *
  * USAGE (from the screen's loop)
  *   gridview *g = gridview_new(&env, 4);
@@ -66,7 +69,8 @@ void gridview_footer(const gridview *g, char *out, size_t n);
  * above its image) for k square images of S pixels, in an area of W x H
  * cells of px_w x px_h pixels (sixel: the cell size; half blocks: 1 x 2),
  * gap columns between tiles. Chooses the rows that give the largest image
- * (sixel: whole multiples of S), fewer rows on a tie. *side: the image's
+ * (sixel: whole multiples of S when the tile holds S pixels; images larger
+ * than a tile are scaled down to it), fewer rows on a tie. *side: the image's
  * side in pixels. 0, or -1 when not even a tile of 1 image row fits. */
 int gridview_layout(int k, int W, int H, int px_w, int px_h, int S, int sixel, int gap, int *rows,
                     int *cols, int *side);
