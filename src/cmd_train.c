@@ -14,7 +14,10 @@
  *     same seed gives the same starting noise x_T; this is checked on the
  *     stored trajectories, and a mismatch is an error). Every two scored
  *     images of a group with different scores become one training pair,
- *     the higher score preferred: k scored images give up to k(k-1)/2 pairs.
+ *     the higher score preferred: k scored images give up to k(k-1)/2 pairs;
+ *   - groups of k the labeling screen's grid mode marked (src/groups.h):
+ *     every (good, bad) pair of a group, the good image preferred; the
+ *     groups used are written to rounds/NNNN.groups like the labels.
  * Pairs sampled with different steps/cfg/eta are trained in separate
  * passes (the log-probabilities depend on them). */
 #include <getopt.h>
@@ -28,6 +31,7 @@
 #include "cli.h"
 #include "config.h"
 #include "d3po.h"
+#include "groups.h"
 #include "ops.h"
 #include "session.h"
 #include "text.h"
@@ -54,6 +58,8 @@ static const char train_help[] =
     "                     sharing the starting noise; every two scored images of a\n"
     "                     group with different scores become a training pair\n"
     "  --no-labels        train on --scores only, not on the journal's decisions\n"
+    "                     (nor on the groups of k marked in grid mode, whose every\n"
+    "                     (good, bad) pair trains otherwise)\n"
     "  --objective OBJ    d3po or diffusion-dpo (default: the config's train.objective;\n"
     "                     diffusion-dpo uses the final images and the base model as\n"
     "                     reference)\n"
@@ -166,6 +172,47 @@ static int same_sampling(const session_pair *a, const session_pair *b) {
     return a->K == b->K && a->S == b->S && a->cfg == b->cfg && a->eta == b->eta;
 }
 
+/* The groups of k the grid mode marked: every (good, bad) pair of each
+ * into l. Their trajectories are loaded into *gt (ng of them; the pairs
+ * point into them, the caller frees them) and their ids into *gids. A
+ * damaged group is left out with a warning. Returns the pairs added, or
+ * -1 with err. */
+static long add_groups(d3_groups *g, pair_list *l, session_traj **gt, long **gids, long *ng,
+                       char *err) {
+    long n = 0, cap = 0;
+    *gt = NULL;
+    *gids = NULL;
+    *ng = 0;
+    for (long id = 0; id < g->next; id++) {
+        int pr[GROUPS_MAX_PAIRS][2], np = groups_pairs(groups_marks(g, id), pr);
+        if (!np) continue;
+        if (*ng == cap) {
+            cap = cap ? 2 * cap : 16;
+            session_traj *t = realloc(*gt, (size_t)cap * sizeof *t);
+            long *ids = realloc(*gids, (size_t)cap * sizeof *ids);
+            if (t) *gt = t;
+            if (ids) *gids = ids;
+            if (!t || !ids) return d3_errf(err, "out of memory");
+        }
+        session_traj *t = &(*gt)[*ng];
+        if (groups_load(g, id, t, err)) {
+            char e2[D3_ERRLEN];
+            fprintf(stderr, "d3po train: warning: %s; group %ld left out (d3po session check)\n",
+                    text_escape(e2, sizeof e2, err), id);
+            continue;
+        }
+        for (int q = 0; q < np; q++) {
+            session_pair v = {.K = t->K, .S = t->h, .C = t->C, .h = t->h, .w = t->w,
+                              .family = t->family, .cls = t->cls, .cfg = t->cfg, .eta = t->eta,
+                              .traj = {t->traj[pr[q][0]], t->traj[pr[q][1]]}};
+            add_pair(l, &v, 0, &v, 1, 1.0f); /* good beats bad */
+        }
+        (*gids)[(*ng)++] = id;
+        n += np;
+    }
+    return n;
+}
+
 typedef struct {
     int every, last;
 } progress_ctx;
@@ -246,7 +293,11 @@ int cmd_train(int argc, char **argv) {
     long *lab_ids = NULL, nlab = 0, lab_cap = 0; /* the labels trained: rounds/NNNN.labels */
     signed char *lab_ch = NULL;
     scored *sc = NULL;
-    long nsc = 0, from_labels = 0, from_scores = 0, ties = 0;
+    long nsc = 0, from_labels = 0, from_scores = 0, ties = 0, from_groups = 0;
+    d3_groups groups;
+    int have_groups = 0;
+    session_traj *gt = NULL;
+    long *gids = NULL, ngroups = 0;
     int have_policy = 0, have_ref = 0, have_st = 0, rc = EXIT_FAIL;
     d3_model policy, refm;
     d3_state st;
@@ -304,7 +355,15 @@ int cmd_train(int argc, char **argv) {
         }
         free(ci);
     }
-    if (!from_labels && !from_scores) {
+    /* 1b. groups of k (grid mode) */
+    if (!no_labels) {
+        if (groups_open(s.dir, s.round, 0, &groups, err)) goto fail;
+        have_groups = 1;
+        for (int i = 0; i < groups.nwarn && i < GROUPS_MAX_WARN; i++)
+            fprintf(stderr, "d3po train: warning: %s\n", groups.warn[i]);
+        if ((from_groups = add_groups(&groups, &L, &gt, &gids, &ngroups, err)) < 0) goto fail;
+    }
+    if (!from_labels && !from_scores && !from_groups) {
         d3_errf(err, "%s: nothing to train on (no A/B decisions%s)", dir,
                 scores_path ? " and no images of a group with different scores" : "");
         goto fail;
@@ -337,9 +396,9 @@ int cmd_train(int argc, char **argv) {
 
     /* 4. one d3po_train call per sampling setting (usually one) */
     fprintf(stderr, "d3po train: %s round %d -> %d: %ld pairs from labels, %ld from scores, "
-                    "%ld ties (no gradient), objective %s, %d epochs, lr %g, reference %s, kl %g, "
-                    "device %s\n",
-            dir, s.round, s.round + 1, from_labels, from_scores, ties,
+                    "%ld from groups, %ld ties (no gradient), objective %s, %d epochs, lr %g, "
+                    "reference %s, kl %g, device %s\n",
+            dir, s.round, s.round + 1, from_labels, from_scores, from_groups, ties,
             config_objective_name(to.objective), to.epochs, cfg.d3po.lr,
             to.ref == D3PO_REF_BASE ? "base" : "round", cfg.d3po.kl, device);
     unsigned char *done = calloc(L.n, 1);
@@ -379,12 +438,14 @@ int cmd_train(int argc, char **argv) {
     snprintf(buf, sizeof buf, "%d", round);
     model_set_meta(&policy, "d3po.model_version", buf);
     if (session_write_round_labels(&s, round, lab_ids, lab_ch, (int)nlab, err) ||
+        (ngroups && groups_write_round(&groups, round, gids, (int)ngroups, err)) ||
         session_save_round(&s, &policy, &st, round, err))
         goto fail;
     session_mark_trained(&s, lab_ids, lab_ch, (int)nlab);
     char rp[4096];
-    printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores), mean loss %.5f, "
-           "saved %s\n", round, from_labels + from_scores, from_labels, from_scores,
+    printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores, %ld from groups), mean "
+           "loss %.5f, saved %s\n", round, from_labels + from_scores + from_groups, from_labels,
+           from_scores, from_groups,
            loss_n ? loss_sum / loss_n : 0.0, session_round_path(&s, round, rp, sizeof rp));
     rc = 0;
     goto out;
@@ -402,6 +463,10 @@ out:
     cache_free(&cache);
     free(lab_ids);
     free(lab_ch);
+    for (long i = 0; i < ngroups; i++) session_traj_free(&gt[i]);
+    free(gt);
+    free(gids);
+    if (have_groups) groups_close(&groups);
     session_close(&s);
     return rc;
 }

@@ -8,7 +8,7 @@
 # after a submit loses nothing (the group is in groups.jsonl and in
 # `session info` after resume); `export --format scores` has the marks;
 # `session check` names a bad journal line or group file, --repair sets
-# them aside.
+# them aside; `d3po train` trains on the groups' pairs too.
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
 printf 'smiling face\nred apple\nflag\n' >"$T/names"
@@ -144,6 +144,10 @@ $D3 session check "$S" >"$T/check5"; st=$?
 $D3 session check "$S" --repair >"$T/check6" && [ -f "$S/groups/000001.traj.bad" ] \
     && ok "check --repair sets the damaged group aside" || { no "repair group file"; cat "$T/check6"; }
 $D3 session check "$S" >"$T/check7" && ok "no problem after setting it aside" || { no "after set aside"; cat "$T/check7"; }
+# offline training takes the groups' pairs too: 0 (gbg-) 2, 2 (bbgb) 3, 3 (ggb-) 2
+expect 0 "d3po train on the session" $D3 train --session "$S"
+grep -q "trained on 7 pairs (0 from labels, 0 from scores, 7 from groups)" "$T/out" \
+    && ok "train: the 7 pairs of the marked groups" || { no "train groups"; cat "$T/out"; }
 expect 1 "--grid 2 refused" $D3 label --session "$S" --grid 2
 grep_err "--grid 2 named" "expected 0 (pairs) or 3 to 8"
 finish test_tui_grid.sh
