@@ -63,7 +63,8 @@ xs_label_cmd() {
 xs_window() {
     WID=""
     i=0
-    while [ $i -lt 150 ] && [ -z "$WID" ]; do
+    # up to 60 s: on a loaded 2-core machine mlterm took over 15 s to map
+    while [ $i -lt 600 ] && [ -z "$WID" ]; do
         WID=$(xdotool search --class "$1" 2>/dev/null | head -n 1)
         [ -z "$WID" ] && { sleep 0.1; i=$((i+1)); }
     done
