@@ -15,8 +15,10 @@ acked=0
 for trial in 1 2 3 4 5; do
     tm new-session -d -s t -x 100 -y 30 "cd $PWD && exec $D3 label --session $S --model $T/m.st --graphics blocks --round-size 1"
     # wait for a pair, then label as fast as the screen acknowledges
+    # (waits are generous bounds, not timings: on a loaded 2-core machine a
+    # resumed session can take well over 10 s to show its first pair)
     i=0
-    while [ $i -lt 100 ]; do
+    while [ $i -lt 600 ]; do
         tm capture-pane -p -t t 2>/dev/null | grep -q "pair [0-9]*  seed" && break
         sleep 0.1; i=$((i+1))
     done
@@ -24,7 +26,7 @@ for trial in 1 2 3 4 5; do
     # time), then a burst of keys and the kill at a trial-dependent moment
     tm send-keys -t t 1 2>/dev/null
     i=0
-    while [ $i -lt 200 ]; do
+    while [ $i -lt 600 ]; do
         tm capture-pane -p -t t 2>/dev/null | grep -q ": A saved" && break
         sleep 0.1; i=$((i+1))
     done
