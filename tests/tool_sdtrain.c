@@ -38,6 +38,18 @@
  *       its adapters off). Last line: "d3po lora-round OBJECTIVE K S N
  *       SAMPLE_S TRAIN_S PER_PAIR_S PEAK_MB" (wall seconds; peak RSS of
  *       the process so far)
+ *   tool_sdtrain logratio SESSION ROUND...
+ *       what the rounds of an sd session (d3po auto) did to its TRAINED
+ *       pairs: every pair whose choice a trained round used (A or B; ties
+ *       carry nothing), its trajectories teacher-forced through the
+ *       session's model (cfg, eta and K of the pair's file; the pair's
+ *       prompt, negative "") with each ROUND's adapters (session_sd_load,
+ *       session_sd_read_round; the reference: the adapters off). Per pair
+ *       and round: the margin, mean over steps of (log p_theta - log
+ *       p_ref) of the preferred trajectory minus the same of the other,
+ *       and the D3PO loss of the pair (mean over steps, beta and clamp of
+ *       d3po_opts_default, no KL term). Last line per round: "d3po
+ *       logratio ROUND NPAIRS MEAN_MARGIN MEAN_LOSS"
  * Exit status 0 when everything matches, 1 on a mismatch or an error. */
 #include <math.h>
 #include <stdio.h>
@@ -52,6 +64,8 @@
 #include "optim.h"
 #include "safetensors.h"
 #include "sd/sdsample.h"
+#include "session.h"
+#include "session_sd.h"
 
 static const char *prompt = "a photo of a cat";
 
@@ -472,6 +486,84 @@ static int cmd_round(const char *pipe, int size, int npairs, int K, int objectiv
     return 0;
 }
 
+/* tool_sdtrain logratio: see the top of the file. */
+static int cmd_logratio(const char *dir, int nr, char **rounds) {
+    char err[D3_ERRLEN], path[4096];
+    d3_session s;
+    if (session_open_readonly(dir, &s, err)) fail(dir, err);
+    if (s.family != SESSION_FAMILY_SD) fail(dir, "not a Stable Diffusion-family session");
+    d3_dmodel dm;
+    if (session_sd_load(&s, backend_cpu(), 0, &dm, NULL, err)) fail(dir, err);
+    size_t D = dm.D, Dc = dm.cond_floats;
+    int n = 0;
+    long *ids = malloc(s.next_pair * sizeof(long) + 1);
+    for (long id = 0; id < s.next_pair; id++) {
+        int c = session_trained_choice(&s, id);
+        if (c == SESSION_A || c == SESSION_B) ids[n++] = id;
+    }
+    if (!n) fail(dir, "no trained pair labeled A or B");
+    session_traj *tr = calloc(n, sizeof *tr);
+    float *cond = malloc((size_t)n * Dc * sizeof(float)), *unc = malloc(Dc * sizeof(float));
+    float *ref = malloc((size_t)n * 2 * D3_MAX_STEPS * sizeof(float));
+    if (dm_condition(&dm, "", unc, err)) fail("the empty prompt", err);
+    d3_tape *tp = tape_new(backend_cpu());
+    /* the reference log-probs (adapters off), preferred trajectory first */
+    dm_adapters_on(&dm, 0);
+    for (int i = 0; i < n; i++) {
+        session_traj *t = &tr[i];
+        session_pair_path(&s, ids[i], "traj", path, sizeof path);
+        if (session_read_traj_n(path, t, err)) fail(path, err);
+        if (t->N != 2 || t->family != SESSION_FAMILY_SD || (size_t)t->C * t->h * t->w != D)
+            fail(path, "not a pair of this session's latents");
+        if (session_trained_choice(&s, ids[i]) == SESSION_B) {
+            float *x = t->traj[0];
+            t->traj[0] = t->traj[1];
+            t->traj[1] = x;
+        }
+        if (dm_condition(&dm, t->prompt ? t->prompt : "", cond + (size_t)i * Dc, err)) fail(path, err);
+        ddim_opts o = {.steps = t->K, .eta = t->eta, .cfg = t->cfg};
+        for (int k = 0; k < 2; k++)
+            if (dm_traj_logp(&dm, tp, &o, 1, cond + (size_t)i * Dc, unc, t->traj[k],
+                             ref + ((size_t)i * 2 + k) * D3_MAX_STEPS, NULL, err))
+                fail(path, err);
+    }
+    dm_adapters_on(&dm, 1);
+    d3po_opts d = d3po_opts_default();
+    float h[2] = {1, -1}, lp[2][D3_MAX_STEPS];
+    for (int r = 0; r < nr; r++) {
+        char *end;
+        long round = strtol(rounds[r], &end, 10);
+        if (*end || end == rounds[r] || round < 0 || round > s.round) fail(rounds[r], "not a trained round of the session");
+        if (session_sd_read_round(&s, (int)round, &dm, NULL, err)) fail(rounds[r], err);
+        dm_touch(&dm);
+        double sm = 0, sl = 0;
+        for (int i = 0; i < n; i++) {
+            const session_traj *t = &tr[i];
+            ddim_opts o = {.steps = t->K, .eta = t->eta, .cfg = t->cfg};
+            const float *r0 = ref + (size_t)i * 2 * D3_MAX_STEPS, *r1 = r0 + D3_MAX_STEPS;
+            double loss = dm_d3po_pair_backward(&dm, tp, NULL, &o, &d, t->traj[0], t->traj[1],
+                                                cond + (size_t)i * Dc, unc, r0, r1, NULL, h, NULL,
+                                                NULL, lp[0], lp[1], err);
+            if (!isfinite(loss)) fail("dm_d3po_pair_backward", err);
+            double m = 0;
+            for (int k = 0; k < t->K; k++) m += ((double)lp[0][k] - r0[k]) - ((double)lp[1][k] - r1[k]);
+            m /= t->K;
+            loss /= t->K;
+            printf("  round %ld pair %ld (%s preferred, K %d): margin %+.6g, loss %.6f\n", round, ids[i],
+                   session_choice_name(session_trained_choice(&s, ids[i])), t->K, m, loss);
+            sm += m;
+            sl += loss;
+        }
+        printf("d3po logratio %ld %d %.9g %.9g\n", round, n, sm / n, sl / n);
+    }
+    for (int i = 0; i < n; i++) session_traj_free(&tr[i]);
+    free(tr); free(ids); free(cond); free(unc); free(ref);
+    tape_free(tp);
+    dm_close(&dm);
+    session_close(&s);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "traj")) return cmd_traj(argv[2], argv[3], atoi(argv[4]), argv[5]);
     if (argc == 6 && !strcmp(argv[1], "d3po")) return cmd_d3po(argv[2], argv[3], argv[4], argv[5]);
@@ -500,8 +592,9 @@ int main(int argc, char **argv) {
         if (n < 1 || n > 1000) fail("--pairs", "expected 1..1000");
         return cmd_round(argv[2], size, n, K, obj);
     }
+    if (argc >= 4 && !strcmp(argv[1], "logratio")) return cmd_logratio(argv[2], argc - 3, argv + 3);
     fprintf(stderr, "usage: tool_sdtrain traj PIPE LORA K OUT | d3po|dpo PIPE LORA TRAJ REF | "
                     "pair PIPE K [--size S] [--seed N] [--rank R] | round PIPE [--size S] [--pairs N] "
-                    "[--steps K] [--objective d3po|diffusion-dpo]\n");
+                    "[--steps K] [--objective d3po|diffusion-dpo] | logratio SESSION ROUND...\n");
     return 1;
 }
