@@ -24,7 +24,10 @@
  *                           line is reported as FILE:LINE and skipped (and
  *                           `d3po session check --repair` moves it aside
  *                           into labels.jsonl.bad).
- *   DIR/rounds/NNNN.labels  the labels round N trained on, one JSON object
+ *   DIR/rounds/NNNN.labels  the labels round N trained on for the first
+ *                           time (with train.all_labels the round also
+ *                           trains again on every earlier round's labels,
+ *                           which are not repeated here), one JSON object
  *                           a line: {"pair":12,"choice":"A"}; written
  *                           atomically before the round's training starts
  *                           and counted only once LATEST reaches round N,
