@@ -16,7 +16,15 @@
  *     images of a group with different scores become one training pair,
  *     the higher score preferred: k scored images give up to k(k-1)/2 pairs.
  * Pairs sampled with different steps/cfg/eta are trained in separate
- * passes (the log-probabilities depend on them). */
+ * passes (the log-probabilities depend on them).
+ *
+ * Both model families train through the model interface (d3po_train_dm):
+ * a pixel session's whole policy against its reference (config), a Stable
+ * Diffusion-family session's LoRA adapters against the same UNet with
+ * them off (the base), each pair conditioned on its prompt; the round
+ * file then holds only the adapters and their AdamW state
+ * (session_sd_save_round). Either way one line goes to DIR/metrics.jsonl,
+ * as a round of `d3po auto` writes (with "source": "train"). */
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
@@ -29,7 +37,9 @@
 #include "config.h"
 #include "d3po.h"
 #include "ops.h"
+#include "dmodel.h"
 #include "session.h"
+#include "session_sd.h"
 #include "text.h"
 
 static const char train_help[] =
@@ -40,9 +50,11 @@ static const char train_help[] =
     "\n"
     "Runs D3PO (or Diffusion-DPO) over every A/B/tie decision in the session (skips and unlabeled\n"
     "pairs are left out; ties give no gradient), starting from the session's\n"
-    "latest checkpoint, and saves the result as the next round. Labels collected\n"
-    "by any means count. D3PO settings (lr, beta, clamp, reference, epochs, kl) come\n"
-    "from the config.\n"
+    "latest checkpoint, and saves the result as the next round (one line appended to\n"
+    "DIR/metrics.jsonl). Labels collected by any means count. D3PO settings (lr, beta,\n"
+    "clamp, reference, epochs, kl) come from the config. On a Stable Diffusion-family\n"
+    "session the LoRA adapters train (reference: the model with them off) and the round\n"
+    "holds only them.\n"
     "\n"
     "  --session DIR      the session (locked while training)\n"
     "  --epochs N         passes over the pairs (default: the config's d3po.epochs)\n"
@@ -50,7 +62,7 @@ static const char train_help[] =
     "  --scores FILE      per-image scores, one JSON object per line:\n"
     "                       {\"pair\": 12, \"image\": \"A\", \"score\": 1}\n"
     "                     (\"image\" is \"A\" or \"B\"; higher score = better). The\n"
-    "                     session's pairs with the same seed and class form a group\n"
+    "                     session's pairs with the same seed and class (prompt) form a group\n"
     "                     sharing the starting noise; every two scored images of a\n"
     "                     group with different scores become a training pair\n"
     "  --no-labels        train on --scores only, not on the journal's decisions\n"
@@ -158,12 +170,38 @@ static void add_pair(pair_list *l, const session_pair *a, int sa, const session_
         l->so = realloc(l->so, l->cap * sizeof *l->so);
     }
     l->so[l->n] = (ddim_opts){.steps = a->K, .eta = a->eta, .cfg = a->cfg};
-    l->v[l->n++] = (d3po_pair){.cls = a->cls, .traj = {a->traj[sa], b->traj[sb]},
-                               .h = {h0, -h0}, .ref_tag = -1};
+    l->v[l->n++] = (d3po_pair){.cls = a->cls, .prompt = a->prompt,
+                               .traj = {a->traj[sa], b->traj[sb]}, .h = {h0, -h0}, .ref_tag = -1};
 }
 
 static int same_sampling(const session_pair *a, const session_pair *b) {
-    return a->K == b->K && a->S == b->S && a->cfg == b->cfg && a->eta == b->eta;
+    return a->K == b->K && a->C == b->C && a->h == b->h && a->w == b->w && a->cfg == b->cfg &&
+           a->eta == b->eta;
+}
+
+/* The same seed, class and prompt: images meant to share x_T. */
+static int same_group(const session_pair *a, const session_pair *b) {
+    return a->seed == b->seed && a->cls == b->cls &&
+           !strcmp(a->prompt ? a->prompt : "", b->prompt ? b->prompt : "");
+}
+
+/* Conditioning of every Stable Diffusion-family pair from its prompt, made
+ * once per distinct prompt (conds[] owns them; pairs point into it). */
+static int condition_pairs(d3_dmodel *dm, pair_list *L, float ***conds, long *nc, char *err) {
+    for (long i = 0; i < L->n; i++) {
+        d3po_pair *q = &L->v[i];
+        if (!q->prompt) return d3_errf(err, "pair %ld of the training set has no prompt", i);
+        for (long j = 0; j < i && !q->cond; j++)
+            if (L->v[j].cond && !strcmp(L->v[j].prompt, q->prompt)) q->cond = L->v[j].cond;
+        if (q->cond) continue;
+        float *c = malloc(dm->cond_floats * sizeof *c), **nv = realloc(*conds, (*nc + 1) * sizeof *nv);
+        if (nv) *conds = nv;
+        if (!c || !nv) { free(c); return d3_errf(err, "out of memory"); }
+        (*conds)[(*nc)++] = c;
+        if (dm_condition(dm, q->prompt, c, err)) return -1;
+        q->cond = c;
+    }
+    return 0;
 }
 
 typedef struct {
@@ -177,6 +215,31 @@ static int on_progress(void *ctx, int step, int total, double loss) {
         p->last = step;
     }
     return 0;
+}
+
+/* One line for the round trained, as `d3po auto` writes (cli.h), with
+ * "source": "train": no oracle, score or drift (null), "pairs" trained. */
+static int write_metrics(d3_session *s, const d3_config *cfg, int sd, int round, long pairs,
+                         double loss, const char *device, char *err) {
+    session_stats st;
+    session_info(s, &st);
+    json_t *o = json_object(), *tr = cli_train_json(cfg);
+    if (sd) json_object_set_new(tr, "reference", json_string("base"));
+    json_object_set_new(o, "round", json_integer(round));
+    json_object_set_new(o, "labels", json_integer(pairs));
+    json_object_set_new(o, "loss", isfinite(loss) ? json_real(loss) : json_null());
+    json_object_set_new(o, "oracle", json_null());
+    json_object_set_new(o, "score", json_null());
+    json_object_set_new(o, "version", json_integer(round));
+    json_object_set_new(o, "eval_images", json_integer(0));
+    json_object_set_new(o, "drift_logratio", json_null());
+    json_object_set_new(o, "total_labels", json_integer(st.labeled));
+    json_object_set_new(o, "device", json_string(device));
+    json_object_set_new(o, "source", json_string("train"));
+    json_object_set_new(o, "train", tr);
+    int rc = cli_metrics_append(s->dir, o, err);
+    json_decref(o);
+    return rc;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -227,7 +290,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (objective >= 0) cfg.train.objective = objective;
     d3po_train_opts to = config_train_opts(&cfg);
-    if (epochs) to.epochs = (int)epochs;
+    if (epochs) to.epochs = cfg.d3po.epochs = (int)epochs; /* metrics.jsonl says it */
     if (threads < 0) threads = cfg.engine.threads;
     if (threads > 0) ops_set_threads((int)threads);
     char device[CLI_NOTE_LEN];
@@ -249,6 +312,10 @@ int cmd_train(int argc, char **argv) {
     long nsc = 0, from_labels = 0, from_scores = 0, ties = 0;
     int have_policy = 0, have_ref = 0, have_st = 0, rc = EXIT_FAIL;
     d3_model policy, refm;
+    d3_dmodel dpol, dref; /* views of policy/refm, or (sd) the session's model */
+    int have_dpol = 0, have_dref = 0;
+    float **conds = NULL; /* sd: one conditioning per distinct prompt */
+    long nconds = 0, tag = 0;
     d3_state st;
     memset(&st, 0, sizeof st);
     d3_tape *tp = NULL;
@@ -287,14 +354,14 @@ int cmd_train(int argc, char **argv) {
             const session_pair *a = &cache.p[ci[i]];
             for (long j = i + 1; j < nsc; j++) {
                 const session_pair *b = &cache.p[ci[j]];
-                if (a->seed != b->seed || a->cls != b->cls || sc[i].score == sc[j].score) continue;
-                size_t D = 3 * (size_t)a->S * a->S;
+                if (!same_group(a, b) || sc[i].score == sc[j].score) continue;
+                size_t D = (size_t)a->C * a->h * a->w;
                 if (!same_sampling(a, b) ||
                     memcmp(a->traj[sc[i].side], b->traj[sc[j].side], D * sizeof(float))) {
-                    d3_errf(err, "%s: pairs %ld and %ld share seed %llu and class %d but not the "
-                                 "starting noise or sampling settings; they cannot be compared",
-                            scores_path, sc[i].pair, sc[j].pair, (unsigned long long)a->seed,
-                            a->cls);
+                    d3_errf(err, "%s: pairs %ld and %ld share seed %llu and class %d (prompt) but "
+                                 "not the starting noise or sampling settings; they cannot be "
+                                 "compared", scores_path, sc[i].pair, sc[j].pair,
+                            (unsigned long long)a->seed, a->cls);
                     free(ci);
                     goto fail;
                 }
@@ -311,11 +378,34 @@ int cmd_train(int argc, char **argv) {
     }
     /* the pairs' traj pointers point into the cache, which no longer grows */
 
-    /* 3. policy, optimizer, RNG, reference */
-    if (session_load_policy(&s, &policy, &st, err)) goto fail;
-    have_policy = have_st = 1;
+    /* 3. policy, optimizer, RNG, reference (both as model-interface views) */
+    int sd = s.family == SESSION_FAMILY_SD;
+    if (sd) {
+        if (session_sd_load(&s, be, session_sd_ignore_hash_env(), &dpol, &st, err)) goto fail;
+        have_dpol = have_st = 1;
+        if (condition_pairs(&dpol, &L, &conds, &nconds, err)) goto fail;
+        to.ref = D3PO_REF_BASE; /* the adapters off: d3po_train_dm's view of dpol itself */
+        tag = 0;
+    } else {
+        if (session_load_policy(&s, &policy, &st, err)) goto fail;
+        have_policy = have_st = 1;
+        if (to.ref == D3PO_REF_BASE) {
+            char bp[4096];
+            if (model_load(&refm, session_base_path(&s, bp, sizeof bp), NULL, err)) goto fail;
+            tag = 0;
+        } else {
+            if (model_copy(&refm, &policy, err)) goto fail;
+            tag = s.round + 1;
+        }
+        have_ref = 1;
+        if (dm_open_pixel(&dpol, &policy, err)) goto fail;
+        have_dpol = 1;
+        if (dm_open_pixel(&dref, &refm, err)) goto fail;
+        have_dref = 1;
+    }
+    if (!dm_can_train(&dpol, err)) goto fail;
     if (!st.has_opt) {
-        if (adamw_init(&st.opt, policy.L.numel)) { d3_errf(err, "out of memory"); goto fail; }
+        if (adamw_init(&st.opt, dpol.train.numel)) { d3_errf(err, "out of memory"); goto fail; }
         st.has_opt = 1;
     }
     st.opt.lr = (float)cfg.d3po.lr;
@@ -323,25 +413,16 @@ int cmd_train(int argc, char **argv) {
     d3_rng rng;
     rng_init(&rng, 0xD3B0, (uint64_t)s.version);
     if (st.has_rng) rng = st.rng;
-    long tag;
-    if (to.ref == D3PO_REF_BASE) {
-        char bp[4096];
-        if (model_load(&refm, session_base_path(&s, bp, sizeof bp), NULL, err)) goto fail;
-        tag = 0;
-    } else {
-        if (model_copy(&refm, &policy, err)) goto fail;
-        tag = s.round + 1;
-    }
-    have_ref = 1;
     tp = tape_new(be);
 
-    /* 4. one d3po_train call per sampling setting (usually one) */
+    /* 4. one d3po_train_dm call per sampling setting (usually one) */
     fprintf(stderr, "d3po train: %s round %d -> %d: %ld pairs from labels, %ld from scores, "
                     "%ld ties (no gradient), objective %s, %d epochs, lr %g, reference %s, kl %g, "
                     "device %s\n",
             dir, s.round, s.round + 1, from_labels, from_scores, ties,
             config_objective_name(to.objective), to.epochs, cfg.d3po.lr,
-            to.ref == D3PO_REF_BASE ? "base" : "round", cfg.d3po.kl, device);
+            sd ? "base (LoRA adapters off)" : to.ref == D3PO_REF_BASE ? "base" : "round", cfg.d3po.kl,
+            device);
     unsigned char *done = calloc(L.n, 1);
     d3po_pair *part = malloc(L.n * sizeof *part);
     double loss_sum = 0;
@@ -359,8 +440,8 @@ int cmd_train(int argc, char **argv) {
         }
         to.sample = *oi;
         progress_ctx pc = {.every = np * to.epochs / 10 > 0 ? np * to.epochs / 10 : 1, .last = 0};
-        double loss = d3po_train(&policy, &refm, tag, tp, &st.opt, part, np, &to, &rng,
-                                 on_progress, &pc, err);
+        double loss = d3po_train_dm(&dpol, sd ? &dpol : &dref, tag, tp, &st.opt, part, np, &to,
+                                    &rng, on_progress, &pc, err);
         d3po_pairs_free_cache(part, np);
         if (isnan(loss)) { free(done); free(part); goto fail; }
         long nn = 0;
@@ -371,21 +452,27 @@ int cmd_train(int argc, char **argv) {
     free(done);
     free(part);
 
-    /* 5. the next round */
+    /* 5. the next round, then its metrics line */
     st.rng = rng;
     st.has_rng = 1;
     int round = s.round + 1;
-    char buf[32];
-    snprintf(buf, sizeof buf, "%d", round);
-    model_set_meta(&policy, "d3po.model_version", buf);
-    if (session_write_round_labels(&s, round, lab_ids, lab_ch, (int)nlab, err) ||
-        session_save_round(&s, &policy, &st, round, err))
-        goto fail;
+    if (session_write_round_labels(&s, round, lab_ids, lab_ch, (int)nlab, err)) goto fail;
+    if (sd) {
+        if (session_sd_save_round(&s, &dpol, &st, round, err)) goto fail;
+    } else {
+        char buf[32];
+        snprintf(buf, sizeof buf, "%d", round);
+        model_set_meta(&policy, "d3po.model_version", buf);
+        if (session_save_round(&s, &policy, &st, round, err)) goto fail;
+    }
     session_mark_trained(&s, lab_ids, lab_ch, (int)nlab);
+    double mean = loss_n ? loss_sum / loss_n : 0.0;
+    if (write_metrics(&s, &cfg, sd, round, from_labels + from_scores, mean, be->name, err))
+        fprintf(stderr, "d3po train: warning: %s (round %d is saved)\n", err, round);
     char rp[4096];
     printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores), mean loss %.5f, "
-           "saved %s\n", round, from_labels + from_scores, from_labels, from_scores,
-           loss_n ? loss_sum / loss_n : 0.0, session_round_path(&s, round, rp, sizeof rp));
+           "saved %s\n", round, from_labels + from_scores, from_labels, from_scores, mean,
+           session_round_path(&s, round, rp, sizeof rp));
     rc = 0;
     goto out;
 fail:
@@ -393,6 +480,8 @@ fail:
     rc = EXIT_FAIL;
 out:
     if (tp) tape_free(tp);
+    if (have_dpol) dm_close(&dpol); /* a pixel view, or the sd model (before its policy) */
+    if (have_dref) dm_close(&dref);
     if (have_ref) model_free(&refm);
     if (have_policy) model_free(&policy);
     if (have_st) state_free(&st);
@@ -402,6 +491,8 @@ out:
     cache_free(&cache);
     free(lab_ids);
     free(lab_ch);
+    for (long i = 0; i < nconds; i++) free(conds[i]);
+    free(conds);
     session_close(&s);
     return rc;
 }
