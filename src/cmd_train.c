@@ -4,9 +4,12 @@
  * session's latest checkpoint and saved as the next round
  * (session_save_round: checkpoint written atomically, then LATEST).
  *
- * Training pairs come from two places:
+ * Training pairs come from three places:
  *   - labels: every existing pair whose effective decision is A, B or tie
  *     (ties carry no gradient; skips and unlabeled pairs are left out);
+ *   - groups (the screen's grid mode, groups.h): every decided group's
+ *     good images each beat its bad ones; the groups trained are written
+ *     to rounds/NNNN.groups as a round of the screen does;
  *   - --scores FILE.jsonl (the paper's "mark the distorted images" workflow,
  *     groups of k images with per-image scores): lines
  *       {"pair": 12, "image": "A", "score": 1}
@@ -38,6 +41,7 @@
 #include "d3po.h"
 #include "ops.h"
 #include "dmodel.h"
+#include "groups.h"
 #include "session.h"
 #include "session_sd.h"
 #include "text.h"
@@ -49,7 +53,8 @@ static const char train_help[] =
     "                  [--dtype fp32|fp16|bf16]\n"
     "\n"
     "Runs D3PO (or Diffusion-DPO) over every A/B/tie decision in the session (skips and unlabeled\n"
-    "pairs are left out; ties give no gradient), starting from the session's\n"
+    "pairs are left out; ties give no gradient) and every marked group of grid mode\n"
+    "(each good image beats each bad one), starting from the session's\n"
     "latest checkpoint, and saves the result as the next round (one line appended to\n"
     "DIR/metrics.jsonl). Labels collected by any means count. D3PO settings (lr, beta,\n"
     "clamp, reference, epochs, kl) come from the config. On a Stable Diffusion-family\n"
@@ -65,7 +70,7 @@ static const char train_help[] =
     "                     session's pairs with the same seed and class (prompt) form a group\n"
     "                     sharing the starting noise; every two scored images of a\n"
     "                     group with different scores become a training pair\n"
-    "  --no-labels        train on --scores only, not on the journal's decisions\n"
+    "  --no-labels        train on --scores only, not on the journals' decisions (pairs, groups)\n"
     "  --objective OBJ    d3po or diffusion-dpo (default: the config's train.objective;\n"
     "                     diffusion-dpo uses the final images and the base model as\n"
     "                     reference)\n"
@@ -162,16 +167,74 @@ typedef struct {
     long n, cap;
 } pair_list;
 
-static void add_pair(pair_list *l, const session_pair *a, int sa, const session_pair *b, int sb,
-                     float h0) {
+/* Trajectories x0 (preferred when h0 = 1) and x1 of one prompt (class
+ * cls, or text) sampled with K steps, eta, cfg. */
+static void add_traj_pair(pair_list *l, int cls, const char *prompt, float *x0, float *x1,
+                          float h0, int K, float eta, float cfg) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 64;
         l->v = realloc(l->v, l->cap * sizeof *l->v);
         l->so = realloc(l->so, l->cap * sizeof *l->so);
     }
-    l->so[l->n] = (ddim_opts){.steps = a->K, .eta = a->eta, .cfg = a->cfg};
-    l->v[l->n++] = (d3po_pair){.cls = a->cls, .prompt = a->prompt,
-                               .traj = {a->traj[sa], b->traj[sb]}, .h = {h0, -h0}, .ref_tag = -1};
+    l->so[l->n] = (ddim_opts){.steps = K, .eta = eta, .cfg = cfg};
+    l->v[l->n++] = (d3po_pair){.cls = cls, .prompt = (char *)prompt, .traj = {x0, x1},
+                               .h = {h0, -h0}, .ref_tag = -1};
+}
+
+static void add_pair(pair_list *l, const session_pair *a, int sa, const session_pair *b, int sb,
+                     float h0) {
+    add_traj_pair(l, a->cls, a->prompt, a->traj[sa], b->traj[sb], h0, a->K, a->eta, a->cfg);
+}
+
+/* The decided groups of g (grid mode) as training pairs: every good image
+ * of a group beats every bad one. Their trajectories are loaded into
+ * (*gt)[0..*ng) (the pairs point into them), their ids and marks into
+ * gids/gmarks. A group whose file does not load is left out with a
+ * warning. Returns the pairs added. */
+static long add_group_pairs(d3_groups *g, pair_list *L, session_traj **gt, long **gids,
+                            char (**gmarks)[GROUPS_MARKS_LEN], int *ng) {
+    long n = 0;
+    int cap = 0;
+    for (long id = 0; id < g->next; id++) {
+        int pr[GROUPS_MAX_PAIRS][2];
+        const char *marks = groups_marks(g, id);
+        int np = groups_pairs(marks, pr);
+        if (!np) continue;
+        if (*ng == cap) {
+            cap = 2 * cap + 16;
+            session_traj *t = realloc(*gt, cap * sizeof *t);
+            if (t) *gt = t;
+            long *i = realloc(*gids, cap * sizeof *i);
+            if (i) *gids = i;
+            char(*m)[GROUPS_MARKS_LEN] = realloc(*gmarks, cap * sizeof *m);
+            if (m) *gmarks = m;
+            if (!t || !i || !m) {
+                fprintf(stderr, "d3po train: warning: out of memory; groups from %ld on left out\n", id);
+                break;
+            }
+        }
+        char why[D3_ERRLEN], e2[D3_ERRLEN];
+        session_traj *t = &(*gt)[*ng];
+        if (groups_load(g, id, t, why)) {
+            fprintf(stderr, "d3po train: warning: %s; group %ld left out (d3po session check)\n",
+                    text_escape(e2, sizeof e2, why), id);
+            continue;
+        }
+        if ((int)strlen(marks) != t->N) {
+            fprintf(stderr, "d3po train: warning: group %ld has %d images, its marks %d; left out\n",
+                    id, t->N, (int)strlen(marks));
+            session_traj_free(t);
+            continue;
+        }
+        for (int q = 0; q < np; q++)
+            add_traj_pair(L, t->cls, t->prompt, t->traj[pr[q][0]], t->traj[pr[q][1]], 1.0f, t->K,
+                          t->eta, t->cfg);
+        (*gids)[*ng] = id;
+        snprintf((*gmarks)[*ng], GROUPS_MARKS_LEN, "%s", marks);
+        (*ng)++;
+        n += np;
+    }
+    return n;
 }
 
 static int same_sampling(const session_pair *a, const session_pair *b) {
@@ -309,7 +372,12 @@ int cmd_train(int argc, char **argv) {
     long *lab_ids = NULL, nlab = 0, lab_cap = 0; /* the labels trained: rounds/NNNN.labels */
     signed char *lab_ch = NULL;
     scored *sc = NULL;
-    long nsc = 0, from_labels = 0, from_scores = 0, ties = 0;
+    long nsc = 0, from_labels = 0, from_scores = 0, from_groups = 0, ties = 0;
+    d3_groups g;
+    session_traj *gt = NULL; /* the groups trained: trajectories, ids, marks */
+    long *gids = NULL;
+    char(*gmarks)[GROUPS_MARKS_LEN] = NULL;
+    int ngt = 0, have_g = 0;
     int have_policy = 0, have_ref = 0, have_st = 0, rc = EXIT_FAIL;
     d3_model policy, refm;
     d3_dmodel dpol, dref; /* views of policy/refm, or (sd) the session's model */
@@ -371,14 +439,22 @@ int cmd_train(int argc, char **argv) {
         }
         free(ci);
     }
-    if (!from_labels && !from_scores) {
-        d3_errf(err, "%s: nothing to train on (no A/B decisions%s)", dir,
+    /* 3. the groups' marks (grid mode) */
+    if (!no_labels) {
+        if (groups_open(s.dir, s.round, 0, &g, err)) goto fail;
+        have_g = 1;
+        for (int i = 0; i < g.nwarn && i < GROUPS_MAX_WARN; i++)
+            fprintf(stderr, "d3po train: warning: %s\n", g.warn[i]);
+        from_groups = add_group_pairs(&g, &L, &gt, &gids, &gmarks, &ngt);
+    }
+    if (!from_labels && !from_scores && !from_groups) {
+        d3_errf(err, "%s: nothing to train on (no A/B decisions or marked groups%s)", dir,
                 scores_path ? " and no images of a group with different scores" : "");
         goto fail;
     }
     /* the pairs' traj pointers point into the cache, which no longer grows */
 
-    /* 3. policy, optimizer, RNG, reference (both as model-interface views) */
+    /* 4. policy, optimizer, RNG, reference (both as model-interface views) */
     int sd = s.family == SESSION_FAMILY_SD;
     if (sd) {
         if (session_sd_load(&s, be, session_sd_ignore_hash_env(), &dpol, &st, err)) goto fail;
@@ -415,11 +491,11 @@ int cmd_train(int argc, char **argv) {
     if (st.has_rng) rng = st.rng;
     tp = tape_new(be);
 
-    /* 4. one d3po_train_dm call per sampling setting (usually one) */
+    /* 5. one d3po_train_dm call per sampling setting (usually one) */
     fprintf(stderr, "d3po train: %s round %d -> %d: %ld pairs from labels, %ld from scores, "
-                    "%ld ties (no gradient), objective %s, %d epochs, lr %g, reference %s, kl %g, "
+                    "%ld from %d groups, %ld ties (no gradient), objective %s, %d epochs, lr %g, reference %s, kl %g, "
                     "device %s\n",
-            dir, s.round, s.round + 1, from_labels, from_scores, ties,
+            dir, s.round, s.round + 1, from_labels, from_scores, from_groups, ngt, ties,
             config_objective_name(to.objective), to.epochs, cfg.d3po.lr,
             sd ? "base (LoRA adapters off)" : to.ref == D3PO_REF_BASE ? "base" : "round", cfg.d3po.kl,
             device);
@@ -452,11 +528,13 @@ int cmd_train(int argc, char **argv) {
     free(done);
     free(part);
 
-    /* 5. the next round, then its metrics line */
+    /* 6. the next round, then its metrics line */
     st.rng = rng;
     st.has_rng = 1;
     int round = s.round + 1;
-    if (session_write_round_labels(&s, round, lab_ids, lab_ch, (int)nlab, err)) goto fail;
+    if (session_write_round_labels(&s, round, lab_ids, lab_ch, (int)nlab, err) ||
+        (ngt && groups_write_round(&g, round, gids, ngt, err)))
+        goto fail;
     if (sd) {
         if (session_sd_save_round(&s, &dpol, &st, round, err)) goto fail;
     } else {
@@ -466,12 +544,14 @@ int cmd_train(int argc, char **argv) {
         if (session_save_round(&s, &policy, &st, round, err)) goto fail;
     }
     session_mark_trained(&s, lab_ids, lab_ch, (int)nlab);
+    if (ngt) groups_mark_trained(&g, gids, (const char(*)[GROUPS_MARKS_LEN])gmarks, ngt);
+    long total = from_labels + from_scores + from_groups;
     double mean = loss_n ? loss_sum / loss_n : 0.0;
-    if (write_metrics(&s, &cfg, sd, round, from_labels + from_scores, mean, be->name, err))
+    if (write_metrics(&s, &cfg, sd, round, total, mean, be->name, err))
         fprintf(stderr, "d3po train: warning: %s (round %d is saved)\n", err, round);
     char rp[4096];
-    printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores), mean loss %.5f, "
-           "saved %s\n", round, from_labels + from_scores, from_labels, from_scores, mean,
+    printf("round %d: trained on %ld pairs (%ld from labels, %ld from scores, %ld from groups), "
+           "mean loss %.5f, saved %s\n", round, total, from_labels, from_scores, from_groups, mean,
            session_round_path(&s, round, rp, sizeof rp));
     rc = 0;
     goto out;
@@ -492,6 +572,11 @@ out:
     free(lab_ids);
     free(lab_ch);
     for (long i = 0; i < nconds; i++) free(conds[i]);
+    for (int i = 0; i < ngt; i++) session_traj_free(&gt[i]);
+    free(gt);
+    free(gids);
+    free(gmarks);
+    if (have_g) groups_close(&g);
     free(conds);
     session_close(&s);
     return rc;

@@ -211,5 +211,5 @@ expect 0 "sample --session after train" "$D3" sample --session "$T/t" --prompt "
 expect 0 "  ...the same as sample --model --lora with its export" "$D3" sample --model "$M" --lora "$T/t4.safetensors" --size 32x32 --prompt "$P" --steps 4 --seed 5 --out "$T/tm"
 cmp -s "$T/ts/a_red_cat-5-0.png" "$T/tm/a_red_cat-5-0.png" && ok "  ...identical image" || no "  ...images differ"
 expect 2 "train on an sd session without labels: one line" "$D3" train --session "$T/l" --config "$T/conf"
-grep_err "  ...saying why" "nothing to train on (no A/B decisions)"
+grep_err "  ...saying why" "nothing to train on (no A/B decisions or marked groups)"
 finish test_sd_session

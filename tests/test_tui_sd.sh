@@ -10,7 +10,7 @@
 # typed UTF-8 prompt among them; a long one cut at a character boundary
 # on a narrow screen); q quits cleanly. Grid mode (--grid 4) on an sd
 # session: a group of 4 decoded images, marked, submitted, journaled in
-# groups.jsonl. Waits for screen text or the journal only (no
+# groups.jsonl; `d3po train` then trains a round on its pair. Waits for screen text or the journal only (no
 # timing). Under D3PO_ASAN=1 skipped (the pipeline needs the venv).
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
@@ -122,4 +122,11 @@ tm send-keys -t t q
 wait_for "EXITED 0" && ok "  ...q quits cleanly" || no "  ...q in grid mode"
 tm kill-server 2>/dev/null
 expect 0 "  ...the session checks clean" "$D3" session check "$T/s3"
+# d3po train takes the marked group: a LoRA round on its pair
+expect 0 "train on the sd session's group" "$D3" train --session "$T/s3" --config "$T/c.conf"
+grep -q "^round 1: trained on 1 pairs (0 from labels, 0 from scores, 1 from groups)" "$T/out" &&
+    grep -q '^{"group":0,"marks":"gb--"}' "$T/s3/rounds/0001.groups" && grep -q "^round 1 " "$T/s3/LATEST" &&
+    ok "  ...round 1 from its 1 pair, rounds/0001.groups written" || { no "  ...train on groups"; cat "$T/out" "$T/err"; }
+expect 0 "  ...session info counts the group's pair trained" "$D3" session info "$T/s3" --json
+grep -q '"pairs_trained":1' "$T/out" && ok "  ...1 group pair trained" || { no "  ...groups trained in info"; cat "$T/out"; }
 finish test_tui_sd
