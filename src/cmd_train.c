@@ -281,7 +281,8 @@ static int on_progress(void *ctx, int step, int total, double loss) {
 }
 
 /* One line for the round trained, as `d3po auto` writes (cli.h), with
- * "source": "train": no oracle, score or drift (null), "pairs" trained. */
+ * "source": "train": no oracle, score or drift (null); "labels" is the
+ * number of preference pairs trained (labels, scores and groups). */
 static int write_metrics(d3_session *s, const d3_config *cfg, int sd, int round, long pairs,
                          double loss, const char *device, char *err) {
     session_stats st;

@@ -181,7 +181,10 @@ grep -q '"skips":0' "$T/out" && ok "  ...every answer given" || { no "  ...label
 # d3po train: an offline LoRA round over the session's labels (D3PO, then
 # Diffusion-DPO), saved as auto saves a round; its export loads in sample
 cp -r "$T/a" "$T/t"
+cp -r "$T/a" "$T/t2"
 expect 0 "train --session on an sd session: an offline LoRA D3PO round" "$D3" train --session "$T/t" --config "$T/conf"
+"$D3" train --session "$T/t2" --config "$T/conf" >/dev/null 2>&1 && cmp -s "$T/t/rounds/0003.safetensors" "$T/t2/rounds/0003.safetensors" &&
+    ok "  ...the same round from a copy of the session, bit for bit (CPU)" || no "  ...train is not reproducible"
 grep -q "^round 3 version 3" "$T/t/LATEST" && [ -f "$T/t/rounds/0003.safetensors" ] && [ -f "$T/t/rounds/0003.labels" ] &&
     ok "  ...round 3 saved, LATEST points at it" || { no "  ...round 3 / LATEST"; cat "$T/t/LATEST"; }
 tail -n 1 "$T/t/metrics.jsonl" | grep -q '^{"round":3,"labels":4,.*"source":"train",.*"objective":"d3po"' &&
