@@ -1,12 +1,16 @@
-/* cli.c - option value parsing shared by the subcommands, and the choice
- * of the compute backend from --device, --tf32 and the config (cli.h). */
+/* cli.c - option value parsing shared by the subcommands, the choice
+ * of the compute backend from --device, --tf32 and the config, and the
+ * lines of a session's metrics.jsonl (cli.h). */
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "device.h"
 
@@ -139,4 +143,43 @@ int cli_size(const char *cmd, const char *s, int *width, int *height) {
     *width = (int)W;
     *height = (int)H;
     return 0;
+}
+
+struct json_t *cli_train_json(const d3_config *c) {
+    json_t *tr = json_object();
+    json_object_set_new(tr, "lr", json_real(c->d3po.lr));
+    json_object_set_new(tr, "epochs", json_integer(c->d3po.epochs));
+    json_object_set_new(tr, "reference",
+                        json_string(c->d3po.reference == D3PO_REF_BASE ? "base" : "round"));
+    json_object_set_new(tr, "kl", json_real(c->d3po.kl));
+    json_object_set_new(tr, "beta", json_real(c->d3po.beta));
+    json_object_set_new(tr, "clip_eps", json_real(c->d3po.clip_eps));
+    json_object_set_new(tr, "objective", json_string(config_objective_name(c->train.objective)));
+    json_object_set_new(tr, "all_labels", json_boolean(c->train.all_labels));
+    if (c->train.objective == D3PO_OBJ_DPO) {
+        json_object_set_new(tr, "dpo_beta", json_real(c->train.dpo_beta));
+        json_object_set_new(tr, "dpo_draws", json_integer(c->train.dpo_draws));
+    }
+    return tr;
+}
+
+int cli_metrics_append(const char *dir, struct json_t *o, char *err) {
+    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    if (!line) return d3_errf(err, "metrics: cannot encode the JSON line");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    size_t len = strlen(line);
+    line[len] = '\n'; /* json_dumps' NUL becomes the newline; written by length */
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int rc = 0;
+    if (fd < 0) {
+        rc = d3_errf(err, "%s: %s", path, strerror(errno));
+    } else {
+        ssize_t w = write(fd, line, len + 1);
+        if (w != (ssize_t)(len + 1) || fsync(fd))
+            rc = d3_errf(err, "%s: write: %s", path, strerror(errno));
+        close(fd);
+    }
+    free(line);
+    return rc;
 }

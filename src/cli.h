@@ -81,4 +81,15 @@ int cli_dtype(const char *cmd, const char *s, int *dt);
  * config after loading: if (obj >= 0) cfg.train.objective = obj. */
 int cli_objective(const char *cmd, const char *s, int *obj);
 
+/* DIR/metrics.jsonl, one JSON line per trained round (`auto`, `train`).
+ * cli_train_json: the training settings in force (lr, epochs, reference,
+ * kl, beta, clip_eps, objective, all_labels, Diffusion-DPO's beta and
+ * draws), the "train" object of a line, so curves from different configs
+ * can be told apart. cli_metrics_append: o as one compact line appended to
+ * DIR/metrics.jsonl in a single write, fsync'd (o stays the caller's).
+ * 0/-1 with err naming the file. */
+struct json_t;
+struct json_t *cli_train_json(const d3_config *c);
+int cli_metrics_append(const char *dir, struct json_t *o, char *err);
+
 #endif

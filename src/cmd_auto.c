@@ -195,41 +195,9 @@ static int write_metrics(autorun *a, int k, char *err) {
     json_object_set_new(o, "drift_logratio", r->dn ? json_real(r->dsum / r->dn) : json_null());
     json_object_set_new(o, "total_labels", json_integer(st.labeled));
     json_object_set_new(o, "device", json_string(a->device));
-    /* the training settings in force, so curves from different configs can
-     * be told apart */
-    json_t *tr = json_object();
-    json_object_set_new(tr, "lr", json_real(a->c->d3po.lr));
-    json_object_set_new(tr, "epochs", json_integer(a->c->d3po.epochs));
-    json_object_set_new(tr, "reference",
-                        json_string(a->c->d3po.reference == D3PO_REF_BASE ? "base" : "round"));
-    json_object_set_new(tr, "kl", json_real(a->c->d3po.kl));
-    json_object_set_new(tr, "beta", json_real(a->c->d3po.beta));
-    json_object_set_new(tr, "clip_eps", json_real(a->c->d3po.clip_eps));
-    json_object_set_new(tr, "objective", json_string(config_objective_name(a->c->train.objective)));
-    json_object_set_new(tr, "all_labels", json_boolean(a->c->train.all_labels));
-    if (a->c->train.objective == D3PO_OBJ_DPO) {
-        json_object_set_new(tr, "dpo_beta", json_real(a->c->train.dpo_beta));
-        json_object_set_new(tr, "dpo_draws", json_integer(a->c->train.dpo_draws));
-    }
-    json_object_set_new(o, "train", tr);
-    char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    json_object_set_new(o, "train", cli_train_json(a->c));
+    int rc = cli_metrics_append(a->dir, o, err);
     json_decref(o);
-    if (!line) return d3_errf(err, "metrics: cannot encode the JSON line");
-    char path[4200];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", a->dir);
-    size_t len = strlen(line);
-    line[len] = '\n'; /* json_dumps' NUL becomes the newline; written by length */
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    int rc = 0;
-    if (fd < 0) {
-        rc = d3_errf(err, "%s: %s", path, strerror(errno));
-    } else {
-        ssize_t w = write(fd, line, len + 1);
-        if (w != (ssize_t)(len + 1) || fsync(fd))
-            rc = d3_errf(err, "%s: write: %s", path, strerror(errno));
-        close(fd);
-    }
-    free(line);
     a->last_metric = t;
     return rc;
 }

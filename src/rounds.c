@@ -930,7 +930,9 @@ void rounds_top_up_groups(rounds *d, int k, int held) {
     if (k < GROUPS_MIN_K || k > GROUPS_MAX_K) return;
     for (int want = 2 - held - d->ginflight; want > 0; want--) {
         uint64_t q = d->gseq++;
-        engine_sample_req r = {.cls = pair_class(d, q, NULL),
+        const char *text;
+        engine_sample_req r = {.cls = pair_class(d, q, &text),
+                               .prompt = d->text ? text : NULL, /* free-text families */
                                /* far from the pairs' seeds (1 << 32 + ...) */
                                .seed = (1ULL << 44) + d->o.seed * 0x9E3779B97F4A7C15ULL +
                                        q * 1000003ULL + 29,

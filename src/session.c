@@ -946,6 +946,24 @@ int session_pair_class(const d3_session *s, long id) {
     return c >= s->nclasses ? -1 : (int)c;
 }
 
+int session_pair_prompt(const d3_session *s, long id, char *out, size_t n) {
+    if (id < 0 || id >= s->cap || !s->present[id] || !n) return -1;
+    char path[PATH_LEN];
+    unsigned char h[72 + SESSION_TRAJ_PROMPT_MAX];
+    session_pair_path(s, id, "traj", path, sizeof path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t got = read(fd, h, sizeof h);
+    close(fd);
+    if (got < 72 || memcmp(h, TRAJ_MAGIC2, 8)) return -1;
+    uint32_t P = get_u32(h + 68);
+    if (P > SESSION_TRAJ_PROMPT_MAX || 72 + (ssize_t)P > got) return -1;
+    size_t k = P < n - 1 ? P : n - 1;
+    memcpy(out, h + 72, k);
+    out[k] = 0;
+    return (int)P;
+}
+
 static int parse_choice(const char *c) {
     for (int i = 0; i < SESSION_NCHOICES; i++)
         if (c && !strcmp(c, choice_names[i])) return i;

@@ -378,6 +378,10 @@ int session_read_traj(const char *path, session_pair *p, char *err);
 void session_pair_free(session_pair *p);
 /* The class (prompt) in pair id's header, -1 when unreadable. */
 int session_pair_class(const d3_session *s, long id);
+/* The prompt text in pair id's header (format 2; UTF-8 as stored, not
+ * escaped) into out[n] (NUL-terminated, cut to fit). Returns its length,
+ * or -1 when the file is missing, short, format 1 or not a pair file. */
+int session_pair_prompt(const d3_session *s, long id, char *out, size_t n);
 
 /* Records a decision on pair id (which must exist) made while the model of
  * `version` was shown: appends one JSON line to labels.jsonl with a single

@@ -17,7 +17,10 @@
 #     and the trained adapters change that image (lr 0.05 here, so two
 #     rounds move them visibly);
 #   - sample --session gives sample --model --lora EXPORTED's image; eval
-#     judges the adapters against the base with an oracle and a labeler.
+#     judges the adapters against the base with an oracle and a labeler;
+#   - `d3po train` on it: offline LoRA rounds (D3PO, Diffusion-DPO) over its
+#     labels, saved like auto's (adapters only, LATEST, metrics.jsonl); the
+#     export of the last one loads in sample --lora.
 # Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
@@ -175,4 +178,41 @@ expect 0 "eval --oracle on an sd session" "$D3" eval --session "$T/a" --oracle j
     ok "  ...4 pairs judged, round 2 against the base" || { no "  ...eval JSON"; cat "$T/out"; }
 expect 0 "eval --labeler on an sd session (the prompt and PNGs reach the labeler)" "$D3" eval --session "$T/a" --labeler "while IFS='	' read i p a b; do [ -s \"\$a\" ] && [ \"\$p\" = 'a red cat' -o \"\$p\" = 'une tête bleue ✓' ] && echo A || echo skip; done" --pairs 2 --steps 4 --json
 grep -q '"skips":0' "$T/out" && ok "  ...every answer given" || { no "  ...labeler answers"; cat "$T/out"; }
+# d3po train: an offline LoRA round over the session's labels (D3PO, then
+# Diffusion-DPO), saved as auto saves a round; its export loads in sample
+cp -r "$T/a" "$T/t"
+cp -r "$T/a" "$T/t2"
+expect 0 "train --session on an sd session: an offline LoRA D3PO round" "$D3" train --session "$T/t" --config "$T/conf"
+"$D3" train --session "$T/t2" --config "$T/conf" >/dev/null 2>&1 && cmp -s "$T/t/rounds/0003.safetensors" "$T/t2/rounds/0003.safetensors" &&
+    ok "  ...the same round from a copy of the session, bit for bit (CPU)" || no "  ...train is not reproducible"
+grep -q "^round 3 version 3" "$T/t/LATEST" && [ -f "$T/t/rounds/0003.safetensors" ] && [ -f "$T/t/rounds/0003.labels" ] &&
+    ok "  ...round 3 saved, LATEST points at it" || { no "  ...round 3 / LATEST"; cat "$T/t/LATEST"; }
+tail -n 1 "$T/t/metrics.jsonl" | grep -q '^{"round":3,"labels":4,.*"source":"train",.*"objective":"d3po"' &&
+    ok "  ...one metrics.jsonl line for it" || { no "  ...metrics.jsonl line"; tail -n 1 "$T/t/metrics.jsonl"; }
+expect 0 "train --objective diffusion-dpo on it: round 4" "$D3" train --session "$T/t" --config "$T/conf" --objective diffusion-dpo
+tail -n 1 "$T/t/metrics.jsonl" | grep -q '"round":4,.*"objective":"diffusion-dpo"' && ok "  ...its metrics line names the objective" || { no "  ...round 4 metrics"; tail -n 1 "$T/t/metrics.jsonl"; }
+if "$PY" - "$T/t/rounds" >"$T/keys" 2>&1 <<'PY'
+import sys
+from safetensors import safe_open
+p = []
+for r in (2, 3, 4):
+    with safe_open("%s/%04d.safetensors" % (sys.argv[1], r), "pt") as f:
+        assert sorted(f.keys()) == ["adam.m", "adam.v", "lora.params"], list(f.keys())
+        p.append(f.get_tensor("lora.params"))
+d = [(p[i + 1] - p[i]).abs().max().item() for i in range(2)]
+assert all(x > 0 for x in d) and all(bool(t.isfinite().all()) for t in p), d
+print("max change %.3g (d3po), %.3g (diffusion-dpo)" % tuple(d))
+PY
+then ok "  ...rounds 3 and 4 hold only the adapters, moved and finite ($(cat "$T/keys"))"; else no "  ...round 3/4 adapters"; cat "$T/keys"; fi
+expect 0 "session info sees round 4" "$D3" session info "$T/t"
+grep -q "rounds:       4 trained" "$T/out" && ok "  ...4 rounds" || { no "  ...session info rounds"; cat "$T/out"; }
+expect 0 "export --format lora of the trained round" "$D3" export --session "$T/t" --format lora --out "$T/t4.safetensors"
+ours t4 --lora "$T/t4.safetensors"
+[ -s "$T/t4/a_red_cat-0-0.png" ] && ! cmp -s "$T/t4/a_red_cat-0-0.png" "$T/ok/a_red_cat-0-0.png" &&
+    ok "  ...loads in d3po sample --lora, and the image is not round 2's" || no "  ...sample --lora with the trained round"
+expect 0 "sample --session after train" "$D3" sample --session "$T/t" --prompt "$P" --steps 4 --seed 5 --out "$T/ts"
+expect 0 "  ...the same as sample --model --lora with its export" "$D3" sample --model "$M" --lora "$T/t4.safetensors" --size 32x32 --prompt "$P" --steps 4 --seed 5 --out "$T/tm"
+cmp -s "$T/ts/a_red_cat-5-0.png" "$T/tm/a_red_cat-5-0.png" && ok "  ...identical image" || no "  ...images differ"
+expect 2 "train on an sd session without labels: one line" "$D3" train --session "$T/l" --config "$T/conf"
+grep_err "  ...saying why" "nothing to train on (no A/B decisions or marked groups)"
 finish test_sd_session

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <wchar.h>
 
 #include "blocks.h"
 #include "engine.h"
@@ -31,6 +32,7 @@
 #include "image.h"
 #include "sixel.h"
 #include "term.h"
+#include "text.h"
 
 typedef struct {
     long id;
@@ -74,6 +76,13 @@ typedef struct {
     int colors;
 } encoder;
 
+/* The stats view's per-prompt row: a class name (pixel) or a pair's
+ * prompt text (free-text families), and its labeled pairs. */
+typedef struct {
+    char *text;
+    int n;
+} prompt_count;
+
 typedef struct {
     d3_session *s;
     const d3_config *c;
@@ -98,8 +107,9 @@ typedef struct {
     char logged[D3_ERRLEN + 64]; /* the message last copied into the log */
     time_t t_start;     /* when the screen opened (labels per hour) */
     session_stats st0;  /* the session when the screen opened (this sitting) */
-    int *cls_count;     /* per prompt: labeled pairs (stats view, lazily) */
-    long cls_counted;   /* session labeled count when cls_count was made */
+    prompt_count *pc;   /* per prompt: labeled pairs, most first (stats view, lazily) */
+    int npc;
+    long pc_counted;    /* session labeled count when pc was made */
     int hist, hist_sel; /* history browser: on, selected row (0 = newest) */
     long hist_ids[4096];
     int hist_n;
@@ -739,19 +749,82 @@ static void draw_help(ui *u, int top) {
     }
 }
 
-/* Per prompt: how many labeled pairs (read from the pair files' headers,
- * again only when the session's label count changed). */
+/* Per prompt: how many labeled pairs (read from the pair files' headers:
+ * the class, or on free-text families the prompt text; again only when
+ * the session's label count changed), most first. */
+static int pc_cmp(const void *a, const void *b) {
+    const prompt_count *x = a, *y = b;
+    return x->n != y->n ? (y->n > x->n ? 1 : -1) : strcmp(x->text, y->text);
+}
+
 static void count_prompts(ui *u, long labeled) {
-    if (u->cls_count && u->cls_counted == labeled) return;
-    free(u->cls_count);
-    u->cls_count = calloc(u->nclasses, sizeof *u->cls_count);
-    if (!u->cls_count) return;
+    if (u->pc && u->pc_counted == labeled) return;
+    for (int i = 0; i < u->npc; i++) free(u->pc[i].text);
+    free(u->pc);
+    u->pc = NULL;
+    u->npc = 0;
+    int cap = 0;
     for (long id = 0; id < u->s->next_pair; id++) {
         if (session_choice_of(u->s, id) == SESSION_NONE) continue;
-        int k = session_pair_class(u->s, id);
-        if (k >= 0 && k < u->nclasses) u->cls_count[k]++;
+        char buf[SESSION_TRAJ_PROMPT_MAX + 1];
+        const char *t = NULL;
+        if (u->text_prompts) {
+            if (session_pair_prompt(u->s, id, buf, sizeof buf) >= 0) t = buf;
+        } else {
+            int k = session_pair_class(u->s, id);
+            if (k >= 0 && k < u->nclasses) t = u->names[k];
+        }
+        if (!t) continue;
+        int i = 0;
+        while (i < u->npc && strcmp(u->pc[i].text, t)) i++;
+        if (i == u->npc) {
+            if (u->npc == cap) {
+                prompt_count *nv = realloc(u->pc, (size_t)(cap = 2 * cap + 16) * sizeof *nv);
+                if (!nv) break;
+                u->pc = nv;
+            }
+            if (!(u->pc[i].text = strdup(t))) break;
+            u->pc[i].n = 0;
+            u->npc++;
+        }
+        u->pc[i].n++;
     }
-    u->cls_counted = labeled;
+    if (u->npc) qsort(u->pc, (size_t)u->npc, sizeof *u->pc, pc_cmp);
+    u->pc_counted = labeled;
+}
+
+/* text made safe to show (control bytes as \xNN escapes, bad UTF-8 as
+ * '?') and cut to at most cols terminal columns at a character boundary,
+ * "..." marking a cut. */
+static void fit_cols(char *dst, size_t n, const char *text, int cols) {
+    char esc[1024], safe[1024];
+    text_escape(esc, sizeof esc, text);
+    sanitize(safe, sizeof safe, esc);
+    size_t i = 0, keep = 0; /* keep: bytes that fit with room for "..." (n >= 4) */
+    int w = 0;
+    mbstate_t ms;
+    memset(&ms, 0, sizeof ms);
+    while (safe[i]) {
+        wchar_t wc;
+        size_t len = mbrtowc(&wc, safe + i, strlen(safe + i), &ms);
+        if (len == (size_t)-1 || len == (size_t)-2 || len == 0) { /* not UTF-8 here: byte-wise */
+            len = 1;
+            wc = '?';
+            memset(&ms, 0, sizeof ms);
+        }
+        int cw = wcwidth(wc);
+        if (cw < 0) cw = 1;
+        if (w + cw <= cols - 3 && i + len + 4 <= n) keep = i + len;
+        if (w + cw > cols || i + len + 4 > n) break;
+        w += cw;
+        i += len;
+    }
+    if (safe[i]) { /* cut after the characters that fit before "..." */
+        memcpy(dst, safe, keep);
+        memcpy(dst + keep, "...", 4);
+    } else {
+        memcpy(dst, safe, i + 1);
+    }
 }
 
 static void draw_stats(ui *u, int top) {
@@ -798,30 +871,23 @@ static void draw_stats(ui *u, int top) {
     }
     r++;
     count_prompts(u, st.labeled);
-    if (!u->cls_count) return;
-    int nused = 0;
-    for (int k = 0; k < u->nclasses; k++) nused += u->cls_count[k] > 0;
+    int nset = u->text_prompts ? rounds_nprompts(u->d) : u->nclasses;
+    if (nset < u->npc) nset = u->npc; /* typed prompts beyond the set */
     snprintf(line, sizeof line, "per prompt    labeled pairs, most first (%d of %d prompts labeled):",
-             nused, u->nclasses);
+             u->npc, nset);
     put_fitted(r++, 2, line);
-    /* most first: repeated selection, few rows */
-    char *shown = calloc(u->nclasses, 1);
     int bottom = LINES - 5;
-    int colw = 40, ncol = (COLS - 4) / colw > 0 ? (COLS - 4) / colw : 1;
+    if (bottom <= r) return;
+    int colw = u->text_prompts ? COLS - 4 : 40; /* prompts: one wide column */
+    if (colw < 16) colw = 16;
+    int ncol = (COLS - 4) / colw > 0 ? (COLS - 4) / colw : 1;
     int slots = (bottom - r) * ncol;
-    for (int slot = 0; shown && slot < slots; slot++) {
-        int best = -1;
-        for (int k = 0; k < u->nclasses; k++)
-            if (!shown[k] && u->cls_count[k] > 0 && (best < 0 || u->cls_count[k] > u->cls_count[best]))
-                best = k;
-        if (best < 0) break;
-        shown[best] = 1;
-        char name[128];
-        sanitize(name, sizeof name, u->names[best]);
-        snprintf(line, sizeof line, "%6d  %.*s", u->cls_count[best], colw - 10, name);
+    for (int slot = 0; slot < slots && slot < u->npc; slot++) {
+        char name[480];
+        fit_cols(name, sizeof name, u->pc[slot].text, colw - 10);
+        snprintf(line, sizeof line, "%6d  %s", u->pc[slot].n, name);
         mvaddstr(r + slot % (bottom - r), 4 + (slot / (bottom - r)) * colw, line);
     }
-    free(shown);
 }
 
 static void draw_log(ui *u, int top) {
@@ -1467,7 +1533,8 @@ int label_run(d3_session *s, const d3_config *c, const char *graphics, int round
     print_summary(u);
     for (int i = 0; i < u->nlog; i++) free(u->log[i]);
     free(u->log);
-    free(u->cls_count);
+    for (int i = 0; i < u->npc; i++) free(u->pc[i].text);
+    free(u->pc);
     return 0;
 }
 
