@@ -244,6 +244,11 @@ static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B
 }
 #endif
 
+void ops_gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb, int acc,
+                 float *C, int ldc) {
+    gemm_nn(M, N, K, A, lda, B, ldb, acc, C, ldc);
+}
+
 /* Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C.
  * In coop mode each thread of the team computes a block of C (split along
  * the larger of M and N), so the team together computes all of C. */
