@@ -1,6 +1,9 @@
 /* ops_cpu.c - the CPU reference backend of the op set in ops.h: every UNet
  * layer forward and backward over NCHW float32 buffers, in C11 + OpenMP,
- * with the matrix products done by OpenBLAS (cblas_sgemm).
+ * with the matrix products done by the engine's own register-blocked
+ * AVX-512 kernel where the build has AVX-512 (gemm_nn; ~2x OpenBLAS's
+ * AVX2 kernels on these small unpacked operands), else by OpenBLAS
+ * (cblas_sgemm), which also takes the few shapes the kernel does not.
  *
  * Threading model. All parallelism comes from OpenMP; OpenBLAS is kept
  * single-threaded (ops_set_threads and every GEMM-heavy op make sure of it).
@@ -597,10 +600,9 @@ static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, floa
  * gradients are per-thread partials summed in thread order (results
  * depend on the thread count only, like the rest of the backend).
  *
- * Transforms run row by row: a padded input row is read at stride 4
- * (tile tx covers columns 4tx-1 .. 4tx+4), giving six transformed rows
- * contiguous in tx; the column pass then combines six such rows, so every
- * inner loop is over tiles and vectorises. */
+ * Transforms run per channel over a block's whole run of tiles, every
+ * pass a loop over the tiles (V[xi][c][t], t contiguous), so they
+ * vectorise; see wg_in, wg_out and wg_dout. */
 
 #ifndef WG_TILES
 #define WG_TILES 64 /* tiles per block: V and M of a block stay in L2 */
