@@ -1,6 +1,9 @@
 /* ops_cpu.c - the CPU reference backend of the op set in ops.h: every UNet
  * layer forward and backward over NCHW float32 buffers, in C11 + OpenMP,
- * with the matrix products done by OpenBLAS (cblas_sgemm).
+ * with the matrix products done by the engine's own register-blocked
+ * AVX-512 kernel where the build has AVX-512 (gemm_nn; ~2x OpenBLAS's
+ * AVX2 kernels on these small unpacked operands), else by OpenBLAS
+ * (cblas_sgemm), which also takes the few shapes the kernel does not.
  *
  * Threading model. All parallelism comes from OpenMP; OpenBLAS is kept
  * single-threaded (ops_set_threads and every GEMM-heavy op make sure of it).
@@ -43,6 +46,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* Not declared by every cblas.h. */
 void openblas_set_num_threads(int num_threads);
@@ -57,9 +63,9 @@ int openblas_get_num_threads(void);
  *             with its team (transformed weights, partial sums): the
  *             team's threads, the caller included, carve their own
  *             scratch() inside the region;
- *  SCR_TRANS  scratch_trans(): the transposed operand of one product in
- *             mm() (taken and used inside mm, between a caller's uses of
- *             the other two).
+ *  SCR_TRANS  scratch_n(SCR_TRANS, n): the transposed operand of one
+ *             product in mm() (taken and used inside mm, between a
+ *             caller's uses of the other two).
  * Thread-specific keys free them when a thread exits (engine threads and
  * their OpenMP teams come and go). */
 enum { SCR_OWN, SCR_SHARED, SCR_TRANS, SCR_N };
@@ -127,13 +133,11 @@ static void team_sync(int coop) {
  * order by FMA: no dependence on the thread count. Without AVX-512 it is
  * cblas_sgemm. */
 #if defined(__AVX512F__)
-#include <immintrin.h>
-
 #define GEMM_MR 6
 
 static inline __attribute__((always_inline)) void
 gemm_kern(const int mr, const int nv, __mmask16 last, int K, const float *A, int lda,
-        const float *B, int ldb, int acc, float *C, int ldc) {
+          const float *B, int ldb, int acc, float *C, int ldc) {
     __m512 c[GEMM_MR][4];
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nv; j++) c[i][j] = _mm512_setzero_ps();
@@ -141,7 +145,8 @@ gemm_kern(const int mr, const int nv, __mmask16 last, int K, const float *A, int
         const float *b = B + (size_t)k * ldb;
         __m512 bv[4];
         for (int j = 0; j < nv; j++)
-            bv[j] = j == nv - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * j) : _mm512_loadu_ps(b + 16 * j);
+            bv[j] = j == nv - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * j)
+                                : _mm512_loadu_ps(b + 16 * j);
         for (int i = 0; i < mr; i++) {
             const __m512 a = _mm512_set1_ps(A[(size_t)i * lda + k]);
             for (int j = 0; j < nv; j++) c[i][j] = _mm512_fmadd_ps(a, bv[j], c[i][j]);
@@ -179,6 +184,7 @@ static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B
         }
     }
 }
+
 /* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
  * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
  * 128-bit lane shuffles). */
@@ -226,7 +232,7 @@ static void transpose(float *dst, int ldd, const float *src, int lds, int R, int
  * gradient's product, K = tiles): B is transposed into bt[K,N] and
  * multiplied by gemm_nn. */
 static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                       int acc, float *C, int ldc, float *bt) {
+                    int acc, float *C, int ldc, float *bt) {
     transpose(bt, N, B, ldb, N, K);
     gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
 }
@@ -237,12 +243,17 @@ static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B
                 acc ? 1.0f : 0.0f, C, ldc);
 }
 static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                       int acc, float *C, int ldc, float *bt) {
+                    int acc, float *C, int ldc, float *bt) {
     (void)bt;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb,
                 acc ? 1.0f : 0.0f, C, ldc);
 }
 #endif
+
+void ops_gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb, int acc,
+                 float *C, int ldc) {
+    gemm_nn(M, N, K, A, lda, B, ldb, acc, C, ldc);
+}
 
 /* Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C.
  * In coop mode each thread of the team computes a block of C (split along
@@ -592,10 +603,9 @@ static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, floa
  * gradients are per-thread partials summed in thread order (results
  * depend on the thread count only, like the rest of the backend).
  *
- * Transforms run row by row: a padded input row is read at stride 4
- * (tile tx covers columns 4tx-1 .. 4tx+4), giving six transformed rows
- * contiguous in tx; the column pass then combines six such rows, so every
- * inner loop is over tiles and vectorises. */
+ * Transforms run per channel over a block's whole run of tiles, every
+ * pass a loop over the tiles (V[xi][c][t], t contiguous), so they
+ * vectorise; see wg_in, wg_out and wg_dout. */
 
 #ifndef WG_TILES
 #define WG_TILES 64 /* tiles per block: V and M of a block stay in L2 */
@@ -674,7 +684,8 @@ static wg_geom wg_make(int N, int C, int H, int W) {
  * D and CK, 36 floats per tile each, and the padded and phase-split rows;
  * wg_out and wg_dout need less). */
 static size_t wg_rb_floats(const wg_geom *g, int rpb) {
-    const size_t tb = (size_t)rpb * g->ntx, rows = 4 * (size_t)rpb + 2, wr = 4 * (size_t)(g->ntx + 1);
+    const size_t tb = (size_t)rpb * g->ntx, rows = 4 * (size_t)rpb + 2;
+    const size_t wr = 4 * (size_t)(g->ntx + 1);
     return 72 * tb + 2 * rows * wr + 64;
 }
 
@@ -1010,7 +1021,8 @@ static void wg_dout(float *Mh, int ld, int t0, const float *dy, const wg_geom *g
                 const int yy = 4 * (ty0 + ty) + p;
                 float *d = D + (size_t)p * ts + (size_t)ty * ntx;
                 if (yy >= H) {
-                    for (int q = 0; q < 4; q++) memset(d + (size_t)q * 4 * ts, 0, sizeof(float) * ntx);
+                    for (int q = 0; q < 4; q++)
+                        memset(d + (size_t)q * 4 * ts, 0, sizeof(float) * ntx);
                     continue;
                 }
                 const float *src = dc + (size_t)yy * W;

@@ -18,6 +18,11 @@ static inline int par_threads(size_t work) { return work > PAR_MIN ? ops_get_thr
 float *ops_scratch(size_t nfloats);
 /* OpenBLAS single-threaded: it is called from OpenMP threads. */
 void ops_blas_single(void);
+/* C[M,N] (=, or += when acc) A[M,K] @ B[K,N], row-major, on the calling
+ * thread: the engine's own product (AVX-512 kernel, else cblas_sgemm);
+ * exported for bench/gemm_rate.c. */
+void ops_gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb, int acc,
+                 float *C, int ldc);
 
 /* exp(x) for float, vectorisable (no libm call): 2^n * p(r) with
  * x = n*ln2 + r, |r| <= ln2/2 (about), degree-6 polynomial; relative
