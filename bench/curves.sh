@@ -13,6 +13,9 @@
 # JUDGE is the oracle that labels the pairs and judges the evals; with
 # "control" as the fifth argument the pairs are labeled by coin flips
 # (noisy:JUDGE:1e9) and the evals still by JUDGE: the random-label control.
+# The coin flips do not depend on JUDGE: two judges' controls of one SETTING
+# and SEED train the same model (byte-identical checkpoints), so a control
+# seed evaluated by a second judge costs only its evals.
 # The session goes to OUTDIR/SETTING/JUDGE-sSEED (or random-JUDGE-sSEED),
 # the evals to the .evals.jsonl beside it. Running it again resumes: the
 # chunks already evaluated (by their label counts) are skipped.
