@@ -44,7 +44,7 @@ CONF="$DIR/settings.conf"
         exit 2
         ;;
     esac
-} >"$CONF.tmp" && mv "$CONF.tmp" "$CONF" || exit 1
+} >"$CONF.$$" && mv "$CONF.$$" "$CONF" || exit 1
 ORACLE=$JUDGE
 RUN=$JUDGE
 if [ "$MODE" = control ]; then
