@@ -9,6 +9,9 @@
 # OUTDIR/SETTING/settings.conf (a config file with only the changed keys):
 #   dpo-lr1e-5   train.objective "diffusion-dpo", d3po.lr 1e-5 (other keys
 #                at their defaults: epochs 2, dpo_beta 2.5, dpo_draws 16)
+#   dpo-lr3e-5   the same with d3po.lr 3e-5
+#   dpo-lr1e-5-all  dpo-lr1e-5 with train.all_labels true (every label
+#                revisited each round with fresh draws)
 #   d3po         the defaults (objective "d3po", lr 1e-4, kl 0.3, base)
 # JUDGE is the oracle that labels the pairs and judges the evals; with
 # "control" as the fifth argument the pairs are labeled by coin flips
@@ -38,9 +41,17 @@ CONF="$DIR/settings.conf"
         echo 'd3po = { lr = 1e-5; };'
         echo 'train = { objective = "diffusion-dpo"; };'
         ;;
+    dpo-lr3e-5)
+        echo 'd3po = { lr = 3e-5; };'
+        echo 'train = { objective = "diffusion-dpo"; };'
+        ;;
+    dpo-lr1e-5-all)
+        echo 'd3po = { lr = 1e-5; };'
+        echo 'train = { objective = "diffusion-dpo"; all_labels = true; };'
+        ;;
     d3po) ;;
     *)
-        echo "curves.sh: unknown SETTING '$SETTING' (dpo-lr1e-5 or d3po)" >&2
+        echo "curves.sh: unknown SETTING '$SETTING' (dpo-lr1e-5, dpo-lr3e-5, dpo-lr1e-5-all or d3po)" >&2
         exit 2
         ;;
     esac
