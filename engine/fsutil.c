@@ -204,3 +204,31 @@ int fs_mkdirs(const char *path, char *err) {
     free(p);
     return 0;
 }
+
+int fs_journal_append(int fd, const char *path, size_t *end, int *torn, const char *line, size_t len,
+                      char *err) {
+    if (*torn) {
+        if (ftruncate(fd, (off_t)*end) || fsync(fd))
+            return d3_errf(err, "%s: cutting off the torn last line: %s", path, strerror(errno));
+        *torn = 0;
+    }
+    if (lseek(fd, (off_t)*end, SEEK_SET) < 0) return d3_errf(err, "%s: seek: %s", path, strerror(errno));
+    size_t done = 0;
+    while (done < len) { /* a short write (disk full...) is finished or undone */
+        ssize_t n = write(fd, line + done, len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            if (done && ftruncate(fd, (off_t)*end)) *torn = 1;
+            return d3_errf(err, "%s: write: %s", path, strerror(e));
+        }
+        done += (size_t)n;
+    }
+    if (fsync(fd)) {
+        int e = errno;
+        if (ftruncate(fd, (off_t)*end)) *torn = 1;
+        return d3_errf(err, "%s: fsync: %s", path, strerror(e));
+    }
+    *end += len;
+    return 0;
+}

@@ -366,30 +366,7 @@ static int journal_append(d3_groups *g, const char *line, size_t len, char *err)
         g->fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
         if (g->fd < 0) return d3_errf(err, "%s: %s", p, strerror(errno));
     }
-    if (g->journal_torn) {
-        if (ftruncate(g->fd, (off_t)g->journal_len))
-            return d3_errf(err, "%s: cutting off the torn last line: %s", p, strerror(errno));
-        g->journal_torn = 0;
-    }
-    if (lseek(g->fd, (off_t)g->journal_len, SEEK_SET) < 0)
-        return d3_errf(err, "%s: seek: %s", p, strerror(errno));
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(g->fd, line + done, len - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            int e = n < 0 ? errno : EIO;
-            if (done && ftruncate(g->fd, (off_t)g->journal_len)) g->journal_torn = 1;
-            return d3_errf(err, "%s: write: %s", p, strerror(e));
-        }
-        done += (size_t)n;
-    }
-    if (fsync(g->fd)) {
-        int e = errno;
-        if (ftruncate(g->fd, (off_t)g->journal_len)) g->journal_torn = 1;
-        return d3_errf(err, "%s: fsync: %s", p, strerror(e));
-    }
-    g->journal_len += len;
+    if (fs_journal_append(g->fd, p, &g->journal_len, &g->journal_torn, line, len, err)) return -1;
     g->nlines++;
     return 0;
 }

@@ -1601,28 +1601,7 @@ void session_pair_free(session_pair *p) {
 static int journal_append(d3_session *s, const char *line, size_t len, char *err) {
     char p[PATH_LEN];
     snprintf(p, sizeof p, "%s/labels.jsonl", s->dir);
-    if (s->journal_torn) {
-        if (ftruncate(s->journal_fd, (off_t)s->journal_len) || fsync(s->journal_fd))
-            return d3_errf(err, "%s: cutting off the torn last line: %s", p, strerror(errno));
-        s->journal_torn = 0;
-    }
-    size_t done = 0;
-    while (done < len) { /* one write(); a short one (disk full...) is finished or undone */
-        ssize_t n = write(s->journal_fd, line + done, len - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            int e = n < 0 ? errno : EIO;
-            if (done && ftruncate(s->journal_fd, (off_t)s->journal_len)) s->journal_torn = 1;
-            return d3_errf(err, "%s: write: %s", p, strerror(e));
-        }
-        done += (size_t)n;
-    }
-    if (fsync(s->journal_fd)) {
-        int e = errno;
-        if (ftruncate(s->journal_fd, (off_t)s->journal_len)) s->journal_torn = 1;
-        return d3_errf(err, "%s: fsync: %s", p, strerror(e));
-    }
-    s->journal_len += len;
+    if (fs_journal_append(s->journal_fd, p, &s->journal_len, &s->journal_torn, line, len, err)) return -1;
     s->lines++;
     return 0;
 }
