@@ -23,8 +23,21 @@
 # the evals to the .evals.jsonl beside it. Running it again resumes: the
 # chunks already evaluated (by their label counts) are skipped.
 # Realism needs the data set: D3PO_DATASET=DIR (d3po dataset emoji --out DIR).
+# CURVE_TO=128 or 256 (default 96) extends the curve with evals after 128
+# and 256 labels (rounds 4 and 16 more); an existing 96-label curve is
+# extended in place.
 # Report: python3 bench/learning_report.py OUTDIR/SETTING
 set -u
+CURVE_TO=${CURVE_TO:-96}
+case "$CURVE_TO" in
+96) CHUNKS="2 2 4 4" ;;
+128) CHUNKS="2 2 4 4 4" ;;
+256) CHUNKS="2 2 4 4 4 16" ;;
+*)
+    echo "curves.sh: CURVE_TO '$CURVE_TO' is not 96, 128 or 256" >&2
+    exit 2
+    ;;
+esac
 OUT=${1:?usage: curves.sh OUTDIR SETTING JUDGE SEED [control]}
 SETTING=${2:?setting}
 JUDGE=${3:?judge}
@@ -66,11 +79,12 @@ elif [ -n "$MODE" ]; then
     exit 2
 fi
 EV="$DIR/$RUN-s$SEED.evals.jsonl"
-# chunk i (rounds 2, 2, 4, 4: evals after 16, 32, 64, 96 labels) is done
+# chunk i (rounds 2, 2, 4, 4[, 4, 16]: evals after 16, 32, 64, 96[, 128,
+# 256] labels) is done
 # when the evals file has i lines; a chunk cut before its eval reruns (its
 # eval line then names the labels the session really has)
 i=0
-for rounds in 2 2 4 4; do
+for rounds in $CHUNKS; do
     i=$((i + 1))
     n=0
     [ -f "$EV" ] && n=$(grep -c . "$EV")
