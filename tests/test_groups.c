@@ -296,6 +296,10 @@ static void test_layout(void) {
      * down, not refused */
     CHECK(gridview_layout(4, 138, 38, 7, 16, 512, 1, 2, &r, &c, &side) == 0 && r == 2 && c == 2 &&
               side == 18 * 16, "sixel 138x38, S=512, k=4: %dx%d side %d", r, c, side);
+    /* 46 x 12 cells of half blocks: 1 x 4 and 2 x 2 both give 10 px images;
+     * the tie goes to the squarer 2 x 2 */
+    CHECK(gridview_layout(4, 46, 12, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r == 2 && c == 2 &&
+              side == 10, "blocks 46x12, k=4 (tie): %dx%d side %d", r, c, side);
     /* a tall narrow area stacks the images */
     CHECK(gridview_layout(3, 30, 60, 1, 2, 16, 0, 2, &r, &c, &side) == 0 && r == 3 && c == 1,
           "blocks 30x60, k=3: %dx%d", r, c);

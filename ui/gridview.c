@@ -201,7 +201,9 @@ int gridview_layout(int k, int W, int H, int px_w, int px_h, int S, int sixel, i
         if (tw < 2 || th < 1) continue;
         int sd = tw * px_w < th * px_h ? tw * px_w : th * px_h;
         if (sixel && sd >= S) sd = sd / S * S; /* whole factors: sharp pixels; else scaled down */
-        if (sd > best) {
+        /* equal image sizes: the layout nearer a square (a 2x2 block of 4
+         * is easier to compare across than a strip of 4) */
+        if (sd > best || (sd == best && abs(r - c) < abs(*rows - *cols))) {
             best = sd;
             *rows = r;
             *cols = c;
