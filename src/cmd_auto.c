@@ -196,6 +196,9 @@ static int write_metrics(autorun *a, int k, char *err) {
     json_object_set_new(o, "total_labels", json_integer(st.labeled));
     json_object_set_new(o, "device", json_string(a->device));
     json_object_set_new(o, "train", cli_train_json(a->c));
+    ddim_opts so = rounds_sampling(a->d);
+    json_object_set_new(o, "sampler", json_pack("{s:i, s:f, s:f}", "steps", so.steps, "eta",
+                                                 (double)so.eta, "cfg", (double)so.cfg));
     int rc = cli_metrics_append(a->dir, o, err);
     json_decref(o);
     a->last_metric = t;

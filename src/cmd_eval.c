@@ -458,6 +458,7 @@ int cmd_eval(int argc, char **argv) {
         return EXIT_FAIL;
     }
     for (int i = 0; i < s.nwarn; i++) fprintf(stderr, "d3po eval: warning: %s\n", s.warn[i]);
+    so.cfg = (float)config_cfg(&cfg, s.family == SESSION_FAMILY_SD);
     int rc = EXIT_FAIL, have_base = 0, have_tuned = 0, have_dm = 0, nowned = 0;
     d3_model base, tuned;
     d3_dmodel dm;

@@ -155,7 +155,9 @@ static const char sample_help[] =
     "  --out DIR      output directory (created)\n"
     "  --steps N      DDIM steps (default 20)\n"
     "  --eta X        DDIM eta, 0 deterministic .. 1 (default 1.0)\n"
-    "  --cfg X        classifier-free guidance scale (default 5.0)\n"
+    "  --cfg X        classifier-free guidance scale (default: the config's\n"
+    "                 sampler.cfg; not set there: 2.0 on the default (pixel)\n"
+    "                 model, 5.0 on Stable Diffusion models)\n"
     "  --threads N    CPU threads (default: the config's engine.threads, all cores)\n"
     "  --config FILE  settings: the engine group (device, threads, tf32) applies\n"
     "                 (default $XDG_CONFIG_HOME/d3po/d3po.conf, else built-in)\n"
@@ -286,7 +288,7 @@ int cmd_sample(int argc, char **argv) {
     uint64_t seed = 0;
     long count = 1, steps = 20, threads = 0;
     double eta = 1.0, cfg = 5.0;
-    int c;
+    int c, cfg_given = 0;
     optind = 1;
     int dtype = -1; /* -1: no --dtype, the config's engine.dtype */
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -303,7 +305,7 @@ int cmd_sample(int argc, char **argv) {
         case 'k': bad = cli_int("sample", "--steps", optarg, 1, 1000, &steps); break;
         case 't': bad = cli_int("sample", "--threads", optarg, 1, 1024, &threads); break;
         case 'e': bad = cli_float("sample", "--eta", optarg, 0, 1, &eta); break;
-        case 'g': bad = cli_float("sample", "--cfg", optarg, -100, 100, &cfg); break;
+        case 'g': bad = cli_float("sample", "--cfg", optarg, -100, 100, &cfg); cfg_given = 1; break;
         case 'c': conf = optarg; break;
         case 'Y':
             if (cli_dtype("sample", optarg, &dtype)) return EXIT_USAGE;
@@ -381,6 +383,7 @@ int cmd_sample(int argc, char **argv) {
     if (!threads) threads = settings.engine.threads;
     if (threads) ops_set_threads((int)threads);
     if (dtype >= 0) settings.engine.dtype = dtype;
+    if (!cfg_given) cfg = config_cfg(&settings, sd);
     const d3_backend *be = cli_backend("sample", dev, tf32, &settings, NULL, 0);
     if (!be) return EXIT_FAIL; /* before anything is written */
     if (sd) {
@@ -543,7 +546,7 @@ static int info_train(const char *file, const char *tokenizer, const char *conf,
     const d3_backend *be = cli_backend("info", dev, 0, &cfg, note, sizeof note);
     if (!be) return EXIT_FAIL;
     sd_cost_args a = {.model = file, .tokenizer = tokenizer, .width = width, .height = height,
-                      .steps = steps ? steps : cfg.sampler.steps, .cfg = cfg.sampler.cfg,
+                      .steps = steps ? steps : cfg.sampler.steps, .cfg = config_cfg(&cfg, 1),
                       .epochs = cfg.d3po.epochs, .draws = cfg.train.dpo_draws,
                       .objective = cfg.train.objective, .device = note};
     if (sd_pipeline_probe(file)) return sd_info_train(&a, be);

@@ -326,7 +326,8 @@ static const char eval_help[] =
     "  --classifier FILE  default " DEFAULT_CLASSIFIER "\n"
     "  --samples N        samples per prompt (default 8)\n"
     "  --seed N           seed of the samples (default 1)\n"
-    "  --steps N --cfg X --eta X   DDIM settings (default 20, 5, 1)\n"
+    "  --steps N --cfg X --eta X   DDIM settings (default 20, 2, 1: the default\n"
+    "                     model's sampler defaults)\n"
     "  --json             one JSON object on stdout instead of the table\n"
     "  --threads N        CPU threads;  --device D  auto, cpu or cuda\n";
 
@@ -368,7 +369,7 @@ static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null();
 int cmd_eval_model(int argc, char **argv) {
     const char *model = NULL, *images = NULL, *cpath = DEFAULT_CLASSIFIER, *conf = NULL;
     long samples = 8, steps = 20, threads = 0;
-    double cfg = 5.0, eta = 1.0;
+    double cfg = D3_CFG_PIXEL, eta = 1.0;
     uint64_t seed = 1;
     int dev = -1, json = 0;
     static const struct option opts[] = {

@@ -156,7 +156,7 @@ void config_defaults(d3_config *c) {
     memset(c, 0, sizeof *c);
     c->sampler.steps = 20;
     c->sampler.eta = 1.0;
-    c->sampler.cfg = 5.0;
+    c->sampler.cfg = D3_CFG_PIXEL; /* cfg_set 0: the family's default */
     c->session.round_size = 8;
     c->session.queue_depth = 4;
     c->session.nprompts = 0;
@@ -560,6 +560,7 @@ static int read_root(d3_config *c, const config_t *cf, const char *path, char *e
                 return d3_errf(err, "%s: %s: unknown key; %s", loc, full, names);
             }
             if (read_scalar(c, k, s, full, path, err)) return -1;
+            if (k->off == OFF(sampler.cfg)) c->sampler.cfg_set = 1;
             if (k->off == OFF(label.grid) && (c->label.grid == 1 || c->label.grid == 2)) {
                 where(loc, sizeof loc, s, path);
                 return d3_errf(err, "%s: label.grid: expected 0 (pairs) or 3 to 8 images, got %d",
@@ -778,6 +779,13 @@ void config_dump(const d3_config *c, FILE *f) {
         for (size_t q = 0; q < NKEYDEFS; q++) {
             const keydef *k = &keydefs[q];
             if (!k->group || strcmp(k->group, groups[g])) continue;
+            if (k->off == OFF(sampler.cfg) && !c->sampler.cfg_set) {
+                /* not set: each model family's own default, which a
+                 * written value would override for both */
+                fprintf(f, "    # cfg: not set: %.1f on the default (pixel) model, %.1f on Stable "
+                           "Diffusion models\n", D3_CFG_PIXEL, D3_CFG_SD);
+                continue;
+            }
             fprintf(f, "    %s = ", k->name);
             put_value(f, c, k);
             fputs(";\n", f);
@@ -819,6 +827,22 @@ const char *config_dtype_name(d3_dtype t) {
 ddim_opts config_ddim_opts(const d3_config *c) {
     return (ddim_opts){
         .steps = c->sampler.steps, .eta = (float)c->sampler.eta, .cfg = (float)c->sampler.cfg};
+}
+
+double config_cfg(const d3_config *c, int sd) {
+    return c->sampler.cfg_set ? c->sampler.cfg : sd ? D3_CFG_SD : D3_CFG_PIXEL;
+}
+
+ddim_opts config_ddim_opts_family(const d3_config *c, int sd) {
+    ddim_opts o = config_ddim_opts(c);
+    o.cfg = (float)config_cfg(c, sd);
+    return o;
+}
+
+d3po_train_opts config_train_opts_family(const d3_config *c, int sd) {
+    d3po_train_opts o = config_train_opts(c);
+    o.sample = config_ddim_opts_family(c, sd);
+    return o;
 }
 
 d3po_train_opts config_train_opts(const d3_config *c) {

@@ -66,7 +66,9 @@ typedef struct {
     struct {
         int steps;  /* DDIM steps K: 20, 1..1000 */
         double eta; /* DDIM eta: 1.0, (0, 1] (sigma > 0 for log-probs) */
-        double cfg; /* classifier-free guidance scale w: 5.0, [0, 100] */
+        double cfg; /* classifier-free guidance scale w, [0, 100]; see cfg_set */
+        int cfg_set; /* 1: cfg came from a file; 0: the model family's default
+                        (D3_CFG_PIXEL, D3_CFG_SD), which cfg holds for pixel */
     } sampler;
     struct {
         int round_size;  /* labeled pairs per training round: 8, 1..1000 */
@@ -174,4 +176,20 @@ const char *config_dtype_name(d3_dtype t);
  * reference to the base model for the Diffusion-DPO objective. */
 ddim_opts config_ddim_opts(const d3_config *c);
 d3po_train_opts config_train_opts(const d3_config *c);
+
+/* Guidance when sampler.cfg is not in the config file, by model family:
+ * the default (pixel) model's chosen by the emoji classifier measure
+ * (bench/results/2026-12-06-sampler-defaults.txt: CFG 2 gives the most
+ * recognisable samples; 5 and above saturate them into noise), Stable
+ * Diffusion's the value its sessions have used (diffusers' pipelines
+ * default to 7.5). */
+#define D3_CFG_PIXEL 2.0
+#define D3_CFG_SD 5.0
+
+/* sampler.cfg for a model family (sd: a Stable Diffusion-family model):
+ * the file's value when it has one, else the family's default; and the
+ * DDIM / training options with it. */
+double config_cfg(const d3_config *c, int sd);
+ddim_opts config_ddim_opts_family(const d3_config *c, int sd);
+d3po_train_opts config_train_opts_family(const d3_config *c, int sd);
 #endif

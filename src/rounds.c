@@ -34,6 +34,7 @@ struct rounds {
     int fixed;            /* index into prompt[], or a class id + np when not in the set; -1 */
     int nclasses;
     char **class_name;
+    ddim_opts sample;     /* the engine's sampler settings (rounds_sampling) */
     /* requests */
     uint64_t seq;         /* training pairs asked for (the pair sequence number) */
     int inflight;
@@ -349,8 +350,22 @@ static long remember_trained(rounds *d, char *err) {
 /* The engine options of the config and the driver's opts. */
 static engine_opts driver_engine_opts(rounds *d, const d3_config *c, const d3_backend *be) {
     engine_opts eo = engine_opts_default();
-    eo.sample = config_ddim_opts(c);
-    eo.train = config_train_opts(c);
+    int sd = d->s->family == SESSION_FAMILY_SD;
+    eo.sample = config_ddim_opts_family(c, sd);
+    eo.train = config_train_opts_family(c, sd);
+    if (!c->sampler.cfg_set && d->s->next_pair > 0) {
+        /* guidance not in the config: the session keeps the guidance its
+         * pairs were sampled with (a session begun before the family
+         * default changed, or with another config), so its pairs train
+         * under the guidance that sampled them */
+        char e2[D3_ERRLEN];
+        d3_pair_sample *p = rounds_load_pair(d->s, d->s->next_pair - 1, e2); /* NULL: not readable */
+        if (p) {
+            eo.sample.cfg = eo.train.sample.cfg = p->cfg;
+            engine_pair_free(p);
+        }
+    }
+    d->sample = eo.sample;
     eo.lr = (float)c->d3po.lr;
     eo.weight_decay = (float)c->d3po.weight_decay;
     eo.threads = c->engine.threads;
@@ -542,6 +557,8 @@ void rounds_stop(rounds *d) {
 }
 
 int rounds_fd(const rounds *d) { return engine_fd(d->e); }
+ddim_opts rounds_sampling(const rounds *d) { return d->sample; }
+
 const char *rounds_device(const rounds *d) { return d->be ? d->be->name : "cpu"; }
 
 /* ---- pending labels and rounds ---- */

@@ -181,6 +181,10 @@ int rounds_prompts_file(d3_session *s, const char *path, char *err);
 int rounds_read_prompt_file(const char *path, char ***p, int **w, int *n, char *err);
 /* The backend's name (for headers, metrics). */
 const char *rounds_device(const rounds *d);
+/* The sampler settings the engine samples and trains with: the config's,
+ * the guidance resolved for the model family or kept from the session's
+ * pairs (config_cfg; driver_engine_opts in rounds.c). */
+ddim_opts rounds_sampling(const rounds *d);
 /* Stops the engine (a round in training is cancelled: its labels stay
  * pending and train in the next round, in this run or after a resume). */
 void rounds_stop(rounds *d);

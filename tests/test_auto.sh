@@ -73,8 +73,24 @@ for l in lines:
     t = l["train"]
     assert t["lr"] == 1e-4 and t["epochs"] == 2 and t["beta"] == 0.1, t
     assert t["reference"] in ("base", "round") and t["kl"] >= 0 and t["clip_eps"] == 0.1, t
+    # guidance not in the config: the pixel family default, 2.0
+    assert l["sampler"] == {"steps": 5, "eta": 1.0, "cfg": 2.0}, l["sampler"]
 ' "$S/metrics.jsonl" && ok "metrics.jsonl: baseline + 2 rounds with every field" \
     || { no "metrics.jsonl: baseline + 2 rounds with every field"; cat "$S/metrics.jsonl"; }
+
+# -- a session keeps the guidance its pairs were sampled with when the
+# config does not set one (begun with cfg 3.5, resumed without)
+printf 'sampler = { steps = 5; cfg = 3.5; };\nengine = { threads = 1; };\n' >"$T/cfg35.conf"
+expect 0 "auto: a round at cfg 3.5" $D3 auto --session "$T/g35" --oracle brightness --rounds 1 \
+    --pairs 2 --model "$M" --config "$T/cfg35.conf" --eval-seeds 0
+expect 0 "auto: resumed without sampler.cfg" $D3 auto --session "$T/g35" --oracle brightness \
+    --rounds 1 --pairs 2 --config "$C" --eval-seeds 0
+python3 -c '
+import json, sys
+cfgs = [json.loads(l)["sampler"]["cfg"] for l in open(sys.argv[1])]
+assert cfgs == [3.5, 3.5], cfgs  # round 1 sampled at 3.5, round 2 resumed
+' "$T/g35/metrics.jsonl" && ok "a resumed session keeps its pairs' guidance" \
+    || { no "a resumed session keeps its pairs' guidance"; cat "$T/g35/metrics.jsonl"; }
 info "$S" 'd["rounds"] == 2 and d["version"] == 2' \
     'd["pairs"] == {"sampled": 6, "labeled": 6, "unlabeled": 0}' \
     'd["labels"]["A"] + d["labels"]["B"] + d["labels"]["tie"] == 6' \

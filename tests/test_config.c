@@ -74,7 +74,15 @@ static void test_defaults(void) {
     d3_config c;
     config_defaults(&c);
     CHECK(c.preset == D3_PRESET_DEFAULT, "preset");
-    CHECK(c.sampler.steps == 20 && c.sampler.eta == 1.0 && c.sampler.cfg == 5.0, "sampler");
+    CHECK(c.sampler.steps == 20 && c.sampler.eta == 1.0 && c.sampler.cfg == D3_CFG_PIXEL &&
+              !c.sampler.cfg_set,
+          "sampler");
+    /* guidance not set: each family's default */
+    CHECK(config_cfg(&c, 0) == 2.0 && config_cfg(&c, 1) == 5.0, "cfg by family: %g %g",
+          config_cfg(&c, 0), config_cfg(&c, 1));
+    CHECK(config_ddim_opts_family(&c, 1).cfg == 5.0f && config_train_opts_family(&c, 1).sample.cfg == 5.0f &&
+              config_ddim_opts(&c).cfg == 2.0f && config_train_opts(&c).sample.cfg == 2.0f,
+          "ddim/train opts by family");
     CHECK(c.session.round_size == 8 && c.session.queue_depth == 4 && c.session.nprompts == 0,
           "session");
     CHECK(c.d3po.beta == 0.1 && c.d3po.clip_eps == 0.1 && c.d3po.lr == 1e-4 && c.d3po.epochs == 2,
@@ -195,6 +203,7 @@ static void test_dump_roundtrip(void) {
     c.preset = D3_PRESET_PAPER;
     c.sampler.steps = 50;
     c.sampler.cfg = 7.5;
+    c.sampler.cfg_set = 1;
     c.sampler.eta = 0.3;
     c.d3po.lr = 3e-5;
     c.d3po.max_grad_norm = 0;
@@ -220,6 +229,12 @@ static void test_dump_roundtrip(void) {
     CHECK(config_load(&back, path, err) == 0, "%s", err);
     CHECK(same_settings(&c, &back), "dump, load: different settings");
     if (!same_settings(&c, &back)) config_dump(&back, stderr);
+    /* a guidance set in a file holds for both families, even at the pixel default's value */
+    CHECK(config_cfg(&back, 0) == 7.5 && config_cfg(&back, 1) == 7.5, "cfg set: %g %g",
+          config_cfg(&back, 0), config_cfg(&back, 1));
+    const char *two = put("cfg-two.conf", "sampler = { cfg = 2.0; };\n");
+    CHECK(config_load(&back, two, err) == 0 && back.sampler.cfg_set && config_cfg(&back, 1) == 2.0,
+          "cfg = 2.0 in a file: set %d, sd %g (%s)", back.sampler.cfg_set, config_cfg(&back, 1), err);
 }
 
 /* engine.device and engine.tf32 (--device and --tf32 override them) */
@@ -358,8 +373,8 @@ static void test_xdg_lookup(void) {
     const char *p = put("xdg/d3po/d3po.conf", "sampler = { steps = 7; };\n");
     setenv("XDG_CONFIG_HOME", xdg, 1);
     CHECK(config_load(&c, NULL, err) == 0, "%s", err);
-    CHECK(c.sampler.steps == 7 && c.sampler.cfg == 5.0, "steps %d (file) cfg %g (default)",
-          c.sampler.steps, c.sampler.cfg);
+    CHECK(c.sampler.steps == 7 && c.sampler.cfg == D3_CFG_PIXEL && !c.sampler.cfg_set,
+          "steps %d (file) cfg %g (default)", c.sampler.steps, c.sampler.cfg);
     CHECK(!strcmp(config_source(&c), p), "source %s, wanted %s", config_source(&c), p);
 
     /* XDG_CONFIG_HOME unset: $HOME/.config */
@@ -385,14 +400,15 @@ static void test_xdg_lookup(void) {
 static void test_explicit_beats_xdg(void) {
     char xdg[300];
     snprintf(xdg, sizeof xdg, "%s/xdg", tmp);
-    put("xdg/d3po/d3po.conf", "sampler = { steps = 7; cfg = 2.0; };\n");
+    put("xdg/d3po/d3po.conf", "sampler = { steps = 7; cfg = 3.0; };\n");
     setenv("XDG_CONFIG_HOME", xdg, 1);
     const char *p = put("explicit.conf", "sampler = { steps = 11; };\n");
     d3_config c;
     char err[D3_ERRLEN] = "";
     CHECK(config_load(&c, p, err) == 0, "%s", err);
     CHECK(c.sampler.steps == 11, "steps %d", c.sampler.steps);
-    CHECK(c.sampler.cfg == 5.0, "files are not merged: cfg %g", c.sampler.cfg);
+    CHECK(c.sampler.cfg == D3_CFG_PIXEL && !c.sampler.cfg_set, "files are not merged: cfg %g",
+          c.sampler.cfg);
     CHECK(!strcmp(config_source(&c), p), "source %s", config_source(&c));
 }
 
