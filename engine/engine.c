@@ -58,6 +58,11 @@ struct d3_engine {
     d3_rng rng;
     double job_t0;
     d3_dmodel *in_force; /* during a round with overlap: the model before it */
+    /* overlap on a family the engine does not copy (sd: a multi-GB base
+     * with small adapters): in_force is the policy itself, and its
+     * trainable set of the round's start (keep_params, host) is swapped in
+     * around each early sample, the training state parked in swap_tmp */
+    float *keep_params, *swap_tmp;
     /* train.all_labels: every labeled pair so far (engine thread only) */
     d3po_pair *pool;
     int npool, cappool;
@@ -307,6 +312,33 @@ static job *take_early(d3_engine *e) {
     return j;
 }
 
+/* in = 1: parks the policy's trainable set (as the training sees it:
+ * host memory on a host backend, else the device copy) in swap_tmp and
+ * puts the round's starting set in its place; in = 0: restores it. The
+ * host copy of a device backend is not touched (the training writes it
+ * back when the round ends), so dm_trainable_dev uploads nothing. */
+static void swap_trainable(d3_engine *e, int in) {
+    d3_dmodel *m = e->policy;
+    size_t bytes = m->train.numel * sizeof(float);
+    const d3_backend *be = tape_backend(e->tp);
+    if (be->host) {
+        if (in) {
+            memcpy(e->swap_tmp, m->train.params, bytes);
+            memcpy(m->train.params, e->keep_params, bytes);
+        } else {
+            memcpy(m->train.params, e->swap_tmp, bytes);
+        }
+        return;
+    }
+    float *dev = dm_trainable_dev(m, be);
+    if (in) {
+        be->download(e->swap_tmp, dev, bytes);
+        be->upload(dev, e->keep_params, bytes);
+    } else {
+        be->upload(dev, e->swap_tmp, bytes);
+    }
+}
+
 static int train_progress(void *ctx, int step, int total, double loss) {
     d3_engine *e = ctx;
     /* the time spent sampling between steps is part of the round's time,
@@ -318,7 +350,9 @@ static int train_progress(void *ctx, int step, int total, double loss) {
     if (e->in_force && step < total) {
         job *j;
         while (!atomic_load(&e->cancel) && (j = take_early(e))) {
+            if (e->keep_params) swap_trainable(e, 1);
             run_sample_from(e, e->in_force, j);
+            if (e->keep_params) swap_trainable(e, 0);
             pthread_mutex_lock(&e->mu);
             e->pend_sample--;
             pthread_mutex_unlock(&e->mu);
@@ -380,6 +414,20 @@ static void run_train(d3_engine *e, job *j) {
         dm_open_pixel(&dkeep, &keep, err);
         have_keep = 1;
         e->in_force = &dkeep;
+    } else if (!e->px_policy && e->o.overlap) {
+        /* the adapters of the round's start: the host copy is current
+         * between rounds (the last round wrote it back) */
+        size_t bytes = e->policy->train.numel * sizeof(float);
+        e->keep_params = malloc(bytes);
+        e->swap_tmp = malloc(bytes);
+        if (e->keep_params && e->swap_tmp) {
+            memcpy(e->keep_params, e->policy->train.params, bytes);
+            e->in_force = e->policy;
+        } else { /* no memory for the copy: samples wait for the round */
+            free(e->keep_params);
+            free(e->swap_tmp);
+            e->keep_params = e->swap_tmp = NULL;
+        }
     }
     e->st.opt.lr = e->o.lr;
     e->st.opt.wd = e->o.weight_decay;
@@ -390,6 +438,9 @@ static void run_train(d3_engine *e, job *j) {
     double loss = d3po_train_dm(e->policy, ref, tag, e->tp, &e->st.opt, pairs, npairs, &to,
                                 &e->rng, train_progress, e, err);
     e->in_force = NULL;
+    free(e->keep_params);
+    free(e->swap_tmp);
+    e->keep_params = e->swap_tmp = NULL;
     if (have_snap) { dm_close(&dsnap); model_free(&snap); }
     if (have_keep) { dm_close(&dkeep); model_free(&keep); }
     if (isnan(loss)) {

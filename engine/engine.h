@@ -26,8 +26,11 @@
  * conditioning, and its decoded images (dm_decode, on the engine thread).
  * The pixel family behaves and computes exactly as before the interface.
  * On the other families the round reference is the base (train.ref
- * "round" needs a copy of the policy, which only the pixel family makes),
- * and sample requests do not overlap a round (they wait for it).
+ * "round" needs a copy of the policy, which only the pixel family makes).
+ * With overlap, early sample requests run between a round's steps on every
+ * family: the pixel family samples from a copy of the model in force; the
+ * others (sd: a frozen base with small adapters) from the policy with the
+ * round's starting trainable set swapped in around each sample.
  *
  * The engine computes on the backend of its opts (o.be: the CPU or CUDA
  * backend that device_backend() chose). Only the engine thread calls the

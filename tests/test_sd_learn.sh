@@ -22,7 +22,12 @@
 #     -0.058, loss +1.8e-4 measured) fail;
 #   - printed, not asserted: the oracle's win rate of the last round over
 #     the base on 8 fresh pairs (`d3po eval`), and how many trained pairs
-#     gained.
+#     gained;
+#   - sampling while a round trains (engine overlap, what `d3po label`
+#     uses): tool_sdtrain overlap queues an early pair behind a round; it
+#     arrives before the round ends, from version 0, bit for bit the
+#     untrained model's pair, and the round's adapters are bit for bit
+#     those of the same run without overlap.
 # Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
@@ -94,5 +99,11 @@ if "$D3" eval --session "$S" --oracle jpeg-compressibility --pairs 8 --steps 4 -
     echo "  (not asserted) $(cat "$T/ev")"
 else
     no "eval --oracle jpeg-compressibility"; cat "$T/err"
+fi
+
+if "$TOOL" overlap "$M" --size 32 >"$T/ov" 2>&1 && grep -q "^d3po overlap ok" "$T/ov"; then
+    ok "overlap: a pair sampled during a round, from the model in force, the round unchanged"
+else
+    no "tool_sdtrain overlap"; cat "$T/ov"
 fi
 finish test_sd_learn

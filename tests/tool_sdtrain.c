@@ -50,6 +50,18 @@
  *       and the D3PO loss of the pair (mean over steps, beta and clamp of
  *       d3po_opts_default, no KL term). Last line per round: "d3po
  *       logratio ROUND NPAIRS MEAN_MARGIN MEAN_LOSS"
+ *   tool_sdtrain overlap PIPE [--size S]
+ *       sampling while a round trains, on the sd family (engine_opts
+ *       overlap): through the engine (engine_start_dm, LoRA adapters of
+ *       seed 1, K = 4 steps, CFG 7.5), a pair (seed 1) is labeled, then a
+ *       group of 4 (seed 50) keeps the engine busy while a round on that
+ *       pair (4 epochs, lr 0.01) and an early pair request (seed 2) are
+ *       queued behind it. With overlap the seed-2 pair must arrive before
+ *       the round ends, carry version 0 and be bit for bit the pair of an
+ *       untrained engine; the round's adapters must be bit for bit those
+ *       of the same run without overlap (where the seed-2 pair comes after
+ *       the round, from version 1, and differs). Last line: "d3po overlap
+ *       ok"
  * Exit status 0 when everything matches, 1 on a mismatch or an error. */
 #include <math.h>
 #include <stdio.h>
@@ -61,6 +73,7 @@
 #include "config.h"
 #include "d3po.h"
 #include "dmodel.h"
+#include "engine.h"
 #include "optim.h"
 #include "safetensors.h"
 #include "sd/sdsample.h"
@@ -564,6 +577,151 @@ static int cmd_logratio(const char *dir, int nr, char **rounds) {
     return 0;
 }
 
+/* ---- overlap: see the top of the file ---- */
+
+typedef struct {
+    float *params; /* the trained round's adapters */
+    size_t n;
+    int saved;
+} ov_save;
+
+static int ov_save_round(void *ctx, d3_dmodel *policy, const d3_state *st, int round, char *err) {
+    ov_save *s = ctx;
+    if (policy->train.numel != s->n)
+        return d3_errf(err, "adapters: %zu floats, wanted %zu", policy->train.numel, s->n);
+    memcpy(s->params, policy->train.params, s->n * sizeof(float));
+    s->saved = 1;
+    return 0;
+}
+
+/* Waits for the engine's next event; fails after ~120 s without one (a hung
+ * engine, not a slow one). */
+static void ov_next(d3_engine *e, d3_event *ev) {
+    for (int idle = 0; idle < 1200; idle++) {
+        if (engine_poll(e, ev)) {
+            if (ev->kind == EV_ERROR) fail("engine", ev->msg);
+            return;
+        }
+        struct timespec ts = {0, 100000000};
+        nanosleep(&ts, NULL);
+    }
+    fail("engine", "no event for 120 s");
+}
+
+/* One run: the labeled seed-1 pair, then (train) the blocker group, the
+ * round and the early seed-2 request. *early: the seed-2 pair; *before:
+ * whether it came before EV_TRAINED; sv: the round's adapters. */
+static void ov_run(const char *pipe, int size, int overlap, int train, d3_pair_sample **early,
+                   int *before, ov_save *sv) {
+    char err[D3_ERRLEN];
+    d3_dmodel *dm = malloc(sizeof *dm);
+    float *c;
+    open_model(dm, pipe, NULL, size, 1, 4, &c);
+    free(c);
+    d3_config cfg;
+    config_defaults(&cfg);
+    engine_opts o = engine_opts_default();
+    o.sample = opts(4);
+    o.train = config_train_opts(&cfg);
+    o.train.sample = o.sample;
+    o.train.epochs = 4;
+    o.lr = 0.01f;
+    o.threads = 1;
+    o.overlap = overlap;
+    o.save_round_dm = ov_save_round;
+    o.save_ctx = sv;
+    sv->n = dm->train.numel;
+    sv->params = calloc(sv->n, sizeof(float));
+    sv->saved = 0;
+    d3_engine *e = engine_start_dm(dm, NULL, NULL, 0, &o, err);
+    if (!e) fail("engine_start_dm", err);
+    d3_event ev;
+    *early = NULL;
+    *before = 0;
+    if (!train) {
+        engine_sample_ex(e, &(engine_sample_req){.prompt = prompt, .seed = 2});
+        do ov_next(e, &ev); while (ev.kind != EV_PAIR);
+        *early = ev.pair;
+        engine_stop(e);
+        return;
+    }
+    engine_sample_ex(e, &(engine_sample_req){.prompt = prompt, .seed = 1});
+    do ov_next(e, &ev); while (ev.kind != EV_PAIR);
+    d3_pair_sample *p = ev.pair;
+    engine_sample_ex(e, &(engine_sample_req){.prompt = prompt, .seed = 50, .n = 4});
+    const d3_pair_sample *pp = p;
+    float h[1][2] = {{1.0f, -1.0f}};
+    engine_train(e, &pp, (const float(*)[2])h, 1, 1);
+    engine_sample_ex(e, &(engine_sample_req){.prompt = prompt, .seed = 2, .early = 1});
+    int trained = 0;
+    while (!trained || !*early) {
+        ov_next(e, &ev);
+        if (ev.kind == EV_PAIR && ev.pair->seed == 2) {
+            *early = ev.pair;
+            *before = !trained;
+            continue;
+        }
+        if (ev.kind == EV_TRAINED) trained = 1;
+        engine_event_free(&ev);
+    }
+    engine_pair_free(p);
+    engine_stop(e);
+}
+
+static int same_pair(const d3_pair_sample *a, const d3_pair_sample *b) {
+    size_t n = (size_t)(a->K + 1) * a->C * a->h * a->w;
+    if (a->K != b->K || a->C != b->C || a->h != b->h || a->w != b->w) return 0;
+    for (int i = 0; i < 2; i++)
+        if (memcmp(a->traj[i], b->traj[i], n * sizeof(float))) return 0;
+    return 1;
+}
+
+static int cmd_overlap(const char *pipe, int size) {
+    d3_pair_sample *pa, *pb, *pc;
+    int ba, bb, bc;
+    ov_save sa, sb, sc;
+    ov_run(pipe, size, 1, 1, &pa, &ba, &sa);
+    ov_run(pipe, size, 0, 1, &pb, &bb, &sb);
+    ov_run(pipe, size, 0, 0, &pc, &bc, &sc);
+    int bad = 0, same = sa.saved && sb.saved && !memcmp(sa.params, sb.params, sa.n * sizeof(float));
+    printf("tool_sdtrain overlap: %s: with overlap the seed-2 pair came %s the round (version %ld); "
+           "without, %s it (version %ld)\n",
+           pipe, ba ? "before the end of" : "after", pa->version, bb ? "before the end of" : "after",
+           pb->version);
+    if (!ba || pa->version != 0) {
+        printf("  MISMATCH: with overlap the pair waited for the round\n");
+        bad = 1;
+    }
+    if (bb || pb->version != 1) {
+        printf("  MISMATCH: without overlap the pair did not wait for the round\n");
+        bad = 1;
+    }
+    if (!same_pair(pa, pc)) {
+        printf("  MISMATCH: the early pair is not the untrained model's\n");
+        bad = 1;
+    }
+    if (same_pair(pb, pc)) {
+        printf("  MISMATCH: the round did not change the model's pair\n");
+        bad = 1;
+    }
+    if (!same) {
+        printf("  MISMATCH: the round's adapters differ with and without overlap\n");
+        bad = 1;
+    }
+    double moved = 0;
+    for (size_t i = 0; i < sa.n; i++) moved += fabs(sa.params[i]);
+    printf("  adapters: %zu floats, sum |a| after the round %.6g, identical with and without "
+           "overlap: %s\n", sa.n, moved, same ? "yes" : "no");
+    engine_pair_free(pa);
+    engine_pair_free(pb);
+    engine_pair_free(pc);
+    free(sa.params);
+    free(sb.params);
+    free(sc.params);
+    if (!bad) printf("d3po overlap ok\n");
+    return bad;
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && !strcmp(argv[1], "traj")) return cmd_traj(argv[2], argv[3], atoi(argv[4]), argv[5]);
     if (argc == 6 && !strcmp(argv[1], "d3po")) return cmd_d3po(argv[2], argv[3], argv[4], argv[5]);
@@ -593,8 +751,17 @@ int main(int argc, char **argv) {
         return cmd_round(argv[2], size, n, K, obj);
     }
     if (argc >= 4 && !strcmp(argv[1], "logratio")) return cmd_logratio(argv[2], argc - 3, argv + 3);
+    if (argc >= 3 && !strcmp(argv[1], "overlap")) {
+        int size = 0;
+        for (int i = 3; i + 1 < argc; i += 2) {
+            if (!strcmp(argv[i], "--size")) size = atoi(argv[i + 1]);
+            else fail(argv[i], "unknown option");
+        }
+        return cmd_overlap(argv[2], size);
+    }
     fprintf(stderr, "usage: tool_sdtrain traj PIPE LORA K OUT | d3po|dpo PIPE LORA TRAJ REF | "
                     "pair PIPE K [--size S] [--seed N] [--rank R] | round PIPE [--size S] [--pairs N] "
-                    "[--steps K] [--objective d3po|diffusion-dpo] | logratio SESSION ROUND...\n");
+                    "[--steps K] [--objective d3po|diffusion-dpo] | logratio SESSION ROUND... | "
+                    "overlap PIPE [--size S]\n");
     return 1;
 }
