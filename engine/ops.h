@@ -36,6 +36,24 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
                      const float *inp, const float *w,
                      int N, int C, int H, int W, int OC, int K, int stride, int pad);
 
+/* The same conv, keeping what the backward would compute again: a
+ * Winograd 3x3 conv (stride 1, pad 1, >= 16 channels in and out, see
+ * ops_cpu.c) keeps its input transforms for the weight gradient, 2.25x
+ * the input's floats (36 per 4x4 tile and channel), instead of
+ * transforming the input a second time. conv2d_keep_floats: the floats
+ * keep needs, 0 when this conv keeps nothing (then call the plain pair).
+ * conv2d_forward_keep fills keep as it computes out (out is bit-identical
+ * to conv2d_forward's); conv2d_backward_keep reads it (inp is still read
+ * for nothing else but must be the forward's input; the results are
+ * bit-identical to conv2d_backward's). */
+size_t conv2d_keep_floats(int N, int C, int H, int W, int OC, int K, int stride, int pad);
+void conv2d_forward_keep(float *out, float *keep, const float *inp, const float *w,
+                         const float *b, int N, int C, int H, int W, int OC, int K, int stride,
+                         int pad);
+void conv2d_backward_keep(float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *keep, const float *w,
+                          int N, int C, int H, int W, int OC, int K, int stride, int pad);
+
 /* linear: out[N,OUT] = inp[N,IN] @ w[OUT,IN]^T + b[OUT] (b may be NULL). */
 void linear_forward(float *out, const float *inp, const float *w, const float *b,
                     int N, int IN, int OUT);

@@ -1119,23 +1119,37 @@ static int wg_rows_per_block(const wg_geom *g) {
         rr_ += ty1 - ty0;                                                    \
     }
 
+/* The input transforms of a whole batch, kept from the forward for the
+ * weight gradient (conv2d_forward_keep): every block's V[36][C][T], block
+ * after block, i.e. the block starting at tile row r0 at floats
+ * 36*C*r0*ntx (wg_keep_at). */
+static size_t wg_keep_floats(const wg_geom *g) {
+    return 36 * (size_t)g->C * g->N * g->nty * g->ntx;
+}
+static float *wg_keep_at(float *keep, const wg_geom *g, int r0) {
+    return keep + 36 * (size_t)g->C * r0 * g->ntx;
+}
+
 /* y[N,OC,H,W] (=, or += when acc) the "same" 3x3 correlation of x[N,C,H,W]
- * with the transformed kernel U[36][OC][C] (+ bias). */
-static void wg_conv(float *y, const float *x, const float *U, const float *bias, int acc,
-                    int N, int C, int H, int W, int OC, int nt) {
+ * with the transformed kernel U[36][OC][C] (+ bias). keep: NULL, or where
+ * the input transforms go (wg_keep_floats) instead of per-thread scratch. */
+static void wg_conv(float *y, float *keep, const float *x, const float *U, const float *bias,
+                    int acc, int N, int C, int H, int W, int OC, int nt) {
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
     const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
+    const size_t vsz = keep ? 0 : 36 * (size_t)C * tb;
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi, rpb));
-        float *M = V + 36 * (size_t)C * tb, *rb = M + 36 * (size_t)OC * tb;
+        float *Vs = scratch(vsz + 36 * (size_t)OC * tb + wg_rb_floats(&gi, rpb));
+        float *M = Vs + vsz, *rb = M + 36 * (size_t)OC * tb;
 #pragma omp for schedule(static)
         for (int bk = 0; bk < nblk; bk++) {
             const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
             const int T = (r1 - r0) * gi.ntx;
+            float *V = keep ? wg_keep_at(keep, &gi, r0) : Vs;
             WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
                     wg_in(V, T, t0, x + n * in_sz, &gi, ty0, ty1, rb));
             for (int xi = 0; xi < 36; xi++)
@@ -1147,14 +1161,17 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
     }
 }
 
-static void wg_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
-                       int H, int W, int OC, int nt) {
+static void wg_forward(float *out, float *keep, const float *inp, const float *w, const float *b,
+                       int N, int C, int H, int W, int OC, int nt) {
     const float *U = wg_weights(w, OC, C, 0, nt);
-    wg_conv(out, inp, U, b, 0, N, C, H, W, OC, nt);
+    wg_conv(out, keep, inp, U, b, 0, N, C, H, W, OC, nt);
 }
 
+/* keep: NULL, or the forward's input transforms (wg_conv), which the
+ * weight gradient then reads instead of transforming inp again. */
 static void wg_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                        const float *w, int N, int C, int H, int W, int OC, int nt) {
+                        const float *keep, const float *w, int N, int C, int H, int W, int OC,
+                        int nt) {
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
     if (db) {
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -1172,7 +1189,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
     if (dinp) { /* dx += dout (*) flipped w^T */
         const float *U = wg_weights(w, OC, C, 1, nt);
-        wg_conv(dinp, dout, U, NULL, 1, N, OC, H, W, C, nt);
+        wg_conv(dinp, NULL, dout, U, NULL, 1, N, OC, H, W, C, nt);
     }
     if (!dw) return;
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
@@ -1187,9 +1204,10 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        const size_t vsz = 36 * (size_t)(C + OC) * tb + (size_t)tb * C + wg_rb_floats(&gi, rpb);
-        float *V = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
-        float *Mh = V + 36 * (size_t)C * tb, *vt = Mh + 36 * (size_t)OC * tb;
+        const size_t vown = keep ? 0 : 36 * (size_t)C * tb;
+        const size_t vsz = vown + 36 * (size_t)OC * tb + (size_t)tb * C + wg_rb_floats(&gi, rpb);
+        float *Vs = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
+        float *Mh = Vs + vown, *vt = Mh + 36 * (size_t)OC * tb;
         float *rb = vt + (size_t)tb * C;
 #pragma omp for schedule(static)
         for (int gr = 0; gr < ngr; gr++) {
@@ -1199,14 +1217,22 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
             for (int bk = b0; bk < b1; bk++) {
                 const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
                 const int T = (r1 - r0) * gi.ntx;
-                WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
-                        wg_in(V, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
+                const float *V = keep ? wg_keep_at((float *)keep, &gi, r0) : Vs;
+                if (!keep)
+                    WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
+                            wg_in(Vs, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
                 WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                         wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
                 /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T */
-                for (int xi = 0; xi < 36; xi++)
+                for (int xi = 0; xi < 36; xi++) {
+                    if (keep && xi + 1 < 36) { /* kept V comes from L3 or memory */
+                        const char *nx = (const char *)(V + (size_t)(xi + 1) * C * T);
+                        for (size_t o = 0; o < sizeof(float) * C * T; o += 64)
+                            __builtin_prefetch(nx + o, 0, 2);
+                    }
                     gemm_nt(OC, C, T, Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T,
                                bk > b0, dU + (size_t)xi * OC * C, C, vt);
+                }
             }
         }
         /* (implicit barrier: every partial is complete) dw += G^T dU G,
@@ -1215,7 +1241,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nch; ch++) {
             const int k0 = ch * WG_KCHUNK, k1 = k0 + WG_KCHUNK < K ? k0 + WG_KCHUNK : K;
-            wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, V);
+            wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, Vs);
         }
     }
 }
@@ -1252,8 +1278,16 @@ static void conv_fwd_img(float *out, const float *x, const float *w, const float
     }
 }
 
-void conv2d_forward(float *out, const float *inp, const float *w, const float *b,
-                    int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+size_t conv2d_keep_floats(int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
+    if (!conv_wino(&s)) return 0;
+    const wg_geom g = wg_make(N, C, H, W);
+    return wg_keep_floats(&g);
+}
+
+static void conv_forward(float *out, float *keep, const float *inp, const float *w,
+                         const float *b, int N, int C, int H, int W, int OC, int K, int stride,
+                         int pad) {
     // inp: [N,C,H,W]  w: [OC,C,K,K]  b: [OC]  out: [N,OC,OH,OW]
     const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * s.P;
@@ -1261,9 +1295,10 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     const double flops = 2.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     if (conv_wino(&s)) {
-        wg_forward(out, inp, w, b, N, C, H, W, OC, nt);
+        wg_forward(out, keep, inp, w, b, N, C, H, W, OC, nt);
         return;
     }
+    assert(!keep);
     const int coop = N < nt;
     const int impl = !coop && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -1350,9 +1385,20 @@ static void conv_bwd_img(float *dx, float *dwp, float *dbp, const float *dout,
     }
 }
 
-void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
-                     const float *inp, const float *w,
-                     int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+void conv2d_forward(float *out, const float *inp, const float *w, const float *b,
+                    int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_forward(out, NULL, inp, w, b, N, C, H, W, OC, K, stride, pad);
+}
+
+void conv2d_forward_keep(float *out, float *keep, const float *inp, const float *w,
+                         const float *b, int N, int C, int H, int W, int OC, int K, int stride,
+                         int pad) {
+    conv_forward(out, keep, inp, w, b, N, C, H, W, OC, K, stride, pad);
+}
+
+static void conv_backward(float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *keep, const float *w,
+                          int N, int C, int H, int W, int OC, int K, int stride, int pad) {
     // dout: [N,OC,OH,OW] -> dinp: [N,C,H,W], dw: [OC,C,K,K], db: [OC]
     if (!dinp && !dw && !db) return;
     const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
@@ -1362,9 +1408,10 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
     const double flops = 4.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     if (conv_wino(&s)) {
-        wg_backward(dinp, dw, db, dout, inp, w, N, C, H, W, OC, nt);
+        wg_backward(dinp, dw, db, dout, inp, keep, w, N, C, H, W, OC, nt);
         return;
     }
+    assert(!keep);
     const int coop = N < nt;
     const int impl = !coop && dinp && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -1418,6 +1465,18 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
         }
     }
     free(wk);
+}
+
+void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
+                     const float *inp, const float *w,
+                     int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_backward(dinp, dw, db, dout, inp, NULL, w, N, C, H, W, OC, K, stride, pad);
+}
+
+void conv2d_backward_keep(float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *keep, const float *w,
+                          int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_backward(dinp, dw, db, dout, inp, keep, w, N, C, H, W, OC, K, stride, pad);
 }
 
 /* ----------------------------------------------------------------- linear */

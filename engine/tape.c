@@ -23,7 +23,8 @@ typedef struct {
     d3_tensor *in0, *in1, *in2, *out; /* in2: attention's v */
     const float *w, *b;
     float *dw, *db;
-    float *s0, *s1;  /* saved buffers: gn mean/rstd, attention probs */
+    float *s0, *s1;  /* saved buffers: gn mean/rstd, attention probs, a conv's
+                        kept input transforms */
     const int *idx;  /* embedding indices (device) */
     int a0, a1, a2;  /* int arguments: OC/K/stride, G, D ... */
     int a3;
@@ -153,10 +154,21 @@ d3_tensor *tape_input(d3_tape *tp, int n, int c, int h, int w) {
 d3_tensor *tape_conv2d(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
                        float *dw, float *db, int OC, int K, int stride, int pad) {
     int OH = (x->h + 2 * pad - K) / stride + 1, OW = (x->w + 2 * pad - K) / stride + 1;
+    const d3_backend *be = tp->be;
     d3_tensor *y = new_tensor(tp, x->n, OC, OH, OW, 0);
-    tp->be->conv2d_forward(y->v, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride, pad);
+    /* where the backend can keep the forward's input transforms for the
+     * weight gradient (Winograd on the CPU), they go on the tape */
+    const size_t nkeep = tp->grad_on && dw && be->conv2d_keep_floats
+                             ? be->conv2d_keep_floats(x->n, x->c, x->h, x->w, OC, K, stride, pad)
+                             : 0;
+    float *keep = nkeep ? arena_get(tp, nkeep * sizeof(float), 0) : NULL;
+    if (keep)
+        be->conv2d_forward_keep(y->v, keep, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride,
+                                pad);
+    else
+        be->conv2d_forward(y->v, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride, pad);
     node *nd = push(tp, OP_CONV2D, x, NULL, y);
-    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->a0 = OC; nd->a1 = K; nd->a2 = stride; nd->a3 = pad; }
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = keep; nd->a0 = OC; nd->a1 = K; nd->a2 = stride; nd->a3 = pad; }
     return y;
 }
 
@@ -412,8 +424,12 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         grad_need(tp, nd->in2);
         switch (nd->op) {
         case OP_CONV2D:
-            be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
-                                x->w, nd->a0, nd->a1, nd->a2, nd->a3);
+            if (nd->s0)
+                be->conv2d_backward_keep(x->g, nd->dw, nd->db, y->g, x->v, nd->s0, nd->w, x->n,
+                                         x->c, x->h, x->w, nd->a0, nd->a1, nd->a2, nd->a3);
+            else
+                be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
+                                    x->w, nd->a0, nd->a1, nd->a2, nd->a3);
             break;
         case OP_LINEAR:
             be->linear_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, nd->a0, nd->a1);

@@ -227,6 +227,31 @@ static void conv_case(int N, int C, int H, int W, int OC, int K, int s, int p, i
     cmpf("conv dx alone", dx1, dx, nx, 1e-5, 1e-5);
     cmpf("conv dw alone", dw1, dw, nw, 1e-5, 1e-5);
     if (use_b) cmpf("conv db alone", db1, db, OC, 1e-5, 1e-5);
+
+    /* the pair that keeps the forward's input transforms (Winograd convs
+     * only, else 0 floats): the same numbers bit for bit, a prefilled keep
+     * buffer fully overwritten (the backward reads nothing stale) */
+    const size_t nk = conv2d_keep_floats(N, C, H, W, OC, K, s, p);
+    const int wino = K == 3 && s == 1 && p == 1 && C >= 16 && OC >= 16 && H >= 4 && W >= 4;
+    CHECK((nk > 0) == wino, "%s: keep floats %zu", what, nk);
+    if (nk) {
+        CHECK(nk == 36 * (size_t)C * N * ((H + 3) / 4) * ((W + 3) / 4), "%s: keep floats %zu",
+              what, nk);
+        float *keep = talloc(nk), *out2 = talloc(no);
+        for (size_t i = 0; i < nk; i++) keep[i] = NAN;
+        conv_fwd(&c); /* (the finite differences left a perturbed output) */
+        conv2d_forward_keep(out2, keep, c.x, c.w, c.b, N, C, H, W, OC, K, s, p);
+        CHECK(memcmp(out2, c.out, no * sizeof(float)) == 0, "%s: forward_keep differs", what);
+        float *dx2 = talloc(nx), *dw2 = talloc(nw), *db2 = talloc(OC);
+        prefill(dx2, nx); prefill(dw2, nw); prefill(db2, OC);
+        prefill(dx, nx); prefill(dw, nw); prefill(db, OC);
+        conv2d_backward(dx, dw, use_b ? db : NULL, r, c.x, c.w, N, C, H, W, OC, K, s, p);
+        conv2d_backward_keep(dx2, dw2, use_b ? db2 : NULL, r, c.x, keep, c.w, N, C, H, W, OC,
+                             K, s, p);
+        CHECK(memcmp(dx2, dx, nx * sizeof(float)) == 0, "%s: backward_keep dx differs", what);
+        CHECK(memcmp(dw2, dw, nw * sizeof(float)) == 0, "%s: backward_keep dw differs", what);
+        CHECK(memcmp(db2, db, OC * sizeof(float)) == 0, "%s: backward_keep db differs", what);
+    }
 }
 
 static void test_conv2d(void) {
