@@ -108,6 +108,14 @@ typedef struct d3_backend {
     void (*xent_backward)(float *dlogits, float dloss, const float *probs, const int *labels,
                           int N, int K);
 
+    /* fused group norm + SiLU (ABI 5), see ops.h */
+    void (*gnsilu_forward)(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                           const float *e, const float *w, const float *b, int N, int C, int HW,
+                           int G, float eps);
+    void (*gnsilu_backward)(float *dinp, float *de, float *dw, float *db, const float *dout,
+                            const float *inp, const float *e, const float *w, const float *coef,
+                            const float *mean, const float *rstd, int N, int C, int HW, int G);
+
     /* optional (ABI 5): a conv that keeps its input transforms for the
      * backward (ops.h, conv2d_keep_floats); NULL where a backend has none
      * (CUDA: cuDNN picks its own algorithms), and the tape then calls the

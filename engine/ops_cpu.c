@@ -1513,114 +1513,6 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout,
     }
 }
 
-/* -------------------------------------------------------------- groupnorm */
-
-void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int N, int C, int HW, int G,
-                       float eps) {
-    // inp, out: [N,C,HW]  w, b: [C]  mean, rstd: [N,G]
-    const double epsd = ops_eps_double(eps);
-    const int CG = C / G;
-    const size_t M = (size_t)CG * HW; /* elements per group */
-    assert(C % G == 0);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(par_threads((size_t)N * C * HW))
-    for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
-            const float *x = inp + ((size_t)n * C + (size_t)g * CG) * HW;
-            float *y = out + ((size_t)n * C + (size_t)g * CG) * HW;
-            /* two passes in double: mean, then centred variance */
-            double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-            for (size_t i = 0; i < M; i++) sum += x[i];
-            const double mu = sum / (double)M;
-            double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-            for (size_t i = 0; i < M; i++) {
-                double d = x[i] - mu;
-                ss += d * d;
-            }
-            const double rs = 1.0 / sqrt(ss / (double)M + epsd);
-            mean[n * G + g] = (float)mu;
-            rstd[n * G + g] = (float)rs;
-            for (int cc = 0; cc < CG; cc++) {
-                const int c = g * CG + cc;
-                /* y = (x - mu) * rs * w + b = x * a + bb */
-                const float a = (float)(rs * (w ? w[c] : 1.0f));
-                const float bb = (float)((b ? b[c] : 0.0f) - mu * rs * (w ? w[c] : 1.0f));
-                const float *xc = x + (size_t)cc * HW;
-                float *yc = y + (size_t)cc * HW;
-                for (int i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
-            }
-        }
-}
-
-void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
-                        const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int HW, int G, float eps) {
-    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]  (eps is in rstd already)
-    if (!dinp && !dw && !db) return;
-    const int CG = C / G;
-    const size_t M = (size_t)CG * HW;
-    const int par = (size_t)N * C * HW > PAR_MIN;
-    /* One pass computes, per (n,c), a1 = sum_i dout and a2 = sum_i
-     * dout*(x-mu): db[c] = sum_n a1, dw[c] = sum_n rs*a2, and the group
-     * means the input gradient needs. ps: [2,N,C] (when dw || db). */
-    float *ps = (dw || db) ? malloc(sizeof(float) * 2 * (size_t)N * C) : NULL;
-    if ((dw || db) && !ps) abort(); /* out of memory: nothing sensible to do here */
-    /* dx = rs * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dout * w */
-#pragma omp parallel for collapse(2) schedule(static) num_threads(par ? ops_get_threads() : 1)
-    for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
-            const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
-            const float *x = inp + off, *d = dout + off;
-            const float mu = mean[n * G + g], rs = rstd[n * G + g];
-            double s1 = 0.0, s2 = 0.0;
-            for (int cc = 0; cc < CG; cc++) {
-                const int c = g * CG + cc;
-                const float wc = w ? w[c] : 1.0f;
-                const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
-                float a1 = 0.0f, a2 = 0.0f;
-#pragma omp simd reduction(+ : a1, a2)
-                for (int i = 0; i < HW; i++) {
-                    a1 += dc[i];
-                    a2 += dc[i] * (xc[i] - mu);
-                }
-                if (ps) {
-                    ps[(size_t)n * C + c] = a1;
-                    ps[(size_t)(N + n) * C + c] = a2;
-                }
-                s1 += (double)wc * a1;
-                s2 += (double)wc * a2 * rs;
-            }
-            if (!dinp) continue;
-            float *dx = dinp + off;
-            const float m1 = (float)(s1 / (double)M), m2 = (float)(s2 / (double)M);
-            for (int cc = 0; cc < CG; cc++) {
-                const float wc = w ? w[g * CG + cc] : 1.0f;
-                const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
-                float *dxc = dx + (size_t)cc * HW;
-                for (int i = 0; i < HW; i++) {
-                    const float xh = (xc[i] - mu) * rs;
-                    dxc[i] += rs * (dc[i] * wc - m1 - xh * m2);
-                }
-            }
-        }
-    if (ps) {
-        for (int c = 0; c < C; c++) {
-            double sb = 0.0, sw = 0.0;
-            for (int n = 0; n < N; n++) {
-                sb += ps[(size_t)n * C + c];
-                sw += (double)ps[(size_t)(N + n) * C + c] * rstd[n * G + c / CG];
-            }
-            if (dw) dw[c] += (float)sw;
-            if (db) db[c] += (float)sb;
-        }
-        free(ps);
-    }
-}
-
-/* ------------------------------------------------------------ elementwise */
-
 /* The logistic sigmoid for SiLU, from e = e^-|x| in (0, 1] (no
  * overflow): s = 1/(1+e) for x >= 0, e/(1+e) for x < 0. |x| is capped at
  * 80 so that neither e nor s is ever subnormal (subnormal operands cost
@@ -1636,6 +1528,225 @@ static inline float silu_sig(float x) {
     const float r = 1.0f / (1.0f + e);
     return x >= 0.0f ? r : e * r;
 }
+
+/* -------------------------------------------------------------- groupnorm */
+
+/* The group norm of h = x + e[n,c] (e may be NULL: h = x), then SiLU when
+ * act: groupnorm_forward and gnsilu_forward. With e, each group's h is
+ * formed in a per-thread buffer first, so every sum runs over the same
+ * floats in the same order as addbc_forward then groupnorm_forward, and
+ * y = h * a + bb and silu(y) are the same expressions as there and in
+ * silu_forward: the fused op is bit-identical to the three ops in a row.
+ * coef: NULL, or the per-(n,c) scale and shift applied, [2][N][C] (the
+ * fused backward recomputes y from them exactly). */
+static void gn_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                       const float *e, const float *w, const float *b, int N, int C, int HW,
+                       int G, float eps, int act) {
+    // inp, out: [N,C,HW]  e: [N,C]  w, b: [C]  mean, rstd: [N,G]
+    const double epsd = ops_eps_double(eps);
+    const int CG = C / G;
+    const size_t M = (size_t)CG * HW; /* elements per group */
+    assert(C % G == 0);
+#pragma omp parallel num_threads(par_threads((size_t)N * C * HW))
+    {
+        float *hs = e ? scratch(M) : NULL;
+#pragma omp for collapse(2) schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int g = 0; g < G; g++) {
+                const float *x = inp + ((size_t)n * C + (size_t)g * CG) * HW;
+                float *y = out + ((size_t)n * C + (size_t)g * CG) * HW;
+                if (e) {
+                    for (int cc = 0; cc < CG; cc++) {
+                        const float v = e[(size_t)n * C + g * CG + cc];
+                        const float *xc = x + (size_t)cc * HW;
+                        float *hc = hs + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) hc[i] = xc[i] + v;
+                    }
+                    x = hs;
+                }
+                /* two passes in double: mean, then centred variance */
+                double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+                for (size_t i = 0; i < M; i++) sum += x[i];
+                const double mu = sum / (double)M;
+                double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+                for (size_t i = 0; i < M; i++) {
+                    double d = x[i] - mu;
+                    ss += d * d;
+                }
+                const double rs = 1.0 / sqrt(ss / (double)M + epsd);
+                mean[n * G + g] = (float)mu;
+                rstd[n * G + g] = (float)rs;
+                for (int cc = 0; cc < CG; cc++) {
+                    const int c = g * CG + cc;
+                    /* y = (x - mu) * rs * w + b = x * a + bb */
+                    const float a = (float)(rs * (w ? w[c] : 1.0f));
+                    const float bb = (float)((b ? b[c] : 0.0f) - mu * rs * (w ? w[c] : 1.0f));
+                    const float *xc = x + (size_t)cc * HW;
+                    float *yc = y + (size_t)cc * HW;
+                    if (coef) {
+                        coef[(size_t)n * C + c] = a;
+                        coef[(size_t)(N + n) * C + c] = bb;
+                    }
+                    if (act)
+                        for (int i = 0; i < HW; i++) {
+                            const float v = xc[i] * a + bb;
+                            yc[i] = v * silu_sig(v);
+                        }
+                    else
+                        for (int i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
+                }
+            }
+    }
+}
+
+void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *w, const float *b, int N, int C, int HW, int G,
+                       float eps) {
+    gn_forward(out, mean, rstd, NULL, inp, NULL, w, b, N, C, HW, G, eps, 0);
+}
+
+void gnsilu_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                    const float *e, const float *w, const float *b, int N, int C, int HW, int G,
+                    float eps) {
+    gn_forward(out, mean, rstd, coef, inp, e, w, b, N, C, HW, G, eps, 1);
+}
+
+/* The backward of gn_forward. act (coef given): dout is the gradient of
+ * silu(y), turned into y's (silu_backward's expression) per group in a
+ * per-thread buffer; with e, h = x + e is formed again and h's gradient
+ * goes to dinp and, summed over space, to de (addbc_backward's sums): the
+ * same floats in the same order as the three backwards in a row. */
+static void gn_backward(float *dinp, float *de, float *dw, float *db, const float *dout,
+                        const float *inp, const float *e, const float *w, const float *coef,
+                        const float *mean, const float *rstd, int N, int C, int HW, int G) {
+    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], de: [N,C], dw, db: [C]  (eps is in rstd already)
+    if (!dinp && !de && !dw && !db) return;
+    assert(!de || e);
+    const int CG = C / G;
+    const size_t M = (size_t)CG * HW;
+    const int par = (size_t)N * C * HW > PAR_MIN;
+    /* One pass computes, per (n,c), a1 = sum_i dout and a2 = sum_i
+     * dout*(x-mu): db[c] = sum_n a1, dw[c] = sum_n rs*a2, and the group
+     * means the input gradient needs. ps: [2,N,C] (when dw || db). */
+    float *ps = (dw || db) ? malloc(sizeof(float) * 2 * (size_t)N * C) : NULL;
+    if ((dw || db) && !ps) abort(); /* out of memory: nothing sensible to do here */
+    const int need_dx = dinp || de;
+    /* dx = rs * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dout * w */
+#pragma omp parallel num_threads(par ? ops_get_threads() : 1)
+    {
+        float *hs = e || coef ? scratch((e ? 2 : 1) * M) : NULL;
+        float *dys = e ? hs + M : hs; /* y's gradient (act), then h's (e) */
+#pragma omp for collapse(2) schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int g = 0; g < G; g++) {
+                const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
+                const float *x = inp + off, *d = dout + off;
+                const float mu = mean[n * G + g], rs = rstd[n * G + g];
+                if (e) {
+                    for (int cc = 0; cc < CG; cc++) {
+                        const float v = e[(size_t)n * C + g * CG + cc];
+                        const float *xc = x + (size_t)cc * HW;
+                        float *hc = hs + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) hc[i] = xc[i] + v;
+                    }
+                    x = hs;
+                }
+                if (coef) {
+                    /* d/dy y*s(y) = s * (1 + y*(1 - s)) */
+                    for (int cc = 0; cc < CG; cc++) {
+                        const int c = g * CG + cc;
+                        const float a = coef[(size_t)n * C + c], bb = coef[(size_t)(N + n) * C + c];
+                        const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                        float *yc = dys + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) {
+                            const float v = xc[i] * a + bb;
+                            const float sg = silu_sig(v);
+                            yc[i] = dc[i] * (sg * (1.0f + v * (1.0f - sg)));
+                        }
+                    }
+                    d = dys;
+                }
+                double s1 = 0.0, s2 = 0.0;
+                for (int cc = 0; cc < CG; cc++) {
+                    const int c = g * CG + cc;
+                    const float wc = w ? w[c] : 1.0f;
+                    const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                    float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+                    for (int i = 0; i < HW; i++) {
+                        a1 += dc[i];
+                        a2 += dc[i] * (xc[i] - mu);
+                    }
+                    if (ps) {
+                        ps[(size_t)n * C + c] = a1;
+                        ps[(size_t)(N + n) * C + c] = a2;
+                    }
+                    s1 += (double)wc * a1;
+                    s2 += (double)wc * a2 * rs;
+                }
+                if (!need_dx) continue;
+                const float m1 = (float)(s1 / (double)M), m2 = (float)(s2 / (double)M);
+                for (int cc = 0; cc < CG; cc++) {
+                    const int c = g * CG + cc;
+                    const float wc = w ? w[c] : 1.0f;
+                    const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                    if (!e) {
+                        float *dxc = dinp + off + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) {
+                            const float xh = (xc[i] - mu) * rs;
+                            dxc[i] += rs * (dc[i] * wc - m1 - xh * m2);
+                        }
+                        continue;
+                    }
+                    /* h's gradient in place of y's (each element read
+                     * before it is written), then to x and e */
+                    float *dh = dys + (size_t)cc * HW;
+                    for (int i = 0; i < HW; i++) {
+                        const float xh = (xc[i] - mu) * rs;
+                        dh[i] = rs * (dc[i] * wc - m1 - xh * m2);
+                    }
+                    if (dinp) {
+                        float *dxc = dinp + off + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) dxc[i] += dh[i];
+                    }
+                    if (de) {
+                        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                        for (int i = 0; i < HW; i++) acc += dh[i];
+                        de[(size_t)n * C + c] += acc;
+                    }
+                }
+            }
+    }
+    if (ps) {
+        for (int c = 0; c < C; c++) {
+            double sb = 0.0, sw = 0.0;
+            for (int n = 0; n < N; n++) {
+                sb += ps[(size_t)n * C + c];
+                sw += (double)ps[(size_t)(N + n) * C + c] * rstd[n * G + c / CG];
+            }
+            if (dw) dw[c] += (float)sw;
+            if (db) db[c] += (float)sb;
+        }
+        free(ps);
+    }
+}
+
+void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                        const float *inp, const float *w, const float *mean,
+                        const float *rstd, int N, int C, int HW, int G, float eps) {
+    gn_backward(dinp, NULL, dw, db, dout, inp, NULL, w, NULL, mean, rstd, N, C, HW, G);
+}
+
+void gnsilu_backward(float *dinp, float *de, float *dw, float *db, const float *dout,
+                     const float *inp, const float *e, const float *w, const float *coef,
+                     const float *mean, const float *rstd, int N, int C, int HW, int G) {
+    gn_backward(dinp, de, dw, db, dout, inp, e, w, coef, mean, rstd, N, C, HW, G);
+}
+
+/* ------------------------------------------------------------ elementwise */
 
 void silu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static) num_threads(par_threads(n))

@@ -10,7 +10,7 @@
 
 enum op {
     OP_CONV2D, OP_LINEAR, OP_GROUPNORM, OP_SILU, OP_ADD, OP_ADDBC, OP_CONCAT,
-    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING,
+    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING, OP_GNSILU,
     /* transformer layers (SD family) */
     OP_DENSE, OP_LAYERNORM, OP_GELU, OP_QUICK_GELU, OP_GEGLU, OP_SCALE, OP_MHA,
     OP_TRANSPOSE, OP_COPY,
@@ -23,8 +23,8 @@ typedef struct {
     d3_tensor *in0, *in1, *in2, *out; /* in2: attention's v */
     const float *w, *b;
     float *dw, *db;
-    float *s0, *s1;  /* saved buffers: gn mean/rstd, attention probs, a conv's
-                        kept input transforms */
+    float *s0, *s1, *s2; /* saved buffers: gn mean/rstd (/coef), attention
+                            probs, a conv's kept input transforms */
     const int *idx;  /* embedding indices (device) */
     int a0, a1, a2;  /* int arguments: OC/K/stride, G, D ... */
     int a3;
@@ -196,6 +196,21 @@ d3_tensor *tape_groupnorm_eps(d3_tape *tp, d3_tensor *x, const float *w, const f
 d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
                           float *dw, float *db, int G) {
     return tape_groupnorm_eps(tp, x, w, b, dw, db, G, 1e-5f);
+}
+
+d3_tensor *tape_groupnorm_silu(d3_tape *tp, d3_tensor *x, d3_tensor *e, const float *w,
+                               const float *b, float *dw, float *db, int G, float eps) {
+    assert(!e || (e->n == x->n && e->c == x->c && e->h * e->w == 1));
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    const size_t ng = (size_t)x->n * G, nc = (size_t)x->n * x->c;
+    float *mean = arena_get(tp, sizeof(float) * ng, 0);
+    float *rstd = arena_get(tp, sizeof(float) * ng, 0);
+    float *coef = arena_get(tp, sizeof(float) * 2 * nc, 0);
+    tp->be->gnsilu_forward(y->v, mean, rstd, coef, x->v, e ? e->v : NULL, w, b, x->n, x->c,
+                           x->h * x->w, G, eps);
+    node *nd = push(tp, OP_GNSILU, x, e, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; nd->s2 = coef; nd->a0 = G; }
+    return y;
 }
 
 d3_tensor *tape_silu(d3_tape *tp, d3_tensor *x) {
@@ -437,6 +452,11 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         case OP_GROUPNORM:
             be->groupnorm_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, nd->s0, nd->s1,
                                    x->n, x->c, x->h * x->w, nd->a0, nd->f0);
+            break;
+        case OP_GNSILU:
+            be->gnsilu_backward(x->g, gradof(nd->in1), nd->dw, nd->db, y->g, x->v,
+                                nd->in1 ? nd->in1->v : NULL, nd->w, nd->s2, nd->s0, nd->s1,
+                                x->n, x->c, x->h * x->w, nd->a0);
             break;
         case OP_SILU:
             be->silu_backward(x->g, y->g, x->v, x->numel);
