@@ -269,6 +269,10 @@ static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B
     gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
 }
 #else
+static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < Cn; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+}
 static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     int acc, float *C, int ldc) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
@@ -1120,9 +1124,11 @@ static int wg_rows_per_block(const wg_geom *g) {
     }
 
 /* The input transforms of a whole batch, kept from the forward for the
- * weight gradient (conv2d_forward_keep): every block's V[36][C][T], block
- * after block, i.e. the block starting at tile row r0 at floats
- * 36*C*r0*ntx (wg_keep_at). */
+ * weight gradient (conv2d_forward_keep): every block's V transposed,
+ * Vt[36][T][C] (the weight gradient's product wants it so: transposed
+ * here while V is still in L2 instead of read back cold and transposed
+ * there), block after block, i.e. the block starting at tile row r0 at
+ * floats 36*C*r0*ntx (wg_keep_at). */
 static size_t wg_keep_floats(const wg_geom *g) {
     return 36 * (size_t)g->C * g->N * g->nty * g->ntx;
 }
@@ -1139,22 +1145,24 @@ static void wg_conv(float *y, float *keep, const float *x, const float *U, const
     const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
-    const size_t vsz = keep ? 0 : 36 * (size_t)C * tb;
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        float *Vs = scratch(vsz + 36 * (size_t)OC * tb + wg_rb_floats(&gi, rpb));
-        float *M = Vs + vsz, *rb = M + 36 * (size_t)OC * tb;
+        float *V = scratch(36 * (size_t)(C + OC) * tb + wg_rb_floats(&gi, rpb));
+        float *M = V + 36 * (size_t)C * tb, *rb = M + 36 * (size_t)OC * tb;
 #pragma omp for schedule(static)
         for (int bk = 0; bk < nblk; bk++) {
             const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
             const int T = (r1 - r0) * gi.ntx;
-            float *V = keep ? wg_keep_at(keep, &gi, r0) : Vs;
             WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
                     wg_in(V, T, t0, x + n * in_sz, &gi, ty0, ty1, rb));
-            for (int xi = 0; xi < 36; xi++)
+            for (int xi = 0; xi < 36; xi++) {
                 gemm_nn(OC, T, C, U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0,
                         M + (size_t)xi * OC * T, T);
+                if (keep)
+                    transpose(wg_keep_at(keep, &gi, r0) + (size_t)xi * T * C, C,
+                              V + (size_t)xi * C * T, T, C, T);
+            }
             WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                     wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
         }
@@ -1223,15 +1231,14 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
                             wg_in(Vs, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
                 WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                         wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
-                /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T */
+                /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T (kept: Vt[xi][T,C]) */
                 for (int xi = 0; xi < 36; xi++) {
-                    if (keep && xi + 1 < 36) { /* kept V comes from L3 or memory */
-                        const char *nx = (const char *)(V + (size_t)(xi + 1) * C * T);
-                        for (size_t o = 0; o < sizeof(float) * C * T; o += 64)
-                            __builtin_prefetch(nx + o, 0, 2);
-                    }
-                    gemm_nt(OC, C, T, Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T,
-                               bk > b0, dU + (size_t)xi * OC * C, C, vt);
+                    float *du = dU + (size_t)xi * OC * C;
+                    const float *mh = Mh + (size_t)xi * OC * T;
+                    if (keep)
+                        gemm_nn(OC, C, T, mh, T, V + (size_t)xi * T * C, C, bk > b0, du, C);
+                    else
+                        gemm_nt(OC, C, T, mh, T, V + (size_t)xi * C * T, T, bk > b0, du, C, vt);
                 }
             }
         }
