@@ -187,8 +187,10 @@ static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B
 
 /* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
  * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
- * 128-bit lane shuffles). */
-static inline void tr16(float *dst, int ldd, const float *src, int lds) {
+ * 128-bit lane shuffles); stream: non-temporal stores (dst 64-aligned,
+ * ldd a multiple of 16). */
+static inline __attribute__((always_inline)) void tr16_st(float *dst, int ldd, const float *src,
+                                                          int lds, int stream) {
     __m512 r[16], t[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
     for (int i = 0; i < 16; i += 2) {
@@ -208,10 +210,12 @@ static inline void tr16(float *dst, int ldd, const float *src, int lds) {
         const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
         const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
         const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-        _mm512_storeu_ps(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        _mm512_storeu_ps(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
-        _mm512_storeu_ps(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        _mm512_storeu_ps(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
+#define TR_ST(p, v) (stream ? _mm512_stream_ps((p), (v)) : _mm512_storeu_ps((p), (v)))
+        TR_ST(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        TR_ST(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
+        TR_ST(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        TR_ST(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
+#undef TR_ST
     }
 }
 
@@ -248,16 +252,31 @@ static inline void tr16x9(float *dst, int ldd, const float *src, int lds, int re
 }
 
 /* dst[c][r] = src[r][c] for r < R, c < Cn (dst: [Cn, ldd]): 16x16 blocks
- * in registers, scalar edges. */
-static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+ * in registers, scalar edges. transpose_out: for a dst that is not read
+ * again soon (the kept Winograd transforms): where dst and ldd keep every
+ * 16-float row on its own cache line, non-temporal stores (no read of
+ * the lines they overwrite). */
+static void transpose_st(float *dst, int ldd, const float *src, int lds, int R, int Cn,
+                         int stream) {
     const int R16 = R & ~15, C16 = Cn & ~15;
     for (int r = 0; r < R16; r += 16)
         for (int c = 0; c < C16; c += 16)
-            tr16(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds);
+            if (stream)
+                tr16_st(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds, 1);
+            else
+                tr16_st(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds, 0);
     for (int r = 0; r < R; r++) {
         const int c0 = r < R16 ? C16 : 0;
         for (int c = c0; c < Cn; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
     }
+}
+static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    transpose_st(dst, ldd, src, lds, R, Cn, 0);
+}
+static void transpose_out(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    transpose_st(dst, ldd, src, lds, R, Cn,
+                 ((uintptr_t)dst & 63) == 0 && ldd % 16 == 0);
+    _mm_sfence();
 }
 
 /* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the Winograd weight
@@ -273,6 +292,7 @@ static void transpose(float *dst, int ldd, const float *src, int lds, int R, int
     for (int r = 0; r < R; r++)
         for (int c = 0; c < Cn; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }
+#define transpose_out transpose
 static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     int acc, float *C, int ldc) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
@@ -1160,8 +1180,8 @@ static void wg_conv(float *y, float *keep, const float *x, const float *U, const
                 gemm_nn(OC, T, C, U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0,
                         M + (size_t)xi * OC * T, T);
                 if (keep)
-                    transpose(wg_keep_at(keep, &gi, r0) + (size_t)xi * T * C, C,
-                              V + (size_t)xi * C * T, T, C, T);
+                    transpose_out(wg_keep_at(keep, &gi, r0) + (size_t)xi * T * C, C,
+                                  V + (size_t)xi * C * T, T, C, T);
             }
             WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                     wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
