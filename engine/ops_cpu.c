@@ -298,11 +298,12 @@ static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
                 acc ? 1.0f : 0.0f, C, ldc);
 }
+/* as with AVX-512, B transposed first: the product of the kept transposed
+ * Winograd transforms (wg_backward) is then the same sum, bit for bit */
 static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     int acc, float *C, int ldc, float *bt) {
-    (void)bt;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb,
-                acc ? 1.0f : 0.0f, C, ldc);
+    transpose(bt, N, B, ldb, N, K);
+    gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
 }
 #endif
 
