@@ -14,6 +14,9 @@
  * a gradient buffer is reused once its tensor's producer has consumed it.
  * Parameter gradients accumulate into the caller's buffers across calls
  * until the caller zeroes them (gradient accumulation over timesteps).
+ * A conv recorded with a weight gradient may keep its input transforms
+ * (backend conv2d_keep_floats: Winograd on the CPU, 2.25x its input) for
+ * the backward, up to 512 MB per forward (TAPE_KEEP_MAX in tape.c).
  *
  *   d3_tape *tp = tape_new(backend_cpu());
  *   tape_reset(tp);
