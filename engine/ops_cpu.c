@@ -185,14 +185,10 @@ static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B
     }
 }
 
-/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
- * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
- * 128-bit lane shuffles); stream: non-temporal stores (dst 64-aligned,
- * ldd a multiple of 16). */
-static inline __attribute__((always_inline)) void tr16_st(float *dst, int ldd, const float *src,
-                                                          int lds, int stream) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+/* o[c] lane r = r[r] lane c: the classic three-stage 16x16 transpose in
+ * registers (unpack ps, unpack pd, two 128-bit lane shuffles). */
+static inline __attribute__((always_inline)) void tr16_regs(__m512 o[16], __m512 r[16]) {
+    __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);     /* lane L: r_i[4L], r_i+1[4L], [4L+1].. */
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]); /* lane L: [4L+2], [4L+3] */
@@ -210,45 +206,35 @@ static inline __attribute__((always_inline)) void tr16_st(float *dst, int ldd, c
         const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
         const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
         const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-#define TR_ST(p, v) (stream ? _mm512_stream_ps((p), (v)) : _mm512_storeu_ps((p), (v)))
-        TR_ST(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        TR_ST(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
-        TR_ST(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        TR_ST(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
-#undef TR_ST
+        o[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        o[8 + j] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+        o[4 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        o[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+    }
+}
+
+/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats); stream:
+ * non-temporal stores (dst 64-aligned, ldd a multiple of 16). */
+static inline __attribute__((always_inline)) void tr16_st(float *dst, int ldd, const float *src,
+                                                          int lds, int stream) {
+    __m512 r[16], o[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+    tr16_regs(o, r);
+    for (int q = 0; q < 16; q++) {
+        if (stream) _mm512_stream_ps(dst + (size_t)q * ldd, o[q]);
+        else _mm512_storeu_ps(dst + (size_t)q * ldd, o[q]);
     }
 }
 
 /* dst[rev ? 8 - c : c][r] = src[r][c] for r < 16, c < 9: sixteen 3x3
  * kernels (rows of 9 taps at stride lds) to tap-major rows (the weight
- * transform's relayout; rev: the 180-degree rotated kernel). tr16 with
- * masked loads, only the 9 tap rows stored. */
+ * transform's relayout; rev: the 180-degree rotated kernel): masked
+ * loads, only the 9 tap rows stored. */
 static inline void tr16x9(float *dst, int ldd, const float *src, int lds, int rev) {
-    __m512 r[16], t[16];
+    __m512 r[16], o[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps(0x1ff, src + (size_t)i * lds);
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 2]);
-        const __m512d c = _mm512_castps_pd(t[i + 1]), d = _mm512_castps_pd(t[i + 3]);
-        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
-        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
-    }
-#define TR9_ST(q, v) _mm512_storeu_ps(dst + (size_t)(rev ? 8 - (q) : (q)) * ldd, (v))
-    for (int j = 0; j < 4; j++) {
-        const __m512 v0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-        const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
-        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-        TR9_ST(j, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        if (j == 0) TR9_ST(8, _mm512_shuffle_f32x4(v0, v2, 0xdd));
-        TR9_ST(4 + j, _mm512_shuffle_f32x4(v1, v3, 0x88));
-    }
-#undef TR9_ST
+    tr16_regs(o, r);
+    for (int q = 0; q < 9; q++) _mm512_storeu_ps(dst + (size_t)(rev ? 8 - q : q) * ldd, o[q]);
 }
 
 /* dst[c][r] = src[r][c] for r < R, c < Cn (dst: [Cn, ldd]): 16x16 blocks
@@ -1559,6 +1545,18 @@ static inline float silu_sig(float x) {
 
 /* -------------------------------------------------------------- groupnorm */
 
+/* hs[cc][i] = x[cc][i] + e[cc] for one group's CG channels of HW values
+ * (addbc_forward's sums); returns hs. */
+static const float *gn_group_h(float *hs, const float *x, const float *e, int CG, int HW) {
+    for (int cc = 0; cc < CG; cc++) {
+        const float v = e[cc];
+        const float *xc = x + (size_t)cc * HW;
+        float *hc = hs + (size_t)cc * HW;
+        for (int i = 0; i < HW; i++) hc[i] = xc[i] + v;
+    }
+    return hs;
+}
+
 /* The group norm of h = x + e[n,c] (e may be NULL: h = x), then SiLU when
  * act: groupnorm_forward and gnsilu_forward. With e, each group's h is
  * formed in a per-thread buffer first, so every sum runs over the same
@@ -1583,15 +1581,7 @@ static void gn_forward(float *out, float *mean, float *rstd, float *coef, const 
             for (int g = 0; g < G; g++) {
                 const float *x = inp + ((size_t)n * C + (size_t)g * CG) * HW;
                 float *y = out + ((size_t)n * C + (size_t)g * CG) * HW;
-                if (e) {
-                    for (int cc = 0; cc < CG; cc++) {
-                        const float v = e[(size_t)n * C + g * CG + cc];
-                        const float *xc = x + (size_t)cc * HW;
-                        float *hc = hs + (size_t)cc * HW;
-                        for (int i = 0; i < HW; i++) hc[i] = xc[i] + v;
-                    }
-                    x = hs;
-                }
+                if (e) x = gn_group_h(hs, x, e + (size_t)n * C + (size_t)g * CG, CG, HW);
                 /* two passes in double: mean, then centred variance */
                 double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
@@ -1672,15 +1662,7 @@ static void gn_backward(float *dinp, float *de, float *dw, float *db, const floa
                 const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
                 const float *x = inp + off, *d = dout + off;
                 const float mu = mean[n * G + g], rs = rstd[n * G + g];
-                if (e) {
-                    for (int cc = 0; cc < CG; cc++) {
-                        const float v = e[(size_t)n * C + g * CG + cc];
-                        const float *xc = x + (size_t)cc * HW;
-                        float *hc = hs + (size_t)cc * HW;
-                        for (int i = 0; i < HW; i++) hc[i] = xc[i] + v;
-                    }
-                    x = hs;
-                }
+                if (e) x = gn_group_h(hs, x, e + (size_t)n * C + (size_t)g * CG, CG, HW);
                 if (coef) {
                     /* d/dy y*s(y) = s * (1 + y*(1 - s)) */
                     for (int cc = 0; cc < CG; cc++) {
