@@ -14,7 +14,7 @@
 
 /* Bumped whenever the table changes: a CUDA backend built from another
  * tree is refused instead of called through a mismatched table. */
-#define D3_BACKEND_ABI 4
+#define D3_BACKEND_ABI 5
 
 typedef struct d3_backend {
     int abi;          /* D3_BACKEND_ABI */
@@ -107,6 +107,26 @@ typedef struct d3_backend {
                          int N, int K);
     void (*xent_backward)(float *dlogits, float dloss, const float *probs, const int *labels,
                           int N, int K);
+
+    /* fused group norm + SiLU (ABI 5), see ops.h */
+    void (*gnsilu_forward)(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                           const float *e, const float *w, const float *b, int N, int C, int HW,
+                           int G, float eps);
+    void (*gnsilu_backward)(float *dinp, float *de, float *dw, float *db, const float *dout,
+                            const float *inp, const float *e, const float *w, const float *coef,
+                            const float *mean, const float *rstd, int N, int C, int HW, int G);
+
+    /* optional (ABI 5): a conv that keeps its input transforms for the
+     * backward (ops.h, conv2d_keep_floats); NULL where a backend has none
+     * (CUDA: cuDNN picks its own algorithms), and the tape then calls the
+     * plain conv2d pair. */
+    size_t (*conv2d_keep_floats)(int N, int C, int H, int W, int OC, int K, int stride, int pad);
+    void (*conv2d_forward_keep)(float *out, float *keep, const float *inp, const float *w,
+                                const float *b, int N, int C, int H, int W, int OC, int K,
+                                int stride, int pad);
+    void (*conv2d_backward_keep)(float *dinp, float *dw, float *db, const float *dout,
+                                 const float *inp, const float *keep, const float *w, int N,
+                                 int C, int H, int W, int OC, int K, int stride, int pad);
 } d3_backend;
 
 /* The CPU backend (always available). */

@@ -36,6 +36,24 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
                      const float *inp, const float *w,
                      int N, int C, int H, int W, int OC, int K, int stride, int pad);
 
+/* The same conv, keeping what the backward would compute again: a
+ * Winograd 3x3 conv (stride 1, pad 1, >= 16 channels in and out, see
+ * ops_cpu.c) keeps its input transforms for the weight gradient, 2.25x
+ * the input's floats (36 per 4x4 tile and channel), instead of
+ * transforming the input a second time. conv2d_keep_floats: the floats
+ * keep needs, 0 when this conv keeps nothing (then call the plain pair).
+ * conv2d_forward_keep fills keep as it computes out (out is bit-identical
+ * to conv2d_forward's); conv2d_backward_keep reads it (inp is still read
+ * for nothing else but must be the forward's input; the results are
+ * bit-identical to conv2d_backward's). */
+size_t conv2d_keep_floats(int N, int C, int H, int W, int OC, int K, int stride, int pad);
+void conv2d_forward_keep(float *out, float *keep, const float *inp, const float *w,
+                         const float *b, int N, int C, int H, int W, int OC, int K, int stride,
+                         int pad);
+void conv2d_backward_keep(float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *keep, const float *w,
+                          int N, int C, int H, int W, int OC, int K, int stride, int pad);
+
 /* linear: out[N,OUT] = inp[N,IN] @ w[OUT,IN]^T + b[OUT] (b may be NULL). */
 void linear_forward(float *out, const float *inp, const float *w, const float *b,
                     int N, int IN, int OUT);
@@ -65,6 +83,21 @@ static inline double ops_eps_double(float eps) {
 void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
                         const float *rstd, int N, int C, int HW, int G, float eps);
+
+/* group norm then SiLU, with an optional per-(n,c) vector added first (a
+ * residual block's time embedding; e may be NULL):
+ *   h = x + e[n,c],  y = groupnorm(h; w, b, G, eps),  out = silu(y),
+ * one pass over the data instead of three ops, and no y or h kept: the
+ * backward forms them again from inp, e, mean, rstd and coef, the
+ * per-(n,c) scale and shift the forward applied ([2][N][C]: y = h *
+ * coef[0][n][c] + coef[1][n][c]). The CPU op gives the same floats as
+ * addbc, groupnorm and silu in a row, forward and backward. */
+void gnsilu_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                    const float *e, const float *w, const float *b, int N, int C, int HW, int G,
+                    float eps);
+void gnsilu_backward(float *dinp, float *de, float *dw, float *db, const float *dout,
+                     const float *inp, const float *e, const float *w, const float *coef,
+                     const float *mean, const float *rstd, int N, int C, int HW, int G);
 
 /* silu: out = x * sigmoid(x), elementwise over n values. */
 void silu_forward(float *out, const float *inp, size_t n);

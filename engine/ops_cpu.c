@@ -185,12 +185,10 @@ static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B
     }
 }
 
-/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats): the classic
- * three-stage 16x16 transpose in registers (unpack ps, unpack pd, two
- * 128-bit lane shuffles). */
-static inline void tr16(float *dst, int ldd, const float *src, int lds) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+/* o[c] lane r = r[r] lane c: the classic three-stage 16x16 transpose in
+ * registers (unpack ps, unpack pd, two 128-bit lane shuffles). */
+static inline __attribute__((always_inline)) void tr16_regs(__m512 o[16], __m512 r[16]) {
+    __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);     /* lane L: r_i[4L], r_i+1[4L], [4L+1].. */
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]); /* lane L: [4L+2], [4L+3] */
@@ -208,24 +206,63 @@ static inline void tr16(float *dst, int ldd, const float *src, int lds) {
         const __m512 v1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xdd);
         const __m512 v2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
         const __m512 v3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xdd);
-        _mm512_storeu_ps(dst + (size_t)j * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        _mm512_storeu_ps(dst + (size_t)(8 + j) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xdd));
-        _mm512_storeu_ps(dst + (size_t)(4 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        _mm512_storeu_ps(dst + (size_t)(12 + j) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xdd));
+        o[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        o[8 + j] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+        o[4 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        o[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
     }
 }
 
+/* dst[c][r] = src[r][c] for r < 16, c < 16 (ld in floats); stream:
+ * non-temporal stores (dst 64-aligned, ldd a multiple of 16). */
+static inline __attribute__((always_inline)) void tr16_st(float *dst, int ldd, const float *src,
+                                                          int lds, int stream) {
+    __m512 r[16], o[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+    tr16_regs(o, r);
+    for (int q = 0; q < 16; q++) {
+        if (stream) _mm512_stream_ps(dst + (size_t)q * ldd, o[q]);
+        else _mm512_storeu_ps(dst + (size_t)q * ldd, o[q]);
+    }
+}
+
+/* dst[rev ? 8 - c : c][r] = src[r][c] for r < 16, c < 9: sixteen 3x3
+ * kernels (rows of 9 taps at stride lds) to tap-major rows (the weight
+ * transform's relayout; rev: the 180-degree rotated kernel): masked
+ * loads, only the 9 tap rows stored. */
+static inline void tr16x9(float *dst, int ldd, const float *src, int lds, int rev) {
+    __m512 r[16], o[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps(0x1ff, src + (size_t)i * lds);
+    tr16_regs(o, r);
+    for (int q = 0; q < 9; q++) _mm512_storeu_ps(dst + (size_t)(rev ? 8 - q : q) * ldd, o[q]);
+}
+
 /* dst[c][r] = src[r][c] for r < R, c < Cn (dst: [Cn, ldd]): 16x16 blocks
- * in registers, scalar edges. */
-static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+ * in registers, scalar edges. transpose_out: for a dst that is not read
+ * again soon (the kept Winograd transforms): where dst and ldd keep every
+ * 16-float row on its own cache line, non-temporal stores (no read of
+ * the lines they overwrite). */
+static void transpose_st(float *dst, int ldd, const float *src, int lds, int R, int Cn,
+                         int stream) {
     const int R16 = R & ~15, C16 = Cn & ~15;
     for (int r = 0; r < R16; r += 16)
         for (int c = 0; c < C16; c += 16)
-            tr16(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds);
+            if (stream)
+                tr16_st(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds, 1);
+            else
+                tr16_st(dst + (size_t)c * ldd + r, ldd, src + (size_t)r * lds + c, lds, 0);
     for (int r = 0; r < R; r++) {
         const int c0 = r < R16 ? C16 : 0;
         for (int c = c0; c < Cn; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
     }
+}
+static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    transpose_st(dst, ldd, src, lds, R, Cn, 0);
+}
+static void transpose_out(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    transpose_st(dst, ldd, src, lds, R, Cn,
+                 ((uintptr_t)dst & 63) == 0 && ldd % 16 == 0);
+    _mm_sfence();
 }
 
 /* C[M,N] (=, or += when acc) A[M,K] @ B[N,K]^T (the Winograd weight
@@ -237,16 +274,22 @@ static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B
     gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
 }
 #else
+static void transpose(float *dst, int ldd, const float *src, int lds, int R, int Cn) {
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < Cn; c++) dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
+}
+#define transpose_out transpose
 static void gemm_nn(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     int acc, float *C, int ldc) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
                 acc ? 1.0f : 0.0f, C, ldc);
 }
+/* as with AVX-512, B transposed first: the product of the kept transposed
+ * Winograd transforms (wg_backward) is then the same sum, bit for bit */
 static void gemm_nt(int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                     int acc, float *C, int ldc, float *bt) {
-    (void)bt;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, lda, B, ldb,
-                acc ? 1.0f : 0.0f, C, ldc);
+    transpose(bt, N, B, ldb, N, K);
+    gemm_nn(M, N, K, A, lda, bt, N, acc, C, ldc);
 }
 #endif
 
@@ -770,16 +813,27 @@ static float *wg_weights(const float *w, int OC, int C, int flip, int nt) {
         const int k0 = ch * WG_WCHUNK, k1 = k0 + WG_WCHUNK < K ? k0 + WG_WCHUNK : K, n = k1 - k0;
         /* k in U's layout, k = o*inner + in: [OC][C], flip [C][OC] */
         const int inner = flip ? OC : C;
-        for (int k = k0, o = k0 / inner, in = k0 % inner; k < k1; k++) {
-            const float *g = w + (flip ? (size_t)in * C + o : (size_t)o * C + in) * 9;
-            if (flip)
-                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[8 - i];
-            else
-                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[i];
-            if (++in == inner) {
-                in = 0;
-                o++;
+        for (int k = k0, o = k0 / inner, in = k0 % inner; k < k1;) {
+            int step = 1;
+#if defined(__AVX512F__)
+            /* 16 kernels at a time by a register transpose (the scalar
+             * copy was ~70% of the transform on Zen 4: 9 single-float
+             * stores per kernel); flipped, 16 consecutive in at stride 9C */
+            if (k + 16 <= k1 && (!flip || in + 16 <= inner)) {
+                if (flip) tr16x9(wt + k, K, w + ((size_t)in * C + o) * 9, 9 * C, 1);
+                else tr16x9(wt + k, K, w + (size_t)k * 9, 9, 0);
+                step = 16;
+            } else
+#endif
+            {
+                const float *g = w + (flip ? (size_t)in * C + o : (size_t)o * C + in) * 9;
+                if (flip)
+                    for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[8 - i];
+                else
+                    for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[i];
             }
+            k += step;
+            for (in += step; in >= inner; in -= inner) o++;
         }
         for (int s = 0; s < 3; s++) /* T[.][s] = G wt[:, s] */
             wg_g_rows(T + (size_t)s * K + k0, 3 * (size_t)K, wt + (size_t)s * K + k0,
@@ -1076,10 +1130,24 @@ static int wg_rows_per_block(const wg_geom *g) {
         rr_ += ty1 - ty0;                                                    \
     }
 
+/* The input transforms of a whole batch, kept from the forward for the
+ * weight gradient (conv2d_forward_keep): every block's V transposed,
+ * Vt[36][T][C] (the weight gradient's product wants it so: transposed
+ * here while V is still in L2 instead of read back cold and transposed
+ * there), block after block, i.e. the block starting at tile row r0 at
+ * floats 36*C*r0*ntx (wg_keep_at). */
+static size_t wg_keep_floats(const wg_geom *g) {
+    return 36 * (size_t)g->C * g->N * g->nty * g->ntx;
+}
+static float *wg_keep_at(float *keep, const wg_geom *g, int r0) {
+    return keep + 36 * (size_t)g->C * r0 * g->ntx;
+}
+
 /* y[N,OC,H,W] (=, or += when acc) the "same" 3x3 correlation of x[N,C,H,W]
- * with the transformed kernel U[36][OC][C] (+ bias). */
-static void wg_conv(float *y, const float *x, const float *U, const float *bias, int acc,
-                    int N, int C, int H, int W, int OC, int nt) {
+ * with the transformed kernel U[36][OC][C] (+ bias). keep: NULL, or where
+ * the input transforms go (wg_keep_floats) instead of per-thread scratch. */
+static void wg_conv(float *y, float *keep, const float *x, const float *U, const float *bias,
+                    int acc, int N, int C, int H, int W, int OC, int nt) {
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
     const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
@@ -1095,23 +1163,30 @@ static void wg_conv(float *y, const float *x, const float *U, const float *bias,
             const int T = (r1 - r0) * gi.ntx;
             WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
                     wg_in(V, T, t0, x + n * in_sz, &gi, ty0, ty1, rb));
-            for (int xi = 0; xi < 36; xi++)
+            for (int xi = 0; xi < 36; xi++) {
                 gemm_nn(OC, T, C, U + (size_t)xi * OC * C, C, V + (size_t)xi * C * T, T, 0,
                         M + (size_t)xi * OC * T, T);
+                if (keep)
+                    transpose_out(wg_keep_at(keep, &gi, r0) + (size_t)xi * T * C, C,
+                                  V + (size_t)xi * C * T, T, C, T);
+            }
             WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                     wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
         }
     }
 }
 
-static void wg_forward(float *out, const float *inp, const float *w, const float *b, int N, int C,
-                       int H, int W, int OC, int nt) {
+static void wg_forward(float *out, float *keep, const float *inp, const float *w, const float *b,
+                       int N, int C, int H, int W, int OC, int nt) {
     const float *U = wg_weights(w, OC, C, 0, nt);
-    wg_conv(out, inp, U, b, 0, N, C, H, W, OC, nt);
+    wg_conv(out, keep, inp, U, b, 0, N, C, H, W, OC, nt);
 }
 
+/* keep: NULL, or the forward's input transforms (wg_conv), which the
+ * weight gradient then reads instead of transforming inp again. */
 static void wg_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                        const float *w, int N, int C, int H, int W, int OC, int nt) {
+                        const float *keep, const float *w, int N, int C, int H, int W, int OC,
+                        int nt) {
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
     if (db) {
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -1129,7 +1204,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
     if (dinp) { /* dx += dout (*) flipped w^T */
         const float *U = wg_weights(w, OC, C, 1, nt);
-        wg_conv(dinp, dout, U, NULL, 1, N, OC, H, W, C, nt);
+        wg_conv(dinp, NULL, dout, U, NULL, 1, N, OC, H, W, C, nt);
     }
     if (!dw) return;
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
@@ -1144,9 +1219,10 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        const size_t vsz = 36 * (size_t)(C + OC) * tb + (size_t)tb * C + wg_rb_floats(&gi, rpb);
-        float *V = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
-        float *Mh = V + 36 * (size_t)C * tb, *vt = Mh + 36 * (size_t)OC * tb;
+        const size_t vown = keep ? 0 : 36 * (size_t)C * tb;
+        const size_t vsz = vown + 36 * (size_t)OC * tb + (size_t)tb * C + wg_rb_floats(&gi, rpb);
+        float *Vs = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
+        float *Mh = Vs + vown, *vt = Mh + 36 * (size_t)OC * tb;
         float *rb = vt + (size_t)tb * C;
 #pragma omp for schedule(static)
         for (int gr = 0; gr < ngr; gr++) {
@@ -1156,14 +1232,21 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
             for (int bk = b0; bk < b1; bk++) {
                 const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
                 const int T = (r1 - r0) * gi.ntx;
-                WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
-                        wg_in(V, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
+                const float *V = keep ? wg_keep_at((float *)keep, &gi, r0) : Vs;
+                if (!keep)
+                    WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
+                            wg_in(Vs, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
                 WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
                         wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
-                /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T */
-                for (int xi = 0; xi < 36; xi++)
-                    gemm_nt(OC, C, T, Mh + (size_t)xi * OC * T, T, V + (size_t)xi * C * T, T,
-                               bk > b0, dU + (size_t)xi * OC * C, C, vt);
+                /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T (kept: Vt[xi][T,C]) */
+                for (int xi = 0; xi < 36; xi++) {
+                    float *du = dU + (size_t)xi * OC * C;
+                    const float *mh = Mh + (size_t)xi * OC * T;
+                    if (keep)
+                        gemm_nn(OC, C, T, mh, T, V + (size_t)xi * T * C, C, bk > b0, du, C);
+                    else
+                        gemm_nt(OC, C, T, mh, T, V + (size_t)xi * C * T, T, bk > b0, du, C, vt);
+                }
             }
         }
         /* (implicit barrier: every partial is complete) dw += G^T dU G,
@@ -1172,7 +1255,7 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
 #pragma omp for schedule(static)
         for (int ch = 0; ch < nch; ch++) {
             const int k0 = ch * WG_KCHUNK, k1 = k0 + WG_KCHUNK < K ? k0 + WG_KCHUNK : K;
-            wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, V);
+            wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, Vs);
         }
     }
 }
@@ -1209,8 +1292,16 @@ static void conv_fwd_img(float *out, const float *x, const float *w, const float
     }
 }
 
-void conv2d_forward(float *out, const float *inp, const float *w, const float *b,
-                    int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+size_t conv2d_keep_floats(int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
+    if (!conv_wino(&s)) return 0;
+    const wg_geom g = wg_make(N, C, H, W);
+    return wg_keep_floats(&g);
+}
+
+static void conv_forward(float *out, float *keep, const float *inp, const float *w,
+                         const float *b, int N, int C, int H, int W, int OC, int K, int stride,
+                         int pad) {
     // inp: [N,C,H,W]  w: [OC,C,K,K]  b: [OC]  out: [N,OC,OH,OW]
     const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * s.P;
@@ -1218,9 +1309,10 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     const double flops = 2.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     if (conv_wino(&s)) {
-        wg_forward(out, inp, w, b, N, C, H, W, OC, nt);
+        wg_forward(out, keep, inp, w, b, N, C, H, W, OC, nt);
         return;
     }
+    assert(!keep);
     const int coop = N < nt;
     const int impl = !coop && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -1307,9 +1399,20 @@ static void conv_bwd_img(float *dx, float *dwp, float *dbp, const float *dout,
     }
 }
 
-void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
-                     const float *inp, const float *w,
-                     int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+void conv2d_forward(float *out, const float *inp, const float *w, const float *b,
+                    int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_forward(out, NULL, inp, w, b, N, C, H, W, OC, K, stride, pad);
+}
+
+void conv2d_forward_keep(float *out, float *keep, const float *inp, const float *w,
+                         const float *b, int N, int C, int H, int W, int OC, int K, int stride,
+                         int pad) {
+    conv_forward(out, keep, inp, w, b, N, C, H, W, OC, K, stride, pad);
+}
+
+static void conv_backward(float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *keep, const float *w,
+                          int N, int C, int H, int W, int OC, int K, int stride, int pad) {
     // dout: [N,OC,OH,OW] -> dinp: [N,C,H,W], dw: [OC,C,K,K], db: [OC]
     if (!dinp && !dw && !db) return;
     const conv_shape s = conv_make(C, H, W, OC, K, stride, pad);
@@ -1319,9 +1422,10 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
     const double flops = 4.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     if (conv_wino(&s)) {
-        wg_backward(dinp, dw, db, dout, inp, w, N, C, H, W, OC, nt);
+        wg_backward(dinp, dw, db, dout, inp, keep, w, N, C, H, W, OC, nt);
         return;
     }
+    assert(!keep);
     const int coop = N < nt;
     const int impl = !coop && dinp && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -1377,6 +1481,18 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
     free(wk);
 }
 
+void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
+                     const float *inp, const float *w,
+                     int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_backward(dinp, dw, db, dout, inp, NULL, w, N, C, H, W, OC, K, stride, pad);
+}
+
+void conv2d_backward_keep(float *dinp, float *dw, float *db, const float *dout,
+                          const float *inp, const float *keep, const float *w,
+                          int N, int C, int H, int W, int OC, int K, int stride, int pad) {
+    conv_backward(dinp, dw, db, dout, inp, keep, w, N, C, H, W, OC, K, stride, pad);
+}
+
 /* ----------------------------------------------------------------- linear */
 
 void linear_forward(float *out, const float *inp, const float *w, const float *b,
@@ -1411,114 +1527,6 @@ void linear_backward(float *dinp, float *dw, float *db, const float *dout,
     }
 }
 
-/* -------------------------------------------------------------- groupnorm */
-
-void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *w, const float *b, int N, int C, int HW, int G,
-                       float eps) {
-    // inp, out: [N,C,HW]  w, b: [C]  mean, rstd: [N,G]
-    const double epsd = ops_eps_double(eps);
-    const int CG = C / G;
-    const size_t M = (size_t)CG * HW; /* elements per group */
-    assert(C % G == 0);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(par_threads((size_t)N * C * HW))
-    for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
-            const float *x = inp + ((size_t)n * C + (size_t)g * CG) * HW;
-            float *y = out + ((size_t)n * C + (size_t)g * CG) * HW;
-            /* two passes in double: mean, then centred variance */
-            double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-            for (size_t i = 0; i < M; i++) sum += x[i];
-            const double mu = sum / (double)M;
-            double ss = 0.0;
-#pragma omp simd reduction(+ : ss)
-            for (size_t i = 0; i < M; i++) {
-                double d = x[i] - mu;
-                ss += d * d;
-            }
-            const double rs = 1.0 / sqrt(ss / (double)M + epsd);
-            mean[n * G + g] = (float)mu;
-            rstd[n * G + g] = (float)rs;
-            for (int cc = 0; cc < CG; cc++) {
-                const int c = g * CG + cc;
-                /* y = (x - mu) * rs * w + b = x * a + bb */
-                const float a = (float)(rs * (w ? w[c] : 1.0f));
-                const float bb = (float)((b ? b[c] : 0.0f) - mu * rs * (w ? w[c] : 1.0f));
-                const float *xc = x + (size_t)cc * HW;
-                float *yc = y + (size_t)cc * HW;
-                for (int i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
-            }
-        }
-}
-
-void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
-                        const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C, int HW, int G, float eps) {
-    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], dw, db: [C]  (eps is in rstd already)
-    if (!dinp && !dw && !db) return;
-    const int CG = C / G;
-    const size_t M = (size_t)CG * HW;
-    const int par = (size_t)N * C * HW > PAR_MIN;
-    /* One pass computes, per (n,c), a1 = sum_i dout and a2 = sum_i
-     * dout*(x-mu): db[c] = sum_n a1, dw[c] = sum_n rs*a2, and the group
-     * means the input gradient needs. ps: [2,N,C] (when dw || db). */
-    float *ps = (dw || db) ? malloc(sizeof(float) * 2 * (size_t)N * C) : NULL;
-    if ((dw || db) && !ps) abort(); /* out of memory: nothing sensible to do here */
-    /* dx = rs * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dout * w */
-#pragma omp parallel for collapse(2) schedule(static) num_threads(par ? ops_get_threads() : 1)
-    for (int n = 0; n < N; n++)
-        for (int g = 0; g < G; g++) {
-            const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
-            const float *x = inp + off, *d = dout + off;
-            const float mu = mean[n * G + g], rs = rstd[n * G + g];
-            double s1 = 0.0, s2 = 0.0;
-            for (int cc = 0; cc < CG; cc++) {
-                const int c = g * CG + cc;
-                const float wc = w ? w[c] : 1.0f;
-                const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
-                float a1 = 0.0f, a2 = 0.0f;
-#pragma omp simd reduction(+ : a1, a2)
-                for (int i = 0; i < HW; i++) {
-                    a1 += dc[i];
-                    a2 += dc[i] * (xc[i] - mu);
-                }
-                if (ps) {
-                    ps[(size_t)n * C + c] = a1;
-                    ps[(size_t)(N + n) * C + c] = a2;
-                }
-                s1 += (double)wc * a1;
-                s2 += (double)wc * a2 * rs;
-            }
-            if (!dinp) continue;
-            float *dx = dinp + off;
-            const float m1 = (float)(s1 / (double)M), m2 = (float)(s2 / (double)M);
-            for (int cc = 0; cc < CG; cc++) {
-                const float wc = w ? w[g * CG + cc] : 1.0f;
-                const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
-                float *dxc = dx + (size_t)cc * HW;
-                for (int i = 0; i < HW; i++) {
-                    const float xh = (xc[i] - mu) * rs;
-                    dxc[i] += rs * (dc[i] * wc - m1 - xh * m2);
-                }
-            }
-        }
-    if (ps) {
-        for (int c = 0; c < C; c++) {
-            double sb = 0.0, sw = 0.0;
-            for (int n = 0; n < N; n++) {
-                sb += ps[(size_t)n * C + c];
-                sw += (double)ps[(size_t)(N + n) * C + c] * rstd[n * G + c / CG];
-            }
-            if (dw) dw[c] += (float)sw;
-            if (db) db[c] += (float)sb;
-        }
-        free(ps);
-    }
-}
-
-/* ------------------------------------------------------------ elementwise */
-
 /* The logistic sigmoid for SiLU, from e = e^-|x| in (0, 1] (no
  * overflow): s = 1/(1+e) for x >= 0, e/(1+e) for x < 0. |x| is capped at
  * 80 so that neither e nor s is ever subnormal (subnormal operands cost
@@ -1534,6 +1542,221 @@ static inline float silu_sig(float x) {
     const float r = 1.0f / (1.0f + e);
     return x >= 0.0f ? r : e * r;
 }
+
+/* -------------------------------------------------------------- groupnorm */
+
+/* hs[cc][i] = x[cc][i] + e[cc] for one group's CG channels of HW values
+ * (addbc_forward's sums); returns hs. */
+static const float *gn_group_h(float *hs, const float *x, const float *e, int CG, int HW) {
+    for (int cc = 0; cc < CG; cc++) {
+        const float v = e[cc];
+        const float *xc = x + (size_t)cc * HW;
+        float *hc = hs + (size_t)cc * HW;
+        for (int i = 0; i < HW; i++) hc[i] = xc[i] + v;
+    }
+    return hs;
+}
+
+/* The group norm of h = x + e[n,c] (e may be NULL: h = x), then SiLU when
+ * act: groupnorm_forward and gnsilu_forward. With e, each group's h is
+ * formed in a per-thread buffer first, so every sum runs over the same
+ * floats in the same order as addbc_forward then groupnorm_forward, and
+ * y = h * a + bb and silu(y) are the same expressions as there and in
+ * silu_forward: the fused op is bit-identical to the three ops in a row.
+ * coef: NULL, or the per-(n,c) scale and shift applied, [2][N][C] (the
+ * fused backward recomputes y from them exactly). */
+static void gn_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                       const float *e, const float *w, const float *b, int N, int C, int HW,
+                       int G, float eps, int act) {
+    // inp, out: [N,C,HW]  e: [N,C]  w, b: [C]  mean, rstd: [N,G]
+    const double epsd = ops_eps_double(eps);
+    const int CG = C / G;
+    const size_t M = (size_t)CG * HW; /* elements per group */
+    assert(C % G == 0);
+#pragma omp parallel num_threads(par_threads((size_t)N * C * HW))
+    {
+        float *hs = e ? scratch(M) : NULL;
+#pragma omp for collapse(2) schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int g = 0; g < G; g++) {
+                const float *x = inp + ((size_t)n * C + (size_t)g * CG) * HW;
+                float *y = out + ((size_t)n * C + (size_t)g * CG) * HW;
+                if (e) x = gn_group_h(hs, x, e + (size_t)n * C + (size_t)g * CG, CG, HW);
+                /* two passes in double: mean, then centred variance */
+                double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+                for (size_t i = 0; i < M; i++) sum += x[i];
+                const double mu = sum / (double)M;
+                double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+                for (size_t i = 0; i < M; i++) {
+                    double d = x[i] - mu;
+                    ss += d * d;
+                }
+                const double rs = 1.0 / sqrt(ss / (double)M + epsd);
+                mean[n * G + g] = (float)mu;
+                rstd[n * G + g] = (float)rs;
+                for (int cc = 0; cc < CG; cc++) {
+                    const int c = g * CG + cc;
+                    /* y = (x - mu) * rs * w + b = x * a + bb */
+                    const float a = (float)(rs * (w ? w[c] : 1.0f));
+                    const float bb = (float)((b ? b[c] : 0.0f) - mu * rs * (w ? w[c] : 1.0f));
+                    const float *xc = x + (size_t)cc * HW;
+                    float *yc = y + (size_t)cc * HW;
+                    if (coef) {
+                        coef[(size_t)n * C + c] = a;
+                        coef[(size_t)(N + n) * C + c] = bb;
+                    }
+                    if (act)
+                        for (int i = 0; i < HW; i++) {
+                            const float v = xc[i] * a + bb;
+                            yc[i] = v * silu_sig(v);
+                        }
+                    else
+                        for (int i = 0; i < HW; i++) yc[i] = xc[i] * a + bb;
+                }
+            }
+    }
+}
+
+void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *w, const float *b, int N, int C, int HW, int G,
+                       float eps) {
+    gn_forward(out, mean, rstd, NULL, inp, NULL, w, b, N, C, HW, G, eps, 0);
+}
+
+void gnsilu_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                    const float *e, const float *w, const float *b, int N, int C, int HW, int G,
+                    float eps) {
+    gn_forward(out, mean, rstd, coef, inp, e, w, b, N, C, HW, G, eps, 1);
+}
+
+/* The backward of gn_forward. act (coef given): dout is the gradient of
+ * silu(y), turned into y's (silu_backward's expression) per group in a
+ * per-thread buffer; with e, h = x + e is formed again and h's gradient
+ * goes to dinp and, summed over space, to de (addbc_backward's sums): the
+ * same floats in the same order as the three backwards in a row. */
+static void gn_backward(float *dinp, float *de, float *dw, float *db, const float *dout,
+                        const float *inp, const float *e, const float *w, const float *coef,
+                        const float *mean, const float *rstd, int N, int C, int HW, int G) {
+    // dout, inp: [N,C,HW] -> dinp: [N,C,HW], de: [N,C], dw, db: [C]  (eps is in rstd already)
+    if (!dinp && !de && !dw && !db) return;
+    assert(!de || e);
+    const int CG = C / G;
+    const size_t M = (size_t)CG * HW;
+    const int par = (size_t)N * C * HW > PAR_MIN;
+    /* One pass computes, per (n,c), a1 = sum_i dout and a2 = sum_i
+     * dout*(x-mu): db[c] = sum_n a1, dw[c] = sum_n rs*a2, and the group
+     * means the input gradient needs. ps: [2,N,C] (when dw || db). */
+    float *ps = (dw || db) ? malloc(sizeof(float) * 2 * (size_t)N * C) : NULL;
+    if ((dw || db) && !ps) abort(); /* out of memory: nothing sensible to do here */
+    const int need_dx = dinp || de;
+    /* dx = rs * (dxh - mean(dxh) - xhat * mean(dxh * xhat)), dxh = dout * w */
+#pragma omp parallel num_threads(par ? ops_get_threads() : 1)
+    {
+        float *hs = e || coef ? scratch((e ? 2 : 1) * M) : NULL;
+        float *dys = e ? hs + M : hs; /* y's gradient (act), then h's (e) */
+#pragma omp for collapse(2) schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int g = 0; g < G; g++) {
+                const size_t off = ((size_t)n * C + (size_t)g * CG) * HW;
+                const float *x = inp + off, *d = dout + off;
+                const float mu = mean[n * G + g], rs = rstd[n * G + g];
+                if (e) x = gn_group_h(hs, x, e + (size_t)n * C + (size_t)g * CG, CG, HW);
+                if (coef) {
+                    /* d/dy y*s(y) = s * (1 + y*(1 - s)) */
+                    for (int cc = 0; cc < CG; cc++) {
+                        const int c = g * CG + cc;
+                        const float a = coef[(size_t)n * C + c], bb = coef[(size_t)(N + n) * C + c];
+                        const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                        float *yc = dys + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) {
+                            const float v = xc[i] * a + bb;
+                            const float sg = silu_sig(v);
+                            yc[i] = dc[i] * (sg * (1.0f + v * (1.0f - sg)));
+                        }
+                    }
+                    d = dys;
+                }
+                double s1 = 0.0, s2 = 0.0;
+                for (int cc = 0; cc < CG; cc++) {
+                    const int c = g * CG + cc;
+                    const float wc = w ? w[c] : 1.0f;
+                    const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                    float a1 = 0.0f, a2 = 0.0f;
+#pragma omp simd reduction(+ : a1, a2)
+                    for (int i = 0; i < HW; i++) {
+                        a1 += dc[i];
+                        a2 += dc[i] * (xc[i] - mu);
+                    }
+                    if (ps) {
+                        ps[(size_t)n * C + c] = a1;
+                        ps[(size_t)(N + n) * C + c] = a2;
+                    }
+                    s1 += (double)wc * a1;
+                    s2 += (double)wc * a2 * rs;
+                }
+                if (!need_dx) continue;
+                const float m1 = (float)(s1 / (double)M), m2 = (float)(s2 / (double)M);
+                for (int cc = 0; cc < CG; cc++) {
+                    const int c = g * CG + cc;
+                    const float wc = w ? w[c] : 1.0f;
+                    const float *xc = x + (size_t)cc * HW, *dc = d + (size_t)cc * HW;
+                    if (!e) {
+                        float *dxc = dinp + off + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) {
+                            const float xh = (xc[i] - mu) * rs;
+                            dxc[i] += rs * (dc[i] * wc - m1 - xh * m2);
+                        }
+                        continue;
+                    }
+                    /* h's gradient in place of y's (each element read
+                     * before it is written), then to x and e */
+                    float *dh = dys + (size_t)cc * HW;
+                    for (int i = 0; i < HW; i++) {
+                        const float xh = (xc[i] - mu) * rs;
+                        dh[i] = rs * (dc[i] * wc - m1 - xh * m2);
+                    }
+                    if (dinp) {
+                        float *dxc = dinp + off + (size_t)cc * HW;
+                        for (int i = 0; i < HW; i++) dxc[i] += dh[i];
+                    }
+                    if (de) {
+                        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                        for (int i = 0; i < HW; i++) acc += dh[i];
+                        de[(size_t)n * C + c] += acc;
+                    }
+                }
+            }
+    }
+    if (ps) {
+        for (int c = 0; c < C; c++) {
+            double sb = 0.0, sw = 0.0;
+            for (int n = 0; n < N; n++) {
+                sb += ps[(size_t)n * C + c];
+                sw += (double)ps[(size_t)(N + n) * C + c] * rstd[n * G + c / CG];
+            }
+            if (dw) dw[c] += (float)sw;
+            if (db) db[c] += (float)sb;
+        }
+        free(ps);
+    }
+}
+
+void groupnorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                        const float *inp, const float *w, const float *mean,
+                        const float *rstd, int N, int C, int HW, int G, float eps) {
+    gn_backward(dinp, NULL, dw, db, dout, inp, NULL, w, NULL, mean, rstd, N, C, HW, G);
+}
+
+void gnsilu_backward(float *dinp, float *de, float *dw, float *db, const float *dout,
+                     const float *inp, const float *e, const float *w, const float *coef,
+                     const float *mean, const float *rstd, int N, int C, int HW, int G) {
+    gn_backward(dinp, de, dw, db, dout, inp, e, w, coef, mean, rstd, N, C, HW, G);
+}
+
+/* ------------------------------------------------------------ elementwise */
 
 void silu_forward(float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static) num_threads(par_threads(n))

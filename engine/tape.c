@@ -10,7 +10,7 @@
 
 enum op {
     OP_CONV2D, OP_LINEAR, OP_GROUPNORM, OP_SILU, OP_ADD, OP_ADDBC, OP_CONCAT,
-    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING,
+    OP_UPSAMPLE2X, OP_ATTENTION, OP_EMBEDDING, OP_GNSILU,
     /* transformer layers (SD family) */
     OP_DENSE, OP_LAYERNORM, OP_GELU, OP_QUICK_GELU, OP_GEGLU, OP_SCALE, OP_MHA,
     OP_TRANSPOSE, OP_COPY,
@@ -23,7 +23,8 @@ typedef struct {
     d3_tensor *in0, *in1, *in2, *out; /* in2: attention's v */
     const float *w, *b;
     float *dw, *db;
-    float *s0, *s1;  /* saved buffers: gn mean/rstd, attention probs */
+    float *s0, *s1, *s2; /* saved buffers: gn mean/rstd (/coef), attention
+                            probs, a conv's kept input transforms */
     const int *idx;  /* embedding indices (device) */
     int a0, a1, a2;  /* int arguments: OC/K/stride, G, D ... */
     int a3;
@@ -38,6 +39,7 @@ typedef struct block {
 struct d3_tape {
     const d3_backend *be;
     int grad_on;
+    size_t kept; /* bytes of kept conv transforms since tape_reset */
     block *blocks;
     int nblocks, cur;
     size_t total;
@@ -51,6 +53,11 @@ struct d3_tape {
 };
 
 #define ARENA_MIN (64u << 20)
+/* Kept conv input transforms (tape_conv2d) per forward, at most: they
+ * save ~1/3 of the Winograd input transforms of a training step at 2.25x
+ * each conv input's memory; a large model (SD's UNet with full gradients)
+ * keeps them for its first convs only instead of growing by GBs. */
+#define TAPE_KEEP_MAX ((size_t)512 << 20)
 
 d3_tape *tape_new(const d3_backend *be) {
     d3_tape *tp = calloc(1, sizeof *tp);
@@ -75,6 +82,7 @@ void tape_reset(d3_tape *tp) {
     for (int i = 0; i < tp->ntensors; i++) free(tp->tensors[i]);
     tp->ntensors = 0;
     tp->nnodes = 0;
+    tp->kept = 0;
     for (int i = 0; i < tp->nblocks; i++) tp->blocks[i].used = 0;
     tp->cur = 0;
 }
@@ -153,10 +161,25 @@ d3_tensor *tape_input(d3_tape *tp, int n, int c, int h, int w) {
 d3_tensor *tape_conv2d(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
                        float *dw, float *db, int OC, int K, int stride, int pad) {
     int OH = (x->h + 2 * pad - K) / stride + 1, OW = (x->w + 2 * pad - K) / stride + 1;
+    const d3_backend *be = tp->be;
     d3_tensor *y = new_tensor(tp, x->n, OC, OH, OW, 0);
-    tp->be->conv2d_forward(y->v, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride, pad);
+    /* where the backend can keep the forward's input transforms for the
+     * weight gradient (Winograd on the CPU), they go on the tape */
+    const size_t nkeep = tp->grad_on && dw && be->conv2d_keep_floats
+                             ? be->conv2d_keep_floats(x->n, x->c, x->h, x->w, OC, K, stride, pad)
+                             : 0;
+    float *keep = NULL;
+    if (nkeep && tp->kept + nkeep * sizeof(float) <= TAPE_KEEP_MAX) {
+        keep = arena_get(tp, nkeep * sizeof(float), 0);
+        tp->kept += nkeep * sizeof(float);
+    }
+    if (keep)
+        be->conv2d_forward_keep(y->v, keep, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride,
+                                pad);
+    else
+        be->conv2d_forward(y->v, x->v, w, b, x->n, x->c, x->h, x->w, OC, K, stride, pad);
     node *nd = push(tp, OP_CONV2D, x, NULL, y);
-    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->a0 = OC; nd->a1 = K; nd->a2 = stride; nd->a3 = pad; }
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = keep; nd->a0 = OC; nd->a1 = K; nd->a2 = stride; nd->a3 = pad; }
     return y;
 }
 
@@ -184,6 +207,21 @@ d3_tensor *tape_groupnorm_eps(d3_tape *tp, d3_tensor *x, const float *w, const f
 d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
                           float *dw, float *db, int G) {
     return tape_groupnorm_eps(tp, x, w, b, dw, db, G, 1e-5f);
+}
+
+d3_tensor *tape_groupnorm_silu(d3_tape *tp, d3_tensor *x, d3_tensor *e, const float *w,
+                               const float *b, float *dw, float *db, int G, float eps) {
+    assert(!e || (e->n == x->n && e->c == x->c && e->h * e->w == 1));
+    d3_tensor *y = new_tensor(tp, x->n, x->c, x->h, x->w, 0);
+    const size_t ng = (size_t)x->n * G, nc = (size_t)x->n * x->c;
+    float *mean = arena_get(tp, sizeof(float) * ng, 0);
+    float *rstd = arena_get(tp, sizeof(float) * ng, 0);
+    float *coef = arena_get(tp, sizeof(float) * 2 * nc, 0);
+    tp->be->gnsilu_forward(y->v, mean, rstd, coef, x->v, e ? e->v : NULL, w, b, x->n, x->c,
+                           x->h * x->w, G, eps);
+    node *nd = push(tp, OP_GNSILU, x, e, y);
+    if (nd) { nd->w = w; nd->b = b; nd->dw = dw; nd->db = db; nd->s0 = mean; nd->s1 = rstd; nd->s2 = coef; nd->a0 = G; }
+    return y;
 }
 
 d3_tensor *tape_silu(d3_tape *tp, d3_tensor *x) {
@@ -412,8 +450,12 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         grad_need(tp, nd->in2);
         switch (nd->op) {
         case OP_CONV2D:
-            be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
-                                x->w, nd->a0, nd->a1, nd->a2, nd->a3);
+            if (nd->s0)
+                be->conv2d_backward_keep(x->g, nd->dw, nd->db, y->g, x->v, nd->s0, nd->w, x->n,
+                                         x->c, x->h, x->w, nd->a0, nd->a1, nd->a2, nd->a3);
+            else
+                be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
+                                    x->w, nd->a0, nd->a1, nd->a2, nd->a3);
             break;
         case OP_LINEAR:
             be->linear_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, nd->a0, nd->a1);
@@ -421,6 +463,11 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         case OP_GROUPNORM:
             be->groupnorm_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, nd->s0, nd->s1,
                                    x->n, x->c, x->h * x->w, nd->a0, nd->f0);
+            break;
+        case OP_GNSILU:
+            be->gnsilu_backward(x->g, gradof(nd->in1), nd->dw, nd->db, y->g, x->v,
+                                nd->in1 ? nd->in1->v : NULL, nd->w, nd->s2, nd->s0, nd->s1,
+                                x->n, x->c, x->h * x->w, nd->a0);
             break;
         case OP_SILU:
             be->silu_backward(x->g, y->g, x->v, x->numel);

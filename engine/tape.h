@@ -14,6 +14,9 @@
  * a gradient buffer is reused once its tensor's producer has consumed it.
  * Parameter gradients accumulate into the caller's buffers across calls
  * until the caller zeroes them (gradient accumulation over timesteps).
+ * A conv recorded with a weight gradient may keep its input transforms
+ * (backend conv2d_keep_floats: Winograd on the CPU, 2.25x its input) for
+ * the backward, up to 512 MB per forward (TAPE_KEEP_MAX in tape.c).
  *
  *   d3_tape *tp = tape_new(backend_cpu());
  *   tape_reset(tp);
@@ -73,6 +76,11 @@ d3_tensor *tape_linear(d3_tape *tp, d3_tensor *x, const float *w, const float *b
 d3_tensor *tape_groupnorm(d3_tape *tp, d3_tensor *x, const float *w, const float *b,
                           float *dw, float *db, int G);
 d3_tensor *tape_silu(d3_tape *tp, d3_tensor *x);
+/* silu(groupnorm(x + e[:, :, None, None])) as one op (e: [n, c, 1, 1] or
+ * NULL), the same numbers as tape_addbc, tape_groupnorm_eps and tape_silu
+ * in a row on the CPU, without keeping the two intermediate maps. */
+d3_tensor *tape_groupnorm_silu(d3_tape *tp, d3_tensor *x, d3_tensor *e, const float *w,
+                               const float *b, float *dw, float *db, int G, float eps);
 d3_tensor *tape_add(d3_tape *tp, d3_tensor *a, d3_tensor *b);
 /* out = x + e[:, :, None, None], e: [n, c, 1, 1]. */
 d3_tensor *tape_addbc(d3_tape *tp, d3_tensor *x, d3_tensor *e);

@@ -308,12 +308,18 @@ static d3_tensor *norm(fctx *f, const char *name, d3_tensor *x) {
                           unet_gn_groups(x->c));
 }
 
+/* silu(norm(x + e)), e: [N, C, 1, 1] or NULL, as one op */
+static d3_tensor *norm_silu(fctx *f, const char *name, d3_tensor *x, d3_tensor *e) {
+    return tape_groupnorm_silu(f->tp, x, e, PW(f, name), PB(f, name), GW(f, name), GB(f, name),
+                               unet_gn_groups(x->c), 1e-5f);
+}
+
 static d3_tensor *resblock(fctx *f, d3_tensor *x, d3_tensor *eact, int oc) {
-    d3_tensor *h = conv(f, "conv1", tape_silu(f->tp, norm(f, "norm1", x)), oc, 3, 1);
+    d3_tensor *h = conv(f, "conv1", norm_silu(f, "norm1", x, NULL), oc, 3, 1);
     d3_tensor *e = tape_linear(f->tp, eact, PW(f, "emb_proj"), PB(f, "emb_proj"),
                                GW(f, "emb_proj"), GB(f, "emb_proj"), oc);
-    h = tape_addbc(f->tp, h, e);
-    h = conv(f, "conv2", tape_silu(f->tp, norm(f, "norm2", h)), oc, 3, 1);
+    /* h + e, norm2, silu */
+    h = conv(f, "conv2", norm_silu(f, "norm2", h, e), oc, 3, 1);
     d3_tensor *s = x->c != oc ? conv(f, "skip", x, oc, 1, 1) : x;
     return tape_add(f->tp, h, s);
 }
@@ -385,6 +391,6 @@ d3_tensor *unet_forward(d3_tape *tp, const unet_layout *L, const float *params, 
         }
     }
     f->prefix[0] = 0;
-    h = tape_silu(tp, norm(f, "norm_out", h));
+    h = norm_silu(f, "norm_out", h, NULL);
     return conv(f, "conv_out", h, 3, 3, 1);
 }

@@ -478,6 +478,78 @@ static void test_groupnorm(void) {
     gn_case_eps(2, 128, 1024, 32, 1e-6f); /* SD's VAE: eps 1e-6 */
 }
 
+/* ------------------------------------------------------ group norm + SiLU */
+
+/* gnsilu: the group norm of x + e then SiLU, saved statistics and coef;
+ * the backward gets the reference's statistics and coef on both sides.
+ * T_GN covers it: the norm's own error, SiLU with expf against fexp
+ * (2e-7 relative), and de's sums over HW <= 1024 (T_SUM < T_GN). */
+static void gs_case(int N, int C, int HW, int G_, int use_e) {
+    char what[96], w2[160];
+    snprintf(what, sizeof what, "gnsilu N%d C%d HW%d G%d%s", N, C, HW, G_, use_e ? " +e" : "");
+    const size_t nx = (size_t)N * C * HW, ns = (size_t)N * G_, nc = (size_t)N * C;
+    float *x = hrand(nx, 2), *e = use_e ? hrand(nc, 1) : NULL;
+    float *w = hrand(C, 0.5f), *b = hrand(C, 0.5f);
+    for (int i = 0; i < C; i++) w[i] += 1.0f;
+    float *out = halloc(nx), *mean = halloc(ns), *rstd = halloc(ns), *coef = halloc(2 * nc);
+    R->gnsilu_forward(out, mean, rstd, coef, x, e, w, b, N, C, HW, G_, 1e-5f);
+    float *dx = dnew(nx, x), *de = use_e ? dnew(nc, e) : NULL, *dw = dnew(C, w), *db = dnew(C, b);
+    float *dout = dnan(nx), *dmean = dnan(ns), *drstd = dnan(ns), *dcoef = dnan(2 * nc);
+    G->gnsilu_forward(dout, dmean, drstd, dcoef, dx, de, dw, db, N, C, HW, G_, 1e-5f);
+    snprintf(w2, sizeof w2, "%s fwd (out, mean, rstd, coef)", what);
+    double er = nerr(dget(dout, nx), out, nx);
+    er = fmax(er, nerr(dget(dmean, ns), mean, ns));
+    er = fmax(er, nerr(dget(drstd, ns), rstd, ns));
+    er = fmax(er, nerr(dget(dcoef, 2 * nc), coef, 2 * nc));
+    expect(w2, er, T_GN);
+
+    float *r = hrand(nx, 1), *dr = dnew(nx, r);
+    float *dm = dnew(ns, mean), *ds = dnew(ns, rstd), *dc = dnew(2 * nc, coef);
+    gpair gx = gp(nx), ge = gp(nc), gw = gp(C), gb = gp(C);
+    R->gnsilu_backward(gx.h, use_e ? ge.h : NULL, gw.h, gb.h, r, x, e, w, coef, mean, rstd, N, C,
+                       HW, G_);
+    G->gnsilu_backward(gx.d, use_e ? ge.d : NULL, gw.d, gb.d, dr, dx, de, dw, dc, dm, ds, N, C, HW,
+                       G_);
+    snprintf(w2, sizeof w2, "%s bwd (dx,%sdw,db) +=", what, use_e ? "de," : "");
+    er = fmax(gcmp(&gx), fmax(gcmp(&gw), gcmp(&gb)));
+    if (use_e) er = fmax(er, gcmp(&ge));
+    else CHECK(gpristine(&ge), "%s: de written although NULL", what);
+    expect(w2, er, T_GN);
+    {
+        gpair g = gp(nx);
+        R->gnsilu_backward(g.h, NULL, NULL, NULL, r, x, e, w, coef, mean, rstd, N, C, HW, G_);
+        G->gnsilu_backward(g.d, NULL, NULL, NULL, dr, dx, de, dw, dc, dm, ds, N, C, HW, G_);
+        snprintf(w2, sizeof w2, "%s bwd dx alone", what);
+        expect(w2, gcmp(&g), T_GN);
+    }
+    if (use_e) {
+        gpair g = gp(nc);
+        R->gnsilu_backward(NULL, g.h, NULL, NULL, r, x, e, w, coef, mean, rstd, N, C, HW, G_);
+        G->gnsilu_backward(NULL, g.d, NULL, NULL, dr, dx, de, dw, dc, dm, ds, N, C, HW, G_);
+        snprintf(w2, sizeof w2, "%s bwd de alone", what);
+        expect(w2, gcmp(&g), T_GN);
+    }
+    {
+        gpair g1 = gp(C), g2 = gp(C);
+        R->gnsilu_backward(NULL, NULL, g1.h, g2.h, r, x, e, w, coef, mean, rstd, N, C, HW, G_);
+        G->gnsilu_backward(NULL, NULL, g1.d, g2.d, dr, dx, de, dw, dc, dm, ds, N, C, HW, G_);
+        snprintf(w2, sizeof w2, "%s bwd dw,db alone", what);
+        expect(w2, fmax(gcmp(&g1), gcmp(&g2)), T_GN);
+    }
+    G->gnsilu_backward(NULL, NULL, NULL, NULL, dr, dx, de, dw, dc, dm, ds, N, C, HW, G_);
+    case_end();
+}
+
+static void test_gnsilu(void) {
+    rng_seed(33);
+    gs_case(4, 32, 1024, 32, 0); /* level 0 norm1 / norm_out */
+    gs_case(4, 32, 1024, 32, 1); /* level 0 norm2 (+ time embedding) */
+    gs_case(4, 64, 256, 32, 1);  /* level 1 norm2 */
+    gs_case(2, 96, 1024, 32, 0); /* up level 0 norm1 (96 channels) */
+    gs_case(3, 48, 49, 24, 1);   /* G < 32, odd HW */
+    gs_case(2, 12, 7, 1, 1);     /* one group */
+}
+
 /* ---------------------------------------------------------- elementwise */
 
 static void test_silu(void) {
@@ -1624,7 +1696,7 @@ int main(void) {
             ENTRY(quick_gelu_forward), ENTRY(quick_gelu_backward), ENTRY(geglu_forward),
             ENTRY(geglu_backward), ENTRY(mha_forward), ENTRY(mha_backward),
             ENTRY(transpose_forward), ENTRY(transpose_backward), ENTRY(scale_forward),
-            ENTRY(scale_backward)};
+            ENTRY(scale_backward), ENTRY(gnsilu_forward), ENTRY(gnsilu_backward)};
 #undef ENTRY
         int missing = 0;
         for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
@@ -1654,6 +1726,7 @@ int main(void) {
     RUN(test_conv2d);
     RUN(test_linear);
     RUN(test_groupnorm);
+    RUN(test_gnsilu);
     RUN(test_silu);
     RUN(test_add);
     RUN(test_addbc);

@@ -227,6 +227,31 @@ static void conv_case(int N, int C, int H, int W, int OC, int K, int s, int p, i
     cmpf("conv dx alone", dx1, dx, nx, 1e-5, 1e-5);
     cmpf("conv dw alone", dw1, dw, nw, 1e-5, 1e-5);
     if (use_b) cmpf("conv db alone", db1, db, OC, 1e-5, 1e-5);
+
+    /* the pair that keeps the forward's input transforms (Winograd convs
+     * only, else 0 floats): the same numbers bit for bit, a prefilled keep
+     * buffer fully overwritten (the backward reads nothing stale) */
+    const size_t nk = conv2d_keep_floats(N, C, H, W, OC, K, s, p);
+    const int wino = K == 3 && s == 1 && p == 1 && C >= 16 && OC >= 16 && H >= 4 && W >= 4;
+    CHECK((nk > 0) == wino, "%s: keep floats %zu", what, nk);
+    if (nk) {
+        CHECK(nk == 36 * (size_t)C * N * ((H + 3) / 4) * ((W + 3) / 4), "%s: keep floats %zu",
+              what, nk);
+        float *keep = talloc(nk), *out2 = talloc(no);
+        for (size_t i = 0; i < nk; i++) keep[i] = NAN;
+        conv_fwd(&c); /* (the finite differences left a perturbed output) */
+        conv2d_forward_keep(out2, keep, c.x, c.w, c.b, N, C, H, W, OC, K, s, p);
+        CHECK(memcmp(out2, c.out, no * sizeof(float)) == 0, "%s: forward_keep differs", what);
+        float *dx2 = talloc(nx), *dw2 = talloc(nw), *db2 = talloc(OC);
+        prefill(dx2, nx); prefill(dw2, nw); prefill(db2, OC);
+        prefill(dx, nx); prefill(dw, nw); prefill(db, OC);
+        conv2d_backward(dx, dw, use_b ? db : NULL, r, c.x, c.w, N, C, H, W, OC, K, s, p);
+        conv2d_backward_keep(dx2, dw2, use_b ? db2 : NULL, r, c.x, keep, c.w, N, C, H, W, OC,
+                             K, s, p);
+        CHECK(memcmp(dx2, dx, nx * sizeof(float)) == 0, "%s: backward_keep dx differs", what);
+        CHECK(memcmp(dw2, dw, nw * sizeof(float)) == 0, "%s: backward_keep dw differs", what);
+        CHECK(memcmp(db2, db, OC * sizeof(float)) == 0, "%s: backward_keep db differs", what);
+    }
 }
 
 static void test_conv2d(void) {
@@ -407,6 +432,95 @@ static void test_groupnorm(void) {
         cmpf("groupnorm db alone", db1, db, C, 1e-5, 1e-5);
     }
     printf("    groupnorm: max fwd err %.3g, max grad err %.3g\n", fe, ge);
+    tfree_all();
+}
+
+/* ------------------------------------------------ group norm + SiLU */
+
+typedef struct {
+    int N, C, HW, G;
+    float *x, *e, *w, *b, *out, *mean, *rstd, *coef;
+} gs_ctx;
+
+static void gs_fwd(void *v) {
+    gs_ctx *c = v;
+    gnsilu_forward(c->out, c->mean, c->rstd, c->coef, c->x, c->e, c->w, c->b, c->N, c->C, c->HW,
+                   c->G, 1e-5f);
+}
+
+/* The fused op against addbc, groupnorm and silu in a row (bit for bit:
+ * ops.h promises the same floats) and against finite differences. */
+static void test_gnsilu(void) {
+    rng_seed(31);
+    /* N, C, HW, G, with e; shapes with several channels per group and
+     * enough elements for the threaded loops (4*64*256) */
+    const int shapes[][5] = {{2, 6, 35, 3, 1}, {2, 6, 35, 3, 0}, {1, 8, 5, 4, 1},
+                             {3, 12, 16, 1, 1}, {4, 64, 256, 32, 1}, {4, 64, 256, 32, 0}};
+    double ge = 0;
+    for (int t = 0; t < 6; t++) {
+        const int N = shapes[t][0], C = shapes[t][1], HW = shapes[t][2], G = shapes[t][3];
+        const int use_e = shapes[t][4];
+        const size_t nx = (size_t)N * C * HW, nc = (size_t)N * C;
+        gs_ctx c = {N, C, HW, G, trand(nx, 1.5f), use_e ? trand(nc, 1) : NULL,
+                    trand(C, 0.5f), trand(C, 0.5f), talloc(nx), talloc((size_t)N * G),
+                    talloc((size_t)N * G), talloc(2 * nc)};
+        for (int i = 0; i < C; i++) c.w[i] += 1.0f;
+        gs_fwd(&c);
+        /* the three ops */
+        float *h = talloc(nx), *y = talloc(nx), *z = talloc(nx);
+        float *mean = talloc((size_t)N * G), *rstd = talloc((size_t)N * G);
+        if (use_e) addbc_forward(h, c.x, c.e, N, C, HW);
+        else memcpy(h, c.x, nx * sizeof(float));
+        groupnorm_forward(y, mean, rstd, h, c.w, c.b, N, C, HW, G, 1e-5f);
+        silu_forward(z, y, nx);
+        CHECK(memcmp(z, c.out, nx * sizeof(float)) == 0, "gnsilu %d: forward differs", t);
+        CHECK(memcmp(mean, c.mean, N * G * sizeof(float)) == 0, "gnsilu %d: mean differs", t);
+        CHECK(memcmp(rstd, c.rstd, N * G * sizeof(float)) == 0, "gnsilu %d: rstd differs", t);
+
+        float *r = trand(nx, 1);
+        float *dx = talloc(nx), *de = talloc(nc), *dw = talloc(C), *db = talloc(C);
+        prefill(dx, nx); prefill(de, nc); prefill(dw, C); prefill(db, C);
+        gnsilu_backward(dx, use_e ? de : NULL, dw, db, r, c.x, c.e, c.w, c.coef, c.mean, c.rstd,
+                        N, C, HW, G);
+        float *dy = talloc(nx), *dh = talloc(nx), *dx2 = talloc(nx), *de2 = talloc(nc);
+        float *dw2 = talloc(C), *db2 = talloc(C);
+        prefill(dx2, nx); prefill(de2, nc); prefill(dw2, C); prefill(db2, C);
+        silu_backward(dy, r, y, nx);
+        groupnorm_backward(use_e ? dh : dx2, dw2, db2, dy, h, c.w, mean, rstd, N, C, HW, G, 1e-5f);
+        if (use_e) addbc_backward(dx2, de2, dh, N, C, HW);
+        CHECK(memcmp(dx, dx2, nx * sizeof(float)) == 0, "gnsilu %d: dx differs", t);
+        CHECK(memcmp(de, de2, nc * sizeof(float)) == 0, "gnsilu %d: de differs", t);
+        CHECK(memcmp(dw, dw2, C * sizeof(float)) == 0, "gnsilu %d: dw differs", t);
+        CHECK(memcmp(db, db2, C * sizeof(float)) == 0, "gnsilu %d: db differs", t);
+        unprefill(dx, nx); unprefill(de, nc); unprefill(dw, C); unprefill(db, C);
+
+        /* every input is nonlinear here (SiLU after the norm): h = 1e-2
+         * on values ~1, truncation h^2/6 * |third derivative| ~ 1e-5 *
+         * O(10); rounding of the group's float outputs (up to C/G*HW =
+         * 512) / (2h) ~ 1e-4: atol 1e-3 + rtol 1e-3, as groupnorm's dx */
+        fd_problem fp = {gs_fwd, &c, c.out, nx, r};
+        ge = dmax(ge, fd_check("gnsilu dx", &fp, c.x, nx, dx, 1e-2, 1e-3, 1e-3));
+        if (use_e) ge = dmax(ge, fd_check("gnsilu de", &fp, c.e, nc, de, 1e-2, 1e-3, 1e-3));
+        ge = dmax(ge, fd_check("gnsilu dw", &fp, c.w, C, dw, 1e-2, 1e-3, 1e-3));
+        ge = dmax(ge, fd_check("gnsilu db", &fp, c.b, C, db, 1e-2, 1e-3, 1e-3));
+
+        /* each gradient alone: the same numbers */
+        float *dx1 = talloc(nx), *de1 = talloc(nc), *dw1 = talloc(C), *db1 = talloc(C);
+        gnsilu_backward(NULL, NULL, NULL, NULL, r, c.x, c.e, c.w, c.coef, c.mean, c.rstd, N, C,
+                        HW, G);
+        gnsilu_backward(dx1, NULL, NULL, NULL, r, c.x, c.e, c.w, c.coef, c.mean, c.rstd, N, C, HW,
+                        G);
+        if (use_e)
+            gnsilu_backward(NULL, de1, NULL, NULL, r, c.x, c.e, c.w, c.coef, c.mean, c.rstd, N, C,
+                            HW, G);
+        gnsilu_backward(NULL, NULL, dw1, db1, r, c.x, c.e, c.w, c.coef, c.mean, c.rstd, N, C, HW,
+                        G);
+        cmpf("gnsilu dx alone", dx1, dx, nx, 1e-5, 1e-5); /* pattern round trip */
+        if (use_e) cmpf("gnsilu de alone", de1, de, nc, 1e-5, 1e-5);
+        cmpf("gnsilu dw alone", dw1, dw, C, 1e-5, 1e-5);
+        cmpf("gnsilu db alone", db1, db, C, 1e-5, 1e-5);
+    }
+    printf("    gnsilu: max grad err %.3g\n", ge);
     tfree_all();
 }
 
@@ -1281,6 +1395,7 @@ int main(void) {
     RUN(test_conv2d);
     RUN(test_linear);
     RUN(test_groupnorm);
+    RUN(test_gnsilu);
     RUN(test_silu);
     RUN(test_add);
     RUN(test_addbc);

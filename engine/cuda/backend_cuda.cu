@@ -54,6 +54,8 @@ static void *ws;             /* cuDNN workspace */
 static size_t ws_size;
 static float *scratch;       /* attention backward: dS [N,T,T] */
 static size_t scratch_size;
+static float *gs_scratch;    /* fused group norm + SiLU backward: y's, h's gradient, h */
+static size_t gs_scratch_size;
 
 
 /* --------------------------------------------------------------- memory */
@@ -340,6 +342,95 @@ static void cu_groupnorm_backward(float *dinp, float *dw, float *db, const float
     }
     if (dw || db) {
         k_gn_backward_wb<<<C, 128, 0, d3cu_st>>>(dw, db, dout, inp, mean, rstd, N, C, HW, G);
+        CKL();
+    }
+}
+
+/* ------------------------------------------- group norm + SiLU (fused) */
+
+__global__ void k_addbc_b(float *dx, float *de, const float *dout, int HW); /* elementwise */
+
+/* h = x + e[n,c] (x where e is NULL), the group norm of h, then SiLU; one
+ * block per (n, g), the statistics as k_gn_forward; coef [2][N][C] gets
+ * the scale and shift applied (the backward forms y again from them) */
+__global__ void k_gnsilu_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                                 const float *e, const float *w, const float *b, int N, int C, int HW,
+                                 int G, double eps) {
+    __shared__ double sh[32];
+    int ng = blockIdx.x, n = ng / G, g = ng % G, CG = C / G;
+    size_t M = (size_t)CG * HW, off = ((size_t)n * C + (size_t)g * CG) * HW;
+    const float *x = inp + off, *ev = e ? e + (size_t)n * C + (size_t)g * CG : NULL;
+    double s = 0.0;
+    for (size_t i = threadIdx.x; i < M; i += blockDim.x) s += ev ? x[i] + ev[i / HW] : x[i];
+    double mu = block_sum(s, sh) / (double)M;
+    double ss = 0.0;
+    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
+        double d = (ev ? x[i] + ev[i / HW] : x[i]) - mu;
+        ss += d * d;
+    }
+    double rs = 1.0 / sqrt(block_sum(ss, sh) / (double)M + eps);
+    if (threadIdx.x == 0) { mean[ng] = (float)mu; rstd[ng] = (float)rs; }
+    for (int cc = threadIdx.x; cc < CG; cc += blockDim.x) {
+        int c = g * CG + cc;
+        float wc = w ? w[c] : 1.0f;
+        coef[(size_t)n * C + c] = (float)(rs * wc);
+        coef[(size_t)(N + n) * C + c] = (float)((b ? b[c] : 0.0f) - mu * rs * wc);
+    }
+    for (size_t i = threadIdx.x; i < M; i += blockDim.x) {
+        int c = g * CG + (int)(i / HW);
+        float wc = w ? w[c] : 1.0f;
+        float a = (float)(rs * wc);
+        float bb = (float)((b ? b[c] : 0.0f) - mu * rs * wc);
+        float v = (ev ? x[i] + ev[i / HW] : x[i]) * a + bb;
+        out[off + i] = v / (1.0f + expf(-v));
+    }
+}
+
+/* y's gradient dy = dout * silu'(y), y = h * coef[0] + coef[1]; with e,
+ * h = x + e is written to hbuf for the group-norm backward kernels */
+__global__ void k_gnsilu_dy(float *dy, float *hbuf, const float *dout, const float *x, const float *e,
+                            const float *coef, int HW, size_t NC, size_t n) {
+    GRID_STRIDE(i, n) {
+        size_t nc = i / HW;
+        float h = e ? x[i] + e[nc] : x[i];
+        if (e) hbuf[i] = h;
+        float v = h * coef[nc] + coef[NC + nc], s = 1.0f / (1.0f + expf(-v));
+        dy[i] = dout[i] * s * (1.0f + v * (1.0f - s));
+    }
+}
+
+static void cu_gnsilu_forward(float *out, float *mean, float *rstd, float *coef, const float *inp,
+                              const float *e, const float *w, const float *b, int N, int C, int HW,
+                              int G, float eps) {
+    k_gnsilu_forward<<<N * G, 256, 0, d3cu_st>>>(out, mean, rstd, coef, inp, e, w, b, N, C, HW, G,
+                                                  ops_eps_double(eps));
+    CKL();
+}
+
+/* composed of the group-norm and addbc backward kernels over dy (and h) */
+static void cu_gnsilu_backward(float *dinp, float *de, float *dw, float *db, const float *dout,
+                               const float *inp, const float *e, const float *w, const float *coef,
+                               const float *mean, const float *rstd, int N, int C, int HW, int G) {
+    if (!dinp && !de && !dw && !db) return;
+    const size_t n = (size_t)N * C * HW;
+    float *dy = (float *)grow((void **)&gs_scratch, &gs_scratch_size,
+                             sizeof(float) * n * (e ? 3 : 1));
+    float *dh = e ? dy + n : NULL, *h = e ? dy + 2 * n : NULL;
+    EW(k_gnsilu_dy, n, dy, h, dout, inp, e, coef, HW, (size_t)N * C, n);
+    const float *hx = e ? h : inp;
+    if (dinp || de) {
+        float *dtarget = e ? dh : dinp;
+        if (e) CK(cudaMemsetAsync(dh, 0, sizeof(float) * n, d3cu_st));
+        k_gn_backward_x<<<N * G, 256, 0, d3cu_st>>>(dtarget, dy, hx, w, mean, rstd, C, HW, G);
+        CKL();
+        if (e) {
+            k_addbc_b<<<N * C, HW >= 256 ? 256 : (HW >= 128 ? 128 : 64), 0, d3cu_st>>>(dinp, de, dh,
+                                                                                       HW);
+            CKL();
+        }
+    }
+    if (dw || db) {
+        k_gn_backward_wb<<<C, 128, 0, d3cu_st>>>(dw, db, dy, hx, mean, rstd, N, C, HW, G);
         CKL();
     }
 }
@@ -698,6 +789,12 @@ static const d3_backend cuda_table = {
     .avgpool_backward = cu_avgpool_backward,
     .xent_forward = cu_xent_forward,
     .xent_backward = cu_xent_backward,
+    .gnsilu_forward = cu_gnsilu_forward,
+    .gnsilu_backward = cu_gnsilu_backward,
+    /* no kept conv transforms: cuDNN chooses its own algorithms */
+    .conv2d_keep_floats = nullptr,
+    .conv2d_forward_keep = nullptr,
+    .conv2d_backward_keep = nullptr,
 };
 
 /* ------------------------------------------------------- entry points */
