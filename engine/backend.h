@@ -14,7 +14,7 @@
 
 /* Bumped whenever the table changes: a CUDA backend built from another
  * tree is refused instead of called through a mismatched table. */
-#define D3_BACKEND_ABI 5
+#define D3_BACKEND_ABI 6
 
 typedef struct d3_backend {
     int abi;          /* D3_BACKEND_ABI */
@@ -124,7 +124,8 @@ typedef struct d3_backend {
     void (*conv2d_forward_keep)(float *out, float *keep, const float *inp, const float *w,
                                 const float *b, int N, int C, int H, int W, int OC, int K,
                                 int stride, int pad);
-    void (*conv2d_backward_keep)(float *dinp, float *dw, float *db, const float *dout,
+    /* ABI 6: set (dinp overwritten, not added to); keep may be NULL */
+    void (*conv2d_backward_keep)(float *dinp, int set, float *dw, float *db, const float *dout,
                                  const float *inp, const float *keep, const float *w, int N,
                                  int C, int H, int W, int OC, int K, int stride, int pad);
 } d3_backend;

@@ -45,12 +45,16 @@ void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
  * conv2d_forward_keep fills keep as it computes out (out is bit-identical
  * to conv2d_forward's); conv2d_backward_keep reads it (inp is still read
  * for nothing else but must be the forward's input; the results are
- * bit-identical to conv2d_backward's). */
+ * bit-identical to conv2d_backward's). keep may be NULL (any conv: then
+ * the plain backward). set: dinp's contents are ignored and overwritten,
+ * bit for bit what conv2d_backward adds onto a zeroed dinp (the tape's
+ * first writer of a gradient skips zeroing it; the Winograd input
+ * gradient then stores instead of adding). */
 size_t conv2d_keep_floats(int N, int C, int H, int W, int OC, int K, int stride, int pad);
 void conv2d_forward_keep(float *out, float *keep, const float *inp, const float *w,
                          const float *b, int N, int C, int H, int W, int OC, int K, int stride,
                          int pad);
-void conv2d_backward_keep(float *dinp, float *dw, float *db, const float *dout,
+void conv2d_backward_keep(float *dinp, int set, float *dw, float *db, const float *dout,
                           const float *inp, const float *keep, const float *w,
                           int N, int C, int H, int W, int OC, int K, int stride, int pad);
 

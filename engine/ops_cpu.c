@@ -1184,9 +1184,9 @@ static void wg_forward(float *out, float *keep, const float *inp, const float *w
 
 /* keep: NULL, or the forward's input transforms (wg_conv), which the
  * weight gradient then reads instead of transforming inp again. */
-static void wg_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
-                        const float *keep, const float *w, int N, int C, int H, int W, int OC,
-                        int nt) {
+static void wg_backward(float *dinp, int set, float *dw, float *db, const float *dout,
+                        const float *inp, const float *keep, const float *w, int N, int C, int H,
+                        int W, int OC, int nt) {
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
     if (db) {
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -1202,9 +1202,10 @@ static void wg_backward(float *dinp, float *dw, float *db, const float *dout, co
             db[oc] += acc;
         }
     }
-    if (dinp) { /* dx += dout (*) flipped w^T */
+    if (dinp) { /* dx += dout (*) flipped w^T (set: dx =, no bias: the same bits as
+                   adding onto zeros) */
         const float *U = wg_weights(w, OC, C, 1, nt);
-        wg_conv(dinp, NULL, dout, U, NULL, 1, N, OC, H, W, C, nt);
+        wg_conv(dinp, NULL, dout, U, NULL, !set, N, OC, H, W, C, nt);
     }
     if (!dw) return;
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
@@ -1410,7 +1411,7 @@ void conv2d_forward_keep(float *out, float *keep, const float *inp, const float 
     conv_forward(out, keep, inp, w, b, N, C, H, W, OC, K, stride, pad);
 }
 
-static void conv_backward(float *dinp, float *dw, float *db, const float *dout,
+static void conv_backward(float *dinp, int set, float *dw, float *db, const float *dout,
                           const float *inp, const float *keep, const float *w,
                           int N, int C, int H, int W, int OC, int K, int stride, int pad) {
     // dout: [N,OC,OH,OW] -> dinp: [N,C,H,W], dw: [OC,C,K,K], db: [OC]
@@ -1422,10 +1423,11 @@ static void conv_backward(float *dinp, float *dw, float *db, const float *dout,
     const double flops = 4.0 * N * OC * (double)s.P * s.CKK;
     const int nt = flops < 2e5 ? 1 : ops_get_threads();
     if (conv_wino(&s)) {
-        wg_backward(dinp, dw, db, dout, inp, keep, w, N, C, H, W, OC, nt);
+        wg_backward(dinp, set, dw, db, dout, inp, keep, w, N, C, H, W, OC, nt);
         return;
     }
     assert(!keep);
+    if (set && dinp) memset(dinp, 0, sizeof(float) * N * in_sz); /* the paths below add */
     const int coop = N < nt;
     const int impl = !coop && dinp && conv_impl(&s);
     float *shared = coop ? scratch(col_sz) : NULL;
@@ -1484,13 +1486,13 @@ static void conv_backward(float *dinp, float *dw, float *db, const float *dout,
 void conv2d_backward(float *dinp, float *dw, float *db, const float *dout,
                      const float *inp, const float *w,
                      int N, int C, int H, int W, int OC, int K, int stride, int pad) {
-    conv_backward(dinp, dw, db, dout, inp, NULL, w, N, C, H, W, OC, K, stride, pad);
+    conv_backward(dinp, 0, dw, db, dout, inp, NULL, w, N, C, H, W, OC, K, stride, pad);
 }
 
-void conv2d_backward_keep(float *dinp, float *dw, float *db, const float *dout,
+void conv2d_backward_keep(float *dinp, int set, float *dw, float *db, const float *dout,
                           const float *inp, const float *keep, const float *w,
                           int N, int C, int H, int W, int OC, int K, int stride, int pad) {
-    conv_backward(dinp, dw, db, dout, inp, keep, w, N, C, H, W, OC, K, stride, pad);
+    conv_backward(dinp, set, dw, db, dout, inp, keep, w, N, C, H, W, OC, K, stride, pad);
 }
 
 /* ----------------------------------------------------------------- linear */

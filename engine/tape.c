@@ -50,6 +50,9 @@ struct d3_tape {
     /* tape_backward's recycled activation-gradient buffers */
     struct gbuf { float *p; size_t n; } *pool;
     int npool, cappool;
+    /* per tensor id: its gradient buffer is held but not yet written or
+     * zeroed (tape_backward; see grad_need) */
+    unsigned char *gunset;
 };
 
 #define ARENA_MIN (64u << 20)
@@ -75,6 +78,7 @@ void tape_free(d3_tape *tp) {
     free(tp->tensors);
     free(tp->nodes);
     free(tp->pool);
+    free(tp->gunset);
     free(tp);
 }
 
@@ -134,7 +138,8 @@ static d3_tensor *new_tensor(d3_tape *tp, int n, int c, int h, int w, int zero) 
     if (tp->ntensors == tp->captensors) {
         tp->captensors = tp->captensors ? 2 * tp->captensors : 256;
         tp->tensors = realloc(tp->tensors, tp->captensors * sizeof *tp->tensors);
-        if (!tp->tensors) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
+        tp->gunset = realloc(tp->gunset, tp->captensors);
+        if (!tp->tensors || !tp->gunset) { fprintf(stderr, "d3po: out of memory\n"); abort(); }
     }
     t->id = tp->ntensors;
     tp->tensors[tp->ntensors++] = t;
@@ -406,20 +411,32 @@ static float *gradof(d3_tensor *t) { return t ? t->g : NULL; }
 
 /* Activation gradients live only from their first consumer's backward to
  * their producer's: tape_backward takes each from a pool of released
- * buffers of the same size (zeroed; every backward accumulates) or from
- * the arena, and releases it once the producer's backward has read it.
- * The live set is a few tensors wide instead of the whole forward, so the
- * gradients stay in the caches (and the arena holds ~half as much). */
+ * buffers of the same size or from the arena, and releases it once the
+ * producer's backward has read it. The live set is a few tensors wide
+ * instead of the whole forward, so the gradients stay in the caches (and
+ * the arena holds ~half as much). Every backward accumulates, so a buffer
+ * is zeroed before its first writer runs (grad_zero), unless that writer
+ * can overwrite instead (a conv's input gradient, conv2d_backward_keep's
+ * set): the reverse walk reaches a tensor's consumers one by one, so the
+ * first one to run is the first writer. */
 static void grad_need(d3_tape *tp, d3_tensor *t) {
     if (!t || t->g) return;
+    tp->gunset[t->id] = 1;
     for (int i = 0; i < tp->npool; i++)
         if (tp->pool[i].n == t->numel) {
             t->g = tp->pool[i].p;
             tp->pool[i] = tp->pool[--tp->npool];
-            tp->be->zero(t->g, t->numel * sizeof(float));
             return;
         }
-    t->g = arena_get(tp, t->numel * sizeof(float), 1);
+    t->g = arena_get(tp, t->numel * sizeof(float), 0);
+}
+
+/* Zeroes t's gradient if nothing wrote it yet (before an accumulating
+ * backward). */
+static void grad_zero(d3_tape *tp, d3_tensor *t) {
+    if (!t || !tp->gunset[t->id]) return;
+    tp->be->zero(t->g, t->numel * sizeof(float));
+    tp->gunset[t->id] = 0;
 }
 
 static void grad_release(d3_tape *tp, d3_tensor *t) {
@@ -439,6 +456,7 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
     for (int i = 0; i <= out->id; i++) tp->tensors[i]->g = NULL;
     tp->npool = 0;
     grad_need(tp, out);
+    grad_zero(tp, out);
     be->add_backward(out->g, NULL, dout, out->numel); /* out->g = dout */
     for (int k = tp->nnodes - 1; k >= 0; k--) {
         node *nd = &tp->nodes[k];
@@ -448,12 +466,19 @@ void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
         grad_need(tp, nd->in0);
         grad_need(tp, nd->in1);
         grad_need(tp, nd->in2);
+        if (nd->op != OP_CONV2D || !be->conv2d_backward_keep) {
+            grad_zero(tp, nd->in0);
+            grad_zero(tp, nd->in1);
+            grad_zero(tp, nd->in2);
+        }
         switch (nd->op) {
         case OP_CONV2D:
-            if (nd->s0)
-                be->conv2d_backward_keep(x->g, nd->dw, nd->db, y->g, x->v, nd->s0, nd->w, x->n,
-                                         x->c, x->h, x->w, nd->a0, nd->a1, nd->a2, nd->a3);
-            else
+            if (be->conv2d_backward_keep) {
+                const int set = tp->gunset[x->id];
+                tp->gunset[x->id] = 0;
+                be->conv2d_backward_keep(x->g, set, nd->dw, nd->db, y->g, x->v, nd->s0, nd->w,
+                                         x->n, x->c, x->h, x->w, nd->a0, nd->a1, nd->a2, nd->a3);
+            } else
                 be->conv2d_backward(x->g, nd->dw, nd->db, y->g, x->v, nd->w, x->n, x->c, x->h,
                                     x->w, nd->a0, nd->a1, nd->a2, nd->a3);
             break;

@@ -10,7 +10,9 @@
  * Memory: every activation, saved buffer and gradient comes from the
  * tape's arena (device memory of the backend), reused after tape_reset().
  * Gradients of activations are zeroed before their first use and every op
- * backward accumulates (see ops.h), so fan-out (skip connections) is exact;
+ * backward accumulates (see ops.h), so fan-out (skip connections) is exact
+ * (a conv that is its input's first writer overwrites instead, where the
+ * backend has conv2d_backward_keep: the same numbers without the zeroing);
  * a gradient buffer is reused once its tensor's producer has consumed it.
  * Parameter gradients accumulate into the caller's buffers across calls
  * until the caller zeroes them (gradient accumulation over timesteps).

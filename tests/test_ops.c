@@ -232,6 +232,8 @@ static void conv_case(int N, int C, int H, int W, int OC, int K, int s, int p, i
      * only, else 0 floats): the same numbers bit for bit, a prefilled keep
      * buffer fully overwritten (the backward reads nothing stale) */
     const size_t nk = conv2d_keep_floats(N, C, H, W, OC, K, s, p);
+    float *dx0 = talloc(nx); /* the plain input gradient from zero */
+    conv2d_backward(dx0, NULL, NULL, r, c.x, c.w, N, C, H, W, OC, K, s, p);
     const int wino = K == 3 && s == 1 && p == 1 && C >= 16 && OC >= 16 && H >= 4 && W >= 4;
     CHECK((nk > 0) == wino, "%s: keep floats %zu", what, nk);
     if (nk) {
@@ -246,12 +248,27 @@ static void conv_case(int N, int C, int H, int W, int OC, int K, int s, int p, i
         prefill(dx2, nx); prefill(dw2, nw); prefill(db2, OC);
         prefill(dx, nx); prefill(dw, nw); prefill(db, OC);
         conv2d_backward(dx, dw, use_b ? db : NULL, r, c.x, c.w, N, C, H, W, OC, K, s, p);
-        conv2d_backward_keep(dx2, dw2, use_b ? db2 : NULL, r, c.x, keep, c.w, N, C, H, W, OC,
-                             K, s, p);
+        conv2d_backward_keep(dx2, 0, dw2, use_b ? db2 : NULL, r, c.x, keep, c.w, N, C, H, W,
+                             OC, K, s, p);
         CHECK(memcmp(dx2, dx, nx * sizeof(float)) == 0, "%s: backward_keep dx differs", what);
         CHECK(memcmp(dw2, dw, nw * sizeof(float)) == 0, "%s: backward_keep dw differs", what);
         CHECK(memcmp(db2, db, OC * sizeof(float)) == 0, "%s: backward_keep db differs", what);
+        /* set with the kept transforms: dx overwritten (stale NaNs), dw
+         * and db still added to */
+        for (size_t i = 0; i < nx; i++) dx2[i] = NAN;
+        prefill(dw2, nw); prefill(db2, OC);
+        conv2d_backward_keep(dx2, 1, dw2, use_b ? db2 : NULL, r, c.x, keep, c.w, N, C, H, W,
+                             OC, K, s, p);
+        CHECK(memcmp(dw2, dw, nw * sizeof(float)) == 0, "%s: set: dw differs", what);
+        CHECK(memcmp(db2, db, OC * sizeof(float)) == 0, "%s: set: db differs", what);
+        CHECK(memcmp(dx2, dx0, nx * sizeof(float)) == 0, "%s: set+keep: dx differs", what);
     }
+    /* set (any conv, keep NULL): bit for bit the plain backward into a
+     * zeroed dx, whatever dx held before */
+    float *dxs = talloc(nx);
+    for (size_t i = 0; i < nx; i++) dxs[i] = NAN;
+    conv2d_backward_keep(dxs, 1, NULL, NULL, r, c.x, NULL, c.w, N, C, H, W, OC, K, s, p);
+    CHECK(memcmp(dxs, dx0, nx * sizeof(float)) == 0, "%s: set: dx differs", what);
 }
 
 static void test_conv2d(void) {
