@@ -226,15 +226,14 @@ static inline __attribute__((always_inline)) void tr16_st(float *dst, int ldd, c
     }
 }
 
-/* dst[rev ? 8 - c : c][r] = src[r][c] for r < 16, c < 9: sixteen 3x3
- * kernels (rows of 9 taps at stride lds) to tap-major rows (the weight
- * transform's relayout; rev: the 180-degree rotated kernel): masked
- * loads, only the 9 tap rows stored. */
-static inline void tr16x9(float *dst, int ldd, const float *src, int lds, int rev) {
+/* dst[c][r] = src[r][c] for r < 16, c < 9: sixteen 3x3 kernels (rows of
+ * 9 taps at stride lds) to tap-major rows (the weight transform's
+ * relayout): masked loads, only the 9 tap rows stored. */
+static inline void tr16x9(float *dst, int ldd, const float *src, int lds) {
     __m512 r[16], o[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_maskz_loadu_ps(0x1ff, src + (size_t)i * lds);
     tr16_regs(o, r);
-    for (int q = 0; q < 9; q++) _mm512_storeu_ps(dst + (size_t)(rev ? 8 - q : q) * ldd, o[q]);
+    for (int q = 0; q < 9; q++) _mm512_storeu_ps(dst + (size_t)q * ldd, o[q]);
 }
 
 /* dst[c][r] = src[r][c] for r < R, c < Cn (dst: [Cn, ldd]): 16x16 blocks
@@ -672,6 +671,18 @@ static int conv_wino(const conv_shape *s) {
         (o)[4] = 2.0f * ((d1) - (d3)) - (d2) + (d4);     \
         (o)[5] = 4.0f * (d1) - 5.0f * (d3) + (d5);       \
     } while (0)
+/* Bt^T (6x6) applied to v0..v5: the adjoint of WG_BT (floats or vectors) */
+#define WG_BTT(o, v0, v1, v2, v3, v4, v5)                              \
+    do {                                                               \
+        const __typeof__((v1) + (v2)) p12 = (v1) + (v2), n12 = (v1) - (v2); \
+        const __typeof__((v3) + (v4)) p34 = (v3) + (v4), n34 = (v3) - (v4); \
+        (o)[0] = 4.0f * (v0);                                          \
+        (o)[1] = 4.0f * ((v5) - n12) - 2.0f * n34;                     \
+        (o)[2] = -5.0f * (v0) - 4.0f * p12 - p34;                      \
+        (o)[3] = n12 + 2.0f * n34 - 5.0f * (v5);                       \
+        (o)[4] = (v0) + p12 + p34;                                     \
+        (o)[5] = (v5);                                                 \
+    } while (0)
 /* At (4x6) applied to m0..m5 */
 #define WG_AT(o, m0, m1, m2, m3, m4, m5)                               \
     do {                                                               \
@@ -729,7 +740,9 @@ static wg_geom wg_make(int N, int C, int H, int W) {
 static size_t wg_rb_floats(const wg_geom *g, int rpb) {
     const size_t tb = (size_t)rpb * g->ntx, rows = 4 * (size_t)rpb + 2;
     const size_t wr = 4 * (size_t)(g->ntx + 1);
-    return 72 * tb + 2 * rows * wr + 64;
+    const size_t adj = 30 * (tb + 17) + 10 * (size_t)g->ntx + 12 + 16; /* wg_in_adj */
+    const size_t fwd = 72 * tb + 2 * rows * wr;
+    return (fwd > adj ? fwd : adj) + 64;
 }
 
 /* The transforms over n tiles at once: o + k*os (output k) from six (four)
@@ -743,6 +756,18 @@ static inline void wg_bt_rows(float *restrict o, size_t os, const float *d0, con
     for (int t = 0; t < n; t++) {
         float v[6];
         WG_BT(v, d0[t], d1[t], d2[t], d3[t], d4[t], d5[t]);
+        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
+    }
+}
+static inline void wg_btt_rows(float *restrict o, size_t os, const float *v0, const float *v1,
+                               const float *v2, const float *v3, const float *v4,
+                               const float *v5, int n) {
+    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
+    float *restrict o3 = o + 3 * os, *restrict o4 = o + 4 * os, *restrict o5 = o + 5 * os;
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float v[6];
+        WG_BTT(v, v0[t], v1[t], v2[t], v3[t], v4[t], v5[t]);
         o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
     }
 }
@@ -794,44 +819,38 @@ static inline void wg_gt_rows(float *restrict o, size_t os, const float *u0, con
     }
 }
 
-/* U[36][OC][C] = G w[oc][c] G^T, in the calling thread's shared scratch
- * (valid until its next scratch_shared). flip: U[36][C][OC] from the
- * kernel rotated by 180 degrees with in/out channels swapped (input
- * gradient). Taps are first laid out [9][OC*C], so both passes of the
- * transform run over contiguous kernels. Chunks of kernels go to the nt
- * threads (serial, it kept the team waiting: 6% of a 2-thread
- * pretraining step). */
+/* U[36][OC][C] = G w[oc][c] G^T into U (36 + 9 + 18 floats per kernel:
+ * the rest is the transform's scratch); trans: U^T, [36][C][OC]. Taps are first laid out
+ * [9][OC*C], so both passes of the transform run over contiguous kernels.
+ * Chunks of kernels go to the nt threads (serial, it kept the team
+ * waiting: 6% of a 2-thread pretraining step). wg_weights: the same in
+ * the calling thread's shared scratch (valid until its next
+ * scratch_shared). */
 #ifndef WG_WCHUNK
 #define WG_WCHUNK 2048 /* kernels per chunk of the weight transform */
 #endif
-static float *wg_weights(const float *w, int OC, int C, int flip, int nt) {
+static void wg_weights_to(float *U, const float *w, int OC, int C, int trans, int nt) {
     const int K = OC * C, nch = (K + WG_WCHUNK - 1) / WG_WCHUNK;
-    float *U = scratch_shared((size_t)(36 + 9 + 18) * K);
     float *wt = U + 36 * (size_t)K, *T = wt + 9 * (size_t)K; /* wt[tap][k], T[a][s][k] */
 #pragma omp parallel for schedule(static) num_threads(nch > 1 ? nt : 1)
     for (int ch = 0; ch < nch; ch++) {
         const int k0 = ch * WG_WCHUNK, k1 = k0 + WG_WCHUNK < K ? k0 + WG_WCHUNK : K, n = k1 - k0;
-        /* k in U's layout, k = o*inner + in: [OC][C], flip [C][OC] */
-        const int inner = flip ? OC : C;
+        /* k in U's layout, k = o*inner + in: [OC][C], trans [C][OC] */
+        const int inner = trans ? OC : C;
         for (int k = k0, o = k0 / inner, in = k0 % inner; k < k1;) {
             int step = 1;
+            /* the kernel w[oc][c] of U[.][k] */
+            const float *g = w + (trans ? (size_t)in * C + o : (size_t)k) * 9;
 #if defined(__AVX512F__)
             /* 16 kernels at a time by a register transpose (the scalar
              * copy was ~70% of the transform on Zen 4: 9 single-float
-             * stores per kernel); flipped, 16 consecutive in at stride 9C */
-            if (k + 16 <= k1 && (!flip || in + 16 <= inner)) {
-                if (flip) tr16x9(wt + k, K, w + ((size_t)in * C + o) * 9, 9 * C, 1);
-                else tr16x9(wt + k, K, w + (size_t)k * 9, 9, 0);
+             * stores per kernel); transposed, 16 consecutive in at stride 9C */
+            if (k + 16 <= k1 && (!trans || in + 16 <= inner)) {
+                tr16x9(wt + k, K, g, trans ? 9 * C : 9);
                 step = 16;
             } else
 #endif
-            {
-                const float *g = w + (flip ? (size_t)in * C + o : (size_t)o * C + in) * 9;
-                if (flip)
-                    for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[8 - i];
-                else
-                    for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[i];
-            }
+                for (int i = 0; i < 9; i++) wt[(size_t)i * K + k] = g[i];
             k += step;
             for (in += step; in >= inner; in -= inner) o++;
         }
@@ -843,6 +862,11 @@ static float *wg_weights(const float *w, int OC, int C, int flip, int nt) {
             wg_g_rows(U + (size_t)a * 6 * K + k0, K, t, t + K, t + 2 * K, n);
         }
     }
+}
+#define WG_WEIGHTS_FLOATS(K) ((size_t)(36 + 9 + 18) * (K))
+static float *wg_weights(const float *w, int OC, int C, int nt) {
+    float *U = scratch_shared(WG_WEIGHTS_FLOATS((size_t)OC * C));
+    wg_weights_to(U, w, OC, C, 0, nt);
     return U;
 }
 
@@ -1100,6 +1124,179 @@ static void wg_dout(float *Mh, int ld, int t0, const float *dy, const wg_geom *g
     }
 }
 
+/* The adjoint transform's passes. Of Bt^T's six outputs (WG_BTT) only
+ * rows 1..4 are formed: o[0] = 4 v0 and o[5] = v5 are what a patch adds
+ * to its neighbours' rows or columns (they overlap by two), read there.
+ * Every loop runs over all T tiles (no scalar edges): a neighbour's share
+ * is loaded for every tile, from inside the buffers, and selected away
+ * where there is none (x + 0.0f in its place: only a -0 changes, and
+ * wg_adj_put's + 0.0f makes every zero +0 anyway).
+ *
+ * Vertical: r[p][b][t], p = 0..3 the tile's own rows 4ty+p, from v[a][t]
+ * (a = 0..5: dV[a*6+b], planes of a larger buffer) over a run of T tiles
+ * of tile rows of ntx (formed for Tp >= T): row 0 adds the tile above's patch row 5 (v5 at
+ * t-ntx), row 3 the tile below's patch row 0 (4 v0 at t+ntx), none from
+ * outside the run. */
+static void wg_adjv(float *restrict r, size_t rs, const float *const *v, int Tp, int T,
+                    int ntx) {
+    const float *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+    float *restrict r0 = r, *restrict r1 = r + rs, *restrict r2 = r + 2 * rs,
+                    *restrict r3 = r + 3 * rs;
+#if defined(__AVX512F__)
+    /* (explicit vectors: GCC peeled scalar iterations to align the
+     * stores, and the rest of a 16-tile run then ran scalar too) */
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (int t = 0; t < Tp; t += 16) {
+        const __m512i ti = _mm512_add_epi32(lane, _mm512_set1_epi32(t));
+        const __mmask16 mu = _mm512_cmpge_epi32_mask(ti, _mm512_set1_epi32(ntx));
+        const __mmask16 md = _mm512_cmplt_epi32_mask(ti, _mm512_set1_epi32(T - ntx));
+        __m512 o[6];
+        WG_BTT(o, _mm512_loadu_ps(v0 + t), _mm512_loadu_ps(v1 + t), _mm512_loadu_ps(v2 + t),
+               _mm512_loadu_ps(v3 + t), _mm512_loadu_ps(v4 + t), _mm512_loadu_ps(v5 + t));
+        const __m512 up = _mm512_maskz_mov_ps(mu, _mm512_loadu_ps(v5 + t - ntx));
+        const __m512 down =
+            _mm512_maskz_mov_ps(md, _mm512_mul_ps(_mm512_set1_ps(4.0f), _mm512_loadu_ps(v0 + t + ntx)));
+        _mm512_storeu_ps(r0 + t, _mm512_add_ps(o[1], up));
+        _mm512_storeu_ps(r1 + t, o[2]);
+        _mm512_storeu_ps(r2 + t, o[3]);
+        _mm512_storeu_ps(r3 + t, _mm512_add_ps(o[4], down));
+    }
+#else
+#pragma omp simd
+    for (int t = 0; t < Tp; t++) {
+        float o[6];
+        WG_BTT(o, v0[t], v1[t], v2[t], v3[t], v4[t], v5[t]);
+        const float up = v5[t - ntx], down = 4.0f * v0[t + ntx];
+        r0[t] = o[1] + (t >= ntx ? up : 0.0f);
+        r1[t] = o[2];
+        r2[t] = o[3];
+        r3[t] = o[4] + (t < T - ntx ? down : 0.0f);
+    }
+#endif
+}
+
+/* Horizontal, one patch row over T tiles of whole tile rows: column
+ * phases q[m][t] (output columns 4tx+m) from r[b][t], b = 0..5 at stride
+ * rs: phase 0 adds the left tile's column 5 (r5 at t-1) where hl[t],
+ * phase 3 the right tile's column 0 (4 r0 at t+1) where hr[t] (not
+ * across a tile row's ends). r's rows are read one float before and
+ * after. */
+static void wg_adjh(float *restrict q, size_t qs, const float *r, size_t rs, int T,
+                    const float *hl, const float *hr) {
+    const float *r0 = r, *r1 = r + rs, *r2 = r + 2 * rs, *r3 = r + 3 * rs, *r4 = r + 4 * rs,
+                *r5 = r + 5 * rs;
+    float *restrict q0 = q, *restrict q1 = q + qs, *restrict q2 = q + 2 * qs,
+                    *restrict q3 = q + 3 * qs;
+#if defined(__AVX512F__)
+    if (T % 16 == 0) {
+        const __m512 zero = _mm512_setzero_ps();
+        for (int t = 0; t < T; t += 16) {
+            const __mmask16 ml = _mm512_cmpneq_ps_mask(_mm512_loadu_ps(hl + t), zero);
+            const __mmask16 mr = _mm512_cmpneq_ps_mask(_mm512_loadu_ps(hr + t), zero);
+            __m512 o[6];
+            WG_BTT(o, _mm512_loadu_ps(r0 + t), _mm512_loadu_ps(r1 + t), _mm512_loadu_ps(r2 + t),
+                   _mm512_loadu_ps(r3 + t), _mm512_loadu_ps(r4 + t), _mm512_loadu_ps(r5 + t));
+            const __m512 left = _mm512_maskz_mov_ps(ml, _mm512_loadu_ps(r5 + t - 1));
+            const __m512 right = _mm512_maskz_mov_ps(
+                mr, _mm512_mul_ps(_mm512_set1_ps(4.0f), _mm512_loadu_ps(r0 + t + 1)));
+            _mm512_storeu_ps(q0 + t, _mm512_add_ps(o[1], left));
+            _mm512_storeu_ps(q1 + t, o[2]);
+            _mm512_storeu_ps(q2 + t, o[3]);
+            _mm512_storeu_ps(q3 + t, _mm512_add_ps(o[4], right));
+        }
+        return;
+    }
+#endif
+#pragma omp simd
+    for (int t = 0; t < T; t++) {
+        float o[6];
+        WG_BTT(o, r0[t], r1[t], r2[t], r3[t], r4[t], r5[t]);
+        const float left = r5[t - 1], right = 4.0f * r0[t + 1];
+        q0[t] = o[1] + (hl[t] != 0.0f ? left : 0.0f);
+        q1[t] = o[2];
+        q2[t] = o[3];
+        q3[t] = o[4] + (hr[t] != 0.0f ? right : 0.0f);
+    }
+}
+
+/* Image row out[W] (=, or += when acc) the four column phases q[m*qs +
+ * tx] interleaved (+ 0.0f: no -0, so = is bit for bit += onto zeros). */
+static void wg_adj_put(float *restrict out, int acc, const float *q, size_t qs, int ntx, int W,
+                       float *restrict row) {
+    const float *q0 = q, *q1 = q + qs, *q2 = q + 2 * qs, *q3 = q + 3 * qs;
+    const int direct = !acc && W == 4 * ntx;
+    float *restrict dst = direct ? out : row;
+#pragma omp simd
+    for (int tx = 0; tx < ntx; tx++) {
+        dst[4 * tx] = q0[tx] + 0.0f;
+        dst[4 * tx + 1] = q1[tx] + 0.0f;
+        dst[4 * tx + 2] = q2[tx] + 0.0f;
+        dst[4 * tx + 3] = q3[tx] + 0.0f;
+    }
+    if (direct) return;
+    if (acc)
+        for (int i = 0; i < W; i++) out[i] += row[i];
+    else
+        memcpy(out, row, sizeof(float) * W);
+}
+
+/* Input gradient from the Winograd domain, the adjoint of wg_in: for
+ * tile rows [ty0,ty1) of one image, dV[36][C][ld] at columns t0 + t (dV =
+ * U^T Mh, Mh the output gradient's transform) gives per tile the 6x6
+ * patch Bt^T dV Bt at rows 4ty-1.., columns 4tx-1.., and neighbouring
+ * patches overlap by two rows and two columns. The run's own rows 4ty0 ..
+ * min(4ty1, H)-1 of dx[C,H,W] are written (=, or += when acc), each
+ * element own + upper or lower, then own + left or right neighbour's
+ * share (wg_adjv, wg_adjh); the patch rows that fall outside them, row
+ * 4ty0-1 and row 4ty1, go to top[C][W] and bot[C][W] (=) for the caller
+ * to add to the neighbouring block's rows, or are dropped where top/bot
+ * is NULL (outside the image). rb: wg_rb_floats. */
+static void wg_in_adj(float *dx, int acc, const float *dV, int ld, int t0, const wg_geom *g,
+                      int ty0, int ty1, float *top, float *bot, float *rb) {
+    const int C = g->C, H = g->H, W = g->W, ntx = g->ntx;
+    const int nr = ty1 - ty0, T = nr * ntx;
+    /* the passes run over Tp = T rounded up to 16 tiles (whole vectors,
+     * no scalar remainders: T is 8 on 8x8 maps); the lanes past T read
+     * whatever follows in dV's plane or the scratch, and go nowhere */
+    const int Tp = (T + 15) & ~15;
+    const size_t vplane = (size_t)C * ld, ts = (size_t)Tp + 2; /* + r's guard floats */
+    /* R[p][b][1 + t], Q[m][t], Rh[b][1 + tx] (halo rows), hl/hr[t], row[W] */
+    float *R = rb, *Q = R + 24 * ts, *Rh = Q + 4 * ts, *hl = Rh + 6 * (size_t)(ntx + 2);
+    float *hr = hl + ts, *row = hr + ts;
+    for (int t = 0; t < Tp; t++) {
+        hl[t] = t % ntx != 0;
+        hr[t] = t % ntx != ntx - 1;
+    }
+    for (int c = 0; c < C; c++) {
+        const float *vc = dV + c * (size_t)ld + t0;
+        for (int b = 0; b < 6; b++) {
+            const float *v[6];
+            for (int a = 0; a < 6; a++) v[a] = vc + (size_t)(a * 6 + b) * vplane;
+            wg_adjv(R + (size_t)b * ts + 1, 6 * ts, v, Tp, T, ntx);
+        }
+        float *xc = dx + (size_t)c * H * W;
+        for (int p = 0; p < 4 && 4 * ty0 + p < H; p++) {
+            wg_adjh(Q, ts, R + (size_t)p * 6 * ts + 1, ts, Tp, hl, hr);
+            for (int ty = 0; ty < nr && 4 * (ty0 + ty) + p < H; ty++)
+                wg_adj_put(xc + (size_t)(4 * (ty0 + ty) + p) * W, acc, Q + (size_t)ty * ntx, ts,
+                           ntx, W, row);
+        }
+        for (int h = 0; h < 2; h++) {
+            /* patch row 0 (4 v0) of the first tile row, row 5 (v5) of the last */
+            float *out = h ? bot : top;
+            if (!out) continue;
+            const size_t hs = (size_t)ntx + 2;
+            for (int b = 0; b < 6; b++) {
+                const float *v = vc + (size_t)((h ? 30 : 0) + b) * vplane + (h ? T - ntx : 0);
+                float *rh = Rh + (size_t)b * hs + 1;
+                for (int tx = 0; tx < ntx; tx++) rh[tx] = h ? v[tx] : 4.0f * v[tx];
+            }
+            wg_adjh(Q, ts, Rh + 1, hs, ntx, hl, hr);
+            wg_adj_put(out + (size_t)c * W, 0, Q, ts, ntx, W, row);
+        }
+    }
+}
+
 /* Blocks of tile rows: rows r = n*nty + ty of the batch, rpb per block,
  * at least WG_MIN_BLOCKS blocks when there are enough rows (small batches
  * still spread over the threads). Independent of the thread count, so
@@ -1178,12 +1375,44 @@ static void wg_conv(float *y, float *keep, const float *x, const float *U, const
 
 static void wg_forward(float *out, float *keep, const float *inp, const float *w, const float *b,
                        int N, int C, int H, int W, int OC, int nt) {
-    const float *U = wg_weights(w, OC, C, 0, nt);
+    const float *U = wg_weights(w, OC, C, nt);
     wg_conv(out, keep, inp, U, b, 0, N, C, H, W, OC, nt);
 }
 
+/* The input gradient of block bk (tile rows [r0,r1), T tiles) from its
+ * output-gradient transforms Mh[36][OC][T]: dV[xi] = Ut[xi] Mh[xi] (Ut:
+ * U^T, [36][C][OC]), then wg_in_adj per image run (=, or += when acc),
+ * the rows across the block's ends to haloT/haloB[bk][C][W]. */
+static void wg_dx_block(float *dinp, int acc, const float *Mh, const float *Ut, float *dV,
+                        float *haloT, float *haloB, const wg_geom *gi, int OC, int bk, int r0,
+                        int r1, float *rb) {
+    const int C = gi->C, T = (r1 - r0) * gi->ntx;
+    const size_t in_sz = (size_t)C * gi->H * gi->W, halo = (size_t)C * gi->W;
+    for (int xi = 0; xi < 36; xi++)
+        gemm_nn(C, T, OC, Ut + (size_t)xi * C * OC, OC, Mh + (size_t)xi * OC * T, T, 0,
+                dV + (size_t)xi * C * T, T);
+    WG_RUNS(gi, r0, r1, n, ty0, ty1, t0,
+            wg_in_adj(dinp + n * in_sz, acc, dV, T, t0, gi, ty0, ty1,
+                      ty0 ? haloT + bk * halo : NULL,
+                      ty1 < gi->nty ? haloB + bk * halo : NULL, rb));
+}
+
 /* keep: NULL, or the forward's input transforms (wg_conv), which the
- * weight gradient then reads instead of transforming inp again. */
+ * weight gradient then reads instead of transforming inp again. set: dinp
+ * is written, not added to (the same bits as adding onto zeros).
+ *
+ * Both gradients come from the output gradient's transforms Mh = At^T dY
+ * At (wg_dout): the weight gradient dU[xi] += Mh[xi] V[xi]^T, the input
+ * gradient the adjoint of the forward, dV[xi] = U[xi]^T Mh[xi] taken
+ * back to the image by wg_in_adj (instead of a second Winograd conv of
+ * dout with the flipped kernel: no input and output transforms of its
+ * own, and dout transformed once). With no more threads than weight-
+ * gradient groups the input gradient is formed in the weight gradient's
+ * pass, block by block while Mh is in the cache; else (or without a
+ * weight gradient) in a pass of its own over all the blocks, forming Mh
+ * again. Each block's numbers are the same either way, and the rows that
+ * neighbouring blocks share are summed after both: the results depend on
+ * the thread count only as the weight gradient's groups do (not at all). */
 static void wg_backward(float *dinp, int set, float *dw, float *db, const float *dout,
                         const float *inp, const float *keep, const float *w, int N, int C, int H,
                         int W, int OC, int nt) {
@@ -1202,61 +1431,100 @@ static void wg_backward(float *dinp, int set, float *dw, float *db, const float 
             db[oc] += acc;
         }
     }
-    if (dinp) { /* dx += dout (*) flipped w^T (set: dx =, no bias: the same bits as
-                   adding onto zeros) */
-        const float *U = wg_weights(w, OC, C, 1, nt);
-        wg_conv(dinp, NULL, dout, U, NULL, !set, N, OC, H, W, C, nt);
-    }
-    if (!dw) return;
+    if (!dw && !dinp) return;
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
     const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
-    const size_t usz = 36 * (size_t)OC * C;
+    const int K = OC * C;
+    const size_t usz = 36 * (size_t)K, halo = (size_t)C * W;
     /* min(nblk, WG_GROUPS) partial sums, each over a fixed contiguous
      * range of blocks, summed in group order: the same result for any
      * thread count (the Winograd domain magnifies reordering differences). */
     const int ngr = nblk < WG_GROUPS ? nblk : WG_GROUPS;
-    float *parts = scratch_shared(usz * ngr);
+    const int fuse = dw && dinp && nt <= ngr;
+    /* shared: the partials, then U^T (and its transform's scratch) and
+     * the halo rows of each block */
+    const size_t nparts = dw ? usz * ngr : 0;
+    float *parts = scratch_shared(nparts + (dinp ? WG_WEIGHTS_FLOATS(K) + 2 * nblk * halo : 0));
+    float *Ut = parts + nparts, *haloT = Ut + WG_WEIGHTS_FLOATS(K), *haloB = haloT + nblk * halo;
+    if (dinp) wg_weights_to(Ut, w, OC, C, 1, nt);
     blas_single();
 #pragma omp parallel num_threads(nt)
     {
-        const size_t vown = keep ? 0 : 36 * (size_t)C * tb;
-        const size_t vsz = vown + 36 * (size_t)OC * tb + (size_t)tb * C + wg_rb_floats(&gi, rpb);
+        const size_t vown = keep || !dw ? 0 : 36 * (size_t)C * tb;
+        const size_t vsz = vown + 36 * (size_t)OC * tb + (size_t)tb * C +
+                           (dinp ? 36 * (size_t)C * tb : 0) + wg_rb_floats(&gi, rpb);
         float *Vs = scratch(vsz > 63 * WG_KCHUNK ? vsz : 63 * WG_KCHUNK);
-        float *Mh = Vs + vown, *vt = Mh + 36 * (size_t)OC * tb;
-        float *rb = vt + (size_t)tb * C;
+        float *Mh = Vs + vown, *vt = Mh + 36 * (size_t)OC * tb, *dV = vt + (size_t)tb * C;
+        float *rb = dV + (dinp ? 36 * (size_t)C * tb : 0);
+        if (dw) {
 #pragma omp for schedule(static)
-        for (int gr = 0; gr < ngr; gr++) {
-            /* the group's first block assigns dU, the others add */
-            float *dU = parts + (size_t)gr * usz;
-            const int b0 = nblk * gr / ngr, b1 = nblk * (gr + 1) / ngr;
-            for (int bk = b0; bk < b1; bk++) {
-                const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
-                const int T = (r1 - r0) * gi.ntx;
-                const float *V = keep ? wg_keep_at((float *)keep, &gi, r0) : Vs;
-                if (!keep)
-                    WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
-                            wg_in(Vs, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
-                WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
-                        wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
-                /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T (kept: Vt[xi][T,C]) */
-                for (int xi = 0; xi < 36; xi++) {
-                    float *du = dU + (size_t)xi * OC * C;
-                    const float *mh = Mh + (size_t)xi * OC * T;
-                    if (keep)
-                        gemm_nn(OC, C, T, mh, T, V + (size_t)xi * T * C, C, bk > b0, du, C);
-                    else
-                        gemm_nt(OC, C, T, mh, T, V + (size_t)xi * C * T, T, bk > b0, du, C, vt);
+            for (int gr = 0; gr < ngr; gr++) {
+                /* the group's first block assigns dU, the others add */
+                float *dU = parts + (size_t)gr * usz;
+                const int b0 = nblk * gr / ngr, b1 = nblk * (gr + 1) / ngr;
+                for (int bk = b0; bk < b1; bk++) {
+                    const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
+                    const int T = (r1 - r0) * gi.ntx;
+                    const float *V = keep ? wg_keep_at((float *)keep, &gi, r0) : Vs;
+                    if (!keep)
+                        WG_RUNS(&gi, r0, r1, n, ty0, ty1, t0,
+                                wg_in(Vs, T, t0, inp + n * in_sz, &gi, ty0, ty1, rb));
+                    WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
+                            wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
+                    /* dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T (kept: Vt[xi][T,C]) */
+                    for (int xi = 0; xi < 36; xi++) {
+                        float *du = dU + (size_t)xi * OC * C;
+                        const float *mh = Mh + (size_t)xi * OC * T;
+                        if (keep)
+                            gemm_nn(OC, C, T, mh, T, V + (size_t)xi * T * C, C, bk > b0, du, C);
+                        else
+                            gemm_nt(OC, C, T, mh, T, V + (size_t)xi * C * T, T, bk > b0, du, C,
+                                    vt);
+                    }
+                    if (fuse)
+                        wg_dx_block(dinp, !set, Mh, Ut, dV, haloT, haloB, &gi, OC, bk, r0, r1,
+                                    rb);
                 }
             }
         }
-        /* (implicit barrier: every partial is complete) dw += G^T dU G,
-         * over chunks of kernels; V's space is free again */
-        const int K = OC * C, nch = (K + WG_KCHUNK - 1) / WG_KCHUNK;
+        if (dinp && !fuse) {
 #pragma omp for schedule(static)
-        for (int ch = 0; ch < nch; ch++) {
-            const int k0 = ch * WG_KCHUNK, k1 = k0 + WG_KCHUNK < K ? k0 + WG_KCHUNK : K;
-            wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, Vs);
+            for (int bk = 0; bk < nblk; bk++) {
+                const int r0 = bk * rpb, r1 = r0 + rpb < total ? r0 + rpb : total;
+                const int T = (r1 - r0) * gi.ntx;
+                WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
+                        wg_dout(Mh, T, t0, dout + n * out_sz, &go, ty0, ty1, rb));
+                wg_dx_block(dinp, !set, Mh, Ut, dV, haloT, haloB, &gi, OC, bk, r0, r1, rb);
+            }
+        }
+        /* (implicit barriers: every block is done) */
+        if (dinp) {
+            /* the rows across each block start inside an image: its first
+             * patch row's above, the previous block's last one's below */
+#pragma omp for schedule(static)
+            for (int bk = 1; bk < nblk; bk++) {
+                const int r0 = bk * rpb, n = r0 / gi.nty, ty0 = r0 % gi.nty;
+                if (!ty0) continue;
+                for (int c = 0; c < C; c++) {
+                    float *xa = dinp + n * in_sz + (size_t)c * H * W + (size_t)(4 * ty0 - 1) * W;
+                    float *xb = xa + W;
+                    const float *ht = haloT + bk * halo + (size_t)c * W;
+                    const float *hb = haloB + (bk - 1) * halo + (size_t)c * W;
+#pragma omp simd
+                    for (int i = 0; i < W; i++) xa[i] += ht[i];
+#pragma omp simd
+                    for (int i = 0; i < W; i++) xb[i] += hb[i];
+                }
+            }
+        }
+        if (dw) { /* dw += G^T dU G, over chunks of kernels; V's space is free again */
+            const int nch = (K + WG_KCHUNK - 1) / WG_KCHUNK;
+#pragma omp for schedule(static)
+            for (int ch = 0; ch < nch; ch++) {
+                const int k0 = ch * WG_KCHUNK, k1 = k0 + WG_KCHUNK < K ? k0 + WG_KCHUNK : K;
+                wg_wgrad(dw, parts, ngr, (size_t)K, k0, k1, Vs);
+            }
         }
     }
 }

@@ -269,6 +269,19 @@ static void conv_case(int N, int C, int H, int W, int OC, int K, int s, int p, i
     for (size_t i = 0; i < nx; i++) dxs[i] = NAN;
     conv2d_backward_keep(dxs, 1, NULL, NULL, r, c.x, NULL, c.w, N, C, H, W, OC, K, s, p);
     CHECK(memcmp(dxs, dx0, nx * sizeof(float)) == 0, "%s: set: dx differs", what);
+    if (nk) { /* Winograd: the same bits with 1 thread (the input gradient
+                 formed in the weight gradient's pass) and with 5 (more
+                 than its 4 groups: a pass of its own), any block split */
+        const int saved = ops_get_threads();
+        float *dxa = talloc(nx), *dwa = talloc(nw), *dxb = talloc(nx), *dwb = talloc(nw);
+        ops_set_threads(1);
+        conv2d_backward(dxa, dwa, NULL, r, c.x, c.w, N, C, H, W, OC, K, s, p);
+        ops_set_threads(5);
+        conv2d_backward(dxb, dwb, NULL, r, c.x, c.w, N, C, H, W, OC, K, s, p);
+        ops_set_threads(saved);
+        CHECK(memcmp(dxa, dxb, nx * sizeof(float)) == 0, "%s: dx 1 vs 5 threads", what);
+        CHECK(memcmp(dwa, dwb, nw * sizeof(float)) == 0, "%s: dw 1 vs 5 threads", what);
+    }
 }
 
 static void test_conv2d(void) {
