@@ -631,13 +631,17 @@ static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, floa
  * flops than im2col, for ~1e-6 relative rounding (the transforms'
  * constants are 1/4, 1/6, 1/24 and powers of two up to 8).
  *
- * Backward:
- *  - input gradient: the same forward over dout with the flipped,
- *    channel-transposed kernel (a "same" 3x3 correlation again);
+ * Backward, both from Mh = At^T dY At per 4x4 tile of dout (the adjoint
+ * of the output transform):
  *  - weight gradient, the adjoint of the forward in g:
- *    dg = G^T [ sum_tiles (A^T-adjoint of dY)[xi] V[xi]^T ] G,
- *    i.e. 36 GEMMs dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T with
- *    Mh = At^T dY At per 4x4 tile of dout.
+ *    dg = G^T [ sum_tiles Mh[xi] V[xi]^T ] G,
+ *    i.e. 36 GEMMs dU[xi][OC,C] += Mh[xi][OC,T] @ V[xi][C,T]^T;
+ *  - input gradient, the adjoint of the forward in d: 36 GEMMs
+ *    dV[xi][C,T] = U[xi]^T @ Mh[xi], then per tile the patch B dV Bt
+ *    added into the 6x6 input window it came from (windows overlap by
+ *    two rows and columns; wg_in_adj). (It was the forward over dout
+ *    with the flipped kernel: an input and an output transform of its
+ *    own, ~2% more of a pretraining step.)
  *
  * Work is split in blocks of whole tile rows, (image, tile row) pairs
  * flattened over the batch, about WG_TILES tiles per block, assigned to
@@ -647,7 +651,7 @@ static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, floa
  *
  * Transforms run per channel over a block's whole run of tiles, every
  * pass a loop over the tiles (V[xi][c][t], t contiguous), so they
- * vectorise; see wg_in, wg_out and wg_dout. */
+ * vectorise; see wg_in, wg_out, wg_dout and wg_in_adj. */
 
 #ifndef WG_TILES
 #define WG_TILES 64 /* tiles per block: V and M of a block stay in L2 */
@@ -736,6 +740,7 @@ static wg_geom wg_make(int N, int C, int H, int W) {
 
 /* Transform scratch per thread for blocks of up to rpb tile rows (wg_in:
  * D and CK, 36 floats per tile each, and the padded and phase-split rows;
+ * wg_in_adj: 30 per tile, over tiles rounded up to 16, and a few rows;
  * wg_out and wg_dout need less). */
 static size_t wg_rb_floats(const wg_geom *g, int rpb) {
     const size_t tb = (size_t)rpb * g->ntx, rows = 4 * (size_t)rpb + 2;
@@ -1034,17 +1039,17 @@ static void wg_in(float *V, int ld, int t0, const float *x, const wg_geom *g, in
     }
 }
 
-/* Output transform: y[OC,H,W] (=, or += when acc) At M A (+ bias) for
+/* Output transform: y[OC,H,W] = At M A (+ bias) for
  * tile rows [ty0,ty1), M[36][OC][ld] at columns t0 + t; both passes over
  * the run's T tiles at once, then each output row is interleaved from
  * its four column phases. */
-static void wg_out(float *y, const float *M, int ld, int t0, const float *bias, int acc,
+static void wg_out(float *y, const float *M, int ld, int t0, const float *bias,
                    const wg_geom *g, int ty0, int ty1, float *rb) {
     const int OC = g->C, H = g->H, W = g->W, ntx = g->ntx;
     const int nr = ty1 - ty0, T = nr * ntx;
     const size_t mplane = (size_t)OC * ld, ts = (size_t)T;
     float *S = rb, *Y = S + 24 * ts, *row = Y + 16 * ts; /* S[a][q][t], Y[p][q][t] */
-    const int direct = !acc && W == 4 * ntx; /* interleave straight into y */
+    const int direct = W == 4 * ntx; /* interleave straight into y */
     for (int oc = 0; oc < OC; oc++) {
         const float bv = bias ? bias[oc] : 0.0f;
         float *yc = y + (size_t)oc * H * W;
@@ -1065,19 +1070,14 @@ static void wg_out(float *y, const float *M, int ld, int t0, const float *bias, 
                 const float *y0 = yp, *y1 = yp + ts, *y2 = yp + 2 * ts, *y3 = yp + 3 * ts;
                 float *yr = yc + (size_t)(4 * (ty0 + ty) + p) * W;
                 float *restrict dst = direct ? yr : row;
-                const float add = acc ? 0.0f : bv;
 #pragma omp simd
                 for (int tx = 0; tx < ntx; tx++) {
-                    dst[4 * tx] = y0[tx] + add;
-                    dst[4 * tx + 1] = y1[tx] + add;
-                    dst[4 * tx + 2] = y2[tx] + add;
-                    dst[4 * tx + 3] = y3[tx] + add;
+                    dst[4 * tx] = y0[tx] + bv;
+                    dst[4 * tx + 1] = y1[tx] + bv;
+                    dst[4 * tx + 2] = y2[tx] + bv;
+                    dst[4 * tx + 3] = y3[tx] + bv;
                 }
-                if (direct) continue;
-                if (acc)
-                    for (int i = 0; i < W; i++) yr[i] += row[i];
-                else
-                    memcpy(yr, row, sizeof(float) * W);
+                if (!direct) memcpy(yr, row, sizeof(float) * W);
             }
     }
 }
@@ -1340,11 +1340,11 @@ static float *wg_keep_at(float *keep, const wg_geom *g, int r0) {
     return keep + 36 * (size_t)g->C * r0 * g->ntx;
 }
 
-/* y[N,OC,H,W] (=, or += when acc) the "same" 3x3 correlation of x[N,C,H,W]
+/* y[N,OC,H,W] = the "same" 3x3 correlation of x[N,C,H,W]
  * with the transformed kernel U[36][OC][C] (+ bias). keep: NULL, or where
  * the input transforms go (wg_keep_floats) instead of per-thread scratch. */
 static void wg_conv(float *y, float *keep, const float *x, const float *U, const float *bias,
-                    int acc, int N, int C, int H, int W, int OC, int nt) {
+                    int N, int C, int H, int W, int OC, int nt) {
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
     const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
@@ -1368,7 +1368,7 @@ static void wg_conv(float *y, float *keep, const float *x, const float *U, const
                                   V + (size_t)xi * C * T, T, C, T);
             }
             WG_RUNS(&go, r0, r1, n, ty0, ty1, t0,
-                    wg_out(y + n * out_sz, M, T, t0, bias, acc, &go, ty0, ty1, rb));
+                    wg_out(y + n * out_sz, M, T, t0, bias, &go, ty0, ty1, rb));
         }
     }
 }
@@ -1376,7 +1376,7 @@ static void wg_conv(float *y, float *keep, const float *x, const float *U, const
 static void wg_forward(float *out, float *keep, const float *inp, const float *w, const float *b,
                        int N, int C, int H, int W, int OC, int nt) {
     const float *U = wg_weights(w, OC, C, nt);
-    wg_conv(out, keep, inp, U, b, 0, N, C, H, W, OC, nt);
+    wg_conv(out, keep, inp, U, b, N, C, H, W, OC, nt);
 }
 
 /* The input gradient of block bk (tile rows [r0,r1), T tiles) from its
