@@ -882,12 +882,27 @@ static void wg_wgrad(float *dw, const float *parts, int ngr, size_t K, int k0, i
                      float *tmp) {
     const int n = k1 - k0;
     float *u = tmp, *T = u + 36 * (size_t)n, *d = T + 18 * (size_t)n; /* u[xi], T[a][s], d[tap] */
+    const size_t ps = 36 * K; /* from one partial to the next */
     for (int xi = 0; xi < 36; xi++) {
-        float *ux = u + (size_t)xi * n;
+        float *restrict ux = u + (size_t)xi * n;
         const float *p0 = parts + (size_t)xi * K + k0;
-        memcpy(ux, p0, sizeof(float) * n);
-        for (int gr = 1; gr < ngr; gr++) {
-            const float *p = p0 + (size_t)gr * 36 * K;
+        /* the partials in group order, up to four in one pass */
+        const float *p1 = p0 + (ngr > 1 ? ps : 0), *p2 = p0 + (ngr > 2 ? 2 * ps : 0);
+        const float *p3 = p0 + (ngr > 3 ? 3 * ps : 0);
+        if (ngr >= 4) {
+#pragma omp simd
+            for (int i = 0; i < n; i++) ux[i] = p0[i] + p1[i] + p2[i] + p3[i];
+        } else if (ngr == 3) {
+#pragma omp simd
+            for (int i = 0; i < n; i++) ux[i] = p0[i] + p1[i] + p2[i];
+        } else if (ngr == 2) {
+#pragma omp simd
+            for (int i = 0; i < n; i++) ux[i] = p0[i] + p1[i];
+        } else {
+            memcpy(ux, p0, sizeof(float) * n);
+        }
+        for (int gr = 4; gr < ngr; gr++) {
+            const float *p = p0 + gr * ps;
 #pragma omp simd
             for (int i = 0; i < n; i++) ux[i] += p[i];
         }
