@@ -450,19 +450,71 @@ static void grad_release(d3_tape *tp, d3_tensor *t) {
     t->g = NULL;
 }
 
+/* The ops whose input gradients are slices or copies of the output's
+ * (add, reshape, concat): an input without a gradient yet (this is its
+ * first writer) gets a copy, or in0 of an add or reshape takes the
+ * output's buffer over, instead of a zeroed buffer added to; inputs
+ * that have one are added to. The same numbers but for the sign of a
+ * zero (0 + -0 is +0). Returns 0 for the other ops. */
+static int grad_pass(d3_tape *tp, node *nd) {
+    const d3_backend *be = tp->be;
+    d3_tensor *x = nd->in0, *b = nd->in1, *y = nd->out;
+    if (nd->op == OP_CONCAT && b != x) {
+        const int N = x->n, HW = x->h * x->w;
+        const size_t sa = (size_t)x->c * HW, sb = (size_t)b->c * HW;
+        d3_tensor *t[2] = {x, b};
+        int fresh[2];
+        for (int i = 0; i < 2; i++) {
+            fresh[i] = !t[i]->g;
+            grad_need(tp, t[i]);
+            tp->gunset[t[i]->id] = 0;
+        }
+        for (int n = 0; n < N; n++) {
+            const float *d = y->g + n * (sa + sb);
+            if (fresh[0]) be->copy(x->g + n * sa, d, sa * sizeof(float));
+            if (fresh[1]) be->copy(b->g + n * sb, d + sa, sb * sizeof(float));
+        }
+        if (!fresh[0] || !fresh[1])
+            be->concat_backward(fresh[0] ? NULL : x->g, fresh[1] ? NULL : b->g, y->g, N, x->c,
+                                b->c, HW);
+        grad_release(tp, y);
+        return 1;
+    }
+    if ((nd->op != OP_ADD && nd->op != OP_COPY) || b == x) return 0;
+    if (b) {
+        if (b->g) {
+            be->add_backward(NULL, b->g, y->g, y->numel);
+        } else {
+            grad_need(tp, b);
+            tp->gunset[b->id] = 0;
+            be->copy(b->g, y->g, y->numel * sizeof(float));
+        }
+    }
+    if (x->g) {
+        be->add_backward(x->g, NULL, y->g, y->numel);
+        grad_release(tp, y);
+    } else { /* y's buffer is x's now (the same size) */
+        x->g = y->g;
+        y->g = NULL;
+        tp->gunset[x->id] = 0;
+    }
+    return 1;
+}
+
 void tape_backward(d3_tape *tp, d3_tensor *out, const float *dout) {
     const d3_backend *be = tp->be;
     assert(tp->grad_on);
     for (int i = 0; i <= out->id; i++) tp->tensors[i]->g = NULL;
     tp->npool = 0;
     grad_need(tp, out);
-    grad_zero(tp, out);
-    be->add_backward(out->g, NULL, dout, out->numel); /* out->g = dout */
+    tp->gunset[out->id] = 0;
+    be->copy(out->g, dout, out->numel * sizeof(float)); /* out->g = dout */
     for (int k = tp->nnodes - 1; k >= 0; k--) {
         node *nd = &tp->nodes[k];
         if (nd->out->id > out->id) continue; /* recorded after out: not part of it */
         d3_tensor *x = nd->in0, *y = nd->out;
         if (!y->g) continue; /* no consumer: a zero gradient, nothing to add */
+        if (grad_pass(tp, nd)) continue;
         grad_need(tp, nd->in0);
         grad_need(tp, nd->in1);
         grad_need(tp, nd->in2);
