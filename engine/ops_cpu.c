@@ -640,8 +640,9 @@ static void conv_bwd_dx_impl(float *dx, const float *dout, const float *wk, floa
  *    dV[xi][C,T] = U[xi]^T @ Mh[xi], then per tile the patch B dV Bt
  *    added into the 6x6 input window it came from (windows overlap by
  *    two rows and columns; wg_in_adj). (It was the forward over dout
- *    with the flipped kernel: an input and an output transform of its
- *    own, ~2% more of a pretraining step.)
+ *    with the flipped kernel, with an input and an output transform of
+ *    its own: a pretraining step takes ~2.5% less this way,
+ *    bench/results/2026-12-06-cpu-perf-4.txt.)
  *
  * Work is split in blocks of whole tile rows, (image, tile row) pairs
  * flattened over the batch, about WG_TILES tiles per block, assigned to
@@ -761,18 +762,6 @@ static inline void wg_bt_rows(float *restrict o, size_t os, const float *d0, con
     for (int t = 0; t < n; t++) {
         float v[6];
         WG_BT(v, d0[t], d1[t], d2[t], d3[t], d4[t], d5[t]);
-        o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
-    }
-}
-static inline void wg_btt_rows(float *restrict o, size_t os, const float *v0, const float *v1,
-                               const float *v2, const float *v3, const float *v4,
-                               const float *v5, int n) {
-    float *restrict o0 = o, *restrict o1 = o + os, *restrict o2 = o + 2 * os;
-    float *restrict o3 = o + 3 * os, *restrict o4 = o + 4 * os, *restrict o5 = o + 5 * os;
-#pragma omp simd
-    for (int t = 0; t < n; t++) {
-        float v[6];
-        WG_BTT(v, v0[t], v1[t], v2[t], v3[t], v4[t], v5[t]);
         o0[t] = v[0]; o1[t] = v[1]; o2[t] = v[2]; o3[t] = v[3]; o4[t] = v[4]; o5[t] = v[5];
     }
 }

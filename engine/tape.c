@@ -417,7 +417,7 @@ static float *gradof(d3_tensor *t) { return t ? t->g : NULL; }
  * the arena holds ~half as much). Every backward accumulates, so a buffer
  * is zeroed before its first writer runs (grad_zero), unless that writer
  * can overwrite instead (a conv's input gradient, conv2d_backward_keep's
- * set): the reverse walk reaches a tensor's consumers one by one, so the
+ * set; add, concat and reshape, grad_pass): the reverse walk reaches a tensor's consumers one by one, so the
  * first one to run is the first writer. */
 static void grad_need(d3_tape *tp, d3_tensor *t) {
     if (!t || t->g) return;

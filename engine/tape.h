@@ -11,8 +11,10 @@
  * tape's arena (device memory of the backend), reused after tape_reset().
  * Gradients of activations are zeroed before their first use and every op
  * backward accumulates (see ops.h), so fan-out (skip connections) is exact
- * (a conv that is its input's first writer overwrites instead, where the
- * backend has conv2d_backward_keep: the same numbers without the zeroing);
+ * (a first writer that can overwrites instead: a conv's input gradient
+ * where the backend has conv2d_backward_keep, and add, concat and reshape,
+ * which copy or take over their output's gradient: the same numbers
+ * without the zeroing, up to the sign of a zero);
  * a gradient buffer is reused once its tensor's producer has consumed it.
  * Parameter gradients accumulate into the caller's buffers across calls
  * until the caller zeroes them (gradient accumulation over timesteps).
