@@ -11,12 +11,7 @@
 HERE=$(dirname "$0")
 BIN=$B/tests/test_dmodel
 [ -x "$BIN" ] || { echo "test_dmodel_sd: $BIN is not built"; exit 1; }
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_dmodel_sd: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_dmodel_sd
-    exit $?
-fi
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_dmodel_sd: FAIL: tests/sd/venv.sh failed"; exit 1; }
+sd_python test_dmodel_sd
 for kind in sd1 sd2; do
     if "$VENV/bin/python" "$HERE/sd/make_tiny.py" --kind $kind --out "$T/$kind" >"$T/make.log" 2>&1; then
         ok "tiny $kind pipeline built"

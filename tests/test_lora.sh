@@ -27,14 +27,8 @@ expect 1 "d3po lora without --out is a usage error" "$D3" lora --model "$T/none"
 grep_err "  ...says what is required" "--model and --out are required"
 expect 1 "--format other is a usage error" "$D3" lora --model "$T/none" --out "$T/x" --format ckpt
 grep_err "  ...names the format" "--format 'ckpt': expected lora or lora-diffusers"
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_lora: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_lora
-    exit $?
-fi
+sd_python test_lora
 
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_lora: FAIL: tests/sd/venv.sh failed"; exit 1; }
-PY=$VENV/bin/python
 REF=$HERE/sd/lora_ref.py
 M=$T/sd1
 P="a photo of a cat"

@@ -45,13 +45,7 @@
 HERE=$(dirname "$0")
 TOOL=$B/tests/tool_sdtrain
 [ -x "$TOOL" ] || { echo "test_lora_d3po: $TOOL is not built"; exit 1; }
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_lora_d3po: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_lora_d3po
-    exit $?
-fi
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_lora_d3po: FAIL: tests/sd/venv.sh failed"; exit 1; }
-PY=$VENV/bin/python
+sd_python test_lora_d3po
 
 # parity KIND REFFLAG TOOLCMD WHAT: d3po_ref.py [REFFLAG] on the pair, then
 # tool_sdtrain TOOLCMD against it (the tiny pipeline $T/KIND, the adapters

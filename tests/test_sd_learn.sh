@@ -31,20 +31,10 @@
 # Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_sd_learn: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_sd_learn
-    exit $?
-fi
+sd_python test_sd_learn
 TOOL=$B/tests/tool_sdtrain
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_sd_learn: FAIL: tests/sd/venv.sh failed"; exit 1; }
-PY=$VENV/bin/python
 M=$T/sd1
-if "$PY" "$HERE/sd/make_tiny.py" --kind sd1 --out "$M" >"$T/make.log" 2>&1; then
-    ok "tiny sd1 pipeline built"
-else
-    no "make_tiny.py --kind sd1"; tail -n 5 "$T/make.log"; finish test_sd_learn; exit 1
-fi
+sd_tiny test_sd_learn sd1 "$M"
 printf 'a red cat\na blue square\n' >"$T/prompts"
 printf 'd3po = { lr = 0.005; kl = 0.0; epochs = 4; };\ntrain = { all_labels = true; };\n' >"$T/conf"
 S=$T/s

@@ -52,14 +52,8 @@ expect 2 "info refuses an unknown pipeline" "$D3" info "$T/x/empty"
 one_line "  ...escaping the class name" "'Other?\[2J?' is not supported"
 expect 1 "info: --tokenizer without a folder is a usage error" "$D3" info "$T/x/xl" --tokenizer
 
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_sd_load: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_sd_load
-    exit $?
-fi
+sd_python test_sd_load
 
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_sd_load: FAIL: tests/sd/venv.sh failed"; exit 1; }
-PY=$VENV/bin/python
 M=$T/m
 mkdir -p "$M"
 if "$PY" "$HERE/sd/load_ref.py" make "$M" >"$T/make.log" 2>&1; then ok "tiny pipelines and variants built"; else no "load_ref.py make"; tail -n 5 "$T/make.log"; exit 1; fi

@@ -22,14 +22,8 @@ HERE=$(dirname "$0")
 
 expect 1 "--size with a d3po model is a usage error" "$D3" sample --model "$T/none.safetensors" --prompt x --out "$T/o" --size 16x16
 grep_err "  ...says SD only" "Stable Diffusion models only"
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_sd_sample: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_sd_sample
-    exit $?
-fi
+sd_python test_sd_sample
 
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_sd_sample: FAIL: tests/sd/venv.sh failed"; exit 1; }
-PY=$VENV/bin/python
 REF=$HERE/sd/sample_ref.py
 M=$T/m
 mkdir -p "$M"

@@ -24,19 +24,9 @@
 # Under D3PO_ASAN=1 the Python side is skipped. Exits nonzero on failure.
 . "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_sd_session: D3PO_ASAN=1: the Python side (tiny pipelines) skipped"
-    finish test_sd_session
-    exit $?
-fi
-VENV=$(sh "$HERE/sd/venv.sh" | tail -n 1) || { echo "test_sd_session: FAIL: tests/sd/venv.sh failed"; exit 1; }
-PY=$VENV/bin/python
+sd_python test_sd_session
 M=$T/sd1
-if "$PY" "$HERE/sd/make_tiny.py" --kind sd1 --out "$M" >"$T/make.log" 2>&1; then
-    ok "tiny sd1 pipeline built"
-else
-    no "make_tiny.py --kind sd1"; tail -n 5 "$T/make.log"; finish test_sd_session; exit 1
-fi
+sd_tiny test_sd_session sd1 "$M"
 printf 'a red cat\nune tête bleue ✓\n' >"$T/prompts"
 printf 'd3po = { lr = 0.05; };\n' >"$T/conf"
 RUN="--model $M --prompts $T/prompts --size 32x32 --steps 4 --oracle jpeg-compressibility --pairs 2 --eval-seeds 0 --config $T/conf"

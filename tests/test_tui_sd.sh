@@ -14,12 +14,7 @@
 # timing). Under D3PO_ASAN=1 skipped (the pipeline needs the venv).
 . tests/lib.sh
 command -v tmux >/dev/null || { echo "  tmux missing"; exit 1; }
-if [ "${D3PO_ASAN:-0}" = 1 ]; then
-    echo "test_tui_sd: D3PO_ASAN=1: the Python side (tiny pipeline) skipped"
-    finish test_tui_sd
-    exit $?
-fi
-VENV=$(sh tests/sd/venv.sh | tail -n 1) || { echo "test_tui_sd: FAIL: tests/sd/venv.sh failed"; exit 1; }
+sd_python test_tui_sd
 M=$T/sd1
 "$VENV/bin/python" tests/sd/make_tiny.py --kind sd1 --out "$M" >"$T/make.log" 2>&1 ||
     { no "make_tiny.py"; tail -n 5 "$T/make.log"; finish test_tui_sd; exit 1; }
