@@ -39,14 +39,17 @@ static const char pretrain_help[] =
     "  --batch N         images per step (default 64)\n"
     "  --lr X            peak learning rate (default 2e-4)\n"
     "  --warmup N        linear warm-up steps (default 500)\n"
+    "  --cooldown N      decay the rate linearly to 0 over the last N steps\n"
+    "                    (default 0: constant after the warm-up)\n"
     "  --ema X           EMA decay (default 0.999)\n"
     "  --p-uncond X      class dropout probability (default 0.1)\n"
     "  --seed N          seed of initialisation, data order and noise (default 0)\n"
     "  --save-every N    checkpoint period in steps (default 500)\n"
     "  --ckpt FILE       checkpoint path (default FILE.ckpt)\n"
     "  --resume CKPT     continue a run from its checkpoint (bit-identical to an\n"
-    "                    uninterrupted run with the same thread count); --steps\n"
-    "                    and --lr may change, the other settings are the run's\n"
+    "                    uninterrupted run with the same thread count); --steps,\n"
+    "                    --lr and --cooldown may change, the other settings\n"
+    "                    are the run's\n"
     "  --threads N       CPU threads (default: all cores)\n"
     "  --device D        auto (default: the GPU when one works), cpu or cuda\n"
     "  --tf32            allow TF32 tensor cores on the GPU (faster, ~1e-3 error)\n"
@@ -64,6 +67,7 @@ static double now(void) {
 
 typedef struct {
     long step, steps, batch, warmup, seed;
+    long cooldown; /* linear decay of the rate to 0 over the run's last steps */
     double lr, ema, p_uncond;
     double loss_avg; /* the smoothed loss shown, carried across resumes */
 } run_cfg;
@@ -71,16 +75,30 @@ typedef struct {
 static void cfg_meta(d3_model *m, const run_cfg *c, const char *data) {
     char buf[512];
     snprintf(buf, sizeof buf,
-             "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%.9g ema=%.9g p_uncond=%.9g loss=%.17g",
-             c->step, c->steps, c->batch, c->warmup, c->seed, c->lr, c->ema, c->p_uncond, c->loss_avg);
+             "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%.9g ema=%.9g p_uncond=%.9g loss=%.17g cooldown=%ld",
+             c->step, c->steps, c->batch, c->warmup, c->seed, c->lr, c->ema, c->p_uncond, c->loss_avg,
+             c->cooldown);
     model_set_meta(m, "d3po.pretrain", buf);
     model_set_meta(m, "d3po.pretrain.data", data);
 }
 
+/* Checkpoints written before --cooldown existed end after loss=. */
 static int cfg_parse(run_cfg *c, const char *s) {
-    return sscanf(s, "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%lf ema=%lf p_uncond=%lf loss=%lf",
-                  &c->step, &c->steps, &c->batch, &c->warmup, &c->seed, &c->lr, &c->ema,
-                  &c->p_uncond, &c->loss_avg) == 9 ? 0 : -1;
+    c->cooldown = 0;
+    int n = sscanf(s, "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%lf ema=%lf p_uncond=%lf loss=%lf "
+                      "cooldown=%ld",
+                   &c->step, &c->steps, &c->batch, &c->warmup, &c->seed, &c->lr, &c->ema, &c->p_uncond,
+                   &c->loss_avg, &c->cooldown);
+    return (n == 9 || n == 10) && c->cooldown >= 0 ? 0 : -1;
+}
+
+/* The rate at a step: linear warm-up, the peak, then with a cool-down of
+ * N steps a linear decay that reaches 0 after the run's last step. */
+static double lr_at(const run_cfg *c, long step) {
+    if (c->warmup > 0 && step < c->warmup) return c->lr * (step + 1) / c->warmup;
+    long left = c->steps - step; /* >= 1 inside the run */
+    if (c->cooldown > 0 && left < c->cooldown) return c->lr * left / c->cooldown;
+    return c->lr;
 }
 
 /* Data order: epoch e is a permutation drawn from stream (seed, 2^41 + e). */
@@ -132,12 +150,12 @@ int cmd_pretrain(int argc, char **argv) {
         {"warmup", 1, 0, 'w'}, {"ema", 1, 0, 'e'},      {"p-uncond", 1, 0, 'p'},
         {"seed", 1, 0, 's'},   {"save-every", 1, 0, 'S'}, {"ckpt", 1, 0, 'c'},
         {"resume", 1, 0, 'r'}, {"threads", 1, 0, 't'},  {"help", 0, 0, 'h'},
-        {"device", 1, 0, 'D'}, {"tf32", 0, 0, 'T'},
+        {"device", 1, 0, 'D'}, {"tf32", 0, 0, 'T'},     {"cooldown", 1, 0, 'C'},
         {0, 0, 0, 0}};
     const char *data = NULL, *out = NULL, *arch = NULL, *ckpt = NULL, *resume = NULL;
     run_cfg c = {.steps = 20000, .batch = 64, .warmup = 500, .lr = 2e-4, .ema = 0.999, .p_uncond = 0.1, .loss_avg = NAN};
     long save_every = 500, threads = 0;
-    int set_batch = 0, set_seed = 0, set_lr = 0, opt, tf32 = 0;
+    int set_batch = 0, set_seed = 0, set_lr = 0, set_cool = 0, opt, tf32 = 0;
     d3_device_kind dev = D3_DEV_AUTO;
     char derr[D3_ERRLEN];
     uint64_t seed = 0;
@@ -164,6 +182,7 @@ int cmd_pretrain(int argc, char **argv) {
                 fprintf(stderr, "d3po pretrain: --device: %s\n", derr);
             break;
         case 'T': tf32 = 1; break;
+        case 'C': bad = cli_int("pretrain", "--cooldown", optarg, 0, 100000000, &c.cooldown); set_cool = 1; break;
         case 'h': fputs(pretrain_help, stdout); return 0;
         default: bad = 1; fputs(pretrain_help, stderr);
         }
@@ -212,6 +231,7 @@ int cmd_pretrain(int argc, char **argv) {
         }
         rc.steps = steps_wanted; /* --steps may extend the run */
         if (set_lr) rc.lr = c.lr; /* and --lr change it (a cool-down) */
+        if (set_cool) rc.cooldown = c.cooldown; /* or --cooldown decay it */
         c = rc;
     }
     imgfolder ds;
@@ -260,8 +280,11 @@ int cmd_pretrain(int argc, char **argv) {
     }
     char archs[256];
     unet_arch_format(&m.L.arch, archs, sizeof archs);
-    fprintf(stderr, "d3po pretrain: %s, %zu parameters, steps %ld..%ld, batch %ld, lr %g\n", archs,
+    fprintf(stderr, "d3po pretrain: %s, %zu parameters, steps %ld..%ld, batch %ld, lr %g", archs,
             m.L.numel, c.step, c.steps, c.batch, c.lr);
+    if (c.cooldown > 0)
+        fprintf(stderr, ", decaying linearly to 0 from step %ld", c.steps - c.cooldown);
+    fputc('\n', stderr);
 
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -311,7 +334,7 @@ int cmd_pretrain(int argc, char **argv) {
             break;
         }
         grad_clip_on(be, G, numel, 1.0);
-        st.opt.lr = (float)(c.warmup > 0 && c.step < c.warmup ? c.lr * (c.step + 1) / c.warmup : c.lr);
+        st.opt.lr = (float)lr_at(&c, c.step);
         adamw_step_on(be, &st.opt, P, M, V, G);
         /* EMA with the usual warm-up of the decay */
         float dec = (float)fmin(c.ema, (1.0 + c.step) / (10.0 + c.step));

@@ -2,7 +2,8 @@
 # test_pretrain.sh - `d3po pretrain` on a tiny synthetic image folder: the
 # loss falls over a few hundred steps, --resume is bit-identical to an
 # uninterrupted run, a corrupt PNG is skipped with a message naming it, an
-# empty folder is a clear error, Ctrl-C saves a checkpoint that resumes.
+# empty folder is a clear error, Ctrl-C saves a checkpoint that resumes,
+# --cooldown decays the rate and survives a resume.
 . tests/lib.sh
 
 # two classes of 8x8 PNGs: a bright square on dark, and its negative,
@@ -54,6 +55,21 @@ cmp -s "$T/full.st.ckpt" "$T/res.st.ckpt" && ok "checkpoints identical" || no "c
 $D3 pretrain $A --out "$T/cool.st" --steps 160 --lr 1e-5 --resume "$T/half.st.ckpt" 2>"$T/log3"
 grep -q "steps 150\.\.160, batch 8, lr 1e-05" "$T/log3" && $D3 info "$T/cool.st.ckpt" 2>&1 | grep -q "lr=1e-05" \
     && ok "resume with --lr lowers the learning rate" || { no "resume with --lr"; grep "steps" "$T/log3"; }
+
+# --cooldown: the rate decays linearly to 0 over the last steps; set on a
+# resume, it gives the same run as when set from the start
+$D3 pretrain $A --out "$T/cd.st" --steps 300 --cooldown 100 --save-every 100 2>"$T/log4"
+grep -q "decaying linearly to 0 from step 200" "$T/log4" && $D3 info "$T/cd.st.ckpt" 2>&1 | grep -q "cooldown=100" \
+    && ok "--cooldown logged and kept in the checkpoint" || { no "--cooldown logged and kept"; grep steps "$T/log4"; }
+cmp -s "$T/cd.st" "$T/full.st" && no "--cooldown changes the run" || ok "--cooldown changes the run"
+$D3 pretrain $A --out "$T/cd1.st" --steps 180 --save-every 100 2>/dev/null
+$D3 pretrain $A --out "$T/cd2.st" --steps 300 --cooldown 100 --resume "$T/cd1.st.ckpt" 2>/dev/null
+cmp -s "$T/cd.st" "$T/cd2.st" && ok "--cooldown on resume is bit-identical" || no "--cooldown on resume is bit-identical"
+$D3 pretrain $A --out "$T/cd3.st" --steps 300 --resume "$T/cd.st.ckpt" --ckpt "$T/cd3.ckpt" 2>/dev/null
+$D3 info "$T/cd3.ckpt" 2>&1 | grep -q "cooldown=100" && ok "resume without --cooldown keeps the run's" \
+    || no "resume without --cooldown keeps the run's"
+$D3 pretrain $A --out "$T/x.st" --steps 300 --cooldown -5 2>"$T/err"; rc=$?
+[ $rc -eq 1 ] && grep -q -- "--cooldown" "$T/err" && ok "bad --cooldown named" || { no "bad --cooldown (exit $rc)"; cat "$T/err"; }
 
 # Ctrl-C: a checkpoint, status 130, and the run resumes to the same result
 $D3 pretrain $A --out "$T/int.st" --steps 300000 --save-every 100000 2>"$T/log3" &
