@@ -459,6 +459,12 @@ double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *g
 
 double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
                               const float *x0, const int *cls, float p_uncond, d3_rng *rng) {
+    return pretrain_step_backward_w(m, tp, grads, N, x0, cls, p_uncond, 0.0f, rng, NULL);
+}
+
+double pretrain_step_backward_w(const d3_model *m, d3_tape *tp, float *grads, int N,
+                                const float *x0, const int *cls, float p_uncond, float snr_gamma,
+                                d3_rng *rng, double *mse) {
     const d3_backend *be = tape_backend(tp);
     int S = m->L.arch.size;
     size_t D = 3 * (size_t)S * S;
@@ -482,7 +488,7 @@ double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int 
      * through memory. The random draws above are unchanged. A GPU takes
      * the whole batch at once. */
     const int chunk = be->host ? PRETRAIN_CPU_CHUNK : N;
-    double loss = 0.0;
+    double loss = 0.0, plain = 0.0;
     for (int i0 = 0; i0 < N; i0 += chunk) {
         const int nc = N - i0 < chunk ? N - i0 : chunk;
         const float share = (float)nc / (float)N;
@@ -493,10 +499,26 @@ double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int 
         d3_tensor *out = unet_forward(tp, &m->L, model_params_dev(m, be), grads, in, tv + i0, y + i0);
         float *dn = tape_alloc(tp, out->numel), *dout = tape_alloc(tp, out->numel);
         be->upload(dn, noise + (size_t)i0 * D, nc * D * sizeof(float));
-        loss += (double)share * be->mse_forward(out->v, dn, out->numel);
-        be->mse_backward(dout, share, out->v, dn, out->numel);
+        if (snr_gamma > 0) {
+            /* min-SNR: image j's error weighs min(SNR, gamma) / SNR */
+            for (int j = 0; j < nc; j++) {
+                double ab = m->sched.abar[(int)tv[i0 + j]], snr = ab / (1.0 - ab);
+                float wj = (float)(fmin(snr, (double)snr_gamma) / snr);
+                size_t o = (size_t)j * D;
+                double e = be->mse_forward(out->v + o, dn + o, D);
+                loss += (double)share / nc * wj * e;
+                plain += (double)share / nc * e;
+                be->mse_backward(dout + o, share * wj / (float)nc, out->v + o, dn + o, D);
+            }
+        } else {
+            double e = be->mse_forward(out->v, dn, out->numel);
+            loss += (double)share * e;
+            plain += (double)share * e;
+            be->mse_backward(dout, share, out->v, dn, out->numel);
+        }
         tape_backward(tp, out, dout);
     }
     free(noise); free(xt); free(tv); free(u); free(y);
+    if (mse) *mse = plain;
     return loss;
 }

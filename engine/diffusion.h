@@ -179,4 +179,15 @@ void dpo_draw(const d3_model *m, d3_rng *rng, int n, int *t, float *eps);
 double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
                               const float *x0, const int *cls, float p_uncond, d3_rng *rng);
 
+/* The same with min-SNR-gamma weighting (Hang et al. 2023) when snr_gamma
+ * > 0: each image's squared error is weighted by min(SNR(t), gamma) /
+ * SNR(t), SNR = abar / (1 - abar), which lowers the weight of the low-noise
+ * steps; the draws are the same. Returns the weighted loss (whose
+ * gradient is accumulated) and, when mse is not NULL, stores the
+ * unweighted epsilon-MSE there (comparable across runs). snr_gamma <= 0
+ * is pretrain_step_backward. */
+double pretrain_step_backward_w(const d3_model *m, d3_tape *tp, float *grads, int N,
+                                const float *x0, const int *cls, float p_uncond, float snr_gamma,
+                                d3_rng *rng, double *mse);
+
 #endif

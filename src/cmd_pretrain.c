@@ -41,6 +41,9 @@ static const char pretrain_help[] =
     "  --warmup N        linear warm-up steps (default 500)\n"
     "  --cooldown N      decay the rate linearly to 0 over the last N steps\n"
     "                    (default 0: constant after the warm-up)\n"
+    "  --min-snr G       weight each image's error by min(SNR, G) / SNR\n"
+    "                    (min-SNR-gamma; default 0: unweighted; the loss shown\n"
+    "                    stays the unweighted epsilon-MSE)\n"
     "  --ema X           EMA decay (default 0.999)\n"
     "  --p-uncond X      class dropout probability (default 0.1)\n"
     "  --seed N          seed of initialisation, data order and noise (default 0)\n"
@@ -48,7 +51,7 @@ static const char pretrain_help[] =
     "  --ckpt FILE       checkpoint path (default FILE.ckpt)\n"
     "  --resume CKPT     continue a run from its checkpoint (bit-identical to an\n"
     "                    uninterrupted run with the same thread count); --steps,\n"
-    "                    --lr and --cooldown may change, the other settings\n"
+    "                    --lr, --cooldown and --min-snr may change, the other settings\n"
     "                    are the run's\n"
     "  --threads N       CPU threads (default: all cores)\n"
     "  --device D        auto (default: the GPU when one works), cpu or cuda\n"
@@ -69,27 +72,30 @@ typedef struct {
     long step, steps, batch, warmup, seed;
     long cooldown; /* linear decay of the rate to 0 over the run's last steps */
     double lr, ema, p_uncond;
+    double min_snr; /* min-SNR-gamma loss weighting; 0: none */
     double loss_avg; /* the smoothed loss shown, carried across resumes */
 } run_cfg;
 
 static void cfg_meta(d3_model *m, const run_cfg *c, const char *data) {
     char buf[512];
     snprintf(buf, sizeof buf,
-             "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%.9g ema=%.9g p_uncond=%.9g loss=%.17g cooldown=%ld",
+             "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%.9g ema=%.9g p_uncond=%.9g loss=%.17g cooldown=%ld min_snr=%.9g",
              c->step, c->steps, c->batch, c->warmup, c->seed, c->lr, c->ema, c->p_uncond, c->loss_avg,
-             c->cooldown);
+             c->cooldown, c->min_snr);
     model_set_meta(m, "d3po.pretrain", buf);
     model_set_meta(m, "d3po.pretrain.data", data);
 }
 
-/* Checkpoints written before --cooldown existed end after loss=. */
+/* Checkpoints written before --cooldown and --min-snr existed end after
+ * loss=; they read as 0 (neither). */
 static int cfg_parse(run_cfg *c, const char *s) {
     c->cooldown = 0;
+    c->min_snr = 0;
     int n = sscanf(s, "step=%ld steps=%ld batch=%ld warmup=%ld seed=%ld lr=%lf ema=%lf p_uncond=%lf loss=%lf "
-                      "cooldown=%ld",
+                      "cooldown=%ld min_snr=%lf",
                    &c->step, &c->steps, &c->batch, &c->warmup, &c->seed, &c->lr, &c->ema, &c->p_uncond,
-                   &c->loss_avg, &c->cooldown);
-    return (n == 9 || n == 10) && c->cooldown >= 0 ? 0 : -1;
+                   &c->loss_avg, &c->cooldown, &c->min_snr);
+    return n >= 9 && c->cooldown >= 0 && c->min_snr >= 0 ? 0 : -1;
 }
 
 /* The rate at a step: linear warm-up, the peak, then with a cool-down of
@@ -151,11 +157,12 @@ int cmd_pretrain(int argc, char **argv) {
         {"seed", 1, 0, 's'},   {"save-every", 1, 0, 'S'}, {"ckpt", 1, 0, 'c'},
         {"resume", 1, 0, 'r'}, {"threads", 1, 0, 't'},  {"help", 0, 0, 'h'},
         {"device", 1, 0, 'D'}, {"tf32", 0, 0, 'T'},     {"cooldown", 1, 0, 'C'},
+        {"min-snr", 1, 0, 'M'},
         {0, 0, 0, 0}};
     const char *data = NULL, *out = NULL, *arch = NULL, *ckpt = NULL, *resume = NULL;
     run_cfg c = {.steps = 20000, .batch = 64, .warmup = 500, .lr = 2e-4, .ema = 0.999, .p_uncond = 0.1, .loss_avg = NAN};
     long save_every = 500, threads = 0;
-    int set_batch = 0, set_seed = 0, set_lr = 0, set_cool = 0, opt, tf32 = 0;
+    int set_batch = 0, set_seed = 0, set_lr = 0, set_cool = 0, set_snr = 0, opt, tf32 = 0;
     d3_device_kind dev = D3_DEV_AUTO;
     char derr[D3_ERRLEN];
     uint64_t seed = 0;
@@ -183,6 +190,7 @@ int cmd_pretrain(int argc, char **argv) {
             break;
         case 'T': tf32 = 1; break;
         case 'C': bad = cli_int("pretrain", "--cooldown", optarg, 0, 100000000, &c.cooldown); set_cool = 1; break;
+        case 'M': bad = cli_float("pretrain", "--min-snr", optarg, 0, 1e6, &c.min_snr); set_snr = 1; break;
         case 'h': fputs(pretrain_help, stdout); return 0;
         default: bad = 1; fputs(pretrain_help, stderr);
         }
@@ -232,6 +240,7 @@ int cmd_pretrain(int argc, char **argv) {
         rc.steps = steps_wanted; /* --steps may extend the run */
         if (set_lr) rc.lr = c.lr; /* and --lr change it (a cool-down) */
         if (set_cool) rc.cooldown = c.cooldown; /* or --cooldown decay it */
+        if (set_snr) rc.min_snr = c.min_snr;
         c = rc;
     }
     imgfolder ds;
@@ -284,6 +293,7 @@ int cmd_pretrain(int argc, char **argv) {
             m.L.numel, c.step, c.steps, c.batch, c.lr);
     if (c.cooldown > 0)
         fprintf(stderr, ", decaying linearly to 0 from step %ld", c.steps - c.cooldown);
+    if (c.min_snr > 0) fprintf(stderr, ", min-SNR weighting gamma %g", c.min_snr);
     fputc('\n', stderr);
 
     struct sigaction sa = {0};
@@ -326,10 +336,12 @@ int cmd_pretrain(int argc, char **argv) {
         d3_rng r;
         rng_init(&r, (uint64_t)c.seed, (uint64_t)c.step);
         be->zero(G, bytes);
-        double loss = pretrain_step_backward(&m, tp, G, (int)c.batch, x0, cls, (float)c.p_uncond, &r);
-        if (!isfinite(loss)) {
+        double loss;
+        double wloss = pretrain_step_backward_w(&m, tp, G, (int)c.batch, x0, cls, (float)c.p_uncond,
+                                                (float)c.min_snr, &r, &loss);
+        if (!isfinite(wloss)) {
             fprintf(stderr, "\nd3po pretrain: loss is %g at step %ld; lower --lr (checkpoint kept at %s)\n",
-                    loss, c.step, ckpt);
+                    wloss, c.step, ckpt);
             rc = EXIT_FAIL;
             break;
         }

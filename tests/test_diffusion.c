@@ -517,6 +517,66 @@ static void test_pretrain_lowers_loss(void) {
     model_free(&m);
 }
 
+/* min-SNR weighting: with gamma 0 it is the plain step bit for bit; with
+ * a gamma every draw's weight lies in (0, 1], the weighted loss is below
+ * the plain one, which the out-parameter still reports unchanged; and the
+ * gradient is the weighted loss's, by finite differences (the same draws
+ * at every evaluation: the rng restarts). */
+static void test_pretrain_min_snr(void) {
+    d3_model m;
+    tiny(&m, "base=8,mult=1.2,res=1,attn=none,size=8,classes=2", 21);
+    for (size_t i = 0; i < m.L.numel; i++) m.params[i] += (float)(urand() * 0.1 - 0.05);
+    d3_tape *tp = tape_new(backend_cpu());
+    int N = 12, cls[12];
+    size_t D = 3 * 8 * 8, n = m.L.numel;
+    float *x0 = malloc(N * D * sizeof(float));
+    float *g0 = calloc(n, sizeof(float)), *g1 = calloc(n, sizeof(float)), *g = calloc(n, sizeof(float));
+    float *scratch = calloc(n, sizeof(float));
+    for (int i = 0; i < N; i++) cls[i] = i % 2;
+    for (size_t j = 0; j < N * D; j++) x0[j] = (float)(urand() * 2 - 1);
+    d3_rng r;
+    rng_init(&r, 5, 0);
+    double l0 = pretrain_step_backward(&m, tp, g0, N, x0, cls, 0.0f, &r), mse = -1;
+    rng_init(&r, 5, 0);
+    double l1 = pretrain_step_backward_w(&m, tp, g1, N, x0, cls, 0.0f, 0.0f, &r, &mse);
+    CHECK(l0 == l1 && mse == l0 && !memcmp(g0, g1, n * sizeof(float)), "gamma 0 differs from the plain step");
+    const float gamma = 1.0f;
+    rng_init(&r, 5, 0);
+    double lw = pretrain_step_backward_w(&m, tp, g, N, x0, cls, 0.0f, gamma, &r, &mse);
+    printf("    plain loss %.5f, weighted %.5f, reported mse %.5f\n", l0, lw, mse);
+    CHECK(fabs(mse - l0) < 1e-6 * l0, "reported mse %g, plain loss %g", mse, l0);
+    CHECK(lw < l0 && lw > 0, "weighted loss %g not in (0, %g)", lw, l0);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[i]));
+    int bad = 0, checked = 0;
+    for (int ti = 0; ti < m.L.nparams; ti++) {
+        const unet_param *p = &m.L.params[ti];
+        size_t best = p->offset;
+        for (size_t k = p->offset; k < p->offset + p->numel; k++)
+            if (fabs(g[k]) > fabs(g[best])) best = k;
+        size_t k = best;
+        float keep = m.params[k];
+        double hh = 2e-2 * fmax(fabs(keep), 0.2);
+        m.params[k] = (float)(keep + hh);
+        rng_init(&r, 5, 0);
+        double lp = pretrain_step_backward_w(&m, tp, scratch, N, x0, cls, 0.0f, gamma, &r, NULL);
+        m.params[k] = (float)(keep - hh);
+        rng_init(&r, 5, 0);
+        double lm = pretrain_step_backward_w(&m, tp, scratch, N, x0, cls, 0.0f, gamma, &r, NULL);
+        m.params[k] = keep;
+        double num = (lp - lm) / (2 * hh);
+        checked++;
+        if (fabs(num - g[k]) > 3e-2 * fabs(num) + 2e-3 * gmax) {
+            if (bad++ < 5) fprintf(stderr, "    %s[%zu]: analytic %g numeric %g\n", p->name, k - p->offset, g[k], num);
+        }
+    }
+    printf("    %d entries checked, max|g| %.3g\n", checked, gmax);
+    CHECK(bad == 0, "%d of %d entries differ from finite differences", bad, checked);
+    free(x0); free(g0); free(g1); free(g); free(scratch);
+    tape_free(tp);
+    model_free(&m);
+}
+
 /* A negative entry in order leaves that step out: the K one-step calls
  * (as bench/step_snr makes them) add up to the full call, loss and
  * gradient, and a call with every step left out does nothing. */
@@ -845,6 +905,7 @@ int main(void) {
     RUN(test_d3po_tie_and_clamp);
     RUN(test_checkpoint_state);
     RUN(test_pretrain_lowers_loss);
+    RUN(test_pretrain_min_snr);
     RUN(test_d3po_first_step_direction);
     RUN(test_d3po_kl_penalty);
     RUN(test_d3po_step_subset);

@@ -3,7 +3,8 @@
 # loss falls over a few hundred steps, --resume is bit-identical to an
 # uninterrupted run, a corrupt PNG is skipped with a message naming it, an
 # empty folder is a clear error, Ctrl-C saves a checkpoint that resumes,
-# --cooldown decays the rate and survives a resume.
+# --cooldown decays the rate and survives a resume, --min-snr weights the
+# loss.
 . tests/lib.sh
 
 # two classes of 8x8 PNGs: a bright square on dark, and its negative,
@@ -70,6 +71,16 @@ $D3 info "$T/cd3.ckpt" 2>&1 | grep -q "cooldown=100" && ok "resume without --coo
     || no "resume without --cooldown keeps the run's"
 $D3 pretrain $A --out "$T/x.st" --steps 300 --cooldown -5 2>"$T/err"; rc=$?
 [ $rc -eq 1 ] && grep -q -- "--cooldown" "$T/err" && ok "bad --cooldown named" || { no "bad --cooldown (exit $rc)"; cat "$T/err"; }
+
+# --min-snr: a weighted loss; the run differs, still learns, and keeps it
+$D3 pretrain $A --out "$T/ms.st" --steps 300 --min-snr 5 --save-every 100 2>"$T/log5"
+first=$(grep -o 'loss [0-9.]*' "$T/log5" | head -n 1 | cut -d' ' -f2)
+last=$(grep -o 'wrote .* loss [0-9.]*' "$T/log5" | grep -o 'loss [0-9.]*' | cut -d' ' -f2)
+grep -q "min-SNR weighting gamma 5" "$T/log5" && $D3 info "$T/ms.st.ckpt" 2>&1 | grep -q "min_snr=5" \
+    && ok "--min-snr logged and kept in the checkpoint" || { no "--min-snr logged and kept"; grep steps "$T/log5"; }
+cmp -s "$T/ms.st" "$T/full.st" && no "--min-snr changes the run" || ok "--min-snr changes the run"
+python3 -c "import sys; sys.exit(0 if float('$last') < 0.6 * float('$first') else 1)" && ok "--min-snr loss falls ($first -> $last)" \
+    || no "--min-snr loss falls ($first -> $last)"
 
 # Ctrl-C: a checkpoint, status 130, and the run resumes to the same result
 $D3 pretrain $A --out "$T/int.st" --steps 300000 --save-every 100000 2>"$T/log3" &
