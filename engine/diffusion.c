@@ -7,8 +7,10 @@
 #include "diffusion.h"
 
 #include "dmodel.h"
+#include "ops.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -457,6 +459,44 @@ double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *g
 #define PRETRAIN_CPU_CHUNK 8 /* images per forward/backward on the CPU */
 #endif
 
+/* One chunk of a pretraining batch: images i0 .. i0+chunk-1 (fewer at the
+ * end) forward and backward on tp, parameter gradients added to grads;
+ * *loss and *plain get the chunk's weighted and plain MSE shares. */
+static void pretrain_chunk(const d3_model *m, d3_tape *tp, const float *params, float *grads, int N,
+                           int i0, int chunk, size_t D, const float *xt, const float *noise,
+                           const float *tv, const int *y, float snr_gamma, double *loss, double *plain) {
+    const d3_backend *be = tape_backend(tp);
+    const int S = m->L.arch.size;
+    const int nc = N - i0 < chunk ? N - i0 : chunk;
+    const float share = (float)nc / (float)N;
+    *loss = *plain = 0.0;
+    tape_reset(tp);
+    tape_set_grad(tp, 1);
+    d3_tensor *in = tape_input(tp, nc, 3, S, S);
+    be->upload(in->v, xt + (size_t)i0 * D, nc * D * sizeof(float));
+    d3_tensor *out = unet_forward(tp, &m->L, params, grads, in, tv + i0, y + i0);
+    float *dn = tape_alloc(tp, out->numel), *dout = tape_alloc(tp, out->numel);
+    be->upload(dn, noise + (size_t)i0 * D, nc * D * sizeof(float));
+    if (snr_gamma > 0) {
+        /* min-SNR: image j's error weighs min(SNR, gamma) / SNR */
+        for (int j = 0; j < nc; j++) {
+            double ab = m->sched.abar[(int)tv[i0 + j]], snr = ab / (1.0 - ab);
+            float wj = (float)(fmin(snr, (double)snr_gamma) / snr);
+            size_t o = (size_t)j * D;
+            double e = be->mse_forward(out->v + o, dn + o, D);
+            *loss += (double)share / nc * wj * e;
+            *plain += (double)share / nc * e;
+            be->mse_backward(dout + o, share * wj / (float)nc, out->v + o, dn + o, D);
+        }
+    } else {
+        double e = be->mse_forward(out->v, dn, out->numel);
+        *loss += (double)share * e;
+        *plain += (double)share * e;
+        be->mse_backward(dout, share, out->v, dn, out->numel);
+    }
+    tape_backward(tp, out, dout);
+}
+
 double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
                               const float *x0, const int *cls, float p_uncond, d3_rng *rng) {
     return pretrain_step_backward_w(m, tp, grads, N, x0, cls, p_uncond, 0.0f, rng, NULL);
@@ -486,38 +526,65 @@ double pretrain_step_backward_w(const d3_model *m, d3_tape *tp, float *grads, in
      * chunk's MSE is weighted by its share of the batch): the activations
      * of a chunk stay in the caches instead of streaming ~30 MB per image
      * through memory. The random draws above are unchanged. A GPU takes
-     * the whole batch at once. */
+     * the whole batch at once.
+     * With several threads the chunks are shared out data-parallel: worker
+     * k (its own tape, its ops on one thread) takes chunks k, k + nw, ...
+     * into its own gradient buffer (worker 0: grads itself), summed into
+     * grads in worker order at the end. The many small ops of a chunk
+     * (group norms, 8x8 attention, adds) then run on both cores instead of
+     * splitting each op between them. Fixed assignment and order: the same
+     * floats for the same thread count. */
     const int chunk = be->host ? PRETRAIN_CPU_CHUNK : N;
-    double loss = 0.0, plain = 0.0;
-    for (int i0 = 0; i0 < N; i0 += chunk) {
-        const int nc = N - i0 < chunk ? N - i0 : chunk;
-        const float share = (float)nc / (float)N;
-        tape_reset(tp);
-        tape_set_grad(tp, 1);
-        d3_tensor *in = tape_input(tp, nc, 3, S, S);
-        be->upload(in->v, xt + (size_t)i0 * D, nc * D * sizeof(float));
-        d3_tensor *out = unet_forward(tp, &m->L, model_params_dev(m, be), grads, in, tv + i0, y + i0);
-        float *dn = tape_alloc(tp, out->numel), *dout = tape_alloc(tp, out->numel);
-        be->upload(dn, noise + (size_t)i0 * D, nc * D * sizeof(float));
-        if (snr_gamma > 0) {
-            /* min-SNR: image j's error weighs min(SNR, gamma) / SNR */
-            for (int j = 0; j < nc; j++) {
-                double ab = m->sched.abar[(int)tv[i0 + j]], snr = ab / (1.0 - ab);
-                float wj = (float)(fmin(snr, (double)snr_gamma) / snr);
-                size_t o = (size_t)j * D;
-                double e = be->mse_forward(out->v + o, dn + o, D);
-                loss += (double)share / nc * wj * e;
-                plain += (double)share / nc * e;
-                be->mse_backward(dout + o, share * wj / (float)nc, out->v + o, dn + o, D);
-            }
-        } else {
-            double e = be->mse_forward(out->v, dn, out->numel);
-            loss += (double)share * e;
-            plain += (double)share * e;
-            be->mse_backward(dout, share, out->v, dn, out->numel);
-        }
-        tape_backward(tp, out, dout);
+    const int nchunks = (N + chunk - 1) / chunk;
+    int nw = be->host && grads ? ops_get_threads() : 1;
+    if (nw > nchunks) nw = nchunks;
+    if (nw > TAPE_WORKERS + 1) nw = TAPE_WORKERS + 1;
+    const float *params = model_params_dev(m, be);
+    const size_t P = m->L.numel;
+    float *wgrad = NULL;
+    if (nw > 1) {
+        wgrad = calloc((size_t)(nw - 1) * P, sizeof(float));
+        for (int k = 1; k < nw && wgrad; k++)
+            if (!tape_worker(tp, k)) nw = 1;
+        if (!wgrad) nw = 1;
     }
+    double *closs = calloc((size_t)nchunks * 2, sizeof(double));
+    if (!closs) nw = 1; /* and the sums below go chunk by chunk */
+    double loss = 0.0, plain = 0.0;
+    if (nw > 1) {
+#pragma omp parallel num_threads(nw)
+        {
+            const int k = omp_get_thread_num();
+            ops_set_local_threads(1);
+            d3_tape *wt = tape_worker(tp, k);
+            float *wg = k ? wgrad + (size_t)(k - 1) * P : grads;
+            for (int c = k; c < nchunks; c += nw)
+                pretrain_chunk(m, wt, params, wg, N, c * chunk, chunk, D, xt, noise, tv, y, snr_gamma,
+                               &closs[2 * c], &closs[2 * c + 1]);
+            ops_set_local_threads(0);
+        }
+        for (int c = 0; c < nchunks; c++) {
+            loss += closs[2 * c];
+            plain += closs[2 * c + 1];
+        }
+        /* grads += each worker's buffer, in worker order */
+        const int nt = nw;
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (size_t i = 0; i < P; i++) {
+            float g = grads[i];
+            for (int k = 1; k < nw; k++) g += wgrad[(size_t)(k - 1) * P + i];
+            grads[i] = g;
+        }
+    } else {
+        for (int c = 0; c < nchunks; c++) {
+            double l = 0, e = 0;
+            pretrain_chunk(m, tp, params, grads, N, c * chunk, chunk, D, xt, noise, tv, y, snr_gamma, &l, &e);
+            loss += l;
+            plain += e;
+        }
+    }
+    free(wgrad);
+    free(closs);
     free(noise); free(xt); free(tv); free(u); free(y);
     if (mse) *mse = plain;
     return loss;

@@ -215,6 +215,9 @@ void scale_backward(float *dinp, const float *dout, float s, size_t n);
 /* Number of OpenMP/BLAS threads the ops use (0 = library default). */
 void ops_set_threads(int n);
 int ops_get_threads(void);
+/* This thread's own count for the ops it calls (0 = back to the process's):
+ * set to 1 in each worker of an outer data-parallel region. */
+void ops_set_local_threads(int n);
 
 /* Classifier ops (ops_cls.c; CUDA: engine/cuda/cls.cu). */
 

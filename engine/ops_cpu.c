@@ -2316,7 +2316,14 @@ void ops_set_threads(int n) {
     openblas_set_num_threads(1);
 }
 
+/* A calling thread's own setting (0 = the process-wide one): a worker of
+ * a data-parallel loop (pretrain_step_backward_w) runs its ops on itself. */
+static _Thread_local int ops_local_threads;
+
+void ops_set_local_threads(int n) { ops_local_threads = n > 0 ? n : 0; }
+
 int ops_get_threads(void) {
+    if (ops_local_threads > 0) return ops_local_threads;
     int n = atomic_load(&ops_threads);
     return n > 0 ? n : omp_get_max_threads();
 }

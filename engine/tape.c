@@ -53,6 +53,8 @@ struct d3_tape {
     /* per tensor id: its gradient buffer is held but not yet written or
      * zeroed (tape_backward; see grad_need) */
     unsigned char *gunset;
+    /* tape_worker's sibling tapes, made on first use, freed with this one */
+    struct d3_tape *workers[TAPE_WORKERS];
 };
 
 #define ARENA_MIN (64u << 20)
@@ -72,6 +74,7 @@ d3_tape *tape_new(const d3_backend *be) {
 
 void tape_free(d3_tape *tp) {
     if (!tp) return;
+    for (int k = 0; k < TAPE_WORKERS; k++) tape_free(tp->workers[k]);
     tape_reset(tp);
     for (int i = 0; i < tp->nblocks; i++) tp->be->free(tp->blocks[i].base);
     free(tp->blocks);
@@ -93,7 +96,19 @@ void tape_reset(d3_tape *tp) {
 
 void tape_set_grad(d3_tape *tp, int on) { tp->grad_on = on; }
 const d3_backend *tape_backend(const d3_tape *tp) { return tp->be; }
-size_t tape_arena_bytes(const d3_tape *tp) { return tp->total; }
+size_t tape_arena_bytes(const d3_tape *tp) {
+    size_t n = tp->total;
+    for (int k = 0; k < TAPE_WORKERS; k++)
+        if (tp->workers[k]) n += tp->workers[k]->total;
+    return n;
+}
+
+d3_tape *tape_worker(d3_tape *tp, int k) {
+    if (k == 0) return tp;
+    if (k < 0 || k > TAPE_WORKERS) return NULL;
+    if (!tp->workers[k - 1]) tp->workers[k - 1] = tape_new(tp->be);
+    return tp->workers[k - 1];
+}
 
 static void *arena_get(d3_tape *tp, size_t bytes, int zero) {
     bytes = (bytes + 63) & ~(size_t)63;

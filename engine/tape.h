@@ -62,8 +62,15 @@ void tape_reset(d3_tape *tp);
 /* Gradients on (default) or off (inference: no nodes, less memory). */
 void tape_set_grad(d3_tape *tp, int on);
 const d3_backend *tape_backend(const d3_tape *tp);
-/* Bytes of arena memory held (peak so far). */
+/* Bytes of arena memory held (peak so far), its worker tapes' included. */
 size_t tape_arena_bytes(const d3_tape *tp);
+/* Tapes for the workers of a data-parallel loop, each used by one thread
+ * at a time: worker 0 is tp itself, 1..TAPE_WORKERS siblings of tp on the
+ * same backend, made on first call (not thread-safe: call before the
+ * parallel region) and freed by tape_free(tp). NULL when k is out of range
+ * or memory runs out. */
+#define TAPE_WORKERS 15
+d3_tape *tape_worker(d3_tape *tp, int k);
 
 /* Scratch device floats from the arena, zeroed, valid until tape_reset. */
 float *tape_alloc(d3_tape *tp, size_t nfloats);

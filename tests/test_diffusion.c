@@ -10,6 +10,7 @@
 #include "d3po.h"
 #include "diffusion.h"
 #include "model.h"
+#include "ops.h"
 #include "optim.h"
 #include "t.h"
 
@@ -577,6 +578,54 @@ static void test_pretrain_min_snr(void) {
     model_free(&m);
 }
 
+/* Data-parallel pretraining on the CPU (chunks shared out between
+ * threads, each worker on its own tape and gradient buffer): at 2 and 3
+ * threads the loss and the gradient are the 1-thread ones up to float
+ * rounding, with min-SNR weights, attention and a short last chunk; the
+ * gradient accumulates into what the buffer held; and the same thread
+ * count gives the same floats twice. */
+static void test_pretrain_data_parallel(void) {
+    const uint64_t keep_rs = rs; /* the later tests' draws stay as they were */
+    d3_model m;
+    tiny(&m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 31);
+    for (size_t i = 0; i < m.L.numel; i++) m.params[i] += (float)(urand() * 0.1 - 0.05);
+    d3_tape *tp = tape_new(backend_cpu());
+    int N = 20, cls[20]; /* chunks of 8: 8, 8, 4 */
+    size_t D = 3 * 8 * 8, n = m.L.numel;
+    float *x0 = malloc(N * D * sizeof(float)), *g[4];
+    for (int i = 0; i < N; i++) cls[i] = i % 3;
+    for (size_t j = 0; j < N * D; j++) x0[j] = (float)(urand() * 2 - 1);
+    const int keep_threads = ops_get_threads(), counts[4] = {1, 2, 3, 2};
+    double loss[4], mse[4];
+    for (int r = 0; r < 4; r++) {
+        g[r] = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) g[r][i] = 1.0f;
+        ops_set_threads(counts[r]);
+        d3_rng rng;
+        rng_init(&rng, 6, 0);
+        loss[r] = pretrain_step_backward_w(&m, tp, g[r], N, x0, cls, 0.2f, 2.0f, &rng, &mse[r]);
+    }
+    ops_set_threads(keep_threads);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[0][i] - 1.0));
+    CHECK(gmax > 1e-3, "no gradient: max |g| %g", gmax);
+    for (int r = 1; r < 3; r++) {
+        double dmax = 0;
+        for (size_t i = 0; i < n; i++) dmax = fmax(dmax, fabs((double)g[r][i] - g[0][i]));
+        printf("    %d threads: loss %.7f (1 thread %.7f), max |dg| %.3g of max |g| %.3g\n", counts[r], loss[r],
+               loss[0], dmax, gmax);
+        CHECK(fabs(loss[r] - loss[0]) < 1e-6 * loss[0] && fabs(mse[r] - mse[0]) < 1e-6 * mse[0],
+              "%d threads: loss %.9g/%.9g, 1 thread %.9g/%.9g", counts[r], loss[r], mse[r], loss[0], mse[0]);
+        CHECK(dmax < 1e-5 * gmax, "%d threads: gradient differs from 1 thread by %g (max %g)", counts[r], dmax, gmax);
+    }
+    CHECK(loss[3] == loss[1] && !memcmp(g[3], g[1], n * sizeof(float)), "2 threads twice: different floats");
+    for (int r = 0; r < 4; r++) free(g[r]);
+    free(x0);
+    tape_free(tp);
+    model_free(&m);
+    rs = keep_rs;
+}
+
 /* A negative entry in order leaves that step out: the K one-step calls
  * (as bench/step_snr makes them) add up to the full call, loss and
  * gradient, and a call with every step left out does nothing. */
@@ -906,6 +955,7 @@ int main(void) {
     RUN(test_checkpoint_state);
     RUN(test_pretrain_lowers_loss);
     RUN(test_pretrain_min_snr);
+    RUN(test_pretrain_data_parallel);
     RUN(test_d3po_first_step_direction);
     RUN(test_d3po_kl_penalty);
     RUN(test_d3po_step_subset);

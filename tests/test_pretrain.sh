@@ -37,7 +37,9 @@ for c, name in enumerate(["light square", "dark square"]):
 PY
 printf 'this is not a png' >"$T/data/light square/zz-corrupt.png"
 
-A="--data $T/data --arch base=8,mult=1.2,res=1,attn=none,size=8 --batch 8 --lr 2e-3 --warmup 20 --seed 3 --threads 2"
+# batch 16: two chunks of 8, so at --threads 2 the step runs data-parallel
+# (two workers) and the resume checks below cover that path
+A="--data $T/data --arch base=8,mult=1.2,res=1,attn=none,size=8 --batch 16 --lr 2e-3 --warmup 20 --seed 3 --threads 2"
 $D3 pretrain $A --out "$T/full.st" --steps 300 --save-every 100 2>"$T/log"; rc=$?
 [ $rc -eq 0 ] && ok "pretrain runs" || { no "pretrain runs (exit $rc)"; cat "$T/log"; }
 grep -q "skipping $T/data/light square/zz-corrupt.png" "$T/log" && ok "corrupt png skipped by path" || no "corrupt png skipped by path"
@@ -54,7 +56,7 @@ cmp -s "$T/full.st" "$T/res.st" && ok "resume is bit-identical" || { no "resume 
 cmp -s "$T/full.st.ckpt" "$T/res.st.ckpt" && ok "checkpoints identical" || no "checkpoints identical"
 # --lr on resume: a cool-down; the run's other settings stay
 $D3 pretrain $A --out "$T/cool.st" --steps 160 --lr 1e-5 --resume "$T/half.st.ckpt" 2>"$T/log3"
-grep -q "steps 150\.\.160, batch 8, lr 1e-05" "$T/log3" && $D3 info "$T/cool.st.ckpt" 2>&1 | grep -q "lr=1e-05" \
+grep -q "steps 150\.\.160, batch 16, lr 1e-05" "$T/log3" && $D3 info "$T/cool.st.ckpt" 2>&1 | grep -q "lr=1e-05" \
     && ok "resume with --lr lowers the learning rate" || { no "resume with --lr"; grep "steps" "$T/log3"; }
 
 # --cooldown: the rate decays linearly to 0 over the last steps; set on a
