@@ -240,14 +240,110 @@ double d3po_pair_backward(const d3_model *m, d3_tape *tp, float *grads, const dd
     return r;
 }
 
+/* What one D3PO step (timestep k of the pair) reads, shared by the steps. */
+typedef struct {
+    d3_dmodel *dm;
+    const ddim_opts *o;
+    const d3po_opts *d;
+    const int *ts;
+    const double *ats, *aps;
+    const float *trajs[2], *refs[2];
+    const float *const *rmean;
+    const float *h;
+    const float *c2, *uncond;
+    float *loss_k, *lp0, *lp1;
+} d3po_ctx;
+
+/* A step's host scratch: x, eps, mean, deps [2D each], xp, dkl [D], host [4D]. */
+static float *d3po_scratch(size_t D) { return malloc(14 * D * sizeof(float)); }
+
+/* Timestep k forward and backward on tp, parameter gradients added to
+ * grads; returns the step's loss (DESIGN.md's D3PO objective). */
+static double d3po_step(const d3po_ctx *c, d3_tape *tp, float *grads, int k, float *scr) {
+    d3_dmodel *dm = c->dm;
+    const d3po_opts *d = c->d;
+    const size_t D = dm->D;
+    const double kl = d->kl, at = c->ats[k], ap = c->aps[k];
+    const float w = c->o->cfg, *h = c->h;
+    float *x = scr, *eps = x + 2 * D, *mean = eps + 2 * D, *deps = mean + 2 * D;
+    float *xp = deps + 2 * D, *dkl = xp + D, *host = dkl + D;
+    const d3_backend *be = tape_backend(tp);
+    for (int i = 0; i < 2; i++) memcpy(x + i * D, c->trajs[i] + (size_t)k * D, D * sizeof(float));
+    tape_reset(tp);
+    tape_set_grad(tp, 1);
+    int nb;
+    d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, c->ts[k], c->c2, c->uncond, w, &nb);
+    be->download(host, out->v, out->numel * sizeof(float));
+    ddim_guide(eps, host, 2, nb, D, w);
+    double lp[2], sigma = 0, lr[2], mask[2];
+    for (int i = 0; i < 2; i++) {
+        const float *xn = c->trajs[i] + (size_t)(k + 1) * D;
+        sigma = dm_step(dm, xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, c->o->eta);
+        lp[i] = ddim_logprob(xn, mean + i * D, sigma, D);
+        double ratio = exp(lp[i] - c->refs[i][k]);
+        double lo = 1.0 - d->clip_eps, hi = 1.0 + d->clip_eps;
+        /* torch.clamp passes the gradient on [lo, hi] inclusive */
+        mask[i] = ratio >= lo && ratio <= hi;
+        lr[i] = log(ratio < lo ? lo : ratio > hi ? hi : ratio);
+    }
+    if (c->lp0) c->lp0[k] = (float)lp[0];
+    if (c->lp1) c->lp1[k] = (float)lp[1];
+    double s = d->beta * (h[0] * lr[0] + h[1] * lr[1]);
+    double loss = -log_sigmoid(s);
+    for (int i = 0; i < 2 && kl > 0; i++) {
+        /* KL_i = |mean_i - rmean_i|^2 / (2 sigma^2 D) */
+        const float *rm = c->rmean[i] + (size_t)k * D, *mi = mean + i * D;
+        double ss = 0;
+        for (size_t j = 0; j < D; j++) ss += ((double)mi[j] - rm[j]) * ((double)mi[j] - rm[j]);
+        loss += 0.5 * kl * ss / (2.0 * sigma * sigma * (double)D);
+    }
+    if (c->loss_k) c->loss_k[k] = (float)loss;
+    double ds = sigmoid(s) - 1.0; /* dloss/ds */
+    double dlp[2] = {ds * d->beta * h[0] * mask[0], ds * d->beta * h[1] * mask[1]};
+    /* tie or both clamped, and no KL: zero gradient */
+    if (dlp[0] == 0 && dlp[1] == 0 && kl == 0) return loss;
+    for (int i = 0; i < 2; i++) {
+        const float *xn = c->trajs[i] + (size_t)(k + 1) * D;
+        dm_logprob_backward(dm, deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D, sigma,
+                            at, ap);
+        if (kl > 0) {
+            /* d(kl KL_i / 2) = d(-kl/2 log N(rmean; mean, sigma)) */
+            dm_logprob_backward(dm, dkl, -0.5 * kl, x + i * D, eps + i * D, c->rmean[i] + (size_t)k * D,
+                                mean + i * D, sigma, at, ap);
+            for (size_t j = 0; j < D; j++) deps[i * D + j] += dkl[j];
+        }
+    }
+    /* eps = u + w (c - u): dc = w deps, du = (1 - w) deps */
+    for (int i = 0; i < 2; i++)
+        for (size_t j = 0; j < D; j++) {
+            if (nb == 2) { host[i * D + j] = deps[i * D + j]; continue; }
+            host[i * D + j] = w * deps[i * D + j];
+            host[(2 + i) * D + j] = (1.0f - w) * deps[i * D + j];
+        }
+    float *dout = tape_alloc(tp, out->numel);
+    be->upload(dout, host, out->numel * sizeof(float));
+    tape_backward(tp, out, dout);
+    return loss;
+}
+
+/* Adds the workers' gradient buffers wg[(k-1)*P ..] (k = 1..nw-1) to grads,
+ * in worker order, the parameter range split between nw threads. */
+static void sum_workers(float *grads, const float *wg, int nw, size_t P) {
+#pragma omp parallel for schedule(static) num_threads(nw)
+    for (size_t i = 0; i < P; i++) {
+        float g = grads[i];
+        for (int k = 1; k < nw; k++) g += wg[(size_t)(k - 1) * P + i];
+        grads[i] = g;
+    }
+}
+
 double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddim_opts *o,
                              const d3po_opts *d, const float *traj0, const float *traj1,
                              const float *cond, const float *uncond, const float *ref0,
                              const float *ref1, const float *const rmean[2], const float h[2],
                              const int *order, float *loss_k, float *lp0, float *lp1, char *err) {
     int K = o->steps;
-    double kl = d->kl;
-    if (kl > 0 && (!rmean || !rmean[0] || !rmean[1])) {
+    if (d->kl > 0 && (!rmean || !rmean[0] || !rmean[1])) {
         d3_errf(err, "the KL penalty needs the reference means");
         return NAN;
     }
@@ -257,82 +353,70 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
     double ats[D3_MAX_STEPS], aps[D3_MAX_STEPS];
     if (dm->ops->plan(dm, K, ts, ats, aps, err)) return NAN;
     const d3_backend *be = tape_backend(tp);
-    const float *trajs[2] = {traj0, traj1}, *refs[2] = {ref0, ref1};
-    float w = o->cfg;
-    float *x = malloc(2 * D * sizeof(float)), *eps = malloc(2 * D * sizeof(float));
-    float *mean = malloc(2 * D * sizeof(float)), *xp = malloc(D * sizeof(float));
-    float *deps = malloc(2 * D * sizeof(float)), *host = malloc(4 * D * sizeof(float));
-    float *dkl = kl > 0 ? malloc(D * sizeof(float)) : NULL, *c2 = malloc(2 * Dc * sizeof(float));
-    if (!x || !eps || !mean || !xp || !deps || !host || (kl > 0 && !dkl) || !c2) {
-        free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl); free(c2);
+    float *c2 = malloc(2 * Dc * sizeof(float));
+    if (!c2) {
         d3_errf(err, "out of memory");
         return NAN;
     }
     memcpy(c2, cond, Dc * sizeof(float));
     memcpy(c2 + Dc, cond, Dc * sizeof(float));
-    double total = 0;
+    d3po_ctx c = {dm, o, d, ts, ats, aps, {traj0, traj1}, {ref0, ref1}, rmean, h, c2, uncond,
+                  loss_k, lp0, lp1};
+    /* the steps of this call, in order */
+    int steps[D3_MAX_STEPS], ns = 0;
+    double lk[D3_MAX_STEPS];
     for (int kk = 0; kk < K; kk++) {
         int k = order ? order[kk] : kk;
-        if (k < 0) continue; /* a step left out of this call */
-        double at = ats[k], ap = aps[k];
-        for (int i = 0; i < 2; i++) memcpy(x + i * D, trajs[i] + (size_t)k * D, D * sizeof(float));
-        tape_reset(tp);
-        tape_set_grad(tp, 1);
-        int nb;
-        d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, ts[k], c2, uncond, w, &nb);
-        be->download(host, out->v, out->numel * sizeof(float));
-        ddim_guide(eps, host, 2, nb, D, w);
-        double lp[2], sigma = 0, lr[2], mask[2];
-        for (int i = 0; i < 2; i++) {
-            const float *xn = trajs[i] + (size_t)(k + 1) * D;
-            sigma = dm_step(dm, xp, mean + i * D, x + i * D, eps + i * D, NULL, at, ap, o->eta);
-            lp[i] = ddim_logprob(xn, mean + i * D, sigma, D);
-            double ratio = exp(lp[i] - refs[i][k]);
-            double lo = 1.0 - d->clip_eps, hi = 1.0 + d->clip_eps;
-            /* torch.clamp passes the gradient on [lo, hi] inclusive */
-            mask[i] = ratio >= lo && ratio <= hi;
-            lr[i] = log(ratio < lo ? lo : ratio > hi ? hi : ratio);
-        }
-        if (lp0) lp0[k] = (float)lp[0];
-        if (lp1) lp1[k] = (float)lp[1];
-        double s = d->beta * (h[0] * lr[0] + h[1] * lr[1]);
-        double loss = -log_sigmoid(s);
-        for (int i = 0; i < 2 && kl > 0; i++) {
-            /* KL_i = |mean_i - rmean_i|^2 / (2 sigma^2 D) */
-            const float *rm = rmean[i] + (size_t)k * D, *mi = mean + i * D;
-            double ss = 0;
-            for (size_t j = 0; j < D; j++) ss += ((double)mi[j] - rm[j]) * ((double)mi[j] - rm[j]);
-            loss += 0.5 * kl * ss / (2.0 * sigma * sigma * (double)D);
-        }
-        if (loss_k) loss_k[k] = (float)loss;
-        total += loss;
-        double ds = sigmoid(s) - 1.0; /* dloss/ds */
-        double dlp[2] = {ds * d->beta * h[0] * mask[0], ds * d->beta * h[1] * mask[1]};
-        /* tie or both clamped, and no KL: zero gradient */
-        if (dlp[0] == 0 && dlp[1] == 0 && kl == 0) continue;
-        for (int i = 0; i < 2; i++) {
-            const float *xn = trajs[i] + (size_t)(k + 1) * D;
-            dm_logprob_backward(dm, deps + i * D, dlp[i], x + i * D, eps + i * D, xn, mean + i * D,
-                                sigma, at, ap);
-            if (kl > 0) {
-                /* d(kl KL_i / 2) = d(-kl/2 log N(rmean; mean, sigma)) */
-                dm_logprob_backward(dm, dkl, -0.5 * kl, x + i * D, eps + i * D, rmean[i] + (size_t)k * D,
-                                    mean + i * D, sigma, at, ap);
-                for (size_t j = 0; j < D; j++) deps[i * D + j] += dkl[j];
-            }
-        }
-        /* eps = u + w (c - u): dc = w deps, du = (1 - w) deps */
-        for (int i = 0; i < 2; i++)
-            for (size_t j = 0; j < D; j++) {
-                if (nb == 2) { host[i * D + j] = deps[i * D + j]; continue; }
-                host[i * D + j] = w * deps[i * D + j];
-                host[(2 + i) * D + j] = (1.0f - w) * deps[i * D + j];
-            }
-        float *dout = tape_alloc(tp, out->numel);
-        be->upload(dout, host, out->numel * sizeof(float));
-        tape_backward(tp, out, dout);
+        if (k >= 0) steps[ns++] = k; /* a negative entry: a step left out of this call */
     }
-    free(x); free(eps); free(mean); free(xp); free(deps); free(host); free(dkl); free(c2);
+    /* On the CPU, with several threads, the pixel family's steps run
+     * data-parallel as pretraining's chunks do (pretrain_step_backward_w):
+     * worker j (its own tape, scratch and gradient buffer; ops on one
+     * thread) takes steps j, j + nw, ...; losses and gradients are summed
+     * in step and worker order, so a thread count gives the same floats
+     * every time. The model is only read (its host parameters); the sd
+     * family's forward keeps per-call state and stays on one thread. */
+    int nw = be->host && grads && !strcmp(dm->family, "pixel") ? ops_get_threads() : 1;
+    if (nw > ns) nw = ns;
+    if (nw > TAPE_WORKERS + 1) nw = TAPE_WORKERS + 1;
+    const size_t P = dm->train.numel;
+    float *wgrad = nw > 1 ? calloc((size_t)(nw - 1) * P, sizeof(float)) : NULL;
+    if (!wgrad) nw = 1;
+    for (int j = 1; j < nw; j++)
+        if (!tape_worker(tp, j)) nw = 1;
+    if (nw > 1) dm_trainable_dev(dm, be); /* the parameters as read by every worker */
+    int oom = 0;
+    if (nw > 1) {
+#pragma omp parallel num_threads(nw) reduction(+ : oom)
+        {
+            const int j = omp_get_thread_num();
+            float *scr = d3po_scratch(D);
+            if (!scr) {
+                oom++;
+            } else {
+                ops_set_local_threads(1);
+                d3_tape *wt = tape_worker(tp, j);
+                float *wg = j ? wgrad + (size_t)(j - 1) * P : grads;
+                for (int q = j; q < ns; q += nw) lk[q] = d3po_step(&c, wt, wg, steps[q], scr);
+                ops_set_local_threads(0);
+                free(scr);
+            }
+        }
+        if (!oom) sum_workers(grads, wgrad, nw, P);
+    } else {
+        float *scr = d3po_scratch(D);
+        if (!scr) oom = 1;
+        for (int q = 0; q < ns && scr; q++) lk[q] = d3po_step(&c, tp, grads, steps[q], scr);
+        free(scr);
+    }
+    free(wgrad);
+    free(c2);
+    if (oom) {
+        d3_errf(err, "out of memory");
+        return NAN;
+    }
+    double total = 0;
+    for (int q = 0; q < ns; q++) total += lk[q];
     return total;
 }
 
@@ -567,14 +651,7 @@ double pretrain_step_backward_w(const d3_model *m, d3_tape *tp, float *grads, in
             loss += closs[2 * c];
             plain += closs[2 * c + 1];
         }
-        /* grads += each worker's buffer, in worker order */
-        const int nt = nw;
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (size_t i = 0; i < P; i++) {
-            float g = grads[i];
-            for (int k = 1; k < nw; k++) g += wgrad[(size_t)(k - 1) * P + i];
-            grads[i] = g;
-        }
+        sum_workers(grads, wgrad, nw, P);
     } else {
         for (int c = 0; c < nchunks; c++) {
             double l = 0, e = 0;

@@ -626,6 +626,73 @@ static void test_pretrain_data_parallel(void) {
     rs = keep_rs;
 }
 
+/* The D3PO update's steps run data-parallel on the CPU (workers with
+ * their own tapes and gradient buffers): at 2 and 3 threads the loss, the
+ * per-step losses and log-probs and the gradient are the 1-thread ones up
+ * to float rounding, with the KL penalty, a shuffled order with a step
+ * left out and an accumulating gradient buffer; the same thread count
+ * gives the same floats twice. */
+static void test_d3po_data_parallel(void) {
+    enum { K = 7 };
+    const uint64_t keep_rs = rs;
+    d3_model m, ref;
+    char err[D3_ERRLEN];
+    tiny(&m, "base=8,mult=1.2,res=1,attn=4,size=8,classes=3", 41);
+    d3_tape *tp = tape_new(backend_cpu());
+    model_copy(&ref, &m, err);
+    for (size_t i = 0; i < m.L.numel; i++) m.params[i] += (float)(urand() * 0.02 - 0.01);
+    pairfix f = {.m = ref, .tp = tp, .o = {.steps = K, .eta = 1.0f, .cfg = 3.0f}, .cls = 1};
+    make_pair(&f, 17);
+    size_t D = 3 * 8 * 8, n = m.L.numel;
+    float *both = malloc(2 * (K + 1) * D * sizeof(float)), *mr = malloc(2 * K * D * sizeof(float));
+    memcpy(both, f.traj[0], (K + 1) * D * sizeof(float));
+    memcpy(both + (K + 1) * D, f.traj[1], (K + 1) * D * sizeof(float));
+    float lr_[2 * K];
+    int cls2[2] = {1, 1}, order[K] = {3, 0, 6, -1, 5, 1, 2};
+    CHECK(ddim_traj_logp_mean(&ref, tp, &f.o, 2, cls2, both, lr_, mr, err) == 0, "%s", err);
+    d3po_opts d = d3po_opts_default();
+    d.kl = 0.5f;
+    d.clip_eps = 0.5f; /* every ratio inside the clamp: all steps carry a gradient */
+    const float *rm[2] = {mr, mr + K * D};
+    float pref[2] = {1, -1};
+    const int keep_threads = ops_get_threads(), counts[4] = {1, 2, 3, 2};
+    double L[4];
+    float *g[4], lk[4][K], l0[4][K], l1[4][K];
+    for (int r = 0; r < 4; r++) {
+        g[r] = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) g[r][i] = 0.5f;
+        for (int k = 0; k < K; k++) lk[r][k] = l0[r][k] = l1[r][k] = -7.0f;
+        ops_set_threads(counts[r]);
+        L[r] = d3po_pair_backward(&m, tp, g[r], &f.o, &d, f.traj[0], f.traj[1], 1, lr_, lr_ + K, rm, pref,
+                                  order, lk[r], l0[r], l1[r], err);
+    }
+    ops_set_threads(keep_threads);
+    CHECK(isfinite(L[0]), "%s", err);
+    CHECK(lk[0][4] == -7.0f && l0[0][4] == -7.0f, "the step left out was written");
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[0][i] - 0.5));
+    CHECK(gmax > 1e-4, "no gradient: max |g| %g", gmax);
+    for (int r = 1; r < 3; r++) {
+        double dmax = 0, dk = 0;
+        for (size_t i = 0; i < n; i++) dmax = fmax(dmax, fabs((double)g[r][i] - g[0][i]));
+        for (int k = 0; k < K; k++)
+            dk = fmax(dk, fmax(fabs(lk[r][k] - lk[0][k]), fmax(fabs(l0[r][k] - l0[0][k]), fabs(l1[r][k] - l1[0][k]))));
+        printf("    %d threads: loss %.9f (1 thread %.9f), per-step max diff %.3g, max |dg| %.3g of %.3g\n",
+               counts[r], L[r], L[0], dk, dmax, gmax);
+        CHECK(fabs(L[r] - L[0]) < 1e-6 * fabs(L[0]), "%d threads: loss %.12g, 1 thread %.12g", counts[r], L[r], L[0]);
+        CHECK(dk < 1e-3, "%d threads: per-step losses or log-probs differ by %g", counts[r], dk);
+        CHECK(dmax < 1e-5 * gmax, "%d threads: gradient differs from 1 thread by %g (max %g)", counts[r], dmax, gmax);
+    }
+    CHECK(L[3] == L[1] && !memcmp(g[3], g[1], n * sizeof(float)), "2 threads twice: different floats");
+    for (int r = 0; r < 4; r++) free(g[r]);
+    free(both); free(mr);
+    free(f.traj[0]); free(f.traj[1]);
+    tape_free(tp);
+    model_free(&m);
+    model_free(&ref);
+    rs = keep_rs;
+}
+
 /* A negative entry in order leaves that step out: the K one-step calls
  * (as bench/step_snr makes them) add up to the full call, loss and
  * gradient, and a call with every step left out does nothing. */
@@ -956,6 +1023,7 @@ int main(void) {
     RUN(test_pretrain_lowers_loss);
     RUN(test_pretrain_min_snr);
     RUN(test_pretrain_data_parallel);
+    RUN(test_d3po_data_parallel);
     RUN(test_d3po_first_step_direction);
     RUN(test_d3po_kl_penalty);
     RUN(test_d3po_step_subset);
