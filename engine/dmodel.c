@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops.h"
 #include "optim.h"
 #include "sd/sdsample.h"
 
@@ -387,6 +388,7 @@ int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float
     }
     if (traj)
         for (int i = 0; i < n; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
+    ops_weights_frozen(1); /* the model is only read until the end of the loop */
     for (int k = 0; k < K; k++) {
         dm_eps(dm, tp, n, x, ts[k], cond, uncond, o->cfg, eps);
         for (int i = 0; i < n; i++) {
@@ -398,6 +400,7 @@ int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float
             if (traj) memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xi, D * sizeof(float));
         }
     }
+    ops_weights_frozen(0);
     free(eps); free(mean); free(z); free(xp);
     return 0;
 }
@@ -444,6 +447,7 @@ int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const fl
         free(x); free(eps); free(mean); free(xp);
         return d3_errf(err, "out of memory");
     }
+    ops_weights_frozen(1);
     for (int k = 0; k < K; k++) {
         for (int i = 0; i < n; i++)
             memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
@@ -455,6 +459,7 @@ int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const fl
             if (means) memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
         }
     }
+    ops_weights_frozen(0);
     free(x); free(eps); free(mean); free(xp);
     return 0;
 }

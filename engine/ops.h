@@ -218,6 +218,12 @@ int ops_get_threads(void);
 /* This thread's own count for the ops it calls (0 = back to the process's):
  * set to 1 in each worker of an outer data-parallel region. */
 void ops_set_local_threads(int n);
+/* ops_weights_frozen(1) ... ops_weights_frozen(0), on one thread (nests):
+ * a promise that no weight buffer the ops are given changes in between,
+ * so the CPU ops may keep what they derive from weights (the Winograd
+ * transforms of 3x3 conv weights, up to 64 MB) from one call to the next;
+ * the last ops_weights_frozen(0) drops it. A sampler's steps. */
+void ops_weights_frozen(int on);
 
 /* Classifier ops (ops_cls.c; CUDA: engine/cuda/cls.cu). */
 

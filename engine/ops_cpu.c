@@ -1377,9 +1377,60 @@ static void wg_conv(float *y, float *keep, const float *x, const float *U, const
     }
 }
 
+/* The weight-transform cache of ops_weights_frozen: per calling thread,
+ * one entry per 3x3 weight tensor seen (pointer and shape), up to
+ * WG_CACHE_MAX bytes in all (larger models transform the rest per call). */
+#ifndef WG_CACHE_MAX
+#define WG_CACHE_MAX ((size_t)64 << 20)
+#endif
+typedef struct {
+    const float *w;
+    int OC, C;
+    float *U; /* [36][OC][C] */
+} wg_cached;
+static _Thread_local int wg_frozen;
+static _Thread_local wg_cached *wg_cache;
+static _Thread_local int wg_ncache, wg_capcache;
+static _Thread_local size_t wg_cache_bytes;
+
+void ops_weights_frozen(int on) {
+    wg_frozen += on ? 1 : -1;
+    if (wg_frozen > 0) return;
+    wg_frozen = 0;
+    for (int i = 0; i < wg_ncache; i++) free(wg_cache[i].U);
+    free(wg_cache);
+    wg_cache = NULL;
+    wg_ncache = wg_capcache = 0;
+    wg_cache_bytes = 0;
+}
+
+/* w's transform from the cache (made on first use), or NULL when not
+ * frozen or over the budget. */
+static const float *wg_weights_cached(const float *w, int OC, int C, int nt) {
+    if (!wg_frozen) return NULL;
+    for (int i = 0; i < wg_ncache; i++)
+        if (wg_cache[i].w == w && wg_cache[i].OC == OC && wg_cache[i].C == C) return wg_cache[i].U;
+    const size_t bytes = 36 * (size_t)OC * C * sizeof(float);
+    if (wg_cache_bytes + bytes > WG_CACHE_MAX) return NULL;
+    if (wg_ncache == wg_capcache) {
+        int cap = wg_capcache ? 2 * wg_capcache : 32;
+        wg_cached *nc = realloc(wg_cache, cap * sizeof *nc);
+        if (!nc) return NULL;
+        wg_cache = nc;
+        wg_capcache = cap;
+    }
+    float *U = malloc(bytes);
+    if (!U) return NULL;
+    memcpy(U, wg_weights(w, OC, C, nt), bytes);
+    wg_cache[wg_ncache++] = (wg_cached){w, OC, C, U};
+    wg_cache_bytes += bytes;
+    return U;
+}
+
 static void wg_forward(float *out, float *keep, const float *inp, const float *w, const float *b,
                        int N, int C, int H, int W, int OC, int nt) {
-    const float *U = wg_weights(w, OC, C, nt);
+    const float *U = wg_weights_cached(w, OC, C, nt);
+    if (!U) U = wg_weights(w, OC, C, nt);
     wg_conv(out, keep, inp, U, b, N, C, H, W, OC, nt);
 }
 

@@ -1401,6 +1401,41 @@ static void run_threaded(int nthreads, float **res, size_t *nres) {
     res[k] = NULL;
 }
 
+/* ops_weights_frozen: while frozen, a 3x3 conv's Winograd weight
+ * transform is kept per weight buffer and reused: the same bits as without;
+ * a second buffer of the same shape gets its own; the cache really is used
+ * (a weight changed against the promise is not seen) and nests; the last
+ * ops_weights_frozen(0) drops it (the change is seen). */
+static void test_weights_frozen(void) {
+    rng_seed(71);
+    const int N = 2, C = 16, OC = 24, H = 12, W = 12;
+    const size_t no = (size_t)N * OC * H * W, nw = (size_t)OC * C * 9;
+    float *x = trand((size_t)N * C * H * W, 1.0f), *w = trand(nw, 0.2f), *w2 = trand(nw, 0.2f);
+    float *b = trand(OC, 0.1f), *y0 = talloc(no), *y0b = talloc(no), *y = talloc(no);
+    conv2d_forward(y0, x, w, b, N, C, H, W, OC, 3, 1, 1);
+    conv2d_forward(y0b, x, w2, b, N, C, H, W, OC, 3, 1, 1);
+    ops_weights_frozen(1);
+    for (int r = 0; r < 2; r++) { /* first call fills the cache, the second reads it */
+        conv2d_forward(y, x, w, b, N, C, H, W, OC, 3, 1, 1);
+        CHECK(!memcmp(y, y0, no * sizeof(float)), "frozen, call %d: different bits", r + 1);
+        conv2d_forward(y, x, w2, b, N, C, H, W, OC, 3, 1, 1);
+        CHECK(!memcmp(y, y0b, no * sizeof(float)), "frozen, second weights, call %d: different bits", r + 1);
+    }
+    ops_weights_frozen(1); /* nested */
+    ops_weights_frozen(0);
+    const float keep = w[5];
+    w[5] += 0.5f; /* against the promise: the kept transform is used */
+    conv2d_forward(y, x, w, b, N, C, H, W, OC, 3, 1, 1);
+    CHECK(!memcmp(y, y0, no * sizeof(float)), "the cached transform was not used");
+    ops_weights_frozen(0);
+    conv2d_forward(y, x, w, b, N, C, H, W, OC, 3, 1, 1);
+    CHECK(memcmp(y, y0, no * sizeof(float)) != 0, "the cache outlived ops_weights_frozen(0)");
+    w[5] = keep;
+    conv2d_forward(y, x, w, b, N, C, H, W, OC, 3, 1, 1);
+    CHECK(!memcmp(y, y0, no * sizeof(float)), "unfrozen: different bits");
+    tfree_all();
+}
+
 static void test_threads(void) {
     const int saved = ops_get_threads();
     float *r1[32], *r2[32];
@@ -1442,6 +1477,7 @@ int main(void) {
     RUN(test_timestep_embedding_ex);
     RUN(test_mha);
     RUN(test_mha_memory);
+    RUN(test_weights_frozen);
     RUN(test_threads);
     return t_done();
 }
