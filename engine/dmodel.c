@@ -6,6 +6,7 @@
 #include "dmodel.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,27 +375,29 @@ static int plan_checked(const d3_dmodel *dm, const ddim_opts *o, int logp, int *
     return 0;
 }
 
-int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
-              const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
-    int K = o->steps, ts[D3_MAX_STEPS];
-    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan_checked(dm, o, logp != NULL, ts, at, ap, err)) return -1;
-    size_t D = dm->D;
-    float *eps = malloc(n * D * sizeof(float)), *mean = malloc(D * sizeof(float));
+/* dm_sample's loop for images [a, b) on tp: their trajectories are
+ * independent (each its own rng; the batch is only for speed). 0, or -1
+ * when memory runs out. */
+static int sample_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, int b,
+                       const int *ts, const double *at, const double *ap, const float *cond,
+                       const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp) {
+    const int K = o->steps, m = b - a;
+    const size_t D = dm->D;
+    float *eps = malloc(m * D * sizeof(float)), *mean = malloc(D * sizeof(float));
     float *z = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
     if (!eps || !mean || !z || !xp) {
         free(eps); free(mean); free(z); free(xp);
-        return d3_errf(err, "out of memory");
+        return -1;
     }
     if (traj)
-        for (int i = 0; i < n; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
+        for (int i = a; i < b; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
     ops_weights_frozen(1); /* the model is only read until the end of the loop */
     for (int k = 0; k < K; k++) {
-        dm_eps(dm, tp, n, x, ts[k], cond, uncond, o->cfg, eps);
-        for (int i = 0; i < n; i++) {
+        dm_eps(dm, tp, m, x + (size_t)a * D, ts[k], cond + (size_t)a * dm->cond_floats, uncond, o->cfg, eps);
+        for (int i = a; i < b; i++) {
             float *xi = x + i * D;
             if (o->eta > 0) rng_normal(&rngs[i], z, D);
-            double sigma = dm_step(dm, xp, mean, xi, eps + i * D, o->eta > 0 ? z : NULL, at[k], ap[k], o->eta);
+            double sigma = dm_step(dm, xp, mean, xi, eps + (i - a) * D, o->eta > 0 ? z : NULL, at[k], ap[k], o->eta);
             if (logp) logp[(size_t)i * K + k] = (float)ddim_logprob(xp, mean, sigma, D);
             memcpy(xi, xp, D * sizeof(float));
             if (traj) memcpy(traj + ((size_t)i * (K + 1) + k + 1) * D, xi, D * sizeof(float));
@@ -403,6 +406,48 @@ int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float
     ops_weights_frozen(0);
     free(eps); free(mean); free(z); free(xp);
     return 0;
+}
+
+/* Workers for a data-parallel loop over n images on tp's backend: the
+ * pixel family on the CPU with several threads (the sd family's forward
+ * keeps per-call state: 1), at most n, each with a tape (tape_worker). */
+static int data_workers(d3_dmodel *dm, d3_tape *tp, int n) {
+    if (!tape_backend(tp)->host || strcmp(dm->family, "pixel")) return 1;
+    int nw = ops_get_threads();
+    if (nw > n) nw = n;
+    if (nw > TAPE_WORKERS + 1) nw = TAPE_WORKERS + 1;
+    for (int j = 1; j < nw; j++)
+        if (!tape_worker(tp, j)) return 1;
+    if (nw > 1) dm_trainable_dev(dm, tape_backend(tp)); /* read by every worker */
+    return nw < 1 ? 1 : nw;
+}
+
+int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+              const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
+    int ts[D3_MAX_STEPS];
+    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
+    if (plan_checked(dm, o, logp != NULL, ts, at, ap, err)) return -1;
+    /* On the CPU with several threads the images' trajectories run
+     * data-parallel: worker j (its own tape, ops on one thread) takes
+     * images [n j / nw, n (j+1) / nw) through all the steps; one fork
+     * and join per call instead of the ops splitting every step's small
+     * layers between the threads. Every image passes through the same
+     * per-image ops either way. */
+    const int nw = data_workers(dm, tp, n);
+    int bad = 0;
+    if (nw > 1) {
+#pragma omp parallel num_threads(nw) reduction(+ : bad)
+        {
+            const int j = omp_get_thread_num();
+            ops_set_local_threads(1);
+            bad += sample_part(dm, tape_worker(tp, j), o, n * j / nw, n * (j + 1) / nw, ts, at, ap, cond,
+                               uncond, x, rngs, traj, logp) != 0;
+            ops_set_local_threads(0);
+        }
+    } else {
+        bad = sample_part(dm, tp, o, 0, n, ts, at, ap, cond, uncond, x, rngs, traj, logp) != 0;
+    }
+    return bad ? d3_errf(err, "out of memory") : 0;
 }
 
 int dm_sample_group(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,

@@ -1314,10 +1314,10 @@ static void wg_in_adj(float *dx, int acc, const float *dV, int ld, int t0, const
 #ifndef WG_GROUPS
 #define WG_GROUPS 4 /* weight-gradient partial sums, at most (see wg_backward) */
 #endif
-static int wg_rows_per_block(const wg_geom *g) {
+static int wg_rows_per_block(const wg_geom *g, int minb) {
     int rpb = WG_TILES / g->ntx;
     if (rpb < 1) rpb = 1;
-    const int total = g->N * g->nty, per = (total + WG_MIN_BLOCKS - 1) / WG_MIN_BLOCKS;
+    const int total = g->N * g->nty, per = (total + minb - 1) / minb;
     return rpb < per ? rpb : per;
 }
 
@@ -1350,7 +1350,14 @@ static float *wg_keep_at(float *keep, const wg_geom *g, int r0) {
 static void wg_conv(float *y, float *keep, const float *x, const float *U, const float *bias,
                     int N, int C, int H, int W, int OC, int nt) {
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
-    const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
+    /* Inference on one thread (a sampler's data-parallel worker, or -t 1)
+     * takes the fewest, largest blocks: a block's 36 GEMMs read all of U,
+     * so small blocks at 8x8 make them weight-bound (sampling a pair: 2.4
+     * tiles per GEMM instead of 4.8). The outputs are the same floats for
+     * any partition (a tile's sums do not depend on its block); a forward
+     * that keeps its transforms for a backward keeps the backward's
+     * partition. */
+    const int rpb = wg_rows_per_block(&gi, nt == 1 && !keep ? 1 : WG_MIN_BLOCKS), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
     const size_t in_sz = (size_t)C * H * W, out_sz = (size_t)OC * H * W;
     blas_single();
@@ -1488,7 +1495,7 @@ static void wg_backward(float *dinp, int set, float *dw, float *db, const float 
     }
     if (!dw && !dinp) return;
     const wg_geom gi = wg_make(N, C, H, W), go = wg_make(N, OC, H, W);
-    const int rpb = wg_rows_per_block(&gi), total = N * gi.nty;
+    const int rpb = wg_rows_per_block(&gi, WG_MIN_BLOCKS), total = N * gi.nty;
     const int nblk = (total + rpb - 1) / rpb, tb = rpb * gi.ntx;
     const int K = OC * C;
     const size_t usz = 36 * (size_t)K, halo = (size_t)C * W;

@@ -693,6 +693,40 @@ static void test_d3po_data_parallel(void) {
     rs = keep_rs;
 }
 
+/* Sampling runs the images' trajectories data-parallel on the CPU (one
+ * worker per share of the images, ops on one thread): the images, the
+ * trajectories and the log-probs are the same bits at 1, 2 and 3 threads
+ * (every image passes through the same per-image ops). */
+static void test_sample_threads(void) {
+    d3_model m;
+    tiny(&m, "base=16,mult=1.2,res=1,attn=8,size=16,classes=3", 51);
+    d3_tape *tp = tape_new(backend_cpu());
+    char err[D3_ERRLEN];
+    enum { N = 3, K = 4 };
+    const size_t D = 3 * 16 * 16;
+    const ddim_opts o = {.steps = K, .eta = 1.0f, .cfg = 2.0f};
+    const int cls[N] = {0, 2, 1}, counts[3] = {1, 2, 3}, keep_threads = ops_get_threads();
+    float *x[3], *traj[3], lp[3][N * K];
+    for (int r = 0; r < 3; r++) {
+        x[r] = malloc(N * D * sizeof(float));
+        traj[r] = malloc(N * (K + 1) * D * sizeof(float));
+        d3_rng rngs[N], r0;
+        rng_init(&r0, 9, 0);
+        rng_normal(&r0, x[r], N * D);
+        for (int i = 0; i < N; i++) rng_init(&rngs[i], 9, 1 + i);
+        ops_set_threads(counts[r]);
+        CHECK(ddim_sample(&m, tp, &o, N, cls, x[r], rngs, traj[r], lp[r], err) == 0, "%s", err);
+    }
+    ops_set_threads(keep_threads);
+    for (int r = 1; r < 3; r++)
+        CHECK(!memcmp(x[r], x[0], N * D * sizeof(float)) && !memcmp(traj[r], traj[0], N * (K + 1) * D * sizeof(float)) &&
+                  !memcmp(lp[r], lp[0], sizeof lp[0]),
+              "%d threads: a different sample than 1 thread", counts[r]);
+    for (int r = 0; r < 3; r++) { free(x[r]); free(traj[r]); }
+    tape_free(tp);
+    model_free(&m);
+}
+
 /* A negative entry in order leaves that step out: the K one-step calls
  * (as bench/step_snr makes them) add up to the full call, loss and
  * gradient, and a call with every step left out does nothing. */
@@ -1024,6 +1058,7 @@ int main(void) {
     RUN(test_pretrain_min_snr);
     RUN(test_pretrain_data_parallel);
     RUN(test_d3po_data_parallel);
+    RUN(test_sample_threads);
     RUN(test_d3po_first_step_direction);
     RUN(test_d3po_kl_penalty);
     RUN(test_d3po_step_subset);

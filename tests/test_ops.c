@@ -281,6 +281,15 @@ static void conv_case(int N, int C, int H, int W, int OC, int K, int s, int p, i
         ops_set_threads(saved);
         CHECK(memcmp(dxa, dxb, nx * sizeof(float)) == 0, "%s: dx 1 vs 5 threads", what);
         CHECK(memcmp(dwa, dwb, nw * sizeof(float)) == 0, "%s: dw 1 vs 5 threads", what);
+        /* the forward too: 1 thread takes the largest blocks, 5 at least 4 */
+        const size_t ny = (size_t)N * OC * H * W;
+        float *ya = talloc(ny), *yb = talloc(ny);
+        ops_set_threads(1);
+        conv2d_forward(ya, c.x, c.w, c.b, N, C, H, W, OC, K, s, p);
+        ops_set_threads(5);
+        conv2d_forward(yb, c.x, c.w, c.b, N, C, H, W, OC, K, s, p);
+        ops_set_threads(saved);
+        CHECK(memcmp(ya, yb, ny * sizeof(float)) == 0, "%s: forward 1 vs 5 threads", what);
     }
 }
 
