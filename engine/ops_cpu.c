@@ -19,6 +19,12 @@
  *  - when N < threads (sampling one image), the team shares each image
  *    ("coop" mode): GEMMs are split by rows or columns between threads,
  *    with barriers between the phases.
+ * Above the ops, the pixel model's sampling (whole trajectories), D3PO
+ * update (timesteps) and pretraining step (chunks) run data-parallel
+ * instead (engine/dmodel.c, diffusion.c): each worker thread runs whole
+ * forwards and backwards with its ops on one thread (ops_set_local_threads),
+ * one fork per call instead of one per op, which keeps two cores busy
+ * when the host deschedules one of them now and then.
  * Convolutions are GEMMs over im2col column blocks, except "same" 3x3
  * convs on images >= 16 wide in the per-image mode, which run as K*K
  * GEMMs over a zero-padded copy of the image (implicit GEMM, conv_impl).
