@@ -480,26 +480,27 @@ int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *
     return dm_sample_group(dm, tp, o, 2, cond, uncond, seed, stream, x, traj, logp, err);
 }
 
-int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
-                 const float *uncond, const float *traj, float *logp, float *means, char *err) {
-    int K = o->steps, ts[D3_MAX_STEPS];
-    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan_checked(dm, o, 1, ts, at, ap, err)) return -1;
-    size_t D = dm->D;
-    float *x = malloc(n * D * sizeof(float)), *eps = malloc(n * D * sizeof(float));
+/* dm_traj_logp's loop for images [a, b) on tp. 0, or -1 when memory
+ * runs out. */
+static int logp_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, int b, const int *ts,
+                     const double *at, const double *ap, const float *cond, const float *uncond,
+                     const float *traj, float *logp, float *means) {
+    const int K = o->steps, m = b - a;
+    const size_t D = dm->D;
+    float *x = malloc(m * D * sizeof(float)), *eps = malloc(m * D * sizeof(float));
     float *mean = malloc(D * sizeof(float)), *xp = malloc(D * sizeof(float));
     if (!x || !eps || !mean || !xp) {
         free(x); free(eps); free(mean); free(xp);
-        return d3_errf(err, "out of memory");
+        return -1;
     }
     ops_weights_frozen(1);
     for (int k = 0; k < K; k++) {
-        for (int i = 0; i < n; i++)
-            memcpy(x + i * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
-        dm_eps(dm, tp, n, x, ts[k], cond, uncond, o->cfg, eps);
-        for (int i = 0; i < n; i++) {
+        for (int i = a; i < b; i++)
+            memcpy(x + (i - a) * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
+        dm_eps(dm, tp, m, x, ts[k], cond + (size_t)a * dm->cond_floats, uncond, o->cfg, eps);
+        for (int i = a; i < b; i++) {
             const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
-            double sigma = dm_step(dm, xp, mean, x + i * D, eps + i * D, NULL, at[k], ap[k], o->eta);
+            double sigma = dm_step(dm, xp, mean, x + (i - a) * D, eps + (i - a) * D, NULL, at[k], ap[k], o->eta);
             logp[(size_t)i * K + k] = (float)ddim_logprob(xn, mean, sigma, D);
             if (means) memcpy(means + ((size_t)i * K + k) * D, mean, D * sizeof(float));
         }
@@ -507,6 +508,29 @@ int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const fl
     ops_weights_frozen(0);
     free(x); free(eps); free(mean); free(xp);
     return 0;
+}
+
+int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+                 const float *uncond, const float *traj, float *logp, float *means, char *err) {
+    int ts[D3_MAX_STEPS];
+    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
+    if (plan_checked(dm, o, 1, ts, at, ap, err)) return -1;
+    /* data-parallel over the images, as dm_sample */
+    const int nw = data_workers(dm, tp, n);
+    int bad = 0;
+    if (nw > 1) {
+#pragma omp parallel num_threads(nw) reduction(+ : bad)
+        {
+            const int j = omp_get_thread_num();
+            ops_set_local_threads(1);
+            bad += logp_part(dm, tape_worker(tp, j), o, n * j / nw, n * (j + 1) / nw, ts, at, ap, cond, uncond,
+                             traj, logp, means) != 0;
+            ops_set_local_threads(0);
+        }
+    } else {
+        bad = logp_part(dm, tp, o, 0, n, ts, at, ap, cond, uncond, traj, logp, means) != 0;
+    }
+    return bad ? d3_errf(err, "out of memory") : 0;
 }
 
 /* ---- measured costs ---- */

@@ -696,10 +696,14 @@ static void test_d3po_data_parallel(void) {
 /* Sampling runs the images' trajectories data-parallel on the CPU (one
  * worker per share of the images, ops on one thread): the images, the
  * trajectories and the log-probs are the same bits at 1, 2 and 3 threads
- * (every image passes through the same per-image ops). */
+ * (every image passes through the same per-image ops), and so are the
+ * teacher-forced log-probs and means (dm_traj_logp, data-parallel alike). */
 static void test_sample_threads(void) {
     d3_model m;
+    const uint64_t keep_rs = rs;
     tiny(&m, "base=16,mult=1.2,res=1,attn=8,size=16,classes=3", 51);
+    /* off the initialisation (its class embedding is 0): each image's class counts */
+    for (size_t i = 0; i < m.L.numel; i++) m.params[i] += (float)(urand() * 0.1 - 0.05);
     d3_tape *tp = tape_new(backend_cpu());
     char err[D3_ERRLEN];
     enum { N = 3, K = 4 };
@@ -717,14 +721,27 @@ static void test_sample_threads(void) {
         ops_set_threads(counts[r]);
         CHECK(ddim_sample(&m, tp, &o, N, cls, x[r], rngs, traj[r], lp[r], err) == 0, "%s", err);
     }
+    /* the teacher-forced log-probs and means of those trajectories, too */
+    float tf[3][N * K], *mean[3];
+    for (int r = 0; r < 3; r++) {
+        mean[r] = malloc(N * K * D * sizeof(float));
+        ops_set_threads(counts[r]);
+        CHECK(ddim_traj_logp_mean(&m, tp, &o, N, cls, traj[0], tf[r], mean[r], err) == 0, "%s", err);
+    }
     ops_set_threads(keep_threads);
-    for (int r = 1; r < 3; r++)
+    for (int r = 1; r < 3; r++) {
         CHECK(!memcmp(x[r], x[0], N * D * sizeof(float)) && !memcmp(traj[r], traj[0], N * (K + 1) * D * sizeof(float)) &&
                   !memcmp(lp[r], lp[0], sizeof lp[0]),
               "%d threads: a different sample than 1 thread", counts[r]);
-    for (int r = 0; r < 3; r++) { free(x[r]); free(traj[r]); }
+        CHECK(!memcmp(tf[r], tf[0], sizeof tf[0]) && !memcmp(mean[r], mean[0], N * K * D * sizeof(float)),
+              "%d threads: different teacher-forced log-probs or means than 1 thread", counts[r]);
+    }
+    /* and they are the sampler's (the same forwards, batched alike) */
+    CHECK(!memcmp(tf[0], lp[0], sizeof tf[0]), "teacher-forced log-probs differ from the sampler's");
+    for (int r = 0; r < 3; r++) { free(x[r]); free(traj[r]); free(mean[r]); }
     tape_free(tp);
     model_free(&m);
+    rs = keep_rs;
 }
 
 /* A negative entry in order leaves that step out: the K one-step calls
