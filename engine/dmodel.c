@@ -375,12 +375,31 @@ static int plan_checked(const d3_dmodel *dm, const ddim_opts *o, int logp, int *
     return 0;
 }
 
+/* A loop over n images that dm_sample and dm_traj_logp split between
+ * workers: part runs images [a, b) on tape tp. */
+typedef struct img_job {
+    d3_dmodel *dm;
+    const ddim_opts *o;
+    int ts[D3_MAX_STEPS];
+    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
+    const float *cond, *uncond;
+    float *x;          /* dm_sample: x_T in, x_0 out */
+    d3_rng *rngs;      /* dm_sample */
+    const float *tin;  /* dm_traj_logp: the trajectories */
+    float *traj, *logp, *means;
+    int (*part)(const struct img_job *J, d3_tape *tp, int a, int b); /* 0, or -1: out of memory */
+} img_job;
+
 /* dm_sample's loop for images [a, b) on tp: their trajectories are
  * independent (each its own rng; the batch is only for speed). 0, or -1
  * when memory runs out. */
-static int sample_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, int b,
-                       const int *ts, const double *at, const double *ap, const float *cond,
-                       const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp) {
+static int sample_part(const img_job *J, d3_tape *tp, int a, int b) {
+    d3_dmodel *dm = J->dm;
+    const ddim_opts *o = J->o;
+    const int *ts = J->ts;
+    const double *at = J->at, *ap = J->ap;
+    float *x = J->x, *traj = J->traj, *logp = J->logp;
+    d3_rng *rngs = J->rngs;
     const int K = o->steps, m = b - a;
     const size_t D = dm->D;
     float *eps = malloc(m * D * sizeof(float)), *mean = malloc(D * sizeof(float));
@@ -393,7 +412,7 @@ static int sample_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, in
         for (int i = a; i < b; i++) memcpy(traj + (size_t)i * (K + 1) * D, x + i * D, D * sizeof(float));
     ops_weights_frozen(1); /* the model is only read until the end of the loop */
     for (int k = 0; k < K; k++) {
-        dm_eps(dm, tp, m, x + (size_t)a * D, ts[k], cond + (size_t)a * dm->cond_floats, uncond, o->cfg, eps);
+        dm_eps(dm, tp, m, x + (size_t)a * D, ts[k], J->cond + (size_t)a * dm->cond_floats, J->uncond, o->cfg, eps);
         for (int i = a; i < b; i++) {
             float *xi = x + i * D;
             if (o->eta > 0) rng_normal(&rngs[i], z, D);
@@ -422,32 +441,35 @@ static int data_workers(d3_dmodel *dm, d3_tape *tp, int n) {
     return nw < 1 ? 1 : nw;
 }
 
-int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
-              const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
-    int ts[D3_MAX_STEPS];
-    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan_checked(dm, o, logp != NULL, ts, at, ap, err)) return -1;
-    /* On the CPU with several threads the images' trajectories run
-     * data-parallel: worker j (its own tape, ops on one thread) takes
-     * images [n j / nw, n (j+1) / nw) through all the steps; one fork
-     * and join per call instead of the ops splitting every step's small
-     * layers between the threads. Every image passes through the same
-     * per-image ops either way. */
-    const int nw = data_workers(dm, tp, n);
+/* Runs J over n images: on the CPU with several threads, data-parallel,
+ * worker j (its own tape, ops on one thread) taking images
+ * [n j / nw, n (j+1) / nw) through all the steps: one fork and join per
+ * call instead of the ops splitting every step's small layers between
+ * the threads. Every image passes through the same per-image ops either
+ * way: the same bits for any thread count. */
+static int run_images(const img_job *J, d3_tape *tp, int n, char *err) {
+    const int nw = data_workers(J->dm, tp, n);
     int bad = 0;
     if (nw > 1) {
 #pragma omp parallel num_threads(nw) reduction(+ : bad)
         {
             const int j = omp_get_thread_num();
             ops_set_local_threads(1);
-            bad += sample_part(dm, tape_worker(tp, j), o, n * j / nw, n * (j + 1) / nw, ts, at, ap, cond,
-                               uncond, x, rngs, traj, logp) != 0;
+            bad += J->part(J, tape_worker(tp, j), n * j / nw, n * (j + 1) / nw) != 0;
             ops_set_local_threads(0);
         }
     } else {
-        bad = sample_part(dm, tp, o, 0, n, ts, at, ap, cond, uncond, x, rngs, traj, logp) != 0;
+        bad = J->part(J, tp, 0, n) != 0;
     }
     return bad ? d3_errf(err, "out of memory") : 0;
+}
+
+int dm_sample(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
+              const float *uncond, float *x, d3_rng *rngs, float *traj, float *logp, char *err) {
+    img_job J = {.dm = dm, .o = o, .cond = cond, .uncond = uncond, .x = x, .rngs = rngs, .traj = traj,
+                 .logp = logp, .part = sample_part};
+    if (plan_checked(dm, o, logp != NULL, J.ts, J.at, J.ap, err)) return -1;
+    return run_images(&J, tp, n, err);
 }
 
 int dm_sample_group(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
@@ -482,9 +504,13 @@ int dm_sample_pair(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, const float *
 
 /* dm_traj_logp's loop for images [a, b) on tp. 0, or -1 when memory
  * runs out. */
-static int logp_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, int b, const int *ts,
-                     const double *at, const double *ap, const float *cond, const float *uncond,
-                     const float *traj, float *logp, float *means) {
+static int logp_part(const img_job *J, d3_tape *tp, int a, int b) {
+    d3_dmodel *dm = J->dm;
+    const ddim_opts *o = J->o;
+    const int *ts = J->ts;
+    const double *at = J->at, *ap = J->ap;
+    const float *traj = J->tin;
+    float *logp = J->logp, *means = J->means;
     const int K = o->steps, m = b - a;
     const size_t D = dm->D;
     float *x = malloc(m * D * sizeof(float)), *eps = malloc(m * D * sizeof(float));
@@ -497,7 +523,7 @@ static int logp_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, int 
     for (int k = 0; k < K; k++) {
         for (int i = a; i < b; i++)
             memcpy(x + (i - a) * D, traj + ((size_t)i * (K + 1) + k) * D, D * sizeof(float));
-        dm_eps(dm, tp, m, x, ts[k], cond + (size_t)a * dm->cond_floats, uncond, o->cfg, eps);
+        dm_eps(dm, tp, m, x, ts[k], J->cond + (size_t)a * dm->cond_floats, J->uncond, o->cfg, eps);
         for (int i = a; i < b; i++) {
             const float *xn = traj + ((size_t)i * (K + 1) + k + 1) * D;
             double sigma = dm_step(dm, xp, mean, x + (i - a) * D, eps + (i - a) * D, NULL, at[k], ap[k], o->eta);
@@ -512,25 +538,10 @@ static int logp_part(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int a, int 
 
 int dm_traj_logp(d3_dmodel *dm, d3_tape *tp, const ddim_opts *o, int n, const float *cond,
                  const float *uncond, const float *traj, float *logp, float *means, char *err) {
-    int ts[D3_MAX_STEPS];
-    double at[D3_MAX_STEPS], ap[D3_MAX_STEPS];
-    if (plan_checked(dm, o, 1, ts, at, ap, err)) return -1;
-    /* data-parallel over the images, as dm_sample */
-    const int nw = data_workers(dm, tp, n);
-    int bad = 0;
-    if (nw > 1) {
-#pragma omp parallel num_threads(nw) reduction(+ : bad)
-        {
-            const int j = omp_get_thread_num();
-            ops_set_local_threads(1);
-            bad += logp_part(dm, tape_worker(tp, j), o, n * j / nw, n * (j + 1) / nw, ts, at, ap, cond, uncond,
-                             traj, logp, means) != 0;
-            ops_set_local_threads(0);
-        }
-    } else {
-        bad = logp_part(dm, tp, o, 0, n, ts, at, ap, cond, uncond, traj, logp, means) != 0;
-    }
-    return bad ? d3_errf(err, "out of memory") : 0;
+    img_job J = {.dm = dm, .o = o, .cond = cond, .uncond = uncond, .tin = traj, .logp = logp,
+                 .means = means, .part = logp_part};
+    if (plan_checked(dm, o, 1, J.ts, J.at, J.ap, err)) return -1;
+    return run_images(&J, tp, n, err);
 }
 
 /* ---- measured costs ---- */
