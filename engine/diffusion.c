@@ -252,13 +252,13 @@ typedef struct {
     const float *h;
     const float *c2, *uncond;
     float *loss_k, *lp0, *lp1;
+    const int *steps; /* run_items' item q is timestep steps[q] */
 } d3po_ctx;
 
-/* A step's host scratch: x, eps, mean, deps [2D each], xp, dkl [D], host [4D]. */
-static float *d3po_scratch(size_t D) { return malloc(14 * D * sizeof(float)); }
-
 /* Timestep k forward and backward on tp, parameter gradients added to
- * grads; returns the step's loss (DESIGN.md's D3PO objective). */
+ * grads; returns the step's loss (DESIGN.md's D3PO objective). scr: 14 D
+ * floats of host scratch (x, eps, mean, deps [2D each], xp, dkl [D],
+ * host [4D]). */
 static double d3po_step(const d3po_ctx *c, d3_tape *tp, float *grads, int k, float *scr) {
     d3_dmodel *dm = c->dm;
     const d3po_opts *d = c->d;
@@ -326,6 +326,11 @@ static double d3po_step(const d3po_ctx *c, d3_tape *tp, float *grads, int k, flo
     return loss;
 }
 
+static double d3po_item(const void *ctx, d3_tape *tp, float *grads, int q, float *scr) {
+    const d3po_ctx *c = ctx;
+    return d3po_step(c, tp, grads, c->steps[q], scr);
+}
+
 /* Adds the workers' gradient buffers wg[(k-1)*P ..] (k = 1..nw-1) to grads,
  * in worker order, the parameter range split between nw threads. */
 static void sum_workers(float *grads, const float *wg, int nw, size_t P) {
@@ -335,6 +340,53 @@ static void sum_workers(float *grads, const float *wg, int nw, size_t P) {
         for (int k = 1; k < nw; k++) g += wg[(size_t)(k - 1) * P + i];
         grads[i] = g;
     }
+}
+
+/* One item of a data-parallel loop: forward and backward on tp, the
+ * parameter gradients added to grads; returns the item's loss. */
+typedef double (*item_fn)(const void *ctx, d3_tape *tp, float *grads, int item, float *scr);
+
+/* out[q] = fn(ctx, ., ., q, .) for the ns items. With nw > 1 workers (the
+ * caller's choice: the pixel family on the CPU) they run data-parallel:
+ * worker j (its own tape, scratch of scr_floats and gradient buffer; ops
+ * on one thread) takes items j, j + nw, ...; the buffers are summed into
+ * grads in worker order, so a thread count gives the same floats every
+ * time. The model must only be read (its parameters as be sees them
+ * already uploaded). 0, or -1 when memory runs out. */
+static int run_items(const void *ctx, item_fn fn, d3_tape *tp, float *grads, size_t P, int nw, int ns,
+                     size_t scr_floats, double *out) {
+    if (nw > ns) nw = ns;
+    if (nw > TAPE_WORKERS + 1) nw = TAPE_WORKERS + 1;
+    float *wgrad = nw > 1 ? calloc((size_t)(nw - 1) * P, sizeof(float)) : NULL;
+    if (!wgrad) nw = 1;
+    for (int j = 1; j < nw; j++)
+        if (!tape_worker(tp, j)) nw = 1;
+    int oom = 0;
+    if (nw > 1) {
+#pragma omp parallel num_threads(nw) reduction(+ : oom)
+        {
+            const int j = omp_get_thread_num();
+            float *scr = malloc(scr_floats * sizeof(float));
+            if (!scr) {
+                oom++;
+            } else {
+                ops_set_local_threads(1);
+                d3_tape *wt = tape_worker(tp, j);
+                float *wg = j ? wgrad + (size_t)(j - 1) * P : grads;
+                for (int q = j; q < ns; q += nw) out[q] = fn(ctx, wt, wg, q, scr);
+                ops_set_local_threads(0);
+                free(scr);
+            }
+        }
+        if (!oom) sum_workers(grads, wgrad, nw, P);
+    } else {
+        float *scr = malloc(scr_floats * sizeof(float));
+        if (!scr) oom = 1;
+        for (int q = 0; q < ns && scr; q++) out[q] = fn(ctx, tp, grads, q, scr);
+        free(scr);
+    }
+    free(wgrad);
+    return oom ? -1 : 0;
 }
 
 double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddim_opts *o,
@@ -361,7 +413,7 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
     memcpy(c2, cond, Dc * sizeof(float));
     memcpy(c2 + Dc, cond, Dc * sizeof(float));
     d3po_ctx c = {dm, o, d, ts, ats, aps, {traj0, traj1}, {ref0, ref1}, rmean, h, c2, uncond,
-                  loss_k, lp0, lp1};
+                  loss_k, lp0, lp1, NULL};
     /* the steps of this call, in order */
     int steps[D3_MAX_STEPS], ns = 0;
     double lk[D3_MAX_STEPS];
@@ -370,46 +422,13 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
         if (k >= 0) steps[ns++] = k; /* a negative entry: a step left out of this call */
     }
     /* On the CPU, with several threads, the pixel family's steps run
-     * data-parallel as pretraining's chunks do (pretrain_step_backward_w):
-     * worker j (its own tape, scratch and gradient buffer; ops on one
-     * thread) takes steps j, j + nw, ...; losses and gradients are summed
-     * in step and worker order, so a thread count gives the same floats
-     * every time. The model is only read (its host parameters); the sd
-     * family's forward keeps per-call state and stays on one thread. */
-    int nw = be->host && grads && !strcmp(dm->family, "pixel") ? ops_get_threads() : 1;
-    if (nw > ns) nw = ns;
-    if (nw > TAPE_WORKERS + 1) nw = TAPE_WORKERS + 1;
-    const size_t P = dm->train.numel;
-    float *wgrad = nw > 1 ? calloc((size_t)(nw - 1) * P, sizeof(float)) : NULL;
-    if (!wgrad) nw = 1;
-    for (int j = 1; j < nw; j++)
-        if (!tape_worker(tp, j)) nw = 1;
+     * data-parallel (run_items): the model is only read (its host
+     * parameters); the sd family's forward keeps per-call state and stays
+     * on one thread. */
+    const int nw = be->host && grads && !strcmp(dm->family, "pixel") ? ops_get_threads() : 1;
     if (nw > 1) dm_trainable_dev(dm, be); /* the parameters as read by every worker */
-    int oom = 0;
-    if (nw > 1) {
-#pragma omp parallel num_threads(nw) reduction(+ : oom)
-        {
-            const int j = omp_get_thread_num();
-            float *scr = d3po_scratch(D);
-            if (!scr) {
-                oom++;
-            } else {
-                ops_set_local_threads(1);
-                d3_tape *wt = tape_worker(tp, j);
-                float *wg = j ? wgrad + (size_t)(j - 1) * P : grads;
-                for (int q = j; q < ns; q += nw) lk[q] = d3po_step(&c, wt, wg, steps[q], scr);
-                ops_set_local_threads(0);
-                free(scr);
-            }
-        }
-        if (!oom) sum_workers(grads, wgrad, nw, P);
-    } else {
-        float *scr = d3po_scratch(D);
-        if (!scr) oom = 1;
-        for (int q = 0; q < ns && scr; q++) lk[q] = d3po_step(&c, tp, grads, steps[q], scr);
-        free(scr);
-    }
-    free(wgrad);
+    c.steps = steps;
+    const int oom = run_items(&c, d3po_item, tp, grads, dm->train.numel, nw, ns, 14 * D, lk);
     free(c2);
     if (oom) {
         d3_errf(err, "out of memory");
@@ -463,6 +482,65 @@ double dpo_pair_backward(const d3_model *policy, const d3_model *ref, d3_tape *t
     return r;
 }
 
+/* What one Diffusion-DPO draw reads, shared by the draws. */
+typedef struct {
+    d3_dmodel *dm, *rm;
+    const dpo_opts *d;
+    const float *x0[2], *cond2, *h, *eps;
+    const int *t;
+    int n, same, off;
+    float *loss_j;
+} dpo_ctx;
+
+/* Draw j forward (and backward into grads when given) on tp; its loss.
+ * scr: 8 D floats of host scratch (x, rout, host, tgt [2D each]). */
+static double dpo_item(const void *ctx, d3_tape *tp, float *grads, int j, float *scr) {
+    const dpo_ctx *c = ctx;
+    d3_dmodel *dm = c->dm;
+    const size_t D = dm->D;
+    const float *h = c->h;
+    float *x = scr, *rout = x + 2 * D, *host = rout + 2 * D, *tgt = host + 2 * D;
+    const d3_backend *be = tape_backend(tp);
+    const int T = dm->T;
+    const double bT = (double)c->d->beta * T;
+    const float *ej = c->eps + (size_t)j * D;
+    const int tj = c->t[j];
+    float a = (float)sqrt(dm->abar[tj]), b = (float)sqrt(1.0 - dm->abar[tj]);
+    for (int i = 0; i < 2; i++)
+        for (size_t q = 0; q < D; q++) {
+            x[i * D + q] = a * c->x0[i][q] + b * ej[q];
+            /* the model's target: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0 */
+            tgt[i * D + q] = dm->pred_v ? a * ej[q] - b * c->x0[i][q] : ej[q];
+        }
+    /* the reference's outputs first: dm_eps resets the tape */
+    if (!c->same || c->off) {
+        if (c->off) dm_adapters_on(dm, 0);
+        dm_eps(c->rm, tp, 2, x, tj, c->cond2, c->cond2, 1.0f, rout);
+        if (c->off) dm_adapters_on(dm, 1);
+    }
+    tape_reset(tp);
+    tape_set_grad(tp, 1);
+    int nb;
+    d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, tj, c->cond2, c->cond2, 1.0f, &nb);
+    be->download(host, out->v, 2 * D * sizeof(float));
+    if (c->same && !c->off) memcpy(rout, host, 2 * D * sizeof(float));
+    double s = 0;
+    for (int i = 0; i < 2; i++)
+        s += h[i] * (mean_sq_err(tgt + i * D, host + i * D, D) - mean_sq_err(tgt + i * D, rout + i * D, D));
+    double z = -bT * s, loss = -log_sigmoid(z);
+    if (c->loss_j) c->loss_j[j] = (float)loss;
+    if ((h[0] == 0 && h[1] == 0) || !grads) return loss; /* a tie: no gradient */
+    /* d(loss/n)/dout_i = (sigmoid(z) - 1) (-bT h_i) 2 (out_i - target_i) / D / n */
+    double g = (sigmoid(z) - 1.0) * -bT * 2.0 / ((double)D * c->n);
+    for (int i = 0; i < 2; i++)
+        for (size_t q = 0; q < D; q++)
+            host[i * D + q] = (float)(g * h[i] * ((double)host[i * D + q] - tgt[i * D + q]));
+    float *dout = tape_alloc(tp, out->numel);
+    be->upload(dout, host, out->numel * sizeof(float));
+    tape_backward(tp, out, dout);
+    return loss;
+}
+
 double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *grads,
                             const dpo_opts *d, const float *x0a, const float *x0b,
                             const float *cond, const float h[2], int n, const int *t,
@@ -483,59 +561,35 @@ double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *g
      * pass switches them off (the base); without, the reference is the
      * policy itself (the same numbers: not run twice) */
     int same = ref == dm || ref->impl == dm->impl, off = same && dm_lora(dm) != NULL;
-    d3_dmodel *rm = same ? dm : ref;
     const d3_backend *be = tape_backend(tp);
-    const float *x0[2] = {x0a, x0b};
-    float *x = malloc(2 * D * sizeof(float)), *rout = malloc(2 * D * sizeof(float));
-    float *host = malloc(2 * D * sizeof(float)), *tgt = malloc(2 * D * sizeof(float));
     float *c2 = malloc(2 * Dc * sizeof(float));
-    if (!x || !rout || !host || !tgt || !c2) {
-        free(x); free(rout); free(host); free(tgt); free(c2);
+    double *lj = malloc((n > 0 ? n : 1) * sizeof(double));
+    if (!c2 || !lj) {
+        free(c2); free(lj);
         d3_errf(err, "out of memory");
         return NAN;
     }
     memcpy(c2, cond, Dc * sizeof(float));
     memcpy(c2 + Dc, cond, Dc * sizeof(float));
-    double bT = (double)d->beta * T, total = 0;
-    for (int j = 0; j < n; j++) {
-        const float *ej = eps + (size_t)j * D;
-        float a = (float)sqrt(dm->abar[t[j]]), b = (float)sqrt(1.0 - dm->abar[t[j]]);
-        for (int i = 0; i < 2; i++)
-            for (size_t q = 0; q < D; q++) {
-                x[i * D + q] = a * x0[i][q] + b * ej[q];
-                /* the model's target: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0 */
-                tgt[i * D + q] = dm->pred_v ? a * ej[q] - b * x0[i][q] : ej[q];
-            }
-        /* the reference's outputs first: dm_eps resets the tape */
-        if (!same || off) {
-            if (off) dm_adapters_on(dm, 0);
-            dm_eps(rm, tp, 2, x, t[j], c2, c2, 1.0f, rout);
-            if (off) dm_adapters_on(dm, 1);
-        }
-        tape_reset(tp);
-        tape_set_grad(tp, 1);
-        int nb;
-        d3_tensor *out = dm->ops->forward(dm, tp, grads, 2, x, t[j], c2, c2, 1.0f, &nb);
-        be->download(host, out->v, 2 * D * sizeof(float));
-        if (same && !off) memcpy(rout, host, 2 * D * sizeof(float));
-        double s = 0;
-        for (int i = 0; i < 2; i++)
-            s += h[i] * (mean_sq_err(tgt + i * D, host + i * D, D) -
-                         mean_sq_err(tgt + i * D, rout + i * D, D));
-        double z = -bT * s, loss = -log_sigmoid(z);
-        if (loss_j) loss_j[j] = (float)loss;
-        total += loss;
-        if ((h[0] == 0 && h[1] == 0) || !grads) continue; /* a tie: no gradient */
-        /* d(loss/n)/dout_i = (sigmoid(z) - 1) (-bT h_i) 2 (out_i - target_i) / D / n */
-        double g = (sigmoid(z) - 1.0) * -bT * 2.0 / ((double)D * n);
-        for (int i = 0; i < 2; i++)
-            for (size_t q = 0; q < D; q++)
-                host[i * D + q] = (float)(g * h[i] * ((double)host[i * D + q] - tgt[i * D + q]));
-        float *dout = tape_alloc(tp, out->numel);
-        be->upload(dout, host, out->numel * sizeof(float));
-        tape_backward(tp, out, dout);
+    dpo_ctx c = {dm, same ? dm : ref, d, {x0a, x0b}, c2, h, eps, t, n, same, off, loss_j};
+    /* On the CPU with several threads, the pixel family's draws run
+     * data-parallel (run_items); both models are only read. Adapters
+     * toggled per draw (off) and the sd family stay on one thread. */
+    const int nw = be->host && grads && !off && !strcmp(dm->family, "pixel") && !strcmp(c.rm->family, "pixel")
+                       ? ops_get_threads() : 1;
+    if (nw > 1) {
+        dm_trainable_dev(dm, be); /* the parameters as read by every worker */
+        dm_trainable_dev(c.rm, be);
     }
-    free(x); free(rout); free(host); free(tgt); free(c2);
+    const int oom = run_items(&c, dpo_item, tp, grads, dm->train.numel, nw, n, 8 * D, lj);
+    double total = 0;
+    for (int j = 0; j < n && !oom; j++) total += lj[j];
+    free(c2);
+    free(lj);
+    if (oom) {
+        d3_errf(err, "out of memory");
+        return NAN;
+    }
     return n ? total / n : 0.0;
 }
 

@@ -578,6 +578,18 @@ static void test_pretrain_min_snr(void) {
     model_free(&m);
 }
 
+/* max |a - b| and max |a - v| over n floats (in double) */
+static double max_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+static double max_from(const float *a, double v, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i] - v));
+    return m;
+}
+
 /* Data-parallel pretraining on the CPU (chunks shared out between
  * threads, each worker on its own tape and gradient buffer): at 2 and 3
  * threads the loss and the gradient are the 1-thread ones up to float
@@ -606,12 +618,10 @@ static void test_pretrain_data_parallel(void) {
         loss[r] = pretrain_step_backward_w(&m, tp, g[r], N, x0, cls, 0.2f, 2.0f, &rng, &mse[r]);
     }
     ops_set_threads(keep_threads);
-    double gmax = 0;
-    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[0][i] - 1.0));
+    const double gmax = max_from(g[0], 1.0, n);
     CHECK(gmax > 1e-3, "no gradient: max |g| %g", gmax);
     for (int r = 1; r < 3; r++) {
-        double dmax = 0;
-        for (size_t i = 0; i < n; i++) dmax = fmax(dmax, fabs((double)g[r][i] - g[0][i]));
+        const double dmax = max_diff(g[r], g[0], n);
         printf("    %d threads: loss %.7f (1 thread %.7f), max |dg| %.3g of max |g| %.3g\n", counts[r], loss[r],
                loss[0], dmax, gmax);
         CHECK(fabs(loss[r] - loss[0]) < 1e-6 * loss[0] && fabs(mse[r] - mse[0]) < 1e-6 * mse[0],
@@ -669,12 +679,11 @@ static void test_d3po_data_parallel(void) {
     ops_set_threads(keep_threads);
     CHECK(isfinite(L[0]), "%s", err);
     CHECK(lk[0][4] == -7.0f && l0[0][4] == -7.0f, "the step left out was written");
-    double gmax = 0;
-    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[0][i] - 0.5));
+    const double gmax = max_from(g[0], 0.5, n);
     CHECK(gmax > 1e-4, "no gradient: max |g| %g", gmax);
     for (int r = 1; r < 3; r++) {
-        double dmax = 0, dk = 0;
-        for (size_t i = 0; i < n; i++) dmax = fmax(dmax, fabs((double)g[r][i] - g[0][i]));
+        const double dmax = max_diff(g[r], g[0], n);
+        double dk = 0;
         for (int k = 0; k < K; k++)
             dk = fmax(dk, fmax(fabs(lk[r][k] - lk[0][k]), fmax(fabs(l0[r][k] - l0[0][k]), fabs(l1[r][k] - l1[0][k]))));
         printf("    %d threads: loss %.9f (1 thread %.9f), per-step max diff %.3g, max |dg| %.3g of %.3g\n",
@@ -931,6 +940,44 @@ static void test_dpo_gradient_fd(void) {
     dpo_unfix(&f);
 }
 
+/* The draws run data-parallel on the CPU (as the D3PO update's steps): at
+ * 2 and 3 threads the loss and per-draw losses are the 1-thread ones and
+ * the gradient is within float rounding, accumulating into what the
+ * buffer held; the same thread count gives the same floats twice. */
+static void test_dpo_data_parallel(void) {
+    const uint64_t keep_rs = rs;
+    dpofix f;
+    dpo_fix(&f);
+    char err[D3_ERRLEN];
+    dpo_opts d = {.beta = 0.05f};
+    float h[2] = {1, -1}, lj[4][3];
+    const size_t n = f.pol.L.numel;
+    const int keep_threads = ops_get_threads(), counts[4] = {1, 2, 3, 2};
+    double L[4];
+    float *g[4];
+    for (int r = 0; r < 4; r++) {
+        g[r] = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) g[r][i] = 0.25f;
+        ops_set_threads(counts[r]);
+        L[r] = dpo_pair_backward(&f.pol, &f.ref, f.tp, g[r], &d, f.x0, f.x0 + f.D, 1, h, 3, f.t, f.eps, lj[r], err);
+    }
+    ops_set_threads(keep_threads);
+    CHECK(isfinite(L[0]), "%s", err);
+    const double gmax = max_from(g[0], 0.25, n);
+    CHECK(gmax > 1e-4, "no gradient: max |g| %g", gmax);
+    for (int r = 1; r < 3; r++) {
+        const double dmax = max_diff(g[r], g[0], n);
+        printf("    %d threads: loss %.9f (1 thread %.9f), max |dg| %.3g of %.3g\n", counts[r], L[r], L[0], dmax, gmax);
+        CHECK(L[r] == L[0] && !memcmp(lj[r], lj[0], sizeof lj[0]), "%d threads: loss %.12g, 1 thread %.12g", counts[r],
+              L[r], L[0]);
+        CHECK(dmax < 1e-5 * gmax, "%d threads: gradient differs from 1 thread by %g (max %g)", counts[r], dmax, gmax);
+    }
+    CHECK(L[3] == L[1] && !memcmp(g[3], g[1], n * sizeof(float)), "2 threads twice: different floats");
+    for (int r = 0; r < 4; r++) free(g[r]);
+    dpo_unfix(&f);
+    rs = keep_rs;
+}
+
 /* A tie: loss log 2 per draw whatever the models, and no gradient. */
 static void test_dpo_tie(void) {
     dpofix f;
@@ -1081,6 +1128,7 @@ int main(void) {
     RUN(test_d3po_step_subset);
     RUN(test_dpo_gradient_fd);
     RUN(test_dpo_tie);
+    RUN(test_dpo_data_parallel);
     RUN(test_dpo_reference_is_policy);
     RUN(test_dpo_train_moves_model);
     RUN(test_d3po_moves_model_ref_round);
