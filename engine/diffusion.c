@@ -348,8 +348,8 @@ typedef double (*item_fn)(const void *ctx, d3_tape *tp, float *grads, int item, 
 
 /* out[q] = fn(ctx, ., ., q, .) for the ns items. With nw > 1 workers (the
  * caller's choice: the pixel family on the CPU) they run data-parallel:
- * worker j (its own tape, scratch of scr_floats and gradient buffer; ops
- * on one thread) takes items j, j + nw, ...; the buffers are summed into
+ * worker j (its own tape, scratch of scr_floats (0: none) and gradient
+ * buffer; ops on one thread) takes items j, j + nw, ...; the buffers are summed into
  * grads in worker order, so a thread count gives the same floats every
  * time. The model must only be read (its parameters as be sees them
  * already uploaded). 0, or -1 when memory runs out. */
@@ -366,8 +366,8 @@ static int run_items(const void *ctx, item_fn fn, d3_tape *tp, float *grads, siz
 #pragma omp parallel num_threads(nw) reduction(+ : oom)
         {
             const int j = omp_get_thread_num();
-            float *scr = malloc(scr_floats * sizeof(float));
-            if (!scr) {
+            float *scr = scr_floats ? malloc(scr_floats * sizeof(float)) : NULL;
+            if (scr_floats && !scr) {
                 oom++;
             } else {
                 ops_set_local_threads(1);
@@ -380,9 +380,9 @@ static int run_items(const void *ctx, item_fn fn, d3_tape *tp, float *grads, siz
         }
         if (!oom) sum_workers(grads, wgrad, nw, P);
     } else {
-        float *scr = malloc(scr_floats * sizeof(float));
-        if (!scr) oom = 1;
-        for (int q = 0; q < ns && scr; q++) out[q] = fn(ctx, tp, grads, q, scr);
+        float *scr = scr_floats ? malloc(scr_floats * sizeof(float)) : NULL;
+        oom = scr_floats && !scr;
+        for (int q = 0; q < ns && !oom; q++) out[q] = fn(ctx, tp, grads, q, scr);
         free(scr);
     }
     free(wgrad);
@@ -412,8 +412,6 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
     }
     memcpy(c2, cond, Dc * sizeof(float));
     memcpy(c2 + Dc, cond, Dc * sizeof(float));
-    d3po_ctx c = {dm, o, d, ts, ats, aps, {traj0, traj1}, {ref0, ref1}, rmean, h, c2, uncond,
-                  loss_k, lp0, lp1, NULL};
     /* the steps of this call, in order */
     int steps[D3_MAX_STEPS], ns = 0;
     double lk[D3_MAX_STEPS];
@@ -421,13 +419,14 @@ double dm_d3po_pair_backward(d3_dmodel *dm, d3_tape *tp, float *grads, const ddi
         int k = order ? order[kk] : kk;
         if (k >= 0) steps[ns++] = k; /* a negative entry: a step left out of this call */
     }
+    const d3po_ctx c = {dm, o, d, ts, ats, aps, {traj0, traj1}, {ref0, ref1}, rmean, h, c2, uncond,
+                        loss_k, lp0, lp1, steps};
     /* On the CPU, with several threads, the pixel family's steps run
      * data-parallel (run_items): the model is only read (its host
      * parameters); the sd family's forward keeps per-call state and stays
      * on one thread. */
     const int nw = be->host && grads && !strcmp(dm->family, "pixel") ? ops_get_threads() : 1;
     if (nw > 1) dm_trainable_dev(dm, be); /* the parameters as read by every worker */
-    c.steps = steps;
     const int oom = run_items(&c, d3po_item, tp, grads, dm->train.numel, nw, ns, 14 * D, lk);
     free(c2);
     if (oom) {
@@ -597,42 +596,58 @@ double dm_dpo_pair_backward(d3_dmodel *dm, d3_dmodel *ref, d3_tape *tp, float *g
 #define PRETRAIN_CPU_CHUNK 8 /* images per forward/backward on the CPU */
 #endif
 
-/* One chunk of a pretraining batch: images i0 .. i0+chunk-1 (fewer at the
- * end) forward and backward on tp, parameter gradients added to grads;
- * *loss and *plain get the chunk's weighted and plain MSE shares. */
-static void pretrain_chunk(const d3_model *m, d3_tape *tp, const float *params, float *grads, int N,
-                           int i0, int chunk, size_t D, const float *xt, const float *noise,
-                           const float *tv, const int *y, float snr_gamma, double *loss, double *plain) {
+/* What one chunk of a pretraining batch reads; plain[c] gets chunk c's
+ * share of the plain MSE. */
+typedef struct {
+    const d3_model *m;
+    const float *params, *xt, *noise, *tv;
+    const int *y;
+    int N, chunk;
+    size_t D;
+    float snr_gamma;
+    double *plain;
+} pretrain_ctx;
+
+/* Chunk c (images c*chunk .. , fewer at the end) forward and backward on
+ * tp, parameter gradients added to grads; returns the chunk's share of the
+ * (weighted) loss. */
+static double pretrain_item(const void *ctx, d3_tape *tp, float *grads, int c, float *scr) {
+    const pretrain_ctx *p = ctx;
+    const d3_model *m = p->m;
     const d3_backend *be = tape_backend(tp);
-    const int S = m->L.arch.size;
-    const int nc = N - i0 < chunk ? N - i0 : chunk;
+    const int S = m->L.arch.size, N = p->N, i0 = c * p->chunk;
+    const int nc = N - i0 < p->chunk ? N - i0 : p->chunk;
+    const size_t D = p->D;
     const float share = (float)nc / (float)N;
-    *loss = *plain = 0.0;
+    double loss = 0.0, plain = 0.0;
+    (void)scr;
     tape_reset(tp);
     tape_set_grad(tp, 1);
     d3_tensor *in = tape_input(tp, nc, 3, S, S);
-    be->upload(in->v, xt + (size_t)i0 * D, nc * D * sizeof(float));
-    d3_tensor *out = unet_forward(tp, &m->L, params, grads, in, tv + i0, y + i0);
+    be->upload(in->v, p->xt + (size_t)i0 * D, nc * D * sizeof(float));
+    d3_tensor *out = unet_forward(tp, &m->L, p->params, grads, in, p->tv + i0, p->y + i0);
     float *dn = tape_alloc(tp, out->numel), *dout = tape_alloc(tp, out->numel);
-    be->upload(dn, noise + (size_t)i0 * D, nc * D * sizeof(float));
-    if (snr_gamma > 0) {
+    be->upload(dn, p->noise + (size_t)i0 * D, nc * D * sizeof(float));
+    if (p->snr_gamma > 0) {
         /* min-SNR: image j's error weighs min(SNR, gamma) / SNR */
         for (int j = 0; j < nc; j++) {
-            double ab = m->sched.abar[(int)tv[i0 + j]], snr = ab / (1.0 - ab);
-            float wj = (float)(fmin(snr, (double)snr_gamma) / snr);
+            double ab = m->sched.abar[(int)p->tv[i0 + j]], snr = ab / (1.0 - ab);
+            float wj = (float)(fmin(snr, (double)p->snr_gamma) / snr);
             size_t o = (size_t)j * D;
             double e = be->mse_forward(out->v + o, dn + o, D);
-            *loss += (double)share / nc * wj * e;
-            *plain += (double)share / nc * e;
+            loss += (double)share / nc * wj * e;
+            plain += (double)share / nc * e;
             be->mse_backward(dout + o, share * wj / (float)nc, out->v + o, dn + o, D);
         }
     } else {
         double e = be->mse_forward(out->v, dn, out->numel);
-        *loss += (double)share * e;
-        *plain += (double)share * e;
+        loss += (double)share * e;
+        plain += (double)share * e;
         be->mse_backward(dout, share, out->v, dn, out->numel);
     }
     tape_backward(tp, out, dout);
+    p->plain[c] = plain;
+    return loss;
 }
 
 double pretrain_step_backward(const d3_model *m, d3_tape *tp, float *grads, int N,
@@ -674,47 +689,19 @@ double pretrain_step_backward_w(const d3_model *m, d3_tape *tp, float *grads, in
      * floats for the same thread count. */
     const int chunk = be->host ? PRETRAIN_CPU_CHUNK : N;
     const int nchunks = (N + chunk - 1) / chunk;
-    int nw = be->host && grads ? ops_get_threads() : 1;
-    if (nw > nchunks) nw = nchunks;
-    if (nw > TAPE_WORKERS + 1) nw = TAPE_WORKERS + 1;
-    const float *params = model_params_dev(m, be);
-    const size_t P = m->L.numel;
-    float *wgrad = NULL;
-    if (nw > 1) {
-        wgrad = calloc((size_t)(nw - 1) * P, sizeof(float));
-        for (int k = 1; k < nw && wgrad; k++)
-            if (!tape_worker(tp, k)) nw = 1;
-        if (!wgrad) nw = 1;
-    }
-    double *closs = calloc((size_t)nchunks * 2, sizeof(double));
-    if (!closs) nw = 1; /* and the sums below go chunk by chunk */
-    double loss = 0.0, plain = 0.0;
-    if (nw > 1) {
-#pragma omp parallel num_threads(nw)
-        {
-            const int k = omp_get_thread_num();
-            ops_set_local_threads(1);
-            d3_tape *wt = tape_worker(tp, k);
-            float *wg = k ? wgrad + (size_t)(k - 1) * P : grads;
-            for (int c = k; c < nchunks; c += nw)
-                pretrain_chunk(m, wt, params, wg, N, c * chunk, chunk, D, xt, noise, tv, y, snr_gamma,
-                               &closs[2 * c], &closs[2 * c + 1]);
-            ops_set_local_threads(0);
-        }
-        for (int c = 0; c < nchunks; c++) {
-            loss += closs[2 * c];
-            plain += closs[2 * c + 1];
-        }
-        sum_workers(grads, wgrad, nw, P);
-    } else {
-        for (int c = 0; c < nchunks; c++) {
-            double l = 0, e = 0;
-            pretrain_chunk(m, tp, params, grads, N, c * chunk, chunk, D, xt, noise, tv, y, snr_gamma, &l, &e);
-            loss += l;
-            plain += e;
+    double *closs = malloc((size_t)nchunks * 2 * sizeof(double)), loss = NAN, plain = NAN;
+    if (closs) {
+        const pretrain_ctx p = {m, model_params_dev(m, be), xt, noise, tv, y, N, chunk, D, snr_gamma,
+                                closs + nchunks};
+        const int nw = be->host && grads ? ops_get_threads() : 1;
+        if (!run_items(&p, pretrain_item, tp, grads, m->L.numel, nw, nchunks, 0, closs)) {
+            loss = plain = 0.0;
+            for (int c = 0; c < nchunks; c++) {
+                loss += closs[c];
+                plain += closs[nchunks + c];
+            }
         }
     }
-    free(wgrad);
     free(closs);
     free(noise); free(xt); free(tv); free(u); free(y);
     if (mse) *mse = plain;
