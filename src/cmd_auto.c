@@ -31,6 +31,7 @@
 #include "config.h"
 #include "engine.h"
 #include "fsutil.h"
+#include "groups.h"
 #include "image.h"
 #include "labeler.h"
 #include "oracle.h"
@@ -50,7 +51,7 @@ static const char auto_help[] =
     "usage: d3po auto --session DIR (--oracle NAME | --labeler CMD) --rounds N\n"
     "                 [--pairs N] [--model FILE] [--config FILE] [--eval-seeds N] [--seed S]\n"
     "                 [--prompts FILE] [--timeout SEC] [--objective d3po|diffusion-dpo]\n"
-    "                 [--size WxH] [--steps N] [--lora FILE]\n"
+    "                 [--size WxH] [--steps N] [--lora FILE] [--grid K]\n"
     "                 [--device auto|cpu|cuda] [--tf32]\n"
     "                 [--dtype fp32|fp16|bf16]\n"
     "\n"
@@ -97,6 +98,11 @@ static const char auto_help[] =
     "  --eval-seeds N    evaluation images per score: seeds 0..N-1 over the prompts,\n"
     "                    the same every round (default 16; 0: no scores)\n"
     "  --timeout SEC     how long the labeler may take per answer (default 30)\n"
+    "  --grid K          judge groups of K images (3..8) of one prompt instead of\n"
+    "                    pairs, as grid mode's person does: the oracle marks the\n"
+    "                    K/2 best good and the K/2 worst bad, and the group trains\n"
+    "                    as every (good, bad) pair; --pairs counts those pairs\n"
+    "                    (--oracle only)\n"
     "  --objective OBJ   d3po or diffusion-dpo (default: the config's train.objective)\n"
     "  --device DEV      auto (a CUDA GPU when one works, else the CPU), cpu or cuda\n"
     "                    (default: the config's engine.device)\n"
@@ -138,6 +144,7 @@ typedef struct {
     double start;
     double last_metric; /* when the previous metrics line was written */
     long labels_run;    /* decisions made by this invocation */
+    int grid;           /* --grid K: groups of K instead of pairs (0: pairs) */
     const char *device; /* the backend's name, for the metrics */
 } autorun;
 
@@ -194,6 +201,14 @@ static int write_metrics(autorun *a, int k, char *err) {
      * own fresh samples (0 at round 0; grows as the policy leaves the base) */
     json_object_set_new(o, "drift_logratio", r->dn ? json_real(r->dsum / r->dn) : json_null());
     json_object_set_new(o, "total_labels", json_integer(st.labeled));
+    if (a->grid) { /* grid mode: the groups' (good, bad) pairs are the labels */
+        d3_groups *g = rounds_groups(a->d);
+        long gp = 0;
+        int pr[GROUPS_MAX_PAIRS][2];
+        for (long id = 0; id < g->next; id++) gp += groups_pairs(groups_marks(g, id), pr);
+        json_object_set_new(o, "grid", json_integer(a->grid));
+        json_object_set_new(o, "total_group_pairs", json_integer(gp));
+    }
     json_object_set_new(o, "device", json_string(a->device));
     json_object_set_new(o, "train", cli_train_json(a->c));
     ddim_opts so = rounds_sampling(a->d);
@@ -280,6 +295,92 @@ static int judge_pair(autorun *a, long id, d3_pair_sample *p, char *err) {
     return 0;
 }
 
+/* Groups with a decision (marks or skip). */
+static long count_decided(const d3_groups *g) {
+    long n = 0;
+    for (long id = 0; id < g->next; id++) n += groups_marks(g, id)[0] != 0;
+    return n;
+}
+
+/* Marks group id (on disk; its k images in rgb) with the oracle and
+ * journals the marks through the driver ("skip" when the oracle ties
+ * them all). 0; -1 with err. */
+static int mark_group(autorun *a, long id, const char *ptext, uint8_t *const *rgb, int k, int W,
+                      int H, int version, char *err) {
+    char marks[GROUPS_MARKS_LEN], prompt[256];
+    if (oracle_set_prompt(a->oracle, ptext, W, err)) return -1;
+    int n = oracle_mark_group(a->oracle, (const uint8_t *const *)rgb, k, W, H, marks);
+    if (n < 0) return d3_errf(err, "group %ld: the oracle %s cannot score its images", id, oracle_name(a->oracle));
+    if (n == 0) strcpy(marks, "skip");
+    rounds_status before, after;
+    rounds_get_status(a->d, &before);
+    if (rounds_decide_group(a->d, id, marks, k, version, err)) return -1;
+    a->labels_run++;
+    int pr[GROUPS_MAX_PAIRS][2];
+    int np = groups_pairs(marks, pr);
+    fprintf(stderr, "d3po auto: round %d group #%ld (%s): %s, %d pair%s\n", before.round, id,
+            text_escape(prompt, sizeof prompt, ptext), marks, np, np == 1 ? "" : "s");
+    rounds_get_status(a->d, &after);
+    if (after.training && !before.training)
+        fprintf(stderr, "d3po auto: round %d: training on %d labels\n", after.train_round,
+                after.train_nlabels);
+    return 0;
+}
+
+/* A group the engine sampled (RV_GROUP): its images as shown, marked. p
+ * is freed. */
+static int judge_group(autorun *a, long id, d3_pair_sample *p, char *err) {
+    uint8_t *rgb[GROUPS_MAX_K] = {0};
+    int W = 0, H = 0, k = p->n, rc = 0;
+    for (int i = 0; i < k && !rc; i++)
+        if (!(rgb[i] = pair_rgb(p, i, &W, &H))) rc = d3_errf(err, "out of memory");
+    if (!rc) rc = mark_group(a, id, rounds_pair_prompt(a->d, p), rgb, k, W, H, (int)p->version, err);
+    for (int i = 0; i < k; i++) free(rgb[i]);
+    engine_pair_free(p);
+    return rc;
+}
+
+/* Resume in grid mode: groups sampled before and never decided are
+ * marked first, from their PNGs as they were shown. A group whose files
+ * do not read is left undecided with a warning. */
+static int resume_groups(autorun *a, char *err) {
+    d3_groups *g = rounds_groups(a->d);
+    int done = 0;
+    for (long id = groups_next_undecided(g, 0); id >= 0 && !interrupted;
+         id = groups_next_undecided(g, id + 1)) {
+        session_traj t;
+        char why[D3_ERRLEN], path[4200];
+        if (groups_load(g, id, &t, why)) {
+            fprintf(stderr, "d3po auto: warning: %s; group left undecided\n", why);
+            continue;
+        }
+        why[0] = 0;
+        uint8_t *rgb[GROUPS_MAX_K] = {0};
+        int W = 0, H = 0, ok = t.N >= GROUPS_MIN_K && t.N <= GROUPS_MAX_K;
+        for (int i = 0; ok && i < t.N; i++) {
+            int w, h;
+            ok = !png_read_rgb(groups_path(g, id, i, path, sizeof path), &rgb[i], &w, &h, why) &&
+                 (i == 0 || (w == W && h == H));
+            W = w;
+            H = h;
+        }
+        int rc = 0;
+        if (!ok)
+            fprintf(stderr, "d3po auto: warning: group %ld: %s; left undecided\n", id,
+                    why[0] ? why : "images of different sizes");
+        else
+            rc = mark_group(a, id, t.cls >= 0 ? rounds_prompt_of(a->d, t.cls) : t.prompt, rgb, t.N,
+                            W, H, t.version, err);
+        for (int i = 0; i < GROUPS_MAX_K; i++) free(rgb[i]);
+        int n = t.N;
+        session_traj_free(&t);
+        if (rc) return -1;
+        done += ok && n;
+    }
+    if (done) fprintf(stderr, "d3po auto: marked %d groups from before\n", done);
+    return 0;
+}
+
 static int on_eval_pair(autorun *a, int k, const d3_pair_sample *p) {
     a->r[k].egot++;
     /* the base model's log-probs come from the engine thread (the one
@@ -328,6 +429,7 @@ static int resume_pairs(autorun *a, char *err) {
         queued++;
     }
     if (queued) fprintf(stderr, "d3po auto: judged %d queued pairs from before\n", queued);
+    if (a->grid && resume_groups(a, err)) return -1;
     return rounds_check_due(a->d, err) < 0 ? -1 : 0;
 }
 
@@ -341,7 +443,8 @@ static int run_loop(autorun *a, char *err) {
     int nwarn = a->s->nwarn;
     while (a->next_metric <= a->rounds) {
         if (interrupted) return AUTO_EXIT_INTERRUPTED;
-        rounds_top_up(a->d, 0);
+        if (a->grid) rounds_top_up_groups(a->d, a->grid, 0);
+        else rounds_top_up(a->d, 0);
         struct pollfd pf = {rounds_fd(a->d), POLLIN, 0};
         int pr = poll(&pf, 1, 250);
         if (pr < 0 && errno != EINTR) {
@@ -354,6 +457,10 @@ static int run_loop(autorun *a, char *err) {
             switch (ev.kind) {
             case RV_PAIR:
                 rc = judge_pair(a, ev.id, ev.pair, err);
+                ev.pair = NULL;
+                break;
+            case RV_GROUP:
+                rc = judge_group(a, ev.id, ev.pair, err);
                 ev.pair = NULL;
                 break;
             case RV_EXTRA: {
@@ -409,11 +516,12 @@ int cmd_auto(int argc, char **argv) {
                                          {"tf32", 0, 0, 'F'}, {"dtype", 1, 0, 'Y'},
                                          {"size", 1, 0, 'z'}, {"steps", 1, 0, 'k'},
                                          {"lora", 1, 0, 'L'},
+                                         {"grid", 1, 0, 'g'},
                                          {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *oname = NULL, *lcmd = NULL, *model = NULL, *conf = NULL,
                *prompts_file = NULL, *lora_from = NULL;
-    long rounds = -1, npairs = 0, neval = 16, steps = 0;
+    long rounds = -1, npairs = 0, neval = 16, steps = 0, grid = 0;
     int width = 0, height = 0;
     uint64_t seed = 0;
     double timeout = 30;
@@ -480,6 +588,9 @@ int cmd_auto(int argc, char **argv) {
         case 'L':
             lora_from = optarg;
             break;
+        case 'g':
+            if (cli_int("auto", "--grid", optarg, GROUPS_MIN_K, GROUPS_MAX_K, &grid)) return EXIT_USAGE;
+            break;
         case 'h':
             fputs(auto_help, stdout);
             return 0;
@@ -498,6 +609,11 @@ int cmd_auto(int argc, char **argv) {
                 : rounds < 0 ? "--rounds N is required"
                              : "give --oracle NAME or --labeler CMD",
                 auto_help);
+        return EXIT_USAGE;
+    }
+    if (grid && lcmd) {
+        fprintf(stderr, "d3po auto: --grid needs --oracle: an external labeler answers pairs, "
+                        "not groups\n");
         return EXIT_USAGE;
     }
     d3_oracle *oracle = NULL;
@@ -575,6 +691,7 @@ int cmd_auto(int argc, char **argv) {
     a->rounds = (int)rounds;
     a->neval = (int)neval;
     a->oracle = oracle;
+    a->grid = (int)grid;
     a->base_round = s.round;
     a->device = be->name;
     a->start = a->last_metric = now_s();
@@ -643,9 +760,9 @@ int cmd_auto(int argc, char **argv) {
     {
         char lc[512];
         fprintf(stderr,
-                "d3po auto: %s at round %d; %ld rounds of %ld pairs, judge %s%s%s; %d prompts; "
+                "d3po auto: %s at round %d; %ld rounds of %ld pairs%s, judge %s%s%s; %d prompts; "
                 "objective %s%s; device %s\n",
-                dir, s.round, rounds, npairs, a->lab ? "labeler " : "oracle ",
+                dir, s.round, rounds, npairs, grid ? " from groups" : "", a->lab ? "labeler " : "oracle ",
                 a->lab ? text_escape(lc, sizeof lc, lcmd) : oracle_name(oracle),
                 a->neval ? "" : " (no evaluation scores)", rounds_nprompts(a->d),
                 config_objective_name(cfg.train.objective),
@@ -666,6 +783,7 @@ int cmd_auto(int argc, char **argv) {
 
 out:
     if (interrupted) rc = 128 + interrupted;
+    long decided = a->grid && a->d ? count_decided(rounds_groups(a->d)) : 0;
     rounds_stop(a->d); /* cancels a round in training; its labels train in the next run */
     if (a->lab) labeler_stop(a->lab);
     sigaction(SIGINT, &old_int, NULL);
@@ -678,8 +796,12 @@ out:
                     "d3po auto: interrupted (%s); the round in training, if any, is "
                     "dropped (its labels train in the next run)\n",
                     interrupted == SIGINT ? "Ctrl-C" : "SIGTERM");
-        fprintf(stderr, "d3po auto: %ld labels this run, %ld in %s (round %d, model v%d)\n",
-                a->labels_run, ss.labeled, dir, ss.round, ss.version);
+        if (a->grid)
+            fprintf(stderr, "d3po auto: %ld groups marked this run, %ld decided in %s (round %d, model v%d)\n",
+                    a->labels_run, decided, dir, ss.round, ss.version);
+        else
+            fprintf(stderr, "d3po auto: %ld labels this run, %ld in %s (round %d, model v%d)\n",
+                    a->labels_run, ss.labeled, dir, ss.round, ss.version);
     }
     free(a->r);
     oracle_free(oracle);

@@ -18,6 +18,7 @@
 
 #include <jpeglib.h>
 
+#include "groups.h"
 #include "image.h"
 #include "imgfolder.h"
 #include "rng.h"
@@ -311,4 +312,35 @@ int oracle_judge(d3_oracle *o, const uint8_t *a, const uint8_t *b, int W, int H)
     float u;
     rng_uniform(&o->rng, &u, 1);
     return (double)u < pa ? SESSION_A : SESSION_B;
+}
+
+int oracle_mark_group(d3_oracle *o, const uint8_t *const *rgb, int k, int W, int H, char *marks) {
+    double s[GROUPS_MAX_K];
+    if (k < GROUPS_MIN_K || k > GROUPS_MAX_K) return -1;
+    for (int i = 0; i < k; i++) {
+        s[i] = oracle_score(o, rgb[i], W, H);
+        if (!isfinite(s[i])) return -1;
+        if (o->noisy) {
+            /* Gumbel(0, T) per image: the difference of two is logistic, so
+             * any two images of the group compare as oracle_judge would */
+            float u;
+            rng_uniform(&o->rng, &u, 1);
+            double v = u <= 0 ? 1e-12 : u >= 1 ? 1 - 1e-12 : u;
+            s[i] -= o->T * log(-log(v));
+        }
+    }
+    /* the top k/2 good, the bottom k/2 bad; an image tied across the
+     * split (and the middle one of an odd group) stays unmarked */
+    int half = k / 2, n = 0;
+    for (int i = 0; i < k; i++) {
+        int below = 0, above = 0;
+        for (int j = 0; j < k; j++) {
+            below += s[j] < s[i];
+            above += s[j] > s[i];
+        }
+        marks[i] = below >= k - half ? GROUP_GOOD : above >= k - half ? GROUP_BAD : GROUP_UNMARKED;
+        n += marks[i] != GROUP_UNMARKED;
+    }
+    marks[k] = 0;
+    return n;
 }

@@ -47,6 +47,16 @@ double oracle_score(d3_oracle *o, const uint8_t *rgb, int W, int H);
 /* A decision between two images: SESSION_A, SESSION_B or SESSION_TIE
  * (equal scores, deterministic oracles only). */
 int oracle_judge(d3_oracle *o, const uint8_t *a, const uint8_t *b, int W, int H);
+/* Marks a group of k images (3..8, RGB8 [H][W][3] each) as grid mode's
+ * person would (groups.h): the k/2 best-scored images good ('g'), the k/2
+ * worst bad ('b'), the rest (the middle image of an odd group, images
+ * tied across the split) unmarked ('-'); marks gets k characters and a
+ * NUL. A noisy: oracle adds independent Gumbel noise of scale T to each
+ * score first, so any two images of the group compare as oracle_judge
+ * would (Bradley-Terry). Returns the number of marked images (0: all
+ * tied), or -1 when k is out of range or an image has no score (realism
+ * without a prompt, a size not the one set). */
+int oracle_mark_group(d3_oracle *o, const uint8_t *const *rgb, int k, int W, int H, char *marks);
 /* The 3x3 binomial blur ([1 2 1] x [1 2 1] / 16, edges clamped) realism
  * applies, of an RGB8 image [H][W][3] into out [H][W][3] floats. */
 void oracle_blur(float *out, const uint8_t *rgb, int W, int H);

@@ -945,7 +945,16 @@ d3_groups *rounds_groups(rounds *d) { return &d->g; }
 
 void rounds_top_up_groups(rounds *d, int k, int held) {
     if (k < GROUPS_MIN_K || k > GROUPS_MAX_K) return;
-    for (int want = 2 - held - d->ginflight; want > 0; want--) {
+    int want = 2 - held - d->ginflight;
+    if (d->o.on_policy) {
+        /* only the groups the current round still needs, each counted as
+         * the (k/2)^2 pairs a half good, half bad marking makes */
+        if (d->o.max_rounds && d->started >= d->o.max_rounds) return;
+        int ppg = (k / 2) * (k / 2), left = d->o.round_size - count_pending(d);
+        int need = (left + ppg - 1) / ppg - held - d->ginflight;
+        if (need < want) want = need;
+    }
+    for (; want > 0; want--) {
         uint64_t q = d->gseq++;
         const char *text;
         engine_sample_req r = {.cls = pair_class(d, q, &text),

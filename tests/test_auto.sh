@@ -9,7 +9,8 @@
 # with the journal intact; usage errors exit 1; Diffusion-DPO over every
 # label so far records its settings and takes a resumed session's earlier
 # labels; realism names its missing data set; 1 + 1 rounds give the
-# checkpoint of 2 rounds bit for bit; bench/step_snr and
+# checkpoint of 2 rounds bit for bit; grid mode (--grid 4): groups marked by
+# brightness, on-policy, an undecided group marked on resume; bench/step_snr and
 # bench/pair_snr run on the tiny model (same gradient norms under two
 # judges, every row).
 . tests/lib.sh
@@ -212,6 +213,61 @@ st=$?
 grep -q "interrupted" "$T/int.err" && ok "interruption reported" || no "interruption reported"
 info "$S" 'd["pairs"]["labeled"] >= 1' 'd["warnings"] == []' \
     && ok "labels kept after Ctrl-C" || no "labels kept after Ctrl-C"
+
+# -- grid mode: groups of 4 marked by the oracle (the 2 brightest good, the
+# 2 darkest bad), on-policy (round 2's groups come from round 1's model),
+# their pairs trained; a group left undecided by a crash (on disk, no
+# journal line) is marked when the session resumes and trains next round
+S="$T/grid"
+expect 0 "auto --grid 4: 2 rounds" $D3 auto --session "$S" --oracle brightness --rounds 2 --pairs 4 \
+    --grid 4 --model "$M" --config "$C" --eval-seeds 2
+grep_err "a line per group" "group #1 ("
+# marks DIR: every decided group's good images are brighter than its bad ones
+marks_ok() {
+    python3 - "$1" <<'PY'
+import json, subprocess, sys
+d = sys.argv[1]
+def mean(path):  # ImageMagick's mean of the channels, 0..1
+    return float(subprocess.run(['identify', '-format', '%[fx:mean]', path], check=True,
+                                capture_output=True, text=True).stdout)
+marks = {}
+for l in open(d + '/groups.jsonl'):
+    o = json.loads(l)
+    if 'marks' in o: marks[o['group']] = (o['marks'], o['version'])
+assert marks, 'no decided group'
+for g, (m, v) in marks.items():
+    assert len(m) == 4 and sorted(m) == ['b', 'b', 'g', 'g'], (g, m)
+    br = [mean('%s/groups/%06d-%d.png' % (d, g, i)) for i in range(4)]
+    good = [br[i] for i in range(4) if m[i] == 'g']; bad = [br[i] for i in range(4) if m[i] == 'b']
+    assert min(good) >= max(bad) - 1e-5, (g, m, br)
+print(json.dumps({g: v for g, (m, v) in marks.items()}))
+PY
+}
+marks_ok "$S" >"$T/gv.json" && ok "grid: the brighter half of each group marked good" || no "grid marks"
+python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+assert v["0"] == 0 and v["1"] == 1, v   # one group (4 pairs) a round, on-policy
+' "$T/gv.json" && ok "grid: round 2 judged round 1's model" || { no "grid on-policy"; cat "$T/gv.json"; }
+info "$S" 'd["rounds"] == 2' 'd["groups"]["group_pairs_trained"] == 8' 'd["groups"]["undecided"] == 0' \
+    'd["warnings"] == []' && ok "grid: 8 group pairs trained in 2 rounds" || no "grid: session info"
+python3 -c '
+import json, sys
+ls = [json.loads(l) for l in open(sys.argv[1])]
+assert len(ls) == 3 and ls[-1]["grid"] == 4 and ls[-1]["total_group_pairs"] == 8 and ls[-1]["labels"] == 4, ls[-1]
+' "$S/metrics.jsonl" && ok "grid: metrics lines name the grid and its pairs" || no "grid metrics"
+# the state a crash leaves between a group's files and its decision
+cp "$S/groups/000001.traj" "$S/groups/000002.traj"
+for i in 0 1 2 3; do cp "$S/groups/000001-$i.png" "$S/groups/000002-$i.png"; done
+expect 0 "auto --grid: resume" $D3 auto --session "$S" --oracle brightness --rounds 1 --pairs 4 \
+    --grid 4 --config "$C" --eval-seeds 2
+grep_err "the undecided group marked first" "marked 1 groups from before"
+marks_ok "$S" >/dev/null && ok "grid: the resumed group marked like the rest" || no "grid: resumed marks"
+info "$S" 'd["rounds"] == 3' 'd["groups"]["count"] == 3' 'd["groups"]["undecided"] == 0' \
+    'd["groups"]["group_pairs_trained"] == 12' && ok "grid: the resumed group trained round 3" || no "grid: resume"
+expect 1 "grid with a labeler" $D3 auto --session "$T/u" --labeler "sh $L/always_a.sh" --rounds 1 --grid 4 --model "$M"
+grep_err "grid needs an oracle" "grid needs --oracle"
+expect 1 "grid of 9" $D3 auto --session "$T/u" --oracle brightness --rounds 1 --grid 9 --model "$M"
 
 # -- usage
 expect 1 "no --rounds" $D3 auto --session "$T/u" --oracle brightness --model "$M"

@@ -3,7 +3,9 @@
  * the mean byte, the noisy wrapper follows Bradley-Terry and is
  * reproducible from its seed, unknown names list the known ones, realism
  * prefers its class's images over noise, blurs, and names an unknown
- * class) and the
+ * class), group marking (the brighter half good, ties and an odd
+ * group's middle unmarked, noisy groups compare pairwise by Bradley-Terry)
+ * and the
  * external labeler protocol (a round trip with the shell labelers in
  * tests/data/labelers/, and the clear errors for a garbage answer, a
  * labeler that exits, one that hangs past the timeout, one that is not
@@ -13,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "groups.h"
 #include "image.h"
 #include "labeler.h"
 #include "oracle.h"
@@ -139,6 +142,46 @@ static void test_noisy(void) {
     CHECK(d && !strncmp(oracle_name(d), "noisy:jpeg-compressibility:", 27), "%s",
           d ? oracle_name(d) : err);
     oracle_free(d);
+}
+
+/* marks of a group of brightnesses v[0..k-1] by oracle o */
+static int marks_of(d3_oracle *o, const int *v, int k, char *marks) {
+    static uint8_t img[GROUPS_MAX_K + 1][S * S * 3];
+    const uint8_t *p[GROUPS_MAX_K + 1];
+    for (int i = 0; i < k; i++) {
+        fill(img[i], v[i]);
+        p[i] = img[i];
+    }
+    return oracle_mark_group(o, p, k, S, S, marks);
+}
+
+static void test_group_marks(void) {
+    char err[D3_ERRLEN], m[GROUPS_MARKS_LEN];
+    d3_oracle *o = oracle_new("brightness", 0, err);
+    CHECK(marks_of(o, (int[]){10, 200, 50, 120}, 4, m) == 4 && !strcmp(m, "bgbg"), "k 4: %s", m);
+    CHECK(marks_of(o, (int[]){10, 20, 30, 40, 50}, 5, m) == 4 && !strcmp(m, "bb-gg"), "k 5: %s", m);
+    CHECK(marks_of(o, (int[]){5, 3, 3, 1}, 4, m) == 2 && !strcmp(m, "g--b"), "ties across the split: %s", m);
+    CHECK(marks_of(o, (int[]){9, 9, 9}, 3, m) == 0 && !strcmp(m, "---"), "all tied: %s", m);
+    CHECK(marks_of(o, (int[]){1, 2, 3, 4, 5, 6, 7, 8}, 8, m) == 8 && !strcmp(m, "bbbbgggg"), "k 8: %s", m);
+    CHECK(marks_of(o, (int[]){1, 2}, 2, m) == -1, "k 2 refused");
+    CHECK(marks_of(o, (int[]){1, 2, 3, 4, 5, 6, 7, 8, 9}, 9, m) == -1, "k 9 refused");
+    oracle_free(o);
+    /* noisy, T = 4: the two middle images (100 and 104) of a group with a
+     * far brighter and a far darker one decide the split between them
+     * alone, and the brighter is good with P = sigmoid(4 / 4) = 0.731,
+     * as oracle_judge would prefer it */
+    d3_oracle *n = oracle_new("noisy:brightness:4", 5, err);
+    const int trials = 4000;
+    int good = 0, other = 0;
+    for (int t = 0; t < trials; t++) {
+        marks_of(n, (int[]){100, 255, 104, 0}, 4, m);
+        good += m[2] == 'g' && m[0] == 'b';
+        other += m[1] != 'g' || m[3] != 'b';
+    }
+    double f = (double)good / trials;
+    CHECK(f > 0.70 && f < 0.76, "noisy group: the brighter middle image good in %.3f (want 0.731)", f);
+    CHECK(other == 0, "noisy group: the extremes flipped %d times", other);
+    oracle_free(n);
 }
 
 static void test_unknown(void) {
@@ -374,6 +417,7 @@ int main(void) {
     RUN(test_jpeg);
     RUN(test_brightness);
     RUN(test_noisy);
+    RUN(test_group_marks);
     RUN(test_unknown);
     RUN(test_realism);
     RUN(test_labeler_roundtrip);
